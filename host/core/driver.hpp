@@ -1,0 +1,162 @@
+// The core's view of a container runtime. Implemented by plugin::AbiDriver (a loaded driver plugin); the core
+// never sees the C ABI, Boost.DLL or a particular engine.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace berth::core {
+
+/** Why a driver call failed. Mirrors the SDK status codes one to one. */
+enum class DriverErrc { not_found, invalid_argument, conflict, unavailable, timeout, unsupported, internal, cancelled };
+
+/** Stable lowercase name of a code, for logs ("unavailable"). */
+std::string_view to_string(DriverErrc code);
+
+/** Thrown by every Driver call that fails. `unavailable` is the only retryable code. */
+class DriverError : public std::runtime_error {
+ public:
+  DriverError(DriverErrc code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  DriverErrc code() const { return code_; }
+  bool retryable() const { return code_ == DriverErrc::unavailable; }
+
+ private:
+  DriverErrc code_;
+};
+
+using Labels = std::map<std::string, std::string>;
+
+/** What to start. Zero limits mean "driver default". */
+struct SessionSpec {
+  std::string session_id;
+  std::string image;
+  std::map<std::string, std::string> env;
+  Labels labels;
+  std::int64_t nano_cpus = 0;
+  std::int64_t memory_bytes = 0;
+  std::int64_t pids_limit = 0;
+  bool network_enabled = false;
+  bool read_only_rootfs = false;
+  std::string workspace_volume;
+  std::string workspace_mount_path = "/workspace";
+  std::string user;
+  std::string working_dir;
+};
+
+enum class SessionState { starting, running, exited, missing };
+std::string_view to_string(SessionState state);
+
+struct SessionInfo {
+  SessionState state = SessionState::missing;
+  int exit_code = 0;
+  std::string handle;
+  std::string endpoint;
+};
+
+struct SessionListing {
+  std::string handle;
+  SessionState state = SessionState::missing;
+  Labels labels;
+};
+
+enum class Stream { out = 1, err = 2 };
+
+struct ExecRequest {
+  std::vector<std::string> argv;
+  std::map<std::string, std::string> env;
+  std::string cwd;  // relative to the workspace
+  std::string stdin_data;
+  std::chrono::milliseconds timeout{0};
+};
+
+struct ExecResult {
+  int exit_code = -1;
+  bool timed_out = false;
+  bool cancelled = false;
+};
+
+/** Receives output chunks as they arrive; return false to cancel the exec. */
+using OutputSink = std::function<bool(Stream, std::string_view)>;
+/** Fills up to `capacity` bytes; returns the count, 0 at end, -1 on error. */
+using ByteSource = std::function<std::int64_t(std::uint8_t* buffer, std::size_t capacity)>;
+/** Receives file bytes; return false to abort. */
+using ByteSink = std::function<bool(std::string_view)>;
+
+/** Cancels an exec from another thread. Thread-safe; lives at least as long as the call it is passed to. */
+class CancelToken {
+ public:
+  void cancel() { cancelled_.store(true, std::memory_order_release); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+enum class EntryType { file, directory, symlink, other };
+std::string_view to_string(EntryType type);
+
+struct DirEntry {
+  std::string name;
+  EntryType type = EntryType::file;
+  std::uint64_t size = 0;
+  std::uint32_t mode = 0;
+};
+
+struct SessionStats {
+  std::uint64_t memory_bytes = 0;
+  std::uint64_t cpu_time_ns = 0;
+  std::uint64_t pids = 0;
+};
+
+/** Who the driver says it is. */
+struct DriverIdentity {
+  std::string name;
+  std::string version;
+  std::uint32_t abi_major = 0;
+  std::uint32_t abi_minor = 0;
+  std::uint64_t capabilities = 0;
+  std::string path;  // the shared library it came from
+};
+
+/**
+ * A configured driver instance. Every method may be called concurrently from any thread; every failure is a
+ * DriverError. Handles are the driver's own session ids.
+ */
+class Driver {
+ public:
+  virtual ~Driver() = default;
+
+  virtual const DriverIdentity& identity() const = 0;
+  bool has_capability(std::uint64_t bit) const { return (identity().capabilities & bit) != 0; }
+
+  virtual void volume_create(const std::string& name, const Labels& labels) = 0;
+  virtual void volume_remove(const std::string& name) = 0;
+  virtual bool volume_exists(const std::string& name) = 0;
+
+  virtual SessionInfo session_create(const SessionSpec& spec) = 0;
+  /** A session that does not exist is reported with state `missing`, not an error. */
+  virtual SessionInfo session_inspect(const std::string& handle) = 0;
+  virtual void session_stop(const std::string& handle, std::chrono::milliseconds grace) = 0;
+  virtual void session_remove(const std::string& handle) = 0;
+  virtual std::vector<SessionListing> session_list(const Labels& filter) = 0;
+  virtual SessionStats session_stats(const std::string& handle) = 0;
+
+  /** Runs a process; a timeout is a result (timed_out), a cancellation throws DriverErrc::cancelled. */
+  virtual ExecResult exec(const std::string& handle, const ExecRequest& request, const OutputSink& on_output,
+                          const CancelToken* cancel) = 0;
+
+  virtual void file_put(const std::string& handle, const std::string& path, std::uint32_t mode, std::uint64_t size,
+                        const ByteSource& source) = 0;
+  virtual void file_get(const std::string& handle, const std::string& path, const ByteSink& sink) = 0;
+  virtual std::vector<DirEntry> dir_list(const std::string& handle, const std::string& path) = 0;
+  virtual void path_remove(const std::string& handle, const std::string& path) = 0;
+};
+
+}  // namespace berth::core
