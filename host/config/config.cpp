@@ -1,0 +1,367 @@
+#include "config/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <cctype>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+namespace berth::config {
+namespace {
+
+std::string where(const std::string& source, const toml::node& node) {
+  const auto& b = node.source().begin;
+  return source + ":" + std::to_string(b.line) + ":" + std::to_string(b.column);
+}
+
+/** Reads one TOML table, remembering which keys were used so that leftovers can be reported as unknown. */
+class TableReader {
+ public:
+  TableReader(const toml::table& table, std::string prefix, const std::string& source)
+      : table_(table), prefix_(std::move(prefix)), source_(source) {}
+
+  [[noreturn]] void fail(const toml::node& node, const std::string& key, const std::string& reason) const {
+    throw ConfigError(where(source_, node) + ": " + qualified(key) + ": " + reason);
+  }
+
+  std::string qualified(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
+
+  const toml::node* get(const std::string& key) {
+    used_.insert(key);
+    return table_.get(key);
+  }
+
+  void string(const std::string& key, std::string& out) {
+    if (auto* n = get(key)) {
+      if (!n->is_string()) fail(*n, key, "expected a string");
+      out = n->as_string()->get();
+    }
+  }
+
+  void boolean(const std::string& key, bool& out) {
+    if (auto* n = get(key)) {
+      if (!n->is_boolean()) fail(*n, key, "expected true or false");
+      out = n->as_boolean()->get();
+    }
+  }
+
+  template <typename Int>
+  void integer(const std::string& key, Int& out, std::int64_t min, std::int64_t max) {
+    if (auto* n = get(key)) {
+      if (!n->is_integer()) fail(*n, key, "expected an integer");
+      auto v = n->as_integer()->get();
+      if (v < min || v > max) {
+        fail(*n, key, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+      }
+      out = static_cast<Int>(v);
+    }
+  }
+
+  void number(const std::string& key, double& out, double min, double max) {
+    if (auto* n = get(key)) {
+      double v = 0;
+      if (n->is_integer()) {
+        v = static_cast<double>(n->as_integer()->get());
+      } else if (n->is_floating_point()) {
+        v = n->as_floating_point()->get();
+      } else {
+        fail(*n, key, "expected a number");
+      }
+      if (!(v >= min && v <= max)) fail(*n, key, "must be between " + fmt(min) + " and " + fmt(max));
+      out = v;
+    }
+  }
+
+  /** Durations are "30s"/"5m"/"2h"/"1d" strings or integer seconds. */
+  bool duration(const std::string& key, std::chrono::seconds& out, std::chrono::seconds min) {
+    if (auto* n = get(key)) {
+      try {
+        if (n->is_integer()) {
+          out = std::chrono::seconds(n->as_integer()->get());
+        } else if (n->is_string()) {
+          out = parse_duration(n->as_string()->get());
+        } else {
+          fail(*n, key, "expected a duration such as \"30s\", \"5m\" or an integer of seconds");
+        }
+      } catch (const std::invalid_argument& e) {
+        fail(*n, key, e.what());
+      }
+      if (out < min) fail(*n, key, "must be at least " + std::to_string(min.count()) + "s");
+      return true;
+    }
+    return false;
+  }
+
+  void size(const std::string& key, std::uint64_t& out, std::uint64_t min) {
+    if (auto* n = get(key)) {
+      try {
+        if (n->is_integer()) {
+          if (n->as_integer()->get() < 0) fail(*n, key, "must not be negative");
+          out = static_cast<std::uint64_t>(n->as_integer()->get());
+        } else if (n->is_string()) {
+          out = parse_size(n->as_string()->get());
+        } else {
+          fail(*n, key, "expected a size such as \"512MiB\" or an integer of bytes");
+        }
+      } catch (const std::invalid_argument& e) {
+        fail(*n, key, e.what());
+      }
+      if (out < min) fail(*n, key, "must be at least " + std::to_string(min) + " bytes");
+    }
+  }
+
+  const toml::table* table(const std::string& key) {
+    if (auto* n = get(key)) {
+      if (!n->is_table()) fail(*n, key, "expected a table");
+      return n->as_table();
+    }
+    return nullptr;
+  }
+
+  std::map<std::string, std::string> string_map(const std::string& key) {
+    std::map<std::string, std::string> out;
+    if (const auto* t = table(key)) {
+      for (auto&& [k, v] : *t) {
+        if (!v.is_string()) fail(v, key + "." + std::string(k.str()), "expected a string");
+        out[std::string(k.str())] = v.as_string()->get();
+      }
+    }
+    return out;
+  }
+
+  /** Every key that no reader asked for is an error. */
+  void reject_unknown() const {
+    for (auto&& [k, v] : table_) {
+      std::string key(k.str());
+      if (!used_.count(key)) fail(v, key, "unknown key");
+    }
+  }
+
+ private:
+  static std::string fmt(double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  }
+
+  const toml::table& table_;
+  std::string prefix_;
+  const std::string& source_;
+  std::set<std::string> used_;
+};
+
+void read_server(TableReader r, ServerConfig& s) {
+  std::string listen;
+  r.string("listen", listen);
+  if (!listen.empty()) {
+    auto colon = listen.rfind(':');
+    const auto* node = r.get("listen");
+    if (colon == std::string::npos) r.fail(*node, "listen", "expected host:port, e.g. \"127.0.0.1:8080\"");
+    s.host = listen.substr(0, colon);
+    try {
+      std::size_t used = 0;
+      int port = std::stoi(listen.substr(colon + 1), &used);
+      if (used != listen.size() - colon - 1 || port < 0 || port > 65535) throw std::invalid_argument("port");
+      s.port = static_cast<std::uint16_t>(port);
+    } catch (const std::exception&) {
+      r.fail(*node, "listen", "port must be an integer between 0 and 65535");
+    }
+    if (s.host.empty()) s.host = "0.0.0.0";
+  }
+  r.integer("threads", s.threads, 2, 1024);
+  r.integer("queue", s.queue, 1, 65536);
+  r.size("max_body", s.max_body, 1024);
+  r.size("max_file_size", s.max_file_size, 1);
+  r.duration("shutdown_grace", s.shutdown_grace, std::chrono::seconds(0));
+  std::chrono::seconds wait{60};
+  if (r.duration("start_wait", wait, std::chrono::seconds(1))) s.start_wait = wait;
+  r.reject_unknown();
+}
+
+void read_store(TableReader r, StoreConfig& s) {
+  r.string("kind", s.kind);
+  if (s.kind != "sqlite") r.fail(*r.get("kind"), "kind", "unsupported store kind '" + s.kind + "' (sqlite)");
+  r.string("path", s.path);
+  if (s.path.empty()) r.fail(*r.get("path"), "path", "must not be empty");
+  r.reject_unknown();
+}
+
+void read_driver(TableReader r, DriverConfig& d) {
+  r.string("name", d.name);
+  r.string("path", d.path);
+  r.string("instance_id", d.instance_id);
+  if (const auto* n = r.get("search_path")) {
+    if (!n->is_array()) r.fail(*n, "search_path", "expected an array of strings");
+    for (const auto& item : *n->as_array()) {
+      if (!item.is_string()) r.fail(item, "search_path", "expected an array of strings");
+      d.search_path.push_back(item.as_string()->get());
+    }
+  }
+  if (const auto* t = r.table("settings")) {
+    std::ostringstream os;
+    os << toml::json_formatter{*t};
+    d.settings_json = os.str();
+  }
+  r.reject_unknown();
+}
+
+void read_profile(TableReader r, ProfileConfig& p) {
+  r.string("image", p.image);
+  r.number("cpus", p.cpus, 0.01, 1024);
+  r.size("memory", p.memory, 6ull << 20);
+  r.integer("pids", p.pids, 8, 1 << 22);
+  r.boolean("network", p.network);
+  r.boolean("read_only_rootfs", p.read_only_rootfs);
+  r.string("user", p.user);
+  if (p.user == "0" || p.user == "root" || p.user.rfind("0:", 0) == 0 || p.user.rfind("root:", 0) == 0) {
+    r.fail(*r.get("user"), "user", "sandboxes never run as root");
+  }
+  p.env = r.string_map("env");
+  std::chrono::seconds d{};
+  if (r.duration("ttl", d, std::chrono::seconds(1))) p.ttl = d;
+  if (r.duration("idle_timeout", d, std::chrono::seconds(1))) p.idle_timeout = d;
+  if (const auto* n = r.get("capabilities")) {
+    if (!n->is_array()) r.fail(*n, "capabilities", "expected an array such as [\"python\", \"shell\"]");
+    p.capabilities.clear();
+    for (const auto& item : *n->as_array()) {
+      std::string c = item.is_string() ? item.as_string()->get() : "";
+      if (c == "python") {
+        p.capabilities.insert(Capability::python);
+      } else if (c == "shell") {
+        p.capabilities.insert(Capability::shell);
+      } else if (c == "filesystem") {
+        p.capabilities.insert(Capability::filesystem);
+      } else {
+        r.fail(item, "capabilities", "unknown capability (python, shell, filesystem)");
+      }
+    }
+  }
+  if (p.image.empty()) r.fail(*r.get("image"), "image", "must not be empty");
+  r.reject_unknown();
+}
+
+void read_cleanup(TableReader r, CleanupConfig& c) {
+  r.boolean("enabled", c.enabled);
+  r.duration("interval", c.interval, std::chrono::seconds(1));
+  r.duration("idle_timeout", c.idle_timeout, std::chrono::seconds(1));
+  r.reject_unknown();
+}
+
+void read_auth(TableReader r, AuthConfig& a) {
+  r.boolean("allow_anonymous", a.allow_anonymous);
+  r.string("anonymous_owner", a.anonymous_owner);
+  a.keys = r.string_map("keys");
+  for (const auto& [key, owner] : a.keys) {
+    if (key.size() < 8) r.fail(*r.get("keys"), "keys", "API keys must be at least 8 characters");
+    if (owner.empty()) r.fail(*r.get("keys"), "keys." + key, "owner must not be empty");
+  }
+  r.reject_unknown();
+}
+
+void read_log(TableReader r, LogConfig& l) {
+  r.string("format", l.format);
+  if (l.format != "text" && l.format != "json") r.fail(*r.get("format"), "format", "expected \"text\" or \"json\"");
+  r.string("level", l.level);
+  if (l.level != "debug" && l.level != "info" && l.level != "warn" && l.level != "error") {
+    r.fail(*r.get("level"), "level", "expected debug, info, warn or error");
+  }
+  r.string("file", l.file);
+  r.reject_unknown();
+}
+
+}  // namespace
+
+std::string to_string(Capability c) {
+  switch (c) {
+    case Capability::python:
+      return "python";
+    case Capability::shell:
+      return "shell";
+    case Capability::filesystem:
+      return "filesystem";
+  }
+  return "unknown";
+}
+
+std::chrono::seconds parse_duration(const std::string& text) {
+  std::size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0 || i > 12) throw std::invalid_argument("bad duration '" + text + "' (e.g. \"30s\", \"5m\", \"2h\")");
+  long long n = std::stoll(text.substr(0, i));
+  std::string unit = text.substr(i);
+  if (unit.empty() || unit == "s") return std::chrono::seconds(n);
+  if (unit == "m") return std::chrono::minutes(n);
+  if (unit == "h") return std::chrono::hours(n);
+  if (unit == "d") return std::chrono::hours(24 * n);
+  throw std::invalid_argument("bad duration unit in '" + text + "' (s, m, h, d)");
+}
+
+std::uint64_t parse_size(const std::string& text) {
+  std::size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0 || i > 15) throw std::invalid_argument("bad size '" + text + "' (e.g. \"512MiB\", \"1g\")");
+  std::uint64_t n = std::stoull(text.substr(0, i));
+  std::string unit;
+  for (char c : text.substr(i)) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (unit.empty() || unit == "b") return n;
+  if (unit == "k" || unit == "kb" || unit == "kib") return n << 10;
+  if (unit == "m" || unit == "mb" || unit == "mib") return n << 20;
+  if (unit == "g" || unit == "gb" || unit == "gib") return n << 30;
+  throw std::invalid_argument("bad size unit in '" + text + "' (k, m, g; binary multiples)");
+}
+
+Config parse(const std::string& text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    const auto& b = e.source().begin;
+    throw ConfigError(source + ":" + std::to_string(b.line) + ":" + std::to_string(b.column) + ": " +
+                      std::string(e.description()));
+  }
+  Config cfg;
+  cfg.source = source;
+  TableReader top(root, "", source);
+  if (const auto* t = top.table("server")) read_server(TableReader(*t, "server", source), cfg.server);
+  if (const auto* t = top.table("store")) read_store(TableReader(*t, "store", source), cfg.store);
+  if (const auto* t = top.table("driver")) read_driver(TableReader(*t, "driver", source), cfg.driver);
+  if (const auto* t = top.table("cleanup")) read_cleanup(TableReader(*t, "cleanup", source), cfg.cleanup);
+  if (const auto* t = top.table("auth")) read_auth(TableReader(*t, "auth", source), cfg.auth);
+  if (const auto* t = top.table("log")) read_log(TableReader(*t, "log", source), cfg.log);
+  top.string("default_profile", cfg.default_profile);
+  if (const auto* t = top.table("profiles")) {
+    for (auto&& [k, v] : *t) {
+      std::string name(k.str());
+      if (!v.is_table()) top.fail(v, "profiles." + name, "expected a table");
+      ProfileConfig p;
+      p.name = name;
+      read_profile(TableReader(*v.as_table(), "profiles." + name, source), p);
+      cfg.profiles[name] = std::move(p);
+    }
+  }
+  top.reject_unknown();
+
+  if (cfg.driver.name.empty() && cfg.driver.path.empty()) {
+    throw ConfigError(source + ": driver: set [driver] name (e.g. \"docker\", \"fake\") or path");
+  }
+  if (cfg.profiles.empty()) {
+    ProfileConfig p;
+    p.name = "default";
+    cfg.profiles["default"] = p;
+  }
+  if (!cfg.profiles.count(cfg.default_profile)) {
+    throw ConfigError(source + ": default_profile: no profile named '" + cfg.default_profile + "'");
+  }
+  return cfg;
+}
+
+Config load(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot read config file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path);
+}
+
+}  // namespace berth::config

@@ -1,0 +1,105 @@
+// berthd's configuration, read from one TOML file. Every key is listed in berth.example.toml; unknown keys and
+// bad values are errors naming the key and file:line.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace berth::config {
+
+/** A configuration problem: what() is "file:line:col: key: reason". */
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8080;
+  int threads = 32;                              // HTTP worker threads
+  int queue = 64;                                // accepted connections waiting for a worker; beyond: 503
+  std::uint64_t max_body = 1024 * 1024;          // JSON request bodies
+  std::uint64_t max_file_size = 100ull << 20;    // upload/download/file content limit
+  std::chrono::seconds shutdown_grace{10};       // in-flight requests get this long on SIGTERM
+  std::chrono::milliseconds start_wait{60'000};  // how long a request waits for a session to become ready
+};
+
+struct StoreConfig {
+  std::string kind = "sqlite";  // "sqlite" (MySQL arrives with its own issue)
+  std::string path = "berth.db";
+};
+
+struct DriverConfig {
+  std::string name;                      // looked up as berth_driver_<name>.so on the search path
+  std::string path;                      // or an explicit file
+  std::vector<std::string> search_path;  // extra directories, searched first
+  std::string settings_json = "{}";      // the [driver.settings] table, handed to the driver as JSON
+  std::string instance_id;               // label value berth.instance; default: derived from the store path
+};
+
+enum class Capability { python, shell, filesystem };
+
+struct ProfileConfig {
+  std::string name;
+  std::string image = "berth/python:3.11";
+  double cpus = 1.0;
+  std::uint64_t memory = 512ull << 20;
+  std::int64_t pids = 256;
+  bool network = false;
+  bool read_only_rootfs = false;
+  std::string user = "1000:1000";
+  std::map<std::string, std::string> env;
+  std::optional<std::chrono::seconds> ttl;  // unset = never expires
+  std::optional<std::chrono::seconds> idle_timeout;
+  std::set<Capability> capabilities{Capability::python, Capability::shell, Capability::filesystem};
+};
+
+struct CleanupConfig {
+  bool enabled = true;
+  std::chrono::seconds interval{60};
+  std::chrono::seconds idle_timeout{1800};  // default for profiles that do not set one
+};
+
+struct AuthConfig {
+  bool allow_anonymous = true;              // only when no keys are configured
+  std::string anonymous_owner = "default";  // owner of anonymous requests
+  std::map<std::string, std::string> keys;  // api key -> owner
+};
+
+struct LogConfig {
+  std::string format = "text";  // "text" | "json"
+  std::string level = "info";
+  std::string file;  // empty = stderr
+};
+
+struct Config {
+  std::string source;  // file it came from
+  ServerConfig server;
+  StoreConfig store;
+  DriverConfig driver;
+  std::map<std::string, ProfileConfig> profiles;  // at least one; "default" is used when a request names none
+  std::string default_profile = "default";
+  CleanupConfig cleanup;
+  AuthConfig auth;
+  LogConfig log;
+};
+
+/** Parses TOML text; `source` names the file in errors. Throws ConfigError. */
+Config parse(const std::string& text, const std::string& source);
+/** Reads and parses a file. Throws ConfigError (also when the file cannot be read). */
+Config load(const std::string& path);
+
+std::string to_string(Capability c);
+
+/** "30s", "5m", "2h", "1d" or a bare integer of seconds. Throws std::invalid_argument. */
+std::chrono::seconds parse_duration(const std::string& text);
+/** "512MiB", "512m", "1g", "100k" or bare bytes. Throws std::invalid_argument. */
+std::uint64_t parse_size(const std::string& text);
+
+}  // namespace berth::config

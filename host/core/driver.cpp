@@ -1,0 +1,55 @@
+#include "core/driver.hpp"
+
+namespace berth::core {
+
+std::string_view to_string(DriverErrc code) {
+  switch (code) {
+    case DriverErrc::not_found:
+      return "not_found";
+    case DriverErrc::invalid_argument:
+      return "invalid_argument";
+    case DriverErrc::conflict:
+      return "conflict";
+    case DriverErrc::unavailable:
+      return "unavailable";
+    case DriverErrc::timeout:
+      return "timeout";
+    case DriverErrc::unsupported:
+      return "unsupported";
+    case DriverErrc::internal:
+      return "internal";
+    case DriverErrc::cancelled:
+      return "cancelled";
+  }
+  return "internal";
+}
+
+std::string_view to_string(SessionState state) {
+  switch (state) {
+    case SessionState::starting:
+      return "starting";
+    case SessionState::running:
+      return "running";
+    case SessionState::exited:
+      return "exited";
+    case SessionState::missing:
+      return "missing";
+  }
+  return "missing";
+}
+
+std::string_view to_string(EntryType type) {
+  switch (type) {
+    case EntryType::file:
+      return "file";
+    case EntryType::directory:
+      return "directory";
+    case EntryType::symlink:
+      return "symlink";
+    case EntryType::other:
+      return "other";
+  }
+  return "other";
+}
+
+}  // namespace berth::core

@@ -1,0 +1,143 @@
+#include "core/log.hpp"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <Poco/JSON/Object.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+
+namespace berth::log {
+namespace {
+
+std::atomic<Format> g_format{Format::text};
+std::shared_ptr<spdlog::logger> g_logger;
+std::once_flag g_default_once;
+
+std::shared_ptr<spdlog::logger> logger() {
+  std::call_once(g_default_once, [] {
+    auto lg = std::make_shared<spdlog::logger>("berth", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    lg->set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
+    lg->set_level(spdlog::level::info);
+    std::atomic_store(&g_logger, lg);
+  });
+  return std::atomic_load(&g_logger);
+}
+
+spdlog::level::level_enum to_spdlog(Level level) {
+  switch (level) {
+    case Level::debug:
+      return spdlog::level::debug;
+    case Level::info:
+      return spdlog::level::info;
+    case Level::warn:
+      return spdlog::level::warn;
+    case Level::error:
+      return spdlog::level::err;
+  }
+  return spdlog::level::info;
+}
+
+bool needs_quotes(std::string_view v) {
+  if (v.empty()) return true;
+  for (char c : v) {
+    if (c == ' ' || c == '"' || c == '=' || c == '\n' || c == '\t' || c == '\\') return true;
+  }
+  return false;
+}
+
+void append_quoted(std::string& out, std::string_view v) {
+  out += '"';
+  for (char c : v) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out += c;
+    }
+  }
+  out += '"';
+}
+
+}  // namespace
+
+void init(Format format, Level min_level, const std::string& file) {
+  g_format.store(format);
+  std::shared_ptr<spdlog::sinks::sink> sink;
+  if (file.empty()) {
+    sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+  } else {
+    sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file);
+  }
+  auto fresh = std::make_shared<spdlog::logger>("berth", sink);
+  // JSON lines carry their own timestamp and level, so the pattern is the message only.
+  fresh->set_pattern(format == Format::json ? "%v" : "%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
+  fresh->set_level(to_spdlog(min_level));
+  fresh->flush_on(spdlog::level::info);
+  logger();  // make sure the default is never installed after this one
+  std::atomic_store(&g_logger, fresh);
+}
+
+Level parse_level(std::string_view name) {
+  if (name == "debug") return Level::debug;
+  if (name == "info") return Level::info;
+  if (name == "warn") return Level::warn;
+  if (name == "error") return Level::error;
+  throw std::invalid_argument("unknown log level '" + std::string(name) + "' (debug, info, warn, error)");
+}
+
+std::string format_line(Format format, std::string_view event, const Fields& fields) {
+  if (format == Format::json) {
+    Poco::JSON::Object obj;
+    obj.set("event", std::string(event));
+    for (const auto& [k, v] : fields) obj.set(std::string(k), v);
+    std::ostringstream os;
+    obj.stringify(os);
+    return os.str();
+  }
+  std::string out(event);
+  for (const auto& [k, v] : fields) {
+    out += ' ';
+    out += k;
+    out += '=';
+    if (needs_quotes(v)) {
+      append_quoted(out, v);
+    } else {
+      out += v;
+    }
+  }
+  return out;
+}
+
+void write(Level level, std::string_view event, const Fields& fields) {
+  auto lg = logger();
+  auto lvl = to_spdlog(level);
+  if (!lg->should_log(lvl)) return;
+  if (g_format.load() == Format::json) {
+    Fields with_meta = fields;
+    with_meta.emplace_back("level", spdlog::level::to_string_view(lvl).data());
+    auto now = std::chrono::system_clock::now();
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+    with_meta.emplace_back("ts_ms", std::to_string(ms));
+    lg->log(lvl, format_line(Format::json, event, with_meta));
+  } else {
+    lg->log(lvl, format_line(Format::text, event, fields));
+  }
+}
+
+}  // namespace berth::log

@@ -1,0 +1,522 @@
+#include "plugin/abi_driver.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+#include "core/log.hpp"
+#include "plugin/driver_library.hpp"
+
+// The host's definitions of the SDK's opaque types.
+struct berth_error {
+  std::string message;
+  bool set = false;
+};
+
+namespace berth::plugin {
+namespace {
+
+using core::DriverErrc;
+using core::DriverError;
+
+// ---- host services ------------------------------------------------------------------------------------------
+
+struct HostContext {
+  std::string driver_name;
+  std::shared_ptr<const core::Clock> clock;
+};
+
+void host_log(void* ctx, berth_log_level level, const char* event, const berth_kv* fields, size_t count) {
+  auto* host = static_cast<HostContext*>(ctx);
+  log::Fields out;
+  out.reserve(count + 1);
+  out.emplace_back("driver", host->driver_name);
+  for (size_t i = 0; i < count && fields != nullptr; ++i) {
+    if (fields[i].key == nullptr) continue;
+    out.emplace_back(fields[i].key, fields[i].value != nullptr ? fields[i].value : "");
+  }
+  std::string_view ev = event != nullptr ? event : "driver.log";
+  switch (level) {
+    case BERTH_LOG_DEBUG:
+      log::debug(ev, out);
+      break;
+    case BERTH_LOG_WARN:
+      log::warn(ev, out);
+      break;
+    case BERTH_LOG_ERROR:
+      log::error(ev, out);
+      break;
+    default:
+      log::info(ev, out);
+  }
+}
+
+uint64_t host_monotonic_ns(void* ctx) {
+  auto* host = static_cast<HostContext*>(ctx);
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(host->clock->monotonic().time_since_epoch()).count());
+}
+
+void* host_alloc(size_t size) { return std::malloc(size); }
+void host_free(void* p) { std::free(p); }
+
+void host_set_error(berth_error* err, const char* message) {
+  if (err == nullptr) return;
+  err->message = message != nullptr ? message : "";
+  err->set = true;
+}
+
+int32_t host_is_cancelled(const berth_cancel_token* token) {
+  if (token == nullptr) return 0;
+  return reinterpret_cast<const core::CancelToken*>(token)->cancelled() ? 1 : 0;
+}
+
+const berth_cancel_token* to_token(const core::CancelToken* token) {
+  return reinterpret_cast<const berth_cancel_token*>(token);
+}
+
+// ---- status mapping -----------------------------------------------------------------------------------------
+
+const char* status_name(berth_status s) {
+  switch (s) {
+    case BERTH_OK:
+      return "ok";
+    case BERTH_NOT_FOUND:
+      return "not found";
+    case BERTH_INVALID_ARGUMENT:
+      return "invalid argument";
+    case BERTH_CONFLICT:
+      return "conflict";
+    case BERTH_UNAVAILABLE:
+      return "unavailable";
+    case BERTH_TIMEOUT:
+      return "timeout";
+    case BERTH_UNSUPPORTED:
+      return "unsupported";
+    case BERTH_INTERNAL:
+      return "internal error";
+    case BERTH_CANCELLED:
+      return "cancelled";
+    default:
+      return "invalid status";
+  }
+}
+
+/** Throws DriverError for a failed call; `what` names the call for the message. */
+void check(berth_status status, const berth_error& err, const char* what) {
+  if (status == BERTH_OK) return;
+  std::string message = std::string(what) + ": ";
+  if (status < BERTH_OK || status > BERTH_CANCELLED) {
+    message += "driver returned unknown status " + std::to_string(status);
+  } else {
+    message += err.set && !err.message.empty() ? err.message : status_name(status);
+  }
+  throw DriverError(to_errc(status), message);
+}
+
+/**
+ * Runs one C call, turning a C++ exception that a (misbehaving) driver let escape into DriverError, and a
+ * callback's exception back into itself.
+ */
+template <typename Fn>
+berth_status guarded(const char* what, std::exception_ptr& callback_error, Fn&& fn) {
+  berth_status status = BERTH_INTERNAL;
+  try {
+    status = fn();
+  } catch (...) {
+    throw DriverError(DriverErrc::internal, std::string(what) + ": driver let an exception escape");
+  }
+  if (callback_error) std::rethrow_exception(callback_error);
+  return status;
+}
+
+template <typename Fn>
+berth_status guarded(const char* what, Fn&& fn) {
+  std::exception_ptr none;
+  return guarded(what, none, std::forward<Fn>(fn));
+}
+
+struct KvArray {
+  std::vector<berth_kv> items;
+  explicit KvArray(const std::map<std::string, std::string>& m) {
+    items.reserve(m.size());
+    for (const auto& [k, v] : m) items.push_back({k.c_str(), v.c_str()});
+  }
+  const berth_kv* data() const { return items.empty() ? nullptr : items.data(); }
+  size_t size() const { return items.size(); }
+};
+
+core::SessionState to_state(berth_session_state s) {
+  switch (s) {
+    case BERTH_SESSION_STARTING:
+      return core::SessionState::starting;
+    case BERTH_SESSION_RUNNING:
+      return core::SessionState::running;
+    case BERTH_SESSION_EXITED:
+      return core::SessionState::exited;
+    default:
+      return core::SessionState::missing;
+  }
+}
+
+core::SessionInfo to_info(const berth_session_info& in) {
+  core::SessionInfo out;
+  out.state = to_state(in.state);
+  out.exit_code = in.exit_code;
+  out.handle.assign(in.handle, strnlen(in.handle, sizeof in.handle));
+  out.endpoint.assign(in.endpoint, strnlen(in.endpoint, sizeof in.endpoint));
+  return out;
+}
+
+berth_session_info blank_info() {
+  berth_session_info info{};
+  info.struct_size = sizeof info;
+  return info;
+}
+
+}  // namespace
+
+core::DriverErrc to_errc(berth_status status) {
+  switch (status) {
+    case BERTH_NOT_FOUND:
+      return DriverErrc::not_found;
+    case BERTH_INVALID_ARGUMENT:
+      return DriverErrc::invalid_argument;
+    case BERTH_CONFLICT:
+      return DriverErrc::conflict;
+    case BERTH_UNAVAILABLE:
+      return DriverErrc::unavailable;
+    case BERTH_TIMEOUT:
+      return DriverErrc::timeout;
+    case BERTH_UNSUPPORTED:
+      return DriverErrc::unsupported;
+    case BERTH_CANCELLED:
+      return DriverErrc::cancelled;
+    default:
+      return DriverErrc::internal;
+  }
+}
+
+AbiDriver::AbiDriver(std::shared_ptr<const DriverLibrary> library, std::shared_ptr<const core::Clock> clock)
+    : library_(std::move(library)), clock_(std::move(clock)) {}
+
+std::unique_ptr<AbiDriver> AbiDriver::create(std::shared_ptr<const DriverLibrary> library,
+                                             const std::string& config_json,
+                                             std::shared_ptr<const core::Clock> clock) {
+  std::unique_ptr<AbiDriver> self(new AbiDriver(std::move(library), std::move(clock)));
+  const auto& api = self->library_->api();
+  const auto& id = self->library_->identity();
+  auto ctx = new HostContext{id.name, self->clock_};
+  self->host_.struct_size = sizeof(berth_host_api);
+  self->host_.abi_major = BERTH_ABI_VERSION_MAJOR;
+  self->host_.abi_minor = BERTH_ABI_VERSION_MINOR;
+  self->host_.host_ctx = ctx;
+  self->host_.log = host_log;
+  self->host_.monotonic_ns = host_monotonic_ns;
+  self->host_.alloc = host_alloc;
+  self->host_.free = host_free;
+  self->host_.set_error = host_set_error;
+  self->host_.is_cancelled = host_is_cancelled;
+
+  berth_error err;
+  berth_instance* instance = nullptr;
+  berth_status status = BERTH_INTERNAL;
+  const std::string where = "cannot configure driver " + id.path + ": ";
+  try {
+    status = api.configure(&self->host_, config_json.c_str(), &instance, &err);
+  } catch (...) {
+    delete ctx;
+    self->host_.host_ctx = nullptr;
+    log::error("driver.configure_failed", {{"driver", id.name}, {"reason", "configure threw an exception"}});
+    throw LoadError(where + "configure threw an exception (drivers must not let exceptions cross the ABI)");
+  }
+  std::string reason;
+  if (status < BERTH_OK || status > BERTH_CANCELLED) {
+    reason = "configure returned unknown status " + std::to_string(status);
+  } else if (status != BERTH_OK) {
+    reason = std::string(status_name(status)) + (err.set ? ": " + err.message : std::string());
+  } else if (instance == nullptr) {
+    reason = "configure returned OK but no instance";
+  }
+  if (!reason.empty()) {
+    if (status == BERTH_OK && instance != nullptr) api.destroy(instance);
+    delete ctx;
+    self->host_.host_ctx = nullptr;
+    log::error("driver.configure_failed", {{"driver", id.name}, {"reason", reason}});
+    throw LoadError(where + reason);
+  }
+  self->instance_ = instance;
+  return self;
+}
+
+AbiDriver::~AbiDriver() {
+  if (instance_ != nullptr) {
+    try {
+      library_->api().destroy(instance_);
+    } catch (...) {
+      log::error("driver.destroy_failed", {{"driver", library_->identity().name}});
+    }
+  }
+  delete static_cast<HostContext*>(host_.host_ctx);
+}
+
+const core::DriverIdentity& AbiDriver::identity() const { return library_->identity(); }
+
+void AbiDriver::volume_create(const std::string& name, const core::Labels& labels) {
+  berth_error err;
+  KvArray kv(labels);
+  check(guarded("volume_create",
+                [&] { return library_->api().volume_create(instance_, name.c_str(), kv.data(), kv.size(), &err); }),
+        err, "volume_create");
+}
+
+void AbiDriver::volume_remove(const std::string& name) {
+  berth_error err;
+  check(guarded("volume_remove", [&] { return library_->api().volume_remove(instance_, name.c_str(), &err); }),
+        err, "volume_remove");
+}
+
+bool AbiDriver::volume_exists(const std::string& name) {
+  berth_error err;
+  int32_t exists = 0;
+  check(guarded("volume_exists",
+                [&] { return library_->api().volume_exists(instance_, name.c_str(), &exists, &err); }),
+        err, "volume_exists");
+  return exists != 0;
+}
+
+core::SessionInfo AbiDriver::session_create(const core::SessionSpec& spec) {
+  KvArray env(spec.env);
+  KvArray labels(spec.labels);
+  berth_session_spec s{};
+  s.struct_size = sizeof s;
+  s.session_id = spec.session_id.c_str();
+  s.image = spec.image.c_str();
+  s.env = env.data();
+  s.env_count = env.size();
+  s.labels = labels.data();
+  s.label_count = labels.size();
+  s.nano_cpus = spec.nano_cpus;
+  s.memory_bytes = spec.memory_bytes;
+  s.pids_limit = spec.pids_limit;
+  s.network_enabled = spec.network_enabled ? 1 : 0;
+  s.read_only_rootfs = spec.read_only_rootfs ? 1 : 0;
+  s.workspace_volume = spec.workspace_volume.empty() ? nullptr : spec.workspace_volume.c_str();
+  s.workspace_mount_path = spec.workspace_mount_path.c_str();
+  s.user = spec.user.empty() ? nullptr : spec.user.c_str();
+  s.working_dir = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
+  berth_error err;
+  auto info = blank_info();
+  check(guarded("session_create", [&] { return library_->api().session_create(instance_, &s, &info, &err); }),
+        err, "session_create");
+  return to_info(info);
+}
+
+core::SessionInfo AbiDriver::session_inspect(const std::string& handle) {
+  berth_error err;
+  auto info = blank_info();
+  check(guarded("session_inspect",
+                [&] { return library_->api().session_inspect(instance_, handle.c_str(), &info, &err); }),
+        err, "session_inspect");
+  auto out = to_info(info);
+  if (out.handle.empty()) out.handle = handle;
+  return out;
+}
+
+void AbiDriver::session_stop(const std::string& handle, std::chrono::milliseconds grace) {
+  berth_error err;
+  auto ms = static_cast<uint32_t>(std::max<int64_t>(0, grace.count()));
+  check(guarded("session_stop",
+                [&] { return library_->api().session_stop(instance_, handle.c_str(), ms, &err); }),
+        err, "session_stop");
+}
+
+void AbiDriver::session_remove(const std::string& handle) {
+  berth_error err;
+  check(guarded("session_remove", [&] { return library_->api().session_remove(instance_, handle.c_str(), &err); }),
+        err, "session_remove");
+}
+
+std::vector<core::SessionListing> AbiDriver::session_list(const core::Labels& filter) {
+  struct Ctx {
+    std::vector<core::SessionListing> items;
+    std::exception_ptr error;
+  } ctx;
+  auto on_item = [](void* p, const berth_session_listing* item) -> int32_t {
+    auto* c = static_cast<Ctx*>(p);
+    try {
+      core::SessionListing l;
+      l.handle = item->handle != nullptr ? item->handle : "";
+      l.state = to_state(item->state);
+      for (size_t i = 0; i < item->label_count; ++i) {
+        if (item->labels[i].key != nullptr) {
+          l.labels[item->labels[i].key] = item->labels[i].value != nullptr ? item->labels[i].value : "";
+        }
+      }
+      c->items.push_back(std::move(l));
+      return 0;
+    } catch (...) {
+      c->error = std::current_exception();
+      return 1;
+    }
+  };
+  KvArray kv(filter);
+  berth_error err;
+  check(guarded("session_list", ctx.error,
+                [&] {
+                  return library_->api().session_list(instance_, kv.data(), kv.size(), on_item, &ctx, &err);
+                }),
+        err, "session_list");
+  return std::move(ctx.items);
+}
+
+core::SessionStats AbiDriver::session_stats(const std::string& handle) {
+  if (library_->api().session_stats == nullptr) {
+    throw DriverError(DriverErrc::unsupported, "session_stats: not supported by driver " + identity().name);
+  }
+  berth_error err;
+  berth_session_stats st{};
+  st.struct_size = sizeof st;
+  check(guarded("session_stats",
+                [&] { return library_->api().session_stats(instance_, handle.c_str(), &st, &err); }),
+        err, "session_stats");
+  return {st.memory_bytes, st.cpu_time_ns, st.pids};
+}
+
+core::ExecResult AbiDriver::exec(const std::string& handle, const core::ExecRequest& request,
+                                 const core::OutputSink& on_output, const core::CancelToken* cancel) {
+  std::vector<const char*> argv;
+  argv.reserve(request.argv.size() + 1);
+  for (const auto& a : request.argv) argv.push_back(a.c_str());
+  argv.push_back(nullptr);
+  KvArray env(request.env);
+  berth_exec_request rq{};
+  rq.struct_size = sizeof rq;
+  rq.timeout_ms = static_cast<uint32_t>(std::max<int64_t>(0, request.timeout.count()));
+  rq.argv = argv.data();
+  rq.argc = request.argv.size();
+  rq.env = env.data();
+  rq.env_count = env.size();
+  rq.cwd = request.cwd.c_str();
+  rq.stdin_data = reinterpret_cast<const uint8_t*>(request.stdin_data.data());
+  rq.stdin_size = request.stdin_data.size();
+
+  struct Ctx {
+    const core::OutputSink* sink;
+    std::exception_ptr error;
+  } ctx{&on_output, nullptr};
+  auto on_chunk = [](void* p, berth_stream stream, const uint8_t* data, size_t size) -> int32_t {
+    auto* c = static_cast<Ctx*>(p);
+    try {
+      if (!*c->sink) return 0;
+      auto s = stream == BERTH_STREAM_STDERR ? core::Stream::err : core::Stream::out;
+      return (*c->sink)(s, std::string_view(reinterpret_cast<const char*>(data), size)) ? 0 : 1;
+    } catch (...) {
+      c->error = std::current_exception();
+      return 1;
+    }
+  };
+  berth_exec_result result{};
+  result.struct_size = sizeof result;
+  result.exit_code = -1;
+  berth_error err;
+  auto status = guarded("exec", ctx.error, [&] {
+    return library_->api().exec(instance_, handle.c_str(), &rq, on_chunk, &ctx, to_token(cancel), &result, &err);
+  });
+  check(status, err, "exec");
+  return {result.exit_code, result.timed_out != 0, result.cancelled != 0};
+}
+
+void AbiDriver::file_put(const std::string& handle, const std::string& path, std::uint32_t mode, std::uint64_t size,
+                         const core::ByteSource& source) {
+  struct Ctx {
+    const core::ByteSource* source;
+    std::exception_ptr error;
+  } ctx{&source, nullptr};
+  auto read = [](void* p, uint8_t* buf, size_t cap) -> int64_t {
+    auto* c = static_cast<Ctx*>(p);
+    try {
+      return (*c->source)(buf, cap);
+    } catch (...) {
+      c->error = std::current_exception();
+      return -1;
+    }
+  };
+  berth_error err;
+  check(guarded("file_put", ctx.error,
+                [&] {
+                  return library_->api().file_put(instance_, handle.c_str(), path.c_str(), mode, size, read, &ctx,
+                                                  &err);
+                }),
+        err, "file_put");
+}
+
+void AbiDriver::file_get(const std::string& handle, const std::string& path, const core::ByteSink& sink) {
+  struct Ctx {
+    const core::ByteSink* sink;
+    std::exception_ptr error;
+  } ctx{&sink, nullptr};
+  auto write = [](void* p, const uint8_t* data, size_t size) -> int32_t {
+    auto* c = static_cast<Ctx*>(p);
+    try {
+      return (*c->sink)(std::string_view(reinterpret_cast<const char*>(data), size)) ? 0 : 1;
+    } catch (...) {
+      c->error = std::current_exception();
+      return 1;
+    }
+  };
+  berth_error err;
+  check(guarded("file_get", ctx.error,
+                [&] { return library_->api().file_get(instance_, handle.c_str(), path.c_str(), write, &ctx, &err); }),
+        err, "file_get");
+}
+
+std::vector<core::DirEntry> AbiDriver::dir_list(const std::string& handle, const std::string& path) {
+  struct Ctx {
+    std::vector<core::DirEntry> entries;
+    std::exception_ptr error;
+  } ctx;
+  auto on_entry = [](void* p, const berth_dir_entry* e) -> int32_t {
+    auto* c = static_cast<Ctx*>(p);
+    try {
+      core::DirEntry d;
+      d.name = e->name != nullptr ? e->name : "";
+      switch (e->type) {
+        case BERTH_ENTRY_FILE:
+          d.type = core::EntryType::file;
+          break;
+        case BERTH_ENTRY_DIRECTORY:
+          d.type = core::EntryType::directory;
+          break;
+        case BERTH_ENTRY_SYMLINK:
+          d.type = core::EntryType::symlink;
+          break;
+        default:
+          d.type = core::EntryType::other;
+      }
+      d.size = e->size;
+      d.mode = e->mode;
+      c->entries.push_back(std::move(d));
+      return 0;
+    } catch (...) {
+      c->error = std::current_exception();
+      return 1;
+    }
+  };
+  berth_error err;
+  check(guarded("dir_list", ctx.error,
+                [&] {
+                  return library_->api().dir_list(instance_, handle.c_str(), path.c_str(), on_entry, &ctx, &err);
+                }),
+        err, "dir_list");
+  return std::move(ctx.entries);
+}
+
+void AbiDriver::path_remove(const std::string& handle, const std::string& path) {
+  berth_error err;
+  check(guarded("path_remove",
+                [&] { return library_->api().path_remove(instance_, handle.c_str(), path.c_str(), &err); }),
+        err, "path_remove");
+}
+
+}  // namespace berth::plugin

@@ -1,0 +1,129 @@
+// The plugin loader against real shared libraries: a valid C driver, a driver built for ABI 1.0, and one broken
+// driver per rule of sdk/include/berth/driver.h.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+
+#include "core/clock.hpp"
+#include "plugin/driver_library.hpp"
+
+using namespace berth;
+
+namespace {
+
+std::string variant(const std::string& name) { return std::string(BERTH_TEST_DRIVER_DIR) + "/abi_" + name + ".so"; }
+
+std::string load_error(const std::string& path) {
+  try {
+    auto lib = plugin::DriverLibrary::open(path);
+    lib->configure("{}", std::make_shared<core::SystemClock>());
+  } catch (const plugin::LoadError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("a valid C driver loads, configures and answers calls") {
+  auto lib = plugin::DriverLibrary::open(variant("valid"));
+  CHECK(lib->identity().name == "abi-test");
+  CHECK(lib->identity().version == "1.2.3");
+  CHECK(lib->identity().abi_major == 1);
+  CHECK(lib->identity().abi_minor == BERTH_ABI_VERSION_MINOR);
+  auto driver = lib->configure("{}", std::make_shared<core::SystemClock>());
+  std::string out;
+  core::ExecRequest rq;
+  rq.argv = {"echo-me"};
+  driver->exec("h", rq, [&](core::Stream, std::string_view d) { return out.append(d), true; }, nullptr);
+  CHECK(out == "echo-me");
+  CHECK(driver->session_stats("h").pids == 1);
+  // Status mapping: the driver's NOT_FOUND and its message reach the core as one DriverError.
+  try {
+    driver->volume_remove("v");
+    FAIL("expected DriverError");
+  } catch (const core::DriverError& e) {
+    CHECK(e.code() == core::DriverErrc::not_found);
+    CHECK(std::string(e.what()).find("no such volume") != std::string::npos);
+    CHECK_FALSE(e.retryable());
+  }
+}
+
+TEST_CASE("a failing configure is reported with the driver's message") {
+  auto lib = plugin::DriverLibrary::open(variant("valid"));
+  try {
+    lib->configure("{\"fail\":true}", std::make_shared<core::SystemClock>());
+    FAIL("expected LoadError");
+  } catch (const plugin::LoadError& e) {
+    CHECK(std::string(e.what()).find("config says fail") != std::string::npos);
+  }
+}
+
+TEST_CASE("a driver built against an older minor (shorter table) still loads") {
+  auto lib = plugin::DriverLibrary::open(variant("old_minor"));
+  CHECK(lib->identity().abi_minor == 0);
+  CHECK((lib->identity().capabilities & BERTH_CAP_STATS) == 0);  // no slot, so the capability is withdrawn
+  CHECK(lib->api().session_stats == nullptr);
+  auto driver = lib->configure("{}", std::make_shared<core::SystemClock>());
+  CHECK(driver->session_create(core::SessionSpec{.session_id = "s1"}).handle == "s1");
+  try {
+    driver->session_stats("s1");
+    FAIL("expected unsupported");
+  } catch (const core::DriverError& e) {
+    CHECK(e.code() == core::DriverErrc::unsupported);
+  }
+}
+
+TEST_CASE("each broken driver is rejected with a clear reason") {
+  struct Case {
+    const char* variant;
+    const char* reason;
+  };
+  const Case cases[] = {
+      {"broken_no_entry", "missing entry symbol 'berth_driver_entry'"},
+      {"broken_entry_null", "driver refused host ABI"},
+      {"broken_major", "ABI major mismatch: driver speaks 2."},
+      {"broken_minor_newer", "but host provides"},
+      {"broken_undersized", "driver table too small"},
+      {"broken_oversized", "driver table too large"},
+      {"broken_null_callback", "required callback 'exec' is NULL"},
+      {"broken_bad_name", "driver name missing or not"},
+      {"broken_configure_status", "configure returned unknown status 99"},
+      {"broken_configure_null", "configure returned OK but no instance"},
+      {"throwing", "configure threw an exception"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.variant);
+    auto message = load_error(variant(c.variant));
+    CHECK(message.find(c.reason) != std::string::npos);
+    CHECK(message.find(variant(c.variant)) != std::string::npos);  // names the file
+    CHECK(message.find('\n') == std::string::npos);                 // one line
+  }
+}
+
+TEST_CASE("a file that is not a shared library is rejected") {
+  auto path = std::filesystem::temp_directory_path() / "berth-not-a-driver.so";
+  { std::ofstream(path) << "not an ELF file"; }
+  CHECK(load_error(path.string()).find("not a loadable shared library") != std::string::npos);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("drivers are found by name on the search path") {
+  auto fake = std::filesystem::path(BERTH_FAKE_DRIVER);
+  CHECK(plugin::resolve_driver("fake", {"/nonexistent", fake.parent_path()}) == fake.parent_path() / fake.filename());
+  CHECK(plugin::resolve_driver(fake.string(), {}) == fake);
+  try {
+    plugin::resolve_driver("nosuch", {"/nonexistent-a", "/nonexistent-b"});
+    FAIL("expected LoadError");
+  } catch (const plugin::LoadError& e) {
+    std::string m = e.what();
+    CHECK(m.find("berth_driver_nosuch.so") != std::string::npos);
+    CHECK(m.find("/nonexistent-a, /nonexistent-b") != std::string::npos);
+  }
+}
+
+TEST_CASE("the fake driver loads through the same loader") {
+  auto lib = plugin::DriverLibrary::open(BERTH_FAKE_DRIVER);
+  CHECK(lib->identity().name == "fake");
+  CHECK((lib->identity().capabilities & BERTH_CAP_EXEC) != 0);
+}

@@ -1,0 +1,167 @@
+/*
+ * A minimal driver written in plain C, compiled several times with one BROKEN_* / OLD_MINOR definition each, to
+ * exercise every rule the loader enforces (see tests/abi/loader_test.cpp). Without definitions it is a valid
+ * ABI 1.1 driver whose calls all succeed trivially.
+ */
+#include <berth/driver.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+struct berth_instance {
+  const berth_host_api* host;
+};
+
+static berth_status configure(const berth_host_api* host, const char* config_json, berth_instance** out,
+                              berth_error* err) {
+#if defined(BROKEN_CONFIGURE_STATUS)
+  (void)host, (void)config_json, (void)out, (void)err;
+  return 99; /* not a berth_status */
+#elif defined(BROKEN_CONFIGURE_NULL)
+  (void)host, (void)config_json, (void)out, (void)err;
+  return BERTH_OK; /* but no instance */
+#else
+  if (strcmp(config_json, "{\"fail\":true}") == 0) {
+    host->set_error(err, "config says fail");
+    return BERTH_INVALID_ARGUMENT;
+  }
+  struct berth_instance* inst = (struct berth_instance*)malloc(sizeof *inst);
+  inst->host = host;
+  *out = inst;
+  return BERTH_OK;
+#endif
+}
+
+static void destroy(berth_instance* inst) { free(inst); }
+
+static berth_status volume_create(berth_instance* i, const char* n, const berth_kv* l, size_t c, berth_error* e) {
+  (void)i, (void)n, (void)l, (void)c, (void)e;
+  return BERTH_OK;
+}
+static berth_status volume_remove(berth_instance* i, const char* n, berth_error* e) {
+  (void)i, (void)n;
+  i->host->set_error(e, "no such volume");
+  return BERTH_NOT_FOUND;
+}
+static berth_status volume_exists(berth_instance* i, const char* n, int32_t* exists, berth_error* e) {
+  (void)i, (void)n, (void)e;
+  *exists = 0;
+  return BERTH_OK;
+}
+static berth_status session_create(berth_instance* i, const berth_session_spec* s, berth_session_info* info,
+                                   berth_error* e) {
+  (void)i, (void)e;
+  info->state = BERTH_SESSION_RUNNING;
+  strncpy(info->handle, s->session_id, BERTH_HANDLE_MAX - 1);
+  return BERTH_OK;
+}
+static berth_status session_inspect(berth_instance* i, const char* h, berth_session_info* info, berth_error* e) {
+  (void)i, (void)h, (void)e;
+  info->state = BERTH_SESSION_MISSING;
+  return BERTH_OK;
+}
+static berth_status session_stop(berth_instance* i, const char* h, uint32_t t, berth_error* e) {
+  (void)i, (void)h, (void)t, (void)e;
+  return BERTH_OK;
+}
+static berth_status session_remove(berth_instance* i, const char* h, berth_error* e) {
+  (void)i, (void)h, (void)e;
+  return BERTH_OK;
+}
+static berth_status session_list(berth_instance* i, const berth_kv* f, size_t n, berth_session_list_fn fn, void* ctx,
+                                 berth_error* e) {
+  (void)i, (void)f, (void)n, (void)fn, (void)ctx, (void)e;
+  return BERTH_OK;
+}
+static berth_status exec_(berth_instance* i, const char* h, const berth_exec_request* rq, berth_output_fn out,
+                          void* octx, const berth_cancel_token* c, berth_exec_result* r, berth_error* e) {
+  (void)i, (void)h, (void)c, (void)e;
+  out(octx, BERTH_STREAM_STDOUT, (const uint8_t*)rq->argv[0], strlen(rq->argv[0]));
+  r->exit_code = 0;
+  return BERTH_OK;
+}
+static berth_status file_put(berth_instance* i, const char* h, const char* p, uint32_t m, uint64_t s,
+                             berth_read_fn src, void* sctx, berth_error* e) {
+  (void)i, (void)h, (void)p, (void)m, (void)s, (void)src, (void)sctx, (void)e;
+  return BERTH_UNSUPPORTED;
+}
+static berth_status file_get(berth_instance* i, const char* h, const char* p, berth_write_fn sink, void* sctx,
+                             berth_error* e) {
+  (void)i, (void)h, (void)p, (void)sink, (void)sctx, (void)e;
+  return BERTH_UNSUPPORTED;
+}
+static berth_status dir_list(berth_instance* i, const char* h, const char* p, berth_dir_list_fn fn, void* ctx,
+                             berth_error* e) {
+  (void)i, (void)h, (void)p, (void)fn, (void)ctx, (void)e;
+  return BERTH_UNSUPPORTED;
+}
+static berth_status path_remove(berth_instance* i, const char* h, const char* p, berth_error* e) {
+  (void)i, (void)h, (void)p, (void)e;
+  return BERTH_UNSUPPORTED;
+}
+static berth_status session_stats(berth_instance* i, const char* h, berth_session_stats* st, berth_error* e) {
+  (void)i, (void)h, (void)e;
+  st->pids = 1;
+  return BERTH_OK;
+}
+
+static berth_driver_api table = {
+    BERTH_DRIVER_API_INIT,
+    "abi-test",
+    "1.2.3",
+    BERTH_CAP_EXEC | BERTH_CAP_STATS,
+    configure,
+    destroy,
+    volume_create,
+    volume_remove,
+    volume_exists,
+    session_create,
+    session_inspect,
+    session_stop,
+    session_remove,
+    session_list,
+#if defined(BROKEN_NULL_CALLBACK)
+    NULL,
+#else
+    exec_,
+#endif
+    file_put,
+    file_get,
+    dir_list,
+    path_remove,
+    session_stats,
+};
+
+#if defined(BROKEN_NO_ENTRY)
+/* The entry point is missing: export something else instead. */
+BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry_misspelled(void) { return &table; }
+#elif defined(BROKEN_ENTRY_NULL)
+BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry(uint32_t major, uint32_t minor) {
+  (void)major, (void)minor;
+  return NULL;
+}
+#else
+static const berth_driver_api* patched(void) {
+#if defined(BROKEN_MAJOR)
+  table.abi_major = BERTH_ABI_VERSION_MAJOR + 1;
+#elif defined(BROKEN_MINOR_NEWER)
+  table.abi_minor = BERTH_ABI_VERSION_MINOR + 1;
+#elif defined(BROKEN_UNDERSIZED)
+  table.struct_size = BERTH_DRIVER_API_SIZE_1_0 - (uint32_t)sizeof(void*);
+#elif defined(BROKEN_OVERSIZED)
+  table.struct_size = (uint32_t)sizeof(berth_driver_api) + 64;
+#elif defined(BROKEN_BAD_NAME)
+  table.name = "bad name with spaces";
+#elif defined(OLD_MINOR)
+  /* What a driver built against the 1.0 header looks like: a shorter table, no session_stats slot. */
+  table.abi_minor = 0;
+  table.struct_size = BERTH_DRIVER_API_SIZE_1_0;
+  table.session_stats = NULL; /* beyond struct_size: the host must not read it anyway */
+#endif
+  return &table;
+}
+BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry(uint32_t major, uint32_t minor) {
+  (void)major, (void)minor;
+  return patched();
+}
+#endif

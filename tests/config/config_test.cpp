@@ -1,0 +1,100 @@
+#include <catch2/catch.hpp>
+
+#include "config/config.hpp"
+
+using namespace berth::config;
+
+namespace {
+std::string error_of(const std::string& text) {
+  try {
+    parse(text, "t.toml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("a full config parses into typed values") {
+  auto cfg = parse(R"(
+default_profile = "py"
+[server]
+listen = "0.0.0.0:9000"
+threads = 8
+max_body = "2MiB"
+shutdown_grace = "5s"
+[driver]
+name = "fake"
+[driver.settings]
+latency_ms = { exec = 5 }
+[profiles.py]
+image = "berth/python:3.11"
+cpus = 0.5
+memory = "256m"
+ttl = "1h"
+env = { A = "1" }
+capabilities = ["python", "filesystem"]
+[cleanup]
+interval = 30
+[auth.keys]
+"secret-key-1" = "alice"
+)",
+                   "t.toml");
+  CHECK(cfg.server.host == "0.0.0.0");
+  CHECK(cfg.server.port == 9000);
+  CHECK(cfg.server.threads == 8);
+  CHECK(cfg.server.max_body == 2u << 20);
+  CHECK(cfg.server.shutdown_grace == std::chrono::seconds(5));
+  CHECK(cfg.driver.name == "fake");
+  CHECK(cfg.driver.settings_json.find("\"exec\" : 5") != std::string::npos);
+  const auto& p = cfg.profiles.at("py");
+  CHECK(p.cpus == 0.5);
+  CHECK(p.memory == 256u << 20);
+  CHECK(p.ttl == std::chrono::seconds(3600));
+  CHECK(p.env.at("A") == "1");
+  CHECK(p.capabilities == std::set<Capability>{Capability::python, Capability::filesystem});
+  CHECK(cfg.cleanup.interval == std::chrono::seconds(30));
+  CHECK(cfg.auth.keys.at("secret-key-1") == "alice");
+}
+
+TEST_CASE("unknown keys name the key and the line") {
+  CHECK(error_of("[driver]\nname = \"fake\"\n[server]\nthreds = 4\n") == "t.toml:4:10: server.threds: unknown key");
+  CHECK(error_of("[driver]\nname = \"fake\"\nbogus = 1\n").find("t.toml:3:9: driver.bogus: unknown key") == 0);
+  CHECK(error_of("[driver]\nname=\"fake\"\n[profiles.x]\nimgae=\"a\"\n").find("profiles.x.imgae: unknown key") !=
+        std::string::npos);
+}
+
+TEST_CASE("bad values are rejected with a reason") {
+  const std::string d = "[driver]\nname = \"fake\"\n";
+  CHECK(error_of(d + "[server]\nthreads = \"many\"\n").find("server.threads: expected an integer") !=
+        std::string::npos);
+  CHECK(error_of(d + "[server]\nthreads = 0\n").find("server.threads: must be between 2 and 1024") !=
+        std::string::npos);
+  CHECK(error_of(d + "[server]\nlisten = \"nowhere\"\n").find("server.listen: expected host:port") !=
+        std::string::npos);
+  CHECK(error_of(d + "[profiles.a]\nmemory = \"12 parsecs\"\n").find("profiles.a.memory: bad size") !=
+        std::string::npos);
+  CHECK(error_of(d + "[profiles.a]\nuser = \"root\"\n").find("never run as root") != std::string::npos);
+  CHECK(error_of(d + "[cleanup]\ninterval = \"soon\"\n").find("cleanup.interval: bad duration") !=
+        std::string::npos);
+  CHECK(error_of(d + "default_profile = \"nope\"\n").find("no profile named 'nope'") != std::string::npos);
+  CHECK(error_of("[server]\nthreads = 4\n").find("set [driver] name") != std::string::npos);
+  CHECK(error_of("[server\n").find("t.toml:1:") == 0);
+}
+
+TEST_CASE("durations and sizes") {
+  CHECK(parse_duration("90") == std::chrono::seconds(90));
+  CHECK(parse_duration("5m") == std::chrono::seconds(300));
+  CHECK(parse_duration("2h") == std::chrono::seconds(7200));
+  CHECK(parse_duration("1d") == std::chrono::seconds(86400));
+  CHECK_THROWS_AS(parse_duration("-1s"), std::invalid_argument);
+  CHECK(parse_size("1k") == 1024);
+  CHECK(parse_size("512MiB") == 512u << 20);
+  CHECK(parse_size("1G") == 1u << 30);
+  CHECK_THROWS_AS(parse_size("1t"), std::invalid_argument);
+}
+
+TEST_CASE("the shipped example config is valid") {
+  auto cfg = load(std::string(BERTH_SOURCE_DIR) + "/berth.example.toml");
+  CHECK_FALSE(cfg.profiles.empty());
+}

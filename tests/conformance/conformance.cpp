@@ -1,0 +1,474 @@
+// berth-driver-conformance: runs the SDK contract (sdk/include/berth/driver.h) against any driver library.
+//
+//   berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options...]
+//
+// The driver is loaded through the host's real plugin loader. Sessions use the image named by
+// $BERTH_CONFORMANCE_IMAGE (default berth/python:3.11); the image needs /bin/sh, cat, sleep and python3.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "plugin/driver_library.hpp"
+
+namespace {
+
+using namespace berth;
+using core::DriverErrc;
+using core::DriverError;
+using namespace std::chrono_literals;
+
+std::string g_driver_path;
+std::string g_config_json = "{}";
+std::shared_ptr<plugin::DriverLibrary> g_library;
+
+std::string image() {
+  const char* env = std::getenv("BERTH_CONFORMANCE_IMAGE");
+  return env != nullptr && *env != '\0' ? env : "berth/python:3.11";
+}
+
+/** A unique suffix per test run so that runs against a shared engine never collide. */
+std::string unique(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  static const std::string run = [] {
+    std::random_device rd;
+    std::ostringstream os;
+    os << std::hex << (rd() & 0xffffff);
+    return os.str();
+  }();
+  return prefix + "-" + run + "-" + std::to_string(counter++);
+}
+
+std::unique_ptr<core::Driver> make_driver() {
+  return g_library->configure(g_config_json, std::make_shared<core::SystemClock>());
+}
+
+DriverErrc error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const DriverError& e) {
+    return e.code();
+  }
+  FAIL("expected a DriverError");
+  return DriverErrc::internal;
+}
+
+struct Output {
+  std::string out;
+  std::string err;
+  int chunks = 0;
+  core::ExecResult result;
+};
+
+core::ExecRequest sh(const std::string& script, std::chrono::milliseconds timeout = 20s) {
+  core::ExecRequest rq;
+  rq.argv = {"/bin/sh", "-c", script};
+  rq.timeout = timeout;
+  return rq;
+}
+
+Output run(core::Driver& d, const std::string& handle, const core::ExecRequest& rq,
+           const core::CancelToken* cancel = nullptr) {
+  Output o;
+  o.result = d.exec(
+      handle, rq,
+      [&](core::Stream s, std::string_view data) {
+        (s == core::Stream::out ? o.out : o.err).append(data);
+        ++o.chunks;
+        return true;
+      },
+      cancel);
+  return o;
+}
+
+/** A session on a fresh volume, removed (with its volume) at scope exit. */
+struct Sandbox {
+  core::Driver& driver;
+  std::string volume;
+  std::string handle;
+  core::Labels labels;
+
+  explicit Sandbox(core::Driver& d, core::Labels extra = {}) : driver(d) {
+    volume = unique("berth-conf-vol");
+    labels = {{"berth.conformance", "true"}, {"berth.test", unique("t")}};
+    labels.insert(extra.begin(), extra.end());
+    driver.volume_create(volume, labels);
+    core::SessionSpec spec;
+    spec.session_id = unique("conf");
+    spec.image = image();
+    spec.labels = labels;
+    spec.env = {{"BERTH_CONF", "from-spec"}};
+    spec.workspace_volume = volume;
+    spec.memory_bytes = 256ll << 20;
+    spec.pids_limit = 128;
+    spec.nano_cpus = 1'000'000'000;
+    spec.user = "1000:1000";
+    auto info = driver.session_create(spec);
+    handle = info.handle;
+    REQUIRE(info.state == core::SessionState::running);
+    REQUIRE_FALSE(handle.empty());
+  }
+  ~Sandbox() {
+    try {
+      driver.session_remove(handle);
+    } catch (const DriverError&) {
+    }
+    try {
+      driver.volume_remove(volume);
+    } catch (const DriverError&) {
+    }
+  }
+};
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
+void put(core::Driver& d, const std::string& h, const std::string& path, const std::string& bytes,
+         std::uint32_t mode = 0644) {
+  std::size_t offset = 0;
+  d.file_put(h, path, mode, bytes.size(), [&](std::uint8_t* buf, std::size_t cap) -> std::int64_t {
+    std::size_t n = std::min(cap, bytes.size() - offset);
+    std::memcpy(buf, bytes.data() + offset, n);
+    offset += n;
+    return static_cast<std::int64_t>(n);
+  });
+}
+
+std::string get(core::Driver& d, const std::string& h, const std::string& path) {
+  std::string out;
+  d.file_get(h, path, [&](std::string_view data) {
+    out.append(data);
+    return true;
+  });
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("identity is well-formed", "[conformance][identity]") {
+  const auto& id = g_library->identity();
+  CHECK_FALSE(id.name.empty());
+  CHECK_FALSE(id.version.empty());
+  CHECK(id.abi_major == BERTH_ABI_VERSION_MAJOR);
+  CHECK(id.abi_minor <= BERTH_ABI_VERSION_MINOR);
+}
+
+TEST_CASE("several instances live in one process", "[conformance][identity]") {
+  auto a = make_driver();
+  auto b = make_driver();
+  auto volume = unique("berth-conf-vol");
+  a->volume_create(volume, {});
+  CHECK(b->volume_exists(volume) == b->volume_exists(volume));  // both usable independently
+  a->volume_remove(volume);
+}
+
+TEST_CASE("volumes: create, exists, conflict, remove, not found", "[conformance][volumes]") {
+  auto d = make_driver();
+  auto volume = unique("berth-conf-vol");
+  CHECK_FALSE(d->volume_exists(volume));
+  d->volume_create(volume, {{"berth.conformance", "true"}});
+  CHECK(d->volume_exists(volume));
+  CHECK(error_of([&] { d->volume_create(volume, {}); }) == DriverErrc::conflict);
+  d->volume_remove(volume);
+  CHECK_FALSE(d->volume_exists(volume));
+  CHECK(error_of([&] { d->volume_remove(volume); }) == DriverErrc::not_found);
+}
+
+TEST_CASE("sessions: lifecycle, idempotent stop, NOT_FOUND semantics", "[conformance][sessions]") {
+  auto d = make_driver();
+  std::string handle;
+  {
+    Sandbox sb(*d);
+    handle = sb.handle;
+    CHECK(d->session_inspect(handle).state == core::SessionState::running);
+
+    d->session_stop(handle, 1s);
+    auto stopped = d->session_inspect(handle).state;
+    CHECK((stopped == core::SessionState::exited || stopped == core::SessionState::missing));
+    CHECK_NOTHROW(d->session_stop(handle, 1s));  // stopping a stopped session is fine
+
+    d->session_remove(handle);
+    CHECK(d->session_inspect(handle).state == core::SessionState::missing);
+    CHECK(error_of([&] { d->session_remove(handle); }) == DriverErrc::not_found);
+    CHECK(d->volume_exists(sb.volume));  // removing a session never removes its workspace
+  }
+  CHECK(error_of([&] { d->session_stop("berth-no-such-session-handle", 1s); }) == DriverErrc::not_found);
+  CHECK(d->session_inspect("berth-no-such-session-handle").state == core::SessionState::missing);
+  CHECK(error_of([&] { run(*d, "berth-no-such-session-handle", sh("true")); }) == DriverErrc::not_found);
+}
+
+TEST_CASE("sessions: list by label returns exactly the matching sessions", "[conformance][sessions]") {
+  auto d = make_driver();
+  Sandbox a(*d, {{"berth.group", "a"}});
+  Sandbox b(*d, {{"berth.group", "b"}});
+  auto listed = d->session_list({{"berth.test", a.labels.at("berth.test")}});
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].handle == a.handle);
+  CHECK(listed[0].labels.at("berth.group") == "a");
+  auto both = d->session_list({{"berth.conformance", "true"}});
+  auto has = [&](const std::string& h) {
+    return std::any_of(both.begin(), both.end(), [&](const auto& l) { return l.handle == h; });
+  };
+  CHECK(has(a.handle));
+  CHECK(has(b.handle));
+  CHECK(d->session_list({{"berth.test", "no-such-value"}}).empty());
+}
+
+TEST_CASE("exec: output, exit codes, stderr, stdin, env, cwd", "[conformance][exec]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+
+  auto hello = run(*d, sb.handle, sh("echo hello"));
+  CHECK(hello.out == "hello\n");
+  CHECK(hello.err.empty());
+  CHECK(hello.result.exit_code == 0);
+  CHECK_FALSE(hello.result.timed_out);
+
+  auto three = run(*d, sb.handle, sh("echo out; echo oops >&2; exit 3"));
+  CHECK(three.out == "out\n");
+  CHECK(three.err == "oops\n");
+  CHECK(three.result.exit_code == 3);
+
+  auto rq = sh("cat");
+  rq.stdin_data = std::string("line one\nline\0two\n", 18);
+  CHECK(run(*d, sb.handle, rq).out == rq.stdin_data);
+
+  auto env = sh("echo $BERTH_CONF $BERTH_REQ");
+  env.env = {{"BERTH_REQ", "from-request"}};
+  CHECK(run(*d, sb.handle, env).out == "from-spec from-request\n");
+
+  CHECK(run(*d, sb.handle, sh("pwd")).out == "/workspace\n");
+  CHECK(run(*d, sb.handle, sh("mkdir -p sub && true")).result.exit_code == 0);
+  auto in_sub = sh("pwd");
+  in_sub.cwd = "sub";
+  CHECK(run(*d, sb.handle, in_sub).out == "/workspace/sub\n");
+
+  core::ExecRequest py;
+  py.argv = {"python3", "-c", "print(1+2)"};
+  py.timeout = 20s;
+  CHECK(run(*d, sb.handle, py).out == "3\n");
+}
+
+TEST_CASE("exec: output is streamed in chunks", "[conformance][exec]") {
+  auto d = make_driver();
+  if (!d->has_capability(BERTH_CAP_EXEC_STREAM)) return;
+  Sandbox sb(*d);
+  auto o = run(*d, sb.handle, sh("echo a; sleep 0.3; echo b; sleep 0.3; echo c"));
+  CHECK(o.out == "a\nb\nc\n");
+  CHECK(o.chunks >= 2);
+}
+
+TEST_CASE("exec: timeout kills the process, not the session", "[conformance][exec]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  auto t0 = std::chrono::steady_clock::now();
+  auto o = run(*d, sb.handle, sh("echo started; sleep 30", 1000ms));
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(o.result.timed_out);
+  CHECK(o.out == "started\n");
+  CHECK(took < 10s);
+  CHECK(d->session_inspect(sb.handle).state == core::SessionState::running);
+  CHECK(run(*d, sb.handle, sh("echo still-here")).out == "still-here\n");
+}
+
+TEST_CASE("exec: a cancel token stops the process", "[conformance][exec]") {
+  auto d = make_driver();
+  if (!d->has_capability(BERTH_CAP_EXEC_CANCEL)) return;
+  Sandbox sb(*d);
+  core::CancelToken token;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(500ms);
+    token.cancel();
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(error_of([&] { run(*d, sb.handle, sh("sleep 30"), &token); }) == DriverErrc::cancelled);
+  canceller.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+  CHECK(run(*d, sb.handle, sh("echo after-cancel")).out == "after-cancel\n");
+
+  // A sink that refuses more output cancels too.
+  CHECK(error_of([&] {
+          d->exec(sb.handle, sh("echo one; sleep 30"), [](core::Stream, std::string_view) { return false; },
+                  nullptr);
+        }) == DriverErrc::cancelled);
+}
+
+TEST_CASE("files: round trip of text, binary and empty files", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  put(*d, sb.handle, "hello.txt", "hello\n");
+  CHECK(get(*d, sb.handle, "hello.txt") == "hello\n");
+
+  auto binary = random_bytes(1 << 20, 7);
+  put(*d, sb.handle, "data/nested/blob.bin", binary);
+  CHECK(get(*d, sb.handle, "data/nested/blob.bin") == binary);
+
+  put(*d, sb.handle, "empty", "");
+  CHECK(get(*d, sb.handle, "empty").empty());
+
+  put(*d, sb.handle, "hello.txt", "replaced");
+  CHECK(get(*d, sb.handle, "hello.txt") == "replaced");
+
+  // The process inside sees the same bytes.
+  CHECK(run(*d, sb.handle, sh("cat hello.txt")).out == "replaced");
+}
+
+TEST_CASE("files: listing, modes, removal, errors", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  put(*d, sb.handle, "dir/a.txt", "12345");
+  put(*d, sb.handle, "dir/run.sh", "#!/bin/sh\necho ran\n", 0755);
+  auto entries = d->dir_list(sb.handle, "dir");
+  std::sort(entries.begin(), entries.end(), [](const auto& x, const auto& y) { return x.name < y.name; });
+  REQUIRE(entries.size() == 2);
+  CHECK(entries[0].name == "a.txt");
+  CHECK(entries[0].type == core::EntryType::file);
+  CHECK(entries[0].size == 5);
+  CHECK(entries[1].name == "run.sh");
+  CHECK((entries[1].mode & 0777) == 0755);
+  CHECK(run(*d, sb.handle, sh("./dir/run.sh")).out == "ran\n");
+
+  auto root = d->dir_list(sb.handle, ".");
+  auto dir = std::find_if(root.begin(), root.end(), [](const auto& e) { return e.name == "dir"; });
+  REQUIRE(dir != root.end());
+  CHECK(dir->type == core::EntryType::directory);
+
+  d->path_remove(sb.handle, "dir/a.txt");
+  CHECK(error_of([&] { get(*d, sb.handle, "dir/a.txt"); }) == DriverErrc::not_found);
+  d->path_remove(sb.handle, "dir");
+  CHECK(error_of([&] { d->dir_list(sb.handle, "dir"); }) == DriverErrc::not_found);
+  CHECK(error_of([&] { d->path_remove(sb.handle, "dir"); }) == DriverErrc::not_found);
+
+  put(*d, sb.handle, "plain", "x");
+  CHECK(error_of([&] { d->dir_list(sb.handle, "plain"); }) == DriverErrc::invalid_argument);
+  d->path_remove(sb.handle, "plain");
+}
+
+TEST_CASE("files: paths outside the workspace are refused", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  for (const std::string bad : {"/etc/passwd", "../etc/passwd", "a/../../etc/passwd", std::string("a\0b", 3)}) {
+    INFO("path " << bad);
+    CHECK(error_of([&] { get(*d, sb.handle, bad); }) == DriverErrc::invalid_argument);
+    CHECK(error_of([&] { put(*d, sb.handle, bad, "x"); }) == DriverErrc::invalid_argument);
+  }
+}
+
+TEST_CASE("files: the workspace outlives the session", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  put(*d, sb.handle, "keep.txt", "kept");
+  d->session_stop(sb.handle, 1s);
+  d->session_remove(sb.handle);
+  core::SessionSpec spec;
+  spec.session_id = unique("conf");
+  spec.image = image();
+  spec.labels = sb.labels;
+  spec.workspace_volume = sb.volume;
+  spec.user = "1000:1000";
+  sb.handle = d->session_create(spec).handle;
+  CHECK(get(*d, sb.handle, "keep.txt") == "kept");
+}
+
+TEST_CASE("concurrency: parallel execs on one session and parallel session creation", "[conformance][threads]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  constexpr int kThreads = 8;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        auto o = run(*d, sb.handle, sh("echo " + std::to_string(i)));
+        if (o.out == std::to_string(i) + "\n" && o.result.exit_code == 0) ++ok;
+      } catch (const std::exception& e) {
+        std::cerr << "thread " << i << ": " << e.what() << "\n";
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(ok == kThreads);
+
+  std::vector<std::unique_ptr<Sandbox>> boxes(4);
+  std::atomic<int> created{0};
+  threads.clear();
+  for (std::size_t i = 0; i < boxes.size(); ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        boxes[i] = std::make_unique<Sandbox>(*d);
+        ++created;
+      } catch (const std::exception& e) {
+        std::cerr << "create " << i << ": " << e.what() << "\n";
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(created == 4);
+  std::set<std::string> handles;
+  for (auto& b : boxes) {
+    if (b) handles.insert(b->handle);
+  }
+  CHECK(handles.size() == boxes.size());
+}
+
+TEST_CASE("stats: reported for a running session when advertised", "[conformance][stats]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  if (!d->has_capability(BERTH_CAP_STATS)) {
+    CHECK(error_of([&] { d->session_stats(sb.handle); }) == DriverErrc::unsupported);
+    return;
+  }
+  auto st = d->session_stats(sb.handle);
+  CHECK(st.pids >= 1);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]).rfind('-', 0) == 0) {
+    std::cerr << "usage: berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options]\n";
+    return 2;
+  }
+  g_driver_path = argv[1];
+  int consumed = 2;
+  if (argc > 2 && std::string(argv[2]).rfind('-', 0) != 0) {
+    std::string arg = argv[2];
+    if (!arg.empty() && arg[0] == '{') {
+      g_config_json = arg;
+    } else {
+      std::ifstream in(arg);
+      if (!in) {
+        std::cerr << "berth-driver-conformance: cannot read " << arg << "\n";
+        return 2;
+      }
+      std::stringstream ss;
+      ss << in.rdbuf();
+      g_config_json = ss.str();
+    }
+    consumed = 3;
+  }
+  berth::log::init(berth::log::Format::text, berth::log::Level::warn);
+  try {
+    g_library = berth::plugin::DriverLibrary::open(g_driver_path);
+  } catch (const std::exception& e) {
+    std::cerr << "berth-driver-conformance: " << e.what() << "\n";
+    return 2;
+  }
+  std::vector<char*> rest{argv[0]};
+  for (int i = consumed; i < argc; ++i) rest.push_back(argv[i]);
+  std::cout << "driver " << g_library->identity().name << " " << g_library->identity().version << " (ABI "
+            << g_library->identity().abi_major << "." << g_library->identity().abi_minor << ") image " << image()
+            << "\n";
+  return Catch::Session().run(static_cast<int>(rest.size()), rest.data());
+}

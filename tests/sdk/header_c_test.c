@@ -1,0 +1,80 @@
+/*
+ * Compiles berth/driver.h as strict C11 and pins the ABI layout on LP64 targets. A change that moves a field or
+ * grows a struct anywhere but at its end breaks this file: that is the point.
+ */
+#include <berth/driver.h>
+
+#include <stdio.h>
+
+#define PIN(type, field, off) _Static_assert(offsetof(type, field) == (off), #type "." #field " moved")
+#define SIZE(type, n) _Static_assert(sizeof(type) == (n), "sizeof(" #type ") changed")
+
+#if UINTPTR_MAX == 0xFFFFFFFFFFFFFFFFu
+PIN(berth_driver_api, struct_size, 0);
+PIN(berth_driver_api, abi_major, 4);
+PIN(berth_driver_api, abi_minor, 8);
+PIN(berth_driver_api, name, 16);
+PIN(berth_driver_api, version, 24);
+PIN(berth_driver_api, capabilities, 32);
+PIN(berth_driver_api, configure, 40);
+PIN(berth_driver_api, destroy, 48);
+PIN(berth_driver_api, volume_create, 56);
+PIN(berth_driver_api, session_create, 80);
+PIN(berth_driver_api, session_list, 112);
+PIN(berth_driver_api, exec, 120);
+PIN(berth_driver_api, file_put, 128);
+PIN(berth_driver_api, path_remove, 152);
+PIN(berth_driver_api, session_stats, 160); /* 1.1 */
+SIZE(berth_driver_api, 168);
+_Static_assert(BERTH_DRIVER_API_SIZE_1_0 == 160, "the 1.0 table size is frozen");
+
+PIN(berth_host_api, host_ctx, 16);
+PIN(berth_host_api, log, 24);
+PIN(berth_host_api, monotonic_ns, 32);
+PIN(berth_host_api, set_error, 56);
+PIN(berth_host_api, is_cancelled, 64);
+SIZE(berth_host_api, 72);
+
+PIN(berth_session_spec, session_id, 8);
+PIN(berth_session_spec, nano_cpus, 56);
+PIN(berth_session_spec, network_enabled, 80);
+PIN(berth_session_spec, workspace_volume, 88);
+PIN(berth_session_spec, working_dir, 112);
+SIZE(berth_session_spec, 120);
+
+PIN(berth_session_info, handle, 16);
+PIN(berth_session_info, endpoint, 144);
+SIZE(berth_session_info, 400);
+
+PIN(berth_exec_request, timeout_ms, 4);
+PIN(berth_exec_request, argv, 8);
+PIN(berth_exec_request, cwd, 40);
+PIN(berth_exec_request, stdin_size, 56);
+SIZE(berth_exec_request, 64);
+SIZE(berth_exec_result, 16);
+
+PIN(berth_dir_entry, name, 8);
+PIN(berth_dir_entry, size, 16);
+SIZE(berth_dir_entry, 32);
+SIZE(berth_session_listing, 32);
+SIZE(berth_session_stats, 32);
+SIZE(berth_kv, 16);
+#endif
+
+_Static_assert(sizeof(berth_status) == 4, "statuses are 32-bit");
+_Static_assert(BERTH_OK == 0 && BERTH_UNAVAILABLE == 4 && BERTH_CANCELLED == 8, "status values are frozen");
+
+/* The export macro must work in a C translation unit. */
+static const berth_driver_api table = {BERTH_DRIVER_API_INIT, "c-test", "0.0.0", BERTH_CAP_EXEC};
+BERTH_DRIVER_EXPORT(table)
+
+int main(void) {
+  const berth_driver_api* t = berth_driver_entry(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR);
+  if (t != &table || t->struct_size != sizeof(berth_driver_api) || t->abi_major != BERTH_ABI_VERSION_MAJOR ||
+      t->abi_minor != BERTH_ABI_VERSION_MINOR) {
+    fprintf(stderr, "BERTH_DRIVER_EXPORT / BERTH_DRIVER_API_INIT produced a wrong table\n");
+    return 1;
+  }
+  puts("driver.h compiles as C11; layout pinned");
+  return 0;
+}
