@@ -25,12 +25,14 @@ static berth_status configure(const berth_host_api* host, const char* config_jso
   return BERTH_OK;
 }
 
-static void destroy(berth_instance* inst) { free(inst); }
+static void destroy(berth_instance* inst) {
+  free(inst);
+}
 
-#define UNSUPPORTED(inst, err)                                                 \
-  do {                                                                         \
+#define UNSUPPORTED(inst, err)                                                \
+  do {                                                                        \
     (inst)->host->set_error((err), "the hello driver does not run anything"); \
-    return BERTH_UNSUPPORTED;                                                  \
+    return BERTH_UNSUPPORTED;                                                 \
   } while (0)
 
 static berth_status volume_create(berth_instance* i, const char* n, const berth_kv* l, size_t c, berth_error* e) {
@@ -75,8 +77,8 @@ static berth_status exec_(berth_instance* i, const char* h, const berth_exec_req
   (void)h, (void)r, (void)o, (void)c, (void)t, (void)res;
   UNSUPPORTED(i, e);
 }
-static berth_status file_put(berth_instance* i, const char* h, const char* p, uint32_t m, uint64_t s,
-                             berth_read_fn src, void* c, berth_error* e) {
+static berth_status file_put(berth_instance* i, const char* h, const char* p, uint32_t m, uint64_t s, berth_read_fn src,
+                             void* c, berth_error* e) {
   (void)h, (void)p, (void)m, (void)s, (void)src, (void)c;
   UNSUPPORTED(i, e);
 }
@@ -95,9 +97,25 @@ static berth_status path_remove(berth_instance* i, const char* h, const char* p,
   UNSUPPORTED(i, e);
 }
 
-static const berth_driver_api hello_driver = {
-    BERTH_DRIVER_API_INIT, "hello", "0.1.0", 0, configure, destroy, volume_create, volume_remove, volume_exists,
-    session_create, session_inspect, session_stop, session_remove, session_list, exec_, file_put, file_get, dir_list,
-    path_remove, NULL /* session_stats: optional */};
+static const berth_driver_api hello_driver = {BERTH_DRIVER_API_INIT,
+                                              "hello",
+                                              "0.1.0",
+                                              0,
+                                              configure,
+                                              destroy,
+                                              volume_create,
+                                              volume_remove,
+                                              volume_exists,
+                                              session_create,
+                                              session_inspect,
+                                              session_stop,
+                                              session_remove,
+                                              session_list,
+                                              exec_,
+                                              file_put,
+                                              file_get,
+                                              dir_list,
+                                              path_remove,
+                                              NULL /* session_stats: optional */};
 
 BERTH_DRIVER_EXPORT(hello_driver)

@@ -1,14 +1,19 @@
 #include "app/daemon.hpp"
 
-#include <Poco/Net/HTTPServer.h>
+#include <Poco/SHA1Engine.h>
 
+#include <filesystem>
 #include <iostream>
 
 #include "api/http_api.hpp"
 #include "config/config.hpp"
+#include "core/cleanup_task.hpp"
 #include "core/clock.hpp"
+#include "core/idempotency.hpp"
 #include "core/log.hpp"
+#include "core/sandbox_service.hpp"
 #include "plugin/driver_library.hpp"
+#include "store/store.hpp"
 
 namespace berth::app {
 namespace {
@@ -22,6 +27,55 @@ std::vector<std::filesystem::path> search_path(const config::DriverConfig& d) {
   auto defaults = plugin::default_search_path();
   out.insert(out.end(), defaults.begin(), defaults.end());
   return out;
+}
+
+/** Stable across restarts, so a restarted berthd recognises (and adopts or cleans) its own containers. */
+std::string instance_id(const config::Config& cfg) {
+  if (!cfg.driver.instance_id.empty()) return cfg.driver.instance_id;
+  Poco::SHA1Engine sha;
+  sha.update(std::filesystem::absolute(cfg.store.path).lexically_normal().string());
+  return "berth-" + Poco::DigestEngine::digestToHex(sha.digest()).substr(0, 12);
+}
+
+core::Settings core_settings(const config::Config& cfg) {
+  core::Settings s;
+  for (const auto& [name, p] : cfg.profiles) {
+    core::Profile cp;
+    cp.name = name;
+    cp.image = p.image;
+    cp.nano_cpus = static_cast<std::int64_t>(p.cpus * 1e9);
+    cp.memory_bytes = static_cast<std::int64_t>(p.memory);
+    cp.pids_limit = p.pids;
+    cp.network = p.network;
+    cp.read_only_rootfs = p.read_only_rootfs;
+    cp.user = p.user;
+    cp.env = p.env;
+    cp.ttl = p.ttl;
+    cp.idle_timeout = p.idle_timeout.value_or(cfg.cleanup.idle_timeout);
+    cp.capabilities.clear();
+    for (auto c : p.capabilities)
+      cp.capabilities.insert(config::to_string(c));
+    s.profiles[name] = cp;
+  }
+  s.default_profile = cfg.default_profile;
+  s.instance_id = instance_id(cfg);
+  s.start_wait = cfg.server.start_wait;
+  s.max_file_size = cfg.server.max_file_size;
+  return s;
+}
+
+api::ApiSettings api_settings(const config::Config& cfg) {
+  api::ApiSettings a;
+  a.host = cfg.server.host;
+  a.port = cfg.server.port;
+  a.threads = cfg.server.threads;
+  a.queue = cfg.server.queue;
+  a.max_body = cfg.server.max_body;
+  a.max_file_size = cfg.server.max_file_size;
+  a.api_keys = cfg.auth.keys;
+  a.allow_anonymous = cfg.auth.allow_anonymous;
+  a.anonymous_owner = cfg.auth.anonymous_owner;
+  return a;
 }
 
 }  // namespace
@@ -41,8 +95,8 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
   std::shared_ptr<plugin::DriverLibrary> library;
   std::unique_ptr<core::Driver> driver;
   try {
-    auto file = plugin::resolve_driver(cfg.driver.path.empty() ? cfg.driver.name : cfg.driver.path,
-                                       search_path(cfg.driver));
+    auto file =
+        plugin::resolve_driver(cfg.driver.path.empty() ? cfg.driver.name : cfg.driver.path, search_path(cfg.driver));
     library = plugin::DriverLibrary::open(file);
     driver = library->configure(cfg.driver.settings_json, clock);
   } catch (const plugin::LoadError& e) {
@@ -61,13 +115,21 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
   }
 
   try {
-    api::HttpApi server(cfg, *driver, clock);
+    auto store = store::open_sqlite_store(cfg.store.path);
+    log::info("store.opened", {{"kind", cfg.store.kind}, {"path", cfg.store.path}});
+    core::SandboxService service(*store, *driver, clock, core_settings(cfg));
+    core::IdempotencyRegistry idempotency(*store, clock);
+    core::CleanupTask cleanup(service, cfg.cleanup.interval);
+    api::HttpApi server(api_settings(cfg), service, idempotency, clock);
     server.start();
+    if (cfg.cleanup.enabled) cleanup.start();
     log::info("berthd.started", {{"listen", cfg.server.host + ":" + std::to_string(server.port())},
-                                 {"version", BERTH_VERSION}});
+                                 {"version", BERTH_VERSION},
+                                 {"instance", service.settings().instance_id}});
     wait_for_termination();
     log::info("berthd.stopping", {{"grace_s", std::to_string(cfg.server.shutdown_grace.count())}});
     server.stop(cfg.server.shutdown_grace);
+    cleanup.stop();
   } catch (const std::exception& e) {
     std::cerr << "berthd: " << e.what() << "\n";
     log::error("berthd.failed", {{"error", e.what()}});

@@ -16,14 +16,17 @@ class BerthdApplication : public Poco::Util::ServerApplication {
  protected:
   void defineOptions(Poco::Util::OptionSet& options) override {
     ServerApplication::defineOptions(options);
-    options.addOption(Poco::Util::Option("config", "c", "configuration file (TOML)")
-                          .required(false)
-                          .argument("file")
-                          .callback(Poco::Util::OptionCallback<BerthdApplication>(this, &BerthdApplication::set_config)));
-    options.addOption(Poco::Util::Option("check-config", "", "validate the configuration and exit")
-                          .callback(Poco::Util::OptionCallback<BerthdApplication>(this, &BerthdApplication::set_check)));
-    options.addOption(Poco::Util::Option("version", "v", "print the version and exit")
-                          .callback(Poco::Util::OptionCallback<BerthdApplication>(this, &BerthdApplication::set_version)));
+    options.addOption(
+        Poco::Util::Option("config", "c", "configuration file (TOML)")
+            .required(false)
+            .argument("file")
+            .callback(Poco::Util::OptionCallback<BerthdApplication>(this, &BerthdApplication::set_config)));
+    options.addOption(
+        Poco::Util::Option("check-config", "", "validate the configuration and exit")
+            .callback(Poco::Util::OptionCallback<BerthdApplication>(this, &BerthdApplication::set_check)));
+    options.addOption(
+        Poco::Util::Option("version", "v", "print the version and exit")
+            .callback(Poco::Util::OptionCallback<BerthdApplication>(this, &BerthdApplication::set_version)));
     options.addOption(Poco::Util::Option("help", "h", "show this help and exit")
                           .callback(Poco::Util::OptionCallback<BerthdApplication>(this, &BerthdApplication::set_help)));
   }

@@ -286,7 +286,8 @@ std::string to_string(Capability c) {
 
 std::chrono::seconds parse_duration(const std::string& text) {
   std::size_t i = 0;
-  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])))
+    ++i;
   if (i == 0 || i > 12) throw std::invalid_argument("bad duration '" + text + "' (e.g. \"30s\", \"5m\", \"2h\")");
   long long n = std::stoll(text.substr(0, i));
   std::string unit = text.substr(i);
@@ -299,11 +300,13 @@ std::chrono::seconds parse_duration(const std::string& text) {
 
 std::uint64_t parse_size(const std::string& text) {
   std::size_t i = 0;
-  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])))
+    ++i;
   if (i == 0 || i > 15) throw std::invalid_argument("bad size '" + text + "' (e.g. \"512MiB\", \"1g\")");
   std::uint64_t n = std::stoull(text.substr(0, i));
   std::string unit;
-  for (char c : text.substr(i)) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char c : text.substr(i))
+    unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (unit.empty() || unit == "b") return n;
   if (unit == "k" || unit == "kb" || unit == "kib") return n << 10;
   if (unit == "m" || unit == "mb" || unit == "mib") return n << 20;

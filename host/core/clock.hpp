@@ -24,8 +24,8 @@ class SystemClock final : public Clock {
 /** A clock that only moves when told to; both readings advance together. For tests. */
 class FakeClock final : public Clock {
  public:
-  explicit FakeClock(std::chrono::system_clock::time_point start = std::chrono::system_clock::time_point{
-                         std::chrono::seconds{1'800'000'000}})
+  explicit FakeClock(std::chrono::system_clock::time_point start =
+                         std::chrono::system_clock::time_point{std::chrono::seconds{1'800'000'000}})
       : wall_(start) {}
 
   std::chrono::system_clock::time_point now() const override {

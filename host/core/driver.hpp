@@ -33,6 +33,18 @@ class DriverError : public std::runtime_error {
 
 using Labels = std::map<std::string, std::string>;
 
+/** Capability bits of DriverIdentity::capabilities (same values as the SDK's BERTH_CAP_*; checked in plugin/). */
+namespace cap {
+inline constexpr std::uint64_t exec = 1u << 0;
+inline constexpr std::uint64_t exec_stream = 1u << 1;
+inline constexpr std::uint64_t exec_cancel = 1u << 2;
+inline constexpr std::uint64_t files = 1u << 3;
+inline constexpr std::uint64_t volumes = 1u << 4;
+inline constexpr std::uint64_t stats = 1u << 5;
+inline constexpr std::uint64_t readonly_rootfs = 1u << 6;
+inline constexpr std::uint64_t network_policy = 1u << 7;
+}  // namespace cap
+
 /** What to start. Zero limits mean "driver default". */
 struct SessionSpec {
   std::string session_id;

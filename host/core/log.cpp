@@ -105,7 +105,8 @@ std::string format_line(Format format, std::string_view event, const Fields& fie
   if (format == Format::json) {
     Poco::JSON::Object obj;
     obj.set("event", std::string(event));
-    for (const auto& [k, v] : fields) obj.set(std::string(k), v);
+    for (const auto& [k, v] : fields)
+      obj.set(std::string(k), v);
     std::ostringstream os;
     obj.stringify(os);
     return os.str();

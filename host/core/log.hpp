@@ -24,10 +24,18 @@ Level parse_level(std::string_view name);
 /** Writes one line. Thread-safe. Values are quoted when they contain spaces, quotes or '='. */
 void write(Level level, std::string_view event, const Fields& fields);
 
-inline void debug(std::string_view event, const Fields& fields = {}) { write(Level::debug, event, fields); }
-inline void info(std::string_view event, const Fields& fields = {}) { write(Level::info, event, fields); }
-inline void warn(std::string_view event, const Fields& fields = {}) { write(Level::warn, event, fields); }
-inline void error(std::string_view event, const Fields& fields = {}) { write(Level::error, event, fields); }
+inline void debug(std::string_view event, const Fields& fields = {}) {
+  write(Level::debug, event, fields);
+}
+inline void info(std::string_view event, const Fields& fields = {}) {
+  write(Level::info, event, fields);
+}
+inline void warn(std::string_view event, const Fields& fields = {}) {
+  write(Level::warn, event, fields);
+}
+inline void error(std::string_view event, const Fields& fields = {}) {
+  write(Level::error, event, fields);
+}
 
 /** Formats a line without writing it (used by tests and by write). */
 std::string format_line(Format format, std::string_view event, const Fields& fields);

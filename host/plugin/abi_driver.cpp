@@ -16,6 +16,13 @@ struct berth_error {
 namespace berth::plugin {
 namespace {
 
+static_assert(core::cap::exec == BERTH_CAP_EXEC && core::cap::exec_stream == BERTH_CAP_EXEC_STREAM &&
+                  core::cap::exec_cancel == BERTH_CAP_EXEC_CANCEL && core::cap::files == BERTH_CAP_FILES &&
+                  core::cap::volumes == BERTH_CAP_VOLUMES && core::cap::stats == BERTH_CAP_STATS &&
+                  core::cap::readonly_rootfs == BERTH_CAP_READONLY_ROOTFS &&
+                  core::cap::network_policy == BERTH_CAP_NETWORK_POLICY,
+              "core capability bits mirror the SDK's");
+
 using core::DriverErrc;
 using core::DriverError;
 
@@ -57,8 +64,12 @@ uint64_t host_monotonic_ns(void* ctx) {
       std::chrono::duration_cast<std::chrono::nanoseconds>(host->clock->monotonic().time_since_epoch()).count());
 }
 
-void* host_alloc(size_t size) { return std::malloc(size); }
-void host_free(void* p) { std::free(p); }
+void* host_alloc(size_t size) {
+  return std::malloc(size);
+}
+void host_free(void* p) {
+  std::free(p);
+}
 
 void host_set_error(berth_error* err, const char* message) {
   if (err == nullptr) return;
@@ -123,6 +134,8 @@ berth_status guarded(const char* what, std::exception_ptr& callback_error, Fn&& 
   berth_status status = BERTH_INTERNAL;
   try {
     status = fn();
+  } catch (const DriverError&) {
+    throw;  // raised by the adapter itself before the call (e.g. an argument that cannot cross as a C string)
   } catch (...) {
     throw DriverError(DriverErrc::internal, std::string(what) + ": driver let an exception escape");
   }
@@ -140,11 +153,20 @@ struct KvArray {
   std::vector<berth_kv> items;
   explicit KvArray(const std::map<std::string, std::string>& m) {
     items.reserve(m.size());
-    for (const auto& [k, v] : m) items.push_back({k.c_str(), v.c_str()});
+    for (const auto& [k, v] : m)
+      items.push_back({k.c_str(), v.c_str()});
   }
   const berth_kv* data() const { return items.empty() ? nullptr : items.data(); }
   size_t size() const { return items.size(); }
 };
+
+/** C strings end at the first NUL: a string with an embedded NUL would reach the driver cut short. */
+const char* c_str(const std::string& s, const char* what) {
+  if (s.find('\0') != std::string::npos) {
+    throw DriverError(DriverErrc::invalid_argument, std::string(what) + " must not contain NUL");
+  }
+  return s.c_str();
+}
 
 core::SessionState to_state(berth_session_state s) {
   switch (s) {
@@ -201,8 +223,7 @@ AbiDriver::AbiDriver(std::shared_ptr<const DriverLibrary> library, std::shared_p
     : library_(std::move(library)), clock_(std::move(clock)) {}
 
 std::unique_ptr<AbiDriver> AbiDriver::create(std::shared_ptr<const DriverLibrary> library,
-                                             const std::string& config_json,
-                                             std::shared_ptr<const core::Clock> clock) {
+                                             const std::string& config_json, std::shared_ptr<const core::Clock> clock) {
   std::unique_ptr<AbiDriver> self(new AbiDriver(std::move(library), std::move(clock)));
   const auto& api = self->library_->api();
   const auto& id = self->library_->identity();
@@ -260,19 +281,25 @@ AbiDriver::~AbiDriver() {
   delete static_cast<HostContext*>(host_.host_ctx);
 }
 
-const core::DriverIdentity& AbiDriver::identity() const { return library_->identity(); }
+const core::DriverIdentity& AbiDriver::identity() const {
+  return library_->identity();
+}
 
 void AbiDriver::volume_create(const std::string& name, const core::Labels& labels) {
   berth_error err;
   KvArray kv(labels);
   check(guarded("volume_create",
-                [&] { return library_->api().volume_create(instance_, name.c_str(), kv.data(), kv.size(), &err); }),
+                [&] {
+                  return library_->api().volume_create(instance_, c_str(name, "volume name"), kv.data(), kv.size(),
+                                                       &err);
+                }),
         err, "volume_create");
 }
 
 void AbiDriver::volume_remove(const std::string& name) {
   berth_error err;
-  check(guarded("volume_remove", [&] { return library_->api().volume_remove(instance_, name.c_str(), &err); }),
+  check(guarded("volume_remove",
+                [&] { return library_->api().volume_remove(instance_, c_str(name, "volume name"), &err); }),
         err, "volume_remove");
 }
 
@@ -280,7 +307,7 @@ bool AbiDriver::volume_exists(const std::string& name) {
   berth_error err;
   int32_t exists = 0;
   check(guarded("volume_exists",
-                [&] { return library_->api().volume_exists(instance_, name.c_str(), &exists, &err); }),
+                [&] { return library_->api().volume_exists(instance_, c_str(name, "volume name"), &exists, &err); }),
         err, "volume_exists");
   return exists != 0;
 }
@@ -307,8 +334,8 @@ core::SessionInfo AbiDriver::session_create(const core::SessionSpec& spec) {
   s.working_dir = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
   berth_error err;
   auto info = blank_info();
-  check(guarded("session_create", [&] { return library_->api().session_create(instance_, &s, &info, &err); }),
-        err, "session_create");
+  check(guarded("session_create", [&] { return library_->api().session_create(instance_, &s, &info, &err); }), err,
+        "session_create");
   return to_info(info);
 }
 
@@ -316,7 +343,7 @@ core::SessionInfo AbiDriver::session_inspect(const std::string& handle) {
   berth_error err;
   auto info = blank_info();
   check(guarded("session_inspect",
-                [&] { return library_->api().session_inspect(instance_, handle.c_str(), &info, &err); }),
+                [&] { return library_->api().session_inspect(instance_, c_str(handle, "handle"), &info, &err); }),
         err, "session_inspect");
   auto out = to_info(info);
   if (out.handle.empty()) out.handle = handle;
@@ -327,13 +354,14 @@ void AbiDriver::session_stop(const std::string& handle, std::chrono::millisecond
   berth_error err;
   auto ms = static_cast<uint32_t>(std::max<int64_t>(0, grace.count()));
   check(guarded("session_stop",
-                [&] { return library_->api().session_stop(instance_, handle.c_str(), ms, &err); }),
+                [&] { return library_->api().session_stop(instance_, c_str(handle, "handle"), ms, &err); }),
         err, "session_stop");
 }
 
 void AbiDriver::session_remove(const std::string& handle) {
   berth_error err;
-  check(guarded("session_remove", [&] { return library_->api().session_remove(instance_, handle.c_str(), &err); }),
+  check(guarded("session_remove",
+                [&] { return library_->api().session_remove(instance_, c_str(handle, "handle"), &err); }),
         err, "session_remove");
 }
 
@@ -363,9 +391,7 @@ std::vector<core::SessionListing> AbiDriver::session_list(const core::Labels& fi
   KvArray kv(filter);
   berth_error err;
   check(guarded("session_list", ctx.error,
-                [&] {
-                  return library_->api().session_list(instance_, kv.data(), kv.size(), on_item, &ctx, &err);
-                }),
+                [&] { return library_->api().session_list(instance_, kv.data(), kv.size(), on_item, &ctx, &err); }),
         err, "session_list");
   return std::move(ctx.items);
 }
@@ -378,7 +404,7 @@ core::SessionStats AbiDriver::session_stats(const std::string& handle) {
   berth_session_stats st{};
   st.struct_size = sizeof st;
   check(guarded("session_stats",
-                [&] { return library_->api().session_stats(instance_, handle.c_str(), &st, &err); }),
+                [&] { return library_->api().session_stats(instance_, c_str(handle, "handle"), &st, &err); }),
         err, "session_stats");
   return {st.memory_bytes, st.cpu_time_ns, st.pids};
 }
@@ -387,7 +413,8 @@ core::ExecResult AbiDriver::exec(const std::string& handle, const core::ExecRequ
                                  const core::OutputSink& on_output, const core::CancelToken* cancel) {
   std::vector<const char*> argv;
   argv.reserve(request.argv.size() + 1);
-  for (const auto& a : request.argv) argv.push_back(a.c_str());
+  for (const auto& a : request.argv)
+    argv.push_back(a.c_str());
   argv.push_back(nullptr);
   KvArray env(request.env);
   berth_exec_request rq{};
@@ -421,7 +448,8 @@ core::ExecResult AbiDriver::exec(const std::string& handle, const core::ExecRequ
   result.exit_code = -1;
   berth_error err;
   auto status = guarded("exec", ctx.error, [&] {
-    return library_->api().exec(instance_, handle.c_str(), &rq, on_chunk, &ctx, to_token(cancel), &result, &err);
+    return library_->api().exec(instance_, c_str(handle, "handle"), &rq, on_chunk, &ctx, to_token(cancel), &result,
+                                &err);
   });
   check(status, err, "exec");
   return {result.exit_code, result.timed_out != 0, result.cancelled != 0};
@@ -445,8 +473,8 @@ void AbiDriver::file_put(const std::string& handle, const std::string& path, std
   berth_error err;
   check(guarded("file_put", ctx.error,
                 [&] {
-                  return library_->api().file_put(instance_, handle.c_str(), path.c_str(), mode, size, read, &ctx,
-                                                  &err);
+                  return library_->api().file_put(instance_, c_str(handle, "handle"), c_str(path, "path"), mode, size,
+                                                  read, &ctx, &err);
                 }),
         err, "file_put");
 }
@@ -467,7 +495,10 @@ void AbiDriver::file_get(const std::string& handle, const std::string& path, con
   };
   berth_error err;
   check(guarded("file_get", ctx.error,
-                [&] { return library_->api().file_get(instance_, handle.c_str(), path.c_str(), write, &ctx, &err); }),
+                [&] {
+                  return library_->api().file_get(instance_, c_str(handle, "handle"), c_str(path, "path"), write, &ctx,
+                                                  &err);
+                }),
         err, "file_get");
 }
 
@@ -506,7 +537,8 @@ std::vector<core::DirEntry> AbiDriver::dir_list(const std::string& handle, const
   berth_error err;
   check(guarded("dir_list", ctx.error,
                 [&] {
-                  return library_->api().dir_list(instance_, handle.c_str(), path.c_str(), on_entry, &ctx, &err);
+                  return library_->api().dir_list(instance_, c_str(handle, "handle"), c_str(path, "path"), on_entry,
+                                                  &ctx, &err);
                 }),
         err, "dir_list");
   return std::move(ctx.entries);
@@ -514,8 +546,9 @@ std::vector<core::DirEntry> AbiDriver::dir_list(const std::string& handle, const
 
 void AbiDriver::path_remove(const std::string& handle, const std::string& path) {
   berth_error err;
-  check(guarded("path_remove",
-                [&] { return library_->api().path_remove(instance_, handle.c_str(), path.c_str(), &err); }),
+  check(guarded(
+            "path_remove",
+            [&] { return library_->api().path_remove(instance_, c_str(handle, "handle"), c_str(path, "path"), &err); }),
         err, "path_remove");
 }
 

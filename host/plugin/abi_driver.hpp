@@ -21,8 +21,8 @@ core::DriverErrc to_errc(berth_status status);
 class AbiDriver final : public core::Driver {
  public:
   /** Calls the driver's configure; throws LoadError when it fails, throws or returns garbage. */
-  static std::unique_ptr<AbiDriver> create(std::shared_ptr<const DriverLibrary> library,
-                                           const std::string& config_json, std::shared_ptr<const core::Clock> clock);
+  static std::unique_ptr<AbiDriver> create(std::shared_ptr<const DriverLibrary> library, const std::string& config_json,
+                                           std::shared_ptr<const core::Clock> clock);
   ~AbiDriver() override;
 
   const core::DriverIdentity& identity() const override;
@@ -38,8 +38,8 @@ class AbiDriver final : public core::Driver {
   std::vector<core::SessionListing> session_list(const core::Labels& filter) override;
   core::SessionStats session_stats(const std::string& handle) override;
 
-  core::ExecResult exec(const std::string& handle, const core::ExecRequest& request,
-                        const core::OutputSink& on_output, const core::CancelToken* cancel) override;
+  core::ExecResult exec(const std::string& handle, const core::ExecRequest& request, const core::OutputSink& on_output,
+                        const core::CancelToken* cancel) override;
 
   void file_put(const std::string& handle, const std::string& path, std::uint32_t mode, std::uint64_t size,
                 const core::ByteSource& source) override;

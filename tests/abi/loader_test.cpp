@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <fstream>
 
 #include "core/clock.hpp"
 #include "plugin/driver_library.hpp"
@@ -11,7 +12,9 @@ using namespace berth;
 
 namespace {
 
-std::string variant(const std::string& name) { return std::string(BERTH_TEST_DRIVER_DIR) + "/abi_" + name + ".so"; }
+std::string variant(const std::string& name) {
+  return std::string(BERTH_TEST_DRIVER_DIR) + "/abi_" + name + ".so";
+}
 
 std::string load_error(const std::string& path) {
   try {
@@ -35,7 +38,8 @@ TEST_CASE("a valid C driver loads, configures and answers calls") {
   std::string out;
   core::ExecRequest rq;
   rq.argv = {"echo-me"};
-  driver->exec("h", rq, [&](core::Stream, std::string_view d) { return out.append(d), true; }, nullptr);
+  driver->exec(
+      "h", rq, [&](core::Stream, std::string_view d) { return out.append(d), true; }, nullptr);
   CHECK(out == "echo-me");
   CHECK(driver->session_stats("h").pids == 1);
   // Status mapping: the driver's NOT_FOUND and its message reach the core as one DriverError.
@@ -97,7 +101,7 @@ TEST_CASE("each broken driver is rejected with a clear reason") {
     auto message = load_error(variant(c.variant));
     CHECK(message.find(c.reason) != std::string::npos);
     CHECK(message.find(variant(c.variant)) != std::string::npos);  // names the file
-    CHECK(message.find('\n') == std::string::npos);                 // one line
+    CHECK(message.find('\n') == std::string::npos);                // one line
   }
 }
 

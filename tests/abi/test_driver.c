@@ -32,7 +32,9 @@ static berth_status configure(const berth_host_api* host, const char* config_jso
 #endif
 }
 
-static void destroy(berth_instance* inst) { free(inst); }
+static void destroy(berth_instance* inst) {
+  free(inst);
+}
 
 static berth_status volume_create(berth_instance* i, const char* n, const berth_kv* l, size_t c, berth_error* e) {
   (void)i, (void)n, (void)l, (void)c, (void)e;
@@ -80,8 +82,8 @@ static berth_status exec_(berth_instance* i, const char* h, const berth_exec_req
   r->exit_code = 0;
   return BERTH_OK;
 }
-static berth_status file_put(berth_instance* i, const char* h, const char* p, uint32_t m, uint64_t s,
-                             berth_read_fn src, void* sctx, berth_error* e) {
+static berth_status file_put(berth_instance* i, const char* h, const char* p, uint32_t m, uint64_t s, berth_read_fn src,
+                             void* sctx, berth_error* e) {
   (void)i, (void)h, (void)p, (void)m, (void)s, (void)src, (void)sctx, (void)e;
   return BERTH_UNSUPPORTED;
 }
@@ -134,7 +136,9 @@ static berth_driver_api table = {
 
 #if defined(BROKEN_NO_ENTRY)
 /* The entry point is missing: export something else instead. */
-BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry_misspelled(void) { return &table; }
+BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry_misspelled(void) {
+  return &table;
+}
 #elif defined(BROKEN_ENTRY_NULL)
 BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry(uint32_t major, uint32_t minor) {
   (void)major, (void)minor;

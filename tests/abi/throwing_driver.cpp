@@ -9,14 +9,24 @@ berth_status configure(const berth_host_api*, const char*, berth_instance**, ber
   throw std::runtime_error("boom");
 }
 void destroy(berth_instance*) {}
-berth_status volume_create(berth_instance*, const char*, const berth_kv*, size_t, berth_error*) { return BERTH_OK; }
-berth_status name_only(berth_instance*, const char*, berth_error*) { return BERTH_OK; }
-berth_status volume_exists(berth_instance*, const char*, int32_t*, berth_error*) { return BERTH_OK; }
+berth_status volume_create(berth_instance*, const char*, const berth_kv*, size_t, berth_error*) {
+  return BERTH_OK;
+}
+berth_status name_only(berth_instance*, const char*, berth_error*) {
+  return BERTH_OK;
+}
+berth_status volume_exists(berth_instance*, const char*, int32_t*, berth_error*) {
+  return BERTH_OK;
+}
 berth_status session_create(berth_instance*, const berth_session_spec*, berth_session_info*, berth_error*) {
   return BERTH_OK;
 }
-berth_status session_inspect(berth_instance*, const char*, berth_session_info*, berth_error*) { return BERTH_OK; }
-berth_status session_stop(berth_instance*, const char*, uint32_t, berth_error*) { return BERTH_OK; }
+berth_status session_inspect(berth_instance*, const char*, berth_session_info*, berth_error*) {
+  return BERTH_OK;
+}
+berth_status session_stop(berth_instance*, const char*, uint32_t, berth_error*) {
+  return BERTH_OK;
+}
 berth_status session_list(berth_instance*, const berth_kv*, size_t, berth_session_list_fn, void*, berth_error*) {
   return BERTH_OK;
 }
@@ -34,28 +44,30 @@ berth_status file_get(berth_instance*, const char*, const char*, berth_write_fn,
 berth_status dir_list(berth_instance*, const char*, const char*, berth_dir_list_fn, void*, berth_error*) {
   return BERTH_OK;
 }
-berth_status path_remove(berth_instance*, const char*, const char*, berth_error*) { return BERTH_OK; }
+berth_status path_remove(berth_instance*, const char*, const char*, berth_error*) {
+  return BERTH_OK;
+}
 
 const berth_driver_api table = {BERTH_DRIVER_API_INIT,
-                                 "throwing",
-                                 "0.0.1",
-                                 BERTH_CAP_EXEC,
-                                 configure,
-                                 destroy,
-                                 volume_create,
-                                 name_only,
-                                 volume_exists,
-                                 session_create,
-                                 session_inspect,
-                                 session_stop,
-                                 name_only,
-                                 session_list,
-                                 exec,
-                                 file_put,
-                                 file_get,
-                                 dir_list,
-                                 path_remove,
-                                 nullptr};
+                                "throwing",
+                                "0.0.1",
+                                BERTH_CAP_EXEC,
+                                configure,
+                                destroy,
+                                volume_create,
+                                name_only,
+                                volume_exists,
+                                session_create,
+                                session_inspect,
+                                session_stop,
+                                name_only,
+                                session_list,
+                                exec,
+                                file_put,
+                                file_get,
+                                dir_list,
+                                path_remove,
+                                nullptr};
 }  // namespace
 
 BERTH_DRIVER_EXPORT(table)

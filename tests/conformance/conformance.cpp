@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -132,7 +133,8 @@ struct Sandbox {
 std::string random_bytes(std::size_t n, unsigned seed) {
   std::mt19937 rng(seed);
   std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
+  for (auto& c : s)
+    c = static_cast<char>(rng() & 0xff);
   return s;
 }
 
@@ -301,8 +303,8 @@ TEST_CASE("exec: a cancel token stops the process", "[conformance][exec]") {
 
   // A sink that refuses more output cancels too.
   CHECK(error_of([&] {
-          d->exec(sb.handle, sh("echo one; sleep 30"), [](core::Stream, std::string_view) { return false; },
-                  nullptr);
+          d->exec(
+              sb.handle, sh("echo one; sleep 30"), [](core::Stream, std::string_view) { return false; }, nullptr);
         }) == DriverErrc::cancelled);
 }
 
@@ -360,7 +362,8 @@ TEST_CASE("files: listing, modes, removal, errors", "[conformance][files]") {
 TEST_CASE("files: paths outside the workspace are refused", "[conformance][files]") {
   auto d = make_driver();
   Sandbox sb(*d);
-  for (const std::string bad : {"/etc/passwd", "../etc/passwd", "a/../../etc/passwd", std::string("a\0b", 3)}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"/etc/passwd", "../etc/passwd", "a/../../etc/passwd", std::string("a\0b", 3)}) {
     INFO("path " << bad);
     CHECK(error_of([&] { get(*d, sb.handle, bad); }) == DriverErrc::invalid_argument);
     CHECK(error_of([&] { put(*d, sb.handle, bad, "x"); }) == DriverErrc::invalid_argument);
@@ -399,7 +402,8 @@ TEST_CASE("concurrency: parallel execs on one session and parallel session creat
       }
     });
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
   CHECK(ok == kThreads);
 
   std::vector<std::unique_ptr<Sandbox>> boxes(4);
@@ -415,7 +419,8 @@ TEST_CASE("concurrency: parallel execs on one session and parallel session creat
       }
     });
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
   CHECK(created == 4);
   std::set<std::string> handles;
   for (auto& b : boxes) {
@@ -466,7 +471,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::vector<char*> rest{argv[0]};
-  for (int i = consumed; i < argc; ++i) rest.push_back(argv[i]);
+  for (int i = consumed; i < argc; ++i)
+    rest.push_back(argv[i]);
   std::cout << "driver " << g_library->identity().name << " " << g_library->identity().version << " (ABI "
             << g_library->identity().abi_major << "." << g_library->identity().abi_minor << ") image " << image()
             << "\n";

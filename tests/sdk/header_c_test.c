@@ -65,7 +65,26 @@ _Static_assert(sizeof(berth_status) == 4, "statuses are 32-bit");
 _Static_assert(BERTH_OK == 0 && BERTH_UNAVAILABLE == 4 && BERTH_CANCELLED == 8, "status values are frozen");
 
 /* The export macro must work in a C translation unit. */
-static const berth_driver_api table = {BERTH_DRIVER_API_INIT, "c-test", "0.0.0", BERTH_CAP_EXEC};
+static const berth_driver_api table = {BERTH_DRIVER_API_INIT,
+                                       "c-test",
+                                       "0.0.0",
+                                       BERTH_CAP_EXEC,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL};
 BERTH_DRIVER_EXPORT(table)
 
 int main(void) {

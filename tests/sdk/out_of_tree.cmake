@@ -18,7 +18,7 @@ execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/build RESULT_VARIAB
 if(rc)
   message(FATAL_ERROR "building the out-of-tree driver failed")
 endif()
-execute_process(COMMAND ${CONFORMANCE} ${WORK_DIR}/build/berth_driver_hello.so "identity is well-formed"
+execute_process(COMMAND ${CONFORMANCE} ${WORK_DIR}/build/berth_driver_hello.so "{}" "identity is well-formed"
                 RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "the out-of-tree driver did not load")

@@ -133,12 +133,7 @@ typedef struct berth_instance berth_instance;
 #define BERTH_ENDPOINT_MAX 256
 
 typedef int32_t berth_session_state;
-enum {
-  BERTH_SESSION_STARTING = 0,
-  BERTH_SESSION_RUNNING = 1,
-  BERTH_SESSION_EXITED = 2,
-  BERTH_SESSION_MISSING = 3
-};
+enum { BERTH_SESSION_STARTING = 0, BERTH_SESSION_RUNNING = 1, BERTH_SESSION_EXITED = 2, BERTH_SESSION_MISSING = 3 };
 
 /** What to run. All pointers borrowed for the call. Zero/NULL means "driver default / no limit". */
 typedef struct berth_session_spec {
@@ -153,8 +148,8 @@ typedef struct berth_session_spec {
   int64_t nano_cpus;    /* 1e9 = one CPU */
   int64_t memory_bytes; /* hard limit; swap limited to the same */
   int64_t pids_limit;
-  int32_t network_enabled;  /* 0: no network at all */
-  int32_t read_only_rootfs; /* non-zero: root filesystem read-only, writable tmpfs at /tmp */
+  int32_t network_enabled;          /* 0: no network at all */
+  int32_t read_only_rootfs;         /* non-zero: root filesystem read-only, writable tmpfs at /tmp */
   const char* workspace_volume;     /* volume name to mount, or NULL */
   const char* workspace_mount_path; /* e.g. "/workspace" */
   const char* user;                 /* "uid[:gid]" or a name; NULL = image default */
@@ -200,12 +195,12 @@ enum { BERTH_STREAM_STDOUT = 1, BERTH_STREAM_STDERR = 2 };
 
 typedef struct berth_exec_request {
   uint32_t struct_size;
-  uint32_t timeout_ms; /* 0 = no timeout */
+  uint32_t timeout_ms;     /* 0 = no timeout */
   const char* const* argv; /* argv[0] is the program; searched in the session's PATH */
   size_t argc;
   const berth_kv* env;
   size_t env_count;
-  const char* cwd; /* relative to the workspace mount; NULL or "" = the workspace itself */
+  const char* cwd;           /* relative to the workspace mount; NULL or "" = the workspace itself */
   const uint8_t* stdin_data; /* fed to the process, then stdin is closed; may be NULL */
   size_t stdin_size;
 } berth_exec_request;
@@ -218,9 +213,9 @@ typedef int32_t (*berth_output_fn)(void* ctx, berth_stream stream, const uint8_t
 
 typedef struct berth_exec_result {
   uint32_t struct_size;
-  int32_t exit_code;  /* -1 when unknown (timed out, cancelled) */
-  int32_t timed_out;  /* non-zero: killed because timeout_ms passed; the call still returns BERTH_OK */
-  int32_t cancelled;  /* non-zero: killed because the token was cancelled; the call returns BERTH_CANCELLED */
+  int32_t exit_code; /* -1 when unknown (timed out, cancelled) */
+  int32_t timed_out; /* non-zero: killed because timeout_ms passed; the call still returns BERTH_OK */
+  int32_t cancelled; /* non-zero: killed because the token was cancelled; the call returns BERTH_CANCELLED */
 } berth_exec_result;
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -282,8 +277,7 @@ typedef struct berth_driver_api {
   berth_status (*session_create)(berth_instance* inst, const berth_session_spec* spec, berth_session_info* info,
                                  berth_error* err);
   /** Reports the state; a session that does not exist is BERTH_OK with state MISSING. */
-  berth_status (*session_inspect)(berth_instance* inst, const char* handle, berth_session_info* info,
-                                  berth_error* err);
+  berth_status (*session_inspect)(berth_instance* inst, const char* handle, berth_session_info* info, berth_error* err);
   /** Stops the session's processes (graceful for up to timeout_ms, then kill). Idempotent; NOT_FOUND if absent. */
   berth_status (*session_stop)(berth_instance* inst, const char* handle, uint32_t timeout_ms, berth_error* err);
   /** Removes a (stopped or running) session. NOT_FOUND if absent. Never removes the workspace volume. */
@@ -317,8 +311,7 @@ typedef struct berth_driver_api {
 
   /* --- ABI 1.1 ------------------------------------------------------------------------------------- */
   /** Optional: current resource usage of a running session. */
-  berth_status (*session_stats)(berth_instance* inst, const char* handle, berth_session_stats* stats,
-                                berth_error* err);
+  berth_status (*session_stats)(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err);
 } berth_driver_api;
 
 /** Size of the table as ABI 1.0 defined it: the smallest table a host accepts. */
@@ -326,7 +319,8 @@ typedef struct berth_driver_api {
 /** Size of the table as ABI 1.1 defines it. */
 #define BERTH_DRIVER_API_SIZE_1_1 ((uint32_t)sizeof(berth_driver_api))
 
-/** Initialises the header fields of a driver table: `static const berth_driver_api t = { BERTH_DRIVER_API_INIT, ...`. */
+/** Initialises the header fields of a driver table: `static const berth_driver_api t = { BERTH_DRIVER_API_INIT, ...`.
+ */
 #define BERTH_DRIVER_API_INIT (uint32_t)sizeof(berth_driver_api), BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR, 0
 
 /** Signature of the exported entry point. The host passes its ABI version; return NULL to refuse it. */
@@ -349,14 +343,14 @@ typedef const berth_driver_api* (*berth_driver_entry_fn)(uint32_t host_abi_major
  * Use once per driver library, at file scope. The table always goes back, so that the host can name the exact
  * version mismatch in its error; a hand-written entry point may return NULL to refuse a host.
  */
-#define BERTH_DRIVER_EXPORT(table)                                                                                \
-  BERTH_DRIVER_EXTERN_C BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry(uint32_t host_abi_major, \
-                                                                                        uint32_t host_abi_minor); \
-  BERTH_DRIVER_EXTERN_C BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry(uint32_t host_abi_major, \
+#define BERTH_DRIVER_EXPORT(table)                                                                                 \
+  BERTH_DRIVER_EXTERN_C BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry(uint32_t host_abi_major,   \
+                                                                                        uint32_t host_abi_minor);  \
+  BERTH_DRIVER_EXTERN_C BERTH_DRIVER_VISIBLE const berth_driver_api* berth_driver_entry(uint32_t host_abi_major,   \
                                                                                         uint32_t host_abi_minor) { \
-    (void)host_abi_major;                                                                                         \
-    (void)host_abi_minor;                                                                                         \
-    return &(table);                                                                                              \
+    (void)host_abi_major;                                                                                          \
+    (void)host_abi_minor;                                                                                          \
+    return &(table);                                                                                               \
   }
 
 #ifdef __cplusplus

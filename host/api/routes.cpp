@@ -1,0 +1,571 @@
+// Every route of the HTTP API v1, in one table at the bottom of this file. Handlers translate HTTP to core calls
+// and core results to JSON; they hold no logic of their own. docs/api.md documents each route.
+#include <Poco/JSON/Array.h>
+#include <Poco/Net/HTMLForm.h>
+#include <Poco/Net/MessageHeader.h>
+#include <Poco/Net/PartHandler.h>
+#include <Poco/SHA1Engine.h>
+#include <Poco/TemporaryFile.h>
+
+#include <fstream>
+
+#include "api/request.hpp"
+#include "core/ids.hpp"
+
+namespace berth::api {
+namespace {
+
+using core::Error;
+using core::ErrorCode;
+using Poco::JSON::Array;
+using Poco::JSON::Object;
+
+Poco::Dynamic::Var opt_time(const std::optional<std::chrono::system_clock::time_point>& t) {
+  return t ? Poco::Dynamic::Var(rfc3339(*t)) : Poco::Dynamic::Var();
+}
+
+Object string_map(const std::map<std::string, std::string>& m) {
+  Object o;
+  for (const auto& [k, v] : m)
+    o.set(k, v);
+  return o;
+}
+
+Object sandbox_json(const core::SandboxView& v) {
+  Object o;
+  o.set("id", v.row.id);
+  o.set("status", std::string(core::to_string(v.status)));
+  o.set("profile", v.row.profile);
+  o.set("workspace_id", v.row.workspace_id);
+  o.set("key", v.row.key ? Poco::Dynamic::Var(*v.row.key) : Poco::Dynamic::Var());
+  o.set("labels", string_map(v.row.labels));
+  Array caps;
+  for (const auto& c : v.capabilities)
+    caps.add(c);
+  o.set("capabilities", caps);
+  o.set("session_id", v.session ? Poco::Dynamic::Var(v.session->id) : Poco::Dynamic::Var());
+  o.set("created_at", rfc3339(v.row.created_at));
+  o.set("expires_at", opt_time(v.row.expires_at));
+  o.set("idle_expires_at", opt_time(v.row.idle_expires_at));
+  if (v.status == core::SandboxStatus::failed) o.set("error", v.row.last_error);
+  return o;
+}
+
+Object workspace_json(const store::WorkspaceRow& w) {
+  Object o;
+  o.set("id", w.id);
+  o.set("managed", w.managed);
+  o.set("created_at", rfc3339(w.created_at));
+  return o;
+}
+
+const std::string& sandbox_id(Exchange& ex) {
+  return ex.params.at(0);
+}
+
+std::string sha1(const std::string& data) {
+  Poco::SHA1Engine engine;
+  engine.update(data);
+  return Poco::DigestEngine::digestToHex(engine.digest());
+}
+
+// ---- meta ---------------------------------------------------------------------------------------------------------
+
+void health(Exchange& ex) {
+  Object o;
+  o.set("status", "ok");
+  o.set("version", ex.ctx.settings.version);
+  o.set("uptime_s",
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - ex.ctx.started).count());
+  ex.send_json(200, o);
+}
+
+Array profiles_json(const core::SandboxService& service) {
+  Array arr;
+  for (const auto& [name, p] : service.settings().profiles) {
+    Object o;
+    o.set("name", name);
+    o.set("image", p.image);
+    o.set("cpus", static_cast<double>(p.nano_cpus) / 1e9);
+    o.set("memory_bytes", p.memory_bytes);
+    o.set("pids", p.pids_limit);
+    o.set("network", p.network);
+    o.set("ttl_s", p.ttl ? Poco::Dynamic::Var(p.ttl->count()) : Poco::Dynamic::Var());
+    o.set("idle_timeout_s", p.idle_timeout.count());
+    Array caps;
+    for (const auto& c : p.capabilities)
+      caps.add(c);
+    o.set("capabilities", caps);
+    arr.add(o);
+  }
+  return arr;
+}
+
+void meta(Exchange& ex) {
+  const auto& id = ex.ctx.service.driver_identity();
+  Object driver;
+  driver.set("name", id.name);
+  driver.set("version", id.version);
+  driver.set("abi", std::to_string(id.abi_major) + "." + std::to_string(id.abi_minor));
+  Array caps;
+  static const std::pair<std::uint64_t, const char*> kCaps[] = {{core::cap::exec, "exec"},
+                                                                {core::cap::exec_stream, "exec_stream"},
+                                                                {core::cap::exec_cancel, "exec_cancel"},
+                                                                {core::cap::files, "files"},
+                                                                {core::cap::volumes, "volumes"},
+                                                                {core::cap::stats, "stats"},
+                                                                {core::cap::readonly_rootfs, "readonly_rootfs"},
+                                                                {core::cap::network_policy, "network_policy"}};
+  for (const auto& [bit, name] : kCaps) {
+    if (id.capabilities & bit) caps.add(std::string(name));
+  }
+  Object o;
+  o.set("name", "berth");
+  o.set("version", ex.ctx.settings.version);
+  o.set("api_version", "v1");
+  o.set("driver", driver);
+  o.set("capabilities", caps);
+  o.set("profiles", profiles_json(ex.ctx.service));
+  ex.send_json(200, o);
+}
+
+void list_profiles(Exchange& ex) {
+  Object o;
+  o.set("items", profiles_json(ex.ctx.service));
+  ex.send_json(200, o);
+}
+
+// ---- sandboxes ------------------------------------------------------------------------------------------------------
+
+core::CreateSandboxRequest parse_create(const Object::Ptr& body) {
+  only_fields(body, {"profile", "ttl", "workspace_id", "key", "labels", "env"});
+  core::CreateSandboxRequest rq;
+  rq.profile = opt_string(body, "profile");
+  if (auto ttl = opt_int(body, "ttl")) rq.ttl = std::chrono::seconds(*ttl);
+  rq.workspace_id = opt_string(body, "workspace_id");
+  rq.key = opt_string(body, "key");
+  rq.labels = opt_string_map(body, "labels");
+  rq.env = opt_string_map(body, "env");
+  for (const auto& [k, v] : rq.env) {
+    if (k.find('=') != std::string::npos) {
+      throw Error(ErrorCode::validation_error, "env names must not contain '='", {{"field", "env"}});
+    }
+  }
+  return rq;
+}
+
+void create_sandbox(Exchange& ex) {
+  auto body = ex.json_body();
+  auto rq = parse_create(body);
+  auto run = [&]() -> core::StoredResponse {
+    auto result = ex.ctx.service.create_sandbox(ex.owner, rq);
+    std::ostringstream os;
+    sandbox_json(result.sandbox).stringify(os);
+    return {result.created ? 201 : 200, os.str()};
+  };
+  std::string idem = ex.request.get("Idempotency-Key", "");
+  if (ex.request.has("Idempotency-Key")) {
+    if (!core::IdempotencyRegistry::valid_key(idem)) {
+      throw Error(ErrorCode::invalid_request, "Idempotency-Key must match [A-Za-z0-9_-]{1,128}");
+    }
+    try {
+      auto stored = ex.ctx.idempotency.run(ex.owner, idem, sha1(ex.body()), run);
+      ex.response.set("Idempotent-Replayed", "false");
+      ex.send_raw_json(stored.status, stored.body);
+    } catch (const Error& e) {
+      if (e.details().count("reason") && e.details().at("reason") == "idempotency_mismatch") {
+        // Same key, different body: the request is unprocessable as sent.
+        Object err;
+        err.set("code", "conflict");
+        err.set("message", e.what());
+        err.set("request_id", ex.request_id);
+        err.set("details", string_map(e.details()));
+        Object out;
+        out.set("error", err);
+        ex.send_json(422, out);
+        return;
+      }
+      throw;
+    }
+    return;
+  }
+  auto response = run();
+  ex.send_raw_json(response.status, response.body);
+}
+
+void list_sandboxes(Exchange& ex) {
+  std::optional<core::SandboxStatus> status;
+  if (auto s = ex.query("status")) {
+    static const std::pair<const char*, core::SandboxStatus> kStatuses[] = {{"idle", core::SandboxStatus::idle},
+                                                                            {"starting", core::SandboxStatus::starting},
+                                                                            {"ready", core::SandboxStatus::ready},
+                                                                            {"failed", core::SandboxStatus::failed},
+                                                                            {"expired", core::SandboxStatus::expired}};
+    for (const auto& [name, value] : kStatuses) {
+      if (*s == name) status = value;
+    }
+    if (!status) throw Error(ErrorCode::validation_error, "unknown status '" + *s + "'", {{"field", "status"}});
+  }
+  std::optional<std::pair<std::string, std::string>> label;
+  if (auto l = ex.query("label")) {
+    auto eq = l->find('=');
+    if (eq == std::string::npos || eq == 0) {
+      throw Error(ErrorCode::validation_error, "label filter must be key=value", {{"field", "label"}});
+    }
+    label = std::make_pair(l->substr(0, eq), l->substr(eq + 1));
+  }
+  std::string cursor = ex.query("cursor").value_or("");
+  if (!cursor.empty() && !core::is_valid_id(cursor, "sandbox")) {
+    throw Error(ErrorCode::validation_error, "malformed cursor", {{"field", "cursor"}});
+  }
+  auto result = ex.ctx.service.list_sandboxes(ex.owner, status, label, ex.query_int("limit", 50, 1, 500), cursor);
+  Array items;
+  for (const auto& v : result.items)
+    items.add(sandbox_json(v));
+  Object o;
+  o.set("items", items);
+  o.set("next_cursor", result.next_cursor.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(result.next_cursor));
+  ex.send_json(200, o);
+}
+
+void get_sandbox(Exchange& ex) {
+  ex.send_json(200, sandbox_json(ex.ctx.service.get_sandbox(ex.owner, sandbox_id(ex))));
+}
+
+void start_sandbox(Exchange& ex) {
+  ex.send_json(200, sandbox_json(ex.ctx.service.start(ex.owner, sandbox_id(ex))));
+}
+
+void stop_sandbox(Exchange& ex) {
+  ex.ctx.service.stop(ex.owner, sandbox_id(ex));
+  Object o;
+  o.set("status", "stopped");
+  ex.send_json(200, o);
+}
+
+void delete_sandbox(Exchange& ex) {
+  ex.ctx.service.delete_sandbox(ex.owner, sandbox_id(ex));
+  ex.send_empty(204);
+}
+
+void keepalive(Exchange& ex) {
+  ex.ctx.service.keepalive(ex.owner, sandbox_id(ex));
+  Object o;
+  o.set("status", "ok");
+  ex.send_json(200, o);
+}
+
+void extend_ttl(Exchange& ex) {
+  auto body = ex.json_body();
+  only_fields(body, {"extend_by"});
+  auto by = opt_int(body, "extend_by");
+  if (!by) throw Error(ErrorCode::validation_error, "'extend_by' (seconds) is required", {{"field", "extend_by"}});
+  ex.send_json(200, sandbox_json(ex.ctx.service.extend_ttl(ex.owner, sandbox_id(ex), std::chrono::seconds(*by))));
+}
+
+// ---- exec -----------------------------------------------------------------------------------------------------------
+
+void send_exec(Exchange& ex, const core::ExecOutcome& r) {
+  Object o;
+  o.set("success", r.success);
+  o.set("output", r.output);
+  o.set("error", r.error);
+  o.set("exit_code", r.exit_code ? Poco::Dynamic::Var(*r.exit_code) : Poco::Dynamic::Var());
+  o.set("timed_out", r.timed_out);
+  o.set("execution_id", r.execution_id);
+  o.set("execution_time_ms", r.duration_ms);
+  ex.send_json(200, o);
+}
+
+std::optional<std::chrono::seconds> exec_timeout(const Object::Ptr& body) {
+  auto t = opt_int(body, "timeout");
+  if (!t) return std::nullopt;
+  return std::chrono::seconds(*t);
+}
+
+void python_exec(Exchange& ex) {
+  auto body = ex.json_body();
+  only_fields(body, {"code", "timeout"});
+  send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::python, req_string(body, "code"),
+                                    exec_timeout(body), ""));
+}
+
+void shell_exec(Exchange& ex) {
+  auto body = ex.json_body();
+  only_fields(body, {"command", "timeout", "cwd"});
+  send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::shell, req_string(body, "command"),
+                                    exec_timeout(body), opt_string(body, "cwd").value_or("")));
+}
+
+void history(Exchange& ex) {
+  auto [rows, total] = ex.ctx.service.history(ex.owner, sandbox_id(ex), ex.query("exec_type").value_or(""),
+                                              ex.query_int("limit", 50, 1, 500), ex.query_int("offset", 0, 0, 1 << 30));
+  Array entries;
+  for (const auto& r : rows) {
+    Object o;
+    o.set("id", r.id);
+    o.set("session_id", r.session_id);
+    o.set("exec_type", r.kind);
+    o.set("code", r.code);
+    o.set("success", r.success);
+    o.set("exit_code", r.exit_code ? Poco::Dynamic::Var(*r.exit_code) : Poco::Dynamic::Var());
+    o.set("output", r.output);
+    o.set("error", r.error);
+    o.set("execution_time_ms", r.duration_ms);
+    o.set("created_at", rfc3339(r.created_at));
+    entries.add(o);
+  }
+  Object o;
+  o.set("entries", entries);
+  o.set("total", total);
+  ex.send_json(200, o);
+}
+
+// ---- files ----------------------------------------------------------------------------------------------------------
+
+std::string path_param(Exchange& ex, const char* fallback = nullptr) {
+  auto p = ex.query("path");
+  if (!p) {
+    if (fallback) return fallback;
+    throw Error(ErrorCode::validation_error, "query parameter 'path' is required", {{"field", "path"}});
+  }
+  return *p;
+}
+
+void read_file(Exchange& ex) {
+  auto content = ex.ctx.service.read_file(ex.owner, sandbox_id(ex), path_param(ex), ex.ctx.settings.max_body);
+  Object o;
+  o.set("path", path_param(ex));
+  o.set("content", content);
+  ex.send_json(200, o);
+}
+
+void write_file(Exchange& ex) {
+  auto body = ex.json_body();
+  only_fields(body, {"path", "content", "mode"});
+  auto path = req_string(body, "path");
+  auto content = req_string(body, "content");
+  auto mode = opt_int(body, "mode").value_or(0644);
+  if (mode < 0 || mode > 0777) throw Error(ErrorCode::validation_error, "mode must be between 0 and 0777");
+  std::size_t offset = 0;
+  ex.ctx.service.write_file(
+      ex.owner, sandbox_id(ex), path, content.size(),
+      [&](std::uint8_t* buf, std::size_t cap) -> std::int64_t {
+        std::size_t n = std::min(cap, content.size() - offset);
+        std::memcpy(buf, content.data() + offset, n);
+        offset += n;
+        return static_cast<std::int64_t>(n);
+      },
+      static_cast<std::uint32_t>(mode));
+  Object o;
+  o.set("status", "ok");
+  o.set("path", path);
+  o.set("size", static_cast<std::uint64_t>(content.size()));
+  ex.send_json(200, o);
+}
+
+void delete_file(Exchange& ex) {
+  ex.ctx.service.remove_path(ex.owner, sandbox_id(ex), path_param(ex));
+  Object o;
+  o.set("status", "ok");
+  ex.send_json(200, o);
+}
+
+void list_directory(Exchange& ex) {
+  auto entries = ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path_param(ex, "."));
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  Array arr;
+  for (const auto& e : entries) {
+    Object o;
+    o.set("name", e.name);
+    o.set("type", std::string(core::to_string(e.type)));
+    o.set("size", e.size);
+    o.set("mode", e.mode);
+    arr.add(o);
+  }
+  Object o;
+  o.set("path", path_param(ex, "."));
+  o.set("entries", arr);
+  ex.send_json(200, o);
+}
+
+/** Spools the multipart "file" part to a temporary file, enforcing the size limit while reading. */
+class SpoolingPartHandler final : public Poco::Net::PartHandler {
+ public:
+  explicit SpoolingPartHandler(std::uint64_t limit) : limit_(limit) {}
+
+  void handlePart(const Poco::Net::MessageHeader& header, std::istream& stream) override {
+    std::string disposition;
+    Poco::Net::NameValueCollection params;
+    Poco::Net::MessageHeader::splitParameters(header.get("Content-Disposition", ""), disposition, params);
+    if (params.get("name", "") != "file") {
+      char sink[4096];
+      while (stream.read(sink, sizeof sink) || stream.gcount() > 0) {
+      }
+      return;
+    }
+    filename_ = params.get("filename", "");
+    std::ofstream out(file_.path(), std::ios::binary | std::ios::trunc);
+    char buf[65536];
+    while (stream) {
+      stream.read(buf, sizeof buf);
+      auto n = static_cast<std::uint64_t>(stream.gcount());
+      size_ += n;
+      if (size_ > limit_) {
+        throw Error(ErrorCode::payload_too_large,
+                    "uploaded file is larger than the limit of " + std::to_string(limit_) + " bytes");
+      }
+      out.write(buf, static_cast<std::streamsize>(n));
+    }
+    if (!out) throw Error(ErrorCode::internal, "could not spool the upload to disk");
+    received_ = true;
+  }
+
+  bool received() const { return received_; }
+  std::uint64_t size() const { return size_; }
+  const std::string& filename() const { return filename_; }
+  std::string spool_path() const { return file_.path(); }
+
+ private:
+  std::uint64_t limit_;
+  Poco::TemporaryFile file_;
+  bool received_ = false;
+  std::uint64_t size_ = 0;
+  std::string filename_;
+};
+
+void upload(Exchange& ex) {
+  if (ex.request.getContentType().rfind("multipart/form-data", 0) != 0) {
+    throw Error(ErrorCode::invalid_request, "upload expects multipart/form-data with parts 'file' and 'path'");
+  }
+  auto limit = ex.ctx.settings.max_file_size;
+  if (ex.request.hasContentLength() && static_cast<std::uint64_t>(ex.request.getContentLength64()) > limit + 65536) {
+    throw Error(ErrorCode::payload_too_large, "upload is larger than the limit of " + std::to_string(limit) + " bytes");
+  }
+  SpoolingPartHandler part(limit);
+  Poco::Net::HTMLForm form;
+  form.setFieldLimit(1000);
+  try {
+    form.load(ex.request, ex.request.stream(), part);
+  } catch (const Error&) {
+    throw;
+  } catch (const Poco::Exception& e) {
+    throw Error(ErrorCode::invalid_request, "malformed multipart body: " + e.message());
+  }
+  if (!part.received())
+    throw Error(ErrorCode::validation_error, "multipart part 'file' is missing", {{"field", "file"}});
+  std::string path = form.get("path", "");
+  if (path.empty()) path = part.filename();
+  if (path.empty()) throw Error(ErrorCode::validation_error, "multipart field 'path' is missing", {{"field", "path"}});
+  std::ifstream in(part.spool_path(), std::ios::binary);
+  ex.ctx.service.write_file(ex.owner, sandbox_id(ex), path, part.size(),
+                            [&](std::uint8_t* buf, std::size_t cap) -> std::int64_t {
+                              in.read(reinterpret_cast<char*>(buf), static_cast<std::streamsize>(cap));
+                              if (in.bad()) return -1;
+                              return in.gcount();
+                            });
+  Object o;
+  o.set("status", "ok");
+  o.set("path", path);
+  o.set("size", part.size());
+  ex.send_json(200, o);
+}
+
+void download(Exchange& ex) {
+  auto path = path_param(ex);
+  std::ostream* out = nullptr;
+  std::uint64_t sent = 0;
+  auto limit = ex.ctx.settings.max_file_size;
+  auto begin = [&] {
+    auto slash = path.find_last_of('/');
+    std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+    ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
+    ex.response.setContentType("application/octet-stream");
+    ex.response.set("Content-Disposition", "attachment; filename=\"" + name + "\"");
+    ex.response.setChunkedTransferEncoding(true);
+    out = &ex.response.send();
+  };
+  ex.ctx.service.download(ex.owner, sandbox_id(ex), path, [&](std::string_view chunk) {
+    sent += chunk.size();
+    if (sent > limit) {
+      if (!out) {
+        throw Error(ErrorCode::payload_too_large, "file is larger than the limit of " + std::to_string(limit));
+      }
+      return false;  // mid-stream: abort; the client sees a truncated chunked response
+    }
+    if (!out) begin();
+    out->write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    return static_cast<bool>(*out);
+  });
+  if (!out) begin();  // an empty file
+}
+
+// ---- workspaces and admin -------------------------------------------------------------------------------------------
+
+void create_workspace(Exchange& ex) {
+  auto body = ex.json_body();
+  only_fields(body, {});
+  ex.send_json(201, workspace_json(ex.ctx.service.create_workspace(ex.owner)));
+}
+
+void get_workspace(Exchange& ex) {
+  ex.send_json(200, workspace_json(ex.ctx.service.get_workspace(ex.owner, ex.params.at(0))));
+}
+
+void delete_workspace(Exchange& ex) {
+  ex.ctx.service.delete_workspace(ex.owner, ex.params.at(0));
+  ex.send_empty(204);
+}
+
+void run_gc(Exchange& ex) {
+  auto report = ex.ctx.service.run_cleanup();
+  ex.ctx.idempotency.purge();
+  auto list = [](const std::vector<std::string>& v) {
+    Array a;
+    for (const auto& s : v)
+      a.add(s);
+    return a;
+  };
+  Object o;
+  o.set("idle_stopped", list(report.idle_stopped));
+  o.set("expired_deleted", list(report.expired_deleted));
+  o.set("orphans_removed", list(report.orphans_removed));
+  o.set("dead_sessions", list(report.dead_sessions));
+  o.set("skipped_stale", list(report.skipped_stale));
+  o.set("failed", list(report.failed));
+  ex.send_json(200, o);
+}
+
+}  // namespace
+
+const std::vector<Route>& routes() {
+  static const std::vector<Route> table = {
+      {"GET", "/health", health, false, true},
+      {"GET", "/meta", meta, false, true},
+      {"GET", "/v1/profiles", list_profiles},
+      {"POST", "/v1/sandboxes", create_sandbox},
+      {"GET", "/v1/sandboxes", list_sandboxes},
+      {"GET", "/v1/sandboxes/{}", get_sandbox},
+      {"DELETE", "/v1/sandboxes/{}", delete_sandbox},
+      {"POST", "/v1/sandboxes/{}/start", start_sandbox, true},
+      {"POST", "/v1/sandboxes/{}/stop", stop_sandbox},
+      {"POST", "/v1/sandboxes/{}/keepalive", keepalive},
+      {"POST", "/v1/sandboxes/{}/extend_ttl", extend_ttl},
+      {"POST", "/v1/sandboxes/{}/python/exec", python_exec, true},
+      {"POST", "/v1/sandboxes/{}/shell/exec", shell_exec, true},
+      {"GET", "/v1/sandboxes/{}/history", history},
+      {"GET", "/v1/sandboxes/{}/filesystem/files", read_file, true},
+      {"PUT", "/v1/sandboxes/{}/filesystem/files", write_file, true},
+      {"DELETE", "/v1/sandboxes/{}/filesystem/files", delete_file, true},
+      {"GET", "/v1/sandboxes/{}/filesystem/directories", list_directory, true},
+      {"POST", "/v1/sandboxes/{}/filesystem/upload", upload, true},
+      {"GET", "/v1/sandboxes/{}/filesystem/download", download, true},
+      {"POST", "/v1/workspaces", create_workspace},
+      {"GET", "/v1/workspaces/{}", get_workspace},
+      {"DELETE", "/v1/workspaces/{}", delete_workspace},
+      {"POST", "/v1/admin/gc/run", run_gc},
+  };
+  return table;
+}
+
+}  // namespace berth::api

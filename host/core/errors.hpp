@@ -1,0 +1,52 @@
+// The core's error vocabulary. Codes are stable API strings; the HTTP layer maps each to a status code, the core
+// never sees HTTP.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace berth::core {
+
+enum class ErrorCode {
+  invalid_request,           // malformed request (syntax, bad id format)
+  validation_error,          // well-formed but invalid values
+  not_found,                 // no such object (or not the caller's)
+  conflict,                  // state forbids the call (e.g. workspace in use, idempotency key reused)
+  sandbox_expired,           // the sandbox's TTL has passed
+  sandbox_ttl_infinite,      // extend_ttl on a sandbox without TTL
+  payload_too_large,         // body or file over a configured limit
+  unauthorized,              // missing or wrong API key
+  capability_not_supported,  // profile or driver lacks the capability
+  session_not_ready,         // the session did not become ready in time (retryable)
+  driver_unavailable,        // the engine is unreachable (retryable)
+  internal,                  // anything else
+};
+
+/** Stable wire name, e.g. "session_not_ready". */
+std::string_view to_string(ErrorCode code);
+
+/** An error the API reports to the client as-is. */
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message, std::map<std::string, std::string> details = {})
+      : std::runtime_error(message), code_(code), details_(std::move(details)) {}
+  ErrorCode code() const { return code_; }
+  const std::map<std::string, std::string>& details() const { return details_; }
+  /** Seconds a client should wait before retrying (set for retryable errors). */
+  std::optional<std::chrono::seconds> retry_after() const { return retry_after_; }
+  Error& with_retry_after(std::chrono::seconds s) {
+    retry_after_ = s;
+    return *this;
+  }
+
+ private:
+  ErrorCode code_;
+  std::map<std::string, std::string> details_;
+  std::optional<std::chrono::seconds> retry_after_;
+};
+
+}  // namespace berth::core

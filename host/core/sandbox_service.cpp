@@ -1,0 +1,951 @@
+#include "core/sandbox_service.hpp"
+
+#include <algorithm>
+#include <thread>
+
+#include "core/ids.hpp"
+#include "core/log.hpp"
+#include "core/paths.hpp"
+
+namespace berth::core {
+namespace {
+
+using store::SandboxRow;
+using store::SessionRow;
+using SS = store::SessionState;           // what the database records
+using RuntimeState = core::SessionState;  // what the driver reports
+using namespace std::chrono_literals;
+
+std::string ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::to_string(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+}
+
+/** Appends to `out` up to `cap` bytes; remembers whether anything was dropped. */
+struct CappedBuffer {
+  std::string data;
+  std::size_t cap;
+  bool truncated = false;
+  void append(std::string_view chunk) {
+    if (data.size() >= cap) {
+      truncated = truncated || !chunk.empty();
+      return;
+    }
+    std::size_t room = cap - data.size();
+    if (chunk.size() > room) truncated = true;
+    data.append(chunk.substr(0, room));
+  }
+  std::string finish() {
+    if (truncated) data += "\n[output truncated]";
+    return std::move(data);
+  }
+};
+
+}  // namespace
+
+std::string_view to_string(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::invalid_request:
+      return "invalid_request";
+    case ErrorCode::validation_error:
+      return "validation_error";
+    case ErrorCode::not_found:
+      return "not_found";
+    case ErrorCode::conflict:
+      return "conflict";
+    case ErrorCode::sandbox_expired:
+      return "sandbox_expired";
+    case ErrorCode::sandbox_ttl_infinite:
+      return "sandbox_ttl_infinite";
+    case ErrorCode::payload_too_large:
+      return "payload_too_large";
+    case ErrorCode::unauthorized:
+      return "unauthorized";
+    case ErrorCode::capability_not_supported:
+      return "capability_not_supported";
+    case ErrorCode::session_not_ready:
+      return "session_not_ready";
+    case ErrorCode::driver_unavailable:
+      return "driver_unavailable";
+    case ErrorCode::internal:
+      return "internal";
+  }
+  return "internal";
+}
+
+std::string_view to_string(SandboxStatus s) {
+  switch (s) {
+    case SandboxStatus::idle:
+      return "idle";
+    case SandboxStatus::starting:
+      return "starting";
+    case SandboxStatus::ready:
+      return "ready";
+    case SandboxStatus::failed:
+      return "failed";
+    case SandboxStatus::expired:
+      return "expired";
+  }
+  return "idle";
+}
+
+void rethrow_driver_error(const DriverError& e, const std::string& context) {
+  std::string msg = context + ": " + e.what();
+  switch (e.code()) {
+    case DriverErrc::not_found:
+      throw Error(ErrorCode::not_found, msg);
+    case DriverErrc::invalid_argument:
+      throw Error(ErrorCode::validation_error, msg);
+    case DriverErrc::conflict:
+      throw Error(ErrorCode::conflict, msg);
+    case DriverErrc::unavailable:
+    case DriverErrc::timeout:
+      throw Error(ErrorCode::driver_unavailable, msg).with_retry_after(5s);
+    case DriverErrc::unsupported:
+      throw Error(ErrorCode::capability_not_supported, msg);
+    case DriverErrc::cancelled:
+    case DriverErrc::internal:
+      throw Error(ErrorCode::internal, msg);
+  }
+  throw Error(ErrorCode::internal, msg);
+}
+
+SandboxService::SandboxService(store::Store& store, Driver& driver, std::shared_ptr<const Clock> clock,
+                               Settings settings)
+    : store_(store), driver_(driver), clock_(std::move(clock)), settings_(std::move(settings)) {
+  if (!settings_.profiles.count(settings_.default_profile)) {
+    throw std::invalid_argument("default profile '" + settings_.default_profile + "' is not defined");
+  }
+}
+
+// ---- views and lookups ----------------------------------------------------------------------------------------
+
+const Profile& SandboxService::profile_of(const SandboxRow& row) const {
+  auto it = settings_.profiles.find(row.profile);
+  // A profile removed from the config after the sandbox was created falls back to the default.
+  return it != settings_.profiles.end() ? it->second : settings_.profiles.at(settings_.default_profile);
+}
+
+SandboxView SandboxService::view(SandboxRow row) {
+  SandboxView v;
+  v.capabilities = profile_of(row).capabilities;
+  if (!driver_.has_capability(cap::files)) v.capabilities.erase("filesystem");
+  if (row.current_session_id) {
+    v.session = store_.get_session(*row.current_session_id);
+  }
+  if (row.expires_at && *row.expires_at <= clock_->now()) {
+    v.status = SandboxStatus::expired;
+  } else if (v.session && v.session->state == SS::ready) {
+    v.status = SandboxStatus::ready;
+  } else if (v.session && v.session->state == SS::starting) {
+    v.status = SandboxStatus::starting;
+  } else if (!row.last_error.empty()) {
+    v.status = SandboxStatus::failed;
+  } else {
+    v.status = SandboxStatus::idle;
+  }
+  v.row = std::move(row);
+  return v;
+}
+
+SandboxRow SandboxService::load_live(const std::string& owner, const std::string& id) {
+  if (!is_valid_id(id, "sandbox")) {
+    throw Error(ErrorCode::not_found, "no sandbox '" + id + "'", {{"sandbox_id", id}});
+  }
+  auto row = store_.get_sandbox(id);
+  if (!row || row->deleted_at || row->owner != owner) {
+    throw Error(ErrorCode::not_found, "no sandbox '" + id + "'", {{"sandbox_id", id}});
+  }
+  return *row;
+}
+
+void SandboxService::require_capability(const SandboxRow& row, const std::string& capability) {
+  const auto& p = profile_of(row);
+  if (!p.capabilities.count(capability)) {
+    throw Error(ErrorCode::capability_not_supported,
+                "profile '" + p.name + "' does not offer the '" + capability + "' capability",
+                {{"profile", p.name}, {"capability", capability}});
+  }
+  if (capability == "filesystem" && !driver_.has_capability(cap::files)) {
+    throw Error(ErrorCode::capability_not_supported, "driver '" + driver_.identity().name + "' has no file access");
+  }
+}
+
+void SandboxService::notify_sessions_changed() {
+  std::lock_guard lock(wait_mutex_);
+  sessions_changed_.notify_all();
+}
+
+// ---- create / read / list -------------------------------------------------------------------------------------
+
+CreateSandboxResult SandboxService::create_sandbox(const std::string& owner, const CreateSandboxRequest& rq) {
+  std::string profile_name = rq.profile.value_or(settings_.default_profile);
+  auto pit = settings_.profiles.find(profile_name);
+  if (pit == settings_.profiles.end()) {
+    throw Error(ErrorCode::validation_error, "unknown profile '" + profile_name + "'", {{"profile", profile_name}});
+  }
+  const Profile& profile = pit->second;
+  if (rq.ttl && (rq.ttl->count() < 1 || rq.ttl->count() > 365ll * 24 * 3600)) {
+    throw Error(ErrorCode::validation_error, "ttl must be between 1 second and 365 days");
+  }
+  std::optional<std::string> key;
+  if (rq.key) key = canonical_key(*rq.key);
+
+  // Get-or-create by key: a live, unexpired sandbox is reused; an expired one is replaced.
+  if (key) {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      auto existing = store_.find_live_by_key(owner, *key);
+      if (!existing) break;
+      if (!existing->expires_at || *existing->expires_at > clock_->now()) {
+        log::info("sandbox_reused", {{"sandbox", existing->id}, {"key", *key}, {"owner", owner}});
+        return {view(*existing), false};
+      }
+      log::info("sandbox_replaced", {{"sandbox", existing->id}, {"key", *key}, {"owner", owner}});
+      auto stale = *existing;
+      stale.deleted_at = clock_->now();
+      stale.current_session_id.reset();
+      if (store_.update_sandbox_cas(stale, existing->version)) delete_row_and_resources(*existing);
+    }
+  }
+
+  auto now = clock_->now();
+  store::WorkspaceRow workspace;
+  bool managed = !rq.workspace_id;
+  if (rq.workspace_id) {
+    workspace = get_workspace(owner, *rq.workspace_id);
+  } else {
+    workspace.id = new_id("ws");
+    workspace.owner = owner;
+    workspace.volume = "berth-ws-" + workspace.id;
+    workspace.managed = true;
+    workspace.created_at = now;
+  }
+
+  SandboxRow row;
+  row.id = new_id("sandbox");
+  row.owner = owner;
+  row.profile = profile.name;
+  row.workspace_id = workspace.id;
+  row.key = key;
+  row.labels = rq.labels;
+  row.env = rq.env;
+  row.version = 1;
+  row.created_at = now;
+  auto ttl = rq.ttl ? rq.ttl : profile.ttl;
+  if (ttl) row.expires_at = now + *ttl;
+
+  log::info("sandbox.create",
+            {{"sandbox", row.id}, {"owner", owner}, {"profile", profile.name}, {"workspace", workspace.id}});
+  if (managed) {
+    try {
+      driver_.volume_create(
+          workspace.volume,
+          {{"berth.managed", "true"}, {"berth.instance", settings_.instance_id}, {"berth.workspace", workspace.id}});
+    } catch (const DriverError& e) {
+      rethrow_driver_error(e, "creating workspace volume");
+    }
+    store_.insert_workspace(workspace);
+  }
+  try {
+    store_.insert_sandbox(row);
+  } catch (const store::UniqueViolation&) {
+    // Another request created the keyed sandbox first: undo ours, return theirs.
+    if (managed) {
+      try {
+        driver_.volume_remove(workspace.volume);
+      } catch (const DriverError& e) {
+        log::warn("workspace.delete_failed", {{"workspace", workspace.id}, {"error", e.what()}});
+      }
+      store_.mark_workspace_deleted(workspace.id, clock_->now());
+    }
+    auto winner = store_.find_live_by_key(owner, *key);
+    if (!winner) throw Error(ErrorCode::conflict, "sandbox key is being replaced concurrently; retry");
+    log::info("sandbox_reused", {{"sandbox", winner->id}, {"key", *key}, {"owner", owner}});
+    return {view(*winner), false};
+  } catch (...) {
+    if (managed) {
+      try {
+        driver_.volume_remove(workspace.volume);
+      } catch (const DriverError&) {
+      }
+      store_.mark_workspace_deleted(workspace.id, clock_->now());
+    }
+    throw;
+  }
+  log::info("sandbox_created", {{"sandbox", row.id}, {"owner", owner}, {"key", key.value_or("")}});
+  return {view(row), true};
+}
+
+SandboxView SandboxService::get_sandbox(const std::string& owner, const std::string& id) {
+  return view(load_live(owner, id));
+}
+
+ListResult SandboxService::list_sandboxes(const std::string& owner, const std::optional<SandboxStatus>& status,
+                                          const std::optional<std::pair<std::string, std::string>>& label, int limit,
+                                          const std::string& cursor) {
+  ListResult out;
+  store::SandboxFilter f;
+  f.owner = owner;
+  f.label = label;
+  f.after_id = cursor;
+  f.limit = limit;
+  // Status is derived, so filter after reading; keep reading pages until the page is full or rows run out.
+  while (static_cast<int>(out.items.size()) < limit) {
+    auto rows = store_.list_sandboxes(f);
+    for (auto& r : rows) {
+      f.after_id = r.id;
+      auto v = view(std::move(r));
+      if (!status || v.status == *status) out.items.push_back(std::move(v));
+      if (static_cast<int>(out.items.size()) == limit) break;
+    }
+    if (static_cast<int>(rows.size()) < f.limit) {
+      if (static_cast<int>(out.items.size()) == limit) out.next_cursor = f.after_id;
+      return out;
+    }
+  }
+  out.next_cursor = out.items.empty() ? "" : out.items.back().row.id;
+  return out;
+}
+
+// ---- ensure_running ---------------------------------------------------------------------------------------------
+
+store::SessionRow SandboxService::ensure_running(const std::string& owner, const std::string& id) {
+  auto started = clock_->monotonic();
+  auto deadline = started + settings_.start_wait;
+  std::string waited_on;  // the session this caller waits for; its failure is this caller's failure
+  for (int round = 0;; ++round) {
+    auto row = load_live(owner, id);
+    if (row.expires_at && *row.expires_at <= clock_->now()) {
+      throw Error(ErrorCode::sandbox_expired, "sandbox '" + id + "' has expired", {{"sandbox_id", id}});
+    }
+    if (row.current_session_id) {
+      auto session = store_.get_session(*row.current_session_id);
+      if (session && session->state == SS::ready) return *session;
+      if (session && session->state == SS::starting) {
+        waited_on = session->id;
+        if (clock_->monotonic() >= deadline) {
+          throw Error(ErrorCode::session_not_ready, "session of sandbox '" + id + "' is not ready yet",
+                      {{"sandbox_id", id}, {"session_id", session->id}})
+              .with_retry_after(2s);
+        }
+        // Wake on an in-process state change; re-read the database at least every 100 ms for other processes.
+        std::unique_lock lock(wait_mutex_);
+        sessions_changed_.wait_for(lock, 100ms);
+        continue;
+      }
+      // The current session failed, stopped or died: clear it by CAS so that a new one can start.
+      if (session && session->id == waited_on && session->state == SS::failed) {
+        throw Error(ErrorCode::driver_unavailable, "sandbox '" + id + "' failed to start: " + session->error,
+                    {{"sandbox_id", id}})
+            .with_retry_after(1s);
+      }
+      auto cleared = row;
+      cleared.current_session_id.reset();
+      store_.update_sandbox_cas(cleared, row.version);
+      continue;
+    }
+    if (!waited_on.empty()) {
+      // The session we waited for is gone; if its start failed, report that rather than starting again.
+      if (auto s = store_.get_session(waited_on); s && s->state == SS::failed) {
+        throw Error(ErrorCode::driver_unavailable, "sandbox '" + id + "' failed to start: " + s->error,
+                    {{"sandbox_id", id}})
+            .with_retry_after(1s);
+      }
+    }
+    // No session: race to install one. Exactly one CAS wins; the others loop and wait for it.
+    SessionRow session;
+    session.id = new_id("sess");
+    session.sandbox_id = row.id;
+    session.state = SS::starting;
+    session.created_at = clock_->now();
+    session.last_active_at = session.created_at;
+    store_.insert_session(session);
+    auto claimed = row;
+    claimed.current_session_id = session.id;
+    if (!store_.update_sandbox_cas(claimed, row.version)) {
+      store_.delete_session(session.id);
+      continue;
+    }
+    claimed.version = row.version + 1;
+    log::info("session.create",
+              {{"sandbox", row.id}, {"session", session.id}, {"attempts", std::to_string(round + 1)}});
+    return start_session(claimed, session);
+  }
+}
+
+store::SessionRow SandboxService::start_session(SandboxRow row, SessionRow session) {
+  auto t0 = std::chrono::steady_clock::now();
+  const auto& profile = profile_of(row);
+  auto workspace = store_.get_workspace(row.workspace_id);
+  SessionSpec spec;
+  spec.session_id = session.id;
+  spec.image = profile.image;
+  spec.env = profile.env;
+  for (const auto& [k, v] : row.env)
+    spec.env[k] = v;
+  spec.labels = {{"berth.managed", "true"},
+                 {"berth.instance", settings_.instance_id},
+                 {"berth.sandbox", row.id},
+                 {"berth.session", session.id},
+                 {"berth.workspace", row.workspace_id}};
+  spec.nano_cpus = profile.nano_cpus;
+  spec.memory_bytes = profile.memory_bytes;
+  spec.pids_limit = profile.pids_limit;
+  spec.network_enabled = profile.network;
+  spec.read_only_rootfs = profile.read_only_rootfs;
+  spec.workspace_volume = workspace ? workspace->volume : "";
+  spec.workspace_mount_path = "/workspace";
+  spec.user = profile.user;
+  spec.working_dir = "/workspace";
+  try {
+    auto info = driver_.session_create(spec);
+    session.handle = info.handle;
+    session.endpoint = info.endpoint;
+    session.state = SS::ready;
+    session.last_active_at = clock_->now();
+    store_.update_session(session);
+  } catch (const DriverError& e) {
+    session.state = SS::failed;
+    session.error = e.what();
+    store_.update_session(session);
+    log::warn("session.start_failed", {{"sandbox", row.id}, {"session", session.id}, {"error", e.what()}});
+    clear_session(row.id, session.id, SS::failed, e.what());
+    notify_sessions_changed();
+    rethrow_driver_error(e, "starting sandbox '" + row.id + "'");
+  }
+  // The sandbox may have been stopped or deleted while the container started: then this container is not wanted.
+  auto now_row = store_.get_sandbox(row.id);
+  if (!now_row || now_row->deleted_at || now_row->current_session_id != session.id) {
+    destroy_session(session);
+    notify_sessions_changed();
+    throw Error(ErrorCode::conflict, "sandbox '" + row.id + "' was stopped or deleted while starting");
+  }
+  if (!now_row->last_error.empty()) {
+    auto ok = *now_row;
+    ok.last_error.clear();
+    store_.update_sandbox_cas(ok, now_row->version);
+  }
+  touch(*now_row);
+  notify_sessions_changed();
+  log::info("session.runtime_ready", {{"sandbox", row.id},
+                                      {"session", session.id},
+                                      {"handle", session.handle},
+                                      {"attempts", "1"},
+                                      {"elapsed_ms", ms_since(t0)}});
+  return session;
+}
+
+void SandboxService::clear_session(const std::string& sandbox_id, const std::string& session_id, SS final_state,
+                                   const std::string& error) {
+  for (int i = 0; i < 20; ++i) {
+    auto row = store_.get_sandbox(sandbox_id);
+    if (!row || row->current_session_id != session_id) break;
+    auto cleared = *row;
+    cleared.current_session_id.reset();
+    if (final_state == SS::failed) cleared.last_error = error;
+    if (store_.update_sandbox_cas(cleared, row->version)) break;
+  }
+  if (auto s = store_.get_session(session_id); s && s->state != final_state) {
+    s->state = final_state;
+    if (!error.empty()) s->error = error;
+    store_.update_session(*s);
+  }
+}
+
+void SandboxService::destroy_session(const SessionRow& session) {
+  if (session.handle.empty()) return;
+  try {
+    driver_.session_stop(session.handle, settings_.stop_grace);
+  } catch (const DriverError& e) {
+    if (e.code() != DriverErrc::not_found) {
+      log::warn("session.stop_failed", {{"session", session.id}, {"handle", session.handle}, {"error", e.what()}});
+    }
+  }
+  try {
+    driver_.session_remove(session.handle);
+  } catch (const DriverError& e) {
+    if (e.code() != DriverErrc::not_found) throw;
+  }
+  auto s = session;
+  s.state = SS::stopped;
+  store_.update_session(s);
+  log::info("session.stop", {{"sandbox", session.sandbox_id}, {"session", session.id}, {"handle", session.handle}});
+}
+
+void SandboxService::touch(const SandboxRow& row) {
+  store_.touch_sandbox(row.id, clock_->now() + profile_of(row).idle_timeout);
+}
+
+// ---- lifecycle calls ------------------------------------------------------------------------------------------------
+
+SandboxView SandboxService::start(const std::string& owner, const std::string& id) {
+  ensure_running(owner, id);
+  return view(load_live(owner, id));
+}
+
+void SandboxService::stop(const std::string& owner, const std::string& id) {
+  for (;;) {
+    auto row = load_live(owner, id);
+    if (!row.current_session_id) return;  // idle: nothing to stop
+    auto session = store_.get_session(*row.current_session_id);
+    auto cleared = row;
+    cleared.current_session_id.reset();
+    cleared.idle_expires_at.reset();
+    if (!store_.update_sandbox_cas(cleared, row.version)) continue;
+    log::info("sandbox.stop", {{"sandbox", id}, {"session", row.current_session_id.value_or("")}});
+    if (session) {
+      try {
+        destroy_session(*session);
+      } catch (const DriverError& e) {
+        // The row no longer points at the container: the cleanup task's orphan pass removes it later.
+        log::warn("session.stop_failed", {{"session", session->id}, {"error", e.what()}});
+        rethrow_driver_error(e, "stopping sandbox '" + id + "'");
+      }
+    }
+    notify_sessions_changed();
+    return;
+  }
+}
+
+void SandboxService::delete_row_and_resources(const SandboxRow& row) {
+  if (row.current_session_id) {
+    if (auto session = store_.get_session(*row.current_session_id)) {
+      try {
+        destroy_session(*session);
+      } catch (const DriverError& e) {
+        log::warn("session.stop_failed", {{"session", session->id}, {"error", e.what()}});
+      }
+    }
+  }
+  auto workspace = store_.get_workspace(row.workspace_id);
+  if (workspace && workspace->managed && !workspace->deleted_at) {
+    try {
+      driver_.volume_remove(workspace->volume);
+      store_.mark_workspace_deleted(workspace->id, clock_->now());
+      log::info("workspace.delete", {{"workspace", workspace->id}, {"sandbox", row.id}});
+    } catch (const DriverError& e) {
+      if (e.code() == DriverErrc::not_found) {
+        store_.mark_workspace_deleted(workspace->id, clock_->now());
+      } else {
+        // Left for the cleanup task: a managed workspace of a deleted sandbox is retried there.
+        log::warn("workspace.delete_failed", {{"workspace", workspace->id}, {"error", e.what()}});
+      }
+    }
+  }
+  notify_sessions_changed();
+}
+
+void SandboxService::delete_sandbox(const std::string& owner, const std::string& id) {
+  for (;;) {
+    auto row = load_live(owner, id);
+    auto deleted = row;
+    deleted.deleted_at = clock_->now();
+    deleted.current_session_id.reset();
+    if (!store_.update_sandbox_cas(deleted, row.version)) continue;
+    log::info("sandbox.delete", {{"sandbox", id}, {"owner", owner}});
+    delete_row_and_resources(row);
+    return;
+  }
+}
+
+void SandboxService::keepalive(const std::string& owner, const std::string& id) {
+  auto row = load_live(owner, id);
+  if (row.expires_at && *row.expires_at <= clock_->now()) {
+    throw Error(ErrorCode::sandbox_expired, "sandbox '" + id + "' has expired", {{"sandbox_id", id}});
+  }
+  touch(row);
+}
+
+SandboxView SandboxService::extend_ttl(const std::string& owner, const std::string& id, std::chrono::seconds by) {
+  if (by.count() < 1 || by.count() > 365ll * 24 * 3600) {
+    throw Error(ErrorCode::validation_error, "extend_by must be between 1 second and 365 days");
+  }
+  for (;;) {
+    auto row = load_live(owner, id);
+    if (!row.expires_at) {
+      throw Error(ErrorCode::sandbox_ttl_infinite, "sandbox '" + id + "' has no TTL to extend", {{"sandbox_id", id}});
+    }
+    if (*row.expires_at <= clock_->now()) {
+      throw Error(ErrorCode::sandbox_expired, "sandbox '" + id + "' has expired", {{"sandbox_id", id}});
+    }
+    auto extended = row;
+    *extended.expires_at += by;
+    if (store_.update_sandbox_cas(extended, row.version)) {
+      extended.version = row.version + 1;
+      return view(extended);
+    }
+  }
+}
+
+// ---- exec and files -----------------------------------------------------------------------------------------------
+
+template <typename Fn>
+auto SandboxService::with_session(const std::string& owner, const std::string& id, const std::string& capability,
+                                  Fn&& fn) {
+  require_capability(load_live(owner, id), capability);
+  for (int attempt = 0;; ++attempt) {
+    auto session = ensure_running(owner, id);
+    try {
+      return fn(session);
+    } catch (const DriverError& e) {
+      // The container vanished under us (engine restart, OOM kill, manual removal): replace it once.
+      bool gone = e.code() == DriverErrc::not_found || e.code() == DriverErrc::conflict;
+      if (gone && attempt == 0) {
+        auto info = driver_.session_inspect(session.handle);
+        if (info.state != RuntimeState::running) {
+          log::warn("session.dead", {{"sandbox", id}, {"session", session.id}, {"handle", session.handle}});
+          clear_session(id, session.id, SS::dead, "container " + std::string(to_string(info.state)));
+          try {
+            driver_.session_remove(session.handle);
+          } catch (const DriverError&) {
+          }
+          continue;
+        }
+      }
+      throw;
+    }
+  }
+}
+
+ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id, ExecKind kind,
+                                 const std::string& code, std::optional<std::chrono::seconds> timeout,
+                                 const std::string& cwd) {
+  auto to = timeout.value_or(settings_.default_exec_timeout);
+  if (to.count() < 1 || to > settings_.max_exec_timeout) {
+    throw Error(ErrorCode::validation_error,
+                "timeout must be between 1 and " + std::to_string(settings_.max_exec_timeout.count()) + " seconds");
+  }
+  if (code.empty())
+    throw Error(ErrorCode::validation_error, kind == ExecKind::python ? "code is empty" : "command is empty");
+  std::string capability = kind == ExecKind::python ? "python" : "shell";
+  std::string dir = cwd.empty() ? "" : workspace_path(cwd, true);
+  if (dir == ".") dir.clear();
+
+  ExecRequest rq;
+  rq.argv = kind == ExecKind::python ? std::vector<std::string>{"python3", "-c", code}
+                                     : std::vector<std::string>{"/bin/sh", "-c", code};
+  rq.cwd = dir;
+  rq.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(to);
+  log::info(kind == ExecKind::python ? "capability.python.exec" : "capability.shell.exec",
+            {{"sandbox", id}, {"code_len", std::to_string(code.size())}});
+
+  ExecOutcome out;
+  std::string session_id;
+  auto t0 = std::chrono::steady_clock::now();
+  ExecResult result;
+  CappedBuffer stdout_buf{{}, settings_.exec_output_cap};
+  CappedBuffer stderr_buf{{}, settings_.exec_output_cap};
+  try {
+    result = with_session(owner, id, capability, [&](const store::SessionRow& session) {
+      session_id = session.id;
+      stdout_buf.data.clear();
+      stderr_buf.data.clear();
+      return driver_.exec(
+          session.handle, rq,
+          [&](Stream s, std::string_view chunk) {
+            (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
+            return true;
+          },
+          nullptr);
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "exec in sandbox '" + id + "'");
+  }
+  out.duration_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  out.output = stdout_buf.finish();
+  out.error = stderr_buf.finish();
+  out.timed_out = result.timed_out;
+  if (result.timed_out) {
+    if (!out.error.empty() && out.error.back() != '\n') out.error += '\n';
+    out.error += "execution timed out after " + std::to_string(to.count()) + "s";
+    out.success = false;
+  } else {
+    out.exit_code = result.exit_code;
+    out.success = result.exit_code == 0;
+  }
+
+  store::ExecutionRow record;
+  record.id = new_id("exec");
+  record.sandbox_id = id;
+  record.session_id = session_id;
+  record.kind = capability;
+  record.code = code;
+  record.exit_code = out.exit_code;
+  record.success = out.success;
+  record.output = out.output;
+  record.error = out.error;
+  record.duration_ms = out.duration_ms;
+  record.created_at = clock_->now();
+  store_.insert_execution(record);
+  out.execution_id = record.id;
+  if (auto row = store_.get_sandbox(id); row && !row->deleted_at) touch(*row);
+  return out;
+}
+
+std::pair<std::vector<store::ExecutionRow>, int> SandboxService::history(const std::string& owner,
+                                                                         const std::string& id, const std::string& kind,
+                                                                         int limit, int offset) {
+  load_live(owner, id);
+  if (!kind.empty() && kind != "python" && kind != "shell") {
+    throw Error(ErrorCode::validation_error, "exec_type must be 'python' or 'shell'");
+  }
+  if (limit < 1 || limit > 500) throw Error(ErrorCode::validation_error, "limit must be between 1 and 500");
+  if (offset < 0) throw Error(ErrorCode::validation_error, "offset must not be negative");
+  return store_.list_executions(id, kind, limit, offset);
+}
+
+std::string SandboxService::read_file(const std::string& owner, const std::string& id, const std::string& path,
+                                      std::size_t max_bytes) {
+  std::string out;
+  download(owner, id, path, [&](std::string_view chunk) {
+    if (out.size() + chunk.size() > max_bytes) {
+      throw Error(ErrorCode::payload_too_large,
+                  "file is larger than " + std::to_string(max_bytes) + " bytes; use filesystem/download");
+    }
+    out.append(chunk);
+    return true;
+  });
+  return out;
+}
+
+void SandboxService::download(const std::string& owner, const std::string& id, const std::string& path,
+                              const ByteSink& sink) {
+  auto p = workspace_path(path, false);
+  try {
+    with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
+      driver_.file_get(s.handle, p, sink);
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "reading '" + p + "'");
+  }
+}
+
+void SandboxService::write_file(const std::string& owner, const std::string& id, const std::string& path,
+                                std::uint64_t size, const ByteSource& source, std::uint32_t mode) {
+  auto p = workspace_path(path, false);
+  if (size > settings_.max_file_size) {
+    throw Error(ErrorCode::payload_too_large,
+                "file is larger than the limit of " + std::to_string(settings_.max_file_size) + " bytes");
+  }
+  try {
+    with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
+      driver_.file_put(s.handle, p, mode, size, source);
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "writing '" + p + "'");
+  }
+}
+
+void SandboxService::remove_path(const std::string& owner, const std::string& id, const std::string& path) {
+  auto p = workspace_path(path, false);
+  try {
+    with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
+      driver_.path_remove(s.handle, p);
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "removing '" + p + "'");
+  }
+}
+
+std::vector<DirEntry> SandboxService::list_dir(const std::string& owner, const std::string& id,
+                                               const std::string& path) {
+  auto p = workspace_path(path, true);
+  try {
+    return with_session(owner, id, "filesystem",
+                        [&](const store::SessionRow& s) { return driver_.dir_list(s.handle, p); });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "listing '" + p + "'");
+  }
+}
+
+// ---- workspaces -----------------------------------------------------------------------------------------------------
+
+store::WorkspaceRow SandboxService::create_workspace(const std::string& owner) {
+  store::WorkspaceRow ws;
+  ws.id = new_id("ws");
+  ws.owner = owner;
+  ws.volume = "berth-ws-" + ws.id;
+  ws.managed = false;
+  ws.created_at = clock_->now();
+  try {
+    driver_.volume_create(
+        ws.volume, {{"berth.managed", "true"}, {"berth.instance", settings_.instance_id}, {"berth.workspace", ws.id}});
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "creating workspace volume");
+  }
+  store_.insert_workspace(ws);
+  log::info("workspace.create", {{"workspace", ws.id}, {"owner", owner}});
+  return ws;
+}
+
+store::WorkspaceRow SandboxService::get_workspace(const std::string& owner, const std::string& id) {
+  auto ws = is_valid_id(id, "ws") ? store_.get_workspace(id) : std::nullopt;
+  if (!ws || ws->deleted_at || ws->owner != owner) {
+    throw Error(ErrorCode::not_found, "no workspace '" + id + "'", {{"workspace_id", id}});
+  }
+  return *ws;
+}
+
+void SandboxService::delete_workspace(const std::string& owner, const std::string& id) {
+  auto ws = get_workspace(owner, id);
+  if (int n = store_.count_live_sandboxes_using(id); n > 0) {
+    throw Error(ErrorCode::conflict, "workspace '" + id + "' is used by " + std::to_string(n) + " live sandbox(es)",
+                {{"workspace_id", id}});
+  }
+  try {
+    driver_.volume_remove(ws.volume);
+  } catch (const DriverError& e) {
+    if (e.code() != DriverErrc::not_found) rethrow_driver_error(e, "removing workspace volume");
+  }
+  store_.mark_workspace_deleted(id, clock_->now());
+  log::info("workspace.delete", {{"workspace", id}, {"owner", owner}});
+}
+
+// ---- cleanup --------------------------------------------------------------------------------------------------------
+
+CleanupReport SandboxService::run_cleanup() {
+  std::lock_guard lock(cleanup_mutex_);
+  CleanupReport report;
+  auto t0 = std::chrono::steady_clock::now();
+  cleanup_dead_sessions(report);
+  cleanup_idle(report);
+  cleanup_expired(report);
+  cleanup_orphans(report);
+  log::info("cleanup.run", {{"idle_stopped", std::to_string(report.idle_stopped.size())},
+                            {"expired_deleted", std::to_string(report.expired_deleted.size())},
+                            {"orphans_removed", std::to_string(report.orphans_removed.size())},
+                            {"dead_sessions", std::to_string(report.dead_sessions.size())},
+                            {"skipped_stale", std::to_string(report.skipped_stale.size())},
+                            {"failed", std::to_string(report.failed.size())},
+                            {"elapsed_ms", ms_since(t0)}});
+  return report;
+}
+
+void SandboxService::cleanup_dead_sessions(CleanupReport& report) {
+  // State sync: a ready session whose container is gone or exited is marked dead and cleared, so GET shows the
+  // truth. A session stuck in "starting" far beyond the start deadline (its starter died) is failed.
+  for (const auto& s : store_.list_active_sessions()) {
+    try {
+      bool dead = false;
+      std::string why;
+      if (s.state == SS::ready) {
+        auto info = driver_.session_inspect(s.handle);
+        if (info.state == RuntimeState::missing || info.state == RuntimeState::exited) {
+          dead = true;
+          why = "container " + std::string(to_string(info.state));
+        }
+      } else if (s.state == SS::starting && clock_->now() - s.created_at > 2 * settings_.start_wait) {
+        dead = true;
+        why = "start did not complete";
+      }
+      if (!dead) continue;
+      clear_session(s.sandbox_id, s.id, SS::dead, why);
+      if (!s.handle.empty()) {
+        try {
+          driver_.session_remove(s.handle);
+        } catch (const DriverError& e) {
+          if (e.code() != DriverErrc::not_found) throw;
+        }
+      }
+      report.dead_sessions.push_back(s.id);
+      log::info("session.dead", {{"sandbox", s.sandbox_id}, {"session", s.id}, {"reason", why}});
+    } catch (const DriverError& e) {
+      report.failed.push_back(s.sandbox_id);
+      log::warn("sandbox_clean_failed", {{"sandbox", s.sandbox_id}, {"step", "state_sync"}, {"error", e.what()}});
+    }
+  }
+}
+
+void SandboxService::cleanup_idle(CleanupReport& report) {
+  auto now = clock_->now();
+  for (const auto& snap : store_.list_live_sandboxes()) {
+    if (!snap.current_session_id || !snap.idle_expires_at || *snap.idle_expires_at > now) continue;
+    // Re-check under CAS: the row must still be exactly the snapshot we judged.
+    auto cleared = snap;
+    cleared.current_session_id.reset();
+    cleared.idle_expires_at.reset();
+    if (!store_.update_sandbox_cas(cleared, snap.version)) {
+      report.skipped_stale.push_back(snap.id);
+      log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "stale snapshot"}});
+      continue;
+    }
+    auto session = store_.get_session(*snap.current_session_id);
+    try {
+      if (session) destroy_session(*session);
+      report.idle_stopped.push_back(snap.id);
+      log::info("sandbox_cleaned", {{"sandbox", snap.id}, {"action", "idle_stop"}});
+    } catch (const DriverError& e) {
+      // The container stays labelled and row-less: the orphan step retries its removal.
+      report.failed.push_back(snap.id);
+      log::warn("sandbox_clean_failed", {{"sandbox", snap.id}, {"action", "idle_stop"}, {"error", e.what()}});
+    }
+  }
+  notify_sessions_changed();
+}
+
+void SandboxService::cleanup_expired(CleanupReport& report) {
+  auto now = clock_->now();
+  for (const auto& snap : store_.list_live_sandboxes()) {
+    if (!snap.expires_at || *snap.expires_at > now) continue;  // the boundary counts as expired
+    auto deleted = snap;
+    deleted.deleted_at = now;
+    deleted.current_session_id.reset();
+    if (!store_.update_sandbox_cas(deleted, snap.version)) {
+      report.skipped_stale.push_back(snap.id);
+      log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "stale snapshot"}});
+      continue;
+    }
+    delete_row_and_resources(snap);
+    report.expired_deleted.push_back(snap.id);
+    log::info("sandbox_cleaned", {{"sandbox", snap.id}, {"action", "expired_delete"}});
+  }
+}
+
+void SandboxService::cleanup_orphans(CleanupReport& report) {
+  std::vector<SessionListing> listed;
+  try {
+    listed = driver_.session_list({{"berth.managed", "true"}, {"berth.instance", settings_.instance_id}});
+  } catch (const DriverError& e) {
+    report.failed.push_back("orphan-scan");
+    log::warn("sandbox_clean_failed", {{"step", "orphans"}, {"error", e.what()}});
+    return;
+  }
+  for (const auto& c : listed) {
+    // Defence in depth: never touch a container without this instance's labels, whatever the driver returned.
+    auto inst = c.labels.find("berth.instance");
+    if (inst == c.labels.end() || inst->second != settings_.instance_id) continue;
+    auto sid = c.labels.find("berth.session");
+    bool orphan = true;
+    if (sid != c.labels.end()) {
+      auto session = store_.get_session(sid->second);
+      if (session && (session->state == SS::starting || session->state == SS::ready)) {
+        auto sandbox = store_.get_sandbox(session->sandbox_id);
+        orphan = !sandbox || sandbox->deleted_at || sandbox->current_session_id != session->id;
+        if (session->state == SS::starting) orphan = false;  // its starter decides
+      }
+    }
+    if (!orphan) continue;
+    try {
+      try {
+        driver_.session_stop(c.handle, settings_.stop_grace);
+      } catch (const DriverError& e) {
+        if (e.code() != DriverErrc::not_found) throw;
+      }
+      driver_.session_remove(c.handle);
+      report.orphans_removed.push_back(c.handle);
+      log::info("sandbox_cleaned", {{"action", "orphan_remove"},
+                                    {"handle", c.handle},
+                                    {"sandbox", c.labels.count("berth.sandbox") ? c.labels.at("berth.sandbox") : ""}});
+    } catch (const DriverError& e) {
+      if (e.code() == DriverErrc::not_found) continue;
+      report.failed.push_back(c.handle);
+      log::warn("sandbox_clean_failed", {{"action", "orphan_remove"}, {"handle", c.handle}, {"error", e.what()}});
+    }
+  }
+}
+
+}  // namespace berth::core

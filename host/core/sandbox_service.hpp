@@ -1,0 +1,184 @@
+// The lifecycle core: sandboxes, their one session, workspaces, executions and files. Knows nothing of HTTP,
+// TOML or a particular driver; every failure is a core::Error with a stable code.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/driver.hpp"
+#include "core/errors.hpp"
+#include "store/store.hpp"
+
+namespace berth::core {
+
+/** What a sandbox runs: resources, image and the API capabilities it offers. */
+struct Profile {
+  std::string name;
+  std::string image;
+  std::int64_t nano_cpus = 1'000'000'000;
+  std::int64_t memory_bytes = 512ll << 20;
+  std::int64_t pids_limit = 256;
+  bool network = false;
+  bool read_only_rootfs = false;
+  std::string user = "1000:1000";
+  std::map<std::string, std::string> env;
+  std::optional<std::chrono::seconds> ttl;
+  std::chrono::seconds idle_timeout{1800};
+  std::set<std::string> capabilities{"python", "shell", "filesystem"};
+};
+
+struct Settings {
+  std::map<std::string, Profile> profiles;
+  std::string default_profile = "default";
+  std::string instance_id = "berth";  // value of the berth.instance label
+  std::chrono::milliseconds start_wait{60'000};
+  std::chrono::milliseconds stop_grace{2'000};
+  std::size_t exec_output_cap = 1 << 20;  // per stream, in bytes
+  std::uint64_t max_file_size = 100ull << 20;
+  std::chrono::seconds max_exec_timeout{300};
+  std::chrono::seconds default_exec_timeout{30};
+};
+
+enum class SandboxStatus { idle, starting, ready, failed, expired };
+std::string_view to_string(SandboxStatus s);
+
+/** A sandbox as clients see it. */
+struct SandboxView {
+  store::SandboxRow row;
+  SandboxStatus status = SandboxStatus::idle;
+  std::set<std::string> capabilities;
+  std::optional<store::SessionRow> session;
+};
+
+struct CreateSandboxRequest {
+  std::optional<std::string> profile;
+  std::optional<std::chrono::seconds> ttl;  // overrides the profile's
+  std::optional<std::string> workspace_id;  // an external workspace to mount
+  std::optional<std::string> key;
+  std::map<std::string, std::string> labels;
+  std::map<std::string, std::string> env;
+};
+
+struct CreateSandboxResult {
+  SandboxView sandbox;
+  bool created = true;  // false: an existing sandbox was returned for the key
+};
+
+enum class ExecKind { python, shell };
+
+struct ExecOutcome {
+  std::string execution_id;
+  bool success = false;
+  std::string output;  // stdout (capped)
+  std::string error;   // stderr (capped), or why it did not finish
+  std::optional<int> exit_code;
+  bool timed_out = false;
+  std::int64_t duration_ms = 0;
+};
+
+struct CleanupReport {
+  std::vector<std::string> idle_stopped;     // sandbox ids
+  std::vector<std::string> expired_deleted;  // sandbox ids
+  std::vector<std::string> orphans_removed;  // driver handles
+  std::vector<std::string> dead_sessions;    // session ids
+  std::vector<std::string> skipped_stale;    // sandbox ids whose snapshot went stale
+  std::vector<std::string> failed;           // sandbox ids or handles whose driver call failed
+};
+
+struct ListResult {
+  std::vector<SandboxView> items;
+  std::string next_cursor;  // empty: no more
+};
+
+/**
+ * Thread-safe: every method may be called from any HTTP worker thread concurrently. Driver calls are never made
+ * while holding an internal lock.
+ */
+class SandboxService {
+ public:
+  SandboxService(store::Store& store, Driver& driver, std::shared_ptr<const Clock> clock, Settings settings);
+
+  const Settings& settings() const { return settings_; }
+  const DriverIdentity& driver_identity() const { return driver_.identity(); }
+
+  /** Lazy create: rows and the managed workspace volume, no container. Get-or-create when `key` is given. */
+  CreateSandboxResult create_sandbox(const std::string& owner, const CreateSandboxRequest& request);
+  SandboxView get_sandbox(const std::string& owner, const std::string& id);
+  ListResult list_sandboxes(const std::string& owner, const std::optional<SandboxStatus>& status,
+                            const std::optional<std::pair<std::string, std::string>>& label, int limit,
+                            const std::string& cursor);
+  /** Starts the session if needed and returns once it is ready. */
+  SandboxView start(const std::string& owner, const std::string& id);
+  /** Stops and removes the session's container; the workspace stays. Idempotent. */
+  void stop(const std::string& owner, const std::string& id);
+  /** Destroys the session and a managed workspace; soft-deletes the row. */
+  void delete_sandbox(const std::string& owner, const std::string& id);
+  /** Resets the idle timer; never starts compute. */
+  void keepalive(const std::string& owner, const std::string& id);
+  SandboxView extend_ttl(const std::string& owner, const std::string& id, std::chrono::seconds by);
+
+  /** Runs code; starts the sandbox if it is idle. */
+  ExecOutcome exec(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
+                   std::optional<std::chrono::seconds> timeout, const std::string& cwd);
+  std::pair<std::vector<store::ExecutionRow>, int> history(const std::string& owner, const std::string& id,
+                                                           const std::string& kind, int limit, int offset);
+
+  /** Reads a whole file into memory; payload_too_large beyond `max_bytes`. */
+  std::string read_file(const std::string& owner, const std::string& id, const std::string& path,
+                        std::size_t max_bytes);
+  /** Streams a file to `sink` (which may throw to abort). */
+  void download(const std::string& owner, const std::string& id, const std::string& path, const ByteSink& sink);
+  void write_file(const std::string& owner, const std::string& id, const std::string& path, std::uint64_t size,
+                  const ByteSource& source, std::uint32_t mode = 0644);
+  void remove_path(const std::string& owner, const std::string& id, const std::string& path);
+  std::vector<DirEntry> list_dir(const std::string& owner, const std::string& id, const std::string& path);
+
+  store::WorkspaceRow create_workspace(const std::string& owner);
+  store::WorkspaceRow get_workspace(const std::string& owner, const std::string& id);
+  void delete_workspace(const std::string& owner, const std::string& id);
+
+  /** One pass of the cleanup task (see CleanupTask); also behind POST /v1/admin/gc/run. */
+  CleanupReport run_cleanup();
+
+ private:
+  SandboxView view(store::SandboxRow row);
+  store::SandboxRow load_live(const std::string& owner, const std::string& id);
+  const Profile& profile_of(const store::SandboxRow& row) const;
+  void require_capability(const store::SandboxRow& row, const std::string& capability);
+  store::SessionRow ensure_running(const std::string& owner, const std::string& id);
+  store::SessionRow start_session(store::SandboxRow row, store::SessionRow session);
+  void clear_session(const std::string& sandbox_id, const std::string& session_id, store::SessionState final_state,
+                     const std::string& error);
+  void destroy_session(const store::SessionRow& session);
+  void delete_row_and_resources(const store::SandboxRow& row);
+  void touch(const store::SandboxRow& row);
+  template <typename Fn>
+  auto with_session(const std::string& owner, const std::string& id, const std::string& capability, Fn&& fn);
+  void notify_sessions_changed();
+  void cleanup_dead_sessions(CleanupReport& report);
+  void cleanup_idle(CleanupReport& report);
+  void cleanup_expired(CleanupReport& report);
+  void cleanup_orphans(CleanupReport& report);
+
+  store::Store& store_;
+  Driver& driver_;
+  std::shared_ptr<const Clock> clock_;
+  Settings settings_;
+  std::mutex wait_mutex_;
+  std::condition_variable sessions_changed_;
+  std::mutex cleanup_mutex_;  // one cleanup pass at a time
+};
+
+/** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */
+[[noreturn]] void rethrow_driver_error(const DriverError& e, const std::string& context);
+
+}  // namespace berth::core

@@ -1,0 +1,703 @@
+// The SQLite implementation of Store, on Poco::Data. One connection per store, serialized by a mutex: SQLite
+// serializes writers anyway, and the compare-and-swap on sandboxes.version keeps several stores (threads or
+// processes) on one file honest. Times are integer milliseconds since the epoch; labels and env are JSON objects.
+#include <Poco/Data/RecordSet.h>
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/SQLite/SQLiteException.h>
+#include <Poco/Data/Session.h>
+#include <Poco/Data/Statement.h>
+#include <Poco/Dynamic/Var.h>
+#include <Poco/Exception.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Nullable.h>
+
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+#include <sstream>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#include "store/store.hpp"
+
+namespace berth::store {
+namespace {
+
+using Poco::Int64;
+using Poco::Data::RecordSet;
+using Poco::Data::Session;
+using Poco::Data::Statement;
+using Poco::Data::Keywords::bind;
+using Poco::Data::Keywords::into;
+using Poco::Data::Keywords::now;
+
+// ---- schema ---------------------------------------------------------------------------------------------------
+
+/**
+ * A numbered schema step. Applied once, in its own transaction, recorded in schema_migrations. Never edit a
+ * released migration: append a new one. Statements run one at a time (Poco runs one statement per execute).
+ */
+struct Migration {
+  int version;
+  const char* description;
+  std::vector<const char*> statements;
+};
+
+// `key` is an SQLite keyword usable as a column name; the MySQL schema will need to quote it.
+const std::vector<Migration> kMigrations = {
+    {1,
+     "initial schema",
+     {
+         "CREATE TABLE workspaces ("
+         "  id TEXT NOT NULL PRIMARY KEY,"
+         "  owner TEXT NOT NULL,"
+         "  volume TEXT NOT NULL,"
+         "  managed INTEGER NOT NULL DEFAULT 0,"
+         "  created_at INTEGER NOT NULL,"
+         "  deleted_at INTEGER)",
+
+         // live_key = key while the row is live, NULL once deleted_at is set: UNIQUE(owner, live_key) then allows
+         // one live sandbox per (owner, key) and any number of deleted ones (NULLs are distinct, as in MySQL).
+         "CREATE TABLE sandboxes ("
+         "  id TEXT NOT NULL PRIMARY KEY,"
+         "  owner TEXT NOT NULL,"
+         "  profile TEXT NOT NULL,"
+         "  workspace_id TEXT NOT NULL REFERENCES workspaces(id),"
+         "  key TEXT,"
+         "  live_key TEXT,"
+         "  labels TEXT NOT NULL DEFAULT '{}',"
+         "  env TEXT NOT NULL DEFAULT '{}',"
+         "  current_session_id TEXT,"
+         "  version INTEGER NOT NULL,"
+         "  expires_at INTEGER,"
+         "  idle_expires_at INTEGER,"
+         "  last_error TEXT NOT NULL DEFAULT '',"
+         "  created_at INTEGER NOT NULL,"
+         "  deleted_at INTEGER,"
+         "  CONSTRAINT sandboxes_owner_live_key UNIQUE (owner, live_key))",
+         "CREATE INDEX sandboxes_owner_id ON sandboxes (owner, id)",
+         "CREATE INDEX sandboxes_workspace_id ON sandboxes (workspace_id)",
+
+         "CREATE TABLE sessions ("
+         "  id TEXT NOT NULL PRIMARY KEY,"
+         "  sandbox_id TEXT NOT NULL REFERENCES sandboxes(id),"
+         "  handle TEXT NOT NULL DEFAULT '',"
+         "  endpoint TEXT NOT NULL DEFAULT '',"
+         "  state TEXT NOT NULL,"
+         "  error TEXT NOT NULL DEFAULT '',"
+         "  created_at INTEGER NOT NULL,"
+         "  last_active_at INTEGER NOT NULL)",
+         "CREATE INDEX sessions_sandbox_id ON sessions (sandbox_id)",
+         "CREATE INDEX sessions_state ON sessions (state)",
+
+         "CREATE TABLE executions ("
+         "  id TEXT NOT NULL PRIMARY KEY,"
+         "  sandbox_id TEXT NOT NULL,"
+         "  session_id TEXT NOT NULL,"
+         "  kind TEXT NOT NULL,"
+         "  code TEXT NOT NULL,"
+         "  exit_code INTEGER,"
+         "  success INTEGER NOT NULL,"
+         "  output TEXT NOT NULL,"
+         "  error TEXT NOT NULL,"
+         "  duration_ms INTEGER NOT NULL,"
+         "  created_at INTEGER NOT NULL)",
+         "CREATE INDEX executions_sandbox_created ON executions (sandbox_id, created_at)",
+
+         "CREATE TABLE idempotency_keys ("
+         "  owner TEXT NOT NULL,"
+         "  key TEXT NOT NULL,"
+         "  request_hash TEXT NOT NULL,"
+         "  status INTEGER NOT NULL DEFAULT 0,"
+         "  body TEXT NOT NULL DEFAULT '',"
+         "  created_at INTEGER NOT NULL,"
+         "  PRIMARY KEY (owner, key))",
+         "CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at)",
+     }},
+};
+
+constexpr int kBusyTimeoutMs = 5000;
+
+constexpr const char* kSandboxColumns =
+    "id, owner, profile, workspace_id, key, labels, env, current_session_id, version, expires_at, idle_expires_at, "
+    "last_error, created_at, deleted_at";
+constexpr const char* kWorkspaceColumns = "id, owner, volume, managed, created_at, deleted_at";
+constexpr const char* kSessionColumns = "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at";
+constexpr const char* kExecutionColumns =
+    "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at";
+constexpr const char* kIdempotencyColumns = "owner, key, request_hash, status, body, created_at";
+
+// ---- conversions ----------------------------------------------------------------------------------------------
+
+Int64 to_ms(TimePoint t) {
+  return std::chrono::floor<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+TimePoint from_ms(Int64 ms) {
+  return TimePoint(std::chrono::duration_cast<TimePoint::duration>(std::chrono::milliseconds(ms)));
+}
+
+Poco::Nullable<Int64> nullable_ms(const std::optional<TimePoint>& t) {
+  return t ? Poco::Nullable<Int64>(to_ms(*t)) : Poco::Nullable<Int64>();
+}
+
+Poco::Nullable<std::string> nullable_text(const std::optional<std::string>& s) {
+  return s ? Poco::Nullable<std::string>(*s) : Poco::Nullable<std::string>();
+}
+
+std::string to_json(const StringMap& map) {
+  Poco::JSON::Object object;
+  for (const auto& [k, v] : map)
+    object.set(k, v);
+  std::ostringstream out;
+  object.stringify(out);
+  return out.str();
+}
+
+StringMap from_json(const std::string& text) {
+  StringMap map;
+  if (text.empty()) return map;
+  Poco::JSON::Parser parser;
+  const auto object = parser.parse(text).extract<Poco::JSON::Object::Ptr>();
+  if (!object) return map;
+  for (const auto& [k, v] : *object)
+    map[k] = v.isEmpty() ? std::string() : v.toString();
+  return map;
+}
+
+/** Reads one row of a RecordSet left to right, in the order of the SELECT's column list. */
+class RowReader {
+ public:
+  RowReader(const RecordSet& rs, std::size_t row) : rs_(rs), row_(row) {}
+
+  std::optional<std::string> optional_text() {
+    auto v = next();
+    if (!v) return std::nullopt;
+    return v->convert<std::string>();
+  }
+  std::string text() { return optional_text().value_or(std::string()); }
+  std::optional<Int64> optional_integer() {
+    auto v = next();
+    if (!v) return std::nullopt;
+    return v->convert<Int64>();
+  }
+  Int64 integer() { return optional_integer().value_or(0); }
+  TimePoint time() { return from_ms(integer()); }
+  std::optional<TimePoint> optional_time() {
+    const auto ms = optional_integer();
+    if (!ms) return std::nullopt;
+    return from_ms(*ms);
+  }
+
+ private:
+  std::optional<Poco::Dynamic::Var> next() {
+    const std::size_t col = col_++;
+    if (rs_.isNull(col, row_)) return std::nullopt;
+    return rs_.value(col, row_);
+  }
+
+  const RecordSet& rs_;
+  std::size_t row_;
+  std::size_t col_ = 0;
+};
+
+WorkspaceRow read_workspace(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  WorkspaceRow row;
+  row.id = r.text();
+  row.owner = r.text();
+  row.volume = r.text();
+  row.managed = r.integer() != 0;
+  row.created_at = r.time();
+  row.deleted_at = r.optional_time();
+  return row;
+}
+
+SandboxRow read_sandbox(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  SandboxRow row;
+  row.id = r.text();
+  row.owner = r.text();
+  row.profile = r.text();
+  row.workspace_id = r.text();
+  row.key = r.optional_text();
+  row.labels = from_json(r.text());
+  row.env = from_json(r.text());
+  row.current_session_id = r.optional_text();
+  row.version = r.integer();
+  row.expires_at = r.optional_time();
+  row.idle_expires_at = r.optional_time();
+  row.last_error = r.text();
+  row.created_at = r.time();
+  row.deleted_at = r.optional_time();
+  return row;
+}
+
+SessionRow read_session(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  SessionRow row;
+  row.id = r.text();
+  row.sandbox_id = r.text();
+  row.handle = r.text();
+  row.endpoint = r.text();
+  row.state = session_state_from(r.text());
+  row.error = r.text();
+  row.created_at = r.time();
+  row.last_active_at = r.time();
+  return row;
+}
+
+ExecutionRow read_execution(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  ExecutionRow row;
+  row.id = r.text();
+  row.sandbox_id = r.text();
+  row.session_id = r.text();
+  row.kind = r.text();
+  row.code = r.text();
+  const auto exit_code = r.optional_integer();
+  if (exit_code) row.exit_code = static_cast<int>(*exit_code);
+  row.success = r.integer() != 0;
+  row.output = r.text();
+  row.error = r.text();
+  row.duration_ms = r.integer();
+  row.created_at = r.time();
+  return row;
+}
+
+IdempotencyRow read_idempotency(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  IdempotencyRow row;
+  row.owner = r.text();
+  row.key = r.text();
+  row.request_hash = r.text();
+  row.status = static_cast<int>(r.integer());
+  row.body = r.text();
+  row.created_at = r.time();
+  return row;
+}
+
+template <typename Row>
+std::vector<Row> read_all(Statement& statement, Row (*read)(const RecordSet&, std::size_t)) {
+  statement.execute();
+  RecordSet rs(statement);
+  std::vector<Row> rows;
+  rows.reserve(rs.rowCount());
+  for (std::size_t i = 0; i < rs.rowCount(); ++i)
+    rows.push_back(read(rs, i));
+  return rows;
+}
+
+template <typename Row>
+std::optional<Row> read_one(Statement& statement, Row (*read)(const RecordSet&, std::size_t)) {
+  auto rows = read_all(statement, read);
+  if (rows.empty()) return std::nullopt;
+  return std::move(rows.front());
+}
+
+/** The (owner, live_key) constraint refused a write: a second live sandbox for one key. */
+bool is_live_key_violation(const Poco::Exception& e) {
+  const std::string text = e.displayText();
+  return text.find("UNIQUE constraint failed") != std::string::npos &&
+         text.find("sandboxes.live_key") != std::string::npos;
+}
+
+/** A raw BEGIN ... COMMIT that rolls back unless committed. Statements, not Session::begin(), so that the mode
+ * (IMMEDIATE takes the write lock up front, avoiding read-to-write upgrade deadlocks) is ours to choose. */
+class Transaction {
+ public:
+  Transaction(Session& session, const char* begin) : session_(session) { session_ << begin, now; }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  ~Transaction() {
+    if (open_) {
+      try {
+        session_ << "ROLLBACK", now;
+      } catch (...) {  // NOLINT(bugprone-empty-catch): nothing better to do in a destructor
+      }
+    }
+  }
+  void commit() {
+    session_ << "COMMIT", now;
+    open_ = false;
+  }
+
+ private:
+  Session& session_;
+  bool open_ = true;
+};
+
+void register_connector() {
+  static const bool registered = [] {
+    Poco::Data::SQLite::Connector::registerConnector();
+    return true;
+  }();
+  (void)registered;
+}
+
+// ---- the store --------------------------------------------------------------------------------------------------
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(const std::string& path) : path_(path), session_(open_session(path)) {
+    configure();
+    migrate();
+  }
+
+  // ---- workspaces ----
+  void insert_workspace(const WorkspaceRow& row) override {
+    locked("insert_workspace", [&] {
+      session_ << "INSERT INTO workspaces (" << kWorkspaceColumns << ") VALUES (?, ?, ?, ?, ?, ?)", bind(row.id),
+          bind(row.owner), bind(row.volume), bind(Int64(row.managed ? 1 : 0)), bind(to_ms(row.created_at)),
+          bind(nullable_ms(row.deleted_at)), now;
+    });
+  }
+
+  std::optional<WorkspaceRow> get_workspace(const std::string& id) override {
+    return locked("get_workspace", [&] {
+      Statement st(session_);
+      st << "SELECT " << kWorkspaceColumns << " FROM workspaces WHERE id = ?", bind(id);
+      return read_one(st, read_workspace);
+    });
+  }
+
+  bool mark_workspace_deleted(const std::string& id, TimePoint at) override {
+    return locked("mark_workspace_deleted", [&] {
+      Statement st(session_);
+      st << "UPDATE workspaces SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", bind(to_ms(at)), bind(id);
+      return st.execute() == 1;
+    });
+  }
+
+  int count_live_sandboxes_using(const std::string& workspace_id) override {
+    return locked("count_live_sandboxes_using", [&] {
+      Int64 count = 0;
+      session_ << "SELECT COUNT(*) FROM sandboxes WHERE workspace_id = ? AND deleted_at IS NULL", bind(workspace_id),
+          into(count), now;
+      return static_cast<int>(count);
+    });
+  }
+
+  // ---- sandboxes ----
+  void insert_sandbox(const SandboxRow& row) override {
+    locked("insert_sandbox", [&] {
+      const std::optional<std::string> live_key = row.deleted_at ? std::nullopt : row.key;
+      session_ << "INSERT INTO sandboxes (" << kSandboxColumns
+               << ", live_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+          bind(row.id), bind(row.owner), bind(row.profile), bind(row.workspace_id), bind(nullable_text(row.key)),
+          bind(to_json(row.labels)), bind(to_json(row.env)), bind(nullable_text(row.current_session_id)),
+          bind(nullable_ms(row.expires_at)), bind(nullable_ms(row.idle_expires_at)), bind(row.last_error),
+          bind(to_ms(row.created_at)), bind(nullable_ms(row.deleted_at)), bind(nullable_text(live_key)), now;
+    });
+  }
+
+  std::optional<SandboxRow> get_sandbox(const std::string& id) override {
+    return locked("get_sandbox", [&] {
+      Statement st(session_);
+      st << "SELECT " << kSandboxColumns << " FROM sandboxes WHERE id = ?", bind(id);
+      return read_one(st, read_sandbox);
+    });
+  }
+
+  std::optional<SandboxRow> find_live_by_key(const std::string& owner, const std::string& key) override {
+    return locked("find_live_by_key", [&] {
+      Statement st(session_);
+      st << "SELECT " << kSandboxColumns << " FROM sandboxes WHERE owner = ? AND live_key = ?", bind(owner), bind(key);
+      return read_one(st, read_sandbox);
+    });
+  }
+
+  std::vector<SandboxRow> list_sandboxes(const SandboxFilter& filter) override {
+    return locked("list_sandboxes", [&] {
+      std::vector<SandboxRow> out;
+      if (filter.limit <= 0) return out;
+      const auto limit = static_cast<std::size_t>(filter.limit);
+      // Labels are JSON text, matched here rather than in SQL: fetch in batches until the page is full or the
+      // owner's sandboxes are exhausted, so a sparse label never shortens a page that has more matches behind it.
+      const Int64 batch = filter.label ? std::max<Int64>(filter.limit, 200) : filter.limit;
+      std::string cursor = filter.after_id;
+      for (;;) {
+        Statement st(session_);
+        st << "SELECT " << kSandboxColumns
+           << " FROM sandboxes WHERE owner = ? AND deleted_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+            bind(filter.owner), bind(cursor), bind(batch);
+        auto rows = read_all(st, read_sandbox);
+        for (auto& row : rows) {
+          cursor = row.id;
+          if (filter.label) {
+            const auto it = row.labels.find(filter.label->first);
+            if (it == row.labels.end() || it->second != filter.label->second) continue;
+          }
+          out.push_back(std::move(row));
+          if (out.size() == limit) return out;
+        }
+        if (static_cast<Int64>(rows.size()) < batch) return out;
+      }
+    });
+  }
+
+  std::vector<SandboxRow> list_live_sandboxes() override {
+    return locked("list_live_sandboxes", [&] {
+      Statement st(session_);
+      st << "SELECT " << kSandboxColumns << " FROM sandboxes WHERE deleted_at IS NULL ORDER BY id";
+      return read_all(st, read_sandbox);
+    });
+  }
+
+  bool update_sandbox_cas(const SandboxRow& row, std::int64_t expected_version) override {
+    return locked("update_sandbox_cas", [&] {
+      // live_key follows deleted_at: the key while live, NULL (released) once deleted.
+      const auto deleted_at = nullable_ms(row.deleted_at);
+      Statement st(session_);
+      st << "UPDATE sandboxes SET current_session_id = ?, expires_at = ?, idle_expires_at = ?, last_error = ?, "
+            "deleted_at = ?, live_key = CASE WHEN ? IS NULL THEN key ELSE NULL END, version = version + 1 "
+            "WHERE id = ? AND version = ?",
+          bind(nullable_text(row.current_session_id)), bind(nullable_ms(row.expires_at)),
+          bind(nullable_ms(row.idle_expires_at)), bind(row.last_error), bind(deleted_at), bind(deleted_at),
+          bind(row.id), bind(Int64(expected_version));
+      return st.execute() == 1;
+    });
+  }
+
+  bool touch_sandbox(const std::string& id, TimePoint idle_expires_at) override {
+    return locked("touch_sandbox", [&] {
+      Statement st(session_);
+      st << "UPDATE sandboxes SET idle_expires_at = ?, version = version + 1 WHERE id = ? AND deleted_at IS NULL",
+          bind(to_ms(idle_expires_at)), bind(id);
+      return st.execute() == 1;
+    });
+  }
+
+  // ---- sessions ----
+  void insert_session(const SessionRow& row) override {
+    locked("insert_session", [&] {
+      session_ << "INSERT INTO sessions (" << kSessionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)", bind(row.id),
+          bind(row.sandbox_id), bind(row.handle), bind(row.endpoint), bind(to_string(row.state)), bind(row.error),
+          bind(to_ms(row.created_at)), bind(to_ms(row.last_active_at)), now;
+    });
+  }
+
+  std::optional<SessionRow> get_session(const std::string& id) override {
+    return locked("get_session", [&] {
+      Statement st(session_);
+      st << "SELECT " << kSessionColumns << " FROM sessions WHERE id = ?", bind(id);
+      return read_one(st, read_session);
+    });
+  }
+
+  void update_session(const SessionRow& row) override {
+    locked("update_session", [&] {
+      session_ << "UPDATE sessions SET handle = ?, endpoint = ?, state = ?, error = ?, last_active_at = ? "
+                  "WHERE id = ?",
+          bind(row.handle), bind(row.endpoint), bind(to_string(row.state)), bind(row.error),
+          bind(to_ms(row.last_active_at)), bind(row.id), now;
+    });
+  }
+
+  void delete_session(const std::string& id) override {
+    locked("delete_session", [&] { session_ << "DELETE FROM sessions WHERE id = ?", bind(id), now; });
+  }
+
+  std::vector<SessionRow> list_active_sessions() override {
+    return locked("list_active_sessions", [&] {
+      Statement st(session_);
+      st << "SELECT " << kSessionColumns
+         << " FROM sessions WHERE state IN ('starting', 'ready') ORDER BY created_at, id";
+      return read_all(st, read_session);
+    });
+  }
+
+  // ---- executions ----
+  void insert_execution(const ExecutionRow& row) override {
+    locked("insert_execution", [&] {
+      const Poco::Nullable<Int64> exit_code =
+          row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();
+      session_ << "INSERT INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+          bind(row.id), bind(row.sandbox_id), bind(row.session_id), bind(row.kind), bind(row.code), bind(exit_code),
+          bind(Int64(row.success ? 1 : 0)), bind(row.output), bind(row.error), bind(Int64(row.duration_ms)),
+          bind(to_ms(row.created_at)), now;
+    });
+  }
+
+  std::pair<std::vector<ExecutionRow>, int> list_executions(const std::string& sandbox_id, const std::string& kind,
+                                                            int limit, int offset) override {
+    return locked("list_executions", [&] {
+      // One read transaction: the page and the total come from the same snapshot.
+      Transaction tx(session_, "BEGIN");
+      Int64 total = 0;
+      session_ << "SELECT COUNT(*) FROM executions WHERE sandbox_id = ? AND (? = '' OR kind = ?)", bind(sandbox_id),
+          bind(kind), bind(kind), into(total), now;
+      std::vector<ExecutionRow> page;
+      if (limit > 0) {
+        Statement st(session_);
+        st << "SELECT " << kExecutionColumns
+           << " FROM executions WHERE sandbox_id = ? AND (? = '' OR kind = ?) "
+              "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            bind(sandbox_id), bind(kind), bind(kind), bind(Int64(limit)), bind(Int64(std::max(offset, 0)));
+        page = read_all(st, read_execution);
+      }
+      tx.commit();
+      return std::make_pair(std::move(page), static_cast<int>(total));
+    });
+  }
+
+  // ---- idempotency ----
+  std::optional<IdempotencyRow> claim_idempotency(const IdempotencyRow& row) override {
+    return locked("claim_idempotency", [&]() -> std::optional<IdempotencyRow> {
+      // Insert-or-read. The existing row may be released by another process between the two statements; then
+      // the key is free again and the insert is retried.
+      for (int attempt = 0; attempt < 8; ++attempt) {
+        Statement insert(session_);
+        insert << "INSERT INTO idempotency_keys (" << kIdempotencyColumns
+               << ") VALUES (?, ?, ?, 0, '', ?) ON CONFLICT (owner, key) DO NOTHING",
+            bind(row.owner), bind(row.key), bind(row.request_hash), bind(to_ms(row.created_at));
+        if (insert.execute() == 1) return std::nullopt;
+        Statement select(session_);
+        select << "SELECT " << kIdempotencyColumns << " FROM idempotency_keys WHERE owner = ? AND key = ?",
+            bind(row.owner), bind(row.key);
+        if (auto existing = read_one(select, read_idempotency)) return existing;
+      }
+      throw StoreError("idempotency key keeps appearing and disappearing");
+    });
+  }
+
+  void complete_idempotency(const std::string& owner, const std::string& key, int status,
+                            const std::string& body) override {
+    locked("complete_idempotency", [&] {
+      session_ << "UPDATE idempotency_keys SET status = ?, body = ? WHERE owner = ? AND key = ?", bind(Int64(status)),
+          bind(body), bind(owner), bind(key), now;
+    });
+  }
+
+  void release_idempotency(const std::string& owner, const std::string& key) override {
+    locked("release_idempotency", [&] {
+      session_ << "DELETE FROM idempotency_keys WHERE owner = ? AND key = ?", bind(owner), bind(key), now;
+    });
+  }
+
+  int purge_idempotency(TimePoint cutoff) override {
+    return locked("purge_idempotency", [&] {
+      Statement st(session_);
+      st << "DELETE FROM idempotency_keys WHERE created_at < ?", bind(to_ms(cutoff));
+      return static_cast<int>(st.execute());
+    });
+  }
+
+ private:
+  static Session open_session(const std::string& path) {
+    register_connector();
+    try {
+      // Login timeout 0: one open attempt. Poco retries a failing sqlite3_open for the whole login timeout
+      // (60 s by default), which only delays the error. Lock waits are busy_timeout's business (configure()).
+      return {Poco::Data::SQLite::Connector::KEY, path, 0};
+    } catch (const Poco::Exception& e) {
+      throw StoreError("cannot open SQLite database '" + path + "': " + e.displayText());
+    }
+  }
+
+  /** Runs `fn` under the mutex; Poco (and any other library) failures become StoreError. */
+  template <typename Fn>
+  std::invoke_result_t<Fn&> locked(const char* what, Fn&& fn) {
+    std::lock_guard lock(mutex_);
+    try {
+      return fn();
+    } catch (const UniqueViolation&) {
+      throw;
+    } catch (const StoreError&) {
+      throw;
+    } catch (const Poco::Exception& e) {
+      if (is_live_key_violation(e)) {
+        throw UniqueViolation(std::string(what) + ": a live sandbox already has this key for this owner (" +
+                              e.displayText() + ")");
+      }
+      throw StoreError(std::string(what) + ": " + e.displayText());
+    } catch (const std::exception& e) {
+      throw StoreError(std::string(what) + ": " + e.what());
+    }
+  }
+
+  void configure() {
+    locked("open", [&] {
+      // busy_timeout first: everything after it may meet a lock another connection holds.
+      session_ << "PRAGMA busy_timeout = " << kBusyTimeoutMs, now;
+      enable_wal();
+      session_ << "PRAGMA foreign_keys = ON", now;
+      session_ << "PRAGMA synchronous = NORMAL", now;
+    });
+  }
+
+  /**
+   * Switching to WAL needs an exclusive lock, and SQLite reports a conflict there at once instead of calling the
+   * busy handler (seen when several stores open one new file together): retry for as long as busy_timeout would.
+   */
+  void enable_wal() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
+    for (;;) {
+      try {
+        std::string mode;
+        session_ << "PRAGMA journal_mode", into(mode), now;
+        if (mode == "wal" || mode == "memory") return;  // memory: ":memory:" databases have no WAL
+        session_ << "PRAGMA journal_mode = WAL", into(mode), now;
+        return;
+      } catch (const Poco::Data::SQLite::DBLockedException&) {
+        if (std::chrono::steady_clock::now() >= deadline) throw;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  }
+
+  /** Applies every migration newer than the database's version, one transaction each. */
+  void migrate() {
+    locked("migrate", [&] {
+      session_
+          << "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+          now;
+      const int newest_known = kMigrations.back().version;
+      for (;;) {
+        // IMMEDIATE: two processes opening one new file at once must not both apply a migration; the second
+        // waits for the write lock (busy_timeout) and then sees the first one's version.
+        Transaction tx(session_, "BEGIN IMMEDIATE");
+        Poco::Nullable<Int64> stored;
+        session_ << "SELECT MAX(version) FROM schema_migrations", into(stored), now;
+        const Int64 current = stored.isNull() ? 0 : stored.value();
+        if (current > newest_known) {
+          throw StoreError("database '" + path_ + "' has schema version " + std::to_string(current) +
+                           ", newer than this berthd supports (" + std::to_string(newest_known) +
+                           "); upgrade berthd or point it at another database");
+        }
+        const auto next = std::find_if(kMigrations.begin(), kMigrations.end(),
+                                       [&](const Migration& m) { return m.version > current; });
+        if (next == kMigrations.end()) {
+          tx.commit();
+          return;
+        }
+        try {
+          for (const char* sql : next->statements)
+            session_ << sql, now;
+          session_ << "INSERT INTO schema_migrations (version, applied_at) "
+                      "VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+              bind(Int64(next->version)), now;
+          tx.commit();
+        } catch (const Poco::Exception& e) {
+          throw StoreError("migration " + std::to_string(next->version) + " (" + next->description + ") failed on '" +
+                           path_ + "': " + e.displayText());
+        }
+      }
+    });
+  }
+
+  const std::string path_;
+  std::mutex mutex_;
+  Session session_;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> open_sqlite_store(const std::string& path) {
+  return std::make_unique<SqliteStore>(path);
+}
+
+}  // namespace berth::store

@@ -1,0 +1,891 @@
+// SqliteStore against real database files in a temporary directory: schema migrations, round trips, the
+// unique live key, the version compare-and-swap (threads and two stores on one file), paging, idempotency.
+#include <catch2/catch.hpp>
+
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/Session.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/store.hpp"
+
+using namespace berth::store;
+using namespace std::chrono_literals;
+using Poco::Data::Keywords::into;
+using Poco::Data::Keywords::now;
+
+namespace {
+
+/** A fresh directory removed at the end of the test. */
+class TempDir {
+ public:
+  TempDir() {
+    std::string templ = (std::filesystem::temp_directory_path() / "berth-store-XXXXXX").string();
+    if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = templ;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/** A raw connection, for looking under the store (schema_migrations) or tampering with it. */
+Poco::Data::Session raw_session(const std::string& path) {
+  Poco::Data::SQLite::Connector::registerConnector();
+  return {Poco::Data::SQLite::Connector::KEY, path};
+}
+
+// Millisecond-aligned times: the store keeps milliseconds.
+const TimePoint t0 = TimePoint{std::chrono::seconds{1'800'000'000}} + 123ms;
+
+WorkspaceRow workspace(const std::string& id, const std::string& owner = "alice") {
+  WorkspaceRow w;
+  w.id = id;
+  w.owner = owner;
+  w.volume = "berth-" + id;
+  w.managed = true;
+  w.created_at = t0;
+  return w;
+}
+
+SandboxRow sandbox(const std::string& id, const std::string& workspace_id, const std::string& owner = "alice",
+                   std::optional<std::string> key = std::nullopt) {
+  SandboxRow s;
+  s.id = id;
+  s.owner = owner;
+  s.profile = "default";
+  s.workspace_id = workspace_id;
+  s.key = std::move(key);
+  s.created_at = t0;
+  return s;
+}
+
+SessionRow session_row(const std::string& id, const std::string& sandbox_id, SessionState state) {
+  SessionRow s;
+  s.id = id;
+  s.sandbox_id = sandbox_id;
+  s.state = state;
+  s.created_at = t0;
+  s.last_active_at = t0;
+  return s;
+}
+
+ExecutionRow execution(const std::string& id, const std::string& sandbox_id, const std::string& kind, TimePoint at) {
+  ExecutionRow e;
+  e.id = id;
+  e.sandbox_id = sandbox_id;
+  e.session_id = "sess-1";
+  e.kind = kind;
+  e.code = "print(1)";
+  e.exit_code = 0;
+  e.success = true;
+  e.output = "1\n";
+  e.duration_ms = 12;
+  e.created_at = at;
+  return e;
+}
+
+IdempotencyRow idem(const std::string& owner, const std::string& key, const std::string& hash, TimePoint at) {
+  IdempotencyRow r;
+  r.owner = owner;
+  r.key = key;
+  r.request_hash = hash;
+  r.created_at = at;
+  return r;
+}
+
+std::vector<std::string> ids_of(const std::vector<SandboxRow>& rows) {
+  std::vector<std::string> ids;
+  ids.reserve(rows.size());
+  for (const auto& r : rows)
+    ids.push_back(r.id);
+  return ids;
+}
+
+std::vector<std::string> ids_of(const std::vector<ExecutionRow>& rows) {
+  std::vector<std::string> ids;
+  ids.reserve(rows.size());
+  for (const auto& r : rows)
+    ids.push_back(r.id);
+  return ids;
+}
+
+/** A sandbox id that sorts by n: sandbox-000000000007. */
+std::string sandbox_id(int n) {
+  std::string digits = std::to_string(n);
+  return "sandbox-" + std::string(12 - digits.size(), '0') + digits;
+}
+
+std::string error_of_open(const std::string& path) {
+  try {
+    open_sqlite_store(path);
+  } catch (const StoreError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+// ---- schema ---------------------------------------------------------------------------------------------------
+
+TEST_CASE("migrations are applied once and data survives a re-open") {
+  TempDir dir;
+  const auto path = dir.file("berth.db");
+  {
+    auto store = open_sqlite_store(path);
+    store->insert_workspace(workspace("ws-1"));
+    store->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k"));
+  }
+  Poco::Int64 migrations = 0;
+  Poco::Int64 versions = 0;
+  {
+    auto s = raw_session(path);
+    s << "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations", into(migrations), into(versions), now;
+  }
+  REQUIRE(migrations >= 1);
+  CHECK(versions == migrations);
+
+  for (int i = 0; i < 2; ++i) {  // re-open = restart
+    auto store = open_sqlite_store(path);
+    auto row = store->get_sandbox("sandbox-1");
+    REQUIRE(row);
+    CHECK(row->key == "k");
+    CHECK(store->find_live_by_key("alice", "k"));
+  }
+  Poco::Int64 after = 0;
+  {
+    auto s = raw_session(path);
+    s << "SELECT COUNT(*) FROM schema_migrations", into(after), now;
+  }
+  CHECK(after == migrations);
+}
+
+TEST_CASE("stores opening one new file at once apply each migration exactly once") {
+  TempDir dir;
+  const auto path = dir.file("berth.db");
+  constexpr std::size_t n = 6;
+  std::vector<std::unique_ptr<Store>> stores(n);
+  std::vector<std::string> errors(n);  // one slot per thread: Catch2 assertions are not thread-safe
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (std::size_t t = 0; t < n; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        stores[t] = open_sqlite_store(path);
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+      }
+    });
+  }
+  for (auto& th : threads)
+    th.join();
+  for (const auto& e : errors)
+    CHECK(e.empty());
+  REQUIRE(std::all_of(stores.begin(), stores.end(), [](const auto& s) { return s != nullptr; }));
+  stores[0]->insert_workspace(workspace("ws-1"));
+  CHECK(stores[5]->get_workspace("ws-1"));
+  Poco::Int64 rows = 0;
+  Poco::Int64 versions = 0;
+  auto s = raw_session(path);
+  s << "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations", into(rows), into(versions), now;
+  CHECK(rows >= 1);
+  CHECK(rows == versions);
+}
+
+TEST_CASE("the database is opened in WAL mode with foreign keys enforced") {
+  TempDir dir;
+  const auto path = dir.file("berth.db");
+  auto store = open_sqlite_store(path);
+  {
+    auto s = raw_session(path);
+    std::string mode;
+    s << "PRAGMA journal_mode", into(mode), now;
+    CHECK(mode == "wal");
+  }
+  // foreign_keys is per connection: the store's own connection must refuse a dangling workspace.
+  CHECK_THROWS_AS(store->insert_sandbox(sandbox("sandbox-1", "ws-missing")), StoreError);
+  CHECK_FALSE(store->get_sandbox("sandbox-1"));
+}
+
+TEST_CASE("a database with a newer schema than the code knows is refused clearly") {
+  TempDir dir;
+  const auto path = dir.file("berth.db");
+  open_sqlite_store(path);
+  {
+    auto s = raw_session(path);
+    s << "INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 'the future')", now;
+  }
+  const auto error = error_of_open(path);
+  CHECK_THAT(error, Catch::Contains("schema version 9999") && Catch::Contains("newer"));
+}
+
+TEST_CASE("a database that cannot be opened is a StoreError") {
+  TempDir dir;
+  CHECK_THAT(error_of_open(dir.file("no-such-dir/berth.db")), Catch::Contains("no-such-dir"));
+  {
+    std::FILE* f = std::fopen(dir.file("garbage.db").c_str(), "wb");
+    REQUIRE(f);
+    std::fputs("this is not an SQLite database, not even a little bit, not at all......................", f);
+    std::fclose(f);
+  }
+  CHECK_FALSE(error_of_open(dir.file("garbage.db")).empty());
+}
+
+TEST_CASE("an in-memory database works (for tests of other layers)") {
+  auto store = open_sqlite_store(":memory:");
+  store->insert_workspace(workspace("ws-1"));
+  CHECK(store->get_workspace("ws-1"));
+}
+
+// ---- round trips ------------------------------------------------------------------------------------------------
+
+TEST_CASE("workspaces round trip; deletion is marked once") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  auto w = workspace("ws-1", "bob");
+  w.managed = false;
+  store->insert_workspace(w);
+  auto got = store->get_workspace("ws-1");
+  REQUIRE(got);
+  CHECK(got->id == "ws-1");
+  CHECK(got->owner == "bob");
+  CHECK(got->volume == "berth-ws-1");
+  CHECK_FALSE(got->managed);
+  CHECK(got->created_at == t0);
+  CHECK_FALSE(got->deleted_at);
+  CHECK_FALSE(store->get_workspace("ws-none"));
+
+  CHECK(store->mark_workspace_deleted("ws-1", t0 + 5s));
+  CHECK_FALSE(store->mark_workspace_deleted("ws-1", t0 + 6s));
+  CHECK_FALSE(store->mark_workspace_deleted("ws-none", t0));
+  got = store->get_workspace("ws-1");
+  REQUIRE(got);
+  CHECK(got->deleted_at == t0 + 5s);
+
+  auto managed = workspace("ws-2");
+  managed.deleted_at = t0 + 1ms;
+  store->insert_workspace(managed);
+  got = store->get_workspace("ws-2");
+  REQUIRE(got);
+  CHECK(got->managed);
+  CHECK(got->deleted_at == t0 + 1ms);
+
+  CHECK_THROWS_AS(store->insert_workspace(workspace("ws-1")), StoreError);  // duplicate id
+}
+
+TEST_CASE("count_live_sandboxes_using counts live rows only") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_workspace(workspace("ws-2"));
+  CHECK(store->count_live_sandboxes_using("ws-1") == 0);
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  store->insert_sandbox(sandbox("sandbox-2", "ws-1"));
+  store->insert_sandbox(sandbox("sandbox-3", "ws-2"));
+  CHECK(store->count_live_sandboxes_using("ws-1") == 2);
+  auto row = *store->get_sandbox("sandbox-1");
+  row.deleted_at = t0 + 1s;
+  REQUIRE(store->update_sandbox_cas(row, row.version));
+  CHECK(store->count_live_sandboxes_using("ws-1") == 1);
+  CHECK(store->count_live_sandboxes_using("ws-none") == 0);
+}
+
+TEST_CASE("sandboxes round trip with every optional field and map") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+
+  auto full = sandbox("sandbox-full", "ws-1", "alice", "my-key");
+  full.profile = "py";
+  full.labels = {{"team", "ml"}, {"quote\"s", "new\nline"}, {"unicode", "h\xC3\xA9llo \xE2\x9C\x93"}, {"empty", ""}};
+  full.env = {{"PATH", "/usr/bin:/bin"}, {"JSON", R"({"a": [1, 2]})"}};
+  full.current_session_id = "sess-1";
+  full.version = 42;  // ignored: inserts start at version 1
+  full.expires_at = t0 + 1h;
+  full.idle_expires_at = t0 + 30min;
+  full.last_error = "image not found";
+  store->insert_sandbox(full);
+
+  auto got = store->get_sandbox("sandbox-full");
+  REQUIRE(got);
+  CHECK(got->id == "sandbox-full");
+  CHECK(got->owner == "alice");
+  CHECK(got->profile == "py");
+  CHECK(got->workspace_id == "ws-1");
+  CHECK(got->key == "my-key");
+  CHECK(got->labels == full.labels);
+  CHECK(got->env == full.env);
+  CHECK(got->current_session_id == "sess-1");
+  CHECK(got->version == 1);
+  CHECK(got->expires_at == t0 + 1h);
+  CHECK(got->idle_expires_at == t0 + 30min);
+  CHECK(got->last_error == "image not found");
+  CHECK(got->created_at == t0);
+  CHECK_FALSE(got->deleted_at);
+
+  store->insert_sandbox(sandbox("sandbox-bare", "ws-1"));
+  got = store->get_sandbox("sandbox-bare");
+  REQUIRE(got);
+  CHECK_FALSE(got->key);
+  CHECK(got->labels.empty());
+  CHECK(got->env.empty());
+  CHECK_FALSE(got->current_session_id);
+  CHECK_FALSE(got->expires_at);
+  CHECK_FALSE(got->idle_expires_at);
+  CHECK(got->last_error.empty());
+  CHECK_FALSE(got->deleted_at);
+
+  CHECK_FALSE(store->get_sandbox("sandbox-none"));
+  CHECK_THROWS_AS(store->insert_sandbox(sandbox("sandbox-bare", "ws-1")), StoreError);  // duplicate id
+}
+
+TEST_CASE("times before the epoch and sub-millisecond times are kept to the millisecond") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  auto w = workspace("ws-1");
+  w.created_at = TimePoint{} - 1500ms;
+  store->insert_workspace(w);
+  CHECK(store->get_workspace("ws-1")->created_at == TimePoint{} - 1500ms);
+
+  auto s = sandbox("sandbox-1", "ws-1");
+  s.created_at = t0 + 999us;  // truncated (floored) to the millisecond
+  store->insert_sandbox(s);
+  CHECK(store->get_sandbox("sandbox-1")->created_at == t0);
+}
+
+TEST_CASE("sessions round trip, update, delete and list the active ones") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+
+  store->insert_session(session_row("sess-1", "sandbox-1", SessionState::starting));
+  auto got = store->get_session("sess-1");
+  REQUIRE(got);
+  CHECK(got->sandbox_id == "sandbox-1");
+  CHECK(got->handle.empty());
+  CHECK(got->endpoint.empty());
+  CHECK(got->state == SessionState::starting);
+  CHECK(got->error.empty());
+  CHECK(got->created_at == t0);
+  CHECK(got->last_active_at == t0);
+
+  got->handle = "container-abc";
+  got->endpoint = "unix:///run/berth/abc.sock";
+  got->state = SessionState::failed;
+  got->error = "boom";
+  got->last_active_at = t0 + 2s;
+  got->created_at = t0 + 1h;  // immutable: not written
+  store->update_session(*got);
+  auto updated = store->get_session("sess-1");
+  REQUIRE(updated);
+  CHECK(updated->handle == "container-abc");
+  CHECK(updated->endpoint == "unix:///run/berth/abc.sock");
+  CHECK(updated->state == SessionState::failed);
+  CHECK(updated->error == "boom");
+  CHECK(updated->last_active_at == t0 + 2s);
+  CHECK(updated->created_at == t0);
+
+  store->insert_session(session_row("sess-2", "sandbox-1", SessionState::ready));
+  store->insert_session(session_row("sess-3", "sandbox-1", SessionState::starting));
+  store->insert_session(session_row("sess-4", "sandbox-1", SessionState::stopped));
+  store->insert_session(session_row("sess-5", "sandbox-1", SessionState::dead));
+  std::vector<std::string> active;
+  for (const auto& s : store->list_active_sessions())
+    active.push_back(s.id);
+  CHECK(active == std::vector<std::string>{"sess-2", "sess-3"});
+
+  store->delete_session("sess-2");
+  CHECK_FALSE(store->get_session("sess-2"));
+  CHECK(store->list_active_sessions().size() == 1);
+  store->delete_session("sess-none");  // no-op
+
+  CHECK_THROWS_AS(store->insert_session(session_row("sess-x", "sandbox-none", SessionState::starting)), StoreError);
+}
+
+TEST_CASE("session states convert to and from text") {
+  for (auto s :
+       {SessionState::starting, SessionState::ready, SessionState::failed, SessionState::stopped, SessionState::dead}) {
+    CHECK(session_state_from(to_string(s)) == s);
+  }
+  CHECK(to_string(SessionState::ready) == "ready");
+  CHECK_THROWS_AS(session_state_from("running"), StoreError);
+}
+
+// ---- the unique live key ----------------------------------------------------------------------------------------
+
+TEST_CASE("one live sandbox per (owner, key); the key is released by deletion") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k"));
+
+  CHECK_THROWS_AS(store->insert_sandbox(sandbox("sandbox-2", "ws-1", "alice", "k")), UniqueViolation);
+  CHECK_FALSE(store->get_sandbox("sandbox-2"));
+
+  // another owner, or no key at all, never conflicts
+  store->insert_sandbox(sandbox("sandbox-3", "ws-1", "bob", "k"));
+  store->insert_sandbox(sandbox("sandbox-4", "ws-1", "alice"));
+  store->insert_sandbox(sandbox("sandbox-5", "ws-1", "alice"));
+  CHECK(store->find_live_by_key("bob", "k")->id == "sandbox-3");
+  CHECK(store->find_live_by_key("alice", "k")->id == "sandbox-1");
+  CHECK_FALSE(store->find_live_by_key("alice", "other"));
+  CHECK_FALSE(store->find_live_by_key("carol", "k"));
+
+  // delete through the CAS: the key is free again, the deleted row keeps its key for the record
+  auto row = *store->get_sandbox("sandbox-1");
+  row.deleted_at = t0 + 1min;
+  REQUIRE(store->update_sandbox_cas(row, row.version));
+  CHECK_FALSE(store->find_live_by_key("alice", "k"));
+  auto deleted = store->get_sandbox("sandbox-1");
+  REQUIRE(deleted);
+  CHECK(deleted->key == "k");
+  CHECK(deleted->deleted_at == t0 + 1min);
+
+  store->insert_sandbox(sandbox("sandbox-2", "ws-1", "alice", "k"));
+  CHECK(store->find_live_by_key("alice", "k")->id == "sandbox-2");
+
+  // and again: any number of deleted rows may have held the key
+  row = *store->get_sandbox("sandbox-2");
+  row.deleted_at = t0 + 2min;
+  REQUIRE(store->update_sandbox_cas(row, row.version));
+  store->insert_sandbox(sandbox("sandbox-6", "ws-1", "alice", "k"));
+  CHECK(store->find_live_by_key("alice", "k")->id == "sandbox-6");
+}
+
+TEST_CASE("a duplicate id is a StoreError, not a key conflict") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k1"));
+  try {
+    store->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k2"));
+    FAIL("no exception");
+  } catch (const UniqueViolation&) {
+    FAIL("UniqueViolation for a duplicate id");
+  } catch (const StoreError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("insert_sandbox"));
+  }
+}
+
+// ---- compare-and-swap -----------------------------------------------------------------------------------------
+
+TEST_CASE("the CAS writes every mutable field and bumps the version; a stale version loses") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  auto original = sandbox("sandbox-1", "ws-1", "alice", "k");
+  original.labels = {{"a", "1"}};
+  original.expires_at = t0 + 1h;
+  original.last_error = "old";
+  store->insert_sandbox(original);
+
+  auto seen = *store->get_sandbox("sandbox-1");
+  REQUIRE(seen.version == 1);
+
+  auto first = seen;
+  first.current_session_id = "sess-1";
+  first.expires_at = std::nullopt;
+  first.idle_expires_at = t0 + 10min;
+  first.last_error = "";
+  auto second = seen;
+  second.current_session_id = "sess-2";
+
+  CHECK(store->update_sandbox_cas(first, seen.version));
+  CHECK_FALSE(store->update_sandbox_cas(second, seen.version));
+
+  auto got = *store->get_sandbox("sandbox-1");
+  CHECK(got.version == 2);
+  CHECK(got.current_session_id == "sess-1");
+  CHECK_FALSE(got.expires_at);
+  CHECK(got.idle_expires_at == t0 + 10min);
+  CHECK(got.last_error.empty());
+  CHECK(got.labels == original.labels);  // immutable fields untouched
+  CHECK(got.key == "k");
+  CHECK_FALSE(got.deleted_at);
+
+  got.current_session_id = std::nullopt;
+  CHECK(store->update_sandbox_cas(got, 2));
+  got = *store->get_sandbox("sandbox-1");
+  CHECK(got.version == 3);
+  CHECK_FALSE(got.current_session_id);
+  CHECK(store->find_live_by_key("alice", "k"));  // still live, still holds its key
+
+  auto missing = sandbox("sandbox-none", "ws-1");
+  CHECK_FALSE(store->update_sandbox_cas(missing, 1));
+}
+
+TEST_CASE("8 threads CAS from the same seen version: exactly one wins") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+
+  for (int round = 0; round < 10; ++round) {
+    const auto seen = *store->get_sandbox("sandbox-1");
+    std::atomic<int> wins{0};
+    std::atomic<int> errors{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    threads.reserve(8);
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        while (!go.load())
+          std::this_thread::yield();
+        auto mine = seen;
+        mine.current_session_id = "sess-" + std::to_string(t);
+        try {
+          if (store->update_sandbox_cas(mine, seen.version)) ++wins;
+        } catch (...) {
+          ++errors;
+        }
+      });
+    }
+    go = true;
+    for (auto& th : threads)
+      th.join();
+    CHECK(errors == 0);
+    REQUIRE(wins == 1);
+    CHECK(store->get_sandbox("sandbox-1")->version == seen.version + 1);
+  }
+}
+
+TEST_CASE("touch bumps the version of a live row, invalidating a snapshot") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  const auto snapshot = *store->get_sandbox("sandbox-1");
+
+  CHECK(store->touch_sandbox("sandbox-1", t0 + 15min));
+  auto got = *store->get_sandbox("sandbox-1");
+  CHECK(got.version == snapshot.version + 1);
+  CHECK(got.idle_expires_at == t0 + 15min);
+
+  auto stale = snapshot;
+  stale.deleted_at = t0 + 1h;
+  CHECK_FALSE(store->update_sandbox_cas(stale, snapshot.version));
+  CHECK_FALSE(store->get_sandbox("sandbox-1")->deleted_at);
+
+  got.deleted_at = t0 + 1h;
+  REQUIRE(store->update_sandbox_cas(got, got.version));
+  CHECK_FALSE(store->touch_sandbox("sandbox-1", t0 + 2h));  // deleted: not touched
+  CHECK(store->get_sandbox("sandbox-1")->idle_expires_at == t0 + 15min);
+  CHECK_FALSE(store->touch_sandbox("sandbox-none", t0));
+}
+
+// ---- listing ----------------------------------------------------------------------------------------------------
+
+TEST_CASE("list_sandboxes pages live rows of one owner by id") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  for (int i = 1; i <= 25; ++i)
+    store->insert_sandbox(sandbox(sandbox_id(i), "ws-1", "alice"));
+  for (int i = 26; i <= 30; ++i)
+    store->insert_sandbox(sandbox(sandbox_id(i), "ws-1", "bob"));
+  for (int i : {3, 12}) {  // deleted rows never show
+    auto row = *store->get_sandbox(sandbox_id(i));
+    row.deleted_at = t0;
+    REQUIRE(store->update_sandbox_cas(row, row.version));
+  }
+
+  std::vector<std::string> all;
+  SandboxFilter filter;
+  filter.owner = "alice";
+  filter.limit = 10;
+  int pages = 0;
+  for (;;) {
+    auto page = store->list_sandboxes(filter);
+    ++pages;
+    REQUIRE(page.size() <= 10);
+    for (const auto& r : page)
+      all.push_back(r.id);
+    if (page.size() < 10) break;
+    filter.after_id = page.back().id;
+  }
+  CHECK(pages == 3);
+  std::vector<std::string> expected;
+  for (int i = 1; i <= 25; ++i) {
+    if (i != 3 && i != 12) expected.push_back(sandbox_id(i));
+  }
+  CHECK(all == expected);
+
+  filter = SandboxFilter{};
+  filter.owner = "bob";
+  CHECK(ids_of(store->list_sandboxes(filter)).size() == 5);
+  filter.owner = "nobody";
+  CHECK(store->list_sandboxes(filter).empty());
+  filter.owner = "alice";
+  filter.limit = 0;
+  CHECK(store->list_sandboxes(filter).empty());
+
+  auto live = store->list_live_sandboxes();
+  CHECK(live.size() == 28);
+  CHECK(std::is_sorted(live.begin(), live.end(), [](auto& a, auto& b) { return a.id < b.id; }));
+}
+
+TEST_CASE("list_sandboxes with a label keeps pages full across sparse matches") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  // 600 sandboxes; every 97th has env=prod (more than one internal batch between matches), others env=dev
+  std::vector<std::string> prod;
+  for (int i = 1; i <= 600; ++i) {
+    auto s = sandbox(sandbox_id(i), "ws-1");
+    s.labels = {{"env", i % 97 == 0 ? "prod" : "dev"}, {"n", std::to_string(i)}};
+    if (i % 97 == 0) prod.push_back(s.id);
+    store->insert_sandbox(s);
+  }
+  auto other = sandbox("sandbox-zzz", "ws-1", "bob");
+  other.labels = {{"env", "prod"}};
+  store->insert_sandbox(other);
+  REQUIRE(prod.size() == 6);
+
+  SandboxFilter filter;
+  filter.owner = "alice";
+  filter.label = std::make_pair(std::string("env"), std::string("prod"));
+  filter.limit = 2;
+  std::vector<std::string> seen;
+  for (int guard = 0; guard < 10; ++guard) {
+    auto page = store->list_sandboxes(filter);
+    for (const auto& r : page) {
+      CHECK(r.labels.at("env") == "prod");
+      seen.push_back(r.id);
+    }
+    if (page.size() < 2) break;
+    CHECK(page.size() == 2);
+    filter.after_id = page.back().id;
+  }
+  CHECK(seen == prod);
+
+  filter.after_id.clear();
+  filter.limit = 50;
+  CHECK(ids_of(store->list_sandboxes(filter)) == prod);
+  filter.label = std::make_pair(std::string("env"), std::string("staging"));
+  CHECK(store->list_sandboxes(filter).empty());
+  filter.label = std::make_pair(std::string("missing"), std::string(""));
+  CHECK(store->list_sandboxes(filter).empty());
+  filter.label = std::make_pair(std::string("n"), std::string("599"));
+  CHECK(ids_of(store->list_sandboxes(filter)) == std::vector<std::string>{sandbox_id(599)});
+}
+
+TEST_CASE("list_executions: newest first, paged, filtered by kind, with the total") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  // exec-01..exec-10, one second apart; exec-05 and exec-06 share a timestamp (tie broken by id, descending)
+  for (int i = 1; i <= 10; ++i) {
+    const auto at = t0 + std::chrono::seconds(i == 6 ? 5 : i);
+    auto e = execution("exec-" + std::string(i < 10 ? "0" : "") + std::to_string(i), "sandbox-1",
+                       i % 2 ? "python" : "shell", at);
+    store->insert_execution(e);
+  }
+  store->insert_execution(execution("exec-other", "sandbox-2", "python", t0 + 1h));
+
+  auto [page, total] = store->list_executions("sandbox-1", "", 4, 0);
+  CHECK(total == 10);
+  CHECK(ids_of(page) == std::vector<std::string>{"exec-10", "exec-09", "exec-08", "exec-07"});
+  std::tie(page, total) = store->list_executions("sandbox-1", "", 4, 4);
+  CHECK(total == 10);
+  CHECK(ids_of(page) == std::vector<std::string>{"exec-06", "exec-05", "exec-04", "exec-03"});
+  std::tie(page, total) = store->list_executions("sandbox-1", "", 4, 8);
+  CHECK(ids_of(page) == std::vector<std::string>{"exec-02", "exec-01"});
+  std::tie(page, total) = store->list_executions("sandbox-1", "", 4, 100);
+  CHECK(page.empty());
+  CHECK(total == 10);
+
+  std::tie(page, total) = store->list_executions("sandbox-1", "shell", 50, 0);
+  CHECK(total == 5);
+  CHECK(ids_of(page) == std::vector<std::string>{"exec-10", "exec-08", "exec-06", "exec-04", "exec-02"});
+  std::tie(page, total) = store->list_executions("sandbox-1", "python", 2, 1);
+  CHECK(total == 5);
+  CHECK(ids_of(page) == std::vector<std::string>{"exec-07", "exec-05"});
+  std::tie(page, total) = store->list_executions("sandbox-none", "", 10, 0);
+  CHECK(page.empty());
+  CHECK(total == 0);
+}
+
+TEST_CASE("executions round trip, including a missing exit code") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  auto e = execution("exec-1", "sandbox-1", "shell", t0);
+  e.code = "echo 'hi' && exit 3";
+  e.exit_code = 3;
+  e.success = false;
+  e.output = std::string(100'000, 'x') + "\n";
+  e.error = "stderr \xE2\x9C\x93";
+  e.duration_ms = 1234567;
+  store->insert_execution(e);
+  auto timed_out = execution("exec-2", "sandbox-1", "python", t0 - 1s);
+  timed_out.exit_code = std::nullopt;
+  timed_out.success = false;
+  timed_out.output.clear();
+  timed_out.error = "timed out";
+  store->insert_execution(timed_out);
+
+  auto [page, total] = store->list_executions("sandbox-1", "", 10, 0);
+  REQUIRE(total == 2);
+  REQUIRE(page.size() == 2);
+  const auto& got = page[0];
+  CHECK(got.id == "exec-1");
+  CHECK(got.sandbox_id == "sandbox-1");
+  CHECK(got.session_id == "sess-1");
+  CHECK(got.kind == "shell");
+  CHECK(got.code == e.code);
+  CHECK(got.exit_code == 3);
+  CHECK_FALSE(got.success);
+  CHECK(got.output == e.output);
+  CHECK(got.error == e.error);
+  CHECK(got.duration_ms == 1234567);
+  CHECK(got.created_at == t0);
+  CHECK_FALSE(page[1].exit_code);
+  CHECK(page[1].output.empty());
+  CHECK(page[1].error == "timed out");
+}
+
+// ---- idempotency ------------------------------------------------------------------------------------------------
+
+TEST_CASE("idempotency: claim, replay, complete, release, purge") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+
+  auto claim = idem("alice", "req-1", "hash-a", t0);
+  claim.status = 201;  // ignored: a claim is always in progress
+  claim.body = "ignored";
+  CHECK_FALSE(store->claim_idempotency(claim));
+
+  auto again = store->claim_idempotency(idem("alice", "req-1", "hash-b", t0 + 1s));
+  REQUIRE(again);  // in progress, unchanged by the second claim
+  CHECK(again->owner == "alice");
+  CHECK(again->key == "req-1");
+  CHECK(again->request_hash == "hash-a");
+  CHECK(again->status == 0);
+  CHECK(again->body.empty());
+  CHECK(again->created_at == t0);
+
+  CHECK_FALSE(store->claim_idempotency(idem("bob", "req-1", "hash-a", t0)));  // keys are per owner
+
+  store->complete_idempotency("alice", "req-1", 201, R"({"id":"sandbox-1"})");
+  auto replay = store->claim_idempotency(idem("alice", "req-1", "hash-a", t0 + 2s));
+  REQUIRE(replay);
+  CHECK(replay->status == 201);
+  CHECK(replay->body == R"({"id":"sandbox-1"})");
+  CHECK(replay->created_at == t0);
+
+  store->release_idempotency("bob", "req-1");
+  CHECK_FALSE(store->claim_idempotency(idem("bob", "req-1", "hash-c", t0 + 3s)));  // free again
+  store->release_idempotency("nobody", "nothing");                                 // no-op
+
+  store->claim_idempotency(idem("carol", "old-1", "h", t0 - 2h));
+  store->claim_idempotency(idem("carol", "old-2", "h", t0 - 1h));
+  CHECK(store->purge_idempotency(t0 - 1h) == 1);  // strictly before the cutoff
+  CHECK(store->purge_idempotency(t0) == 1);       // old-2
+  CHECK(store->purge_idempotency(t0) == 0);
+  CHECK(store->claim_idempotency(idem("alice", "req-1", "x", t0)));  // newer rows survive
+  CHECK(store->purge_idempotency(t0 + 1h) == 2);                     // alice/req-1, bob/req-1
+  CHECK_FALSE(store->claim_idempotency(idem("alice", "req-1", "x", t0)));
+}
+
+TEST_CASE("idempotency: concurrent claims of one key have exactly one winner") {
+  TempDir dir;
+  const auto path = dir.file("berth.db");
+  auto a = open_sqlite_store(path);
+  auto b = open_sqlite_store(path);
+  std::atomic<int> winners{0};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  threads.reserve(8);
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        auto& store = t % 2 ? *a : *b;
+        if (!store.claim_idempotency(idem("alice", "race", "hash-" + std::to_string(t), t0))) ++winners;
+      } catch (...) {
+        ++errors;
+      }
+    });
+  }
+  for (auto& th : threads)
+    th.join();
+  CHECK(errors == 0);
+  CHECK(winners == 1);
+}
+
+// ---- two stores on one file (two processes) ---------------------------------------------------------------------
+
+TEST_CASE("two stores on one file see each other's writes and share one CAS") {
+  TempDir dir;
+  const auto path = dir.file("berth.db");
+  auto a = open_sqlite_store(path);
+  auto b = open_sqlite_store(path);
+
+  a->insert_workspace(workspace("ws-1"));
+  a->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k"));
+  REQUIRE(b->get_sandbox("sandbox-1"));
+  CHECK_THROWS_AS(b->insert_sandbox(sandbox("sandbox-2", "ws-1", "alice", "k")), UniqueViolation);
+
+  // sequential: a stale version from one store loses against the other's write
+  const auto seen = *a->get_sandbox("sandbox-1");
+  auto via_b = seen;
+  via_b.current_session_id = "sess-b";
+  REQUIRE(b->update_sandbox_cas(via_b, seen.version));
+  auto via_a = seen;
+  via_a.current_session_id = "sess-a";
+  CHECK_FALSE(a->update_sandbox_cas(via_a, seen.version));
+  CHECK(a->get_sandbox("sandbox-1")->current_session_id == "sess-b");
+
+  // concurrent: threads split across the two stores, one winner per round
+  for (int round = 0; round < 10; ++round) {
+    const auto current = *b->get_sandbox("sandbox-1");
+    std::atomic<int> wins{0};
+    std::atomic<int> errors{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    threads.reserve(8);
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        while (!go.load())
+          std::this_thread::yield();
+        auto& store = t % 2 ? *a : *b;
+        auto mine = current;
+        mine.current_session_id = "sess-" + std::to_string(t);
+        try {
+          if (store.update_sandbox_cas(mine, current.version)) ++wins;
+        } catch (...) {
+          ++errors;
+        }
+      });
+    }
+    go = true;
+    for (auto& th : threads)
+      th.join();
+    CHECK(errors == 0);
+    REQUIRE(wins == 1);
+    CHECK(a->get_sandbox("sandbox-1")->version == current.version + 1);
+  }
+
+  // a deletion through one store frees the key for the other
+  auto row = *a->get_sandbox("sandbox-1");
+  row.deleted_at = t0;
+  REQUIRE(a->update_sandbox_cas(row, row.version));
+  b->insert_sandbox(sandbox("sandbox-2", "ws-1", "alice", "k"));
+  CHECK(a->find_live_by_key("alice", "k")->id == "sandbox-2");
+}
