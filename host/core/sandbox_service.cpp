@@ -388,6 +388,10 @@ store::SessionRow SandboxService::start_session(SandboxRow row, SessionRow sessi
                  {"berth.sandbox", row.id},
                  {"berth.session", session.id},
                  {"berth.workspace", row.workspace_id}};
+  // User labels travel along under their own prefix, so operators can find containers by them; they can never
+  // collide with (or forge) the berth.* labels the host relies on.
+  for (const auto& [k, v] : row.labels)
+    spec.labels["berth.label." + k] = v;
   spec.nano_cpus = profile.nano_cpus;
   spec.memory_bytes = profile.memory_bytes;
   spec.pids_limit = profile.pids_limit;
@@ -711,6 +715,7 @@ std::string SandboxService::read_file(const std::string& owner, const std::strin
 
 void SandboxService::download(const std::string& owner, const std::string& id, const std::string& path,
                               const ByteSink& sink) {
+  require_capability(load_live(owner, id), "filesystem");
   auto p = workspace_path(path, false);
   try {
     with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
@@ -724,6 +729,7 @@ void SandboxService::download(const std::string& owner, const std::string& id, c
 
 void SandboxService::write_file(const std::string& owner, const std::string& id, const std::string& path,
                                 std::uint64_t size, const ByteSource& source, std::uint32_t mode) {
+  require_capability(load_live(owner, id), "filesystem");
   auto p = workspace_path(path, false);
   if (size > settings_.max_file_size) {
     throw Error(ErrorCode::payload_too_large,
@@ -740,6 +746,7 @@ void SandboxService::write_file(const std::string& owner, const std::string& id,
 }
 
 void SandboxService::remove_path(const std::string& owner, const std::string& id, const std::string& path) {
+  require_capability(load_live(owner, id), "filesystem");
   auto p = workspace_path(path, false);
   try {
     with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
@@ -753,6 +760,7 @@ void SandboxService::remove_path(const std::string& owner, const std::string& id
 
 std::vector<DirEntry> SandboxService::list_dir(const std::string& owner, const std::string& id,
                                                const std::string& path) {
+  require_capability(load_live(owner, id), "filesystem");
   auto p = workspace_path(path, true);
   try {
     return with_session(owner, id, "filesystem",

@@ -1,0 +1,111 @@
+// A complete Berth driver for engines that speak the Docker Engine API (Docker itself, and Podman's
+// Docker-compatible service). A concrete driver only supplies a Flavor (its name and defaults) and the table:
+//
+//   static berth_status configure(const berth_host_api* h, const char* c, berth_instance** o, berth_error* e) {
+//     return berth::engine::compat::configure(kFlavor, h, c, o, e);
+//   }
+//   static const berth_driver_api kTable = {BERTH_DRIVER_API_INIT, "docker", "0.1.0",
+//                                           berth::engine::compat::kCapabilities, configure,
+//                                           BERTH_ENGINE_COMPAT_SLOTS};
+//   BERTH_DRIVER_EXPORT(kTable)
+//
+// Every function below catches everything: no exception leaves it.
+#pragma once
+
+#include <berth/driver.h>
+
+#include <cstdint>
+#include <string>
+
+namespace berth::engine::compat {
+
+/** What differs between engines. */
+struct Flavor {
+  std::string name = "docker";                          // engine name in messages and the private label
+  std::string default_socket = "/var/run/docker.sock";  // "socket" config default
+  std::string max_api_version = "1.41";                 // newest API version spoken
+  std::string pinned_api_version;                       // "" = negotiate from GET /version
+  std::string network_mode_enabled = "bridge";          // NetworkMode when spec->network_enabled
+  bool init = true;                                     // HostConfig.Init (docker-init / catatonit)
+  /**
+   * Main process: a sh "reaper" reading kill requests on its stdin (true), or `sleep infinity` (false). Either way
+   * an exec that times out is killed by its token, the reaper only also works when no process can start.
+   */
+  bool reaper = true;
+};
+
+/** The driver's configuration (the JSON config section). */
+struct Config {
+  std::string socket;
+  std::string api_version;  // optional pin
+  std::uint32_t connect_timeout_ms = 2000;
+  std::uint32_t request_timeout_ms = 60000;
+  std::string default_user = "1000:1000";
+  std::int64_t ulimit_nofile = 1024;
+  std::int64_t ulimit_nproc = 1024;
+  std::uint32_t stop_timeout_s = 2;
+};
+
+/**
+ * Parses the JSON config section over the flavor's defaults. Unknown keys and wrong types are errors
+ * (BERTH_INVALID_ARGUMENT naming the key); the message goes to *error.
+ */
+berth_status parse_config(const Flavor& flavor, const char* json, Config* out, std::string* error);
+
+inline constexpr std::uint64_t kCapabilities = BERTH_CAP_EXEC | BERTH_CAP_EXEC_STREAM | BERTH_CAP_EXEC_CANCEL |
+                                               BERTH_CAP_FILES | BERTH_CAP_VOLUMES | BERTH_CAP_STATS |
+                                               BERTH_CAP_READONLY_ROOTFS | BERTH_CAP_NETWORK_POLICY;
+
+/** Labels this driver adds for itself (stripped from session_list results). */
+inline constexpr const char* kLabelPrefix = "io.berth.driver.";
+inline constexpr const char* kLabelDriver = "io.berth.driver.name";          // = Flavor::name
+inline constexpr const char* kLabelWorkspace = "io.berth.driver.workspace";  // the workspace mount path
+/** JSON array of the keys of the spec's labels: session_list returns those only (not the image's labels). */
+inline constexpr const char* kLabelKeys = "io.berth.driver.label-keys";
+
+berth_status configure(const Flavor& flavor, const berth_host_api* host, const char* config_json, berth_instance** out,
+                       berth_error* err);
+void destroy(berth_instance* inst);
+
+berth_status volume_create(berth_instance* inst, const char* name, const berth_kv* labels, size_t label_count,
+                           berth_error* err);
+berth_status volume_remove(berth_instance* inst, const char* name, berth_error* err);
+berth_status volume_exists(berth_instance* inst, const char* name, int32_t* exists, berth_error* err);
+
+berth_status session_create(berth_instance* inst, const berth_session_spec* spec, berth_session_info* info,
+                            berth_error* err);
+berth_status session_inspect(berth_instance* inst, const char* handle, berth_session_info* info, berth_error* err);
+berth_status session_stop(berth_instance* inst, const char* handle, uint32_t timeout_ms, berth_error* err);
+berth_status session_remove(berth_instance* inst, const char* handle, berth_error* err);
+berth_status session_list(berth_instance* inst, const berth_kv* filter, size_t filter_count,
+                          berth_session_list_fn on_item, void* ctx, berth_error* err);
+berth_status session_stats(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err);
+
+berth_status exec(berth_instance* inst, const char* handle, const berth_exec_request* request,
+                  berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
+                  berth_exec_result* result, berth_error* err);
+
+berth_status file_put(berth_instance* inst, const char* handle, const char* path, uint32_t mode, uint64_t size,
+                      berth_read_fn source, void* source_ctx, berth_error* err);
+berth_status file_get(berth_instance* inst, const char* handle, const char* path, berth_write_fn sink, void* sink_ctx,
+                      berth_error* err);
+berth_status dir_list(berth_instance* inst, const char* handle, const char* path, berth_dir_list_fn on_entry, void* ctx,
+                      berth_error* err);
+berth_status path_remove(berth_instance* inst, const char* handle, const char* path, berth_error* err);
+
+/**
+ * Normalises a workspace-relative path: drops "." and empty components; refuses absolute paths, "..", control
+ * characters that cannot be in a path (NUL) and overlong paths. Returns false with a reason in *error.
+ */
+bool normalize_relative_path(const char* path, std::string* out, std::string* error);
+
+}  // namespace berth::engine::compat
+
+/** The slots after `configure` of a berth_driver_api table, in order (destroy ... session_stats). */
+#define BERTH_ENGINE_COMPAT_SLOTS                                                                              \
+  berth::engine::compat::destroy, berth::engine::compat::volume_create, berth::engine::compat::volume_remove,  \
+      berth::engine::compat::volume_exists, berth::engine::compat::session_create,                             \
+      berth::engine::compat::session_inspect, berth::engine::compat::session_stop,                             \
+      berth::engine::compat::session_remove, berth::engine::compat::session_list, berth::engine::compat::exec, \
+      berth::engine::compat::file_put, berth::engine::compat::file_get, berth::engine::compat::dir_list,       \
+      berth::engine::compat::path_remove, berth::engine::compat::session_stats

@@ -1,0 +1,1362 @@
+#include "berth/engine/compat_driver.hpp"
+
+#include <Poco/Exception.h>
+#include <Poco/JSON/Parser.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "berth/engine/client.hpp"
+#include "berth/engine/hijack.hpp"
+#include "berth/engine/tar.hpp"
+#include "scripts.hpp"
+
+namespace berth::engine::compat {
+
+namespace {
+
+using Poco::JSON::Array;
+using Poco::JSON::Object;
+using std::chrono::milliseconds;
+
+constexpr size_t kMaxScriptOutput = 64 * 1024 * 1024;  // dir_list output cap
+constexpr size_t kMaxStderr = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------------------------------
+// ABI struct helpers
+
+/** Copies an input struct the caller may have sized differently (rule 3 of driver.h). */
+template <class T>
+T copy_in(const T* source) {
+  T local;
+  std::memset(&local, 0, sizeof local);
+  if (source) {
+    size_t n = std::min<size_t>(source->struct_size, sizeof(T));
+    std::memcpy(&local, source, n);
+  }
+  local.struct_size = sizeof(T);
+  return local;
+}
+
+/** Writes an output struct without touching bytes beyond the caller's struct_size (kept as the caller set it). */
+template <class T>
+void copy_out(T* destination, const T& value) {
+  if (!destination) return;
+  size_t n = std::min<size_t>(destination->struct_size, sizeof(T));
+  if (n <= sizeof(uint32_t)) return;
+  std::memcpy(reinterpret_cast<char*>(destination) + sizeof(uint32_t),
+              reinterpret_cast<const char*>(&value) + sizeof(uint32_t), n - sizeof(uint32_t));
+}
+
+void copy_string(char* destination, size_t capacity, const std::string& value) {
+  size_t n = std::min(value.size(), capacity - 1);
+  std::memcpy(destination, value.data(), n);
+  destination[n] = '\0';
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The instance
+
+struct Instance {
+  Instance(const Flavor& f, Config c, const berth_host_api& h)
+      : flavor(f), config(std::move(c)), host(h), client(make_client_options(flavor, config)) {}
+
+  static ClientOptions make_client_options(const Flavor& flavor, const Config& config) {
+    ClientOptions options;
+    options.socket_path = config.socket;
+    options.api_version = config.api_version.empty() ? flavor.pinned_api_version : config.api_version;
+    options.max_api_version = flavor.max_api_version;
+    options.connect_timeout = milliseconds(config.connect_timeout_ms);
+    options.request_timeout = milliseconds(config.request_timeout_ms);
+    options.engine_name = flavor.name;
+    return options;
+  }
+
+  std::uint64_t now_ns() const {
+    if (host.monotonic_ns) return host.monotonic_ns(host.host_ctx);
+    return static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count());
+  }
+
+  bool is_cancelled(const berth_cancel_token* token) const {
+    return token && host.is_cancelled && host.is_cancelled(token) != 0;
+  }
+
+  void log(berth_log_level level, const char* event, std::initializer_list<std::pair<const char*, std::string>> f) {
+    if (!host.log) return;
+    std::vector<berth_kv> fields;
+    fields.reserve(f.size());
+    for (const auto& [k, v] : f)
+      fields.push_back(berth_kv{k, v.c_str()});
+    host.log(host.host_ctx, level, event, fields.data(), fields.size());
+  }
+
+  std::string event(const char* suffix) const { return flavor.name + "." + suffix; }
+
+  /** The workspace mount path of a session (cached; NOT_FOUND if the container does not exist). */
+  std::string workspace_of(const std::string& handle) {
+    {
+      std::lock_guard lock(meta_mutex);
+      if (auto it = workspace_by_handle.find(handle); it != workspace_by_handle.end()) return it->second;
+    }
+    Response r = client.call("GET", "/containers/" + url_encode(handle) + "/json");
+    auto object = r.json_object();
+    std::string workspace = "/workspace";
+    if (auto cfg = object->getObject("Config"); cfg) {
+      if (auto labels = cfg->getObject("Labels"); labels && labels->has(kLabelWorkspace)) {
+        workspace = labels->getValue<std::string>(kLabelWorkspace);
+      }
+    }
+    remember(handle, workspace);
+    return workspace;
+  }
+
+  void remember(const std::string& handle, const std::string& workspace) {
+    std::lock_guard lock(meta_mutex);
+    if (workspace_by_handle.size() > 4096) workspace_by_handle.clear();
+    workspace_by_handle[handle] = workspace;
+  }
+
+  void forget(const std::string& handle) {
+    std::lock_guard lock(meta_mutex);
+    workspace_by_handle.erase(handle);
+  }
+
+  Flavor flavor;
+  Config config;
+  berth_host_api host;
+  Client client;
+  std::mutex meta_mutex;
+  std::unordered_map<std::string, std::string> workspace_by_handle;
+  std::mutex volume_mutex;  // makes volume_create's check-then-create atomic within this instance
+};
+
+Instance* instance_of(berth_instance* inst) {
+  if (!inst) throw Error(Errc::invalid_argument, "instance is NULL");
+  return reinterpret_cast<Instance*>(inst);
+}
+
+void report(const berth_host_api* host, berth_error* err, const std::string& message) {
+  if (host && host->set_error && err) host->set_error(err, message.c_str());
+}
+
+/** Runs `body`, turning every exception into a status (+ message); nothing crosses the ABI. */
+template <class F>
+berth_status guarded(berth_instance* inst, berth_error* err, F&& body) {
+  const berth_host_api* host = inst ? &reinterpret_cast<Instance*>(inst)->host : nullptr;
+  try {
+    return body();
+  } catch (const Error& e) {
+    report(host, err, e.what());
+    return static_cast<berth_status>(e.code());
+  } catch (const Poco::Exception& e) {
+    report(host, err, "internal error: " + e.displayText());
+    return BERTH_INTERNAL;
+  } catch (const std::bad_alloc&) {
+    report(host, err, "out of memory");
+    return BERTH_INTERNAL;
+  } catch (const std::exception& e) {
+    report(host, err, std::string("internal error: ") + e.what());
+    return BERTH_INTERNAL;
+  } catch (...) {
+    report(host, err, "internal error: unknown exception");
+    return BERTH_INTERNAL;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Validation
+
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+}
+
+/** Engine object names (containers, volumes): [a-zA-Z0-9][a-zA-Z0-9_.-]+ */
+void require_name(const char* value, const char* what) {
+  if (!value || !*value) throw Error(Errc::invalid_argument, std::string(what) + " is empty");
+  std::string_view v(value);
+  bool ok = v.size() >= 2 && v.size() <= 200 && is_name_char(v[0]) && v[0] != '_' && v[0] != '.' && v[0] != '-' &&
+            std::all_of(v.begin(), v.end(), is_name_char);
+  if (!ok) {
+    throw Error(Errc::invalid_argument, std::string(what) + " '" + std::string(v) +
+                                            "' is not a valid engine name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)");
+  }
+}
+
+/** A session handle: a container id or name. */
+std::string require_handle(const char* handle) {
+  if (!handle || !*handle) throw Error(Errc::invalid_argument, "session handle is empty");
+  std::string_view v(handle);
+  if (v.size() >= BERTH_HANDLE_MAX || !std::all_of(v.begin(), v.end(), is_name_char)) {
+    throw Error(Errc::invalid_argument, "malformed session handle '" + std::string(v) + "'");
+  }
+  return std::string(v);
+}
+
+/** An absolute, clean mount path inside the container. */
+std::string require_mount_path(const char* path) {
+  std::string p = path && *path ? path : "/workspace";
+  std::string error, normalized;
+  if (p.size() < 2 || p[0] != '/' || !normalize_relative_path(p.c_str() + 1, &normalized, &error) ||
+      normalized.empty()) {
+    throw Error(Errc::invalid_argument, "workspace_mount_path '" + p + "' must be an absolute path below /");
+  }
+  return "/" + normalized;
+}
+
+std::string relative_path(const char* path, bool allow_root) {
+  std::string normalized, error;
+  if (!normalize_relative_path(path, &normalized, &error)) throw Error(Errc::invalid_argument, error);
+  if (normalized.empty() && !allow_root) {
+    throw Error(Errc::invalid_argument, "the path names the workspace itself, not a file");
+  }
+  return normalized;
+}
+
+std::string join(const std::string& base, const std::string& rel) {
+  return rel.empty() ? base : base + "/" + rel;
+}
+
+std::vector<std::string> env_strings(const berth_kv* env, size_t count, const char* what) {
+  std::vector<std::string> out;
+  if (count && !env) throw Error(Errc::invalid_argument, std::string(what) + " is NULL but its count is not 0");
+  for (size_t i = 0; i < count; ++i) {
+    if (!env[i].key || !*env[i].key || std::strchr(env[i].key, '=')) {
+      throw Error(Errc::invalid_argument, std::string("malformed ") + what + " name");
+    }
+    out.push_back(std::string(env[i].key) + "=" + (env[i].value ? env[i].value : ""));
+  }
+  return out;
+}
+
+Object::Ptr labels_object(const berth_kv* labels, size_t count) {
+  Object::Ptr out = new Object;
+  if (count && !labels) throw Error(Errc::invalid_argument, "labels is NULL but label_count is not 0");
+  for (size_t i = 0; i < count; ++i) {
+    if (!labels[i].key || !*labels[i].key || std::strchr(labels[i].key, '=')) {
+      throw Error(Errc::invalid_argument, "a label key is empty or contains '='");
+    }
+    out->set(labels[i].key, std::string(labels[i].value ? labels[i].value : ""));
+  }
+  return out;
+}
+
+Array::Ptr string_array(const std::vector<std::string>& values) {
+  Array::Ptr out = new Array;
+  for (const auto& v : values)
+    out->add(v);
+  return out;
+}
+
+std::uint64_t u64_at(const Object::Ptr& object, std::initializer_list<const char*> path) {
+  Object::Ptr current = object;
+  const char* last = nullptr;
+  size_t i = 0;
+  for (const char* key : path) {
+    if (++i == path.size()) {
+      last = key;
+      break;
+    }
+    if (!current) return 0;
+    current = current->getObject(key);
+  }
+  if (!current || !last || !current->has(last)) return 0;
+  try {
+    auto v = current->get(last);
+    if (v.isEmpty()) return 0;
+    double d = v.convert<double>();
+    if (d <= 0) return 0;
+    return v.convert<std::uint64_t>();
+  } catch (...) {
+    return 0;
+  }
+}
+
+std::string random_token() {
+  thread_local std::mt19937_64 engine{[] {
+    std::random_device device;
+    return (static_cast<std::uint64_t>(device()) << 32) ^ device() ^
+           static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }()};
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 2; ++i) {
+    std::uint64_t v = engine();
+    for (int j = 0; j < 16; ++j)
+      out += hex[(v >> (j * 4)) & 15];
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Exec core
+
+struct ExecSpec {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;
+  std::string working_dir;  // "" = the container's
+  const std::uint8_t* stdin_data = nullptr;
+  size_t stdin_size = 0;
+  bool attach_stdin = false;
+  std::uint64_t timeout_ms = 0;  // 0 = none
+  const berth_cancel_token* cancel = nullptr;
+  bool kill_on_stop = true;  // kill the process tree on timeout/cancel (false for the killer itself)
+  /** stream 1 = stdout, 2 = stderr; return false to cancel. */
+  std::function<bool(int stream, const std::uint8_t* data, size_t size)> on_output;
+};
+
+struct ExecOutcome {
+  int exit_code = -1;
+  bool timed_out = false;
+  bool cancelled = false;       // token or refused output
+  bool output_refused = false;  // on_output returned false
+  bool never_started = false;   // the runtime could not start the process (message in start_error)
+  std::string start_error;
+};
+
+constexpr const char* kOciFailurePrefix = "OCI runtime exec failed";
+
+ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpec& spec);
+
+/**
+ * Asks the session's reaper (scripts::kReaper, its main process) to kill the exec's processes: one line on the
+ * container's stdin. No process has to start in the session for that. False if the line could not be sent.
+ */
+bool signal_reaper(Instance& inst, const std::string& container, const std::string& token) {
+  try {
+    HijackedStream attach =
+        inst.client.hijack("/containers/" + url_encode(container) + "/attach?stream=1&stdin=1", "", milliseconds(5000));
+    const std::string line = token + "\n";
+    size_t offset = 0;
+    const std::uint64_t give_up = inst.now_ns() + 2000ull * 1000000ull;
+    while (offset < line.size()) {
+      if (inst.now_ns() > give_up) return false;
+      auto ready = attach.wait(milliseconds(50), true);
+      if (!ready.writable) continue;
+      auto n = attach.write_some(reinterpret_cast<const std::uint8_t*>(line.data()) + offset, line.size() - offset);
+      if (n < 0) return false;
+      offset += static_cast<size_t>(n);
+    }
+    return true;
+  } catch (const std::exception& e) {
+    inst.log(BERTH_LOG_DEBUG, inst.event("exec.reaper_unreachable").c_str(),
+             {{"container", container}, {"error", e.what()}});
+    return false;
+  }
+}
+
+/**
+ * Kills every process carrying the exec's token (see scripts::kKillByToken). Best effort: returns false when the
+ * killer could not run (e.g. the session's pids limit is exhausted, so that no process can start in it).
+ */
+bool kill_exec_tree(Instance& inst, const std::string& container, const std::string& token) {
+  ExecSpec killer;
+  killer.argv = {"sh", "-c", scripts::kKillByToken, "berth-kill", token};
+  killer.timeout_ms = 10000;
+  killer.kill_on_stop = false;
+  killer.on_output = [](int, const std::uint8_t*, size_t) { return true; };
+  std::string failure;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(milliseconds(100));
+    try {
+      ExecOutcome outcome = run_exec(inst, container, killer);
+      if (outcome.exit_code == 0) return true;
+      failure = outcome.never_started ? outcome.start_error : "exit code " + std::to_string(outcome.exit_code);
+      if (!outcome.never_started) break;  // it ran: retrying would not do better
+    } catch (const Error& e) {
+      failure = e.what();
+      if (e.code() != Errc::internal) break;  // container gone, engine down: nothing left to kill with
+    } catch (const std::exception& e) {
+      failure = e.what();
+      break;
+    }
+  }
+  inst.log(BERTH_LOG_WARN, inst.event("exec.kill_failed").c_str(), {{"container", container}, {"error", failure}});
+  return false;
+}
+
+ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpec& spec) {
+  const std::string token = random_token();
+  Object::Ptr create = new Object;
+  create->set("AttachStdin", spec.attach_stdin);
+  create->set("AttachStdout", true);
+  create->set("AttachStderr", true);
+  create->set("Tty", false);
+  create->set("Cmd", string_array(spec.argv));
+  std::vector<std::string> env = spec.env;
+  env.push_back("BERTH_EXEC_TOKEN=" + token);
+  create->set("Env", string_array(env));
+  if (!spec.working_dir.empty()) create->set("WorkingDir", spec.working_dir);
+  // No "User": the engine then runs the exec as the container's user.
+
+  const std::uint64_t started = inst.now_ns();
+  const std::uint64_t deadline = spec.timeout_ms ? started + spec.timeout_ms * 1000000ull : 0;
+  Response created = inst.client.call_json("POST", "/containers/" + url_encode(container) + "/exec", create);
+  const std::string exec_id = created.json_object()->optValue<std::string>("Id", "");
+  if (exec_id.empty()) throw Error(Errc::internal, inst.flavor.name + ": exec create returned no Id");
+
+  Object::Ptr start = new Object;
+  start->set("Detach", false);
+  start->set("Tty", false);
+  HijackedStream stream = inst.client.hijack("/exec/" + exec_id + "/start", to_json(start));
+
+  ExecOutcome outcome;
+  FrameDemuxer demuxer;
+  // The runtime reports a failed start ("OCI runtime exec failed: ...") as one stdout frame; hold back a first
+  // frame that looks like it until we know whether the process started.
+  bool first_payload = true;
+  bool holding = false;
+  std::string held;
+  auto deliver = [&](int stream_id, const std::uint8_t* data, size_t size) -> bool {
+    if (stream_id == 0) return true;
+    if (stream_id != 1 && stream_id != 2) stream_id = 2;
+    if (first_payload) {
+      first_payload = false;
+      const std::string_view prefix(kOciFailurePrefix);
+      // The engine writes the runtime's failure as one frame, so a whole-prefix match is required.
+      if (stream_id == 1 && size >= prefix.size() && std::memcmp(data, prefix.data(), prefix.size()) == 0) {
+        holding = true;
+      }
+    }
+    if (holding && stream_id == 1) {
+      held.append(reinterpret_cast<const char*>(data), size);
+      if (held.size() < 64 * 1024) return true;
+      holding = false;  // too long to be a runtime error: it is real output
+      bool ok = spec.on_output(1, reinterpret_cast<const std::uint8_t*>(held.data()), held.size());
+      held.clear();
+      if (!ok) outcome.output_refused = true;
+      return ok;
+    }
+    if (!spec.on_output(stream_id, data, size)) {
+      outcome.output_refused = true;
+      return false;
+    }
+    return true;
+  };
+
+  size_t stdin_offset = 0;
+  bool stdin_done = !spec.attach_stdin || spec.stdin_size == 0;
+  if (stdin_done) stream.shutdown_send();
+  std::vector<std::uint8_t> buffer(64 * 1024);
+  bool eof = false;
+  bool stop = false;  // timeout, cancel or refused output: kill
+  while (!eof && !stop) {
+    std::uint64_t now = inst.now_ns();
+    if (deadline && now >= deadline) {
+      outcome.timed_out = true;
+      stop = true;
+      break;
+    }
+    if (inst.is_cancelled(spec.cancel)) {
+      outcome.cancelled = true;
+      stop = true;
+      break;
+    }
+    long long wait_ms = 50;
+    if (deadline) wait_ms = std::clamp<long long>(static_cast<long long>((deadline - now + 999999) / 1000000), 1, 50);
+    auto ready = stream.wait(milliseconds(wait_ms), !stdin_done);
+    if (ready.writable && !stdin_done) {
+      auto n = stream.write_some(spec.stdin_data + stdin_offset, spec.stdin_size - stdin_offset);
+      if (n < 0) {
+        stdin_done = true;  // the process no longer reads its stdin
+      } else {
+        stdin_offset += static_cast<size_t>(n);
+        if (stdin_offset >= spec.stdin_size) stdin_done = true;
+      }
+      if (stdin_done) stream.shutdown_send();
+    }
+    if (ready.readable) {
+      // Drain what is there (bounded, so that the clock and the token are still looked at regularly).
+      for (int round = 0; round < 16; ++round) {
+        auto n = stream.read_some(buffer.data(), buffer.size());
+        if (n < 0) break;
+        if (n == 0) {
+          eof = true;
+          break;
+        }
+        if (!demuxer.feed(buffer.data(), static_cast<size_t>(n), deliver)) {
+          outcome.cancelled = true;
+          stop = true;
+          break;
+        }
+      }
+    }
+  }
+
+  // The streams are closed, but the process may still run (it closed stdout/stderr): wait for its exit code.
+  auto inspect_exec = [&]() { return inst.client.call("GET", "/exec/" + exec_id + "/json").json_object(); };
+  if (!stop) {
+    int delay_ms = 1;
+    for (;;) {
+      auto info = inspect_exec();
+      bool running = info->optValue<bool>("Running", false);
+      if (!running) {
+        auto code = info->get("ExitCode");
+        outcome.exit_code = code.isEmpty() ? -1 : code.convert<int>();
+        if (holding && info->optValue<int>("Pid", 0) == 0 && outcome.exit_code == 126) {
+          outcome.never_started = true;
+          outcome.start_error = held;
+          while (!outcome.start_error.empty() &&
+                 (outcome.start_error.back() == '\n' || outcome.start_error.back() == '\r')) {
+            outcome.start_error.pop_back();
+          }
+        } else if (holding && !held.empty()) {
+          if (!spec.on_output(1, reinterpret_cast<const std::uint8_t*>(held.data()), held.size())) {
+            outcome.output_refused = true;
+            outcome.cancelled = true;
+          }
+        }
+        holding = false;
+        break;
+      }
+      std::uint64_t now = inst.now_ns();
+      if (deadline && now >= deadline) {
+        outcome.timed_out = true;
+        stop = true;
+        break;
+      }
+      if (inst.is_cancelled(spec.cancel)) {
+        outcome.cancelled = true;
+        stop = true;
+        break;
+      }
+      std::this_thread::sleep_for(milliseconds(delay_ms));
+      delay_ms = std::min(delay_ms * 2, 50);
+    }
+  }
+
+  if (stop) {
+    outcome.exit_code = -1;
+    if (spec.kill_on_stop) {
+      stream.shutdown_send();
+      // Waits until the exec is over: its stream ended (remaining output is discarded) and it no longer runs.
+      auto wait_gone = [&](milliseconds limit) {
+        const std::uint64_t until = inst.now_ns() + static_cast<std::uint64_t>(limit.count()) * 1000000ull;
+        while (inst.now_ns() < until) {
+          if (!eof) {
+            auto ready = stream.wait(milliseconds(20), false);
+            for (int round = 0; ready.readable && round < 16; ++round) {
+              auto n = stream.read_some(buffer.data(), buffer.size());
+              if (n < 0) break;
+              if (n == 0) eof = true;
+              if (n == 0) break;
+            }
+            if (!eof) continue;
+          }
+          try {
+            if (!inspect_exec()->optValue<bool>("Running", false)) return true;
+          } catch (...) {
+            return false;
+          }
+          std::this_thread::sleep_for(milliseconds(20));
+        }
+        return false;
+      };
+      bool gone = inst.flavor.reaper && signal_reaper(inst, container, token) && wait_gone(milliseconds(1500));
+      if (!gone && kill_exec_tree(inst, container, token)) gone = wait_gone(milliseconds(2000));
+      if (!gone) {
+        inst.log(BERTH_LOG_WARN, inst.event("exec.not_killed").c_str(), {{"container", container}, {"exec", exec_id}});
+      }
+    }
+  }
+  stream.close();
+  return outcome;
+}
+
+struct Captured {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+/** Runs a helper command (as the session user) to completion and captures its output. */
+Captured run_capture(Instance& inst, const std::string& container, std::vector<std::string> argv,
+                     size_t max_out = kMaxScriptOutput) {
+  Captured captured;
+  ExecSpec spec;
+  spec.argv = std::move(argv);
+  spec.timeout_ms = inst.config.request_timeout_ms;
+  bool overflow = false;
+  spec.on_output = [&](int stream, const std::uint8_t* data, size_t size) {
+    std::string& target = stream == 1 ? captured.out : captured.err;
+    size_t cap = stream == 1 ? max_out : kMaxStderr;
+    if (target.size() + size > cap) {
+      if (stream == 1) {
+        overflow = true;
+        return false;
+      }
+      size = cap - std::min(cap, target.size());
+    }
+    target.append(reinterpret_cast<const char*>(data), size);
+    return true;
+  };
+  ExecOutcome outcome = run_exec(inst, container, spec);
+  if (overflow) throw Error(Errc::internal, "the helper command's output exceeds the limit");
+  if (outcome.timed_out) throw Error(Errc::timeout, "the helper command did not finish in time");
+  if (outcome.never_started) throw Error(Errc::internal, "cannot run a helper command: " + outcome.start_error);
+  captured.exit_code = outcome.exit_code;
+  return captured;
+}
+
+/** Runs scripts::kFiles and maps its exit codes to errors. Returns its stdout. */
+std::string run_files_script(Instance& inst, const std::string& container, const std::string& op,
+                             const std::string& workspace, const std::string& rel) {
+  Captured c = run_capture(inst, container, {"sh", "-c", scripts::kFiles, "berth-files", op, workspace, rel});
+  std::string message = c.err;
+  while (!message.empty() && (message.back() == '\n' || message.back() == '\r'))
+    message.pop_back();
+  switch (c.exit_code) {
+    case 0:
+      return c.out;
+    case 10:
+      throw Error(Errc::not_found, message.empty() ? "no such file or directory" : message);
+    case 11:
+    case 12:
+      throw Error(Errc::invalid_argument, message);
+    default:
+      throw Error(Errc::internal, "file helper (" + op + ") failed with exit code " + std::to_string(c.exit_code) +
+                                      (message.empty() ? "" : ": " + message));
+  }
+}
+
+berth_session_state state_from_status(const std::string& status) {
+  if (status == "running" || status == "paused") return BERTH_SESSION_RUNNING;
+  if (status == "created" || status == "restarting" || status == "configured" || status == "initialized") {
+    return BERTH_SESSION_STARTING;
+  }
+  return BERTH_SESSION_EXITED;  // exited, dead, removing, stopped
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Paths and config
+
+bool normalize_relative_path(const char* path, std::string* out, std::string* error) {
+  out->clear();
+  if (!path) {
+    *error = "path is NULL";
+    return false;
+  }
+  std::string_view p(path);
+  if (p.size() > 4096) {
+    *error = "path is too long";
+    return false;
+  }
+  if (!p.empty() && p[0] == '/') {
+    *error = "path '" + std::string(p) + "' is absolute; paths are relative to the workspace";
+    return false;
+  }
+  size_t start = 0;
+  while (start <= p.size()) {
+    size_t end = p.find('/', start);
+    if (end == std::string_view::npos) end = p.size();
+    std::string_view part = p.substr(start, end - start);
+    if (part == "..") {
+      *error = "path '" + std::string(p) + "' contains '..'";
+      return false;
+    }
+    if (!part.empty() && part != ".") {
+      if (!out->empty()) *out += '/';
+      *out += part;
+    }
+    start = end + 1;
+  }
+  return true;
+}
+
+berth_status parse_config(const Flavor& flavor, const char* json, Config* out, std::string* error) {
+  Config config;
+  config.socket = flavor.default_socket;
+  std::string text = json && *json ? json : "{}";
+  Object::Ptr object;
+  try {
+    Poco::JSON::Parser parser;
+    object = parser.parse(text).extract<Object::Ptr>();
+  } catch (...) {
+    object = nullptr;
+  }
+  if (!object) {
+    *error = flavor.name + " driver config is not a JSON object";
+    return BERTH_INVALID_ARGUMENT;
+  }
+  auto want_string = [&](const std::string& key, std::string& target, bool allow_empty) {
+    auto v = object->get(key);
+    if (v.isEmpty()) return true;  // null: keep the default
+    if (!v.isString()) {
+      *error = flavor.name + " driver config: '" + key + "' must be a string";
+      return false;
+    }
+    std::string s = v.extract<std::string>();
+    if (s.empty() && !allow_empty) {
+      *error = flavor.name + " driver config: '" + key + "' must not be empty";
+      return false;
+    }
+    target = s;
+    return true;
+  };
+  auto want_int = [&](const std::string& key, auto& target, long long min, long long max) {
+    auto v = object->get(key);
+    if (v.isEmpty()) return true;
+    long long n = 0;
+    try {
+      if (!v.isInteger()) throw Poco::Exception("not an integer");
+      n = v.convert<long long>();
+    } catch (...) {
+      *error = flavor.name + " driver config: '" + key + "' must be an integer";
+      return false;
+    }
+    if (n < min || n > max) {
+      *error = flavor.name + " driver config: '" + key + "' must be between " + std::to_string(min) + " and " +
+               std::to_string(max);
+      return false;
+    }
+    target = static_cast<std::remove_reference_t<decltype(target)>>(n);
+    return true;
+  };
+  for (const auto& [key, value] : *object) {
+    bool ok = true;
+    if (key == "socket") {
+      ok = want_string(key, config.socket, false);
+    } else if (key == "api_version") {
+      ok = want_string(key, config.api_version, true);
+      if (ok && !config.api_version.empty()) {
+        const std::string& v = config.api_version;
+        size_t dot = v.find('.');
+        bool digits = dot != std::string::npos && dot > 0 && dot + 1 < v.size() &&
+                      std::all_of(v.begin(), v.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; }) &&
+                      v.find('.', dot + 1) == std::string::npos;
+        if (!digits) {
+          *error = flavor.name + " driver config: 'api_version' must look like \"1.41\"";
+          ok = false;
+        }
+      }
+    } else if (key == "connect_timeout_ms") {
+      ok = want_int(key, config.connect_timeout_ms, 1, 600000);
+    } else if (key == "request_timeout_ms") {
+      ok = want_int(key, config.request_timeout_ms, 1, 86400000);
+    } else if (key == "default_user") {
+      ok = want_string(key, config.default_user, true);
+    } else if (key == "ulimit_nofile") {
+      ok = want_int(key, config.ulimit_nofile, 1, 1 << 30);
+    } else if (key == "ulimit_nproc") {
+      ok = want_int(key, config.ulimit_nproc, 1, 1 << 30);
+    } else if (key == "stop_timeout_s") {
+      ok = want_int(key, config.stop_timeout_s, 0, 3600);
+    } else {
+      *error = flavor.name + " driver config: unknown key '" + key + "'";
+      ok = false;
+    }
+    if (!ok) return BERTH_INVALID_ARGUMENT;
+  }
+  *out = std::move(config);
+  return BERTH_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Lifecycle
+
+berth_status configure(const Flavor& flavor, const berth_host_api* host, const char* config_json, berth_instance** out,
+                       berth_error* err) {
+  berth_host_api h;
+  std::memset(&h, 0, sizeof h);
+  if (host) std::memcpy(&h, host, std::min<size_t>(host->struct_size, sizeof h));
+  try {
+    if (!host || !out) {
+      report(host ? &h : nullptr, err, "configure: host and out must not be NULL");
+      return BERTH_INVALID_ARGUMENT;
+    }
+    *out = nullptr;
+    Config config;
+    std::string error;
+    berth_status status = parse_config(flavor, config_json, &config, &error);
+    if (status != BERTH_OK) {
+      report(&h, err, error);
+      return status;
+    }
+    auto instance = std::make_unique<Instance>(flavor, std::move(config), h);
+    instance->log(BERTH_LOG_INFO, instance->event("configured").c_str(),
+                  {{"socket", instance->config.socket},
+                   {"api_version", instance->config.api_version.empty() ? "negotiate" : instance->config.api_version}});
+    *out = reinterpret_cast<berth_instance*>(instance.release());
+    return BERTH_OK;
+  } catch (const std::exception& e) {
+    report(&h, err, std::string("configure failed: ") + e.what());
+    return BERTH_INTERNAL;
+  } catch (...) {
+    report(&h, err, "configure failed");
+    return BERTH_INTERNAL;
+  }
+}
+
+void destroy(berth_instance* inst) {
+  try {
+    delete reinterpret_cast<Instance*>(inst);
+  } catch (...) {
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Volumes
+
+berth_status volume_create(berth_instance* inst, const char* name, const berth_kv* labels, size_t label_count,
+                           berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    require_name(name, "volume name");
+    Object::Ptr body = new Object;
+    body->set("Name", std::string(name));
+    body->set("Driver", std::string("local"));
+    body->set("Labels", labels_object(labels, label_count));
+    std::lock_guard lock(self.volume_mutex);
+    Response existing = self.client.call("GET", "/volumes/" + url_encode(name), {}, {404});
+    if (existing.status == 200) throw Error(Errc::conflict, "volume '" + std::string(name) + "' exists already");
+    self.client.call_json("POST", "/volumes/create", body);
+    self.log(BERTH_LOG_INFO, self.event("volume.created").c_str(), {{"volume", name}});
+    return BERTH_OK;
+  });
+}
+
+berth_status volume_remove(berth_instance* inst, const char* name, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    require_name(name, "volume name");
+    self.client.call("DELETE", "/volumes/" + url_encode(name));
+    self.log(BERTH_LOG_INFO, self.event("volume.removed").c_str(), {{"volume", name}});
+    return BERTH_OK;
+  });
+}
+
+berth_status volume_exists(berth_instance* inst, const char* name, int32_t* exists, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    if (!exists) throw Error(Errc::invalid_argument, "exists is NULL");
+    *exists = 0;
+    require_name(name, "volume name");
+    Response r = self.client.call("GET", "/volumes/" + url_encode(name), {}, {404});
+    *exists = r.status == 200 ? 1 : 0;
+    return BERTH_OK;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sessions
+
+berth_status session_create(berth_instance* inst, const berth_session_spec* spec_in, berth_session_info* info,
+                            berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    if (!spec_in) throw Error(Errc::invalid_argument, "spec is NULL");
+    const berth_session_spec spec = copy_in(spec_in);
+    require_name(spec.session_id, "session_id");
+    if (!spec.image || !*spec.image) throw Error(Errc::invalid_argument, "spec.image is empty");
+    if (spec.nano_cpus < 0 || spec.memory_bytes < 0 || spec.pids_limit < 0) {
+      throw Error(Errc::invalid_argument, "negative resource limit");
+    }
+    const std::string workspace = require_mount_path(spec.workspace_mount_path);
+    std::string working_dir = workspace;
+    if (spec.working_dir && *spec.working_dir) {
+      if (spec.working_dir[0] != '/') throw Error(Errc::invalid_argument, "working_dir must be an absolute path");
+      working_dir = spec.working_dir;
+    }
+    const std::string user = spec.user && *spec.user ? spec.user : self.config.default_user;
+    const std::string name = "berth-" + std::string(spec.session_id);
+    const std::uint64_t t0 = self.now_ns();
+
+    Object::Ptr labels = labels_object(spec.labels, spec.label_count);
+    Array::Ptr label_keys = new Array;
+    for (const auto& [key, value] : *labels)
+      label_keys->add(key);
+    labels->set(kLabelKeys, to_json(label_keys));
+    labels->set(kLabelDriver, self.flavor.name);
+    labels->set(kLabelWorkspace, workspace);
+
+    Object::Ptr host_config = new Object;
+    Array::Ptr mounts = new Array;
+    if (spec.workspace_volume && *spec.workspace_volume) {
+      require_name(spec.workspace_volume, "workspace_volume");
+      // The engine would silently create a missing volume (without the host's labels): refuse instead.
+      Response v = self.client.call("GET", "/volumes/" + url_encode(spec.workspace_volume), {}, {404});
+      if (v.status == 404) {
+        throw Error(Errc::not_found, "workspace volume '" + std::string(spec.workspace_volume) + "' does not exist");
+      }
+      Object::Ptr mount = new Object;
+      mount->set("Type", std::string("volume"));
+      mount->set("Source", std::string(spec.workspace_volume));
+      mount->set("Target", workspace);
+      mount->set("ReadOnly", false);
+      mounts->add(mount);
+    }
+    host_config->set("Mounts", mounts);
+    host_config->set("CapDrop", string_array({"ALL"}));
+    host_config->set("SecurityOpt", string_array({"no-new-privileges"}));
+    if (spec.pids_limit > 0) host_config->set("PidsLimit", static_cast<Poco::Int64>(spec.pids_limit));
+    if (spec.memory_bytes > 0) {
+      host_config->set("Memory", static_cast<Poco::Int64>(spec.memory_bytes));
+      host_config->set("MemorySwap", static_cast<Poco::Int64>(spec.memory_bytes));
+    }
+    if (spec.nano_cpus > 0) host_config->set("NanoCpus", static_cast<Poco::Int64>(spec.nano_cpus));
+    Array::Ptr ulimits = new Array;
+    for (auto [ulimit_name, value] : {std::pair<const char*, std::int64_t>{"nofile", self.config.ulimit_nofile},
+                                      std::pair<const char*, std::int64_t>{"nproc", self.config.ulimit_nproc}}) {
+      Object::Ptr u = new Object;
+      u->set("Name", std::string(ulimit_name));
+      u->set("Soft", static_cast<Poco::Int64>(value));
+      u->set("Hard", static_cast<Poco::Int64>(value));
+      ulimits->add(u);
+    }
+    host_config->set("Ulimits", ulimits);
+    host_config->set("NetworkMode", spec.network_enabled ? self.flavor.network_mode_enabled : std::string("none"));
+    host_config->set("PublishAllPorts", false);
+    host_config->set("Privileged", false);
+    host_config->set("Init", self.flavor.init);
+    Object::Ptr restart = new Object;
+    restart->set("Name", std::string("no"));
+    host_config->set("RestartPolicy", restart);
+    if (spec.read_only_rootfs) {
+      host_config->set("ReadonlyRootfs", true);
+      Object::Ptr tmpfs = new Object;
+      tmpfs->set("/tmp", std::string("rw,nosuid,nodev,size=64m"));
+      host_config->set("Tmpfs", tmpfs);
+    }
+
+    Object::Ptr body = new Object;
+    body->set("Image", std::string(spec.image));
+    // The main process only keeps the session alive; the reaper also kills exec process trees on request.
+    if (self.flavor.reaper) {
+      body->set("Cmd", string_array({"sh", "-c", scripts::kReaper, "berth-reaper"}));
+    } else {
+      body->set("Cmd", string_array({"sleep", "infinity"}));
+    }
+    body->set("Entrypoint", Array::Ptr(new Array));
+    body->set("Env", string_array(env_strings(spec.env, spec.env_count, "env")));
+    body->set("Labels", labels);
+    if (!user.empty()) body->set("User", user);
+    body->set("WorkingDir", working_dir);
+    body->set("Tty", false);
+    body->set("OpenStdin", self.flavor.reaper);  // the reaper's request channel
+    body->set("StdinOnce", false);
+    body->set("AttachStdin", false);
+    body->set("AttachStdout", false);
+    body->set("AttachStderr", false);
+    body->set("NetworkDisabled", !spec.network_enabled);
+    body->set("StopTimeout", static_cast<Poco::Int64>(self.config.stop_timeout_s));
+    body->set("HostConfig", host_config);
+
+    Response created;
+    try {
+      created = self.client.call_json("POST", "/containers/create?name=" + url_encode(name), body);
+    } catch (const Error& e) {
+      if (e.http_status() == 404) {
+        throw Error(Errc::invalid_argument,
+                    std::string(e.what()) + " (images are never pulled: build or load '" + spec.image + "' first)");
+      }
+      throw;
+    }
+    const std::string id = created.json_object()->optValue<std::string>("Id", "");
+    if (id.empty()) throw Error(Errc::internal, self.flavor.name + ": container create returned no Id");
+    const std::uint64_t t_created = self.now_ns();
+
+    // From here on, a failure removes the container: no half-created sessions.
+    try {
+      self.client.call("POST", "/containers/" + id + "/start", {}, {304});
+      const std::uint64_t give_up = self.now_ns() + 30ull * 1000000000ull;
+      int delay_ms = 2;
+      for (;;) {
+        auto state = self.client.call("GET", "/containers/" + id + "/json").json_object()->getObject("State");
+        if (state && state->optValue<bool>("Running", false)) break;
+        std::string status = state ? state->optValue<std::string>("Status", "") : "";
+        if (status == "exited" || status == "dead") {
+          std::string detail = state->optValue<std::string>("Error", "");
+          throw Error(Errc::internal, "container exited right after start (exit code " +
+                                          std::to_string(state->optValue<int>("ExitCode", -1)) + ")" +
+                                          (detail.empty() ? "" : ": " + detail));
+        }
+        if (self.now_ns() > give_up) throw Error(Errc::timeout, "container did not reach the running state");
+        std::this_thread::sleep_for(milliseconds(delay_ms));
+        delay_ms = std::min(delay_ms * 2, 50);
+      }
+    } catch (...) {
+      try {
+        self.client.call("DELETE", "/containers/" + id + "?force=true&v=false", {}, {404});
+      } catch (...) {
+        self.log(BERTH_LOG_ERROR, self.event("session.cleanup_failed").c_str(), {{"container", id}});
+      }
+      throw;
+    }
+    self.remember(id, workspace);
+
+    berth_session_info out;
+    std::memset(&out, 0, sizeof out);
+    out.struct_size = sizeof out;
+    out.state = BERTH_SESSION_RUNNING;
+    copy_string(out.handle, sizeof out.handle, id);
+    copy_out(info, out);
+    const std::uint64_t t1 = self.now_ns();
+    self.log(BERTH_LOG_INFO, self.event("session.created").c_str(),
+             {{"session_id", spec.session_id},
+              {"container", id},
+              {"create_ms", std::to_string((t_created - t0) / 1000000)},
+              {"total_ms", std::to_string((t1 - t0) / 1000000)}});
+    return BERTH_OK;
+  });
+}
+
+berth_status session_inspect(berth_instance* inst, const char* handle, berth_session_info* info, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    berth_session_info out;
+    std::memset(&out, 0, sizeof out);
+    out.struct_size = sizeof out;
+    Response r = self.client.call("GET", "/containers/" + url_encode(h) + "/json", {}, {404});
+    if (r.status == 404) {
+      out.state = BERTH_SESSION_MISSING;
+      copy_string(out.handle, sizeof out.handle, h);
+      self.forget(h);
+      copy_out(info, out);
+      return BERTH_OK;
+    }
+    auto object = r.json_object();
+    auto state = object->getObject("State");
+    std::string status = state ? state->optValue<std::string>("Status", "") : "";
+    out.state = state_from_status(status);
+    if (out.state == BERTH_SESSION_EXITED && state) out.exit_code = state->optValue<int>("ExitCode", 0);
+    copy_string(out.handle, sizeof out.handle, object->optValue<std::string>("Id", h));
+    copy_out(info, out);
+    return BERTH_OK;
+  });
+}
+
+berth_status session_stop(berth_instance* inst, const char* handle, uint32_t timeout_ms, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    std::uint32_t seconds = timeout_ms ? (timeout_ms + 999) / 1000 : self.config.stop_timeout_s;
+    milliseconds request_timeout = milliseconds(self.config.request_timeout_ms) + std::chrono::seconds(seconds);
+    self.client.call("POST", "/containers/" + url_encode(h) + "/stop?t=" + std::to_string(seconds), {}, {304},
+                     request_timeout);
+    return BERTH_OK;
+  });
+}
+
+berth_status session_remove(berth_instance* inst, const char* handle, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    self.forget(h);
+    self.client.call("DELETE", "/containers/" + url_encode(h) + "?force=true&v=false");
+    self.log(BERTH_LOG_INFO, self.event("session.removed").c_str(), {{"container", h}});
+    return BERTH_OK;
+  });
+}
+
+berth_status session_list(berth_instance* inst, const berth_kv* filter, size_t filter_count,
+                          berth_session_list_fn on_item, void* ctx, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    if (!on_item) throw Error(Errc::invalid_argument, "on_item is NULL");
+    if (filter_count && !filter) throw Error(Errc::invalid_argument, "filter is NULL but filter_count is not 0");
+    std::vector<std::string> wanted = {std::string(kLabelDriver) + "=" + self.flavor.name};
+    for (size_t i = 0; i < filter_count; ++i) {
+      if (!filter[i].key || !*filter[i].key || std::strchr(filter[i].key, '=')) {
+        throw Error(Errc::invalid_argument, "a filter label key is empty or contains '='");
+      }
+      wanted.push_back(std::string(filter[i].key) + "=" + (filter[i].value ? filter[i].value : ""));
+    }
+    Object::Ptr filters = new Object;
+    filters->set("label", string_array(wanted));
+    Response r = self.client.call("GET", "/containers/json?all=true&filters=" + url_encode(to_json(filters)));
+    auto list = r.json().extract<Array::Ptr>();
+    if (!list) return BERTH_OK;
+    for (size_t i = 0; i < list->size(); ++i) {
+      auto item = list->getObject(static_cast<unsigned>(i));
+      if (!item) continue;
+      std::vector<std::pair<std::string, std::string>> kv;
+      if (auto labels = item->getObject("Labels"); labels) {
+        // Only the labels the spec gave (the container also carries its image's labels).
+        std::optional<std::vector<std::string>> keys;
+        if (labels->has(kLabelKeys)) {
+          try {
+            auto array = parse_json(labels->getValue<std::string>(kLabelKeys)).extract<Array::Ptr>();
+            keys.emplace();
+            for (size_t k = 0; array && k < array->size(); ++k)
+              keys->push_back(array->getElement<std::string>(k));
+          } catch (...) {
+            keys.reset();
+          }
+        }
+        for (const auto& [k, v] : *labels) {
+          if (k.rfind(kLabelPrefix, 0) == 0) continue;
+          if (keys && std::find(keys->begin(), keys->end(), k) == keys->end()) continue;
+          kv.emplace_back(k, v.isEmpty() ? std::string() : v.convert<std::string>());
+        }
+      }
+      // The engine filters already; check again, so that an engine ignoring the filter cannot leak sessions.
+      bool matches = true;
+      for (size_t f = 0; f < filter_count && matches; ++f) {
+        matches = std::any_of(kv.begin(), kv.end(), [&](const auto& p) {
+          return p.first == filter[f].key && p.second == (filter[f].value ? filter[f].value : "");
+        });
+      }
+      if (!matches) continue;
+      std::vector<berth_kv> labels;
+      labels.reserve(kv.size());
+      for (const auto& [k, v] : kv)
+        labels.push_back(berth_kv{k.c_str(), v.c_str()});
+      std::string id = item->optValue<std::string>("Id", "");
+      berth_session_listing listing;
+      std::memset(&listing, 0, sizeof listing);
+      listing.struct_size = sizeof listing;
+      listing.state = state_from_status(item->optValue<std::string>("State", ""));
+      listing.handle = id.c_str();
+      listing.labels = labels.data();
+      listing.label_count = labels.size();
+      if (on_item(ctx, &listing) != 0) break;
+    }
+    return BERTH_OK;
+  });
+}
+
+berth_status session_stats(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    std::string path = "/containers/" + url_encode(h) + "/stats?stream=false";
+    if (compare_api_versions(self.client.api_version(), "1.41") >= 0) path += "&one-shot=true";
+    auto object = self.client.call("GET", path).json_object();
+    std::string read = object->optValue<std::string>("read", "");
+    if (read.rfind("0001-", 0) == 0) throw Error(Errc::conflict, "session '" + h + "' is not running");
+    berth_session_stats out;
+    std::memset(&out, 0, sizeof out);
+    out.struct_size = sizeof out;
+    out.memory_bytes = u64_at(object, {"memory_stats", "usage"});
+    out.cpu_time_ns = u64_at(object, {"cpu_stats", "cpu_usage", "total_usage"});
+    out.pids = u64_at(object, {"pids_stats", "current"});
+    copy_out(stats, out);
+    return BERTH_OK;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Exec
+
+berth_status exec(berth_instance* inst, const char* handle, const berth_exec_request* request_in,
+                  berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
+                  berth_exec_result* result, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    if (!request_in) throw Error(Errc::invalid_argument, "request is NULL");
+    const berth_exec_request request = copy_in(request_in);
+    if (request.argc == 0 || !request.argv) throw Error(Errc::invalid_argument, "argv is empty");
+    ExecSpec spec;
+    for (size_t i = 0; i < request.argc; ++i) {
+      if (!request.argv[i]) throw Error(Errc::invalid_argument, "argv[" + std::to_string(i) + "] is NULL");
+      spec.argv.emplace_back(request.argv[i]);
+    }
+    if (spec.argv[0].empty()) throw Error(Errc::invalid_argument, "argv[0] is empty");
+    spec.env = env_strings(request.env, request.env_count, "env");
+    std::string cwd = relative_path(request.cwd ? request.cwd : "", true);
+    if (request.stdin_size && !request.stdin_data) throw Error(Errc::invalid_argument, "stdin_data is NULL");
+    spec.working_dir = join(self.workspace_of(h), cwd);
+    spec.stdin_data = request.stdin_data;
+    spec.stdin_size = request.stdin_size;
+    spec.attach_stdin = request.stdin_data != nullptr;
+    spec.timeout_ms = request.timeout_ms;
+    spec.cancel = cancel;
+    spec.on_output = [&](int stream, const std::uint8_t* data, size_t size) {
+      if (!on_output) return true;
+      return on_output(output_ctx, stream == 2 ? BERTH_STREAM_STDERR : BERTH_STREAM_STDOUT, data, size) == 0;
+    };
+
+    ExecOutcome outcome = run_exec(self, h, spec);
+    if (outcome.never_started) {
+      // The runtime could not start the process. A missing working directory is a missing path; anything else
+      // (command not found, not executable) is reported like a shell does: 127/126 and the reason on stderr.
+      if (outcome.start_error.find("chdir to cwd") != std::string::npos) {
+        throw Error(Errc::not_found, "the working directory '" + cwd + "' does not exist: " + outcome.start_error);
+      }
+      bool missing = outcome.start_error.find("not found") != std::string::npos ||
+                     outcome.start_error.find("no such file") != std::string::npos;
+      outcome.exit_code = missing ? 127 : 126;
+      std::string line = outcome.start_error + "\n";
+      if (on_output && on_output(output_ctx, BERTH_STREAM_STDERR, reinterpret_cast<const std::uint8_t*>(line.data()),
+                                 line.size()) != 0) {
+        outcome.cancelled = true;
+      }
+    }
+
+    berth_exec_result out;
+    std::memset(&out, 0, sizeof out);
+    out.struct_size = sizeof out;
+    out.exit_code = outcome.timed_out || outcome.cancelled ? -1 : outcome.exit_code;
+    out.timed_out = outcome.timed_out ? 1 : 0;
+    out.cancelled = outcome.cancelled ? 1 : 0;
+    copy_out(result, out);
+    if (outcome.cancelled) {
+      throw Error(Errc::cancelled, outcome.output_refused ? "the output callback refused data: process killed"
+                                                          : "cancelled: process killed");
+    }
+    return BERTH_OK;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Files
+
+berth_status file_put(berth_instance* inst, const char* handle, const char* path, uint32_t mode, uint64_t size,
+                      berth_read_fn source, void* source_ctx, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    std::string rel = relative_path(path, false);
+    if (!source && size > 0) throw Error(Errc::invalid_argument, "source is NULL");
+    const std::string workspace = self.workspace_of(h);
+    std::string answer = run_files_script(self, h, "put", workspace, rel);
+    // "uid\ngid\n/resolved/path"
+    size_t a = answer.find('\n');
+    size_t b = a == std::string::npos ? a : answer.find('\n', a + 1);
+    if (b == std::string::npos) throw Error(Errc::internal, "file helper answered '" + answer + "'");
+    TarFileEntry entry;
+    entry.uid = std::stoll(answer.substr(0, a));
+    entry.gid = std::stoll(answer.substr(a + 1, b - a - 1));
+    std::string resolved = answer.substr(b + 1);
+    size_t slash = resolved.rfind('/');
+    if (resolved.empty() || resolved[0] != '/' || slash == std::string::npos || slash + 1 >= resolved.size()) {
+      throw Error(Errc::internal, "file helper resolved '" + resolved + "'");
+    }
+    std::string parent = slash == 0 ? "/" : resolved.substr(0, slash);
+    entry.name = resolved.substr(slash + 1);
+    entry.size = size;
+    entry.mode = (mode & 07777) ? (mode & 07777) : 0644;
+    entry.mtime = std::time(nullptr);
+    ByteSource read = [&](std::uint8_t* buffer, size_t capacity) -> std::int64_t {
+      return source(source_ctx, buffer, capacity);
+    };
+    try {
+      self.client.upload("PUT", "/containers/" + url_encode(h) + "/archive?path=" + url_encode(parent),
+                         "application/x-tar", [&](std::ostream& out) { write_single_file_tar(out, entry, read); });
+    } catch (const Error& e) {
+      if (e.code() == Errc::cancelled || e.code() == Errc::invalid_argument) {
+        // The source failed mid-way: do not leave a truncated file behind.
+        try {
+          run_capture(self, h, {"rm", "-f", "--", resolved});
+        } catch (...) {
+        }
+      }
+      throw;
+    }
+    return BERTH_OK;
+  });
+}
+
+berth_status file_get(berth_instance* inst, const char* handle, const char* path, berth_write_fn sink, void* sink_ctx,
+                      berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    std::string rel = relative_path(path, true);
+    if (!sink) throw Error(Errc::invalid_argument, "sink is NULL");
+    if (rel.empty()) throw Error(Errc::invalid_argument, "the workspace is a directory, not a regular file");
+    const std::string workspace = self.workspace_of(h);
+    std::string resolved = run_files_script(self, h, "get", workspace, rel);
+    bool regular = true;
+    self.client.download("GET", "/containers/" + url_encode(h) + "/archive?path=" + url_encode(resolved),
+                         [&](std::istream& in, const Response&) {
+                           TarReadResult r = read_single_file_tar(in, [&](const std::uint8_t* data, size_t size) {
+                             return sink(sink_ctx, data, size) == 0;
+                           });
+                           regular = r.regular_file;
+                         });
+    if (!regular) throw Error(Errc::invalid_argument, "'" + rel + "' is not a regular file");
+    return BERTH_OK;
+  });
+}
+
+berth_status dir_list(berth_instance* inst, const char* handle, const char* path, berth_dir_list_fn on_entry, void* ctx,
+                      berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    std::string rel = relative_path(path, true);
+    if (!on_entry) throw Error(Errc::invalid_argument, "on_entry is NULL");
+    const std::string workspace = self.workspace_of(h);
+    std::string listing = run_files_script(self, h, "list", workspace, rel);
+    struct Item {
+      berth_entry_type type;
+      std::uint64_t size;
+      std::uint32_t mode;
+      std::string name;
+    };
+    std::vector<Item> items;
+    size_t pos = 0;
+    while (pos < listing.size()) {
+      size_t end = listing.find('\0', pos);
+      if (end == std::string::npos) end = listing.size();
+      std::string_view record(listing.data() + pos, end - pos);
+      pos = end + 1;
+      // <type>/<size>/<octal mode>/<name>: names cannot contain '/'
+      size_t s1 = record.find('/');
+      size_t s2 = s1 == std::string_view::npos ? s1 : record.find('/', s1 + 1);
+      size_t s3 = s2 == std::string_view::npos ? s2 : record.find('/', s2 + 1);
+      if (s3 == std::string_view::npos) continue;
+      Item item;
+      char t = s1 > 0 ? record[0] : '?';
+      item.type = t == 'f'   ? BERTH_ENTRY_FILE
+                  : t == 'd' ? BERTH_ENTRY_DIRECTORY
+                  : t == 'l' ? BERTH_ENTRY_SYMLINK
+                             : BERTH_ENTRY_OTHER;
+      try {
+        item.size = std::stoull(std::string(record.substr(s1 + 1, s2 - s1 - 1)));
+        item.mode =
+            static_cast<std::uint32_t>(std::stoul(std::string(record.substr(s2 + 1, s3 - s2 - 1)), nullptr, 8)) & 07777;
+      } catch (...) {
+        continue;
+      }
+      item.name = std::string(record.substr(s3 + 1));
+      if (item.name.empty() || item.name == "." || item.name == "..") continue;
+      items.push_back(std::move(item));
+    }
+    std::sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x.name < y.name; });
+    for (const Item& item : items) {
+      berth_dir_entry entry;
+      std::memset(&entry, 0, sizeof entry);
+      entry.struct_size = sizeof entry;
+      entry.type = item.type;
+      entry.name = item.name.c_str();
+      entry.size = item.size;
+      entry.mode = item.mode;
+      if (on_entry(ctx, &entry) != 0) break;
+    }
+    return BERTH_OK;
+  });
+}
+
+berth_status path_remove(berth_instance* inst, const char* handle, const char* path, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    std::string rel = relative_path(path, false);
+    const std::string workspace = self.workspace_of(h);
+    run_files_script(self, h, "remove", workspace, rel);
+    return BERTH_OK;
+  });
+}
+
+}  // namespace berth::engine::compat

@@ -1,0 +1,178 @@
+// The cleanup task's rules: idle and TTL boundaries, CAS re-check of each candidate, continue past failures,
+// orphan removal limited to this instance's labels, and state sync of dead sessions.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+
+#include "core/service_fixture.hpp"
+
+using namespace berth;
+using namespace std::chrono_literals;
+using test::error_code_of;
+using test::ServiceFixture;
+
+namespace {
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+/** Forwards to a real store, but "keeps alive" one sandbox right after the cleanup task took its snapshot. */
+class RacingStore final : public store::Store {
+ public:
+  RacingStore(store::Store& inner, std::string victim, store::TimePoint idle_until)
+      : inner_(inner), victim_(std::move(victim)), idle_until_(idle_until) {}
+  std::vector<store::SandboxRow> list_live_sandboxes() override {
+    auto snapshot = inner_.list_live_sandboxes();
+    inner_.touch_sandbox(victim_, idle_until_);  // a concurrent keepalive lands after the snapshot
+    return snapshot;
+  }
+  // Everything else forwards unchanged.
+  void insert_workspace(const store::WorkspaceRow& r) override { inner_.insert_workspace(r); }
+  std::optional<store::WorkspaceRow> get_workspace(const std::string& id) override { return inner_.get_workspace(id); }
+  bool mark_workspace_deleted(const std::string& id, store::TimePoint at) override {
+    return inner_.mark_workspace_deleted(id, at);
+  }
+  int count_live_sandboxes_using(const std::string& id) override { return inner_.count_live_sandboxes_using(id); }
+  void insert_sandbox(const store::SandboxRow& r) override { inner_.insert_sandbox(r); }
+  std::optional<store::SandboxRow> get_sandbox(const std::string& id) override { return inner_.get_sandbox(id); }
+  std::optional<store::SandboxRow> find_live_by_key(const std::string& o, const std::string& k) override {
+    return inner_.find_live_by_key(o, k);
+  }
+  std::vector<store::SandboxRow> list_sandboxes(const store::SandboxFilter& f) override {
+    return inner_.list_sandboxes(f);
+  }
+  bool update_sandbox_cas(const store::SandboxRow& r, std::int64_t v) override {
+    return inner_.update_sandbox_cas(r, v);
+  }
+  bool touch_sandbox(const std::string& id, store::TimePoint t) override { return inner_.touch_sandbox(id, t); }
+  void insert_session(const store::SessionRow& r) override { inner_.insert_session(r); }
+  std::optional<store::SessionRow> get_session(const std::string& id) override { return inner_.get_session(id); }
+  void update_session(const store::SessionRow& r) override { inner_.update_session(r); }
+  void delete_session(const std::string& id) override { inner_.delete_session(id); }
+  std::vector<store::SessionRow> list_active_sessions() override { return inner_.list_active_sessions(); }
+  void insert_execution(const store::ExecutionRow& r) override { inner_.insert_execution(r); }
+  std::pair<std::vector<store::ExecutionRow>, int> list_executions(const std::string& s, const std::string& k, int l,
+                                                                   int o) override {
+    return inner_.list_executions(s, k, l, o);
+  }
+  std::optional<store::IdempotencyRow> claim_idempotency(const store::IdempotencyRow& r) override {
+    return inner_.claim_idempotency(r);
+  }
+  void complete_idempotency(const std::string& o, const std::string& k, int s, const std::string& b) override {
+    inner_.complete_idempotency(o, k, s, b);
+  }
+  void release_idempotency(const std::string& o, const std::string& k) override { inner_.release_idempotency(o, k); }
+  int purge_idempotency(store::TimePoint c) override { return inner_.purge_idempotency(c); }
+
+ private:
+  store::Store& inner_;
+  std::string victim_;
+  store::TimePoint idle_until_;
+};
+
+}  // namespace
+
+TEST_CASE("idle sessions are stopped at the idle boundary, not before") {
+  ServiceFixture f;
+  auto id = f.create();
+  f.shell(id, "true");
+  f.fake_clock().advance(59s);
+  auto early = f.service->run_cleanup();
+  CHECK(early.idle_stopped.empty());
+  CHECK(f.containers_of(id) == 1);
+
+  f.fake_clock().advance(1s);  // idle_expires_at == now
+  auto report = f.service->run_cleanup();
+  CHECK(report.idle_stopped == std::vector<std::string>{id});
+  CHECK(f.containers_of(id) == 0);
+  auto sb = f.service->get_sandbox(f.owner, id);
+  CHECK(sb.status == core::SandboxStatus::idle);
+  CHECK(f.driver->volume_exists("berth-ws-" + sb.row.workspace_id));  // stopping keeps the workspace
+}
+
+TEST_CASE("expired sandboxes are deleted; the boundary counts as expired") {
+  ServiceFixture f;
+  auto expiring = f.create({.profile = "short"});
+  auto forever = f.create();
+  f.shell(expiring, "true");
+  f.fake_clock().advance(9999ms);
+  CHECK(f.service->run_cleanup().expired_deleted.empty());
+  f.fake_clock().advance(1ms);
+  auto report = f.service->run_cleanup();
+  CHECK(report.expired_deleted == std::vector<std::string>{expiring});
+  CHECK(error_code_of([&] { f.service->get_sandbox(f.owner, expiring); }) == core::ErrorCode::not_found);
+  CHECK(f.containers_of(expiring) == 0);
+  CHECK_NOTHROW(f.service->get_sandbox(f.owner, forever));
+}
+
+TEST_CASE("a candidate whose snapshot went stale is skipped, not acted on") {
+  ServiceFixture f;
+  auto id = f.create();
+  f.shell(id, "true");
+  f.fake_clock().advance(61s);
+  RacingStore racing(*f.store, id, f.clock->now() + 60s);
+  core::SandboxService service(racing, *f.driver, f.clock, test::test_settings());
+  auto report = service.run_cleanup();
+  CHECK(report.idle_stopped.empty());
+  CHECK(contains(report.skipped_stale, id));
+  CHECK(f.containers_of(id) == 1);
+  CHECK(f.service->get_sandbox(f.owner, id).status == core::SandboxStatus::ready);
+}
+
+TEST_CASE("a failing driver call on one candidate is logged and the loop continues") {
+  ServiceFixture f(R"({"fail_stop_label": "berth.label.flaky=yes"})");
+  auto flaky = f.create({.labels = {{"flaky", "yes"}}});
+  auto fine = f.create({.labels = {{"flaky", "no"}}});
+  f.shell(flaky, "true");
+  f.shell(fine, "true");
+  f.fake_clock().advance(60s);
+  auto report = f.service->run_cleanup();
+  CHECK(contains(report.failed, flaky));
+  CHECK(contains(report.idle_stopped, fine));
+  CHECK(f.containers_of(fine) == 0);
+  CHECK(f.containers_of(flaky) == 1);  // still there: the orphan step retries it on every run
+  auto again = f.service->run_cleanup();
+  CHECK_FALSE(again.failed.empty());
+}
+
+TEST_CASE("orphans: only containers with this instance's labels and no live session are removed") {
+  ServiceFixture f;
+  auto spec = [](std::string session, core::Labels labels) {
+    core::SessionSpec s;
+    s.session_id = std::move(session);
+    s.image = "berth/python:3.11";
+    s.labels = std::move(labels);
+    return s;
+  };
+  auto orphan = f.driver->session_create(
+      spec("sess-00000000000a",
+           {{"berth.managed", "true"}, {"berth.instance", "berth-test"}, {"berth.session", "sess-00000000000a"}}));
+  auto other_instance = f.driver->session_create(
+      spec("sess-00000000000b",
+           {{"berth.managed", "true"}, {"berth.instance", "someone-else"}, {"berth.session", "sess-00000000000b"}}));
+  auto unlabelled = f.driver->session_create(spec("sess-00000000000c", {}));
+  auto live = f.create();
+  f.shell(live, "true");
+
+  auto report = f.service->run_cleanup();
+  CHECK(report.orphans_removed == std::vector<std::string>{orphan.handle});
+  CHECK(f.driver->session_inspect(orphan.handle).state == core::SessionState::missing);
+  CHECK(f.driver->session_inspect(other_instance.handle).state == core::SessionState::running);
+  CHECK(f.driver->session_inspect(unlabelled.handle).state == core::SessionState::running);
+  CHECK(f.containers_of(live) == 1);
+}
+
+TEST_CASE("state sync: a session whose container exited is marked dead and cleared") {
+  ServiceFixture f;
+  auto id = f.create();
+  f.shell(id, "true");
+  auto session = *f.service->get_sandbox(f.owner, id).row.current_session_id;
+  f.shell(id, "__fake crash-session");
+  auto report = f.service->run_cleanup();
+  CHECK(report.dead_sessions == std::vector<std::string>{session});
+  auto sb = f.service->get_sandbox(f.owner, id);
+  CHECK(sb.status == core::SandboxStatus::idle);
+  CHECK(f.store->get_session(session)->state == store::SessionState::dead);
+  CHECK(f.shell(id, "echo next").output == "next\n");
+}
