@@ -22,7 +22,12 @@
  * 5. Ownership. Every pointer passed into a call is borrowed for the duration of that call only. Results come
  *    back through fixed-size buffers in caller-provided structs or through caller-provided callbacks
  *    (sinks/sources); nothing allocated by one side is freed by the other, except buffers obtained from
- *    berth_host_api.alloc, which are freed with berth_host_api.free.
+ *    berth_host_api.alloc, which are freed with berth_host_api.free. Output structs (session_info, exec_result,
+ *    session_stats) are zeroed by the caller, which sets struct_size; the driver writes at most that many bytes.
+ *    Callbacks that return int32_t stop the call early when they return non-zero: listings (session_list,
+ *    dir_list) then end with BERTH_OK; data sinks and output callbacks make the call return BERTH_CANCELLED.
+ *    A byte source that returns -1 makes file_put return BERTH_CANCELLED; one that ends before `size` bytes
+ *    makes it return BERTH_INVALID_ARGUMENT; in both cases no partial file is left behind.
  * 6. Errors. Every call returns a berth_status. On failure the driver may describe the problem by calling
  *    host->set_error(err, message) (the message is copied by the host). BERTH_UNAVAILABLE is the only status
  *    the host treats as retryable. No C++ exception, longjmp or signal may cross the boundary.
@@ -32,7 +37,8 @@
  *    thread that made the call, before the call returns. Several instances may live in one process.
  * 8. Strings are NUL-terminated UTF-8. Byte buffers come with explicit lengths and may contain NUL.
  * 9. Paths given to file calls are relative to the session's workspace mount (e.g. "src/main.py"); the host
- *    validates them, and a driver must still refuse absolute paths and ".." escapes (BERTH_INVALID_ARGUMENT).
+ *    validates them (and refuses NUL, which a C string cannot carry), and a driver must still refuse absolute
+ *    paths, ".." escapes and paths whose symlinks resolve outside the workspace (BERTH_INVALID_ARGUMENT).
  *
  * VERSION HISTORY
  * ---------------
@@ -152,8 +158,8 @@ typedef struct berth_session_spec {
   int32_t read_only_rootfs;         /* non-zero: root filesystem read-only, writable tmpfs at /tmp */
   const char* workspace_volume;     /* volume name to mount, or NULL */
   const char* workspace_mount_path; /* e.g. "/workspace" */
-  const char* user;                 /* "uid[:gid]" or a name; NULL = image default */
-  const char* working_dir;          /* NULL = workspace_mount_path */
+  const char* user;                 /* "uid[:gid]" or a name; NULL = the driver's configured default */
+  const char* working_dir;          /* the main process's cwd; NULL = workspace_mount_path. Exec uses its own cwd */
 } berth_session_spec;
 
 /** Filled by session_create / session_inspect. The caller zeroes it and sets struct_size. */
@@ -273,7 +279,11 @@ typedef struct berth_driver_api {
   berth_status (*volume_exists)(berth_instance* inst, const char* name, int32_t* exists, berth_error* err);
 
   /* --- sessions ------------------------------------------------------------------------------------ */
-  /** Creates and starts a session; returns once it is running (info->state RUNNING) or failed. */
+  /**
+   * Creates and starts a session; returns once it is running (info->state RUNNING) or failed, leaving nothing
+   * behind on failure. Never pulls images: a missing image is INVALID_ARGUMENT, a missing workspace volume is
+   * NOT_FOUND, a name clash with an existing session is CONFLICT.
+   */
   berth_status (*session_create)(berth_instance* inst, const berth_session_spec* spec, berth_session_info* info,
                                  berth_error* err);
   /** Reports the state; a session that does not exist is BERTH_OK with state MISSING. */
@@ -291,6 +301,9 @@ typedef struct berth_driver_api {
    * Runs a process in the session, streaming output to on_output, and fills *result. A process that exits is
    * BERTH_OK whatever its exit code; a timeout is BERTH_OK with result->timed_out set; a cancelled token (or an
    * on_output that returned non-zero) kills the process and returns BERTH_CANCELLED. `cancel` may be NULL.
+   * Timeout and cancel kill the exec's whole process tree, never the session. A program that cannot be started
+   * is BERTH_OK with exit code 127 (not found) or 126 (not executable) and the reason on stderr; a missing cwd
+   * is NOT_FOUND. Paths must resolve inside the workspace after following symlinks (INVALID_ARGUMENT otherwise).
    */
   berth_status (*exec)(berth_instance* inst, const char* handle, const berth_exec_request* request,
                        berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
@@ -310,7 +323,7 @@ typedef struct berth_driver_api {
   berth_status (*path_remove)(berth_instance* inst, const char* handle, const char* path, berth_error* err);
 
   /* --- ABI 1.1 ------------------------------------------------------------------------------------- */
-  /** Optional: current resource usage of a running session. */
+  /** Optional: current resource usage of a running session; CONFLICT if it is not running. */
   berth_status (*session_stats)(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err);
 } berth_driver_api;
 
