@@ -65,6 +65,25 @@ void send_error(Exchange& ex, int status, std::string_view code, const std::stri
   ex.send_json(status, body);
 }
 
+/**
+ * Reads and drops what is left of a refused body (up to 64 MiB), so that a client that sends its whole body before
+ * reading gets the 413 instead of a connection reset.
+ */
+void drain_body(Exchange& ex) {
+  if (ex.sent()) return;
+  ex.response.setKeepAlive(false);
+  try {
+    char buf[65536];
+    std::uint64_t total = 0;
+    auto& in = ex.request.stream();
+    while (in && total < (64u << 20)) {
+      in.read(buf, sizeof buf);
+      total += static_cast<std::uint64_t>(in.gcount());
+    }
+  } catch (const Poco::Exception&) {
+  }
+}
+
 bool match(const std::string& pattern, const std::vector<std::string>& segments, std::vector<std::string>& params) {
   std::vector<std::string> parts;
   std::stringstream ss(pattern);
@@ -98,6 +117,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     try {
       dispatch(ex, heavy_counted);
     } catch (const Error& e) {
+      if (e.code() == ErrorCode::payload_too_large) drain_body(ex);
       send_error(ex, http_status(e.code()), core::to_string(e.code()), e.what(), e.details(), e.retry_after());
     } catch (const Poco::Exception& e) {
       // Client-side stream problems (reset connection, bad chunking) are not server errors.
@@ -343,6 +363,50 @@ void only_fields(const Poco::JSON::Object::Ptr& o, std::initializer_list<const c
   }
 }
 
+namespace {
+/** Length of the valid UTF-8 sequence at s[i], or 0 if there is none. */
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+  auto c = static_cast<unsigned char>(s[i]);
+  std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  std::uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1f) : n == 3 ? (c & 0x0f) : (c & 0x07);
+  for (std::size_t k = 1; k < n; ++k) {
+    auto cc = static_cast<unsigned char>(s[i + k]);
+    if ((cc >> 6) != 0x2) return 0;
+    cp = (cp << 6) | (cc & 0x3f);
+  }
+  static constexpr std::uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return n;
+}
+}  // namespace
+
+bool is_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    auto n = utf8_sequence(s, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string to_utf8_lossy(std::string_view s) {
+  if (is_utf8(s)) return std::string(s);
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size();) {
+    auto n = utf8_sequence(s, i);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+      ++i;
+    } else {
+      out.append(s.substr(i, n));
+      i += n;
+    }
+  }
+  return out;
+}
+
 std::string rfc3339(std::chrono::system_clock::time_point t) {
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
   return Poco::DateTimeFormatter::format(Poco::Timestamp(us), "%Y-%m-%dT%H:%M:%S.%iZ");
@@ -362,7 +426,11 @@ HttpApi::~HttpApi() {
 }
 
 void HttpApi::start() {
-  Poco::Net::ServerSocket socket(Poco::Net::SocketAddress(ctx_->settings.host, ctx_->settings.port), 256);
+  // No SO_REUSEPORT (Poco's address constructor turns it on): a second berthd on a used port must fail to start,
+  // not silently share the port.
+  Poco::Net::ServerSocket socket;
+  socket.bind(Poco::Net::SocketAddress(ctx_->settings.host, ctx_->settings.port), true, false);
+  socket.listen(256);
   auto* params = new Poco::Net::HTTPServerParams;
   params->setMaxThreads(ctx_->settings.threads);
   params->setMaxQueued(ctx_->settings.queue);

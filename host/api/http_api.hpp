@@ -20,7 +20,7 @@ namespace berth::api {
 struct ApiSettings {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
-  int threads = 32;
+  int threads = 64;
   int queue = 64;
   std::uint64_t max_body = 1 << 20;
   std::uint64_t max_file_size = 100ull << 20;

@@ -59,6 +59,11 @@ std::map<std::string, std::string> opt_string_map(const Poco::JSON::Object::Ptr&
 /** Rejects fields not in `allowed` (typos must not be silently ignored). */
 void only_fields(const Poco::JSON::Object::Ptr& o, std::initializer_list<const char*> allowed);
 
+/** True if `s` is well-formed UTF-8 (JSON strings must be). */
+bool is_utf8(std::string_view s);
+/** `s` with every invalid UTF-8 byte replaced by U+FFFD (for process output, which may be any bytes). */
+std::string to_utf8_lossy(std::string_view s);
+
 /** RFC 3339 UTC with milliseconds, e.g. 2026-11-23T14:07:00.123Z. */
 std::string rfc3339(std::chrono::system_clock::time_point t);
 

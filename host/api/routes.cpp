@@ -170,7 +170,7 @@ void create_sandbox(Exchange& ex) {
     }
     try {
       auto stored = ex.ctx.idempotency.run(ex.owner, idem, sha1(ex.body()), run);
-      ex.response.set("Idempotent-Replayed", "false");
+      ex.response.set("Idempotent-Replayed", stored.replayed ? "true" : "false");
       ex.send_raw_json(stored.status, stored.body);
     } catch (const Error& e) {
       if (e.details().count("reason") && e.details().at("reason") == "idempotency_mismatch") {
@@ -268,8 +268,8 @@ void extend_ttl(Exchange& ex) {
 void send_exec(Exchange& ex, const core::ExecOutcome& r) {
   Object o;
   o.set("success", r.success);
-  o.set("output", r.output);
-  o.set("error", r.error);
+  o.set("output", to_utf8_lossy(r.output));
+  o.set("error", to_utf8_lossy(r.error));
   o.set("exit_code", r.exit_code ? Poco::Dynamic::Var(*r.exit_code) : Poco::Dynamic::Var());
   o.set("timed_out", r.timed_out);
   o.set("execution_id", r.execution_id);
@@ -306,11 +306,11 @@ void history(Exchange& ex) {
     o.set("id", r.id);
     o.set("session_id", r.session_id);
     o.set("exec_type", r.kind);
-    o.set("code", r.code);
+    o.set("code", to_utf8_lossy(r.code));
     o.set("success", r.success);
     o.set("exit_code", r.exit_code ? Poco::Dynamic::Var(*r.exit_code) : Poco::Dynamic::Var());
-    o.set("output", r.output);
-    o.set("error", r.error);
+    o.set("output", to_utf8_lossy(r.output));
+    o.set("error", to_utf8_lossy(r.error));
     o.set("execution_time_ms", r.duration_ms);
     o.set("created_at", rfc3339(r.created_at));
     entries.add(o);
@@ -334,6 +334,10 @@ std::string path_param(Exchange& ex, const char* fallback = nullptr) {
 
 void read_file(Exchange& ex) {
   auto content = ex.ctx.service.read_file(ex.owner, sandbox_id(ex), path_param(ex), ex.ctx.settings.max_body);
+  if (!is_utf8(content)) {
+    throw Error(ErrorCode::validation_error, "file is not UTF-8 text; use filesystem/download for binary files",
+                {{"path", path_param(ex)}});
+  }
   Object o;
   o.set("path", path_param(ex));
   o.set("content", content);

@@ -22,7 +22,7 @@ class ConfigError : public std::runtime_error {
 struct ServerConfig {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
-  int threads = 32;                              // HTTP worker threads
+  int threads = 64;                              // HTTP worker threads
   int queue = 64;                                // accepted connections waiting for a worker; beyond: 503
   std::uint64_t max_body = 1024 * 1024;          // JSON request bodies
   std::uint64_t max_file_size = 100ull << 20;    // upload/download/file content limit

@@ -35,7 +35,7 @@ StoredResponse IdempotencyRegistry::run(const std::string& owner, const std::str
       throw Error(ErrorCode::conflict, "Idempotency-Key '" + key + "' was used with a different request body",
                   {{"reason", "idempotency_mismatch"}});
     }
-    if (existing->status != 0) return {existing->status, existing->body};
+    if (existing->status != 0) return {existing->status, existing->body, true};
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (i == 599) {
       throw Error(ErrorCode::conflict, "a request with Idempotency-Key '" + key + "' is still in progress");

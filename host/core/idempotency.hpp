@@ -16,6 +16,7 @@ namespace berth::core {
 struct StoredResponse {
   int status = 0;
   std::string body;
+  bool replayed = false;  // true when this is the stored response of an earlier request
 };
 
 class IdempotencyRegistry {

@@ -538,7 +538,7 @@ class SqliteStore final : public Store {
         Statement st(session_);
         st << "SELECT " << kExecutionColumns
            << " FROM executions WHERE sandbox_id = ? AND (? = '' OR kind = ?) "
-              "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+              "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
             bind(sandbox_id), bind(kind), bind(kind), bind(Int64(limit)), bind(Int64(std::max(offset, 0)));
         page = read_all(st, read_execution);
       }

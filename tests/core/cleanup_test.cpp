@@ -91,7 +91,7 @@ TEST_CASE("idle sessions are stopped at the idle boundary, not before") {
   CHECK(f.driver->volume_exists("berth-ws-" + sb.row.workspace_id));  // stopping keeps the workspace
 }
 
-TEST_CASE("expired sandboxes are deleted; the boundary counts as expired") {
+TEST_CASE("expired sandboxes are deleted and the boundary counts as expired") {
   ServiceFixture f;
   auto expiring = f.create({.profile = "short"});
   auto forever = f.create();

@@ -28,7 +28,7 @@ TEST_CASE("create is lazy: rows and the workspace volume, no container") {
         core::ErrorCode::validation_error);
 }
 
-TEST_CASE("an exec on an idle sandbox starts it; exec results carry output and exit code") {
+TEST_CASE("an exec on an idle sandbox starts it and exec results carry output and exit code") {
   ServiceFixture f;
   auto id = f.create({.env = {{"GREETING", "hi"}}});
   auto py = f.service->exec(f.owner, id, core::ExecKind::python, "print(1+2)", std::nullopt, "");
@@ -77,7 +77,7 @@ TEST_CASE("50 concurrent requests on one idle sandbox start exactly one session"
   CHECK(sessions.size() == 1);
 }
 
-TEST_CASE("a failed start leaves status failed with the reason; the next call retries") {
+TEST_CASE("a failed start leaves status failed with the reason and the next call retries") {
   ServiceFixture f(R"({"fail_create_nth": 1})");
   auto id = f.create();
   CHECK(error_code_of([&] { f.shell(id, "true"); }) == core::ErrorCode::internal);
@@ -91,7 +91,7 @@ TEST_CASE("a failed start leaves status failed with the reason; the next call re
   CHECK(ready.row.last_error.empty());
 }
 
-TEST_CASE("waiters give up with session_not_ready after the start deadline; the winner still succeeds") {
+TEST_CASE("waiters give up with session_not_ready after the start deadline and the winner still succeeds") {
   auto settings = test::test_settings();
   settings.start_wait = 300ms;
   ServiceFixture f(R"({"latency_ms": {"session_create": 1500}})", settings, std::make_shared<core::SystemClock>());
@@ -215,7 +215,7 @@ TEST_CASE("concurrent creates with one key yield one sandbox") {
   CHECK(f.service->list_sandboxes(f.owner, std::nullopt, std::nullopt, 100, "").items.size() == 1);
 }
 
-TEST_CASE("keepalive resets the idle timer without starting compute; extend_ttl rules") {
+TEST_CASE("keepalive resets the idle timer without starting compute and extend_ttl rules") {
   ServiceFixture f;
   auto id = f.create({.profile = "short"});
   f.service->keepalive(f.owner, id);

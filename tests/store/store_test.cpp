@@ -255,7 +255,7 @@ TEST_CASE("an in-memory database works (for tests of other layers)") {
 
 // ---- round trips ------------------------------------------------------------------------------------------------
 
-TEST_CASE("workspaces round trip; deletion is marked once") {
+TEST_CASE("workspaces round trip and deletion is marked once") {
   TempDir dir;
   auto store = open_sqlite_store(dir.file("berth.db"));
   auto w = workspace("ws-1", "bob");
@@ -430,7 +430,7 @@ TEST_CASE("session states convert to and from text") {
 
 // ---- the unique live key ----------------------------------------------------------------------------------------
 
-TEST_CASE("one live sandbox per (owner, key); the key is released by deletion") {
+TEST_CASE("one live sandbox per (owner, key) and the key is released by deletion") {
   TempDir dir;
   auto store = open_sqlite_store(dir.file("berth.db"));
   store->insert_workspace(workspace("ws-1"));
@@ -486,7 +486,7 @@ TEST_CASE("a duplicate id is a StoreError, not a key conflict") {
 
 // ---- compare-and-swap -----------------------------------------------------------------------------------------
 
-TEST_CASE("the CAS writes every mutable field and bumps the version; a stale version loses") {
+TEST_CASE("the CAS writes every mutable field and bumps the version and a stale version loses") {
   TempDir dir;
   auto store = open_sqlite_store(dir.file("berth.db"));
   store->insert_workspace(workspace("ws-1"));

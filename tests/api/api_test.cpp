@@ -1,0 +1,1394 @@
+// HTTP API v1 end to end: the real berthd binary, started as a child process on a loopback port with the fake
+// driver plugin and its own SQLite database, driven over HTTP. Tests whose configuration is the default share one
+// berthd (started on first use); tests that need other settings (limits, auth, injected driver faults, a small
+// thread pool, restarts) start their own. See tests/api/berthd_process.hpp for the harness.
+#include <catch2/catch.hpp>
+
+#include <Poco/DateTime.h>
+#include <Poco/DateTimeFormat.h>
+#include <Poco/DateTimeParser.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSONString.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <latch>
+#include <map>
+#include <random>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "api/berthd_process.hpp"
+
+using namespace berth::test;
+using namespace std::chrono_literals;
+using Poco::JSON::Array;
+using Poco::JSON::Object;
+
+namespace {
+
+// ---- fixtures -------------------------------------------------------------------------------------------------------
+
+/** The berthd with the default configuration (threads raised so 50 concurrent execs are all admitted). */
+BerthdProcess& shared_berthd() {
+  static BerthdProcess process(BerthdConfig{"threads = 64\nqueue = 256\n", "", ""});
+  return process;
+}
+
+HttpClient shared_client() {
+  return HttpClient(shared_berthd().port());
+}
+
+// ---- small helpers ------------------------------------------------------------------------------------------------
+
+std::mt19937_64& rng() {
+  static thread_local std::mt19937_64 engine{std::random_device{}()};
+  return engine;
+}
+
+std::string random_hex(std::size_t n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i)
+    out += kHex[rng()() & 0xf];
+  return out;
+}
+
+std::string random_bytes(std::size_t n) {
+  std::string out(n, '\0');
+  for (auto& c : out)
+    c = static_cast<char>(rng()() & 0xff);
+  return out;
+}
+
+/** A label value unique to one test run, so tests sharing a berthd never see each other's sandboxes. */
+std::string unique(const std::string& prefix) {
+  return prefix + "-" + random_hex(10);
+}
+
+/** A JSON string literal. */
+std::string q(const std::string& s) {
+  return Poco::toJSON(s);
+}
+
+std::string sb(const std::string& id) {
+  return "/v1/sandboxes/" + id;
+}
+
+std::string str(const Object::Ptr& o, const std::string& key) {
+  return o->getValue<std::string>(key);
+}
+
+bool is_null(const Object::Ptr& o, const std::string& key) {
+  return !o->has(key) || o->isNull(key);
+}
+
+std::string describe(const HttpResponse& r) {
+  return "HTTP " + std::to_string(r.status) + " " + r.body.substr(0, 1500);
+}
+
+/** The response has `status`, carries an X-Request-Id and its body is a JSON object. */
+Object::Ptr require_json(const HttpResponse& r, int status) {
+  INFO(describe(r));
+  REQUIRE(r.status == status);
+  CHECK_THAT(r.header("X-Request-Id"), Catch::Matches("req-.+"));
+  return r.json();
+}
+
+/** The error envelope: {"error":{"code","message","request_id","details"}} and X-Request-Id == request_id. */
+Object::Ptr require_error(const HttpResponse& r, int status, const std::string& code) {
+  INFO(describe(r));
+  REQUIRE(r.status == status);
+  REQUIRE(r.header("Content-Type").rfind("application/json", 0) == 0);
+  auto body = r.json();
+  REQUIRE(body->size() == 1);
+  auto err = body->getObject("error");
+  REQUIRE(err);
+  CHECK(str(err, "code") == code);
+  CHECK(!str(err, "message").empty());
+  CHECK(!r.header("X-Request-Id").empty());
+  CHECK(str(err, "request_id") == r.header("X-Request-Id"));
+  REQUIRE(err->getObject("details"));
+  return err;
+}
+
+/** Seconds of a Retry-After header: present and a positive integer. */
+int retry_after(const HttpResponse& r) {
+  INFO(describe(r));
+  REQUIRE(r.has_header("Retry-After"));
+  int s = std::stoi(r.header("Retry-After"));
+  CHECK(s >= 1);
+  return s;
+}
+
+Object::Ptr create(const HttpClient& c, const std::string& body = "{}") {
+  return require_json(c.post("/v1/sandboxes", body), 201);
+}
+
+std::string create_id(const HttpClient& c, const std::string& body = "{}") {
+  return str(create(c, body), "id");
+}
+
+Object::Ptr get_sandbox(const HttpClient& c, const std::string& id) {
+  return require_json(c.get(sb(id)), 200);
+}
+
+HttpResponse python(const HttpClient& c, const std::string& id, const std::string& code, int timeout = 0) {
+  std::string body = "{\"code\":" + q(code) + (timeout ? ",\"timeout\":" + std::to_string(timeout) : "") + "}";
+  return c.post(sb(id) + "/python/exec", body);
+}
+
+HttpResponse shell(const HttpClient& c, const std::string& id, const std::string& command, int timeout = 0,
+                   const std::string& cwd = "") {
+  std::string body = "{\"command\":" + q(command) + (timeout ? ",\"timeout\":" + std::to_string(timeout) : "") +
+                     (cwd.empty() ? "" : ",\"cwd\":" + q(cwd)) + "}";
+  return c.post(sb(id) + "/shell/exec", body);
+}
+
+std::vector<std::string> ids_of(const Array::Ptr& items) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < items->size(); ++i)
+    out.push_back(items->getObject(static_cast<unsigned>(i))->getValue<std::string>("id"));
+  return out;
+}
+
+/** Seconds since the epoch of an RFC 3339 time as the API writes it. */
+double epoch_seconds(const std::string& rfc3339) {
+  int tzd = 0;
+  Poco::DateTime dt = Poco::DateTimeParser::parse(Poco::DateTimeFormat::ISO8601_FRAC_FORMAT, rfc3339, tzd);
+  return static_cast<double>(dt.timestamp().epochMicroseconds()) / 1e6 - tzd;
+}
+
+/** Polls `done` every 20 ms until it holds or `timeout` passes. */
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+/** Runs `fn(i)` on `n` threads released together; exceptions become status -1 with the message as body. */
+std::vector<HttpResponse> in_parallel(int n, const std::function<HttpResponse(int)>& fn) {
+  std::vector<HttpResponse> out(static_cast<std::size_t>(n));
+  std::latch go(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      go.arrive_and_wait();
+      try {
+        out[static_cast<std::size_t>(i)] = fn(i);
+      } catch (const std::exception& e) {
+        out[static_cast<std::size_t>(i)].status = -1;
+        out[static_cast<std::size_t>(i)].body = e.what();
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  return out;
+}
+
+HttpResponse upload(const HttpClient& c, const std::string& id, const std::string& path, const std::string& data) {
+  auto [type, body] = multipart({{"path", path, ""}, {"file", data, "blob.bin"}});
+  return c.request("POST", sb(id) + "/filesystem/upload", body, type);
+}
+
+/** Strict UTF-8 (no overlong forms, no surrogates, at most U+10FFFF). */
+bool valid_utf8(const std::string& s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    int n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : -1;
+    if (n < 0 || i + static_cast<std::size_t>(n) >= s.size() + (n == 0 ? 1 : 0)) return false;
+    std::uint32_t cp = n == 0 ? c : n == 1 ? (c & 0x1f) : n == 2 ? (c & 0x0f) : (c & 0x07);
+    for (int k = 1; k <= n; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]);
+      if ((cc >> 6) != 0x2) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    static constexpr std::uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += static_cast<std::size_t>(n) + 1;
+  }
+  return true;
+}
+
+const std::regex kSandboxId("sandbox-[0-9a-f]{12}");
+const std::regex kWorkspaceId("ws-[0-9a-f]{12}");
+const std::regex kExecId("exec-[0-9a-f]{12}");
+const std::regex kSessionId("sess-[0-9a-f]{12}");
+const std::regex kRfc3339("\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?Z");
+
+}  // namespace
+
+// ==== meta ===========================================================================================================
+
+TEST_CASE("health, meta and profiles describe the server and the fake driver", "[meta]") {
+  auto c = shared_client();
+
+  auto health = require_json(c.get("/health"), 200);
+  CHECK(str(health, "status") == "ok");
+  CHECK(!str(health, "version").empty());
+  CHECK(health->getValue<int>("uptime_s") >= 0);
+
+  auto meta = require_json(c.get("/meta"), 200);
+  CHECK(str(meta, "name") == "berth");
+  CHECK(str(meta, "version") == str(health, "version"));
+  CHECK(str(meta, "api_version") == "v1");
+  auto driver = meta->getObject("driver");
+  REQUIRE(driver);
+  CHECK(str(driver, "name") == "fake");
+  CHECK(!str(driver, "version").empty());
+  CHECK(str(driver, "abi") == "1.1");
+  std::set<std::string> caps;
+  for (const auto& v : *meta->getArray("capabilities"))
+    caps.insert(v.toString());
+  CHECK(caps.count("exec"));
+  CHECK(caps.count("files"));
+  CHECK(caps.count("volumes"));
+  REQUIRE(meta->getArray("profiles")->size() == 1);
+  CHECK(meta->getArray("profiles")->getObject(0)->getValue<std::string>("name") == "default");
+
+  auto profiles = require_json(c.get("/v1/profiles"), 200);
+  auto items = profiles->getArray("items");
+  REQUIRE(items->size() == 1);
+  auto p = items->getObject(0);
+  CHECK(str(p, "name") == "default");
+  CHECK(str(p, "image") == "berth/python:3.11");
+  CHECK(p->getValue<double>("cpus") == Approx(1.0));
+  CHECK(p->getValue<std::int64_t>("memory_bytes") == 512ll << 20);
+  CHECK(p->getValue<int>("pids") == 256);
+  CHECK(p->getValue<bool>("network") == false);
+  CHECK(is_null(p, "ttl_s"));
+  CHECK(p->getValue<int>("idle_timeout_s") == 1800);
+  std::set<std::string> pcaps;
+  for (const auto& v : *p->getArray("capabilities"))
+    pcaps.insert(v.toString());
+  CHECK(pcaps == std::set<std::string>{"filesystem", "python", "shell"});
+
+  // Every response carries a request id, and they differ.
+  auto a = c.get("/health");
+  auto b = c.get("/health");
+  CHECK(!a.header("X-Request-Id").empty());
+  CHECK(a.header("X-Request-Id") != b.header("X-Request-Id"));
+}
+
+// ==== sandbox lifecycle ==============================================================================================
+
+TEST_CASE("sandbox lifecycle: lazy create then get, start, stop and delete", "[sandboxes]") {
+  auto c = shared_client();
+  auto label = unique("life");
+  auto created = create(c, R"J({"labels":{"suite":)J" + q(label) + R"J(},"env":{"GREETING":"hi"}})J");
+  std::string id = str(created, "id");
+  CHECK(std::regex_match(id, kSandboxId));
+  CHECK(str(created, "status") == "idle");
+  CHECK(str(created, "profile") == "default");
+  CHECK(std::regex_match(str(created, "workspace_id"), kWorkspaceId));
+  CHECK(is_null(created, "key"));
+  CHECK(is_null(created, "session_id"));
+  CHECK(is_null(created, "expires_at"));
+  CHECK(is_null(created, "idle_expires_at"));
+  CHECK(std::regex_match(str(created, "created_at"), kRfc3339));
+  CHECK(created->getObject("labels")->getValue<std::string>("suite") == label);
+  CHECK(created->getArray("capabilities")->size() == 3);
+  CHECK(!created->has("error"));
+
+  auto got = get_sandbox(c, id);
+  CHECK(str(got, "id") == id);
+  CHECK(str(got, "status") == "idle");
+  CHECK(str(got, "workspace_id") == str(created, "workspace_id"));
+  CHECK(str(got, "created_at") == str(created, "created_at"));
+
+  // Stopping an idle sandbox is a no-op that succeeds.
+  auto stopped = require_json(c.post(sb(id) + "/stop"), 200);
+  CHECK(str(stopped, "status") == "stopped");
+  CHECK(str(get_sandbox(c, id), "status") == "idle");
+
+  auto started = require_json(c.post(sb(id) + "/start"), 200);
+  CHECK(str(started, "id") == id);
+  CHECK(str(started, "status") == "ready");
+  CHECK(std::regex_match(str(started, "session_id"), kSessionId));
+  CHECK(!is_null(started, "idle_expires_at"));
+  CHECK(str(get_sandbox(c, id), "status") == "ready");
+  // Starting a ready sandbox keeps its session.
+  auto again = require_json(c.post(sb(id) + "/start"), 200);
+  CHECK(str(again, "session_id") == str(started, "session_id"));
+
+  stopped = require_json(c.post(sb(id) + "/stop"), 200);
+  CHECK(str(stopped, "status") == "stopped");
+  auto after_stop = get_sandbox(c, id);
+  CHECK(str(after_stop, "status") == "idle");
+  CHECK(is_null(after_stop, "session_id"));
+  stopped = require_json(c.post(sb(id) + "/stop"), 200);  // idempotent
+  CHECK(str(stopped, "status") == "stopped");
+
+  auto del = c.del(sb(id));
+  INFO(describe(del));
+  REQUIRE(del.status == 204);
+  CHECK(del.body.empty());
+  CHECK(!del.header("X-Request-Id").empty());
+
+  // Afterwards every route for it is 404.
+  auto [mp_type, mp_body] = multipart({{"path", "x", ""}, {"file", "data", "x"}});
+  std::vector<HttpResponse> after = {
+      c.get(sb(id)),
+      c.del(sb(id)),
+      c.post(sb(id) + "/start"),
+      c.post(sb(id) + "/stop"),
+      c.post(sb(id) + "/keepalive"),
+      c.post(sb(id) + "/extend_ttl", R"J({"extend_by":60})J"),
+      python(c, id, "print(1)"),
+      shell(c, id, "echo 1"),
+      c.get(sb(id) + "/history"),
+      c.get(sb(id) + "/filesystem/files?path=a.txt"),
+      c.put(sb(id) + "/filesystem/files", R"J({"path":"a.txt","content":"x"})J"),
+      c.del(sb(id) + "/filesystem/files?path=a.txt"),
+      c.get(sb(id) + "/filesystem/directories?path=."),
+      c.request("POST", sb(id) + "/filesystem/upload", mp_body, mp_type),
+      c.get(sb(id) + "/filesystem/download?path=a.txt"),
+  };
+  for (const auto& r : after)
+    require_error(r, 404, "not_found");
+  // And it is gone from the list.
+  auto list = require_json(c.get("/v1/sandboxes?label=" + url_encode("suite=" + label)), 200);
+  CHECK(list->getArray("items")->size() == 0);
+}
+
+TEST_CASE("list filters by status and label and pages with a cursor", "[sandboxes]") {
+  auto c = shared_client();
+  auto label = unique("page");
+  std::set<std::string> created;
+  for (int i = 0; i < 5; ++i)
+    created.insert(create_id(c, R"J({"labels":{"batch":)J" + q(label) + "}}"));
+  create_id(c, R"J({"labels":{"batch":"other"}})J");  // must not show up
+  REQUIRE(created.size() == 5);
+
+  std::set<std::string> seen;
+  std::string cursor;
+  int pages = 0;
+  for (;;) {
+    std::string uri = "/v1/sandboxes?limit=2&label=" + url_encode("batch=" + label);
+    if (!cursor.empty()) uri += "&cursor=" + cursor;
+    auto page = require_json(c.get(uri), 200);
+    auto items = page->getArray("items");
+    CHECK(items->size() <= 2);
+    for (const auto& id : ids_of(items))
+      CHECK(seen.insert(id).second);  // no item twice
+    ++pages;
+    REQUIRE(pages <= 5);
+    if (is_null(page, "next_cursor")) break;
+    cursor = str(page, "next_cursor");
+    CHECK(std::regex_match(cursor, kSandboxId));
+  }
+  CHECK(seen == created);
+  CHECK(pages == 3);
+
+  // Status filter: start one of them.
+  std::string ready_id = *created.begin();
+  require_json(c.post(sb(ready_id) + "/start"), 200);
+  auto ready = require_json(c.get("/v1/sandboxes?status=ready&label=" + url_encode("batch=" + label)), 200);
+  CHECK(ids_of(ready->getArray("items")) == std::vector<std::string>{ready_id});
+  auto idle = require_json(c.get("/v1/sandboxes?status=idle&label=" + url_encode("batch=" + label)), 200);
+  CHECK(idle->getArray("items")->size() == 4);
+  for (const auto& id : ids_of(idle->getArray("items")))
+    CHECK(id != ready_id);
+  // The status filter pages too.
+  auto idle_page = require_json(c.get("/v1/sandboxes?status=idle&limit=3&label=" + url_encode("batch=" + label)), 200);
+  CHECK(idle_page->getArray("items")->size() == 3);
+  REQUIRE(!is_null(idle_page, "next_cursor"));
+  auto idle_rest = require_json(c.get("/v1/sandboxes?status=idle&limit=3&label=" + url_encode("batch=" + label) +
+                                      "&cursor=" + str(idle_page, "next_cursor")),
+                                200);
+  CHECK(idle_rest->getArray("items")->size() == 1);
+
+  require_error(c.get("/v1/sandboxes?status=sleeping"), 400, "validation_error");
+  require_error(c.get("/v1/sandboxes?label=novalue"), 400, "validation_error");
+  require_error(c.get("/v1/sandboxes?limit=0"), 400, "validation_error");
+  require_error(c.get("/v1/sandboxes?limit=abc"), 400, "validation_error");
+  require_error(c.get("/v1/sandboxes?cursor=garbage"), 400, "validation_error");
+}
+
+TEST_CASE("keepalive resets the idle timer without starting a session", "[sandboxes]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  auto ok = require_json(c.post(sb(id) + "/keepalive"), 200);
+  CHECK(str(ok, "status") == "ok");
+  auto got = get_sandbox(c, id);
+  CHECK(str(got, "status") == "idle");
+  CHECK(is_null(got, "session_id"));
+  REQUIRE(!is_null(got, "idle_expires_at"));
+  // The idle timer is the profile's idle_timeout (1800 s) from now.
+  double idle_at = epoch_seconds(str(got, "idle_expires_at"));
+  double now = static_cast<double>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count()) /
+               1000.0;
+  CHECK(idle_at - now == Approx(1800).margin(30));
+  CHECK(shared_berthd().count_log_lines("session.create sandbox=" + id) == 0);
+}
+
+TEST_CASE("extend_ttl moves expires_at and is 409 for infinite or expired sandboxes", "[sandboxes][ttl]") {
+  auto c = shared_client();
+
+  auto with_ttl = create(c, R"J({"ttl":100})J");
+  std::string id = str(with_ttl, "id");
+  REQUIRE(!is_null(with_ttl, "expires_at"));
+  double before = epoch_seconds(str(with_ttl, "expires_at"));
+  CHECK(before - epoch_seconds(str(with_ttl, "created_at")) == Approx(100).margin(0.01));
+  auto extended = require_json(c.post(sb(id) + "/extend_ttl", R"J({"extend_by":50})J"), 200);
+  CHECK(str(extended, "id") == id);
+  CHECK(epoch_seconds(str(extended, "expires_at")) - before == Approx(50).margin(0.01));
+  CHECK(str(get_sandbox(c, id), "expires_at") == str(extended, "expires_at"));
+  require_error(c.post(sb(id) + "/extend_ttl", "{}"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/extend_ttl", R"J({"extend_by":0})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/extend_ttl", R"J({"extend_by":"10"})J"), 400, "validation_error");
+
+  std::string forever = create_id(c);
+  require_error(c.post(sb(forever) + "/extend_ttl", R"J({"extend_by":50})J"), 409, "sandbox_ttl_infinite");
+
+  std::string short_lived = create_id(c, R"J({"ttl":1})J");
+  REQUIRE(eventually([&] { return str(get_sandbox(c, short_lived), "status") == "expired"; }, 3000ms));
+  require_error(c.post(sb(short_lived) + "/extend_ttl", R"J({"extend_by":50})J"), 409, "sandbox_expired");
+  require_error(python(c, short_lived, "print(1)"), 409, "sandbox_expired");
+  require_error(c.post(sb(short_lived) + "/start"), 409, "sandbox_expired");
+  require_error(c.post(sb(short_lived) + "/keepalive"), 409, "sandbox_expired");
+
+  // The cleanup task (run on demand) deletes it, and its managed workspace with it.
+  std::string ws = str(get_sandbox(c, short_lived), "workspace_id");
+  auto report = require_json(c.post("/v1/admin/gc/run"), 200);
+  std::vector<std::string> deleted;
+  for (const auto& v : *report->getArray("expired_deleted"))
+    deleted.push_back(v.toString());
+  CHECK(std::find(deleted.begin(), deleted.end(), short_lived) != deleted.end());
+  for (const char* k : {"idle_stopped", "orphans_removed", "dead_sessions", "skipped_stale", "failed"})
+    CHECK(report->getArray(k));
+  require_error(c.get(sb(short_lived)), 404, "not_found");
+  require_error(c.get("/v1/workspaces/" + ws), 404, "not_found");
+}
+
+// ==== exec ===========================================================================================================
+
+TEST_CASE("python and shell exec return output, exit codes, stderr, cwd and env", "[exec]") {
+  auto c = shared_client();
+  std::string id = create_id(c, R"J({"env":{"NAME":"berth-env-value"}})J");
+
+  auto r = require_json(python(c, id, "print(1+2)"), 200);
+  CHECK(str(r, "output") == "3\n");
+  CHECK(r->getValue<bool>("success"));
+  CHECK(r->getValue<int>("exit_code") == 0);
+  CHECK(str(r, "error") == "");
+  CHECK(r->getValue<bool>("timed_out") == false);
+  CHECK(std::regex_match(str(r, "execution_id"), kExecId));
+  CHECK(r->getValue<std::int64_t>("execution_time_ms") >= 0);
+  // The exec started the idle sandbox.
+  CHECK(str(get_sandbox(c, id), "status") == "ready");
+
+  r = require_json(shell(c, id, "exit 3"), 200);
+  CHECK(r->getValue<int>("exit_code") == 3);
+  CHECK(r->getValue<bool>("success") == false);
+
+  r = require_json(shell(c, id, "echo out; echo oops >&2"), 200);
+  CHECK(str(r, "output") == "out\n");
+  CHECK(str(r, "error") == "oops\n");
+  CHECK(r->getValue<bool>("success"));
+
+  r = require_json(python(c, id, "raise ValueError('bad')"), 200);
+  CHECK(r->getValue<bool>("success") == false);
+  CHECK(r->getValue<int>("exit_code") == 1);
+  CHECK_THAT(str(r, "error"), Catch::Contains("Traceback") && Catch::Contains("ValueError: bad"));
+
+  r = require_json(shell(c, id, "pwd"), 200);
+  CHECK(str(r, "output") == "/workspace\n");
+  r = require_json(shell(c, id, "pwd", 0, "sub/dir"), 200);
+  CHECK(str(r, "output") == "/workspace/sub/dir\n");
+  require_error(shell(c, id, "pwd", 0, "../etc"), 400, "validation_error");
+  require_error(shell(c, id, "pwd", 0, "/etc"), 400, "validation_error");
+
+  r = require_json(shell(c, id, "echo $NAME"), 200);
+  CHECK(str(r, "output") == "berth-env-value\n");
+
+  // Distinct execution ids.
+  auto a = require_json(python(c, id, "print(1)"), 200);
+  auto b = require_json(python(c, id, "print(1)"), 200);
+  CHECK(str(a, "execution_id") != str(b, "execution_id"));
+}
+
+TEST_CASE("exec validates its request", "[exec][errors]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":"print(1)","timeout":0})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":"print(1)","timeout":301})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/shell/exec", R"J({"command":"true","timeout":0})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/shell/exec", R"J({"command":"true","timeout":301})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":"print(1)","timeout":"5"})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":"print(1)","timeout":1.5})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", "{}"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":""})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":42})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":"print(1)","cwd":"x"})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/shell/exec", R"J({"cmd":"true"})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/shell/exec", R"J(["true"])J"), 400, "invalid_request");
+  // The limits are inclusive.
+  CHECK(require_json(c.post(sb(id) + "/python/exec", R"J({"code":"print(1)","timeout":300})J"), 200)
+            ->getValue<bool>("success"));
+  CHECK(require_json(c.post(sb(id) + "/python/exec", R"J({"code":"print(1)","timeout":1})J"), 200)
+            ->getValue<bool>("success"));
+}
+
+TEST_CASE("an exec that runs past its timeout is cut off and the sandbox stays usable", "[exec]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  require_json(c.post(sb(id) + "/start"), 200);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = require_json(shell(c, id, "sleep 5", 1), 200);
+  auto elapsed = std::chrono::steady_clock::now() - t0;
+  CHECK(r->getValue<bool>("timed_out"));
+  CHECK(r->getValue<bool>("success") == false);
+  CHECK(is_null(r, "exit_code"));
+  CHECK_THAT(str(r, "error"), Catch::Contains("timed out"));
+  CHECK(elapsed >= 900ms);
+  CHECK(elapsed < 3s);
+
+  auto next = require_json(python(c, id, "print(6*7)"), 200);
+  CHECK(str(next, "output") == "42\n");
+  CHECK(next->getValue<bool>("success"));
+}
+
+TEST_CASE("a session that died is replaced by the next exec", "[exec]") {
+  auto& berthd = shared_berthd();
+  auto c = shared_client();
+  std::string id = create_id(c);
+  std::string first_session = str(require_json(c.post(sb(id) + "/start"), 200), "session_id");
+  auto crash = require_json(shell(c, id, "__fake crash-session"), 200);
+  CHECK(crash->getValue<int>("exit_code") == 137);
+  CHECK(crash->getValue<bool>("success") == false);
+
+  auto r = require_json(shell(c, id, "echo after"), 200);
+  CHECK(str(r, "output") == "after\n");
+  auto view = get_sandbox(c, id);
+  CHECK(str(view, "status") == "ready");
+  CHECK(str(view, "session_id") != first_session);
+  CHECK(berthd.count_log_lines("session.create sandbox=" + id + " ") == 2);
+}
+
+// ==== files ==========================================================================================================
+
+TEST_CASE("files: write, read, list and delete", "[files]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+
+  auto w = require_json(c.put(sb(id) + "/filesystem/files", R"J({"path":"dir/a.txt","content":"hello\nworld"})J"), 200);
+  CHECK(str(w, "status") == "ok");
+  CHECK(str(w, "path") == "dir/a.txt");
+  CHECK(w->getValue<int>("size") == 11);
+  require_json(c.put(sb(id) + "/filesystem/files", R"J({"path":"dir/sub/b.txt","content":"xy"})J"), 200);
+  require_json(c.put(sb(id) + "/filesystem/files", R"J({"path":"top.txt","content":""})J"), 200);
+
+  auto f = require_json(c.get(sb(id) + "/filesystem/files?path=dir/a.txt"), 200);
+  CHECK(str(f, "content") == "hello\nworld");
+  CHECK(str(require_json(c.get(sb(id) + "/filesystem/files?path=top.txt"), 200), "content") == "");
+  // Overwrite.
+  require_json(c.put(sb(id) + "/filesystem/files", R"J({"path":"dir/a.txt","content":"v2"})J"), 200);
+  CHECK(str(require_json(c.get(sb(id) + "/filesystem/files?path=dir/a.txt"), 200), "content") == "v2");
+
+  auto dir = require_json(c.get(sb(id) + "/filesystem/directories?path=dir"), 200);
+  auto entries = dir->getArray("entries");
+  REQUIRE(entries->size() == 2);
+  CHECK(entries->getObject(0)->getValue<std::string>("name") == "a.txt");
+  CHECK(entries->getObject(0)->getValue<std::string>("type") == "file");
+  CHECK(entries->getObject(0)->getValue<int>("size") == 2);
+  CHECK(entries->getObject(1)->getValue<std::string>("name") == "sub");
+  CHECK(entries->getObject(1)->getValue<std::string>("type") == "directory");
+
+  for (const std::string& uri : std::vector<std::string>{"/filesystem/directories", "/filesystem/directories?path=.",
+                                                         "/filesystem/directories?path=" + url_encode("./")}) {
+    auto root = require_json(c.get(sb(id) + uri), 200);
+    std::map<std::string, std::string> types;
+    for (std::size_t i = 0; i < root->getArray("entries")->size(); ++i) {
+      auto e = root->getArray("entries")->getObject(static_cast<unsigned>(i));
+      types[str(e, "name")] = str(e, "type");
+    }
+    CHECK(types == std::map<std::string, std::string>{{"dir", "directory"}, {"top.txt", "file"}});
+  }
+
+  // A file is not a directory and vice versa.
+  require_error(c.get(sb(id) + "/filesystem/files?path=dir"), 400, "validation_error");
+  require_error(c.get(sb(id) + "/filesystem/directories?path=top.txt"), 400, "validation_error");
+
+  auto d = require_json(c.del(sb(id) + "/filesystem/files?path=dir/a.txt"), 200);
+  CHECK(str(d, "status") == "ok");
+  require_error(c.get(sb(id) + "/filesystem/files?path=dir/a.txt"), 404, "not_found");
+  require_json(c.del(sb(id) + "/filesystem/files?path=dir"), 200);  // a whole directory
+  require_error(c.get(sb(id) + "/filesystem/files?path=dir/sub/b.txt"), 404, "not_found");
+  require_error(c.get(sb(id) + "/filesystem/directories?path=dir"), 404, "not_found");
+  require_error(c.del(sb(id) + "/filesystem/files?path=dir"), 404, "not_found");
+  require_error(c.get(sb(id) + "/filesystem/files?path=missing.txt"), 404, "not_found");
+  require_error(c.get(sb(id) + "/filesystem/download?path=missing.bin"), 404, "not_found");
+
+  // Missing or malformed parameters.
+  require_error(c.get(sb(id) + "/filesystem/files"), 400, "validation_error");
+  require_error(c.del(sb(id) + "/filesystem/files"), 400, "validation_error");
+  require_error(c.get(sb(id) + "/filesystem/download"), 400, "validation_error");
+  require_error(c.put(sb(id) + "/filesystem/files", R"J({"path":"a.txt"})J"), 400, "validation_error");
+  require_error(c.put(sb(id) + "/filesystem/files", R"J({"content":"x"})J"), 400, "validation_error");
+  require_error(c.put(sb(id) + "/filesystem/files", R"J({"path":"a.txt","content":"x","owner":"root"})J"), 400,
+                "validation_error");
+}
+
+TEST_CASE("files: text content is UTF-8 both ways and binary content never breaks the JSON", "[files]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  std::string text = "h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80\ttab\n";  // héllo ✓ 😀
+  require_json(c.put(sb(id) + "/filesystem/files", "{\"path\":\"u.txt\",\"content\":" + q(text) + "}"), 200);
+  auto down = c.get(sb(id) + "/filesystem/download?path=u.txt");
+  REQUIRE(down.status == 200);
+  CHECK(down.body == text);  // stored as UTF-8 bytes
+  auto got = c.get(sb(id) + "/filesystem/files?path=u.txt");
+  CHECK(str(require_json(got, 200), "content") == text);
+  CHECK(valid_utf8(got.body));
+
+  // A file that is not UTF-8: the JSON route must still answer valid UTF-8 JSON (never raw bytes in a string), e.g.
+  // 400 pointing at filesystem/download; download returns the bytes as they are.
+  std::string binary(
+      "\xff\xfe\x00"
+      "abc\x80",
+      7);
+  require_json(upload(c, id, "b.bin", binary), 200);
+  CHECK(c.get(sb(id) + "/filesystem/download?path=b.bin").body == binary);
+  auto r = c.get(sb(id) + "/filesystem/files?path=b.bin");
+  INFO(describe(r));
+  CHECK(r.status != 500);
+  CHECK(valid_utf8(r.body));
+}
+
+TEST_CASE("files: paths that escape /workspace are refused", "[files][errors]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  for (const std::string& bad :
+       std::vector<std::string>{"../x", "/etc/passwd", "a/../../b", "a/..", "..", std::string("a\0b", 3)}) {
+    INFO("path " << bad);
+    auto enc = url_encode(bad);
+    require_error(c.get(sb(id) + "/filesystem/files?path=" + enc), 400, "validation_error");
+    require_error(c.put(sb(id) + "/filesystem/files", "{\"path\":" + q(bad) + ",\"content\":\"x\"}"), 400,
+                  "validation_error");
+    require_error(c.del(sb(id) + "/filesystem/files?path=" + enc), 400, "validation_error");
+    require_error(c.get(sb(id) + "/filesystem/download?path=" + enc), 400, "validation_error");
+    require_error(c.get(sb(id) + "/filesystem/directories?path=" + enc), 400, "validation_error");
+    require_error(upload(c, id, bad, "data"), 400, "validation_error");
+  }
+  // The root itself is not a file.
+  require_error(c.get(sb(id) + "/filesystem/files?path=."), 400, "validation_error");
+  require_error(c.del(sb(id) + "/filesystem/files?path=."), 400, "validation_error");
+}
+
+TEST_CASE("files: upload and download round-trip binary data byte for byte", "[files]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  for (std::size_t size : {std::size_t{0}, std::size_t{10 * 1024}, std::size_t{1024 * 1024}}) {
+    INFO("size " << size);
+    std::string data = random_bytes(size);
+    if (size > 0) data[0] = '\0';  // NUL and CR/LF bytes must survive too
+    if (size > 2) data[1] = '\r', data[2] = '\n';
+    std::string path = "bin/blob-" + std::to_string(size) + ".bin";
+    auto up = require_json(upload(c, id, path, data), 200);
+    CHECK(str(up, "status") == "ok");
+    CHECK(str(up, "path") == path);
+    CHECK(up->getValue<std::uint64_t>("size") == size);
+
+    auto down = c.get(sb(id) + "/filesystem/download?path=" + url_encode(path));
+    INFO("HTTP " << down.status);
+    REQUIRE(down.status == 200);
+    CHECK(down.header("Content-Type") == "application/octet-stream");
+    CHECK_THAT(down.header("Content-Disposition"), Catch::Contains("blob-" + std::to_string(size) + ".bin"));
+    REQUIRE(down.body.size() == size);
+    CHECK(down.body == data);
+  }
+  // The listing reports the sizes.
+  auto listing = require_json(c.get(sb(id) + "/filesystem/directories?path=bin"), 200);
+  std::map<std::string, std::uint64_t> sizes;
+  for (std::size_t i = 0; i < listing->getArray("entries")->size(); ++i) {
+    auto e = listing->getArray("entries")->getObject(static_cast<unsigned>(i));
+    sizes[str(e, "name")] = e->getValue<std::uint64_t>("size");
+  }
+  CHECK(sizes == std::map<std::string, std::uint64_t>{
+                     {"blob-0.bin", 0}, {"blob-10240.bin", 10240}, {"blob-1048576.bin", 1048576}});
+
+  // Without a path field the file name is used; without a file part it is an error.
+  auto [type, body] = multipart({{"file", "named", "from-filename.txt"}});
+  auto named = require_json(c.request("POST", sb(id) + "/filesystem/upload", body, type), 200);
+  CHECK(str(named, "path") == "from-filename.txt");
+  CHECK(str(require_json(c.get(sb(id) + "/filesystem/files?path=from-filename.txt"), 200), "content") == "named");
+  auto [type2, body2] = multipart({{"path", "x.txt", ""}});
+  require_error(c.request("POST", sb(id) + "/filesystem/upload", body2, type2), 400, "validation_error");
+  require_error(c.post(sb(id) + "/filesystem/upload", R"J({"path":"x"})J"), 400, "invalid_request");
+}
+
+// ==== history ========================================================================================================
+
+TEST_CASE("history lists executions newest first, with total and exec_type filter", "[history]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  auto empty = require_json(c.get(sb(id) + "/history"), 200);
+  CHECK(empty->getArray("entries")->size() == 0);
+  CHECK(empty->getValue<int>("total") == 0);
+
+  std::vector<std::string> exec_ids;  // in execution order
+  std::vector<std::string> kinds;
+  for (int i = 0; i < 6; ++i) {
+    bool py = i % 3 != 1;
+    auto r = require_json(py ? python(c, id, "print(" + std::to_string(i) + ")") : shell(c, id, "exit 4"), 200);
+    exec_ids.push_back(str(r, "execution_id"));
+    kinds.push_back(py ? "python" : "shell");
+  }
+
+  auto all = require_json(c.get(sb(id) + "/history"), 200);
+  CHECK(all->getValue<int>("total") == 6);
+  auto entries = all->getArray("entries");
+  REQUIRE(entries->size() == 6);
+  for (std::size_t i = 0; i < 6; ++i) {
+    auto e = entries->getObject(static_cast<unsigned>(i));
+    std::size_t k = 5 - i;  // newest first
+    CHECK(str(e, "id") == exec_ids[k]);
+    CHECK(str(e, "exec_type") == kinds[k]);
+    CHECK(std::regex_match(str(e, "session_id"), kSessionId));
+    CHECK(std::regex_match(str(e, "created_at"), kRfc3339));
+    if (kinds[k] == "python") {
+      CHECK(str(e, "code") == "print(" + std::to_string(k) + ")");
+      CHECK(str(e, "output") == std::to_string(k) + "\n");
+      CHECK(e->getValue<bool>("success"));
+      CHECK(e->getValue<int>("exit_code") == 0);
+    } else {
+      CHECK(str(e, "code") == "exit 4");
+      CHECK(e->getValue<bool>("success") == false);
+      CHECK(e->getValue<int>("exit_code") == 4);
+    }
+  }
+
+  auto py = require_json(c.get(sb(id) + "/history?exec_type=python"), 200);
+  CHECK(py->getValue<int>("total") == 4);
+  CHECK(py->getArray("entries")->size() == 4);
+  for (std::size_t i = 0; i < py->getArray("entries")->size(); ++i)
+    CHECK(py->getArray("entries")->getObject(static_cast<unsigned>(i))->getValue<std::string>("exec_type") == "python");
+  auto sh = require_json(c.get(sb(id) + "/history?exec_type=shell"), 200);
+  CHECK(sh->getValue<int>("total") == 2);
+  CHECK(ids_of(sh->getArray("entries")) == std::vector<std::string>{exec_ids[4], exec_ids[1]});
+
+  auto page = require_json(c.get(sb(id) + "/history?limit=2&offset=1"), 200);
+  CHECK(page->getValue<int>("total") == 6);
+  CHECK(ids_of(page->getArray("entries")) == std::vector<std::string>{exec_ids[4], exec_ids[3]});
+
+  require_error(c.get(sb(id) + "/history?exec_type=ruby"), 400, "validation_error");
+  require_error(c.get(sb(id) + "/history?limit=0"), 400, "validation_error");
+  require_error(c.get(sb(id) + "/history?offset=-1"), 400, "validation_error");
+}
+
+TEST_CASE("history keeps execution order for executions finished within one millisecond", "[history]") {
+  // Quick sequential execs often finish within the same millisecond (the stored time's resolution); the order must
+  // still be the order in which they ran.
+  auto c = shared_client();
+  std::string id = create_id(c);
+  require_json(c.post(sb(id) + "/start"), 200);
+  std::vector<std::string> exec_ids;
+  for (int i = 0; i < 30; ++i)
+    exec_ids.push_back(str(require_json(shell(c, id, "true"), 200), "execution_id"));
+  std::reverse(exec_ids.begin(), exec_ids.end());  // newest first
+  auto history = require_json(c.get(sb(id) + "/history?limit=30"), 200);
+  CHECK(ids_of(history->getArray("entries")) == exec_ids);
+  // Paging walks the same order.
+  std::vector<std::string> paged;
+  for (int offset = 0; offset < 30; offset += 7) {
+    auto page = require_json(c.get(sb(id) + "/history?limit=7&offset=" + std::to_string(offset)), 200);
+    for (const auto& e : ids_of(page->getArray("entries")))
+      paged.push_back(e);
+  }
+  CHECK(paged == exec_ids);
+}
+
+// ==== workspaces =====================================================================================================
+
+TEST_CASE("external workspaces outlive their sandboxes and managed ones go with them", "[workspaces]") {
+  auto c = shared_client();
+  auto ws = require_json(c.post("/v1/workspaces", "{}"), 201);
+  std::string ws_id = str(ws, "id");
+  CHECK(std::regex_match(ws_id, kWorkspaceId));
+  CHECK(ws->getValue<bool>("managed") == false);
+  CHECK(std::regex_match(str(ws, "created_at"), kRfc3339));
+  auto got = require_json(c.get("/v1/workspaces/" + ws_id), 200);
+  CHECK(str(got, "id") == ws_id);
+  require_error(c.post("/v1/workspaces", R"J({"size":1})J"), 400, "validation_error");
+
+  std::string first = str(create(c, "{\"workspace_id\":" + q(ws_id) + "}"), "id");
+  CHECK(str(get_sandbox(c, first), "workspace_id") == ws_id);
+  require_json(c.put(sb(first) + "/filesystem/files", R"J({"path":"notes/keep.txt","content":"survives"})J"), 200);
+
+  require_error(c.del("/v1/workspaces/" + ws_id), 409, "conflict");
+  REQUIRE(c.del(sb(first)).status == 204);
+  require_json(c.get("/v1/workspaces/" + ws_id), 200);  // external: still there
+
+  std::string second = str(create(c, "{\"workspace_id\":" + q(ws_id) + "}"), "id");
+  auto f = require_json(c.get(sb(second) + "/filesystem/files?path=notes/keep.txt"), 200);
+  CHECK(str(f, "content") == "survives");
+  // Two live sandboxes may share it; deleting the workspace waits for both.
+  std::string third = str(create(c, "{\"workspace_id\":" + q(ws_id) + "}"), "id");
+  CHECK(str(require_json(c.get(sb(third) + "/filesystem/files?path=notes/keep.txt"), 200), "content") == "survives");
+  REQUIRE(c.del(sb(second)).status == 204);
+  require_error(c.del("/v1/workspaces/" + ws_id), 409, "conflict");
+  REQUIRE(c.del(sb(third)).status == 204);
+
+  auto del = c.del("/v1/workspaces/" + ws_id);
+  INFO(describe(del));
+  REQUIRE(del.status == 204);
+  require_error(c.get("/v1/workspaces/" + ws_id), 404, "not_found");
+  require_error(c.del("/v1/workspaces/" + ws_id), 404, "not_found");
+  require_error(c.post("/v1/sandboxes", "{\"workspace_id\":" + q(ws_id) + "}"), 404, "not_found");
+
+  // A managed workspace is created with its sandbox and deleted with it.
+  auto managed_sb = create(c);
+  std::string managed_ws = str(managed_sb, "workspace_id");
+  auto mws = require_json(c.get("/v1/workspaces/" + managed_ws), 200);
+  CHECK(mws->getValue<bool>("managed") == true);
+  require_error(c.del("/v1/workspaces/" + managed_ws), 409, "conflict");
+  REQUIRE(c.del(sb(str(managed_sb, "id"))).status == 204);
+  require_error(c.get("/v1/workspaces/" + managed_ws), 404, "not_found");
+
+  require_error(c.get("/v1/workspaces/not-a-workspace"), 404, "not_found");
+  require_error(c.get("/v1/workspaces/ws-000000000000"), 404, "not_found");
+}
+
+// ==== key get-or-create ==============================================================================================
+
+TEST_CASE("key get-or-create returns the live sandbox and UUID spellings are one key", "[keys]") {
+  auto c = shared_client();
+  std::string key = unique("chat");
+  auto first = c.post("/v1/sandboxes", "{\"key\":" + q(key) + "}");
+  auto a = require_json(first, 201);
+  CHECK(str(a, "key") == key);
+  auto second = c.post("/v1/sandboxes", "{\"key\":" + q(key) + "}");
+  auto b = require_json(second, 200);
+  CHECK(str(b, "id") == str(a, "id"));
+  CHECK(str(b, "workspace_id") == str(a, "workspace_id"));
+
+  // UUID: braces + upper case, no dashes, urn:uuid: all name the same sandbox.
+  std::string hex = random_hex(32);
+  std::string dashed = hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) +
+                       "-" + hex.substr(20);
+  std::string upper = dashed;
+  std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char ch) { return std::toupper(ch); });
+  auto u1 = require_json(c.post("/v1/sandboxes", "{\"key\":" + q("{" + upper + "}") + "}"), 201);
+  CHECK(str(u1, "key") == dashed);  // canonical form
+  for (const std::string& spelling :
+       std::vector<std::string>{hex, "urn:uuid:" + dashed, dashed, upper, "URN:UUID:" + upper}) {
+    INFO("key " << spelling);
+    auto r = require_json(c.post("/v1/sandboxes", "{\"key\":" + q(spelling) + "}"), 200);
+    CHECK(str(r, "id") == str(u1, "id"));
+  }
+  // A different key is a different sandbox.
+  CHECK(str(require_json(c.post("/v1/sandboxes", "{\"key\":" + q(key + "-other") + "}"), 201), "id") != str(a, "id"));
+  require_error(c.post("/v1/sandboxes", R"J({"key":"   "})J"), 400, "validation_error");
+
+  // Deleting frees the key.
+  REQUIRE(c.del(sb(str(a, "id"))).status == 204);
+  auto fresh = require_json(c.post("/v1/sandboxes", "{\"key\":" + q(key) + "}"), 201);
+  CHECK(str(fresh, "id") != str(a, "id"));
+}
+
+TEST_CASE("key get-or-create replaces an expired sandbox", "[keys][ttl]") {
+  auto c = shared_client();
+  std::string key = unique("expiring");
+  auto old = require_json(c.post("/v1/sandboxes", "{\"key\":" + q(key) + ",\"ttl\":1}"), 201);
+  std::string old_id = str(old, "id");
+  REQUIRE(eventually([&] { return str(get_sandbox(c, old_id), "status") == "expired"; }, 3000ms));
+  auto replaced = require_json(c.post("/v1/sandboxes", "{\"key\":" + q(key) + "}"), 201);
+  CHECK(str(replaced, "id") != old_id);
+  CHECK(str(replaced, "status") == "idle");
+  require_error(c.get(sb(old_id)), 404, "not_found");
+  require_error(c.get("/v1/workspaces/" + str(old, "workspace_id")), 404, "not_found");
+  CHECK(str(require_json(c.post("/v1/sandboxes", "{\"key\":" + q(key) + "}"), 200), "id") == str(replaced, "id"));
+  CHECK(shared_berthd().count_log_lines("sandbox_replaced sandbox=" + old_id) == 1);
+}
+
+TEST_CASE("concurrent creates with one key yield one sandbox", "[keys][concurrency]") {
+  auto c = shared_client();
+  std::string key = unique("race");
+  std::string label = unique("race");
+  std::string body = "{\"key\":" + q(key) + ",\"labels\":{\"race\":" + q(label) + "}}";
+  auto results = in_parallel(20, [&](int) { return c.post("/v1/sandboxes", body); });
+  std::set<std::string> ids;
+  int created = 0;
+  for (const auto& r : results) {
+    INFO(describe(r));
+    REQUIRE((r.status == 200 || r.status == 201));
+    created += r.status == 201;
+    ids.insert(str(r.json(), "id"));
+  }
+  CHECK(ids.size() == 1);
+  CHECK(created == 1);
+  auto list = require_json(c.get("/v1/sandboxes?label=" + url_encode("race=" + label)), 200);
+  CHECK(list->getArray("items")->size() == 1);
+}
+
+// ==== Idempotency-Key ================================================================================================
+
+TEST_CASE("Idempotency-Key replays the first response and refuses a different body", "[idempotency]") {
+  auto c = shared_client();
+  std::string key = "idem_" + random_hex(16);
+  std::string label = unique("idem");
+  std::string body = R"J({"labels":{"idem":)J" + q(label) + "}}";
+  auto first = c.post("/v1/sandboxes", body, {{"Idempotency-Key", key}});
+  require_json(first, 201);
+  auto replay = c.post("/v1/sandboxes", body, {{"Idempotency-Key", key}});
+  INFO(describe(replay));
+  CHECK(replay.status == 201);
+  CHECK(replay.body == first.body);
+  CHECK(replay.header("X-Request-Id") != first.header("X-Request-Id"));
+  auto list = require_json(c.get("/v1/sandboxes?label=" + url_encode("idem=" + label)), 200);
+  CHECK(list->getArray("items")->size() == 1);
+
+  auto other = c.post("/v1/sandboxes", R"J({"labels":{"idem":"different"}})J", {{"Idempotency-Key", key}});
+  auto err = require_error(other, 422, "conflict");
+  CHECK(err->getObject("details")->getValue<std::string>("reason") == "idempotency_mismatch");
+
+  for (const std::string& bad : std::vector<std::string>{"bad key!", "", "key/with/slash", std::string(129, 'a')}) {
+    INFO("Idempotency-Key '" << bad << "'");
+    require_error(c.post("/v1/sandboxes", body, {{"Idempotency-Key", bad}}), 400, "invalid_request");
+  }
+  // 128 characters of the allowed alphabet are fine.
+  require_json(c.post("/v1/sandboxes", "{}", {{"Idempotency-Key", std::string(120, 'A') + random_hex(8)}}), 201);
+
+  // A failed request does not burn the key.
+  std::string retry_key = "retry-" + random_hex(12);
+  require_error(c.post("/v1/sandboxes", R"J({"profile":"nope"})J", {{"Idempotency-Key", retry_key}}), 400,
+                "validation_error");
+  require_json(c.post("/v1/sandboxes", "{}", {{"Idempotency-Key", retry_key}}), 201);
+}
+
+TEST_CASE("concurrent requests with one Idempotency-Key create one sandbox", "[idempotency][concurrency]") {
+  auto c = shared_client();
+  std::string key = "concurrent-" + random_hex(16);
+  std::string label = unique("idemrace");
+  std::string body = R"J({"labels":{"idemrace":)J" + q(label) + "}}";
+  auto results = in_parallel(10, [&](int) { return c.post("/v1/sandboxes", body, {{"Idempotency-Key", key}}); });
+  std::set<std::string> bodies;
+  for (const auto& r : results) {
+    INFO(describe(r));
+    REQUIRE(r.status == 201);
+    bodies.insert(r.body);
+  }
+  CHECK(bodies.size() == 1);
+  auto list = require_json(c.get("/v1/sandboxes?label=" + url_encode("idemrace=" + label)), 200);
+  CHECK(list->getArray("items")->size() == 1);
+}
+
+// ==== concurrency ====================================================================================================
+
+TEST_CASE("50 concurrent python execs on one idle sandbox start exactly one session", "[exec][concurrency]") {
+  auto& berthd = shared_berthd();
+  auto c = shared_client();
+  std::string id = create_id(c);
+  auto results = in_parallel(50, [&](int i) { return python(c, id, "print(" + std::to_string(i) + "*2)"); });
+  std::set<std::string> exec_ids;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    INFO("request " << i << ": " << describe(r));
+    REQUIRE(r.status == 200);
+    auto o = r.json();
+    CHECK(str(o, "output") == std::to_string(i * 2) + "\n");
+    CHECK(o->getValue<bool>("success"));
+    exec_ids.insert(str(o, "execution_id"));
+  }
+  CHECK(exec_ids.size() == 50);
+  CHECK(berthd.count_log_lines("session.create sandbox=" + id + " ") == 1);
+  CHECK(str(get_sandbox(c, id), "status") == "ready");
+  CHECK(require_json(c.get(sb(id) + "/history?limit=1"), 200)->getValue<int>("total") == 50);
+  // Every exec ran in that one session.
+  auto history = require_json(c.get(sb(id) + "/history?limit=50"), 200);
+  std::set<std::string> sessions;
+  for (std::size_t i = 0; i < history->getArray("entries")->size(); ++i)
+    sessions.insert(
+        history->getArray("entries")->getObject(static_cast<unsigned>(i))->getValue<std::string>("session_id"));
+  CHECK(sessions.size() == 1);
+}
+
+// ==== restart ========================================================================================================
+
+TEST_CASE("state survives a graceful restart and a kill -9", "[restart]") {
+  BerthdProcess berthd;
+  HttpClient c(berthd.port());
+  auto ws = require_json(c.post("/v1/workspaces", "{}"), 201);
+  std::string ws_id = str(ws, "id");
+  auto a = create(c, R"J({"ttl":3600,"labels":{"role":"a"},"env":{"X":"from-env"},"key":"restart-key"})J");
+  std::string a_id = str(a, "id");
+  std::string b_id = create_id(c, "{\"workspace_id\":" + q(ws_id) + "}");
+  std::string a_session = str(require_json(c.post(sb(a_id) + "/start"), 200), "session_id");
+  require_json(python(c, a_id, "print('before')"), 200);
+
+  // SIGTERM while an exec is in flight: it finishes, then berthd exits 0.
+  HttpResponse in_flight;
+  std::thread t([&] { in_flight = shell(c, a_id, "sleep 1; echo done"); });
+  REQUIRE(berthd.wait_for_log("capability.shell.exec sandbox=" + a_id, 5000ms));
+  std::this_thread::sleep_for(100ms);  // let the exec reach the driver
+  int rc = berthd.stop();
+  t.join();
+  CHECK(rc == 0);
+  {
+    INFO(describe(in_flight));
+    CHECK(in_flight.status == 200);
+    if (in_flight.status == 200) CHECK(str(in_flight.json(), "output") == "done\n");
+  }
+  CHECK(berthd.count_log_lines("berthd.stopped") == 1);
+
+  berthd.start();
+  auto a2 = get_sandbox(c, a_id);
+  for (const char* k : {"id", "profile", "workspace_id", "key", "created_at", "expires_at"})
+    CHECK(str(a2, k) == str(a, k));
+  CHECK(a2->getObject("labels")->getValue<std::string>("role") == "a");
+  CHECK(str(get_sandbox(c, b_id), "workspace_id") == ws_id);
+  CHECK(require_json(c.get("/v1/workspaces/" + ws_id), 200)->getValue<bool>("managed") == false);
+  CHECK(require_json(c.get("/v1/workspaces/" + str(a, "workspace_id")), 200)->getValue<bool>("managed") == true);
+  auto list = require_json(c.get("/v1/sandboxes"), 200);
+  auto listed = ids_of(list->getArray("items"));
+  CHECK(std::set<std::string>(listed.begin(), listed.end()) == std::set<std::string>{a_id, b_id});
+  CHECK(require_json(c.get(sb(a_id) + "/history"), 200)->getValue<int>("total") == 2);
+  // The key still maps to the same sandbox.
+  CHECK(str(require_json(c.post("/v1/sandboxes", R"J({"key":"restart-key"})J"), 200), "id") == a_id);
+  // The fake driver's containers died with the old process: the cleanup pass that runs at start-up (state sync)
+  // notices and clears the session, so GET tells the truth. (Its volumes died too, so on this fake only new
+  // sandboxes can run code after a restart.)
+  CHECK(eventually([&] { return str(get_sandbox(c, a_id), "status") == "idle"; }, 3000ms));
+  CHECK(berthd.wait_for_log("session.dead sandbox=" + a_id + " session=" + a_session, 1000ms));
+  CHECK(is_null(get_sandbox(c, a_id), "session_id"));
+  std::string fresh = create_id(c);
+  CHECK(str(require_json(python(c, fresh, "print(4)"), 200), "output") == "4\n");
+
+  // kill -9: no graceful shutdown; the database still has everything committed.
+  std::string c_id = create_id(c, R"J({"labels":{"role":"c"}})J");
+  berthd.kill9();
+  CHECK(berthd.count_log_lines("berthd.stopped") == 1);  // no second graceful stop
+  berthd.start();
+  for (const auto& id : {a_id, b_id, c_id, fresh})
+    CHECK(str(get_sandbox(c, id), "id") == id);
+  CHECK(get_sandbox(c, c_id)->getObject("labels")->getValue<std::string>("role") == "c");
+  require_json(c.get("/v1/workspaces/" + ws_id), 200);
+  CHECK(require_json(c.get("/v1/sandboxes"), 200)->getArray("items")->size() == 4);
+  std::string after_kill = create_id(c);
+  CHECK(str(require_json(python(c, after_kill, "print(5)"), 200), "output") == "5\n");
+}
+
+TEST_CASE("a second berthd on a port in use fails to start instead of sharing the port", "[restart]") {
+  BerthdProcess first;
+  std::string toml = "[server]\nlisten = \"127.0.0.1:" + std::to_string(first.port()) +
+                     "\"\n[store]\npath = \"@DIR@/berth.db\"\n[driver]\npath = \"" BERTH_FAKE_DRIVER "\"\n";
+  auto second = run_berthd_until_exit(toml, 2000ms);
+  INFO("second berthd's log:\n" << second.log);
+  CHECK(second.exited);
+  CHECK(second.code != 0);
+  CHECK(second.log.find("berthd.started") == std::string::npos);
+  require_json(HttpClient(first.port()).get("/health"), 200);
+}
+
+// ==== auth ===========================================================================================================
+
+TEST_CASE("auth: API keys map to owners and others get 401 or 404", "[auth][errors]") {
+  BerthdProcess berthd(BerthdConfig{"", "",
+                                    "[auth]\nallow_anonymous = false\n[auth.keys]\n"
+                                    "\"alice-key-0123456789\" = \"alice\"\n\"bob-key-0123456789\" = \"bob\"\n"});
+  HttpClient anonymous(berthd.port());
+  HttpClient wrong(berthd.port(), "not-a-key-at-all");
+  HttpClient alice(berthd.port(), "alice-key-0123456789");
+  HttpClient bob(berthd.port(), "bob-key-0123456789");
+
+  require_json(anonymous.get("/health"), 200);  // public
+  require_json(anonymous.get("/meta"), 200);
+  for (const auto* client : {&anonymous, &wrong}) {
+    require_error(client->get("/v1/sandboxes"), 401, "unauthorized");
+    require_error(client->post("/v1/sandboxes", "{}"), 401, "unauthorized");
+    require_error(client->get("/v1/profiles"), 401, "unauthorized");
+    require_error(client->post("/v1/workspaces", "{}"), 401, "unauthorized");
+  }
+  require_error(anonymous.get("/v1/sandboxes", {{"Authorization", "Bearer"}}), 401, "unauthorized");
+  require_error(anonymous.get("/v1/sandboxes", {{"Authorization", "Basic YWxpY2U6eA=="}}), 401, "unauthorized");
+  require_error(anonymous.get("/v1/sandboxes", {{"Authorization", "alice-key-0123456789"}}), 401, "unauthorized");
+
+  std::string id = create_id(alice);
+  require_json(alice.get(sb(id)), 200);
+  require_error(bob.get(sb(id)), 404, "not_found");
+  require_error(bob.post(sb(id) + "/start"), 404, "not_found");
+  require_error(python(bob, id, "print(1)"), 404, "not_found");
+  require_error(bob.del(sb(id)), 404, "not_found");
+  CHECK(require_json(bob.get("/v1/sandboxes"), 200)->getArray("items")->size() == 0);
+  CHECK(ids_of(require_json(alice.get("/v1/sandboxes"), 200)->getArray("items")) == std::vector<std::string>{id});
+  require_error(wrong.get(sb(id)), 401, "unauthorized");
+
+  auto ws = str(require_json(alice.post("/v1/workspaces", "{}"), 201), "id");
+  require_error(bob.get("/v1/workspaces/" + ws), 404, "not_found");
+  require_error(bob.post("/v1/sandboxes", "{\"workspace_id\":" + q(ws) + "}"), 404, "not_found");
+
+  // Keys and idempotency keys are scoped per owner.
+  auto ka = require_json(alice.post("/v1/sandboxes", R"J({"key":"shared-key"})J"), 201);
+  auto kb = require_json(bob.post("/v1/sandboxes", R"J({"key":"shared-key"})J"), 201);
+  CHECK(str(ka, "id") != str(kb, "id"));
+  auto ia = require_json(alice.post("/v1/sandboxes", "{}", {{"Idempotency-Key", "same-idem"}}), 201);
+  auto ib = require_json(bob.post("/v1/sandboxes", "{}", {{"Idempotency-Key", "same-idem"}}), 201);
+  CHECK(str(ia, "id") != str(ib, "id"));
+
+  REQUIRE(alice.del(sb(id)).status == 204);
+  CHECK(berthd.count_log_lines("owner=alice") > 0);
+}
+
+TEST_CASE("auth: without keys, anonymous access can be turned off", "[auth][errors]") {
+  BerthdProcess berthd(BerthdConfig{"", "", "[auth]\nallow_anonymous = false\n"});
+  HttpClient c(berthd.port());
+  require_json(c.get("/health"), 200);
+  require_error(c.get("/v1/sandboxes"), 401, "unauthorized");
+  require_error(c.post("/v1/sandboxes", "{}"), 401, "unauthorized");
+}
+
+// ==== errors =========================================================================================================
+
+TEST_CASE("malformed requests are 4xx with the error envelope, never 500", "[errors]") {
+  auto c = shared_client();
+  require_error(c.post("/v1/sandboxes", "{not json"), 400, "invalid_request");
+  require_error(c.post("/v1/sandboxes", R"J({"ttl":)J"), 400, "invalid_request");
+  require_error(c.post("/v1/sandboxes", "[1,2]"), 400, "invalid_request");
+  require_error(c.post("/v1/sandboxes", R"J("just a string")J"), 400, "invalid_request");
+
+  auto e = require_error(c.post("/v1/sandboxes", R"J({"ttl":"abc"})J"), 400, "validation_error");
+  CHECK(e->getObject("details")->getValue<std::string>("field") == "ttl");
+  e = require_error(c.post("/v1/sandboxes", R"J({"tll":60})J"), 400, "validation_error");
+  CHECK(e->getObject("details")->getValue<std::string>("field") == "tll");
+  e = require_error(c.post("/v1/sandboxes", R"J({"profile":"no-such-profile"})J"), 400, "validation_error");
+  CHECK_THAT(str(e, "message"), Catch::Contains("no-such-profile"));
+  require_error(c.post("/v1/sandboxes", R"J({"profile":7})J"), 400, "validation_error");
+  require_error(c.post("/v1/sandboxes", R"J({"ttl":0})J"), 400, "validation_error");
+  require_error(c.post("/v1/sandboxes", R"J({"ttl":-5})J"), 400, "validation_error");
+  require_error(c.post("/v1/sandboxes", R"J({"ttl":true})J"), 400, "validation_error");
+  require_error(c.post("/v1/sandboxes", R"J({"labels":["a"]})J"), 400, "validation_error");
+  require_error(c.post("/v1/sandboxes", R"J({"labels":{"a":1}})J"), 400, "validation_error");
+  require_error(c.post("/v1/sandboxes", R"J({"env":{"A=B":"x"}})J"), 400, "validation_error");
+  require_error(c.post("/v1/sandboxes", R"J({"key":5})J"), 400, "validation_error");
+
+  // Bad ids and unknown ids.
+  require_error(c.get("/v1/sandboxes/not-an-id"), 404, "not_found");
+  require_error(c.get("/v1/sandboxes/sandbox-XYZ"), 404, "not_found");
+  require_error(c.get("/v1/sandboxes/sandbox-000000000000"), 404, "not_found");
+  require_error(c.post("/v1/sandboxes/sandbox-000000000000/python/exec", R"J({"code":"print(1)"})J"), 404, "not_found");
+  require_error(c.del("/v1/sandboxes/sandbox-000000000000"), 404, "not_found");
+  require_error(c.get("/v1/workspaces/ws-zzz"), 404, "not_found");
+
+  // Unknown routes and methods.
+  require_error(c.get("/v1/nothing-here"), 404, "not_found");
+  require_error(c.get("/v2/sandboxes"), 404, "not_found");
+  require_error(c.request("PATCH", "/v1/sandboxes", "{}"), 405, "invalid_request");
+  require_error(c.request("PUT", "/health", "{}"), 405, "invalid_request");
+}
+
+TEST_CASE("limits: max_body and max_file_size are 413 and profile capabilities are enforced", "[errors][limits]") {
+  BerthdProcess berthd(BerthdConfig{"max_body = \"1k\"\nmax_file_size = \"16k\"\n", "",
+                                    "[profiles.default]\n"
+                                    "[profiles.shellonly]\ncapabilities = [\"shell\"]\n"});
+  HttpClient c(berthd.port());
+
+  // A body just under the limit is fine; over it is 413.
+  std::string small = R"J({"labels":{"pad":")J" + std::string(1000, 'x') + "\"}}";
+  REQUIRE(small.size() <= 1024);
+  require_json(c.post("/v1/sandboxes", small), 201);
+  std::string big = R"J({"labels":{"pad":")J" + std::string(2048, 'x') + "\"}}";
+  require_error(c.post("/v1/sandboxes", big), 413, "payload_too_large");
+
+  std::string id = create_id(c);
+  require_error(
+      c.put(sb(id) + "/filesystem/files", R"J({"path":"big.txt","content":")J" + std::string(4096, 'y') + "\"}"), 413,
+      "payload_too_large");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":"print(')J" + std::string(2048, 'z') + "')\"}"), 413,
+                "payload_too_large");
+
+  // Uploads are limited by max_file_size, not max_body.
+  std::string ok_data = random_bytes(8 * 1024);
+  require_json(upload(c, id, "ok.bin", ok_data), 200);
+  auto down = c.get(sb(id) + "/filesystem/download?path=ok.bin");
+  REQUIRE(down.status == 200);
+  CHECK(down.body == ok_data);
+  require_error(upload(c, id, "too-big.bin", random_bytes(40 * 1024)), 413, "payload_too_large");
+  require_error(upload(c, id, "way-too-big.bin", random_bytes(200 * 1024)), 413, "payload_too_large");
+  require_error(c.get(sb(id) + "/filesystem/files?path=too-big.bin"), 404, "not_found");
+  // Reading a file larger than max_body through the JSON route is refused; download streams it.
+  require_error(c.get(sb(id) + "/filesystem/files?path=ok.bin"), 413, "payload_too_large");
+
+  // A profile without python.
+  auto restricted = create(c, R"J({"profile":"shellonly"})J");
+  std::string rid = str(restricted, "id");
+  std::vector<std::string> caps;
+  for (const auto& v : *restricted->getArray("capabilities"))
+    caps.push_back(v.toString());
+  CHECK(caps == std::vector<std::string>{"shell"});
+  auto err = require_error(python(c, rid, "print(1)"), 400, "capability_not_supported");
+  CHECK(err->getObject("details")->getValue<std::string>("capability") == "python");
+  require_error(c.get(sb(rid) + "/filesystem/files?path=a.txt"), 400, "capability_not_supported");
+  require_error(upload(c, rid, "a.txt", "x"), 400, "capability_not_supported");
+  CHECK(str(require_json(shell(c, rid, "echo fine"), 200), "output") == "fine\n");
+}
+
+TEST_CASE("session_not_ready: a request waiting longer than start_wait gets 503 with Retry-After", "[errors][slow]") {
+  BerthdProcess berthd(BerthdConfig{"start_wait = \"1s\"\n", "latency_ms = { session_create = 3000 }\n", ""});
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+
+  HttpResponse starter;
+  std::thread t([&] { starter = c.post(sb(id) + "/start"); });
+  bool starting = eventually([&] { return str(get_sandbox(c, id), "status") == "starting"; }, 2000ms);
+  HttpResponse waiter;
+  if (starting) waiter = python(c, id, "print(1)");
+  t.join();
+  REQUIRE(starting);
+
+  auto err = require_error(waiter, 503, "session_not_ready");
+  retry_after(waiter);
+  CHECK(waiter.elapsed >= 900ms);
+  CHECK(waiter.elapsed < 2500ms);
+  CHECK(err->getObject("details")->getValue<std::string>("sandbox_id") == id);
+
+  // The first request started the session itself and succeeded.
+  auto started = require_json(starter, 200);
+  CHECK(str(started, "status") == "ready");
+  CHECK(starter.elapsed >= 2900ms);
+  CHECK(str(require_json(python(c, id, "print(2)"), 200), "output") == "2\n");
+  CHECK(berthd.count_log_lines("session.create sandbox=" + id + " ") == 1);
+}
+
+TEST_CASE("driver_unavailable: an unreachable engine is 503 with Retry-After, then recovers", "[errors][slow]") {
+  BerthdProcess berthd;
+  HttpClient c(berthd.port());
+  std::string busy = create_id(c);
+  std::string idle = create_id(c);
+
+  auto outage_start = std::chrono::steady_clock::now();
+  auto r = require_json(shell(c, busy, "__fake unavailable 2000"), 200);
+  CHECK(r->getValue<int>("exit_code") == 0);
+
+  auto failed = shell(c, idle, "echo hello");
+  require_error(failed, 503, "driver_unavailable");
+  retry_after(failed);
+  auto view = get_sandbox(c, idle);
+  CHECK(str(view, "status") == "failed");
+  CHECK_THAT(str(view, "error"), Catch::Contains("unavailable"));
+  require_json(c.get("/health"), 200);  // the API itself is fine
+
+  HttpResponse last;
+  bool recovered = eventually(
+      [&] {
+        last = shell(c, idle, "echo hello");
+        if (last.status != 200) require_error(last, 503, "driver_unavailable");
+        return last.status == 200;
+      },
+      5000ms);
+  auto outage = std::chrono::steady_clock::now() - outage_start;
+  REQUIRE(recovered);
+  CHECK(outage >= 1900ms);
+  CHECK(outage < 4000ms);
+  CHECK(str(last.json(), "output") == "hello\n");
+  auto healthy = get_sandbox(c, idle);
+  CHECK(str(healthy, "status") == "ready");
+  CHECK(!healthy->has("error"));
+}
+
+TEST_CASE("internal: a failed start is 500, leaves status failed, and the next call retries", "[errors]") {
+  BerthdProcess berthd(BerthdConfig{"", "fail_create_nth = 1\n", ""});
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+
+  require_error(c.post(sb(id) + "/start"), 500, "internal");
+  auto view = get_sandbox(c, id);
+  CHECK(str(view, "status") == "failed");
+  CHECK_THAT(str(view, "error"), Catch::Contains("injected failure"));
+  CHECK(is_null(view, "session_id"));
+  auto failed_list = require_json(c.get("/v1/sandboxes?status=failed"), 200);
+  CHECK(ids_of(failed_list->getArray("items")) == std::vector<std::string>{id});
+
+  auto r = require_json(python(c, id, "print('retried')"), 200);
+  CHECK(str(r, "output") == "retried\n");
+  auto healthy = get_sandbox(c, id);
+  CHECK(str(healthy, "status") == "ready");
+  CHECK(!healthy->has("error"));
+  CHECK(berthd.count_log_lines("session.create sandbox=" + id + " ") == 2);
+}
+
+// ==== saturation =====================================================================================================
+
+namespace {
+
+/** Runs `n` concurrent `sleep 2` execs on a ready sandbox and probes /health while they run. */
+struct SaturationRun {
+  std::vector<HttpResponse> execs;
+  HttpResponse health;
+  bool execs_still_running_after_health = false;
+};
+
+SaturationRun saturate(BerthdProcess& berthd, int n) {
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+  require_json(c.post(sb(id) + "/start"), 200);
+  SaturationRun run;
+  std::atomic<int> finished_ok{0};
+  std::thread load([&] {
+    run.execs = in_parallel(n, [&](int) {
+      auto r = shell(c, id, "sleep 2");
+      if (r.status == 200) ++finished_ok;
+      return r;
+    });
+  });
+  // Wait until the admitted execs have reached the core (their log line), then ask for /health.
+  eventually([&] { return berthd.count_log_lines("capability.shell.exec sandbox=" + id) >= 2; }, 3000ms);
+  run.health = c.get("/health");
+  run.execs_still_running_after_health = finished_ok.load() == 0;
+  load.join();
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("saturation: beyond the admission limit execs get 503 and /health still answers", "[saturation][slow]") {
+  BerthdProcess berthd(BerthdConfig{"threads = 6\n", "", ""});  // admission limit: 6 - 4 = 2 heavy requests
+  auto run = saturate(berthd, 4);
+  int ok = 0, busy = 0;
+  for (const auto& r : run.execs) {
+    if (r.status == 200) {
+      ++ok;
+    } else {
+      auto err = require_error(r, 503, "session_not_ready");
+      CHECK(err->getObject("details")->getValue<std::string>("reason") == "server_busy");
+      retry_after(r);
+      CHECK(r.elapsed < 1000ms);  // refused at once, not after waiting
+      ++busy;
+    }
+  }
+  CHECK(ok >= 1);
+  CHECK(ok <= 2);
+  CHECK(busy >= 2);
+  INFO(describe(run.health));
+  CHECK(run.health.status == 200);
+  CHECK(run.health.elapsed < 500ms);
+  CHECK(run.execs_still_running_after_health);
+}
+
+TEST_CASE("saturation: long execs below the admission limit do not starve /health", "[saturation][slow]") {
+  // Default thread count (32 or more, so the admission limit is at least 28): 20 long execs are all admitted, and
+  // workers stay free for /health.
+  BerthdProcess berthd;
+  auto run = saturate(berthd, 20);
+  for (const auto& r : run.execs) {
+    INFO(describe(r));
+    CHECK(r.status == 200);
+  }
+  INFO(describe(run.health));
+  CHECK(run.health.status == 200);
+  CHECK(run.health.elapsed < 500ms);
+  CHECK(run.execs_still_running_after_health);
+}

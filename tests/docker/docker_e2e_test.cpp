@@ -1,0 +1,493 @@
+// End to end through berthd and the docker driver against the real Docker Engine: lifecycle, exec, files,
+// hardening of every container, concurrency, crash recovery and an engine that goes away. Runs through
+// scripts/require-service: it fails (never skips) when CI=true and Docker is missing.
+#include <catch2/catch.hpp>
+
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Net/HTTPClientSession.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/Net/StreamSocket.h>
+#include <Poco/SHA1Engine.h>
+#include <Poco/StreamCopier.h>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "api/berthd_process.hpp"
+
+using namespace berth::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+const char* kImage = "berth/python:3.11";
+
+// ---- the Engine API, for checking what berthd did ---------------------------------------------------------------
+
+struct EngineReply {
+  int status = 0;
+  std::string body;
+  Poco::Dynamic::Var json() const { return Poco::JSON::Parser().parse(body); }
+};
+
+EngineReply engine(const std::string& method, const std::string& path, const std::string& body = "",
+                   const std::string& socket_path = "/var/run/docker.sock") {
+  Poco::Net::StreamSocket s(Poco::Net::SocketAddress(Poco::Net::SocketAddress::UNIX_LOCAL, socket_path));
+  Poco::Net::HTTPClientSession cs(s);
+  Poco::Net::HTTPRequest rq(method, "/v1.41" + path, Poco::Net::HTTPMessage::HTTP_1_1);
+  rq.setHost("docker");
+  if (!body.empty()) {
+    rq.setContentType("application/json");
+    rq.setContentLength(static_cast<std::streamsize>(body.size()));
+  }
+  cs.sendRequest(rq) << body;
+  Poco::Net::HTTPResponse rs;
+  auto& in = cs.receiveResponse(rs);
+  EngineReply r;
+  r.status = rs.getStatus();
+  Poco::StreamCopier::copyToString(in, r.body);
+  return r;
+}
+
+/** Containers (all states) carrying label key=value. */
+Poco::JSON::Array::Ptr containers_with(const std::string& label) {
+  auto r = engine("GET", "/containers/json?all=true&filters=" + url_encode("{\"label\":[\"" + label + "\"]}"));
+  REQUIRE(r.status == 200);
+  return r.json().extract<Poco::JSON::Array::Ptr>();
+}
+
+bool volume_exists(const std::string& name) {
+  return engine("GET", "/volumes/" + name).status == 200;
+}
+
+Poco::JSON::Object::Ptr inspect(const std::string& id) {
+  auto r = engine("GET", "/containers/" + id + "/json");
+  REQUIRE(r.status == 200);
+  return r.json().extract<Poco::JSON::Object::Ptr>();
+}
+
+std::string sb(const std::string& id) {
+  return "/v1/sandboxes/" + id;
+}
+
+std::string create(const HttpClient& c, const std::string& body = "{}") {
+  auto r = c.post("/v1/sandboxes", body);
+  REQUIRE(r.status == 201);
+  return r.json()->getValue<std::string>("id");
+}
+
+Poco::JSON::Object::Ptr shell(const HttpClient& c, const std::string& id, const std::string& command,
+                              int timeout = 30) {
+  Poco::JSON::Object body;
+  body.set("command", command);
+  body.set("timeout", timeout);
+  std::ostringstream os;
+  body.stringify(os);
+  auto r = c.post(sb(id) + "/shell/exec", os.str());
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  return r.json();
+}
+
+Poco::JSON::Object::Ptr python(const HttpClient& c, const std::string& id, const std::string& code) {
+  Poco::JSON::Object body;
+  body.set("code", code);
+  std::ostringstream os;
+  body.stringify(os);
+  auto r = c.post(sb(id) + "/python/exec", os.str());
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  return r.json();
+}
+
+std::string random_bytes(std::size_t n) {
+  std::mt19937_64 rng(n * 7919 + 17);
+  std::string s(n, '\0');
+  for (auto& c : s)
+    c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
+std::string digest(const std::string& data) {
+  Poco::SHA1Engine e;
+  e.update(data);
+  return Poco::DigestEngine::digestToHex(e.digest());
+}
+
+std::string docker_driver() {
+  return BERTH_DOCKER_DRIVER;
+}
+
+BerthdConfig docker_config(const std::string& extra_profile = "", const std::string& driver_settings = "",
+                           int threads = 0) {
+  BerthdConfig cfg;
+  if (threads > 0) cfg.server = "threads = " + std::to_string(threads);
+  cfg.driver_path = docker_driver();
+  cfg.driver_settings = driver_settings;
+  cfg.extra = "[profiles.default]\nimage = \"" + std::string(kImage) +
+              "\"\nmemory = \"256MiB\"\npids = 128\ncpus = 1.0\n[profiles.default.env]\nFROM_PROFILE = \"p\"\n" +
+              extra_profile;
+  return cfg;
+}
+
+/** Removes every container and volume a test's berthd instance left behind (by its instance label). */
+void purge_instance(const std::string& instance) {
+  auto list = containers_with("berth.instance=" + instance);
+  for (std::size_t i = 0; i < list->size(); ++i) {
+    engine("DELETE", "/containers/" + list->getObject(i)->getValue<std::string>("Id") + "?force=true");
+  }
+}
+
+std::string instance_of(const BerthdProcess& p) {
+  auto log = p.log();
+  auto at = log.find("instance=");
+  REQUIRE(at != std::string::npos);
+  auto end = log.find_first_of(" \n", at);
+  return log.substr(at + 9, end - at - 9);
+}
+
+}  // namespace
+
+TEST_CASE("docker: lifecycle end to end", "[docker]") {
+  BerthdProcess berthd(docker_config());
+  HttpClient c(berthd.port());
+  auto created = c.post("/v1/sandboxes", R"({"env": {"FROM_REQUEST": "r"}})");
+  REQUIRE(created.status == 201);
+  auto id = created.json()->getValue<std::string>("id");
+  auto ws = created.json()->getValue<std::string>("workspace_id");
+  CHECK(created.json()->getValue<std::string>("status") == "idle");
+  CHECK(volume_exists("berth-ws-" + ws));
+  CHECK(containers_with("berth.sandbox=" + id)->size() == 0);  // lazy
+
+  auto py = python(c, id, "print(1+2)");
+  CHECK(py->getValue<std::string>("output") == "3\n");
+  CHECK(py->getValue<bool>("success"));
+  CHECK(c.get(sb(id)).json()->getValue<std::string>("status") == "ready");
+
+  CHECK(shell(c, id, "pwd")->getValue<std::string>("output") == "/workspace\n");
+  auto three = shell(c, id, "echo out; echo err >&2; exit 3");
+  CHECK(three->getValue<int>("exit_code") == 3);
+  CHECK_FALSE(three->getValue<bool>("success"));
+  CHECK(three->getValue<std::string>("error") == "err\n");
+  CHECK(shell(c, id, "echo $FROM_REQUEST $FROM_PROFILE")->getValue<std::string>("output") == "r p\n");
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto slow = shell(c, id, "sleep 30", 2);
+  CHECK(slow->getValue<bool>("timed_out"));
+  CHECK(std::chrono::steady_clock::now() - t0 < 4s);
+  CHECK(shell(c, id, "echo usable")->getValue<std::string>("output") == "usable\n");
+
+  // stop: container gone, workspace kept, a file written before is there after the next exec.
+  shell(c, id, "echo kept > before-stop.txt");
+  CHECK(c.post(sb(id) + "/stop").status == 200);
+  CHECK(containers_with("berth.sandbox=" + id)->size() == 0);
+  CHECK(volume_exists("berth-ws-" + ws));
+  CHECK(shell(c, id, "cat before-stop.txt")->getValue<std::string>("output") == "kept\n");
+
+  // delete: 204, then 404; container and managed volume gone.
+  CHECK(c.del(sb(id)).status == 204);
+  CHECK(c.get(sb(id)).status == 404);
+  CHECK(containers_with("berth.sandbox=" + id)->size() == 0);
+  CHECK_FALSE(volume_exists("berth-ws-" + ws));
+}
+
+TEST_CASE("docker: an external workspace survives its sandbox", "[docker]") {
+  BerthdProcess berthd(docker_config());
+  HttpClient c(berthd.port());
+  auto ws = c.post("/v1/workspaces", "{}").json()->getValue<std::string>("id");
+  auto id = create(c, R"({"workspace_id": ")" + ws + R"("})");
+  shell(c, id, "echo shared > note.txt");
+  CHECK(c.del(sb(id)).status == 204);
+  CHECK(volume_exists("berth-ws-" + ws));
+  auto next = create(c, R"({"workspace_id": ")" + ws + R"("})");
+  CHECK(shell(c, next, "cat note.txt")->getValue<std::string>("output") == "shared\n");
+  CHECK(c.del(sb(next)).status == 204);
+  CHECK(c.del("/v1/workspaces/" + ws).status == 204);
+  CHECK_FALSE(volume_exists("berth-ws-" + ws));
+}
+
+TEST_CASE("docker: files round trip byte for byte and paths stay in the workspace", "[docker]") {
+  BerthdProcess berthd(docker_config());
+  HttpClient c(berthd.port());
+  auto id = create(c);
+  for (std::size_t size : {std::size_t{0}, std::size_t{10 * 1024}, std::size_t{10 * 1024 * 1024}}) {
+    INFO("size " << size);
+    auto data = random_bytes(size);
+    auto [type, body] = multipart({{"path", "blobs/b" + std::to_string(size), ""}, {"file", data, "b.bin"}});
+    auto up = c.request("POST", sb(id) + "/filesystem/upload", body, type);
+    REQUIRE(up.status == 200);
+    CHECK(up.json()->getValue<std::uint64_t>("size") == size);
+    auto down = c.get(sb(id) + "/filesystem/download?path=blobs/b" + std::to_string(size));
+    REQUIRE(down.status == 200);
+    CHECK(digest(down.body) == digest(data));
+  }
+  auto listing = c.get(sb(id) + "/filesystem/directories?path=blobs").json()->getArray("entries");
+  CHECK(listing->size() == 3);
+  CHECK(shell(c, id, "sha1sum blobs/b10240 | cut -d' ' -f1")->getValue<std::string>("output") ==
+        digest(random_bytes(10 * 1024)) + "\n");
+
+  // Traversal: relative escapes, absolute paths, and a symlink planted inside the workspace.
+  shell(c, id, "ln -s /etc etc-link");
+  for (const std::string bad : {"../etc/passwd", "/etc/passwd", "a/../../etc/passwd", "etc-link/passwd"}) {
+    INFO("path " << bad);
+    auto r = c.get(sb(id) + "/filesystem/files?path=" + url_encode(bad));
+    CHECK(r.status == 400);
+    CHECK(r.json()->getObject("error")->getValue<std::string>("code") == "validation_error");
+    auto w = c.put(sb(id) + "/filesystem/files", R"({"path": ")" + bad + R"(", "content": "x"})");
+    CHECK(w.status == 400);
+  }
+  CHECK(c.del(sb(id)).status == 204);
+}
+
+TEST_CASE("docker: every container is hardened", "[docker]") {
+  BerthdProcess berthd(docker_config("[profiles.locked]\nimage = \"berth/python:3.11\"\nread_only_rootfs = true\n"));
+  HttpClient c(berthd.port());
+  auto id = create(c);
+  shell(c, id, "true");
+  auto list = containers_with("berth.sandbox=" + id);
+  REQUIRE(list->size() == 1);
+  auto info = inspect(list->getObject(0)->getValue<std::string>("Id"));
+  auto host = info->getObject("HostConfig");
+  auto caps = host->getArray("CapDrop");
+  REQUIRE(caps);
+  CHECK(caps->getElement<std::string>(0) == "ALL");
+  auto sec = host->getArray("SecurityOpt");
+  REQUIRE(sec);
+  bool nnp = false;
+  for (std::size_t i = 0; i < sec->size(); ++i)
+    nnp = nnp || sec->getElement<std::string>(i) == "no-new-privileges";
+  CHECK(nnp);
+  CHECK(host->getValue<std::int64_t>("PidsLimit") == 128);
+  CHECK(host->getValue<std::int64_t>("Memory") == 256ll << 20);
+  CHECK(host->getValue<std::int64_t>("MemorySwap") == 256ll << 20);
+  CHECK(host->getValue<std::int64_t>("NanoCpus") == 1'000'000'000);
+  CHECK(host->getValue<std::string>("NetworkMode") == "none");
+  CHECK_FALSE(host->getValue<bool>("Privileged"));
+  auto user = info->getObject("Config")->getValue<std::string>("User");
+  CHECK_FALSE(user.empty());
+  CHECK(user.rfind("0", 0) != 0);
+  CHECK(user.rfind("root", 0) != 0);
+  CHECK(shell(c, id, "id -u")->getValue<std::string>("output") == "1000\n");
+  auto ports = host->get("PortBindings");
+  CHECK((ports.isEmpty() || ports.extract<Poco::JSON::Object::Ptr>()->size() == 0));
+  auto mounts = info->getArray("Mounts");
+  for (std::size_t i = 0; i < mounts->size(); ++i) {
+    auto m = mounts->getObject(i);
+    INFO("mount " << m->getValue<std::string>("Destination"));
+    CHECK(m->getValue<std::string>("Type") == "volume");
+    CHECK(m->getValue<std::string>("Destination") == "/workspace");
+  }
+  CHECK(shell(c, id, "cat /proc/self/status | grep CapEff")->getValue<std::string>("output") ==
+        "CapEff:\t0000000000000000\n");
+  CHECK(shell(c, id, "python3 -c 'import urllib.request; urllib.request.urlopen(\"http://1.1.1.1\", timeout=2)'")
+            ->getValue<int>("exit_code") != 0);
+
+  // A fork bomb hits the pid limit; the host and the sandbox stay responsive.
+  auto bomb = shell(c, id, "bomb() { bomb | bomb; }; bomb", 5);
+  CHECK_FALSE(bomb->getValue<bool>("success"));
+  auto stats = engine("GET", "/containers/" + list->getObject(0)->getValue<std::string>("Id") + "/stats?stream=false");
+  auto pids = stats.json().extract<Poco::JSON::Object::Ptr>()->getObject("pids_stats");
+  REQUIRE(pids);
+  CHECK(pids->getValue<std::int64_t>("limit") == 128);
+  auto health = c.get("/health");
+  CHECK(health.status == 200);
+  CHECK(health.elapsed < 2s);
+  CHECK(shell(c, id, "echo survived")->getValue<std::string>("output") == "survived\n");
+
+  // Read-only root filesystem: only /workspace and /tmp are writable.
+  auto locked = create(c, R"({"profile": "locked"})");
+  CHECK(shell(c, locked, "touch /etc/x")->getValue<int>("exit_code") != 0);
+  CHECK(shell(c, locked, "touch /usr/x")->getValue<int>("exit_code") != 0);
+  CHECK(shell(c, locked, "touch /tmp/x && touch /workspace/x")->getValue<int>("exit_code") == 0);
+  CHECK(c.del(sb(id)).status == 204);
+  CHECK(c.del(sb(locked)).status == 204);
+}
+
+TEST_CASE("docker: concurrent execs on a fresh sandbox start exactly one container", "[docker]") {
+  BerthdProcess berthd(docker_config("", "", 80));
+  HttpClient c(berthd.port());
+  const std::string body = R"json({"code": "print(1+2)"})json";
+  for (int n : {5, 50}) {
+    INFO(n << " concurrent execs");
+    auto id = create(c);
+    std::atomic<int> ok{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i) {
+      threads.emplace_back([&] {
+        auto r = c.post(sb(id) + "/python/exec", body);
+        if (r.status == 200 && r.json()->getValue<std::string>("output") == "3\n") ++ok;
+      });
+    }
+    for (auto& t : threads)
+      t.join();
+    CHECK(ok == n);
+    CHECK(containers_with("berth.sandbox=" + id)->size() == 1);
+    CHECK(c.del(sb(id)).status == 204);
+  }
+}
+
+TEST_CASE("docker: after kill -9 a restart adopts or cleans and leaves foreign containers alone", "[docker]") {
+  BerthdProcess berthd(docker_config());
+  HttpClient c(berthd.port());
+  auto instance = instance_of(berthd);
+  auto kept = create(c);
+  shell(c, kept, "echo alive > state.txt");
+  auto abandoned = create(c);
+  shell(c, abandoned, "true");
+  // A container of this instance whose session row is gone: what a crash between start and record leaves. It
+  // carries the labels the docker driver gives its own containers (the driver lists only those).
+  auto orphan = engine("POST", "/containers/create?name=berth-orphan-" + instance,
+                       R"j({"Image": "berth/python:3.11", "Cmd": ["sleep", "infinity"], "Labels": {)j"
+                       R"j("io.berth.driver.name": "docker", "berth.managed": "true", "berth.instance": ")j" +
+                           instance + R"j(", "berth.session": "sess-00000000dead"}})j");
+  REQUIRE(orphan.status == 201);
+  auto orphan_id = orphan.json().extract<Poco::JSON::Object::Ptr>()->getValue<std::string>("Id");
+  engine("POST", "/containers/" + orphan_id + "/start");
+  auto foreign = engine(
+      "POST", "/containers/create?name=berth-foreign-" + instance,
+      R"({"Image": "berth/python:3.11", "Cmd": ["sleep", "infinity"], "Labels": {"berth.managed": "true", "berth.instance": "someone-else", "berth.session": "sess-00000000beef"}})");
+  auto plain = engine("POST", "/containers/create?name=berth-plain-" + instance,
+                      R"({"Image": "berth/python:3.11", "Cmd": ["sleep", "infinity"]})");
+  REQUIRE(foreign.status == 201);
+  REQUIRE(plain.status == 201);
+  auto foreign_id = foreign.json().extract<Poco::JSON::Object::Ptr>()->getValue<std::string>("Id");
+  auto plain_id = plain.json().extract<Poco::JSON::Object::Ptr>()->getValue<std::string>("Id");
+
+  berthd.kill9();
+  // While berthd is down, one session's container dies.
+  auto dead = containers_with("berth.sandbox=" + abandoned);
+  REQUIRE(dead->size() == 1);
+  engine("DELETE", "/containers/" + dead->getObject(0)->getValue<std::string>("Id") + "?force=true");
+  auto passes = berthd.count_log_lines("cleanup.run");
+  berthd.start();  // the first cleanup pass runs at start-up
+  for (int i = 0; i < 200 && berthd.count_log_lines("cleanup.run") == passes; ++i)
+    std::this_thread::sleep_for(100ms);
+  REQUIRE(berthd.count_log_lines("cleanup.run") > passes);
+
+  CHECK(engine("GET", "/containers/" + orphan_id + "/json").status == 404);
+  CHECK(engine("GET", "/containers/" + foreign_id + "/json").status == 200);
+  CHECK(engine("GET", "/containers/" + plain_id + "/json").status == 200);
+  CHECK(containers_with("berth.sandbox=" + kept)->size() == 1);  // adopted, not restarted
+  CHECK(shell(c, kept, "cat state.txt")->getValue<std::string>("output") == "alive\n");
+  CHECK(c.get(sb(abandoned)).json()->getValue<std::string>("status") == "idle");
+  CHECK(shell(c, abandoned, "echo back")->getValue<std::string>("output") == "back\n");
+
+  // Every container of this instance belongs to a live session.
+  auto mine = containers_with("berth.instance=" + instance);
+  CHECK(mine->size() == 2);
+  engine("DELETE", "/containers/" + foreign_id + "?force=true");
+  engine("DELETE", "/containers/" + plain_id + "?force=true");
+  c.del(sb(kept));
+  c.del(sb(abandoned));
+}
+
+namespace {
+
+/** A unix-socket proxy in front of dockerd: closing it makes "the engine" vanish for berthd only. */
+class EngineProxy {
+ public:
+  explicit EngineProxy(std::string path) : path_(std::move(path)) {}
+  ~EngineProxy() { stop(); }
+
+  void start() {
+    ::unlink(path_.c_str());
+    listener_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
+    REQUIRE(::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(listener_, 64) == 0);
+    running_ = true;
+    thread_ = std::thread([this] { accept_loop(); });
+  }
+
+  void stop() {
+    if (!running_) return;
+    running_ = false;
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    thread_.join();
+    ::unlink(path_.c_str());
+  }
+
+ private:
+  void accept_loop() {
+    while (running_) {
+      int client = ::accept(listener_, nullptr, nullptr);
+      if (client < 0) break;
+      int upstream = ::socket(AF_UNIX, SOCK_STREAM, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::snprintf(addr.sun_path, sizeof addr.sun_path, "/var/run/docker.sock");
+      if (::connect(upstream, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(client);
+        ::close(upstream);
+        continue;
+      }
+      auto pump = [](int from, int to) {
+        char buf[65536];
+        for (;;) {
+          auto n = ::read(from, buf, sizeof buf);
+          if (n <= 0) break;
+          if (::write(to, buf, static_cast<std::size_t>(n)) != n) break;
+        }
+        ::shutdown(to, SHUT_WR);
+      };
+      std::thread([=] {
+        std::thread back(pump, upstream, client);
+        pump(client, upstream);
+        back.join();
+        ::close(client);
+        ::close(upstream);
+      }).detach();
+    }
+  }
+
+  std::string path_;
+  int listener_ = -1;
+  std::atomic<bool> running_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("docker: an engine gone mid-run gives 503 driver_unavailable and recovers by itself", "[docker]") {
+  auto dir = std::filesystem::temp_directory_path() / ("berth-proxy-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto sock = (dir / "docker.sock").string();
+  EngineProxy proxy(sock);
+  proxy.start();
+  BerthdProcess berthd(docker_config("", "socket = \"" + sock + "\""));
+  HttpClient c(berthd.port());
+  auto ready = create(c);
+  shell(c, ready, "true");
+  auto idle = create(c);
+
+  proxy.stop();
+  for (const auto& id : {ready, idle}) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = c.post(sb(id) + "/shell/exec", R"({"command": "true"})");
+    CHECK(r.status == 503);
+    CHECK(r.json()->getObject("error")->getValue<std::string>("code") == "driver_unavailable");
+    CHECK(r.has_header("Retry-After"));
+    CHECK(std::chrono::steady_clock::now() - t0 < 10s);  // never hangs
+  }
+  CHECK(c.post("/v1/sandboxes", "{}").status == 503);  // creating the volume needs the engine too
+  CHECK(c.get("/health").status == 200);
+
+  proxy.start();
+  CHECK(shell(c, ready, "echo recovered")->getValue<std::string>("output") == "recovered\n");
+  CHECK(shell(c, idle, "echo started")->getValue<std::string>("output") == "started\n");
+  c.del(sb(ready));
+  c.del(sb(idle));
+  purge_instance(instance_of(berthd));
+  std::filesystem::remove_all(dir);
+}
