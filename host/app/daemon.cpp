@@ -39,24 +39,7 @@ std::string instance_id(const config::Config& cfg) {
 
 core::Settings core_settings(const config::Config& cfg) {
   core::Settings s;
-  for (const auto& [name, p] : cfg.profiles) {
-    core::Profile cp;
-    cp.name = name;
-    cp.image = p.image;
-    cp.nano_cpus = static_cast<std::int64_t>(p.cpus * 1e9);
-    cp.memory_bytes = static_cast<std::int64_t>(p.memory);
-    cp.pids_limit = p.pids;
-    cp.network = p.network;
-    cp.read_only_rootfs = p.read_only_rootfs;
-    cp.user = p.user;
-    cp.env = p.env;
-    cp.ttl = p.ttl;
-    cp.idle_timeout = p.idle_timeout.value_or(cfg.cleanup.idle_timeout);
-    cp.capabilities.clear();
-    for (auto c : p.capabilities)
-      cp.capabilities.insert(config::to_string(c));
-    s.profiles[name] = cp;
-  }
+  s.profiles = cfg.profiles;
   s.default_profile = cfg.default_profile;
   s.instance_id = instance_id(cfg);
   s.start_wait = cfg.server.start_wait;

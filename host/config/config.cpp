@@ -206,11 +206,15 @@ void read_driver(TableReader r, DriverConfig& d) {
   r.reject_unknown();
 }
 
-void read_profile(TableReader r, ProfileConfig& p) {
+void read_profile(TableReader r, core::Profile& p, std::chrono::seconds default_idle_timeout) {
   r.string("image", p.image);
-  r.number("cpus", p.cpus, 0.01, 1024);
-  r.size("memory", p.memory, 6ull << 20);
-  r.integer("pids", p.pids, 8, 1 << 22);
+  double cpus = 1.0;
+  r.number("cpus", cpus, 0.01, 1024);
+  p.nano_cpus = static_cast<std::int64_t>(cpus * 1e9);
+  std::uint64_t memory = static_cast<std::uint64_t>(p.memory_bytes);
+  r.size("memory", memory, 6ull << 20);
+  p.memory_bytes = static_cast<std::int64_t>(memory);
+  r.integer("pids", p.pids_limit, 8, 1 << 22);
   r.boolean("network", p.network);
   r.boolean("read_only_rootfs", p.read_only_rootfs);
   r.string("user", p.user);
@@ -220,21 +224,17 @@ void read_profile(TableReader r, ProfileConfig& p) {
   p.env = r.string_map("env");
   std::chrono::seconds d{};
   if (r.duration("ttl", d, std::chrono::seconds(1))) p.ttl = d;
+  p.idle_timeout = default_idle_timeout;
   if (r.duration("idle_timeout", d, std::chrono::seconds(1))) p.idle_timeout = d;
   if (const auto* n = r.get("capabilities")) {
     if (!n->is_array()) r.fail(*n, "capabilities", "expected an array such as [\"python\", \"shell\"]");
     p.capabilities.clear();
     for (const auto& item : *n->as_array()) {
       std::string c = item.is_string() ? item.as_string()->get() : "";
-      if (c == "python") {
-        p.capabilities.insert(Capability::python);
-      } else if (c == "shell") {
-        p.capabilities.insert(Capability::shell);
-      } else if (c == "filesystem") {
-        p.capabilities.insert(Capability::filesystem);
-      } else {
+      if (c != "python" && c != "shell" && c != "filesystem") {
         r.fail(item, "capabilities", "unknown capability (python, shell, filesystem)");
       }
+      p.capabilities.insert(c);
     }
   }
   if (p.image.empty()) r.fail(*r.get("image"), "image", "must not be empty");
@@ -271,18 +271,6 @@ void read_log(TableReader r, LogConfig& l) {
 }
 
 }  // namespace
-
-std::string to_string(Capability c) {
-  switch (c) {
-    case Capability::python:
-      return "python";
-    case Capability::shell:
-      return "shell";
-    case Capability::filesystem:
-      return "filesystem";
-  }
-  return "unknown";
-}
 
 std::chrono::seconds parse_duration(const std::string& text) {
   std::size_t i = 0;
@@ -337,9 +325,9 @@ Config parse(const std::string& text, const std::string& source) {
     for (auto&& [k, v] : *t) {
       std::string name(k.str());
       if (!v.is_table()) top.fail(v, "profiles." + name, "expected a table");
-      ProfileConfig p;
+      core::Profile p;
       p.name = name;
-      read_profile(TableReader(*v.as_table(), "profiles." + name, source), p);
+      read_profile(TableReader(*v.as_table(), "profiles." + name, source), p, cfg.cleanup.idle_timeout);
       cfg.profiles[name] = std::move(p);
     }
   }
@@ -349,8 +337,9 @@ Config parse(const std::string& text, const std::string& source) {
     throw ConfigError(source + ": driver: set [driver] name (e.g. \"docker\", \"fake\") or path");
   }
   if (cfg.profiles.empty()) {
-    ProfileConfig p;
+    core::Profile p;
     p.name = "default";
+    p.idle_timeout = cfg.cleanup.idle_timeout;
     cfg.profiles["default"] = p;
   }
   if (!cfg.profiles.count(cfg.default_profile)) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "core/profile.hpp"
+
 namespace berth::config {
 
 /** A configuration problem: what() is "file:line:col: key: reason". */
@@ -43,23 +45,6 @@ struct DriverConfig {
   std::string instance_id;               // label value berth.instance; default: derived from the store path
 };
 
-enum class Capability { python, shell, filesystem };
-
-struct ProfileConfig {
-  std::string name;
-  std::string image = "berth/python:3.11";
-  double cpus = 1.0;
-  std::uint64_t memory = 512ull << 20;
-  std::int64_t pids = 256;
-  bool network = false;
-  bool read_only_rootfs = false;
-  std::string user = "1000:1000";
-  std::map<std::string, std::string> env;
-  std::optional<std::chrono::seconds> ttl;  // unset = never expires
-  std::optional<std::chrono::seconds> idle_timeout;
-  std::set<Capability> capabilities{Capability::python, Capability::shell, Capability::filesystem};
-};
-
 struct CleanupConfig {
   bool enabled = true;
   std::chrono::seconds interval{60};
@@ -83,7 +68,7 @@ struct Config {
   ServerConfig server;
   StoreConfig store;
   DriverConfig driver;
-  std::map<std::string, ProfileConfig> profiles;  // at least one; "default" is used when a request names none
+  std::map<std::string, core::Profile> profiles;  // at least one; "default" is used when a request names none
   std::string default_profile = "default";
   CleanupConfig cleanup;
   AuthConfig auth;
@@ -94,8 +79,6 @@ struct Config {
 Config parse(const std::string& text, const std::string& source);
 /** Reads and parses a file. Throws ConfigError (also when the file cannot be read). */
 Config load(const std::string& path);
-
-std::string to_string(Capability c);
 
 /** "30s", "5m", "2h", "1d" or a bare integer of seconds. Throws std::invalid_argument. */
 std::chrono::seconds parse_duration(const std::string& text);

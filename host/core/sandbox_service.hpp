@@ -16,25 +16,10 @@
 #include "core/clock.hpp"
 #include "core/driver.hpp"
 #include "core/errors.hpp"
+#include "core/profile.hpp"
 #include "store/store.hpp"
 
 namespace berth::core {
-
-/** What a sandbox runs: resources, image and the API capabilities it offers. */
-struct Profile {
-  std::string name;
-  std::string image;
-  std::int64_t nano_cpus = 1'000'000'000;
-  std::int64_t memory_bytes = 512ll << 20;
-  std::int64_t pids_limit = 256;
-  bool network = false;
-  bool read_only_rootfs = false;
-  std::string user = "1000:1000";
-  std::map<std::string, std::string> env;
-  std::optional<std::chrono::seconds> ttl;
-  std::chrono::seconds idle_timeout{1800};
-  std::set<std::string> capabilities{"python", "shell", "filesystem"};
-};
 
 struct Settings {
   std::map<std::string, Profile> profiles;

@@ -48,11 +48,12 @@ interval = 30
   CHECK(cfg.driver.name == "fake");
   CHECK(cfg.driver.settings_json.find("\"exec\" : 5") != std::string::npos);
   const auto& p = cfg.profiles.at("py");
-  CHECK(p.cpus == 0.5);
-  CHECK(p.memory == 256u << 20);
+  CHECK(p.nano_cpus == 500'000'000);
+  CHECK(p.memory_bytes == 256 << 20);
   CHECK(p.ttl == std::chrono::seconds(3600));
   CHECK(p.env.at("A") == "1");
-  CHECK(p.capabilities == std::set<Capability>{Capability::python, Capability::filesystem});
+  CHECK(p.capabilities == std::set<std::string>{"python", "filesystem"});
+  CHECK(p.idle_timeout == std::chrono::seconds(1800));  // [cleanup] default
   CHECK(cfg.cleanup.interval == std::chrono::seconds(30));
   CHECK(cfg.auth.keys.at("secret-key-1") == "alice");
 }
