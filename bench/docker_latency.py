@@ -60,6 +60,7 @@ def engine_cold(image):
     t0 = time.perf_counter()
     c = engine("POST", "/containers/create", {
         "Image": image, "Cmd": ["sleep", "infinity"], "User": "1000:1000", "WorkingDir": "/tmp",
+        "NetworkDisabled": True,
         "HostConfig": {"Init": True, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"], "NetworkMode": "none",
                        "Memory": 512 << 20, "MemorySwap": 512 << 20, "PidsLimit": 256, "NanoCpus": 10**9}})
     engine("POST", f"/containers/{c['Id']}/start")
