@@ -534,6 +534,7 @@ void run_gc(Exchange& ex) {
   o.set("idle_stopped", list(report.idle_stopped));
   o.set("expired_deleted", list(report.expired_deleted));
   o.set("orphans_removed", list(report.orphans_removed));
+  o.set("workspaces_removed", list(report.workspaces_removed));
   o.set("dead_sessions", list(report.dead_sessions));
   o.set("skipped_stale", list(report.skipped_stale));
   o.set("failed", list(report.failed));

@@ -823,9 +823,11 @@ CleanupReport SandboxService::run_cleanup() {
   cleanup_idle(report);
   cleanup_expired(report);
   cleanup_orphans(report);
+  cleanup_abandoned_workspaces(report);
   log::info("cleanup.run", {{"idle_stopped", std::to_string(report.idle_stopped.size())},
                             {"expired_deleted", std::to_string(report.expired_deleted.size())},
                             {"orphans_removed", std::to_string(report.orphans_removed.size())},
+                            {"workspaces_removed", std::to_string(report.workspaces_removed.size())},
                             {"dead_sessions", std::to_string(report.dead_sessions.size())},
                             {"skipped_stale", std::to_string(report.skipped_stale.size())},
                             {"failed", std::to_string(report.failed.size())},
@@ -952,6 +954,24 @@ void SandboxService::cleanup_orphans(CleanupReport& report) {
       if (e.code() == DriverErrc::not_found) continue;
       report.failed.push_back(c.handle);
       log::warn("sandbox_clean_failed", {{"action", "orphan_remove"}, {"handle", c.handle}, {"error", e.what()}});
+    }
+  }
+}
+
+void SandboxService::cleanup_abandoned_workspaces(CleanupReport& report) {
+  for (const auto& ws : store_.list_abandoned_managed_workspaces()) {
+    try {
+      try {
+        driver_.volume_remove(ws.volume);
+      } catch (const DriverError& e) {
+        if (e.code() != DriverErrc::not_found) throw;
+      }
+      store_.mark_workspace_deleted(ws.id, clock_->now());
+      report.workspaces_removed.push_back(ws.id);
+      log::info("workspace.delete", {{"workspace", ws.id}, {"reason", "abandoned"}});
+    } catch (const DriverError& e) {
+      report.failed.push_back(ws.id);
+      log::warn("sandbox_clean_failed", {{"action", "workspace_remove"}, {"workspace", ws.id}, {"error", e.what()}});
     }
   }
 }

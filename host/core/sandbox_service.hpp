@@ -71,12 +71,13 @@ struct ExecOutcome {
 };
 
 struct CleanupReport {
-  std::vector<std::string> idle_stopped;     // sandbox ids
-  std::vector<std::string> expired_deleted;  // sandbox ids
-  std::vector<std::string> orphans_removed;  // driver handles
-  std::vector<std::string> dead_sessions;    // session ids
-  std::vector<std::string> skipped_stale;    // sandbox ids whose snapshot went stale
-  std::vector<std::string> failed;           // sandbox ids or handles whose driver call failed
+  std::vector<std::string> idle_stopped;        // sandbox ids
+  std::vector<std::string> expired_deleted;     // sandbox ids
+  std::vector<std::string> orphans_removed;     // driver handles
+  std::vector<std::string> workspaces_removed;  // managed workspaces whose removal at delete had failed
+  std::vector<std::string> dead_sessions;       // session ids
+  std::vector<std::string> skipped_stale;       // sandbox ids whose snapshot went stale
+  std::vector<std::string> failed;              // sandbox ids or handles whose driver call failed
 };
 
 struct ListResult {
@@ -153,6 +154,7 @@ class SandboxService {
   void cleanup_idle(CleanupReport& report);
   void cleanup_expired(CleanupReport& report);
   void cleanup_orphans(CleanupReport& report);
+  void cleanup_abandoned_workspaces(CleanupReport& report);
 
   store::Store& store_;
   Driver& driver_;

@@ -384,6 +384,18 @@ class SqliteStore final : public Store {
     });
   }
 
+  std::vector<WorkspaceRow> list_abandoned_managed_workspaces() override {
+    return locked("list_abandoned_managed_workspaces", [&] {
+      Statement st(session_);
+      st << "SELECT " << kWorkspaceColumns
+         << " FROM workspaces w WHERE w.managed = 1 AND w.deleted_at IS NULL"
+            " AND EXISTS (SELECT 1 FROM sandboxes s WHERE s.workspace_id = w.id)"
+            " AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.workspace_id = w.id AND s.deleted_at IS NULL)"
+            " ORDER BY w.id";
+      return read_all(st, read_workspace);
+    });
+  }
+
   // ---- sandboxes ----
   void insert_sandbox(const SandboxRow& row) override {
     locked("insert_sandbox", [&] {

@@ -116,6 +116,11 @@ class Store {
   virtual bool mark_workspace_deleted(const std::string& id, TimePoint at) = 0;
   /** Live (not deleted) sandboxes using the workspace. */
   virtual int count_live_sandboxes_using(const std::string& workspace_id) = 0;
+  /**
+   * Managed workspaces that are not deleted although every sandbox that used them is: their volume removal failed
+   * (or berthd died) when the sandbox was deleted. A workspace with no sandbox row yet is never returned.
+   */
+  virtual std::vector<WorkspaceRow> list_abandoned_managed_workspaces() = 0;
 
   // ---- sandboxes ----
   /** Inserts with version 1. Throws UniqueViolation when (owner, key) already has a live sandbox. */

@@ -34,6 +34,9 @@ class RacingStore final : public store::Store {
     return inner_.mark_workspace_deleted(id, at);
   }
   int count_live_sandboxes_using(const std::string& id) override { return inner_.count_live_sandboxes_using(id); }
+  std::vector<store::WorkspaceRow> list_abandoned_managed_workspaces() override {
+    return inner_.list_abandoned_managed_workspaces();
+  }
   void insert_sandbox(const store::SandboxRow& r) override { inner_.insert_sandbox(r); }
   std::optional<store::SandboxRow> get_sandbox(const std::string& id) override { return inner_.get_sandbox(id); }
   std::optional<store::SandboxRow> find_live_by_key(const std::string& o, const std::string& k) override {
@@ -175,4 +178,24 @@ TEST_CASE("state sync: a session whose container exited is marked dead and clear
   CHECK(sb.status == core::SandboxStatus::idle);
   CHECK(f.store->get_session(session)->state == store::SessionState::dead);
   CHECK(f.shell(id, "echo next").output == "next\n");
+}
+
+TEST_CASE("a delete during an engine outage leaks nothing: later passes remove the container and the volume") {
+  ServiceFixture f;
+  auto row = f.service->create_sandbox(f.owner, {}).sandbox.row;
+  f.shell(row.id, "__fake unavailable 1000");  // the engine goes away for 1 s of (fake) time
+  CHECK_NOTHROW(f.service->delete_sandbox(f.owner, row.id));
+  CHECK(error_code_of([&] { f.service->get_sandbox(f.owner, row.id); }) == core::ErrorCode::not_found);
+  CHECK_FALSE(f.store->get_workspace(row.workspace_id)->deleted_at);  // the volume could not be removed
+
+  auto during = f.service->run_cleanup();
+  CHECK_FALSE(during.failed.empty());  // still down: logged, kept for the next pass
+
+  f.fake_clock().advance(1001ms);
+  auto report = f.service->run_cleanup();
+  CHECK(report.orphans_removed.size() == 1);
+  CHECK(report.workspaces_removed == std::vector<std::string>{row.workspace_id});
+  CHECK(f.containers_of(row.id) == 0);
+  CHECK_FALSE(f.driver->volume_exists("berth-ws-" + row.workspace_id));
+  CHECK(f.store->get_workspace(row.workspace_id)->deleted_at);
 }

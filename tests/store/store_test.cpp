@@ -306,6 +306,30 @@ TEST_CASE("count_live_sandboxes_using counts live rows only") {
   CHECK(store->count_live_sandboxes_using("ws-none") == 0);
 }
 
+TEST_CASE("abandoned managed workspaces: managed, not deleted, used only by deleted sandboxes") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  store->insert_workspace(workspace("ws-abandoned"));
+  store->insert_workspace(workspace("ws-live"));
+  store->insert_workspace(workspace("ws-fresh"));  // created, its sandbox row not inserted yet
+  auto external = workspace("ws-external");
+  external.managed = false;
+  store->insert_workspace(external);
+  store->insert_sandbox(sandbox("sandbox-a", "ws-abandoned"));
+  store->insert_sandbox(sandbox("sandbox-b", "ws-live"));
+  store->insert_sandbox(sandbox("sandbox-c", "ws-external"));
+  for (const auto* id : {"sandbox-a", "sandbox-c"}) {
+    auto row = *store->get_sandbox(id);
+    row.deleted_at = t0 + 1s;
+    REQUIRE(store->update_sandbox_cas(row, row.version));
+  }
+  auto found = store->list_abandoned_managed_workspaces();
+  REQUIRE(found.size() == 1);
+  CHECK(found[0].id == "ws-abandoned");
+  store->mark_workspace_deleted("ws-abandoned", t0 + 2s);
+  CHECK(store->list_abandoned_managed_workspaces().empty());
+}
+
 TEST_CASE("sandboxes round trip with every optional field and map") {
   TempDir dir;
   auto store = open_sqlite_store(dir.file("berth.db"));
