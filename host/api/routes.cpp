@@ -544,7 +544,7 @@ void run_gc(Exchange& ex) {
 }  // namespace
 
 const std::vector<Route>& routes() {
-  static const std::vector<Route> table = {
+  static const std::vector<Route> kRoutes = {
       {"GET", "/health", health, false, true},
       {"GET", "/meta", meta, false, true},
       {"GET", "/v1/profiles", list_profiles},
@@ -570,7 +570,7 @@ const std::vector<Route>& routes() {
       {"DELETE", "/v1/workspaces/{}", delete_workspace},
       {"POST", "/v1/admin/gc/run", run_gc},
   };
-  return table;
+  return kRoutes;
 }
 
 }  // namespace berth::api

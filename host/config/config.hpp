@@ -26,7 +26,7 @@ struct ServerConfig {
   std::uint16_t port = 8080;
   int threads = 64;                              // HTTP worker threads
   int queue = 64;                                // accepted connections waiting for a worker; beyond: 503
-  std::uint64_t max_body = 1024 * 1024;          // JSON request bodies
+  std::uint64_t max_body = 1ull << 20;           // JSON request bodies
   std::uint64_t max_file_size = 100ull << 20;    // upload/download/file content limit
   std::chrono::seconds shutdown_grace{10};       // in-flight requests get this long on SIGTERM
   std::chrono::milliseconds start_wait{60'000};  // how long a request waits for a session to become ready
