@@ -369,11 +369,11 @@ store::SessionRow SandboxService::ensure_running(const std::string& owner, const
     claimed.version = row.version + 1;
     log::info("session.create",
               {{"sandbox", row.id}, {"session", session.id}, {"attempts", std::to_string(round + 1)}});
-    return start_session(claimed, session);
+    return start_session(claimed, session, round + 1);
   }
 }
 
-store::SessionRow SandboxService::start_session(SandboxRow row, SessionRow session) {
+store::SessionRow SandboxService::start_session(SandboxRow row, SessionRow session, int attempts) {
   auto t0 = std::chrono::steady_clock::now();
   const auto& profile = profile_of(row);
   auto workspace = store_.get_workspace(row.workspace_id);
@@ -434,7 +434,7 @@ store::SessionRow SandboxService::start_session(SandboxRow row, SessionRow sessi
   log::info("session.runtime_ready", {{"sandbox", row.id},
                                       {"session", session.id},
                                       {"handle", session.handle},
-                                      {"attempts", "1"},
+                                      {"attempts", std::to_string(attempts)},
                                       {"elapsed_ms", ms_since(t0)}});
   return session;
 }

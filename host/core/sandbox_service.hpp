@@ -141,7 +141,8 @@ class SandboxService {
   const Profile& profile_of(const store::SandboxRow& row) const;
   void require_capability(const store::SandboxRow& row, const std::string& capability);
   store::SessionRow ensure_running(const std::string& owner, const std::string& id);
-  store::SessionRow start_session(store::SandboxRow row, store::SessionRow session);
+  /** Starts the container of a session this caller installed by CAS; `attempts` = CAS rounds it took (logged). */
+  store::SessionRow start_session(store::SandboxRow row, store::SessionRow session, int attempts);
   void clear_session(const std::string& sandbox_id, const std::string& session_id, store::SessionState final_state,
                      const std::string& error);
   void destroy_session(const store::SessionRow& session);
