@@ -584,9 +584,7 @@ SandboxView SandboxService::extend_ttl(const std::string& owner, const std::stri
 // ---- exec and files -----------------------------------------------------------------------------------------------
 
 template <typename Fn>
-auto SandboxService::with_session(const std::string& owner, const std::string& id, const std::string& capability,
-                                  Fn&& fn) {
-  require_capability(load_live(owner, id), capability);
+auto SandboxService::with_session(const std::string& owner, const std::string& id, Fn&& fn) {
   for (int attempt = 0;; ++attempt) {
     auto session = ensure_running(owner, id);
     try {
@@ -622,6 +620,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   if (code.empty())
     throw Error(ErrorCode::validation_error, kind == ExecKind::python ? "code is empty" : "command is empty");
   std::string capability = kind == ExecKind::python ? "python" : "shell";
+  require_capability(load_live(owner, id), capability);
   std::string dir = cwd.empty() ? "" : workspace_path(cwd, true);
   if (dir == ".") dir.clear();
 
@@ -640,7 +639,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   CappedBuffer stdout_buf{{}, settings_.exec_output_cap};
   CappedBuffer stderr_buf{{}, settings_.exec_output_cap};
   try {
-    result = with_session(owner, id, capability, [&](const store::SessionRow& session) {
+    result = with_session(owner, id, [&](const store::SessionRow& session) {
       session_id = session.id;
       stdout_buf.data.clear();
       stderr_buf.data.clear();
@@ -718,7 +717,7 @@ void SandboxService::download(const std::string& owner, const std::string& id, c
   require_capability(load_live(owner, id), "filesystem");
   auto p = workspace_path(path, false);
   try {
-    with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
+    with_session(owner, id, [&](const store::SessionRow& s) {
       driver_.file_get(s.handle, p, sink);
       return 0;
     });
@@ -736,7 +735,7 @@ void SandboxService::write_file(const std::string& owner, const std::string& id,
                 "file is larger than the limit of " + std::to_string(settings_.max_file_size) + " bytes");
   }
   try {
-    with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
+    with_session(owner, id, [&](const store::SessionRow& s) {
       driver_.file_put(s.handle, p, mode, size, source);
       return 0;
     });
@@ -749,7 +748,7 @@ void SandboxService::remove_path(const std::string& owner, const std::string& id
   require_capability(load_live(owner, id), "filesystem");
   auto p = workspace_path(path, false);
   try {
-    with_session(owner, id, "filesystem", [&](const store::SessionRow& s) {
+    with_session(owner, id, [&](const store::SessionRow& s) {
       driver_.path_remove(s.handle, p);
       return 0;
     });
@@ -763,8 +762,7 @@ std::vector<DirEntry> SandboxService::list_dir(const std::string& owner, const s
   require_capability(load_live(owner, id), "filesystem");
   auto p = workspace_path(path, true);
   try {
-    return with_session(owner, id, "filesystem",
-                        [&](const store::SessionRow& s) { return driver_.dir_list(s.handle, p); });
+    return with_session(owner, id, [&](const store::SessionRow& s) { return driver_.dir_list(s.handle, p); });
   } catch (const DriverError& e) {
     rethrow_driver_error(e, "listing '" + p + "'");
   }

@@ -148,8 +148,9 @@ class SandboxService {
   void destroy_session(const store::SessionRow& session);
   void delete_row_and_resources(const store::SandboxRow& row);
   void touch(const store::SandboxRow& row);
+  /** Runs `fn` on the sandbox's ready session, replacing a dead one once. Callers check the capability first. */
   template <typename Fn>
-  auto with_session(const std::string& owner, const std::string& id, const std::string& capability, Fn&& fn);
+  auto with_session(const std::string& owner, const std::string& id, Fn&& fn);
   void notify_sessions_changed();
   void cleanup_dead_sessions(CleanupReport& report);
   void cleanup_idle(CleanupReport& report);

@@ -84,28 +84,29 @@ std::string create(const HttpClient& c, const std::string& body = "{}") {
   return r.json()->getValue<std::string>("id");
 }
 
-Poco::JSON::Object::Ptr shell(const HttpClient& c, const std::string& id, const std::string& command,
-                              int timeout = 30) {
-  Poco::JSON::Object body;
-  body.set("command", command);
-  body.set("timeout", timeout);
+/** POSTs an exec body to .../<route> and returns the 200 response's JSON. */
+Poco::JSON::Object::Ptr exec(const HttpClient& c, const std::string& id, const std::string& route,
+                             const Poco::JSON::Object& body) {
   std::ostringstream os;
   body.stringify(os);
-  auto r = c.post(sb(id) + "/shell/exec", os.str());
+  auto r = c.post(sb(id) + "/" + route, os.str());
   INFO(r.body);
   REQUIRE(r.status == 200);
   return r.json();
 }
 
+Poco::JSON::Object::Ptr shell(const HttpClient& c, const std::string& id, const std::string& command,
+                              int timeout = 30) {
+  Poco::JSON::Object body;
+  body.set("command", command);
+  body.set("timeout", timeout);
+  return exec(c, id, "shell/exec", body);
+}
+
 Poco::JSON::Object::Ptr python(const HttpClient& c, const std::string& id, const std::string& code) {
   Poco::JSON::Object body;
   body.set("code", code);
-  std::ostringstream os;
-  body.stringify(os);
-  auto r = c.post(sb(id) + "/python/exec", os.str());
-  INFO(r.body);
-  REQUIRE(r.status == 200);
-  return r.json();
+  return exec(c, id, "python/exec", body);
 }
 
 std::string random_bytes(std::size_t n) {
