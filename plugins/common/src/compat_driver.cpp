@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <functional>
@@ -22,7 +23,6 @@
 
 #include "berth/engine/client.hpp"
 #include "berth/engine/hijack.hpp"
-#include "berth/engine/tar.hpp"
 #include "scripts.hpp"
 
 namespace berth::engine::compat {
@@ -306,12 +306,61 @@ std::string random_token() {
 // ---------------------------------------------------------------------------------------------------------------
 // Exec core
 
+/**
+ * One word for scripts::kExecWrap: a backslash and every byte outside printable ASCII become `\0ooo` (decoded
+ * there by `printf %b`), so that the engine's JSON API (which turns invalid UTF-8 into U+FFFD) carries any byte but
+ * NUL. Plain ASCII words without a backslash pass unchanged.
+ */
+std::string escape_word(std::string_view word) {
+  std::string out;
+  out.reserve(word.size());
+  for (unsigned char c : word) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += '\\';
+      out += '0';
+      out += static_cast<char>('0' + ((c >> 6) & 7));
+      out += static_cast<char>('0' + ((c >> 3) & 7));
+      out += static_cast<char>('0' + (c & 7));
+    }
+  }
+  return out;
+}
+
+/** True if the string is printable ASCII only (safe to put into the engine's JSON as it is). */
+bool plain_ascii(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+}
+
+/** The whole environment of the driver's own helpers (file operations, the killer), over the container's. */
+const std::vector<std::string>& fixed_helper_env() {
+  static const std::vector<std::string> env = {
+      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      "LD_PRELOAD=",
+      "LD_LIBRARY_PATH=",
+      "LD_AUDIT=",
+      "ENV=",
+      "BASH_ENV=",
+      "CDPATH=",
+      "LC_ALL=C",
+      "POSIXLY_CORRECT=",
+  };
+  return env;
+}
+
 struct ExecSpec {
   std::vector<std::string> argv;
   std::vector<std::string> env;
   std::string working_dir;  // "" = the container's
+  std::string inner_cwd;    // a directory entered by the wrapper (raw bytes; "" = none)
+  bool wrap = true;         // run under scripts::kExecWrap (false only for the killer)
+  bool helper_env = false;  // the driver's own helper: fixed_helper_env() instead of `env`
   const std::uint8_t* stdin_data = nullptr;
   size_t stdin_size = 0;
+  /** More stdin after stdin_data: bytes read, 0 = end, < 0 = the source failed (stdin is then closed early). */
+  std::function<std::int64_t(std::uint8_t*, size_t)> stdin_source;
+  std::uint64_t stdin_source_limit = UINT64_MAX;  // never read more than this from stdin_source
   bool attach_stdin = false;
   std::uint64_t timeout_ms = 0;  // 0 = none
   const berth_cancel_token* cancel = nullptr;
@@ -326,8 +375,30 @@ struct ExecOutcome {
   bool cancelled = false;       // token or refused output
   bool output_refused = false;  // on_output returned false
   bool never_started = false;   // the runtime could not start the process (message in start_error)
+  bool source_failed = false;   // stdin_source returned < 0
   std::string start_error;
 };
+
+/**
+ * Whether the session's container is running, asked of the engine. A container that does not exist is not
+ * running. Engine failures propagate.
+ */
+bool container_running(Instance& inst, const std::string& container) {
+  try {
+    auto object = inst.client.call("GET", "/containers/" + url_encode(container) + "/json").json_object();
+    auto state = object->getObject("State");
+    return state && state->optValue<bool>("Running", false);
+  } catch (const Error& e) {
+    if (e.code() == Errc::not_found) return false;
+    throw;
+  }
+}
+
+/** The driver contract for a session that is gone: NOT_FOUND means nothing ran. */
+[[noreturn]] void throw_session_gone(Instance& inst, const std::string& container, const std::string& detail) {
+  inst.log(BERTH_LOG_INFO, inst.event("exec.session_gone").c_str(), {{"container", container}, {"detail", detail}});
+  throw Error(Errc::not_found, "the session's container '" + container + "' is not running (" + detail + ")");
+}
 
 constexpr const char* kOciFailurePrefix = "OCI runtime exec failed";
 
@@ -366,9 +437,11 @@ bool signal_reaper(Instance& inst, const std::string& container, const std::stri
  */
 bool kill_exec_tree(Instance& inst, const std::string& container, const std::string& token) {
   ExecSpec killer;
-  killer.argv = {"sh", "-c", scripts::kKillByToken, "berth-kill", token};
+  killer.argv = {"/bin/sh", "-c", scripts::kKillByToken, "berth-kill", token};
   killer.timeout_ms = 10000;
   killer.kill_on_stop = false;
+  killer.wrap = false;
+  killer.helper_env = true;
   killer.on_output = [](int, const std::uint8_t*, size_t) { return true; };
   std::string failure;
   for (int attempt = 0; attempt < 3; ++attempt) {
@@ -393,12 +466,21 @@ bool kill_exec_tree(Instance& inst, const std::string& container, const std::str
 ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpec& spec) {
   const std::string token = random_token();
   Object::Ptr create = new Object;
-  create->set("AttachStdin", spec.attach_stdin);
+  const bool attach_stdin = spec.attach_stdin || spec.stdin_data != nullptr || static_cast<bool>(spec.stdin_source);
+  create->set("AttachStdin", attach_stdin);
   create->set("AttachStdout", true);
   create->set("AttachStderr", true);
   create->set("Tty", false);
-  create->set("Cmd", string_array(spec.argv));
-  std::vector<std::string> env = spec.env;
+  if (spec.wrap) {
+    std::vector<std::string> cmd = {"/bin/sh",    "-c",  scripts::kExecWrap,
+                                    "berth-exec", token, escape_word(spec.inner_cwd)};
+    for (const auto& word : spec.argv)
+      cmd.push_back(escape_word(word));
+    create->set("Cmd", string_array(cmd));
+  } else {
+    create->set("Cmd", string_array(spec.argv));
+  }
+  std::vector<std::string> env = spec.helper_env ? fixed_helper_env() : spec.env;
   env.push_back("BERTH_EXEC_TOKEN=" + token);
   create->set("Env", string_array(env));
   if (!spec.working_dir.empty()) create->set("WorkingDir", spec.working_dir);
@@ -406,7 +488,17 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
 
   const std::uint64_t started = inst.now_ns();
   const std::uint64_t deadline = spec.timeout_ms ? started + spec.timeout_ms * 1000000ull : 0;
-  Response created = inst.client.call_json("POST", "/containers/" + url_encode(container) + "/exec", create);
+  Response created;
+  try {
+    created = inst.client.call_json("POST", "/containers/" + url_encode(container) + "/exec", create);
+  } catch (const Error& e) {
+    // Docker answers 409 "is not running", Podman 409/500 "container state improper": nothing ran.
+    if (e.code() == Errc::not_found) throw_session_gone(inst, container, e.what());
+    if ((e.code() == Errc::conflict || e.code() == Errc::internal) && !container_running(inst, container)) {
+      throw_session_gone(inst, container, e.what());
+    }
+    throw;
+  }
   const std::string exec_id = created.json_object()->optValue<std::string>("Id", "");
   if (exec_id.empty()) throw Error(Errc::internal, inst.flavor.name + ": exec create returned no Id");
 
@@ -449,8 +541,33 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
     return true;
   };
 
-  size_t stdin_offset = 0;
-  bool stdin_done = !spec.attach_stdin || spec.stdin_size == 0;
+  // Stdin: stdin_data first, then chunks of stdin_source.
+  const std::uint8_t* chunk = spec.stdin_data;
+  size_t chunk_size = spec.stdin_data ? spec.stdin_size : 0;
+  size_t chunk_offset = 0;
+  std::vector<std::uint8_t> source_buffer;
+  std::uint64_t source_total = 0;
+  bool source_open = static_cast<bool>(spec.stdin_source);
+  auto refill = [&]() -> bool {  // false: no more stdin
+    while (chunk_offset >= chunk_size) {
+      if (!source_open || source_total >= spec.stdin_source_limit) return false;
+      source_buffer.resize(64 * 1024);
+      size_t want =
+          static_cast<size_t>(std::min<std::uint64_t>(source_buffer.size(), spec.stdin_source_limit - source_total));
+      std::int64_t n = spec.stdin_source(source_buffer.data(), want);
+      if (n <= 0 || static_cast<std::uint64_t>(n) > want) {
+        if (n != 0) outcome.source_failed = true;
+        source_open = false;
+        return false;
+      }
+      source_total += static_cast<std::uint64_t>(n);
+      chunk = source_buffer.data();
+      chunk_size = static_cast<size_t>(n);
+      chunk_offset = 0;
+    }
+    return true;
+  };
+  bool stdin_done = !attach_stdin || !refill();
   if (stdin_done) stream.shutdown_send();
   std::vector<std::uint8_t> buffer(64 * 1024);
   bool eof = false;
@@ -471,12 +588,12 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
     if (deadline) wait_ms = std::clamp<long long>(static_cast<long long>((deadline - now + 999999) / 1000000), 1, 50);
     auto ready = stream.wait(milliseconds(wait_ms), !stdin_done);
     if (ready.writable && !stdin_done) {
-      auto n = stream.write_some(spec.stdin_data + stdin_offset, spec.stdin_size - stdin_offset);
+      auto n = stream.write_some(chunk + chunk_offset, chunk_size - chunk_offset);
       if (n < 0) {
         stdin_done = true;  // the process no longer reads its stdin
       } else {
-        stdin_offset += static_cast<size_t>(n);
-        if (stdin_offset >= spec.stdin_size) stdin_done = true;
+        chunk_offset += static_cast<size_t>(n);
+        if (!refill()) stdin_done = true;
       }
       if (stdin_done) stream.shutdown_send();
     }
@@ -508,7 +625,15 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
       if (!running) {
         auto code = info->get("ExitCode");
         outcome.exit_code = code.isEmpty() ? -1 : code.convert<int>();
-        if (holding && info->optValue<int>("Pid", 0) == 0 && outcome.exit_code == 126) {
+        const bool no_pid = info->optValue<int>("Pid", 0) == 0;
+        if (no_pid && (outcome.exit_code == 126 || outcome.exit_code == 127 || outcome.exit_code == -1)) {
+          // "cannot exec in a stopped state" and friends: the engine's message is not the program's output.
+          if (held.find("stopped state") != std::string::npos || !container_running(inst, container)) {
+            stream.close();
+            throw_session_gone(inst, container, held.empty() ? "the exec never started" : held);
+          }
+        }
+        if (holding && no_pid && outcome.exit_code == 126) {
           outcome.never_started = true;
           outcome.start_error = held;
           while (!outcome.start_error.empty() &&
@@ -567,8 +692,12 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
         }
         return false;
       };
-      bool gone = inst.flavor.reaper && signal_reaper(inst, container, token) && wait_gone(milliseconds(1500));
-      if (!gone && kill_exec_tree(inst, container, token)) gone = wait_gone(milliseconds(2000));
+      // The reaper needs no new process (it works when the pids limit is exhausted) but sees only the token in
+      // the environment; the killer also finds processes by the marker on fd 9 (`env -i` drops the token). Both
+      // run, so that no process of the exec survives however it detached.
+      bool reaped = inst.flavor.reaper && signal_reaper(inst, container, token) && wait_gone(milliseconds(1500));
+      bool killed = kill_exec_tree(inst, container, token);
+      bool gone = (killed && wait_gone(milliseconds(2000))) || reaped;
       if (!gone) {
         inst.log(BERTH_LOG_WARN, inst.event("exec.not_killed").c_str(), {{"container", container}, {"exec", exec_id}});
       }
@@ -580,19 +709,40 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
 
 struct Captured {
   int exit_code = -1;
+  bool source_failed = false;
   std::string out;
   std::string err;
 };
 
-/** Runs a helper command (as the session user) to completion and captures its output. */
+/** Where a helper's stdin comes from and its stdout goes (all optional). */
+struct HelperIo {
+  std::function<std::int64_t(std::uint8_t*, size_t)> stdin_source;
+  std::uint64_t stdin_limit = UINT64_MAX;
+  /** Receives stdout instead of Captured::out; return false to stop (the call then fails with cancelled). */
+  std::function<bool(const std::uint8_t*, size_t)> stdout_sink;
+};
+
+/**
+ * Runs one of the driver's helpers (as the session user, fixed environment, argv[0] = /bin/sh) to completion and
+ * captures its output. Throws not_found if the session is gone, timeout, cancelled (the sink refused data).
+ */
 Captured run_capture(Instance& inst, const std::string& container, std::vector<std::string> argv,
-                     size_t max_out = kMaxScriptOutput) {
+                     const HelperIo& io = {}, size_t max_out = kMaxScriptOutput) {
   Captured captured;
   ExecSpec spec;
   spec.argv = std::move(argv);
+  spec.helper_env = true;
   spec.timeout_ms = inst.config.request_timeout_ms;
+  spec.stdin_source = io.stdin_source;
+  spec.stdin_source_limit = io.stdin_limit;
+  spec.attach_stdin = static_cast<bool>(io.stdin_source);
   bool overflow = false;
+  bool refused = false;
   spec.on_output = [&](int stream, const std::uint8_t* data, size_t size) {
+    if (stream == 1 && io.stdout_sink) {
+      if (!io.stdout_sink(data, size)) refused = true;
+      return !refused;
+    }
     std::string& target = stream == 1 ? captured.out : captured.err;
     size_t cap = stream == 1 ? max_out : kMaxStderr;
     if (target.size() + size > cap) {
@@ -606,20 +756,30 @@ Captured run_capture(Instance& inst, const std::string& container, std::vector<s
     return true;
   };
   ExecOutcome outcome = run_exec(inst, container, spec);
+  if (refused) throw Error(Errc::cancelled, "the sink refused data");
   if (overflow) throw Error(Errc::internal, "the helper command's output exceeds the limit");
   if (outcome.timed_out) throw Error(Errc::timeout, "the helper command did not finish in time");
   if (outcome.never_started) throw Error(Errc::internal, "cannot run a helper command: " + outcome.start_error);
   captured.exit_code = outcome.exit_code;
+  captured.source_failed = outcome.source_failed;
   return captured;
 }
 
-/** Runs scripts::kFiles and maps its exit codes to errors. Returns its stdout. */
+/**
+ * Runs scripts::kFiles (paths octal-escaped, see escape_word) and maps its exit codes to errors. `extra` are the
+ * operation's further arguments. Returns its stdout (empty when io.stdout_sink takes it).
+ */
 std::string run_files_script(Instance& inst, const std::string& container, const std::string& op,
-                             const std::string& workspace, const std::string& rel) {
-  Captured c = run_capture(inst, container, {"sh", "-c", scripts::kFiles, "berth-files", op, workspace, rel});
+                             const std::string& workspace, const std::string& rel, std::vector<std::string> extra = {},
+                             const HelperIo& io = {}) {
+  std::vector<std::string> argv = {"/bin/sh",       "-c", scripts::kFiles, "berth-files", op, escape_word(workspace),
+                                   escape_word(rel)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  Captured c = run_capture(inst, container, std::move(argv), io);
   std::string message = c.err;
   while (!message.empty() && (message.back() == '\n' || message.back() == '\r'))
     message.pop_back();
+  if (c.source_failed) throw Error(Errc::cancelled, "the byte source failed: nothing was written");
   switch (c.exit_code) {
     case 0:
       return c.out;
@@ -627,6 +787,7 @@ std::string run_files_script(Instance& inst, const std::string& container, const
       throw Error(Errc::not_found, message.empty() ? "no such file or directory" : message);
     case 11:
     case 12:
+    case 14:
       throw Error(Errc::invalid_argument, message);
     default:
       throw Error(Errc::internal, "file helper (" + op + ") failed with exit code " + std::to_string(c.exit_code) +
@@ -654,8 +815,8 @@ bool normalize_relative_path(const char* path, std::string* out, std::string* er
     return false;
   }
   std::string_view p(path);
-  if (p.size() > 4096) {
-    *error = "path is too long";
+  if (p.size() > kMaxPathBytes) {
+    *error = "path is too long (" + std::to_string(p.size()) + " bytes; at most " + std::to_string(kMaxPathBytes) + ")";
     return false;
   }
   if (!p.empty() && p[0] == '/') {
@@ -669,6 +830,11 @@ bool normalize_relative_path(const char* path, std::string* out, std::string* er
     std::string_view part = p.substr(start, end - start);
     if (part == "..") {
       *error = "path '" + std::string(p) + "' contains '..'";
+      return false;
+    }
+    if (part.size() > kMaxNameBytes) {
+      *error = "a path component is " + std::to_string(part.size()) + " bytes long (at most " +
+               std::to_string(kMaxNameBytes) + ")";
       return false;
     }
     if (!part.empty() && part != ".") {
@@ -1174,7 +1340,14 @@ berth_status exec(berth_instance* inst, const char* handle, const berth_exec_req
     spec.env = env_strings(request.env, request.env_count, "env");
     std::string cwd = relative_path(request.cwd ? request.cwd : "", true);
     if (request.stdin_size && !request.stdin_data) throw Error(Errc::invalid_argument, "stdin_data is NULL");
-    spec.working_dir = join(self.workspace_of(h), cwd);
+    // A cwd that is not plain ASCII would not survive the engine's JSON: the wrapper enters it instead.
+    const std::string workspace = self.workspace_of(h);
+    if (plain_ascii(cwd)) {
+      spec.working_dir = join(workspace, cwd);
+    } else {
+      spec.working_dir = workspace;
+      spec.inner_cwd = join(workspace, cwd);
+    }
     spec.stdin_data = request.stdin_data;
     spec.stdin_size = request.stdin_size;
     spec.attach_stdin = request.stdin_data != nullptr;
@@ -1228,40 +1401,17 @@ berth_status file_put(berth_instance* inst, const char* handle, const char* path
     std::string rel = relative_path(path, false);
     if (!source && size > 0) throw Error(Errc::invalid_argument, "source is NULL");
     const std::string workspace = self.workspace_of(h);
-    std::string answer = run_files_script(self, h, "put", workspace, rel);
-    // "uid\ngid\n/resolved/path"
-    size_t a = answer.find('\n');
-    size_t b = a == std::string::npos ? a : answer.find('\n', a + 1);
-    if (b == std::string::npos) throw Error(Errc::internal, "file helper answered '" + answer + "'");
-    TarFileEntry entry;
-    entry.uid = std::stoll(answer.substr(0, a));
-    entry.gid = std::stoll(answer.substr(a + 1, b - a - 1));
-    std::string resolved = answer.substr(b + 1);
-    size_t slash = resolved.rfind('/');
-    if (resolved.empty() || resolved[0] != '/' || slash == std::string::npos || slash + 1 >= resolved.size()) {
-      throw Error(Errc::internal, "file helper resolved '" + resolved + "'");
-    }
-    std::string parent = slash == 0 ? "/" : resolved.substr(0, slash);
-    entry.name = resolved.substr(slash + 1);
-    entry.size = size;
-    entry.mode = (mode & 07777) ? (mode & 07777) : 0644;
-    entry.mtime = std::time(nullptr);
-    ByteSource read = [&](std::uint8_t* buffer, size_t capacity) -> std::int64_t {
+    const unsigned file_mode = (mode & 07777) ? (mode & 07777) : 0644;
+    char mode_text[8];
+    std::snprintf(mode_text, sizeof mode_text, "%o", file_mode);
+    HelperIo io;
+    io.stdin_limit = size;
+    io.stdin_source = [&](std::uint8_t* buffer, size_t capacity) -> std::int64_t {
+      if (!source) return 0;
       return source(source_ctx, buffer, capacity);
     };
-    try {
-      self.client.upload("PUT", "/containers/" + url_encode(h) + "/archive?path=" + url_encode(parent),
-                         "application/x-tar", [&](std::ostream& out) { write_single_file_tar(out, entry, read); });
-    } catch (const Error& e) {
-      if (e.code() == Errc::cancelled || e.code() == Errc::invalid_argument) {
-        // The source failed mid-way: do not leave a truncated file behind.
-        try {
-          run_capture(self, h, {"rm", "-f", "--", resolved});
-        } catch (...) {
-        }
-      }
-      throw;
-    }
+    // One exec: the script writes a temporary file next to the target, checks the byte count, renames it.
+    run_files_script(self, h, "put", workspace, rel, {mode_text, std::to_string(size), random_token()}, io);
     return BERTH_OK;
   });
 }
@@ -1275,16 +1425,9 @@ berth_status file_get(berth_instance* inst, const char* handle, const char* path
     if (!sink) throw Error(Errc::invalid_argument, "sink is NULL");
     if (rel.empty()) throw Error(Errc::invalid_argument, "the workspace is a directory, not a regular file");
     const std::string workspace = self.workspace_of(h);
-    std::string resolved = run_files_script(self, h, "get", workspace, rel);
-    bool regular = true;
-    self.client.download("GET", "/containers/" + url_encode(h) + "/archive?path=" + url_encode(resolved),
-                         [&](std::istream& in, const Response&) {
-                           TarReadResult r = read_single_file_tar(in, [&](const std::uint8_t* data, size_t size) {
-                             return sink(sink_ctx, data, size) == 0;
-                           });
-                           regular = r.regular_file;
-                         });
-    if (!regular) throw Error(Errc::invalid_argument, "'" + rel + "' is not a regular file");
+    HelperIo io;
+    io.stdout_sink = [&](const std::uint8_t* data, size_t size) { return sink(sink_ctx, data, size) == 0; };
+    run_files_script(self, h, "get", workspace, rel, {}, io);
     return BERTH_OK;
   });
 }

@@ -93,9 +93,15 @@ berth_status dir_list(berth_instance* inst, const char* handle, const char* path
                       berth_error* err);
 berth_status path_remove(berth_instance* inst, const char* handle, const char* path, berth_error* err);
 
+/** Longest workspace-relative path the file calls accept, in bytes (the engine's exec argv carries it). */
+inline constexpr std::size_t kMaxPathBytes = 4000;
+/** Longest single path component (file name), in bytes: the Linux NAME_MAX. */
+inline constexpr std::size_t kMaxNameBytes = 255;
+
 /**
- * Normalises a workspace-relative path: drops "." and empty components; refuses absolute paths, "..", control
- * characters that cannot be in a path (NUL) and overlong paths. Returns false with a reason in *error.
+ * Normalises a workspace-relative path: drops "." and empty components; refuses absolute paths, "..", components
+ * longer than kMaxNameBytes and paths longer than kMaxPathBytes. Any other byte (not UTF-8 too) is kept as it is;
+ * NUL cannot occur (C string). Returns false with a reason in *error. Thread-safe (pure).
  */
 bool normalize_relative_path(const char* path, std::string* out, std::string* error);
 
