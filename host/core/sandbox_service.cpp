@@ -625,8 +625,11 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   if (dir == ".") dir.clear();
 
   ExecRequest rq;
-  rq.argv = kind == ExecKind::python ? std::vector<std::string>{"python3", "-c", code}
-                                     : std::vector<std::string>{"/bin/sh", "-c", code};
+  // The code travels on stdin, never in argv (the kernel caps one argument at 128 KiB): `python3 -` reads its
+  // program from stdin; the shell form reads the whole command with `cat` first, so the user's program sees EOF.
+  rq.argv = kind == ExecKind::python ? std::vector<std::string>{"python3", "-"}
+                                     : std::vector<std::string>{"/bin/sh", "-c", "eval \"$(cat)\""};
+  rq.stdin_data = code;
   rq.cwd = dir;
   rq.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(to);
   log::info(kind == ExecKind::python ? "capability.python.exec" : "capability.shell.exec",
