@@ -146,6 +146,22 @@ std::string children_prefix(const std::string& dir) {
   return dir == "." ? "" : dir + "/";
 }
 
+/**
+ * sdk::workspace_path plus the limits every driver shares (driver.h): a name of at most 255 bytes, a path of at
+ * most 4000 bytes; INVALID_ARGUMENT otherwise. Any other byte but NUL is allowed.
+ */
+std::string limited_workspace_path(const char* path) {
+  const std::string_view raw = path != nullptr ? path : "";
+  if (raw.size() > 4000) throw Error(BERTH_INVALID_ARGUMENT, "path is longer than 4000 bytes");
+  for (size_t start = 0; start <= raw.size();) {
+    size_t end = raw.find('/', start);
+    if (end == std::string_view::npos) end = raw.size();
+    if (end - start > 255) throw Error(BERTH_INVALID_ARGUMENT, "a path component is longer than 255 bytes");
+    start = end + 1;
+  }
+  return sdk::workspace_path(path);
+}
+
 /** The directory node at `path` (the root included); throws NOT_FOUND or INVALID_ARGUMENT. */
 void require_dir(const Tree& tree, const std::string& path) {
   if (path == ".") return;
@@ -411,7 +427,7 @@ class Engine {
   /** Entries come sorted by name. A callback returning non-zero ends the listing early (still BERTH_OK). */
   void dir_list(const char* handle, const char* path_in, berth_dir_list_fn on_entry, void* ctx) {
     if (on_entry == nullptr) throw Error(BERTH_INVALID_ARGUMENT, "dir_list needs a callback");
-    const std::string path = sdk::workspace_path(path_in);
+    const std::string path = limited_workspace_path(path_in);
     std::vector<std::pair<std::string, Node>> entries;
     {
       std::lock_guard lock(mutex_);
@@ -435,7 +451,7 @@ class Engine {
   }
 
   void path_remove(const char* handle, const char* path_in) {
-    const std::string path = sdk::workspace_path(path_in);
+    const std::string path = limited_workspace_path(path_in);
     if (path == ".") throw Error(BERTH_INVALID_ARGUMENT, "cannot remove the workspace root");
     std::lock_guard lock(mutex_);
     Tree& tree = *find(handle).files;
@@ -520,7 +536,7 @@ class Engine {
 
   /** A path naming a file: checked by the workspace rule, and not the workspace root itself. */
   static std::string file_path(const char* path_in) {
-    std::string path = sdk::workspace_path(path_in);
+    std::string path = limited_workspace_path(path_in);
     if (path == ".") throw Error(BERTH_INVALID_ARGUMENT, "the workspace root is a directory");
     return path;
   }
@@ -613,14 +629,14 @@ void Engine::exec(const char* handle, const berth_exec_request* request_in, bert
   if (config_.hang_exec) process.argv = {"hang"};
   if (request.stdin_data == nullptr && request.stdin_size != 0) throw Error(BERTH_INVALID_ARGUMENT, "NULL stdin");
   process.stdin_data.assign(reinterpret_cast<const char*>(request.stdin_data), request.stdin_size);
-  const std::string cwd = sdk::workspace_path(request.cwd);
+  const std::string cwd = limited_workspace_path(request.cwd);
 
   std::shared_ptr<Session> session;
   {
     std::lock_guard lock(mutex_);
     session = find_shared(handle);
     if (session->state != BERTH_SESSION_RUNNING)
-      throw Error(BERTH_CONFLICT, "session is not running: " + session->handle);
+      throw Error(BERTH_NOT_FOUND, "session is not running (nothing ran): " + session->handle);
     process.env = session->env;
     for (auto& [key, value] : sdk::kv_map(request.env, request.env_count))
       process.env[key] = value;

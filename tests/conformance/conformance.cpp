@@ -149,6 +149,25 @@ void put(core::Driver& d, const std::string& h, const std::string& path, const s
   });
 }
 
+/** True for drivers that run real processes (every driver but the in-process fake). */
+bool real_processes() {
+  return g_library->identity().name != "fake";
+}
+
+/** Waits (bounded) until the session is no longer running; true if it stopped. Not a timing assertion. */
+bool wait_not_running(core::Driver& d, const std::string& h) {
+  for (int i = 0; i < 200; ++i) {
+    try {
+      if (d.session_inspect(h).state != core::SessionState::running) return true;
+    } catch (const DriverError& e) {
+      if (e.code() == DriverErrc::not_found) return true;
+      throw;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
 std::string get(core::Driver& d, const std::string& h, const std::string& path) {
   std::string out;
   d.file_get(h, path, [&](std::string_view data) {
@@ -171,10 +190,16 @@ TEST_CASE("identity is well-formed", "[conformance][identity]") {
 TEST_CASE("several instances live in one process", "[conformance][identity]") {
   auto a = make_driver();
   auto b = make_driver();
-  auto volume = unique("berth-conf-vol");
-  a->volume_create(volume, {});
-  CHECK(b->volume_exists(volume) == b->volume_exists(volume));  // both usable independently
-  a->volume_remove(volume);
+  auto va = unique("berth-conf-vol");
+  auto vb = unique("berth-conf-vol");
+  a->volume_create(va, {});
+  b->volume_create(vb, {});
+  CHECK(a->volume_exists(va));  // both usable independently
+  CHECK(b->volume_exists(vb));
+  a->volume_remove(va);
+  b->volume_remove(vb);
+  CHECK_FALSE(a->volume_exists(va));
+  CHECK_FALSE(b->volume_exists(vb));
 }
 
 TEST_CASE("volumes: create, exists, conflict, remove, not found", "[conformance][volumes]") {
@@ -477,4 +502,183 @@ int main(int argc, char** argv) {
             << g_library->identity().abi_major << "." << g_library->identity().abi_minor << ") image " << image()
             << "\n";
   return Catch::Session().run(static_cast<int>(rest.size()), rest.data());
+}
+
+TEST_CASE("exec: code far beyond the argv limit runs from stdin", "[conformance][exec]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  for (std::size_t size : {std::size_t{131072}, std::size_t{1000000}}) {
+    INFO("code bytes " << size);
+    // Python: `python3 -` reads the program from stdin; a long comment pads it to the exact size.
+    std::string py = "print('py-ok')\n#";
+    py += std::string(size - py.size(), 'x');
+    core::ExecRequest rq;
+    rq.argv = {"python3", "-"};
+    rq.stdin_data = py;
+    rq.timeout = 60s;
+    auto o = run(*d, sb.handle, rq);
+    CHECK(o.result.exit_code == 0);
+    CHECK(o.out == "py-ok\n");
+    // Shell: the command is read with cat and evaluated.
+    std::string shell = "echo sh-ok\n#";
+    shell += std::string(size - shell.size(), 'y');
+    auto s2 = sh("eval \"$(cat)\"", 60s);
+    s2.stdin_data = shell;
+    auto o2 = run(*d, sb.handle, s2);
+    CHECK(o2.result.exit_code == 0);
+    CHECK(o2.out == "sh-ok\n");
+  }
+  if (real_processes()) {  // the program itself sees EOF on its stdin
+    core::ExecRequest rq;
+    rq.argv = {"python3", "-"};
+    rq.stdin_data = "import sys\nprint(len(sys.stdin.read()))\n";
+    rq.timeout = 20s;
+    CHECK(run(*d, sb.handle, rq).out == "0\n");
+    auto s3 = sh("eval \"$(cat)\"");
+    s3.stdin_data = "wc -c";
+    CHECK(run(*d, sb.handle, s3).out == "0\n");
+  }
+}
+
+TEST_CASE("exec: argv and cwd carry any byte but NUL", "[conformance][exec]") {
+  auto d = make_driver();
+  if (!real_processes()) return;  // the fake's mini shell has no printf
+  Sandbox sb(*d);
+  std::string odd = "a\\b \x01\x7f\x80\xff\xc3\xa9 $(x) '\"\n";
+  core::ExecRequest rq;
+  rq.argv = {"/bin/sh", "-c", "printf '%s' \"$1\"", "sh", odd};
+  rq.timeout = 20s;
+  CHECK(run(*d, sb.handle, rq).out == odd);
+  std::string dir = "d\xff\xc3\xa9";
+  put(*d, sb.handle, dir + "/f", "x");
+  auto in_dir = sh("pwd");
+  in_dir.cwd = dir;
+  CHECK(run(*d, sb.handle, in_dir).out == "/workspace/" + dir + "\n");
+}
+
+TEST_CASE("exec: timeout and cancel leave no process of the exec, however it detached", "[conformance][exec]") {
+  auto d = make_driver();
+  if (!real_processes()) return;  // the fake has no processes to leave behind
+  Sandbox sb(*d);
+  // Each child hides differently: no environment, a new session, nohup, a double fork, and all at once.
+  const std::string detach =
+      "env -i sleep 3001 & setsid sleep 3002 & nohup sleep 3003 >/dev/null 2>&1 & (sleep 3004 &); "
+      "(env -i setsid sh -c 'sleep 3005 &' &); ";
+  const std::string survivors =
+      "for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' <\"$f\"; echo; done 2>/dev/null | grep -c '^sleep 300[0-9]'";
+  auto o = run(*d, sb.handle, sh(detach + "echo started; sleep 60", 1500ms));
+  CHECK(o.result.timed_out);
+  CHECK(o.out == "started\n");
+  CHECK(run(*d, sb.handle, sh(survivors)).out == "0\n");
+
+  if (d->has_capability(BERTH_CAP_EXEC_CANCEL)) {
+    core::CancelToken token;
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(1000ms);
+      token.cancel();
+    });
+    CHECK(error_of([&] { run(*d, sb.handle, sh(detach + "sleep 60"), &token); }) == DriverErrc::cancelled);
+    canceller.join();
+    CHECK(run(*d, sb.handle, sh(survivors)).out == "0\n");
+  }
+  CHECK(d->session_inspect(sb.handle).state == core::SessionState::running);
+}
+
+TEST_CASE("exec and files on a dead session are NOT_FOUND (nothing ran), never a result", "[conformance][exec]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  put(*d, sb.handle, "kept.txt", "kept");
+  // kill -9 -1 kills every process the session user may signal: the session's main process too.
+  auto killed = run(*d, sb.handle, sh(real_processes() ? "kill -9 -1; sleep 5" : "__fake crash-session"));
+  CHECK(killed.result.exit_code != 0);
+  REQUIRE(wait_not_running(*d, sb.handle));
+  Output after;
+  CHECK(error_of([&] { after = run(*d, sb.handle, sh("echo should-not-run")); }) == DriverErrc::not_found);
+  CHECK(after.out.empty());
+  CHECK(after.err.empty());  // the engine's message is never delivered as the program's output
+  if (real_processes()) {
+    CHECK(error_of([&] { get(*d, sb.handle, "kept.txt"); }) == DriverErrc::not_found);
+    CHECK(error_of([&] { put(*d, sb.handle, "new.txt", "x"); }) == DriverErrc::not_found);
+    CHECK(error_of([&] { d->dir_list(sb.handle, "."); }) == DriverErrc::not_found);
+  }
+}
+
+TEST_CASE("files: names of any byte but NUL and '/' round-trip exactly", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  std::vector<std::string> names;
+  for (int b = 1; b < 256; ++b) {
+    if (b == '/') continue;
+    names.push_back(std::string("n") + static_cast<char>(b) + "x");
+  }
+  for (const char* special : {"-rf", "--", " lead", "trail ", "q'\"`", "$(id)", "*", "..x", "...", "\n", "\xff\xfe",
+                              "\xc3\xa9t\xc3\xa9", "\xf0\x9f\x9a\x80", "a\\0101b", "%s%n"}) {
+    names.emplace_back(special);
+  }
+  names.push_back(std::string(255, 'L'));
+  names.push_back(std::string(253, 'M') + "\xc3\xa9");  // 255 bytes, multi-byte at the end
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  constexpr int kThreads = 4;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (std::size_t i = t; i < names.size(); i += kThreads) {
+        const std::string path = "names/" + names[i];
+        try {
+          put(*d, sb.handle, path, "content of " + names[i]);
+          if (get(*d, sb.handle, path) != "content of " + names[i]) ++failures;
+        } catch (const std::exception& e) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads)
+    th.join();
+  CHECK(failures == 0);
+  auto listed = d->dir_list(sb.handle, "names");
+  std::set<std::string> got;
+  for (const auto& e : listed)
+    got.insert(e.name);
+  CHECK(got == std::set<std::string>(names.begin(), names.end()));
+  for (std::size_t i = 0; i < names.size(); i += 17)
+    d->path_remove(sb.handle, "names/" + names[i]);
+  CHECK(d->dir_list(sb.handle, "names").size() == names.size() - (names.size() + 16) / 17);
+
+  // Limits: a component of 256 bytes or a path over 4000 bytes is refused, not truncated.
+  CHECK(error_of([&] { put(*d, sb.handle, std::string(256, 'x'), "x"); }) == DriverErrc::invalid_argument);
+  std::string deep;
+  while (deep.size() <= 4000)
+    deep += std::string(200, 'd') + "/";
+  CHECK(error_of([&] { put(*d, sb.handle, deep + "f", "x"); }) == DriverErrc::invalid_argument);
+  std::string long_ok;
+  while (long_ok.size() < 3700)
+    long_ok += std::string(250, 'e') + "/";
+  put(*d, sb.handle, long_ok + "f", "deep");
+  CHECK(get(*d, sb.handle, long_ok + "f") == "deep");
+}
+
+TEST_CASE("files: a failed or short upload leaves nothing behind", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  put(*d, sb.handle, "keep.txt", "old");
+  // The source ends early: INVALID_ARGUMENT, the old content stays.
+  int calls = 0;
+  CHECK(error_of([&] {
+          d->file_put(sb.handle, "keep.txt", 0644, 100, [&calls](std::uint8_t* buf, std::size_t) -> std::int64_t {
+            if (calls++ > 0) return 0;
+            buf[0] = 'n';
+            return 1;
+          });
+        }) == DriverErrc::invalid_argument);
+  CHECK(get(*d, sb.handle, "keep.txt") == "old");
+  // The source fails: CANCELLED, no file appears.
+  CHECK(error_of([&] {
+          d->file_put(sb.handle, "fresh.txt", 0644, 100, [](std::uint8_t*, std::size_t) -> std::int64_t { return -1; });
+        }) == DriverErrc::cancelled);
+  CHECK(error_of([&] { get(*d, sb.handle, "fresh.txt"); }) == DriverErrc::not_found);
+  std::set<std::string> names;
+  for (const auto& e : d->dir_list(sb.handle, "."))
+    names.insert(e.name);
+  CHECK(names == std::set<std::string>{"keep.txt"});
 }
