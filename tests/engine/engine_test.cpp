@@ -304,14 +304,12 @@ void corpus_case(const Engine& engine) {
     CHECK(listed_names(c, ids[where.first], where.second) == names);
   }
 
-  // remove: each file goes, and a read afterwards is 404.
+  // remove: each file goes (the listings below must then be empty).
   failures.clear();
   in_parallel([&](std::size_t i) -> std::string {
     const std::string& id = ids[i % kSandboxes];
     auto r = c.del(sb(id) + "/filesystem/files?" + path_query(cases[i].path()));
     if (r.status != 200 && r.status != 204) return "remove: " + std::to_string(r.status) + " " + r.body;
-    auto g = c.get(sb(id) + "/filesystem/files?" + path_query(cases[i].path()));
-    if (g.status != 404) return "read after remove: " + std::to_string(g.status);
     return "";
   });
   for (std::size_t i = 0; i < failures.size() && i < 30; ++i)
@@ -384,8 +382,10 @@ void killed_session_case(const Engine& engine) {
   HttpClient c(berthd.port());
   auto id = create(c);
   auto first = exec(c, id, false, "echo hi > kept.txt; kill -9 -1");
+  INFO(first.body);
+  // Linux spares the caller of kill(-1): the shell may exit 0 before the dying session takes it (137); both are
+  // results of the program. What matters is the next call.
   REQUIRE(first.status == 200);
-  CHECK(first.json()->getValue<int>("exit_code") == 137);
   // At once: the dead session is detected and replaced; the engine's message is never the program's output.
   auto again = exec(c, id, false, "echo alive; cat kept.txt");
   INFO(again.body);

@@ -35,15 +35,27 @@
  *    flight when it is destroyed. Every other call may be made concurrently from several host threads, on the
  *    same instance and on the same session; the driver must be thread-safe. Callbacks are invoked on the
  *    thread that made the call, before the call returns. Several instances may live in one process.
- * 8. Strings are NUL-terminated UTF-8. Byte buffers come with explicit lengths and may contain NUL.
+ * 8. Strings are NUL-terminated UTF-8, except paths, file names (berth_dir_entry.name), argv words, cwd and
+ *    stdin: those are raw bytes (any byte but NUL; not necessarily UTF-8) and must be carried byte for byte,
+ *    never converted or repaired. Byte buffers come with explicit lengths and may contain NUL.
  * 9. Paths given to file calls are relative to the session's workspace mount (e.g. "src/main.py"); the host
  *    validates them (and refuses NUL, which a C string cannot carry), and a driver must still refuse absolute
  *    paths, ".." escapes and paths whose symlinks resolve outside the workspace (BERTH_INVALID_ARGUMENT).
+ *    Limits every driver enforces (BERTH_INVALID_ARGUMENT): a component of at most 255 bytes, a whole path of
+ *    at most 4000 bytes.
+ * 10. A session that is gone. BERTH_NOT_FOUND from exec or a file call means *nothing ran and nothing changed*:
+ *    the session's container does not exist or is not running (or, for files, the path does not exist; for
+ *    exec, the cwd does not exist). A driver never reports an engine's refusal to start a process in a dead
+ *    session ("cannot exec in a stopped state") as a result or as the program's output. A session that ends
+ *    while a call runs gives a result (the program's exit code, e.g. 137) or BERTH_CONFLICT, never NOT_FOUND, so
+ *    that the host may replace the session and retry only after NOT_FOUND without running anything twice.
  *
  * VERSION HISTORY
  * ---------------
  *   1.0  Initial table: identity, configure/destroy, volumes, sessions, exec, files.
  *   1.1  Adds berth_driver_api.session_stats (optional).
+ *        Clarified without a layout change: raw-byte paths and argv (rule 8), path limits (rule 9), NOT_FOUND
+ *        means nothing ran (rule 10), timeout/cancel leave no process of the exec.
  */
 #ifndef BERTH_DRIVER_H
 #define BERTH_DRIVER_H
@@ -301,9 +313,11 @@ typedef struct berth_driver_api {
    * Runs a process in the session, streaming output to on_output, and fills *result. A process that exits is
    * BERTH_OK whatever its exit code; a timeout is BERTH_OK with result->timed_out set; a cancelled token (or an
    * on_output that returned non-zero) kills the process and returns BERTH_CANCELLED. `cancel` may be NULL.
-   * Timeout and cancel kill the exec's whole process tree, never the session. A program that cannot be started
-   * is BERTH_OK with exit code 127 (not found) or 126 (not executable) and the reason on stderr; a missing cwd
-   * is NOT_FOUND. Paths must resolve inside the workspace after following symlinks (INVALID_ARGUMENT otherwise).
+   * Timeout and cancel kill every process the exec started, however it detached (new session, double fork,
+   * cleared environment), never the session. A program that cannot be started is BERTH_OK with exit code 127
+   * (not found) or 126 (not executable) and the reason on stderr; a missing cwd is NOT_FOUND; a session that is
+   * not running is NOT_FOUND (nothing ran, rule 10). Large programs belong on stdin, not in argv (the kernel
+   * caps one argument at 128 KiB). Paths must resolve inside the workspace after following symlinks (INVALID_ARGUMENT otherwise).
    */
   berth_status (*exec)(berth_instance* inst, const char* handle, const berth_exec_request* request,
                        berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
