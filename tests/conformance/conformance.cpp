@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -617,25 +618,33 @@ TEST_CASE("files: names of any byte but NUL and '/' round-trip exactly", "[confo
   }
   names.push_back(std::string(255, 'L'));
   names.push_back(std::string(253, 'M') + "\xc3\xa9");  // 255 bytes, multi-byte at the end
-  std::atomic<int> failures{0};
+  std::mutex mutex;
+  std::vector<std::string> failures;
   std::vector<std::thread> threads;
   constexpr int kThreads = 4;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (std::size_t i = t; i < names.size(); i += kThreads) {
         const std::string path = "names/" + names[i];
+        std::string what;
         try {
           put(*d, sb.handle, path, "content of " + names[i]);
-          if (get(*d, sb.handle, path) != "content of " + names[i]) ++failures;
+          if (get(*d, sb.handle, path) != "content of " + names[i]) what = "wrong content";
         } catch (const std::exception& e) {
-          ++failures;
+          what = e.what();
+        }
+        if (!what.empty()) {
+          std::lock_guard lock(mutex);
+          failures.push_back("name #" + std::to_string(i) + ": " + what);
         }
       }
     });
   }
   for (auto& th : threads)
     th.join();
-  CHECK(failures == 0);
+  for (const auto& f : failures)
+    UNSCOPED_INFO(f);
+  CHECK(failures.empty());
   auto listed = d->dir_list(sb.handle, "names");
   std::set<std::string> got;
   for (const auto& e : listed)
