@@ -258,6 +258,23 @@ std::set<std::string> listed_names(const HttpClient& c, const std::string& id, c
   return names;
 }
 
+/** Prints how many cases failed, for which reasons (the error message), and the first examples. */
+void report(const std::vector<std::string>& failures, std::size_t total) {
+  std::map<std::string, int> reasons;
+  for (const auto& f : failures) {
+    auto colon = f.find(": ", f.find(' ') + 1);
+    std::string reason = colon == std::string::npos ? f : f.substr(colon + 2);
+    auto at = reason.find("\"message\":");
+    if (at != std::string::npos) reason = reason.substr(0, reason.find(' ')) + " " + reason.substr(at, 80);
+    ++reasons[reason.substr(0, 120)];
+  }
+  UNSCOPED_INFO(failures.size() << " of " << total << " cases failed");
+  for (const auto& [reason, count] : reasons)
+    UNSCOPED_INFO(count << " x " << reason);
+  for (std::size_t i = 0; i < failures.size() && i < 10; ++i)
+    UNSCOPED_INFO(failures[i].substr(0, 200));
+}
+
 void corpus_case(const Engine& engine) {
   BerthdProcess berthd(config_for(engine));
   HttpClient c(berthd.port());
@@ -291,8 +308,7 @@ void corpus_case(const Engine& engine) {
       th.join();
   };
   in_parallel([&](std::size_t i) { return round_trip(c, ids[i % kSandboxes], cases[i], i); });
-  for (std::size_t i = 0; i < failures.size() && i < 30; ++i)
-    UNSCOPED_INFO(failures[i]);
+  report(failures, cases.size());
   CHECK(failures.empty());
 
   // Listing: every directory of every sandbox lists exactly its names, byte for byte.
@@ -312,8 +328,7 @@ void corpus_case(const Engine& engine) {
     if (r.status != 200 && r.status != 204) return "remove: " + std::to_string(r.status) + " " + r.body;
     return "";
   });
-  for (std::size_t i = 0; i < failures.size() && i < 30; ++i)
-    UNSCOPED_INFO(failures[i]);
+  report(failures, cases.size());
   CHECK(failures.empty());
   for (const auto& [where, names] : expected)
     CHECK(listed_names(c, ids[where.first], where.second).empty());
