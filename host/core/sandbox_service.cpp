@@ -355,6 +355,7 @@ store::SessionRow SandboxService::ensure_running(const std::string& owner, const
     // No session: race to install one. Exactly one CAS wins; the others loop and wait for it.
     SessionRow session;
     session.id = new_id("sess");
+    StartingHere mark(*this, session.id);  // from before its row exists: a late recover() must leave it alone
     session.sandbox_id = row.id;
     session.state = SS::starting;
     session.created_at = clock_->now();
@@ -884,6 +885,7 @@ CleanupReport SandboxService::run_cleanup() {
   std::lock_guard lock(cleanup_mutex_);
   CleanupReport report;
   auto t0 = std::chrono::steady_clock::now();
+  if (recovery_pending_.load()) recover();  // the driver was unreachable when berthd started
   cleanup_dead_sessions(report);
   cleanup_idle(report);
   cleanup_expired(report);

@@ -151,7 +151,8 @@ class SandboxService {
    * adopted if its container runs, else cleared (state dead) and its container removed, so the next call starts a
    * fresh one instead of waiting out a start deadline. Sessions of other instances and rows from before schema 2
    * are left to the cleanup task. Never throws a DriverError: a failed listing leaves every session as it was
-   * (reported as failed, logged as recovery.failed). Throws store::StoreError.
+   * (reported as failed, logged as recovery.failed) and the next run_cleanup() tries again; sessions this process
+   * is starting at that time are skipped. Throws store::StoreError.
    */
   RecoveryReport recover();
 
@@ -201,6 +202,23 @@ class SandboxService {
   std::condition_variable sessions_changed_;
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
   InFlightCalls in_flight_;
+
+  /** Marks a session as being started by this process (RAII), so that a late recover() leaves it alone. */
+  class StartingHere {
+   public:
+    StartingHere(SandboxService& service, std::string session_id);
+    ~StartingHere();
+    StartingHere(const StartingHere&) = delete;
+    StartingHere& operator=(const StartingHere&) = delete;
+
+   private:
+    SandboxService& service_;
+    std::string session_id_;
+  };
+  bool started_here(const std::string& session_id);
+  std::mutex starting_mutex_;
+  std::set<std::string> starting_here_;        // session ids this process is starting right now
+  std::atomic<bool> recovery_pending_{false};  // recover() could not list the driver's sessions: run_cleanup retries
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

@@ -21,14 +21,31 @@ std::string ms_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+SandboxService::StartingHere::StartingHere(SandboxService& service, std::string session_id)
+    : service_(service), session_id_(std::move(session_id)) {
+  std::lock_guard lock(service_.starting_mutex_);
+  service_.starting_here_.insert(session_id_);
+}
+
+SandboxService::StartingHere::~StartingHere() {
+  std::lock_guard lock(service_.starting_mutex_);
+  service_.starting_here_.erase(session_id_);
+}
+
+bool SandboxService::started_here(const std::string& session_id) {
+  std::lock_guard lock(starting_mutex_);
+  return starting_here_.count(session_id) != 0;
+}
+
 RecoveryReport SandboxService::recover() {
   RecoveryReport report;
   auto t0 = std::chrono::steady_clock::now();
   std::vector<SessionRow> mine;
   for (auto& s : store_.list_active_sessions()) {
-    if (s.starter == settings_.instance_id) mine.push_back(std::move(s));
+    if (s.starter == settings_.instance_id && !started_here(s.id)) mine.push_back(std::move(s));
   }
   if (mine.empty()) {
+    recovery_pending_ = false;
     log::info("recovery.done", {{"sessions", "0"}, {"elapsed_ms", ms_since(t0)}});
     return report;
   }
@@ -44,8 +61,10 @@ RecoveryReport SandboxService::recover() {
     for (const auto& s : mine)
       report.failed.push_back(s.id);
     log::warn("recovery.failed", {{"sessions", std::to_string(mine.size())}, {"error", e.what()}});
+    recovery_pending_ = true;
     return report;
   }
+  recovery_pending_ = false;
 
   for (auto& s : mine) {
     auto container = containers.find(s.id);

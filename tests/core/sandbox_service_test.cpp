@@ -553,8 +553,8 @@ TEST_CASE("recover settles at once what a killed berthd left starting or running
   CHECK(untouched.row.current_session_id == s_foreign.id);
 }
 
-TEST_CASE("recover with the driver down changes nothing and reports every session as failed") {
-  ServiceFixture f(R"({"unavailable": {"after_calls": 1, "for_ms": 600000}})");
+TEST_CASE("recover with the driver down changes nothing; the next cleanup pass recovers once it is back") {
+  ServiceFixture f(R"({"unavailable": {"after_calls": 1, "for_ms": 1000}})");
   auto id = f.create();  // volume_create: call 1; from the next call on the driver is unavailable
   auto s = plant_session(f, id, store::SessionState::starting, f.service->settings().instance_id);
   auto report = f.service->recover();
@@ -562,6 +562,11 @@ TEST_CASE("recover with the driver down changes nothing and reports every sessio
   CHECK(report.adopted.empty());
   CHECK(report.cleared.empty());
   CHECK(f.store->get_session(s.id)->state == store::SessionState::starting);
+  f.fake_clock().advance(1001ms);  // the engine is back; far below the 2 x start_wait the state sync waits for
+  f.service->run_cleanup();
+  CHECK(f.store->get_session(s.id)->state == store::SessionState::dead);
+  CHECK(f.service->get_sandbox(f.owner, id).status == core::SandboxStatus::idle);
+  CHECK(f.shell(id, "echo back").output == "back\n");
 }
 
 TEST_CASE("sessions record the instance that started them") {
