@@ -104,6 +104,7 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
     core::IdempotencyRegistry idempotency(*store, clock);
     core::CleanupTask cleanup(service, cfg.cleanup.interval);
     api::HttpApi server(api_settings(cfg), service, idempotency, clock);
+    service.recover();  // before serving: sessions a killed predecessor left starting are settled at once
     server.start();
     if (cfg.cleanup.enabled) cleanup.start();
     log::info("berthd.started", {{"listen", cfg.server.host + ":" + std::to_string(server.port())},

@@ -355,10 +355,12 @@ store::SessionRow SandboxService::ensure_running(const std::string& owner, const
     // No session: race to install one. Exactly one CAS wins; the others loop and wait for it.
     SessionRow session;
     session.id = new_id("sess");
+    StartingHere mark(*this, session.id);  // from before its row exists: a late recover() must leave it alone
     session.sandbox_id = row.id;
     session.state = SS::starting;
     session.created_at = clock_->now();
     session.last_active_at = session.created_at;
+    session.starter = settings_.instance_id;
     store_.insert_session(session);
     auto claimed = row;
     claimed.current_session_id = session.id;
@@ -584,29 +586,64 @@ SandboxView SandboxService::extend_ttl(const std::string& owner, const std::stri
 // ---- exec and files -----------------------------------------------------------------------------------------------
 
 template <typename Fn>
-auto SandboxService::with_session(const std::string& owner, const std::string& id, Fn&& fn) {
+auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>& started, Fn&& fn) {
+  const std::string& id = row.id;
+  auto in_use = in_flight_.enter(id);  // from here on, idle cleanup leaves this sandbox alone
+  touch(row);                          // a long call must not look idle from its start
   for (int attempt = 0;; ++attempt) {
-    auto session = ensure_running(owner, id);
+    auto session = ensure_running(row.owner, id);
     try {
-      return fn(session);
+      auto result = fn(session, in_use.token());
+      touch(row);
+      return result;
     } catch (const DriverError& e) {
-      // The container vanished under us (engine restart, OOM kill, manual removal): replace it once.
-      bool gone = e.code() == DriverErrc::not_found || e.code() == DriverErrc::conflict;
-      if (gone && attempt == 0) {
-        auto info = driver_.session_inspect(session.handle);
-        if (info.state != RuntimeState::running) {
-          log::warn("session.dead", {{"sandbox", id}, {"session", session.id}, {"handle", session.handle}});
-          clear_session(id, session.id, SS::dead, "container " + std::string(to_string(info.state)));
-          try {
-            driver_.session_remove(session.handle);
-          } catch (const DriverError&) {
-          }
-          continue;
-        }
+      if (e.code() != DriverErrc::not_found && e.code() != DriverErrc::conflict) throw;
+      // not_found may be about a path rather than the container: only the session's state tells them apart.
+      auto original = std::current_exception();
+      RuntimeState state = RuntimeState::missing;
+      try {
+        state = driver_.session_inspect(session.handle).state;
+      } catch (const DriverError&) {
+        std::rethrow_exception(original);
       }
-      throw;
+      if (state == RuntimeState::running) throw;
+      retire_dead_session(session, "container " + std::string(to_string(state)));
+      // By the driver contract not_found means nothing ran; `started` covers what the driver cannot know (an
+      // upload's source already read, output already delivered). Anything else may have run: never run it twice.
+      bool untouched = e.code() == DriverErrc::not_found && !started.load();
+      if (untouched && attempt == 0) {
+        log::info("session.replaced", {{"sandbox", id}, {"session", session.id}, {"reason", e.what()}});
+        continue;
+      }
+      log::warn(
+          "session.lost_mid_call",
+          {{"sandbox", id}, {"session", session.id}, {"attempt", std::to_string(attempt + 1)}, {"error", e.what()}});
+      throw Error(ErrorCode::conflict,
+                  "the session of sandbox '" + id + "' ended during the call (" + e.what() +
+                      "); it was not repeated, so it may have run in part. The next call starts a new session",
+                  {{"sandbox_id", id}, {"session_id", session.id}});
     }
   }
+}
+
+void SandboxService::retire_dead_session(const SessionRow& session, const std::string& why) {
+  // Only a session still active: one that stop, delete or another caller already ended keeps its final state.
+  auto stored = store_.get_session(session.id);
+  if (!stored || (stored->state != SS::ready && stored->state != SS::starting)) return;
+  log::warn("session.dead",
+            {{"sandbox", session.sandbox_id}, {"session", session.id}, {"handle", session.handle}, {"reason", why}});
+  clear_session(session.sandbox_id, session.id, SS::dead, why);
+  if (!session.handle.empty()) {
+    try {
+      driver_.session_remove(session.handle);
+    } catch (const DriverError& e) {
+      // not_found: another caller removed it first. Otherwise the orphan pass retries the removal.
+      if (e.code() != DriverErrc::not_found) {
+        log::warn("session.remove_failed", {{"session", session.id}, {"handle", session.handle}, {"error", e.what()}});
+      }
+    }
+  }
+  notify_sessions_changed();
 }
 
 ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id, ExecKind kind,
@@ -620,7 +657,8 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   if (code.empty())
     throw Error(ErrorCode::validation_error, kind == ExecKind::python ? "code is empty" : "command is empty");
   std::string capability = kind == ExecKind::python ? "python" : "shell";
-  require_capability(load_live(owner, id), capability);
+  auto row = load_live(owner, id);
+  require_capability(row, capability);
   std::string dir = cwd.empty() ? "" : workspace_path(cwd, true);
   if (dir == ".") dir.clear();
 
@@ -641,18 +679,20 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   ExecResult result;
   CappedBuffer stdout_buf{{}, settings_.exec_output_cap};
   CappedBuffer stderr_buf{{}, settings_.exec_output_cap};
+  std::atomic<bool> started{false};  // output arrived: the program ran, so it must never be run again
+  std::string handle;
   try {
-    result = with_session(owner, id, [&](const store::SessionRow& session) {
+    result = with_session(row, started, [&](const store::SessionRow& session, const CancelToken& cancel) {
       session_id = session.id;
-      stdout_buf.data.clear();
-      stderr_buf.data.clear();
+      handle = session.handle;
       return driver_.exec(
           session.handle, rq,
           [&](Stream s, std::string_view chunk) {
+            started = true;
             (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
             return true;
           },
-          nullptr);
+          &cancel);
     });
   } catch (const DriverError& e) {
     rethrow_driver_error(e, "exec in sandbox '" + id + "'");
@@ -670,6 +710,20 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
     out.exit_code = result.exit_code;
     out.success = result.exit_code == 0;
   }
+  if (!result.timed_out && result.exit_code >= 128) {
+    // Killed by a signal: maybe with its whole container (`kill -9 -1`, the OOM killer). Find out now, so that GET
+    // stops saying ready and the next call starts a new session instead of failing on a dead one.
+    try {
+      if (auto info = driver_.session_inspect(handle); info.state != RuntimeState::running) {
+        if (auto session = store_.get_session(session_id)) {
+          retire_dead_session(*session, "container " + std::string(to_string(info.state)) + " after exit code " +
+                                            std::to_string(result.exit_code));
+        }
+      }
+    } catch (const DriverError& e) {
+      log::warn("session.inspect_failed", {{"sandbox", id}, {"session", session_id}, {"error", e.what()}});
+    }
+  }
 
   store::ExecutionRow record;
   record.id = new_id("exec");
@@ -685,7 +739,6 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   record.created_at = clock_->now();
   store_.insert_execution(record);
   out.execution_id = record.id;
-  if (auto row = store_.get_sandbox(id); row && !row->deleted_at) touch(*row);
   return out;
 }
 
@@ -717,11 +770,16 @@ std::string SandboxService::read_file(const std::string& owner, const std::strin
 
 void SandboxService::download(const std::string& owner, const std::string& id, const std::string& path,
                               const ByteSink& sink) {
-  require_capability(load_live(owner, id), "filesystem");
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
   auto p = workspace_path(path, false);
+  std::atomic<bool> started{false};  // bytes reached the sink: a repeat would send them twice
   try {
-    with_session(owner, id, [&](const store::SessionRow& s) {
-      driver_.file_get(s.handle, p, sink);
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
+      driver_.file_get(s.handle, p, [&](std::string_view chunk) {
+        started = true;
+        return sink(chunk);
+      });
       return 0;
     });
   } catch (const DriverError& e) {
@@ -731,15 +789,20 @@ void SandboxService::download(const std::string& owner, const std::string& id, c
 
 void SandboxService::write_file(const std::string& owner, const std::string& id, const std::string& path,
                                 std::uint64_t size, const ByteSource& source, std::uint32_t mode) {
-  require_capability(load_live(owner, id), "filesystem");
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
   auto p = workspace_path(path, false);
   if (size > settings_.max_file_size) {
     throw Error(ErrorCode::payload_too_large,
                 "file is larger than the limit of " + std::to_string(settings_.max_file_size) + " bytes");
   }
   try {
-    with_session(owner, id, [&](const store::SessionRow& s) {
-      driver_.file_put(s.handle, p, mode, size, source);
+    std::atomic<bool> started{false};  // the source was read from: it cannot be replayed from its start
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
+      driver_.file_put(s.handle, p, mode, size, [&](std::uint8_t* buffer, std::size_t capacity) {
+        started = true;
+        return source(buffer, capacity);
+      });
       return 0;
     });
   } catch (const DriverError& e) {
@@ -748,10 +811,12 @@ void SandboxService::write_file(const std::string& owner, const std::string& id,
 }
 
 void SandboxService::remove_path(const std::string& owner, const std::string& id, const std::string& path) {
-  require_capability(load_live(owner, id), "filesystem");
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
   auto p = workspace_path(path, false);
+  const std::atomic<bool> started{false};  // by the driver contract, not_found from a dead session means not run
   try {
-    with_session(owner, id, [&](const store::SessionRow& s) {
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
       driver_.path_remove(s.handle, p);
       return 0;
     });
@@ -762,10 +827,13 @@ void SandboxService::remove_path(const std::string& owner, const std::string& id
 
 std::vector<DirEntry> SandboxService::list_dir(const std::string& owner, const std::string& id,
                                                const std::string& path) {
-  require_capability(load_live(owner, id), "filesystem");
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
   auto p = workspace_path(path, true);
+  const std::atomic<bool> started{false};  // a listing has no effect: repeating it is always safe
   try {
-    return with_session(owner, id, [&](const store::SessionRow& s) { return driver_.dir_list(s.handle, p); });
+    return with_session(row, started,
+                        [&](const store::SessionRow& s, const CancelToken&) { return driver_.dir_list(s.handle, p); });
   } catch (const DriverError& e) {
     rethrow_driver_error(e, "listing '" + p + "'");
   }
@@ -820,6 +888,7 @@ CleanupReport SandboxService::run_cleanup() {
   std::lock_guard lock(cleanup_mutex_);
   CleanupReport report;
   auto t0 = std::chrono::steady_clock::now();
+  if (recovery_pending_.load()) recover();  // the driver was unreachable when berthd started
   cleanup_dead_sessions(report);
   cleanup_idle(report);
   cleanup_expired(report);
@@ -831,6 +900,7 @@ CleanupReport SandboxService::run_cleanup() {
                             {"workspaces_removed", std::to_string(report.workspaces_removed.size())},
                             {"dead_sessions", std::to_string(report.dead_sessions.size())},
                             {"skipped_stale", std::to_string(report.skipped_stale.size())},
+                            {"skipped_in_use", std::to_string(report.skipped_in_use.size())},
                             {"failed", std::to_string(report.failed.size())},
                             {"elapsed_ms", ms_since(t0)}});
   return report;
@@ -875,6 +945,13 @@ void SandboxService::cleanup_idle(CleanupReport& report) {
   auto now = clock_->now();
   for (const auto& snap : store_.list_live_sandboxes()) {
     if (!snap.current_session_id || !snap.idle_expires_at || *snap.idle_expires_at > now) continue;
+    if (in_flight_.in_use(snap.id)) {
+      // A call that started before the timer ran out is still running: stopping now would kill it mid-way. A call
+      // entering after this check touches the row first, which makes the CAS below fail.
+      report.skipped_in_use.push_back(snap.id);
+      log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "in use"}});
+      continue;
+    }
     // Re-check under CAS: the row must still be exactly the snapshot we judged.
     auto cleared = snap;
     cleared.current_session_id.reset();

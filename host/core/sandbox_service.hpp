@@ -2,6 +2,7 @@
 // TOML or a particular driver; every failure is a core::Error with a stable code.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -16,6 +17,7 @@
 #include "core/clock.hpp"
 #include "core/driver.hpp"
 #include "core/errors.hpp"
+#include "core/in_flight.hpp"
 #include "core/profile.hpp"
 #include "store/store.hpp"
 
@@ -77,7 +79,15 @@ struct CleanupReport {
   std::vector<std::string> workspaces_removed;  // managed workspaces whose removal at delete had failed
   std::vector<std::string> dead_sessions;       // session ids
   std::vector<std::string> skipped_stale;       // sandbox ids whose snapshot went stale
+  std::vector<std::string> skipped_in_use;      // idle sandbox ids left alone: an exec or file call was running
   std::vector<std::string> failed;              // sandbox ids or handles whose driver call failed
+};
+
+/** What SandboxService::recover() did with the sessions this instance had starting or running. */
+struct RecoveryReport {
+  std::vector<std::string> adopted;  // session ids whose container runs: kept (a starting one is now ready)
+  std::vector<std::string> cleared;  // session ids without a running container: cleared, container removed
+  std::vector<std::string> failed;   // session ids left as they were (the driver failed); cleanup retries later
 };
 
 struct ListResult {
@@ -135,6 +145,23 @@ class SandboxService {
   /** One pass of the cleanup task (see CleanupTask); also behind POST /v1/admin/gc/run. */
   CleanupReport run_cleanup();
 
+  /**
+   * Crash recovery, called once by the daemon before it serves: every session this instance (Settings::instance_id,
+   * recorded as SessionRow::starter) left `starting` or `ready` is reconciled at once with one driver listing:
+   * adopted if its container runs, else cleared (state dead) and its container removed, so the next call starts a
+   * fresh one instead of waiting out a start deadline. Sessions of other instances and rows from before schema 2
+   * are left to the cleanup task. Never throws a DriverError: a failed listing leaves every session as it was
+   * (reported as failed, logged as recovery.failed) and the next run_cleanup() tries again; sessions this process
+   * is starting at that time are skipped. Throws store::StoreError.
+   */
+  RecoveryReport recover();
+
+  /**
+   * Cancels every exec running now (their callers get an error instead of a result); file calls run to their end.
+   * For shutdown: returns how many calls were signalled. Thread-safe.
+   */
+  std::size_t cancel_in_flight() { return in_flight_.cancel_all(); }
+
  private:
   SandboxView view(store::SandboxRow row);
   store::SandboxRow load_live(const std::string& owner, const std::string& id);
@@ -148,9 +175,18 @@ class SandboxService {
   void destroy_session(const store::SessionRow& session);
   void delete_row_and_resources(const store::SandboxRow& row);
   void touch(const store::SandboxRow& row);
-  /** Runs `fn` on the sandbox's ready session, replacing a dead one once. Callers check the capability first. */
+  /**
+   * Runs `fn(session, cancel_token)` on the sandbox's ready session while the sandbox counts as in use (idle cleanup
+   * skips it; the idle timer is touched when the call starts and when it ends). A session found dead after a
+   * not_found/conflict failure is cleared at once; the call is repeated on a new session only once, and only if the
+   * driver said not_found and `started` is still false (the caller sets it when the call consumed input or produced
+   * output). Otherwise a conflict Error says the call was not repeated. `row` is the caller's live row (capability
+   * checked).
+   */
   template <typename Fn>
-  auto with_session(const std::string& owner, const std::string& id, Fn&& fn);
+  auto with_session(const store::SandboxRow& row, const std::atomic<bool>& started, Fn&& fn);
+  /** Clears a session known dead (CAS, state dead) and removes its container; GET stops saying ready. */
+  void retire_dead_session(const store::SessionRow& session, const std::string& why);
   void notify_sessions_changed();
   void cleanup_dead_sessions(CleanupReport& report);
   void cleanup_idle(CleanupReport& report);
@@ -165,6 +201,24 @@ class SandboxService {
   std::mutex wait_mutex_;
   std::condition_variable sessions_changed_;
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
+  InFlightCalls in_flight_;
+
+  /** Marks a session as being started by this process (RAII), so that a late recover() leaves it alone. */
+  class StartingHere {
+   public:
+    StartingHere(SandboxService& service, std::string session_id);
+    ~StartingHere();
+    StartingHere(const StartingHere&) = delete;
+    StartingHere& operator=(const StartingHere&) = delete;
+
+   private:
+    SandboxService& service_;
+    std::string session_id_;
+  };
+  bool started_here(const std::string& session_id);
+  std::mutex starting_mutex_;
+  std::set<std::string> starting_here_;        // session ids this process is starting right now
+  std::atomic<bool> recovery_pending_{false};  // recover() could not list the driver's sessions: run_cleanup retries
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

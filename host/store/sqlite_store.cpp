@@ -120,6 +120,11 @@ const std::vector<Migration> kMigrations = {
          "  PRIMARY KEY (owner, key))",
          "CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at)",
      }},
+    {2,
+     "sessions.starter: the berthd instance that started each session (crash recovery)",
+     {
+         "ALTER TABLE sessions ADD COLUMN starter TEXT NOT NULL DEFAULT ''",
+     }},
 };
 
 constexpr int kBusyTimeoutMs = 5000;
@@ -128,7 +133,8 @@ constexpr const char* kSandboxColumns =
     "id, owner, profile, workspace_id, key, labels, env, current_session_id, version, expires_at, idle_expires_at, "
     "last_error, created_at, deleted_at";
 constexpr const char* kWorkspaceColumns = "id, owner, volume, managed, created_at, deleted_at";
-constexpr const char* kSessionColumns = "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at";
+constexpr const char* kSessionColumns =
+    "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at, starter";
 constexpr const char* kExecutionColumns =
     "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at";
 constexpr const char* kIdempotencyColumns = "owner, key, request_hash, status, body, created_at";
@@ -250,6 +256,7 @@ SessionRow read_session(const RecordSet& rs, std::size_t i) {
   row.error = r.text();
   row.created_at = r.time();
   row.last_active_at = r.time();
+  row.starter = r.text();
   return row;
 }
 
@@ -489,9 +496,9 @@ class SqliteStore final : public Store {
   // ---- sessions ----
   void insert_session(const SessionRow& row) override {
     locked("insert_session", [&] {
-      session_ << "INSERT INTO sessions (" << kSessionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)", bind(row.id),
+      session_ << "INSERT INTO sessions (" << kSessionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", bind(row.id),
           bind(row.sandbox_id), bind(row.handle), bind(row.endpoint), bind(to_string(row.state)), bind(row.error),
-          bind(to_ms(row.created_at)), bind(to_ms(row.last_active_at)), now;
+          bind(to_ms(row.created_at)), bind(to_ms(row.last_active_at)), bind(row.starter), now;
     });
   }
 

@@ -69,6 +69,9 @@ struct SessionRow {
   std::string error;
   TimePoint created_at;
   TimePoint last_active_at;
+  // The berthd instance (Settings::instance_id) that started the session; empty for rows from before schema 2.
+  // After a crash, the restarted instance reconciles exactly the sessions it started (SandboxService::recover).
+  std::string starter;
 };
 
 struct ExecutionRow {

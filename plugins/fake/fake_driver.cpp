@@ -58,6 +58,7 @@ struct Config {
   std::optional<std::pair<std::string, std::string>> fail_stop_label;
   std::optional<Outage> unavailable;
   bool hang_exec = false;
+  bool killed_exec_conflict = false;  // an exec whose session ends meanwhile fails with CONFLICT, not exit 137
   std::string name_prefix = "fake";
 };
 
@@ -111,6 +112,9 @@ Config parse_config_object(const Poco::Dynamic::Var& root) {
     } else if (key == "hang_exec") {
       if (!value.isBoolean()) throw config_error(key, "must be true or false");
       config.hang_exec = value.extract<bool>();
+    } else if (key == "killed_exec_conflict") {
+      if (!value.isBoolean()) throw config_error(key, "must be true or false");
+      config.killed_exec_conflict = value.extract<bool>();
     } else if (key == "name_prefix") {
       config.name_prefix = config_string(value, key);
     } else {
@@ -664,6 +668,8 @@ void Engine::exec(const char* handle, const berth_exec_request* request_in, bert
   result.exit_code = outcome.exit_code;
   result.timed_out = outcome.interruption == Interruption::kTimedOut ? 1 : 0;
   if (outcome.interruption == Interruption::kCancelled) throw Error(BERTH_CANCELLED, "exec cancelled");
+  if (outcome.interruption == Interruption::kKilled && config_.killed_exec_conflict)
+    throw Error(BERTH_CONFLICT, "the session ended during the exec: " + session->handle);
 }
 
 }  // namespace

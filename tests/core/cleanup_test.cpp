@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <optional>
+#include <thread>
 
 #include "core/service_fixture.hpp"
 
@@ -170,8 +172,10 @@ TEST_CASE("state sync: a session whose container exited is marked dead and clear
   ServiceFixture f;
   auto id = f.create();
   f.shell(id, "true");
-  auto session = *f.service->get_sandbox(f.owner, id).row.current_session_id;
-  f.shell(id, "__fake crash-session");
+  auto view = f.service->get_sandbox(f.owner, id);
+  auto session = *view.row.current_session_id;
+  // The container exits with no call running (an exec that kills it is noticed by the exec itself).
+  f.driver->session_stop(view.session->handle, 0ms);
   auto report = f.service->run_cleanup();
   CHECK(report.dead_sessions == std::vector<std::string>{session});
   auto sb = f.service->get_sandbox(f.owner, id);
@@ -198,4 +202,39 @@ TEST_CASE("a delete during an engine outage leaks nothing: later passes remove t
   CHECK(f.containers_of(row.id) == 0);
   CHECK_FALSE(f.driver->volume_exists("berth-ws-" + row.workspace_id));
   CHECK(f.store->get_workspace(row.workspace_id)->deleted_at);
+}
+
+TEST_CASE("idle cleanup never stops a session with a call running; a call touches the idle timer when it starts") {
+  ServiceFixture f;  // fake clock: the hang below ends only when the clock passes its timeout
+  auto id = f.create();
+  f.shell(id, "true");  // ready; idle until now + 60 s
+  auto handle = f.service->get_sandbox(f.owner, id).session->handle;
+  f.fake_clock().advance(50s);
+  std::optional<core::ExecOutcome> outcome;
+  std::thread caller([&] { outcome = f.service->exec(f.owner, id, core::ExecKind::shell, "hang", 300s, ""); });
+  while (f.driver->session_stats(handle).pids < 2)  // the exec is running
+    std::this_thread::sleep_for(5ms);
+  auto started = f.service->get_sandbox(f.owner, id);
+  REQUIRE(started.row.idle_expires_at);
+  CHECK(*started.row.idle_expires_at == f.clock->now() + 60s);  // touched at the start, not only at the end
+
+  f.fake_clock().advance(61s);  // past the idle timer set when the call started
+  auto report = f.service->run_cleanup();
+  CHECK(contains(report.skipped_in_use, id));
+  CHECK_FALSE(contains(report.idle_stopped, id));
+  CHECK(f.containers_of(id) == 1);
+  CHECK(f.driver->session_stats(handle).pids == 2);  // still running
+
+  f.fake_clock().advance(300s);  // the exec times out: a result
+  caller.join();
+  REQUIRE(outcome);
+  CHECK(outcome->timed_out);
+  auto idle_after = f.service->get_sandbox(f.owner, id).row.idle_expires_at;
+  REQUIRE(idle_after);
+  CHECK(*idle_after == f.clock->now() + 60s);  // and touched again when it ended
+  f.fake_clock().advance(60s);
+  auto later = f.service->run_cleanup();
+  CHECK(contains(later.idle_stopped, id));
+  CHECK(later.skipped_in_use.empty());
+  CHECK(f.containers_of(id) == 0);
 }

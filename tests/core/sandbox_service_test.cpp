@@ -302,3 +302,278 @@ TEST_CASE("listing pages with a cursor and filters by label and status") {
   auto ready = f.service->list_sandboxes(f.owner, core::SandboxStatus::ready, std::nullopt, 10, "");
   REQUIRE(ready.items.size() == 1);
 }
+
+// ---- a call's session dies: replaced once when nothing ran, never run twice ---------------------------------------
+
+namespace {
+
+/** Forwards to a real driver and counts the calls that can run user code or consume input. */
+class CountingDriver final : public core::Driver {
+ public:
+  explicit CountingDriver(core::Driver& inner) : inner_(inner) {}
+  std::atomic<int> execs{0};
+  std::atomic<int> file_puts{0};
+
+  const core::DriverIdentity& identity() const override { return inner_.identity(); }
+  void volume_create(const std::string& n, const core::Labels& l) override { inner_.volume_create(n, l); }
+  void volume_remove(const std::string& n) override { inner_.volume_remove(n); }
+  bool volume_exists(const std::string& n) override { return inner_.volume_exists(n); }
+  core::SessionInfo session_create(const core::SessionSpec& s) override { return inner_.session_create(s); }
+  core::SessionInfo session_inspect(const std::string& h) override { return inner_.session_inspect(h); }
+  void session_stop(const std::string& h, std::chrono::milliseconds g) override { inner_.session_stop(h, g); }
+  void session_remove(const std::string& h) override { inner_.session_remove(h); }
+  std::vector<core::SessionListing> session_list(const core::Labels& f) override { return inner_.session_list(f); }
+  core::SessionStats session_stats(const std::string& h) override { return inner_.session_stats(h); }
+  core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
+                        const core::CancelToken* c) override {
+    ++execs;
+    return inner_.exec(h, r, o, c);
+  }
+  void file_put(const std::string& h, const std::string& p, std::uint32_t m, std::uint64_t s,
+                const core::ByteSource& src) override {
+    ++file_puts;
+    inner_.file_put(h, p, m, s, src);
+  }
+  void file_get(const std::string& h, const std::string& p, const core::ByteSink& s) override {
+    inner_.file_get(h, p, s);
+  }
+  std::vector<core::DirEntry> dir_list(const std::string& h, const std::string& p) override {
+    return inner_.dir_list(h, p);
+  }
+  void path_remove(const std::string& h, const std::string& p) override { inner_.path_remove(h, p); }
+
+ private:
+  core::Driver& inner_;
+};
+
+/** The driver handle of the sandbox's current session ("" when it has none). */
+std::string handle_of(ServiceFixture& f, const std::string& id) {
+  auto v = f.service->get_sandbox(f.owner, id);
+  return v.session ? v.session->handle : "";
+}
+
+/** Waits (real time, no deadline asserted) until `n` execs run in the session `handle`. */
+void wait_for_running_execs(ServiceFixture& f, const std::string& handle, std::uint64_t n) {
+  while (f.driver->session_stats(handle).pids < 1 + n)
+    std::this_thread::sleep_for(5ms);
+}
+
+}  // namespace
+
+TEST_CASE("an exec whose session is stopped mid-call is not run a second time on a new session") {
+  // The engine reports the broken exec as CONFLICT (as Docker does when the container goes away under an exec).
+  ServiceFixture f(R"({"killed_exec_conflict": true})", test::test_settings(), std::make_shared<core::SystemClock>());
+  CountingDriver counting(*f.driver);
+  core::SandboxService service(*f.store, counting, f.clock, test::test_settings());
+  auto id = f.create();
+  service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
+  auto handle = handle_of(f, id);
+  std::optional<core::ErrorCode> code;
+  std::optional<core::ExecOutcome> outcome;
+  std::thread caller([&] {
+    try {
+      outcome = service.exec(f.owner, id, core::ExecKind::shell, "echo started; hang", 30s, "");
+    } catch (const core::Error& e) {
+      code = e.code();
+    }
+  });
+  wait_for_running_execs(f, handle, 1);
+  service.stop(f.owner, id);
+  caller.join();
+  CHECK_FALSE(outcome.has_value());
+  CHECK(code == core::ErrorCode::conflict);
+  CHECK(counting.execs == 2);  // "true", then the interrupted one, never a repeat
+  CHECK(f.containers_of(id) == 0);
+  CHECK(f.service->get_sandbox(f.owner, id).status == core::SandboxStatus::idle);
+  CHECK(f.shell(id, "echo next").output == "next\n");  // the next call starts a new session
+}
+
+TEST_CASE("an upload whose container vanishes mid-read fails once and never re-reads its source") {
+  ServiceFixture f;
+  CountingDriver counting(*f.driver);
+  core::SandboxService service(*f.store, counting, f.clock, test::test_settings());
+  auto id = f.create();
+  f.shell(id, "true");
+  auto handle = handle_of(f, id);
+  const std::string content(100'000, 'x');
+  std::size_t offset = 0;
+  int reads = 0;
+  auto source = [&](std::uint8_t* buffer, std::size_t capacity) -> std::int64_t {
+    if (reads++ == 0) f.driver->session_remove(handle);  // stop/idle cleanup removes it while the body streams
+    std::size_t n = std::min(capacity, content.size() - offset);
+    std::memcpy(buffer, content.data() + offset, n);
+    offset += n;
+    return static_cast<std::int64_t>(n);
+  };
+  CHECK(error_code_of([&] { service.write_file(f.owner, id, "big.bin", content.size(), source); }) ==
+        core::ErrorCode::conflict);
+  CHECK(offset == content.size());  // read exactly once, from its start to its end
+  CHECK(counting.file_puts == 1);
+  CHECK(f.service->get_sandbox(f.owner, id).status != core::SandboxStatus::ready);
+  offset = 0;
+  service.write_file(f.owner, id, "big.bin", content.size(), source);
+  CHECK(f.service->read_file(f.owner, id, "big.bin", 1 << 20) == content);
+}
+
+TEST_CASE("a container removed behind the host's back is replaced once and the exec runs once") {
+  ServiceFixture f;
+  CountingDriver counting(*f.driver);
+  core::SandboxService service(*f.store, counting, f.clock, test::test_settings());
+  auto id = f.create();
+  f.shell(id, "true");
+  auto first = handle_of(f, id);
+  f.driver->session_remove(first);  // e.g. `docker rm -f` by an operator: the host has not noticed
+  auto out = service.exec(f.owner, id, core::ExecKind::shell, "echo once", std::nullopt, "");
+  CHECK(out.output == "once\n");
+  CHECK(out.exit_code == 0);
+  CHECK(counting.execs == 2);  // the refused one (not_found: nothing ran) and the one that ran
+  CHECK(handle_of(f, id) != first);
+  CHECK(f.containers_of(id) == 1);
+  // The same for file calls: a listing and a removal on a vanished container are replayed on a new one.
+  f.driver->session_remove(handle_of(f, id));
+  CHECK(service.list_dir(f.owner, id, ".").empty());
+  CHECK(f.containers_of(id) == 1);
+}
+
+TEST_CASE("an exec that kills its whole container is a result, GET stops saying ready, and the next exec runs") {
+  ServiceFixture f;
+  auto id = f.create();
+  f.shell(id, "true");
+  auto first = f.service->get_sandbox(f.owner, id).row.current_session_id;
+  auto killed = f.shell(id, "__fake crash-session");  // as `kill -9 -1`: PID 1 dies with the exec
+  CHECK(killed.exit_code == 137);
+  auto after = f.service->get_sandbox(f.owner, id);
+  CHECK(after.status != core::SandboxStatus::ready);
+  CHECK_FALSE(after.row.current_session_id);
+  REQUIRE(first);
+  CHECK(f.store->get_session(*first)->state == store::SessionState::dead);
+  CHECK(f.containers_of(id) == 0);
+  CHECK(f.shell(id, "echo alive").output == "alive\n");
+  CHECK(f.service->get_sandbox(f.owner, id).status == core::SandboxStatus::ready);
+}
+
+TEST_CASE("cancel_in_flight cancels a running exec and nothing else") {
+  ServiceFixture f(R"({})", test::test_settings(), std::make_shared<core::SystemClock>());
+  auto id = f.create();
+  f.shell(id, "true");
+  auto handle = handle_of(f, id);
+  CHECK(f.service->cancel_in_flight() == 0);
+  std::optional<core::ErrorCode> code;
+  std::thread caller([&] {
+    try {
+      f.service->exec(f.owner, id, core::ExecKind::shell, "hang", 60s, "");
+    } catch (const core::Error& e) {
+      code = e.code();
+    }
+  });
+  wait_for_running_execs(f, handle, 1);
+  CHECK(f.service->cancel_in_flight() == 1);
+  caller.join();
+  CHECK(code.has_value());
+  CHECK(f.shell(id, "echo after").output == "after\n");  // the session itself is untouched
+}
+
+// ---- crash recovery --------------------------------------------------------------------------------------------
+
+namespace {
+
+/** Leaves `sandbox_id` as a killed berthd would: a session row in `state`, current, started by `starter`. */
+store::SessionRow plant_session(ServiceFixture& f, const std::string& sandbox_id, store::SessionState state,
+                                const std::string& starter) {
+  store::SessionRow s;
+  s.id = core::new_id("sess");
+  s.sandbox_id = sandbox_id;
+  s.state = state;
+  s.starter = starter;
+  s.created_at = f.clock->now();
+  s.last_active_at = s.created_at;
+  f.store->insert_session(s);
+  auto row = *f.store->get_sandbox(sandbox_id);
+  auto claimed = row;
+  claimed.current_session_id = s.id;
+  REQUIRE(f.store->update_sandbox_cas(claimed, row.version));
+  return s;
+}
+
+/** The container the killed berthd had asked for (labels as SandboxService sets them). */
+std::string plant_container(ServiceFixture& f, const store::SessionRow& s, const std::string& instance) {
+  core::SessionSpec spec;
+  spec.session_id = s.id;
+  spec.image = "berth/python:3.11";
+  spec.labels = {{"berth.managed", "true"},
+                 {"berth.instance", instance},
+                 {"berth.sandbox", s.sandbox_id},
+                 {"berth.session", s.id}};
+  return f.driver->session_create(spec).handle;
+}
+
+}  // namespace
+
+TEST_CASE("recover settles at once what a killed berthd left starting or running, and only its own") {
+  ServiceFixture f;  // fake clock: a session left starting would block an exec forever without recovery
+  const std::string me = f.service->settings().instance_id;
+  auto adopt = f.create();
+  auto lost = f.create();
+  auto died = f.create();
+  auto foreign = f.create();
+  auto s_adopt = plant_session(f, adopt, store::SessionState::starting, me);
+  auto adopt_handle = plant_container(f, s_adopt, me);  // the container came up, the row never said so
+  auto s_lost = plant_session(f, lost, store::SessionState::starting, me);  // killed before the container existed
+  auto s_died = plant_session(f, died, store::SessionState::ready, me);
+  auto died_handle = plant_container(f, s_died, me);
+  s_died.handle = died_handle;
+  f.store->update_session(s_died);
+  f.driver->session_stop(died_handle, 0ms);  // its container exited while berthd was down
+  auto s_foreign = plant_session(f, foreign, store::SessionState::starting, "another-berthd");
+
+  auto report = f.service->recover();
+  CHECK(report.adopted == std::vector<std::string>{s_adopt.id});
+  std::set<std::string> cleared(report.cleared.begin(), report.cleared.end());
+  CHECK(cleared == std::set<std::string>{s_lost.id, s_died.id});
+  CHECK(report.failed.empty());
+
+  auto adopted = f.service->get_sandbox(f.owner, adopt);
+  CHECK(adopted.status == core::SandboxStatus::ready);
+  REQUIRE(adopted.session);
+  CHECK(adopted.session->handle == adopt_handle);
+  CHECK(f.shell(adopt, "echo adopted").output == "adopted\n");
+  CHECK(f.containers_of(adopt) == 1);
+  CHECK(handle_of(f, adopt) == adopt_handle);  // ran on the adopted container, no second one
+
+  CHECK(f.service->get_sandbox(f.owner, lost).status == core::SandboxStatus::idle);
+  CHECK(f.store->get_session(s_lost.id)->state == store::SessionState::dead);
+  CHECK(f.shell(lost, "echo fresh").output == "fresh\n");
+
+  CHECK(f.service->get_sandbox(f.owner, died).status == core::SandboxStatus::idle);
+  CHECK(f.driver->session_inspect(died_handle).state == core::SessionState::missing);  // removed
+  CHECK(f.shell(died, "echo back").output == "back\n");
+
+  auto untouched = f.service->get_sandbox(f.owner, foreign);
+  CHECK(untouched.status == core::SandboxStatus::starting);
+  CHECK(untouched.row.current_session_id == s_foreign.id);
+}
+
+TEST_CASE("recover with the driver down changes nothing; the next cleanup pass recovers once it is back") {
+  ServiceFixture f(R"({"unavailable": {"after_calls": 1, "for_ms": 1000}})");
+  auto id = f.create();  // volume_create: call 1; from the next call on the driver is unavailable
+  auto s = plant_session(f, id, store::SessionState::starting, f.service->settings().instance_id);
+  auto report = f.service->recover();
+  CHECK(report.failed == std::vector<std::string>{s.id});
+  CHECK(report.adopted.empty());
+  CHECK(report.cleared.empty());
+  CHECK(f.store->get_session(s.id)->state == store::SessionState::starting);
+  f.fake_clock().advance(1001ms);  // the engine is back; far below the 2 x start_wait the state sync waits for
+  f.service->run_cleanup();
+  CHECK(f.store->get_session(s.id)->state == store::SessionState::dead);
+  CHECK(f.service->get_sandbox(f.owner, id).status == core::SandboxStatus::idle);
+  CHECK(f.shell(id, "echo back").output == "back\n");
+}
+
+TEST_CASE("sessions record the instance that started them") {
+  ServiceFixture f;
+  auto id = f.create();
+  f.shell(id, "true");
+  auto v = f.service->get_sandbox(f.owner, id);
+  REQUIRE(v.session);
+  CHECK(v.session->starter == f.service->settings().instance_id);
+}

@@ -235,6 +235,41 @@ TEST_CASE("a database with a newer schema than the code knows is refused clearly
   CHECK_THAT(error, Catch::Contains("schema version 9999") && Catch::Contains("newer"));
 }
 
+TEST_CASE("sessions record their starter, and a schema-1 database gains the column with existing rows kept") {
+  TempDir dir;
+  const auto path = dir.file("berth.db");
+  {
+    auto store = open_sqlite_store(path);
+    store->insert_workspace(workspace("ws-1"));
+    store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+    auto row = session_row("sess-1", "sandbox-1", SessionState::starting);
+    row.starter = "berth-abc";
+    store->insert_session(row);
+    auto got = store->get_session("sess-1");
+    REQUIRE(got);
+    CHECK(got->starter == "berth-abc");
+    got->starter = "someone-else";  // immutable: update_session does not write it
+    got->state = SessionState::ready;
+    store->update_session(*got);
+    CHECK(store->get_session("sess-1")->starter == "berth-abc");
+  }
+  {
+    // Roll the file back to schema 1 (as a berthd from before the starter column left it).
+    auto s = raw_session(path);
+    s << "ALTER TABLE sessions DROP COLUMN starter", now;
+    s << "DELETE FROM schema_migrations WHERE version >= 2", now;
+  }
+  auto store = open_sqlite_store(path);
+  auto old = store->get_session("sess-1");
+  REQUIRE(old);
+  CHECK(old->state == SessionState::ready);
+  CHECK(old->starter.empty());
+  auto row = session_row("sess-2", "sandbox-1", SessionState::starting);
+  row.starter = "berth-def";
+  store->insert_session(row);
+  CHECK(store->get_session("sess-2")->starter == "berth-def");
+}
+
 TEST_CASE("a database that cannot be opened is a StoreError") {
   TempDir dir;
   CHECK_THAT(error_of_open(dir.file("no-such-dir/berth.db")), Catch::Contains("no-such-dir"));
@@ -409,6 +444,8 @@ TEST_CASE("sessions round trip, update, delete and list the active ones") {
   CHECK(got->error.empty());
   CHECK(got->created_at == t0);
   CHECK(got->last_active_at == t0);
+
+  CHECK(got->starter.empty());
 
   got->handle = "container-abc";
   got->endpoint = "unix:///run/berth/abc.sock";

@@ -1,0 +1,130 @@
+// Crash recovery: what a restarted berthd does with the sessions its previous run left starting or running.
+// Without it, a session left `starting` (its starter was killed) blocks its sandbox until the cleanup task gives up
+// on it after 2 x start_wait, and every exec meanwhile waits for the start deadline and fails.
+#include <chrono>
+#include <map>
+
+#include "core/log.hpp"
+#include "core/sandbox_service.hpp"
+
+namespace berth::core {
+namespace {
+
+using store::SessionRow;
+using SS = store::SessionState;
+using RuntimeState = core::SessionState;
+
+std::string ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::to_string(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+}
+
+}  // namespace
+
+SandboxService::StartingHere::StartingHere(SandboxService& service, std::string session_id)
+    : service_(service), session_id_(std::move(session_id)) {
+  std::lock_guard lock(service_.starting_mutex_);
+  service_.starting_here_.insert(session_id_);
+}
+
+SandboxService::StartingHere::~StartingHere() {
+  std::lock_guard lock(service_.starting_mutex_);
+  service_.starting_here_.erase(session_id_);
+}
+
+bool SandboxService::started_here(const std::string& session_id) {
+  std::lock_guard lock(starting_mutex_);
+  return starting_here_.count(session_id) != 0;
+}
+
+RecoveryReport SandboxService::recover() {
+  RecoveryReport report;
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<SessionRow> mine;
+  for (auto& s : store_.list_active_sessions()) {
+    if (s.starter == settings_.instance_id && !started_here(s.id)) mine.push_back(std::move(s));
+  }
+  if (mine.empty()) {
+    recovery_pending_ = false;
+    log::info("recovery.done", {{"sessions", "0"}, {"elapsed_ms", ms_since(t0)}});
+    return report;
+  }
+
+  // One listing for all of them: recovery time must not grow with a driver round trip per sandbox.
+  std::map<std::string, SessionListing> containers;  // berth.session label -> container
+  try {
+    for (auto& c : driver_.session_list({{"berth.managed", "true"}, {"berth.instance", settings_.instance_id}})) {
+      auto label = c.labels.find("berth.session");
+      if (label != c.labels.end()) containers[label->second] = std::move(c);
+    }
+  } catch (const DriverError& e) {
+    for (const auto& s : mine)
+      report.failed.push_back(s.id);
+    log::warn("recovery.failed", {{"sessions", std::to_string(mine.size())}, {"error", e.what()}});
+    recovery_pending_ = true;
+    return report;
+  }
+  recovery_pending_ = false;
+
+  for (auto& s : mine) {
+    auto container = containers.find(s.id);
+    bool running = container != containers.end() && container->second.state == RuntimeState::running;
+    auto row = store_.get_sandbox(s.sandbox_id);
+    bool wanted = row && !row->deleted_at && row->current_session_id == s.id;
+    try {
+      if (running && wanted) {
+        if (s.state == SS::starting) {
+          // The container came up but its starter died before recording it: adopt it.
+          auto info = driver_.session_inspect(container->second.handle);
+          if (info.state != RuntimeState::running) running = false;
+          if (running) {
+            s.handle = info.handle.empty() ? container->second.handle : info.handle;
+            s.endpoint = info.endpoint;
+            s.state = SS::ready;
+            s.last_active_at = clock_->now();
+            store_.update_session(s);
+            touch(*row);
+          }
+        }
+        if (running) {
+          report.adopted.push_back(s.id);
+          log::info("session.adopted", {{"sandbox", s.sandbox_id}, {"session", s.id}, {"handle", s.handle}});
+          continue;
+        }
+      }
+      std::string why = !wanted   ? "sandbox no longer uses it"
+                        : running ? "container not running"
+                        : container == containers.end()
+                            ? (s.state == SS::starting ? "berthd restarted while starting it" : "container missing")
+                            : "container " + std::string(to_string(container->second.state));
+      clear_session(s.sandbox_id, s.id, SS::dead, why);
+      if (container != containers.end()) {
+        try {
+          driver_.session_stop(container->second.handle, settings_.stop_grace);
+        } catch (const DriverError& e) {
+          if (e.code() != DriverErrc::not_found) throw;
+        }
+        try {
+          driver_.session_remove(container->second.handle);
+        } catch (const DriverError& e) {
+          if (e.code() != DriverErrc::not_found) throw;
+        }
+      }
+      report.cleared.push_back(s.id);
+      log::info("session.recovered_clear", {{"sandbox", s.sandbox_id}, {"session", s.id}, {"reason", why}});
+    } catch (const DriverError& e) {
+      // The row is already cleared (or adoption failed): the cleanup task's orphan pass removes the container.
+      report.failed.push_back(s.id);
+      log::warn("recovery.session_failed", {{"sandbox", s.sandbox_id}, {"session", s.id}, {"error", e.what()}});
+    }
+  }
+  notify_sessions_changed();
+  log::info("recovery.done", {{"sessions", std::to_string(mine.size())},
+                              {"adopted", std::to_string(report.adopted.size())},
+                              {"cleared", std::to_string(report.cleared.size())},
+                              {"failed", std::to_string(report.failed.size())},
+                              {"elapsed_ms", ms_since(t0)}});
+  return report;
+}
+
+}  // namespace berth::core
