@@ -131,13 +131,15 @@ int32_t host_is_cancelled(const berth_cancel_token* token) noexcept {
 /**
  * What a driver handed the host (a listing, a directory entry), read as driver.h rule 3 says: at most
  * min(struct_size, sizeof(T)) bytes into a zeroed T, so fields a (smaller, older or broken) writer did not
- * provide read as 0/NULL and the host never reads past what the driver filled in.
+ * provide read as 0/NULL and the host never reads past what the driver filled in. The size is rounded down to
+ * whole alignof(T) units, so that a pointer the writer covered only in part reads as NULL, never as half a pointer.
  */
 template <typename T>
 T read_sized(const T* in) noexcept {
   T out{};
   if (in == nullptr) return out;
-  const std::size_t n = std::min<std::size_t>(in->struct_size, sizeof(T));
+  std::size_t n = std::min<std::size_t>(in->struct_size, sizeof(T));
+  n -= n % alignof(T);
   std::memcpy(static_cast<void*>(&out), static_cast<const void*>(in), n);
   out.struct_size = static_cast<uint32_t>(n);
   return out;
