@@ -75,10 +75,12 @@ void write_single_file_tar(std::ostream& out, const TarFileEntry& entry, const B
     throw Error(Errc::internal, std::string("tar: ") + what + ": " + (message ? message : "failed"));
   };
   check(archive_write_set_format_pax_restricted(a.get()), "set format");
+  // Raw name bytes, no locale conversion: converting a non-ASCII name in the "C" locale crashed libarchive.
+  check(archive_write_set_options(a.get(), "hdrcharset=BINARY"), "set hdrcharset");
   check(archive_write_open(a.get(), &context, nullptr, write_callback, nullptr), "open");
 
   std::unique_ptr<struct archive_entry, EntryDeleter> e(archive_entry_new());
-  archive_entry_set_pathname_utf8(e.get(), entry.name.c_str());
+  archive_entry_copy_pathname(e.get(), entry.name.c_str());  // raw bytes (hdrcharset=BINARY)
   archive_entry_set_filetype(e.get(), AE_IFREG);
   archive_entry_set_perm(e.get(), entry.mode & 07777);
   archive_entry_set_size(e.get(), static_cast<la_int64_t>(entry.size));
