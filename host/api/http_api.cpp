@@ -10,6 +10,7 @@
 #include <Poco/StreamCopier.h>
 #include <Poco/URI.h>
 
+#include <cmath>
 #include <sstream>
 #include <thread>
 
@@ -53,11 +54,12 @@ void send_error(Exchange& ex, int status, std::string_view code, const std::stri
   if (ex.sent()) return;  // a streamed response already started: nothing more can be said
   Poco::JSON::Object err;
   err.set("code", std::string(code));
-  err.set("message", message);
+  // Messages and details echo client input (paths, field names) that may be any bytes: the body stays UTF-8.
+  err.set("message", to_utf8_lossy(message));
   err.set("request_id", ex.request_id);
   Poco::JSON::Object d;
   for (const auto& [k, v] : details)
-    d.set(k, v);
+    d.set(to_utf8_lossy(k), to_utf8_lossy(v));
   err.set("details", d);
   Poco::JSON::Object body;
   body.set("error", err);
@@ -328,7 +330,8 @@ std::optional<std::int64_t> opt_int(const Poco::JSON::Object::Ptr& o, const std:
     // Accept integral floats such as 30.0, refuse 1.5 and strings.
     if (v.isNumeric() && v.type() != typeid(bool)) {
       double d = v.convert<double>();
-      if (d == static_cast<double>(static_cast<std::int64_t>(d))) return static_cast<std::int64_t>(d);
+      // In range before the cast: converting an out-of-range double (1e300, inf, nan) is undefined behaviour.
+      if (d >= -0x1p63 && d < 0x1p63 && d == std::trunc(d)) return static_cast<std::int64_t>(d);
     }
     throw Error(ErrorCode::validation_error, "'" + field + "' must be an integer", {{"field", field}});
   }

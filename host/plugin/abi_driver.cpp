@@ -1,8 +1,10 @@
 #include "plugin/abi_driver.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <string_view>
 
 #include "core/log.hpp"
 #include "plugin/driver_library.hpp"
@@ -27,59 +29,134 @@ using core::DriverErrc;
 using core::DriverError;
 
 // ---- host services ------------------------------------------------------------------------------------------
+// Everything below is called by driver code through C frames: each function is noexcept and catches everything,
+// because an exception unwinding through a C caller is undefined behaviour (and std::terminate at best). Strings
+// from a driver are read up to a cap, so an unterminated or runaway string cannot make the host read or copy
+// without bound.
+
+/** Longest error message kept from set_error; longer ones are cut and marked. */
+constexpr std::size_t kMaxErrorBytes = std::size_t{16} * 1024;
+/** Longest log event name, field key and field value kept from log. */
+constexpr std::size_t kMaxLogEventBytes = 256;
+constexpr std::size_t kMaxLogKeyBytes = 256;
+constexpr std::size_t kMaxLogValueBytes = 4096;
+/** Most fields of one driver log line (the rest are dropped and counted). */
+constexpr std::size_t kMaxLogFields = 64;
 
 struct HostContext {
   std::string driver_name;
   std::shared_ptr<const core::Clock> clock;
 };
 
-void host_log(void* ctx, berth_log_level level, const char* event, const berth_kv* fields, size_t count) {
-  auto* host = static_cast<HostContext*>(ctx);
-  log::Fields out;
-  out.reserve(count + 1);
-  out.emplace_back("driver", host->driver_name);
-  for (size_t i = 0; i < count && fields != nullptr; ++i) {
-    if (fields[i].key == nullptr) continue;
-    out.emplace_back(fields[i].key, fields[i].value != nullptr ? fields[i].value : "");
-  }
-  std::string_view ev = event != nullptr ? event : "driver.log";
-  switch (level) {
-    case BERTH_LOG_DEBUG:
-      log::debug(ev, out);
-      break;
-    case BERTH_LOG_WARN:
-      log::warn(ev, out);
-      break;
-    case BERTH_LOG_ERROR:
-      log::error(ev, out);
-      break;
-    default:
-      log::info(ev, out);
+/** `s` up to its NUL or `cap` bytes, whichever comes first; "" for NULL. `truncated` tells which. */
+std::string_view bounded(const char* s, std::size_t cap, bool* truncated = nullptr) noexcept {
+  if (s == nullptr) return {};
+  const std::size_t n = strnlen(s, cap + 1);
+  if (truncated != nullptr) *truncated = n > cap;
+  return {s, std::min(n, cap)};
+}
+
+void host_log(void* ctx, berth_log_level level, const char* event, const berth_kv* fields, size_t count) noexcept {
+  try {
+    auto* host = static_cast<HostContext*>(ctx);
+    if (host == nullptr) return;
+    log::Fields out;
+    const std::size_t kept = fields != nullptr ? std::min(count, kMaxLogFields) : 0;
+    out.reserve(kept + 2);
+    out.emplace_back("driver", host->driver_name);
+    for (size_t i = 0; i < kept; ++i) {
+      if (fields[i].key == nullptr) continue;
+      bool cut = false;
+      std::string value(bounded(fields[i].value, kMaxLogValueBytes, &cut));
+      if (cut) value += "...(truncated)";
+      out.emplace_back(bounded(fields[i].key, kMaxLogKeyBytes), std::move(value));  // a view: borrowed for the call
+    }
+    if (fields != nullptr && count > kept) out.emplace_back("dropped_fields", std::to_string(count - kept));
+    std::string_view ev = event != nullptr ? bounded(event, kMaxLogEventBytes) : std::string_view("driver.log");
+    switch (level) {
+      case BERTH_LOG_DEBUG:
+        log::debug(ev, out);
+        break;
+      case BERTH_LOG_WARN:
+        log::warn(ev, out);
+        break;
+      case BERTH_LOG_ERROR:
+        log::error(ev, out);
+        break;
+      default:
+        log::info(ev, out);
+    }
+  } catch (...) {
+    // Logging must never take the driver's call down with it; a lost log line is the lesser harm.
   }
 }
 
-uint64_t host_monotonic_ns(void* ctx) {
-  auto* host = static_cast<HostContext*>(ctx);
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(host->clock->monotonic().time_since_epoch()).count());
+uint64_t host_monotonic_ns(void* ctx) noexcept {
+  try {
+    auto* host = static_cast<HostContext*>(ctx);
+    const auto since_epoch = host != nullptr ? host->clock->monotonic().time_since_epoch()
+                                             : std::chrono::steady_clock::now().time_since_epoch();
+    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch).count());
+  } catch (...) {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count());
+  }
 }
 
-void* host_alloc(size_t size) {
+void* host_alloc(size_t size) noexcept {
   return std::malloc(size);
 }
-void host_free(void* p) {
+void host_free(void* p) noexcept {
   std::free(p);
 }
 
-void host_set_error(berth_error* err, const char* message) {
+void host_set_error(berth_error* err, const char* message) noexcept {
   if (err == nullptr) return;
-  err->message = message != nullptr ? message : "";
   err->set = true;
+  try {
+    bool cut = false;
+    err->message.assign(bounded(message, kMaxErrorBytes, &cut));
+    if (cut) err->message += "...(truncated)";
+  } catch (...) {
+    err->message.clear();  // out of memory: the status alone still describes the failure
+  }
 }
 
-int32_t host_is_cancelled(const berth_cancel_token* token) {
+int32_t host_is_cancelled(const berth_cancel_token* token) noexcept {
   if (token == nullptr) return 0;
   return reinterpret_cast<const core::CancelToken*>(token)->cancelled() ? 1 : 0;
+}
+
+/**
+ * What a driver handed the host (a listing, a directory entry), read as driver.h rule 3 says: at most
+ * min(struct_size, sizeof(T)) bytes into a zeroed T, so fields a (smaller, older or broken) writer did not
+ * provide read as 0/NULL and the host never reads past what the driver filled in. The size is rounded down to
+ * whole alignof(T) units, so that a pointer the writer covered only in part reads as NULL, never as half a pointer.
+ */
+template <typename T>
+T read_sized(const T* in) noexcept {
+  T out{};
+  if (in == nullptr) return out;
+  std::size_t n = std::min<std::size_t>(in->struct_size, sizeof(T));
+  n -= n % alignof(T);
+  std::memcpy(static_cast<void*>(&out), static_cast<const void*>(in), n);
+  out.struct_size = static_cast<uint32_t>(n);
+  return out;
+}
+
+/** Longest string a driver may hand back in a listing (handle, label, entry name); longer is a driver bug. */
+constexpr std::size_t kMaxDriverStringBytes = std::size_t{64} * 1024;
+
+/** A driver's string (NULL reads as ""), or DriverError(internal) when it runs past kMaxDriverStringBytes. */
+std::string driver_string(const char* s, const char* what) {
+  bool cut = false;
+  auto view = bounded(s, kMaxDriverStringBytes, &cut);
+  if (cut) {
+    throw DriverError(DriverErrc::internal, std::string("driver returned a ") + what + " longer than " +
+                                                std::to_string(kMaxDriverStringBytes) + " bytes");
+  }
+  return std::string(view);
 }
 
 const berth_cancel_token* to_token(const core::CancelToken* token) {
@@ -260,7 +337,13 @@ std::unique_ptr<AbiDriver> AbiDriver::create(std::shared_ptr<const DriverLibrary
     reason = "configure returned OK but no instance";
   }
   if (!reason.empty()) {
-    if (status == BERTH_OK && instance != nullptr) api.destroy(instance);
+    if (status == BERTH_OK && instance != nullptr) {
+      try {
+        api.destroy(instance);
+      } catch (...) {
+        log::error("driver.destroy_failed", {{"driver", id.name}});
+      }
+    }
     delete ctx;
     self->host_.host_ctx = nullptr;
     log::error("driver.configure_failed", {{"driver", id.name}, {"reason", reason}});
@@ -370,15 +453,16 @@ std::vector<core::SessionListing> AbiDriver::session_list(const core::Labels& fi
     std::vector<core::SessionListing> items;
     std::exception_ptr error;
   } ctx;
-  auto on_item = [](void* p, const berth_session_listing* item) -> int32_t {
+  auto on_item = [](void* p, const berth_session_listing* raw) noexcept -> int32_t {
     auto* c = static_cast<Ctx*>(p);
     try {
+      const auto item = read_sized(raw);
       core::SessionListing l;
-      l.handle = item->handle != nullptr ? item->handle : "";
-      l.state = to_state(item->state);
-      for (size_t i = 0; i < item->label_count; ++i) {
-        if (item->labels[i].key != nullptr) {
-          l.labels[item->labels[i].key] = item->labels[i].value != nullptr ? item->labels[i].value : "";
+      l.handle = driver_string(item.handle, "session handle");
+      l.state = to_state(item.state);
+      for (size_t i = 0; item.labels != nullptr && i < item.label_count; ++i) {
+        if (item.labels[i].key != nullptr) {
+          l.labels[driver_string(item.labels[i].key, "label key")] = driver_string(item.labels[i].value, "label value");
         }
       }
       c->items.push_back(std::move(l));
@@ -432,11 +516,12 @@ core::ExecResult AbiDriver::exec(const std::string& handle, const core::ExecRequ
     const core::OutputSink* sink;
     std::exception_ptr error;
   } ctx{&on_output, nullptr};
-  auto on_chunk = [](void* p, berth_stream stream, const uint8_t* data, size_t size) -> int32_t {
+  auto on_chunk = [](void* p, berth_stream stream, const uint8_t* data, size_t size) noexcept -> int32_t {
     auto* c = static_cast<Ctx*>(p);
     try {
       if (!*c->sink) return 0;
       auto s = stream == BERTH_STREAM_STDERR ? core::Stream::err : core::Stream::out;
+      if (data == nullptr) size = 0;
       return (*c->sink)(s, std::string_view(reinterpret_cast<const char*>(data), size)) ? 0 : 1;
     } catch (...) {
       c->error = std::current_exception();
@@ -461,7 +546,7 @@ void AbiDriver::file_put(const std::string& handle, const std::string& path, std
     const core::ByteSource* source;
     std::exception_ptr error;
   } ctx{&source, nullptr};
-  auto read = [](void* p, uint8_t* buf, size_t cap) -> int64_t {
+  auto read = [](void* p, uint8_t* buf, size_t cap) noexcept -> int64_t {
     auto* c = static_cast<Ctx*>(p);
     try {
       return (*c->source)(buf, cap);
@@ -484,9 +569,10 @@ void AbiDriver::file_get(const std::string& handle, const std::string& path, con
     const core::ByteSink* sink;
     std::exception_ptr error;
   } ctx{&sink, nullptr};
-  auto write = [](void* p, const uint8_t* data, size_t size) -> int32_t {
+  auto write = [](void* p, const uint8_t* data, size_t size) noexcept -> int32_t {
     auto* c = static_cast<Ctx*>(p);
     try {
+      if (data == nullptr) size = 0;
       return (*c->sink)(std::string_view(reinterpret_cast<const char*>(data), size)) ? 0 : 1;
     } catch (...) {
       c->error = std::current_exception();
@@ -507,11 +593,13 @@ std::vector<core::DirEntry> AbiDriver::dir_list(const std::string& handle, const
     std::vector<core::DirEntry> entries;
     std::exception_ptr error;
   } ctx;
-  auto on_entry = [](void* p, const berth_dir_entry* e) -> int32_t {
+  auto on_entry = [](void* p, const berth_dir_entry* raw) noexcept -> int32_t {
     auto* c = static_cast<Ctx*>(p);
     try {
+      const auto entry = read_sized(raw);
+      const auto* e = &entry;
       core::DirEntry d;
-      d.name = e->name != nullptr ? e->name : "";
+      d.name = driver_string(e->name, "directory entry name");
       switch (e->type) {
         case BERTH_ENTRY_FILE:
           d.type = core::EntryType::file;

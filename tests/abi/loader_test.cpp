@@ -5,7 +5,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include <unistd.h>
+
 #include "core/clock.hpp"
+#include "core/log.hpp"
 #include "plugin/driver_library.hpp"
 
 using namespace berth;
@@ -130,4 +133,65 @@ TEST_CASE("the fake driver loads through the same loader") {
   auto lib = plugin::DriverLibrary::open(BERTH_FAKE_DRIVER);
   CHECK(lib->identity().name == "fake");
   CHECK((lib->identity().capabilities & BERTH_CAP_EXEC) != 0);
+}
+
+TEST_CASE("host callbacks are bounded and read only what the driver filled in") {
+  // The HOSTILE variant makes legal calls with outsized contents (see tests/abi/test_driver.c).
+  auto log_file = std::filesystem::temp_directory_path() / ("berth-abi-log-" + std::to_string(::getpid()));
+  std::filesystem::remove(log_file);
+  log::init(log::Format::text, log::Level::debug, log_file.string());
+  auto lib = plugin::DriverLibrary::open(variant("hostile"));
+  auto driver = lib->configure("{}", std::make_shared<core::SystemClock>());
+
+  SECTION("a 1 MiB error message is cut, not copied whole") {
+    try {
+      driver->volume_remove("v");
+      FAIL("expected DriverError");
+    } catch (const core::DriverError& e) {
+      CHECK(e.code() == core::DriverErrc::not_found);
+      const std::string what = e.what();
+      CHECK(what.find("mmmm") != std::string::npos);
+      CHECK(what.find("(truncated)") != std::string::npos);
+      CHECK(what.size() < 20 * 1024);
+    }
+  }
+  SECTION("a log call with 1,000 fields and 1 MiB strings writes bounded lines") {
+    driver->volume_create("v", {});
+    log::init(log::Format::text, log::Level::warn);  // flush and release the file
+    std::ifstream in(log_file);
+    std::string line;
+    int hostile_lines = 0;
+    int long_event_lines = 0;
+    while (std::getline(in, line)) {
+      CHECK(line.size() < 16 * 1024);
+      if (line.find("abi_test.hostile") != std::string::npos) {
+        ++hostile_lines;
+        CHECK(line.find("dropped_fields=936") != std::string::npos);  // 1,000 fields, 64 kept
+        CHECK(line.find("(truncated)") != std::string::npos);
+      }
+      if (line.find(std::string(256, 'e')) != std::string::npos) {
+        ++long_event_lines;
+        CHECK(line.find(std::string(257, 'e')) == std::string::npos);  // the event name is cut at 256 bytes
+      }
+    }
+    CHECK(hostile_lines == 1);
+    CHECK(long_event_lines == 1);
+  }
+  SECTION("a listing entry is read only up to its struct_size; the rest reads as zero") {
+    auto entries = driver->dir_list("h", ".");
+    REQUIRE(entries.size() == 1);
+    CHECK(entries[0].name == "short.txt");
+    CHECK(entries[0].type == core::EntryType::file);
+    CHECK(entries[0].size == 0);
+    CHECK(entries[0].mode == 0);
+  }
+  SECTION("a label count without labels is no labels") {
+    auto sessions = driver->session_list({});
+    REQUIRE(sessions.size() == 1);
+    CHECK(sessions[0].handle == "h1");
+    CHECK(sessions[0].labels.empty());
+  }
+  driver.reset();
+  log::init(log::Format::text, log::Level::warn);
+  std::filesystem::remove(log_file);
 }

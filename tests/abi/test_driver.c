@@ -40,13 +40,44 @@ static void destroy(berth_instance* inst) {
   free(inst);
 }
 
+#if defined(HOSTILE)
+/* HOSTILE: legal calls with outsized contents, for "host callbacks are bounded" in loader_test.cpp. */
+static char* big_string(size_t n, char c) {
+  char* s = (char*)malloc(n + 1);
+  memset(s, c, n);
+  s[n] = '\0';
+  return s;
+}
+#endif
+
 static berth_status volume_create(berth_instance* i, const char* n, const berth_kv* l, size_t c, berth_error* e) {
   (void)i, (void)n, (void)l, (void)c, (void)e;
+#if defined(HOSTILE)
+  /* One log line with 1,000 fields, the first value 1 MiB long, and a 1 MiB event name. */
+  char* value = big_string(1 << 20, 'v');
+  char* event = big_string(1 << 20, 'e');
+  berth_kv* fields = (berth_kv*)malloc(1000 * sizeof *fields);
+  for (size_t k = 0; k < 1000; ++k) {
+    fields[k].key = "k";
+    fields[k].value = k == 0 ? value : "x";
+  }
+  i->host->log(i->host->host_ctx, BERTH_LOG_WARN, event, fields, 1000);
+  i->host->log(i->host->host_ctx, BERTH_LOG_WARN, "abi_test.hostile", fields, 1000);
+  free(fields);
+  free(event);
+  free(value);
+#endif
   return BERTH_OK;
 }
 static berth_status volume_remove(berth_instance* i, const char* n, berth_error* e) {
   (void)i, (void)n;
+#if defined(HOSTILE)
+  char* message = big_string(1 << 20, 'm'); /* a 1 MiB error message */
+  i->host->set_error(e, message);
+  free(message);
+#else
   i->host->set_error(e, "no such volume");
+#endif
   return BERTH_NOT_FOUND;
 }
 static berth_status volume_exists(berth_instance* i, const char* n, int32_t* exists, berth_error* e) {
@@ -77,6 +108,11 @@ static berth_status session_remove(berth_instance* i, const char* h, berth_error
 static berth_status session_list(berth_instance* i, const berth_kv* f, size_t n, berth_session_list_fn fn, void* ctx,
                                  berth_error* e) {
   (void)i, (void)f, (void)n, (void)fn, (void)ctx, (void)e;
+#if defined(HOSTILE)
+  /* A label count without labels. */
+  berth_session_listing item = {sizeof item, BERTH_SESSION_RUNNING, "h1", NULL, 5};
+  fn(ctx, &item);
+#endif
   return BERTH_OK;
 }
 static berth_status exec_(berth_instance* i, const char* h, const berth_exec_request* rq, berth_output_fn out,
@@ -99,7 +135,19 @@ static berth_status file_get(berth_instance* i, const char* h, const char* p, be
 static berth_status dir_list(berth_instance* i, const char* h, const char* p, berth_dir_list_fn fn, void* ctx,
                              berth_error* e) {
   (void)i, (void)h, (void)p, (void)fn, (void)ctx, (void)e;
+#if defined(HOSTILE)
+  /* An entry written by an older/smaller writer: struct_size covers type and name only; the bytes after it (size,
+   * mode) are not the driver's to give, so the host must read them as 0. */
+  berth_dir_entry entry;
+  memset(&entry, 0xAB, sizeof entry);
+  entry.struct_size = (uint32_t)(offsetof(berth_dir_entry, name) + sizeof(const char*));
+  entry.type = BERTH_ENTRY_FILE;
+  entry.name = "short.txt";
+  fn(ctx, &entry);
+  return BERTH_OK;
+#else
   return BERTH_UNSUPPORTED;
+#endif
 }
 static berth_status path_remove(berth_instance* i, const char* h, const char* p, berth_error* e) {
   (void)i, (void)h, (void)p, (void)e;
