@@ -67,6 +67,10 @@ std::string_view to_string(ErrorCode code) {
       return "session_not_ready";
     case ErrorCode::driver_unavailable:
       return "driver_unavailable";
+    case ErrorCode::server_busy:
+      return "server_busy";
+    case ErrorCode::shutting_down:
+      return "shutting_down";
     case ErrorCode::internal:
       return "internal";
   }
@@ -632,6 +636,22 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   log::info(kind == ExecKind::python ? "capability.python.exec" : "capability.shell.exec",
             {{"sandbox", id}, {"code_len", std::to_string(code.size())}});
 
+  // Registered so that begin_shutdown() can cancel this exec; unregistered however the call ends.
+  CancelToken cancel;
+  {
+    std::lock_guard lock(shutdown_mutex_);
+    if (shutting_down_) throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
+    in_flight_execs_.insert(&cancel);
+  }
+  struct Unregister {
+    SandboxService& self;
+    CancelToken* token;
+    ~Unregister() {
+      std::lock_guard lock(self.shutdown_mutex_);
+      self.in_flight_execs_.erase(token);
+    }
+  } unregister{*this, &cancel};
+
   ExecOutcome out;
   std::string session_id;
   auto t0 = std::chrono::steady_clock::now();
@@ -649,9 +669,13 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
             (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
             return true;
           },
-          nullptr);
+          &cancel);
     });
   } catch (const DriverError& e) {
+    if (e.code() == DriverErrc::cancelled && cancel.cancelled()) {
+      throw Error(ErrorCode::shutting_down, "berthd is shutting down; the exec was cancelled", {{"sandbox_id", id}})
+          .with_retry_after(5s);
+    }
     rethrow_driver_error(e, "exec in sandbox '" + id + "'");
   }
   out.duration_ms =
@@ -972,6 +996,14 @@ void SandboxService::cleanup_abandoned_workspaces(CleanupReport& report) {
       log::warn("sandbox_clean_failed", {{"action", "workspace_remove"}, {"workspace", ws.id}, {"error", e.what()}});
     }
   }
+}
+
+void SandboxService::begin_shutdown() {
+  std::lock_guard lock(shutdown_mutex_);
+  shutting_down_ = true;
+  for (auto* token : in_flight_execs_)
+    token->cancel();
+  log::info("service.shutdown_begun", {{"execs_cancelled", std::to_string(in_flight_execs_.size())}});
 }
 
 }  // namespace berth::core

@@ -135,6 +135,12 @@ class SandboxService {
   /** One pass of the cleanup task (see CleanupTask); also behind POST /v1/admin/gc/run. */
   CleanupReport run_cleanup();
 
+  /**
+   * Shutdown hook: cancels every exec in flight (each then fails with ErrorCode::shutting_down) and refuses new
+   * execs the same way. Thread-safe and idempotent; called by the daemon on SIGTERM before it drains requests.
+   */
+  void begin_shutdown();
+
  private:
   SandboxView view(store::SandboxRow row);
   store::SandboxRow load_live(const std::string& owner, const std::string& id);
@@ -165,6 +171,9 @@ class SandboxService {
   std::mutex wait_mutex_;
   std::condition_variable sessions_changed_;
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
+  std::mutex shutdown_mutex_;  // guards shutting_down_ and in_flight_execs_
+  bool shutting_down_ = false;
+  std::set<CancelToken*> in_flight_execs_;  // borrowed: each lives on the stack of its exec() call
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */
