@@ -248,6 +248,9 @@ void run_route(Exchange& ex, const Route& route) {
 }
 
 void dispatch(Exchange& ex) {
+  if (!ex.uri_valid()) {
+    throw Error(ErrorCode::invalid_request, "malformed request target (bad percent-encoding?): " + ex.uri());
+  }
   std::vector<std::string> segments;
   {
     std::stringstream ss(ex.path());
@@ -392,6 +395,7 @@ Exchange::Exchange(ApiContext& c, Poco::Net::HTTPServerRequest& rq, Poco::Net::H
       query_[k] = v;
   } catch (const Poco::Exception&) {
     path_ = rq.getURI();
+    uri_valid_ = false;
   }
 }
 

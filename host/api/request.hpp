@@ -33,6 +33,8 @@ class Exchange {
   std::vector<std::string> params;  // values of {} segments in the matched route, in order
 
   const std::string& path() const { return path_; }
+  /** False when the request target could not be parsed (e.g. bad percent-encoding): dispatch answers 400. */
+  bool uri_valid() const { return uri_valid_; }
   /** The request target as received (path and query). */
   const std::string& uri() const { return request.getURI(); }
   /** A query parameter, or nullopt. */
@@ -60,6 +62,7 @@ class Exchange {
 
  private:
   std::string path_;
+  bool uri_valid_ = true;
   std::map<std::string, std::string> query_;
   std::optional<std::string> body_;
 };

@@ -252,9 +252,15 @@ void python_exec(Exchange& ex) {
 
 void shell_exec(Exchange& ex) {
   auto body = ex.json_body();
-  only_fields(body, {"command", "timeout", "cwd"});
+  only_fields(body, {"command", "timeout", "cwd", "cwd_b64"});
+  auto cwd = opt_string(body, "cwd");
+  if (body->has("cwd_b64")) {
+    if (cwd)
+      throw Error(ErrorCode::validation_error, "give either 'cwd' or 'cwd_b64', not both", {{"field", "cwd_b64"}});
+    cwd = base64_decode(req_string(body, "cwd_b64"), "cwd_b64");
+  }
   send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::shell, req_string(body, "command"),
-                                    exec_timeout(body), opt_string(body, "cwd").value_or("")));
+                                    exec_timeout(body), cwd.value_or("")));
 }
 
 void history(Exchange& ex) {

@@ -1536,8 +1536,22 @@ TEST_CASE("non-UTF-8 names: path_b64 addresses them and every response stays val
   require_error(missing, 404, "not_found");
   CHECK(valid_utf8(missing.body));
 
+  // cwd_b64 names such a directory for shell/exec.
+  auto pwd =
+      require_json(c.post(sb(id) + "/shell/exec", "{\"command\":\"pwd\",\"cwd_b64\":" + q(b64("d\xfe")) + "}"), 200);
+  CHECK(str(pwd, "output") == "/workspace/d\xef\xbf\xbd\n");
+  require_error(c.post(sb(id) + "/shell/exec", "{\"command\":\"pwd\",\"cwd\":\"d\",\"cwd_b64\":\"ZA==\"}"), 400,
+                "validation_error");
+
   require_json(c.del(sb(id) + "/filesystem/files?path_b64=" + enc), 200);
   require_error(c.get(sb(id) + "/filesystem/files?path_b64=" + enc), 404, "not_found");
+
+  // A request target with a raw 0xFF and a newline: the 404 names it in valid UTF-8, and the access log line escapes
+  // both bytes instead of splitting the line or writing invalid UTF-8.
+  auto odd = c.get("/v1/nowhere/bad%FF%0Aid");
+  require_error(odd, 404, "not_found");
+  CHECK(valid_utf8(odd.body));
+  CHECK(berthd.wait_for_log("path=\"/v1/nowhere/bad\\xff\\nid\" status=404", 5000ms));
 
   // Every log line berthd wrote is one line of valid UTF-8 (bad bytes escaped).
   std::istringstream lines(berthd.log());
@@ -1559,6 +1573,8 @@ TEST_CASE("non-UTF-8 names: path and path_b64 are validated", "[files][utf8][err
     require_error(c.put(sb(id) + "/filesystem/files", "{\"path_b64\":" + q(bad) + ",\"content\":\"x\"}"), 400,
                   "validation_error");
   }
+  // A request target that is not valid percent-encoding is a malformed request, not an unknown route.
+  require_error(c.get(sb(id) + "/filesystem/files?path=%zz"), 400, "invalid_request");
   // Exactly one of the two.
   require_error(c.get(sb(id) + "/filesystem/files?path=a&path_b64=" + url_encode(b64("a"))), 400, "validation_error");
   require_error(c.put(sb(id) + "/filesystem/files", "{\"path\":\"a\",\"path_b64\":\"YQ==\",\"content\":\"x\"}"), 400,
