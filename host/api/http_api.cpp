@@ -1,5 +1,7 @@
 #include "api/http_api.hpp"
 
+#include <Poco/Base64Decoder.h>
+#include <Poco/Base64Encoder.h>
 #include <Poco/DateTimeFormatter.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/HTTPRequestHandler.h>
@@ -7,10 +9,15 @@
 #include <Poco/Net/HTTPServer.h>
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/ServerSocket.h>
+#include <Poco/SHA1Engine.h>
 #include <Poco/StreamCopier.h>
+#include <Poco/ThreadPool.h>
 #include <Poco/URI.h>
+#include <utf8.h>
 
 #include <cmath>
+#include <iterator>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -41,6 +48,8 @@ int http_status(ErrorCode code) {
       return 413;
     case ErrorCode::session_not_ready:
     case ErrorCode::driver_unavailable:
+    case ErrorCode::server_busy:
+    case ErrorCode::shutting_down:
       return 503;
     case ErrorCode::internal:
       return 500;
@@ -48,6 +57,7 @@ int http_status(ErrorCode code) {
   return 500;
 }
 
+/** The error envelope. Message and details may quote names from inside a sandbox: they are made lossy UTF-8. */
 void send_error(Exchange& ex, int status, std::string_view code, const std::string& message,
                 const std::map<std::string, std::string>& details = {},
                 std::optional<std::chrono::seconds> retry_after = std::nullopt) {
@@ -75,11 +85,11 @@ void drain_body(Exchange& ex) {
   if (ex.sent()) return;
   ex.response.setKeepAlive(false);
   try {
-    char buf[65536];
+    std::vector<char> buf(65536);
     std::uint64_t total = 0;
     auto& in = ex.request.stream();
     while (in && total < (64u << 20)) {
-      in.read(buf, sizeof buf);
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
       total += static_cast<std::uint64_t>(in.gcount());
     }
   } catch (const Poco::Exception&) {
@@ -106,21 +116,199 @@ bool match(const std::string& pattern, const std::vector<std::string>& segments,
   return true;
 }
 
-class Handler final : public Poco::Net::HTTPRequestHandler {
- public:
-  explicit Handler(std::shared_ptr<ApiContext> ctx) : ctx_(std::move(ctx)) {}
+std::string sha1_hex(const std::string& data) {
+  Poco::SHA1Engine engine;
+  engine.update(data);
+  return Poco::DigestEngine::digestToHex(engine.digest());
+}
 
-  void handleRequest(Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPServerResponse& rs) override {
-    auto t0 = std::chrono::steady_clock::now();
-    std::string request_id = "req-" + std::to_string(ctx_->next_request++);
-    rs.set("X-Request-Id", request_id);
-    Exchange ex(*ctx_, rq, rs, request_id);
-    bool heavy_counted = false;
+// ---- in-memory request and response (handle_request, and capturing a response for Idempotency-Key) -------------
+
+class InMemoryResponse final : public Poco::Net::HTTPServerResponse {
+ public:
+  void sendContinue() override {}
+  std::ostream& send() override {
+    sent_ = true;
+    return body_;
+  }
+  void sendFile(const std::string&, const std::string&) override { throw Poco::NotImplementedException("sendFile"); }
+  void sendBuffer(const void* buffer, std::size_t length) override {
+    sent_ = true;
+    body_.write(static_cast<const char*>(buffer), static_cast<std::streamsize>(length));
+  }
+  void redirect(const std::string& uri, HTTPStatus status) override {
+    setStatus(status);
+    set("Location", uri);
+    sent_ = true;
+  }
+  void requireAuthentication(const std::string&) override { setStatus(HTTP_UNAUTHORIZED), sent_ = true; }
+  bool sent() const override { return sent_; }
+  std::string body() const { return body_.str(); }
+
+ private:
+  bool sent_ = false;
+  std::ostringstream body_;
+};
+
+class InMemoryRequest final : public Poco::Net::HTTPServerRequest {
+ public:
+  InMemoryRequest(Poco::Net::HTTPServerResponse& response, const std::string& body)
+      : response_(response), body_(body), params_(new Poco::Net::HTTPServerParams) {}
+  std::istream& stream() override { return body_; }
+  const Poco::Net::SocketAddress& clientAddress() const override { return address_; }
+  const Poco::Net::SocketAddress& serverAddress() const override { return address_; }
+  const Poco::Net::HTTPServerParams& serverParams() const override { return *params_; }
+  Poco::Net::HTTPServerResponse& response() const override { return response_; }
+  bool secure() const override { return false; }
+
+ private:
+  Poco::Net::HTTPServerResponse& response_;
+  std::istringstream body_;
+  Poco::Net::HTTPServerParams::Ptr params_;
+  Poco::Net::SocketAddress address_;
+};
+
+// ---- one request, start to end ---------------------------------------------------------------------------------
+
+void authenticate(Exchange& ex) {
+  const auto& s = ex.ctx.settings;
+  if (s.api_keys.empty()) {
+    if (!s.allow_anonymous) throw Error(ErrorCode::unauthorized, "anonymous access is disabled");
+    ex.owner = s.anonymous_owner;
+    return;
+  }
+  std::string auth = ex.request.get("Authorization", "");
+  const std::string prefix = "Bearer ";
+  if (auth.size() <= prefix.size() || auth.compare(0, prefix.size(), prefix) != 0) {
+    throw Error(ErrorCode::unauthorized, "missing 'Authorization: Bearer <key>' header");
+  }
+  auto it = s.api_keys.find(auth.substr(prefix.size()));
+  if (it == s.api_keys.end()) throw Error(ErrorCode::unauthorized, "unknown API key");
+  ex.owner = it->second;
+}
+
+/** Takes an admission slot for a heavy route (the caller releases it), or throws server_busy / shutting_down. */
+void admit(Exchange& ex) {
+  switch (ex.ctx.admission.enter()) {
+    case Admission::Refusal::none:
+      return;
+    case Admission::Refusal::queue_full:
+      log::warn("http.busy", {{"request_id", ex.request_id}, {"reason", "queue_full"}});
+      throw Error(ErrorCode::server_busy, "server is at its concurrent work limit and its queue is full; retry shortly",
+                  {{"reason", "queue_full"}})
+          .with_retry_after(std::chrono::seconds(1));
+    case Admission::Refusal::queue_timeout:
+      log::warn("http.busy", {{"request_id", ex.request_id}, {"reason", "queue_timeout"}});
+      throw Error(ErrorCode::server_busy, "request waited too long for a work slot; retry shortly",
+                  {{"reason", "queue_timeout"}})
+          .with_retry_after(std::chrono::seconds(5));
+    case Admission::Refusal::shutting_down:
+      break;
+  }
+  throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(std::chrono::seconds(5));
+}
+
+/**
+ * Runs the route, honouring an Idempotency-Key: on routes that replay, the first response per (owner, key) is stored
+ * with a hash of method, target and body, and replayed to retries; a different request under the same key is 422.
+ */
+void run_route(Exchange& ex, const Route& route) {
+  if (!ex.request.has("Idempotency-Key") || route.idempotency == Route::Idempotency::not_applicable) {
+    route.handler(ex);
+    if (!ex.sent()) ex.send_empty(204);
+    return;
+  }
+  if (route.idempotency == Route::Idempotency::refuse) {
+    throw Error(ErrorCode::invalid_request,
+                "Idempotency-Key is not supported on " + ex.request.getMethod() + " " + route.pattern +
+                    " (a streamed body cannot be replayed); send the request without it",
+                {{"reason", "idempotency_unsupported"}});
+  }
+  std::string key = ex.request.get("Idempotency-Key", "");
+  if (!core::IdempotencyRegistry::valid_key(key)) {
+    throw Error(ErrorCode::invalid_request, "Idempotency-Key must match [A-Za-z0-9_-]{1,128}",
+                {{"reason", "invalid_idempotency_key"}});
+  }
+  const std::string& body = ex.body();
+  std::string hash = sha1_hex(ex.request.getMethod() + " " + ex.uri() + "\n" + body);
+  auto stored = ex.ctx.idempotency.run(ex.owner, key, hash, [&]() -> core::StoredResponse {
+    InMemoryResponse captured;
+    Exchange inner(ex.ctx, ex.request, captured, ex.request_id);
+    inner.owner = ex.owner;
+    inner.params = ex.params;
+    inner.preset_body(body);
+    route.handler(inner);
+    if (!inner.sent()) inner.send_empty(204);
+    return {static_cast<int>(captured.getStatus()), captured.body()};
+  });
+  ex.response.set("Idempotent-Replayed", stored.replayed ? "true" : "false");
+  if (stored.body.empty()) {
+    ex.send_empty(stored.status);
+  } else {
+    ex.send_raw_json(stored.status, stored.body);
+  }
+}
+
+void dispatch(Exchange& ex) {
+  if (!ex.uri_valid()) {
+    throw Error(ErrorCode::invalid_request, "malformed request target (bad percent-encoding?): " + ex.uri());
+  }
+  std::vector<std::string> segments;
+  {
+    std::stringstream ss(ex.path());
+    std::string item;
+    while (std::getline(ss, item, '/')) {
+      if (!item.empty()) segments.push_back(item);
+    }
+  }
+  bool path_matched = false;
+  for (const auto& route : routes()) {
+    std::vector<std::string> params;
+    if (!match(route.pattern, segments, params)) continue;
+    path_matched = true;
+    if (route.method != ex.request.getMethod()) continue;
+    ex.params = std::move(params);
+    if (!route.public_) authenticate(ex);
+    std::optional<AdmissionSlot> slot;  // released when the route returns or throws
+    if (route.heavy) {
+      admit(ex);
+      slot.emplace(ex.ctx.admission);
+    }
+    run_route(ex, route);
+    return;
+  }
+  if (path_matched) {
+    send_error(ex, 405, "invalid_request", "method " + ex.request.getMethod() + " not allowed on " + ex.path());
+    return;
+  }
+  send_error(ex, 404, "not_found", "no route for " + ex.request.getMethod() + " " + ex.path());
+}
+
+/** Every request, from a socket or from handle_request, goes through here. Never throws. */
+void serve(ApiContext& ctx, Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPServerResponse& rs) {
+  ++ctx.handlers_running;
+  struct Done {
+    ApiContext& ctx;
+    ~Done() { --ctx.handlers_running; }
+  } done{ctx};
+  auto t0 = std::chrono::steady_clock::now();
+  std::string request_id = "req-" + std::to_string(ctx.next_request++);
+  rs.set("X-Request-Id", request_id);
+  Exchange ex(ctx, rq, rs, request_id);
+  try {
     try {
-      dispatch(ex, heavy_counted);
+      if (ctx.shutting_down.load()) {
+        rs.setKeepAlive(false);
+        throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(std::chrono::seconds(5));
+      }
+      dispatch(ex);
     } catch (const Error& e) {
-      if (e.code() == ErrorCode::payload_too_large) drain_body(ex);
-      send_error(ex, http_status(e.code()), core::to_string(e.code()), e.what(), e.details(), e.retry_after());
+      bool refused_unread = e.details().count("reason") && e.details().at("reason") == "idempotency_unsupported";
+      if (e.code() == ErrorCode::payload_too_large || refused_unread) drain_body(ex);
+      int status = http_status(e.code());
+      // Same Idempotency-Key, different request: unprocessable as sent (not a state conflict of the resource).
+      if (e.details().count("reason") && e.details().at("reason") == "idempotency_mismatch") status = 422;
+      send_error(ex, status, core::to_string(e.code()), e.what(), e.details(), e.retry_after());
     } catch (const Poco::Exception& e) {
       // Client-side stream problems (reset connection, bad chunking) are not server errors.
       log::warn("http.exception", {{"request_id", request_id}, {"error", e.displayText()}});
@@ -129,73 +317,32 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       log::error("http.internal_error", {{"request_id", request_id}, {"error", e.what()}});
       send_error(ex, 500, "internal", "internal error (request " + request_id + ")");
     }
-    if (heavy_counted) --ctx_->heavy_in_flight;
-    log::info(
-        "http.access",
-        {{"request_id", request_id},
-         {"method", rq.getMethod()},
-         {"path", ex.path()},
-         {"status", std::to_string(static_cast<int>(rs.getStatus()))},
-         {"owner", ex.owner},
-         {"ms",
-          std::to_string(
-              std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count())}});
+  } catch (const std::exception& e) {
+    // Sending the error itself failed (the client is gone): nothing more can be said.
+    log::warn("http.send_failed", {{"request_id", request_id}, {"error", e.what()}});
+  } catch (...) {
+    log::error("http.internal_error", {{"request_id", request_id}, {"error", "unknown exception"}});
+  }
+  log::info(
+      "http.access",
+      {{"request_id", request_id},
+       {"method", rq.getMethod()},
+       {"path", ex.path()},
+       {"status", std::to_string(static_cast<int>(rs.getStatus()))},
+       {"owner", ex.owner},
+       {"ms",
+        std::to_string(
+            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count())}});
+}
+
+class Handler final : public Poco::Net::HTTPRequestHandler {
+ public:
+  explicit Handler(std::shared_ptr<ApiContext> ctx) : ctx_(std::move(ctx)) {}
+  void handleRequest(Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPServerResponse& rs) override {
+    serve(*ctx_, rq, rs);
   }
 
  private:
-  void authenticate(Exchange& ex) {
-    const auto& s = ctx_->settings;
-    if (s.api_keys.empty()) {
-      if (!s.allow_anonymous) throw Error(ErrorCode::unauthorized, "anonymous access is disabled");
-      ex.owner = s.anonymous_owner;
-      return;
-    }
-    std::string auth = ex.request.get("Authorization", "");
-    const std::string prefix = "Bearer ";
-    if (auth.size() <= prefix.size() || auth.compare(0, prefix.size(), prefix) != 0) {
-      throw Error(ErrorCode::unauthorized, "missing 'Authorization: Bearer <key>' header");
-    }
-    auto it = s.api_keys.find(auth.substr(prefix.size()));
-    if (it == s.api_keys.end()) throw Error(ErrorCode::unauthorized, "unknown API key");
-    ex.owner = it->second;
-  }
-
-  void dispatch(Exchange& ex, bool& heavy_counted) {
-    std::vector<std::string> segments;
-    {
-      std::stringstream ss(ex.path());
-      std::string item;
-      while (std::getline(ss, item, '/')) {
-        if (!item.empty()) segments.push_back(item);
-      }
-    }
-    bool path_matched = false;
-    for (const auto& route : routes()) {
-      std::vector<std::string> params;
-      if (!match(route.pattern, segments, params)) continue;
-      path_matched = true;
-      if (route.method != ex.request.getMethod()) continue;
-      ex.params = std::move(params);
-      if (!route.public_) authenticate(ex);
-      if (route.heavy) {
-        heavy_counted = true;
-        if (++ctx_->heavy_in_flight > ctx_->heavy_limit) {
-          throw Error(ErrorCode::session_not_ready, "server is at its concurrent work limit; retry shortly",
-                      {{"reason", "server_busy"}})
-              .with_retry_after(std::chrono::seconds(1));
-        }
-      }
-      route.handler(ex);
-      if (!ex.sent()) ex.send_empty(204);
-      return;
-    }
-    if (path_matched) {
-      send_error(ex, 405, "invalid_request", "method " + ex.request.getMethod() + " not allowed on " + ex.path());
-      return;
-    }
-    send_error(ex, 404, "not_found", "no route for " + ex.request.getMethod() + " " + ex.path());
-  }
-
   std::shared_ptr<ApiContext> ctx_;
 };
 
@@ -212,6 +359,33 @@ class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
 
 }  // namespace
 
+InProcessResponse handle_request(ApiContext& ctx, const std::string& method, const std::string& uri,
+                                 const std::vector<std::pair<std::string, std::string>>& headers,
+                                 const std::string& body) {
+  InMemoryResponse response;
+  InMemoryRequest request(response, body);
+  InProcessResponse out;
+  try {
+    request.setMethod(method);
+    request.setURI(uri);
+    for (const auto& [k, v] : headers)
+      request.add(k, v);
+    if (!request.has("Content-Length") && !request.getChunkedTransferEncoding()) {
+      request.setContentLength64(static_cast<Poco::Int64>(body.size()));
+    }
+  } catch (const Poco::Exception& e) {
+    out.status = 400;  // a header Poco itself refuses (e.g. a malformed Content-Length) never reaches routing
+    out.body = e.displayText();
+    return out;
+  }
+  serve(ctx, request, response);
+  out.status = static_cast<int>(response.getStatus());
+  for (const auto& [k, v] : response)
+    out.headers.emplace_back(k, v);
+  out.body = response.body();
+  return out;
+}
+
 // ---- Exchange -------------------------------------------------------------------------------------------------
 
 Exchange::Exchange(ApiContext& c, Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPServerResponse& rs, std::string id)
@@ -223,6 +397,7 @@ Exchange::Exchange(ApiContext& c, Poco::Net::HTTPServerRequest& rq, Poco::Net::H
       query_[k] = v;
   } catch (const Poco::Exception&) {
     path_ = rq.getURI();
+    uri_valid_ = false;
   }
 }
 
@@ -284,10 +459,19 @@ Poco::JSON::Object::Ptr Exchange::json_body() {
 }
 
 void Exchange::send_raw_json(int status, const std::string& text) {
+  const std::string* out = &text;
+  std::string repaired;
+  if (!is_utf8(text)) {
+    // A bug upstream let raw bytes into a body labelled UTF-8: repair it rather than send invalid JSON text.
+    log::warn("http.invalid_utf8",
+              {{"request_id", request_id}, {"path", path_}, {"bytes", std::to_string(text.size())}});
+    repaired = to_utf8_lossy(text);
+    out = &repaired;
+  }
   response.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
   response.setContentType("application/json; charset=utf-8");
-  response.setContentLength(static_cast<std::streamsize>(text.size()));
-  response.send() << text;
+  response.setContentLength(static_cast<std::streamsize>(out->size()));
+  response.send() << *out;
 }
 
 void Exchange::send_json(int status, const Poco::JSON::Object& body) {
@@ -366,48 +550,83 @@ void only_fields(const Poco::JSON::Object::Ptr& o, std::initializer_list<const c
   }
 }
 
-namespace {
-/** Length of the valid UTF-8 sequence at s[i], or 0 if there is none. */
-std::size_t utf8_sequence(std::string_view s, std::size_t i) {
-  auto c = static_cast<unsigned char>(s[i]);
-  std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-  if (n == 0 || i + n > s.size()) return 0;
-  std::uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1f) : n == 3 ? (c & 0x0f) : (c & 0x07);
-  for (std::size_t k = 1; k < n; ++k) {
-    auto cc = static_cast<unsigned char>(s[i + k]);
-    if ((cc >> 6) != 0x2) return 0;
-    cp = (cp << 6) | (cc & 0x3f);
-  }
-  static constexpr std::uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-  return n;
-}
-}  // namespace
-
 bool is_utf8(std::string_view s) {
-  for (std::size_t i = 0; i < s.size();) {
-    auto n = utf8_sequence(s, i);
-    if (n == 0) return false;
-    i += n;
-  }
-  return true;
+  return utf8::is_valid(s.begin(), s.end());
 }
 
 std::string to_utf8_lossy(std::string_view s) {
   if (is_utf8(s)) return std::string(s);
   std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size();) {
-    auto n = utf8_sequence(s, i);
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";  // U+FFFD
-      ++i;
-    } else {
-      out.append(s.substr(i, n));
-      i += n;
-    }
+  out.reserve(s.size() + 8);
+  utf8::replace_invalid(s.begin(), s.end(), std::back_inserter(out), 0xFFFDu);
+  return out;
+}
+
+std::string base64_encode(std::string_view bytes) {
+  std::ostringstream os;
+  Poco::Base64Encoder encoder(os);
+  encoder.rdbuf()->setLineLength(0);
+  encoder.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  encoder.close();
+  return os.str();
+}
+
+std::string base64_decode(const std::string& text, const std::string& field) {
+  std::string out;
+  bool ok = true;
+  try {
+    std::istringstream in(text);
+    Poco::Base64Decoder decoder(in);
+    std::ostringstream os;
+    os << decoder.rdbuf();
+    out = os.str();
+  } catch (const Poco::Exception&) {
+    ok = false;
+  }
+  // Poco's decoder skips whitespace and tolerates some sloppiness: accept only the canonical spelling.
+  if (!ok || base64_encode(out) != text) {
+    throw Error(ErrorCode::validation_error, "'" + field + "' is not valid standard base64 (RFC 4648, padded)",
+                {{"field", field}, {"reason", "invalid_base64"}});
   }
   return out;
+}
+
+void set_name(Poco::JSON::Object& o, const std::string& key, const std::string& raw) {
+  o.set(key, to_utf8_lossy(raw));
+  if (!is_utf8(raw)) o.set(key + "_b64", base64_encode(raw));
+}
+
+std::optional<std::string> query_path(const Exchange& ex) {
+  auto text = ex.query("path");
+  auto b64 = ex.query("path_b64");
+  if (text && b64) {
+    throw Error(ErrorCode::validation_error, "give either 'path' or 'path_b64', not both", {{"field", "path_b64"}});
+  }
+  if (b64) return base64_decode(*b64, "path_b64");
+  return text;
+}
+
+std::optional<std::string> body_path(const Poco::JSON::Object::Ptr& o) {
+  auto text = opt_string(o, "path");
+  auto b64 = opt_string(o, "path_b64");
+  if (text && b64) {
+    throw Error(ErrorCode::validation_error, "give either 'path' or 'path_b64', not both", {{"field", "path_b64"}});
+  }
+  if (b64) return base64_decode(*b64, "path_b64");
+  return text;
+}
+
+std::string content_disposition(const std::string& raw) {
+  std::string fallback;
+  for (char c : raw) {
+    auto u = static_cast<unsigned char>(c);
+    fallback += (u < 0x20 || u >= 0x7f || c == '"' || c == '\\') ? '_' : c;
+  }
+  // RFC 8187 attr-char is ALPHA / DIGIT / "!#$&+-.^_`|~"; Poco keeps only unreserved characters when told these
+  // others are reserved, and encodes every byte >= 0x80 and every control byte.
+  std::string encoded;
+  Poco::URI::encode(to_utf8_lossy(raw), "!\"#$%&'()*+,/:;<=>?@[\\]^`{|}", encoded);
+  return "attachment; filename=\"" + fallback + "\"; filename*=UTF-8''" + encoded;
 }
 
 std::string rfc3339(std::chrono::system_clock::time_point t) {
@@ -419,10 +638,7 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
 
 HttpApi::HttpApi(ApiSettings settings, core::SandboxService& service, core::IdempotencyRegistry& idempotency,
                  std::shared_ptr<const core::Clock> clock)
-    : ctx_(std::make_shared<ApiContext>(std::move(settings), service, idempotency, std::move(clock))) {
-  // Keep a few workers free for cheap requests (/health, GET) however many long execs run.
-  ctx_->heavy_limit = std::max(1, ctx_->settings.threads - 4);
-}
+    : ctx_(std::make_shared<ApiContext>(std::move(settings), service, idempotency, std::move(clock))) {}
 
 HttpApi::~HttpApi() {
   if (server_) server_->stopAll(true);
@@ -434,28 +650,44 @@ void HttpApi::start() {
   Poco::Net::ServerSocket socket;
   socket.bind(Poco::Net::SocketAddress(ctx_->settings.host, ctx_->settings.port), true, false);
   socket.listen(256);
+  const auto& s = ctx_->settings;
+  // Our own pool: Poco's default pool is small and shared; every open connection holds one of these threads, and a
+  // request queued for admission simply parks its thread. Small stacks keep 1,024 threads cheap.
+  pool_ = std::make_unique<Poco::ThreadPool>("berth-http", 4, s.threads, 60, static_cast<int>(s.thread_stack_bytes));
   auto* params = new Poco::Net::HTTPServerParams;
-  params->setMaxThreads(ctx_->settings.threads);
-  params->setMaxQueued(ctx_->settings.queue);
+  params->setMaxThreads(s.threads);
+  params->setMaxQueued(s.queue);
   params->setKeepAlive(true);
   params->setKeepAliveTimeout(Poco::Timespan(2, 0));
   params->setTimeout(Poco::Timespan(60, 0));
-  server_ = std::make_unique<Poco::Net::HTTPServer>(new Factory(ctx_), socket, params);
+  server_ = std::make_unique<Poco::Net::HTTPServer>(new Factory(ctx_), *pool_, socket, params);
   server_->start();
+  log::info("http.listening", {{"threads", std::to_string(s.threads)},
+                               {"work_slots", std::to_string(s.admission.slots)},
+                               {"work_queue", std::to_string(s.admission.queue)},
+                               {"work_queue_timeout_ms", std::to_string(s.admission.queue_timeout.count())}});
 }
 
 std::uint16_t HttpApi::port() const {
   return server_ ? server_->port() : 0;
 }
 
-void HttpApi::stop(std::chrono::seconds grace) {
-  if (!server_) return;
-  server_->stop();  // stop accepting
+void HttpApi::begin_shutdown() {
+  ctx_->shutting_down.store(true);
+  ctx_->admission.shut_down();
+  if (server_) server_->stop();  // stop accepting; open connections keep being served (with 503 shutting_down)
+}
+
+int HttpApi::wait_for_handlers(std::chrono::milliseconds grace) {
   auto deadline = std::chrono::steady_clock::now() + grace;
-  while (server_->currentConnections() > 0 && std::chrono::steady_clock::now() < deadline) {
+  while (ctx_->handlers_running.load() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  server_->stopAll(true);
+  return ctx_->handlers_running.load();
+}
+
+void HttpApi::close() {
+  if (server_) server_->stopAll(true);
 }
 
 }  // namespace berth::api

@@ -1,27 +1,38 @@
-// The HTTP front door: owns Poco's HTTPServer, authenticates, routes, and maps core results and errors to JSON.
-// Route handlers (api/routes.cpp) only translate HTTP to core calls.
+// The HTTP front door: owns Poco's HTTPServer, authenticates, admits, routes, and maps core results and errors to
+// JSON. Route handlers (api/routes.cpp) only translate HTTP to core calls.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "api/admission.hpp"
 #include "core/clock.hpp"
 #include "core/idempotency.hpp"
 #include "core/sandbox_service.hpp"
 
-namespace Poco::Net {
+namespace Poco {
+class ThreadPool;
+namespace Net {
 class HTTPServer;
 }
+}  // namespace Poco
 
 namespace berth::api {
 
+/** The HTTP layer's settings, filled from config::ServerConfig and config::AuthConfig by the daemon. */
 struct ApiSettings {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
-  int threads = 64;
-  int queue = 64;
+  int threads = 1024;         // server thread pool: one thread per open connection (queued requests wait on theirs)
+  int queue = 64;             // accepted connections waiting for a thread (Poco's dispatcher queue)
+  AdmissionLimits admission;  // work_slots / work_queue / work_queue_timeout for heavy routes
+  std::size_t thread_stack_bytes = 512u << 10;  // per server thread
   std::uint64_t max_body = 1 << 20;
   std::uint64_t max_file_size = 100ull << 20;
   std::map<std::string, std::string> api_keys;  // key -> owner
@@ -30,36 +41,79 @@ struct ApiSettings {
   std::string version = BERTH_VERSION;
 };
 
-/** Everything a request handler may use. Shared by all worker threads; every member is thread-safe. */
+/**
+ * Everything a request handler may use. Shared by all server threads; every member is thread-safe. The referenced
+ * service and idempotency registry must outlive every request (the daemon guarantees it by waiting for handlers, or
+ * by exiting without destroying them).
+ */
 struct ApiContext {
   ApiContext(ApiSettings s, core::SandboxService& svc, core::IdempotencyRegistry& idem,
              std::shared_ptr<const core::Clock> c)
-      : settings(std::move(s)), service(svc), idempotency(idem), clock(std::move(c)) {}
+      : settings(std::move(s)), service(svc), idempotency(idem), clock(std::move(c)), admission(settings.admission) {}
   ApiSettings settings;
   core::SandboxService& service;
   core::IdempotencyRegistry& idempotency;
   std::shared_ptr<const core::Clock> clock;
+  Admission admission;  // heavy routes pass through it
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<std::uint64_t> next_request{1};
-  std::atomic<int> heavy_in_flight{0};  // exec/file/start requests now running
-  int heavy_limit = 1;                  // beyond this, 503 server_busy (keeps threads free for /health)
+  std::atomic<int> handlers_running{0};    // requests inside handle_request right now
+  std::atomic<bool> shutting_down{false};  // set by HttpApi::begin_shutdown: new requests get 503 shutting_down
 };
 
+/** A request/response pair as handle_request takes and returns it (no sockets involved). */
+struct InProcessResponse {
+  int status = 0;
+  std::vector<std::pair<std::string, std::string>> headers;  // as the server would send them (without framing)
+  std::string body;                                          // the whole body (a download is not chunk-framed)
+};
+
+/**
+ * Runs one request through the whole HTTP layer (authentication, admission, routing, error mapping, idempotency,
+ * the UTF-8 guard) in the calling thread, without sockets: the entry point for fuzz targets and in-process tests.
+ * `uri` is the request target ("/v1/sandboxes?limit=5"); `headers` are sent as given (Content-Type and
+ * Content-Length are derived from `body` unless present). Never throws for anything a client can send; the
+ * context must be valid for the call. Thread-safe like every request.
+ */
+InProcessResponse handle_request(ApiContext& ctx, const std::string& method, const std::string& uri,
+                                 const std::vector<std::pair<std::string, std::string>>& headers,
+                                 const std::string& body);
+
+/**
+ * Owns the listening socket, Poco's HTTPServer and its own thread pool (sized by ApiSettings::threads, small
+ * stacks), so that requests waiting for admission only cost a parked thread. Methods are called by the daemon's
+ * main thread only.
+ */
 class HttpApi {
  public:
   HttpApi(ApiSettings settings, core::SandboxService& service, core::IdempotencyRegistry& idempotency,
           std::shared_ptr<const core::Clock> clock);
+  /** Stops the server if still running; never waits for stuck handlers (see wait_for_handlers). */
   ~HttpApi();
 
-  /** Binds and starts serving. Throws on bind failure. */
+  /** Binds and starts serving. Throws Poco::Exception on bind failure. */
   void start();
   /** The bound port (useful with port 0). */
   std::uint16_t port() const;
-  /** Stops accepting, lets in-flight requests finish for up to `grace`. */
-  void stop(std::chrono::seconds grace);
+  /**
+   * Shutdown, step 1: stops accepting connections, answers every new request on open connections with
+   * 503 shutting_down, and wakes requests queued for admission (they get 503 shutting_down too).
+   */
+  void begin_shutdown();
+  /**
+   * Shutdown, step 2 (may be repeated): waits up to `grace` for running handlers to return. Returns the number of
+   * handlers still running (0 = drained; otherwise the caller must not free what they use).
+   */
+  int wait_for_handlers(std::chrono::milliseconds grace);
+  /** Shutdown, step 3, once drained: closes the remaining (idle keep-alive) connections. */
+  void close();
+
+  /** The shared request context (for tests and the daemon's logs). */
+  ApiContext& context() { return *ctx_; }
 
  private:
   std::shared_ptr<ApiContext> ctx_;
+  std::unique_ptr<Poco::ThreadPool> pool_;
   std::unique_ptr<Poco::Net::HTTPServer> server_;
 };
 

@@ -4,7 +4,6 @@
 #include <Poco/Net/HTMLForm.h>
 #include <Poco/Net/MessageHeader.h>
 #include <Poco/Net/PartHandler.h>
-#include <Poco/SHA1Engine.h>
 #include <Poco/TemporaryFile.h>
 
 #include <fstream>
@@ -61,12 +60,6 @@ Object workspace_json(const store::WorkspaceRow& w) {
 
 const std::string& sandbox_id(Exchange& ex) {
   return ex.params.at(0);
-}
-
-std::string sha1(const std::string& data) {
-  Poco::SHA1Engine engine;
-  engine.update(data);
-  return Poco::DigestEngine::digestToHex(engine.digest());
 }
 
 // ---- meta ---------------------------------------------------------------------------------------------------------
@@ -155,42 +148,9 @@ core::CreateSandboxRequest parse_create(const Object::Ptr& body) {
 }
 
 void create_sandbox(Exchange& ex) {
-  auto body = ex.json_body();
-  auto rq = parse_create(body);
-  auto run = [&]() -> core::StoredResponse {
-    auto result = ex.ctx.service.create_sandbox(ex.owner, rq);
-    std::ostringstream os;
-    sandbox_json(result.sandbox).stringify(os);
-    return {result.created ? 201 : 200, os.str()};
-  };
-  std::string idem = ex.request.get("Idempotency-Key", "");
-  if (ex.request.has("Idempotency-Key")) {
-    if (!core::IdempotencyRegistry::valid_key(idem)) {
-      throw Error(ErrorCode::invalid_request, "Idempotency-Key must match [A-Za-z0-9_-]{1,128}");
-    }
-    try {
-      auto stored = ex.ctx.idempotency.run(ex.owner, idem, sha1(ex.body()), run);
-      ex.response.set("Idempotent-Replayed", stored.replayed ? "true" : "false");
-      ex.send_raw_json(stored.status, stored.body);
-    } catch (const Error& e) {
-      if (e.details().count("reason") && e.details().at("reason") == "idempotency_mismatch") {
-        // Same key, different body: the request is unprocessable as sent.
-        Object err;
-        err.set("code", "conflict");
-        err.set("message", e.what());
-        err.set("request_id", ex.request_id);
-        err.set("details", string_map(e.details()));
-        Object out;
-        out.set("error", err);
-        ex.send_json(422, out);
-        return;
-      }
-      throw;
-    }
-    return;
-  }
-  auto response = run();
-  ex.send_raw_json(response.status, response.body);
+  auto rq = parse_create(ex.json_body());
+  auto result = ex.ctx.service.create_sandbox(ex.owner, rq);
+  ex.send_json(result.created ? 201 : 200, sandbox_json(result.sandbox));
 }
 
 void list_sandboxes(Exchange& ex) {
@@ -292,9 +252,15 @@ void python_exec(Exchange& ex) {
 
 void shell_exec(Exchange& ex) {
   auto body = ex.json_body();
-  only_fields(body, {"command", "timeout", "cwd"});
+  only_fields(body, {"command", "timeout", "cwd", "cwd_b64"});
+  auto cwd = opt_string(body, "cwd");
+  if (body->has("cwd_b64")) {
+    if (cwd)
+      throw Error(ErrorCode::validation_error, "give either 'cwd' or 'cwd_b64', not both", {{"field", "cwd_b64"}});
+    cwd = base64_decode(req_string(body, "cwd_b64"), "cwd_b64");
+  }
   send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::shell, req_string(body, "command"),
-                                    exec_timeout(body), opt_string(body, "cwd").value_or("")));
+                                    exec_timeout(body), cwd.value_or("")));
 }
 
 void history(Exchange& ex) {
@@ -323,37 +289,40 @@ void history(Exchange& ex) {
 
 // ---- files ----------------------------------------------------------------------------------------------------------
 
+/** The target path: query `path` or `path_b64` (raw bytes); `fallback` when neither is given, else required. */
 std::string path_param(Exchange& ex, const char* fallback = nullptr) {
-  auto p = ex.query("path");
+  auto p = query_path(ex);
   if (!p) {
     if (fallback) return fallback;
-    throw Error(ErrorCode::validation_error, "query parameter 'path' is required", {{"field", "path"}});
+    throw Error(ErrorCode::validation_error, "query parameter 'path' (or 'path_b64') is required", {{"field", "path"}});
   }
   return *p;
 }
 
 void read_file(Exchange& ex) {
-  auto content = ex.ctx.service.read_file(ex.owner, sandbox_id(ex), path_param(ex), ex.ctx.settings.max_body);
+  auto path = path_param(ex);
+  auto content = ex.ctx.service.read_file(ex.owner, sandbox_id(ex), path, ex.ctx.settings.max_body);
   if (!is_utf8(content)) {
     throw Error(ErrorCode::validation_error, "file is not UTF-8 text; use filesystem/download for binary files",
-                {{"path", path_param(ex)}});
+                {{"path", to_utf8_lossy(path)}});
   }
   Object o;
-  o.set("path", path_param(ex));
+  set_name(o, "path", path);
   o.set("content", content);
   ex.send_json(200, o);
 }
 
 void write_file(Exchange& ex) {
   auto body = ex.json_body();
-  only_fields(body, {"path", "content", "mode"});
-  auto path = req_string(body, "path");
+  only_fields(body, {"path", "path_b64", "content", "mode"});
+  auto path = body_path(body);
+  if (!path) throw Error(ErrorCode::validation_error, "'path' (or 'path_b64') is required", {{"field", "path"}});
   auto content = req_string(body, "content");
   auto mode = opt_int(body, "mode").value_or(0644);
   if (mode < 0 || mode > 0777) throw Error(ErrorCode::validation_error, "mode must be between 0 and 0777");
   std::size_t offset = 0;
   ex.ctx.service.write_file(
-      ex.owner, sandbox_id(ex), path, content.size(),
+      ex.owner, sandbox_id(ex), *path, content.size(),
       [&](std::uint8_t* buf, std::size_t cap) -> std::int64_t {
         std::size_t n = std::min(cap, content.size() - offset);
         std::memcpy(buf, content.data() + offset, n);
@@ -363,7 +332,7 @@ void write_file(Exchange& ex) {
       static_cast<std::uint32_t>(mode));
   Object o;
   o.set("status", "ok");
-  o.set("path", path);
+  set_name(o, "path", *path);
   o.set("size", static_cast<std::uint64_t>(content.size()));
   ex.send_json(200, o);
 }
@@ -376,19 +345,20 @@ void delete_file(Exchange& ex) {
 }
 
 void list_directory(Exchange& ex) {
-  auto entries = ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path_param(ex, "."));
+  auto path = path_param(ex, ".");
+  auto entries = ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path);
   std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   Array arr;
   for (const auto& e : entries) {
     Object o;
-    o.set("name", e.name);
+    set_name(o, "name", e.name);
     o.set("type", std::string(core::to_string(e.type)));
     o.set("size", e.size);
     o.set("mode", e.mode);
     arr.add(o);
   }
   Object o;
-  o.set("path", path_param(ex, "."));
+  set_name(o, "path", path);
   o.set("entries", arr);
   ex.send_json(200, o);
 }
@@ -458,7 +428,10 @@ void upload(Exchange& ex) {
   }
   if (!part.received())
     throw Error(ErrorCode::validation_error, "multipart part 'file' is missing", {{"field", "file"}});
-  std::string path = form.get("path", "");
+  if (form.has("path") && form.has("path_b64")) {
+    throw Error(ErrorCode::validation_error, "give either 'path' or 'path_b64', not both", {{"field", "path_b64"}});
+  }
+  std::string path = form.has("path_b64") ? base64_decode(form.get("path_b64"), "path_b64") : form.get("path", "");
   if (path.empty()) path = part.filename();
   if (path.empty()) throw Error(ErrorCode::validation_error, "multipart field 'path' is missing", {{"field", "path"}});
   std::ifstream in(part.spool_path(), std::ios::binary);
@@ -470,7 +443,7 @@ void upload(Exchange& ex) {
                             });
   Object o;
   o.set("status", "ok");
-  o.set("path", path);
+  set_name(o, "path", path);
   o.set("size", part.size());
   ex.send_json(200, o);
 }
@@ -485,7 +458,7 @@ void download(Exchange& ex) {
     std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
     ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
     ex.response.setContentType("application/octet-stream");
-    ex.response.set("Content-Disposition", "attachment; filename=\"" + name + "\"");
+    ex.response.set("Content-Disposition", content_disposition(name));
     ex.response.setChunkedTransferEncoding(true);
     out = &ex.response.send();
   };
@@ -544,31 +517,34 @@ void run_gc(Exchange& ex) {
 }  // namespace
 
 const std::vector<Route>& routes() {
+  using I = Route::Idempotency;
+  // method, pattern, handler, heavy (admission), public (no auth), Idempotency-Key treatment.
+  // Every POST replays under an Idempotency-Key except the streamed upload, which refuses the header.
   static const std::vector<Route> kRoutes = {
       {"GET", "/health", health, false, true},
       {"GET", "/meta", meta, false, true},
       {"GET", "/v1/profiles", list_profiles},
-      {"POST", "/v1/sandboxes", create_sandbox},
+      {"POST", "/v1/sandboxes", create_sandbox, false, false, I::replay},
       {"GET", "/v1/sandboxes", list_sandboxes},
       {"GET", "/v1/sandboxes/{}", get_sandbox},
       {"DELETE", "/v1/sandboxes/{}", delete_sandbox},
-      {"POST", "/v1/sandboxes/{}/start", start_sandbox, true},
-      {"POST", "/v1/sandboxes/{}/stop", stop_sandbox},
-      {"POST", "/v1/sandboxes/{}/keepalive", keepalive},
-      {"POST", "/v1/sandboxes/{}/extend_ttl", extend_ttl},
-      {"POST", "/v1/sandboxes/{}/python/exec", python_exec, true},
-      {"POST", "/v1/sandboxes/{}/shell/exec", shell_exec, true},
+      {"POST", "/v1/sandboxes/{}/start", start_sandbox, true, false, I::replay},
+      {"POST", "/v1/sandboxes/{}/stop", stop_sandbox, false, false, I::replay},
+      {"POST", "/v1/sandboxes/{}/keepalive", keepalive, false, false, I::replay},
+      {"POST", "/v1/sandboxes/{}/extend_ttl", extend_ttl, false, false, I::replay},
+      {"POST", "/v1/sandboxes/{}/python/exec", python_exec, true, false, I::replay},
+      {"POST", "/v1/sandboxes/{}/shell/exec", shell_exec, true, false, I::replay},
       {"GET", "/v1/sandboxes/{}/history", history},
       {"GET", "/v1/sandboxes/{}/filesystem/files", read_file, true},
       {"PUT", "/v1/sandboxes/{}/filesystem/files", write_file, true},
       {"DELETE", "/v1/sandboxes/{}/filesystem/files", delete_file, true},
       {"GET", "/v1/sandboxes/{}/filesystem/directories", list_directory, true},
-      {"POST", "/v1/sandboxes/{}/filesystem/upload", upload, true},
+      {"POST", "/v1/sandboxes/{}/filesystem/upload", upload, true, false, I::refuse},
       {"GET", "/v1/sandboxes/{}/filesystem/download", download, true},
-      {"POST", "/v1/workspaces", create_workspace},
+      {"POST", "/v1/workspaces", create_workspace, false, false, I::replay},
       {"GET", "/v1/workspaces/{}", get_workspace},
       {"DELETE", "/v1/workspaces/{}", delete_workspace},
-      {"POST", "/v1/admin/gc/run", run_gc},
+      {"POST", "/v1/admin/gc/run", run_gc, false, false, I::replay},
   };
   return kRoutes;
 }

@@ -2,10 +2,13 @@
 
 #include <Poco/SHA1Engine.h>
 
+#include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
 #include "api/http_api.hpp"
+#include "app/crash_handler.hpp"
 #include "config/config.hpp"
 #include "core/cleanup_task.hpp"
 #include "core/clock.hpp"
@@ -21,6 +24,8 @@ namespace {
 constexpr int kExitConfig = 78;
 constexpr int kExitDriver = 69;
 constexpr int kExitSoftware = 70;
+/** After the grace, how long cancelled execs get to unwind before berthd leaves without them. */
+constexpr std::chrono::seconds kCancelWait{5};
 
 std::vector<std::filesystem::path> search_path(const config::DriverConfig& d) {
   std::vector<std::filesystem::path> out(d.search_path.begin(), d.search_path.end());
@@ -53,6 +58,9 @@ api::ApiSettings api_settings(const config::Config& cfg) {
   a.port = cfg.server.port;
   a.threads = cfg.server.threads;
   a.queue = cfg.server.queue;
+  a.admission.slots = cfg.server.work_slots;
+  a.admission.queue = cfg.server.work_queue;
+  a.admission.queue_timeout = cfg.server.work_queue_timeout;
   a.max_body = cfg.server.max_body;
   a.max_file_size = cfg.server.max_file_size;
   a.api_keys = cfg.auth.keys;
@@ -64,6 +72,8 @@ api::ApiSettings api_settings(const config::Config& cfg) {
 }  // namespace
 
 int run_daemon(const std::string& config_path, bool check_only, const std::function<void()>& wait_for_termination) {
+  // A client that hangs up mid-response makes a write fail with EPIPE; the default SIGPIPE would kill the daemon.
+  std::signal(SIGPIPE, SIG_IGN);
   config::Config cfg;
   try {
     cfg = config::load(config_path);
@@ -73,6 +83,13 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
   }
   log::init(cfg.log.format == "json" ? log::Format::json : log::Format::text, log::parse_level(cfg.log.level),
             cfg.log.file);
+  try {
+    install_crash_handler(cfg.log.file, cfg.log.format == "json");
+  } catch (const std::exception& e) {
+    std::cerr << "berthd: " << e.what() << "\n";
+    return kExitConfig;
+  }
+  crash_if_requested_for_test();
 
   auto clock = std::make_shared<core::SystemClock>();
   std::shared_ptr<plugin::DriverLibrary> library;
@@ -111,9 +128,25 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
                                  {"version", BERTH_VERSION},
                                  {"instance", service.settings().instance_id}});
     wait_for_termination();
+    // Shutdown order: refuse new work, let running requests finish within the grace, then cancel the execs still
+    // running, and only once every handler has returned close the store (the destructors below run in reverse
+    // order: server, cleanup, idempotency, service, store last).
     log::info("berthd.stopping", {{"grace_s", std::to_string(cfg.server.shutdown_grace.count())}});
-    server.stop(cfg.server.shutdown_grace);
+    server.begin_shutdown();
     cleanup.stop();
+    int left = server.wait_for_handlers(cfg.server.shutdown_grace);
+    if (left > 0) {
+      service.begin_shutdown();  // cancelled execs answer 503 shutting_down
+      left = server.wait_for_handlers(kCancelWait);
+    }
+    if (left > 0) {
+      // Closing the store (or freeing the service) under a running handler is a use after close: leave instead.
+      // SQLite's journal keeps the database consistent; the next start reconciles sessions.
+      log::warn("berthd.shutdown_forced", {{"handlers_running", std::to_string(left)}});
+      log::flush();
+      std::_Exit(0);
+    }
+    server.close();
   } catch (const std::exception& e) {
     std::cerr << "berthd: " << e.what() << "\n";
     log::error("berthd.failed", {{"error", e.what()}});

@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <functional>
@@ -169,8 +170,26 @@ void read_server(TableReader r, ServerConfig& s) {
     }
     if (s.host.empty()) s.host = "0.0.0.0";
   }
-  r.integer("threads", s.threads, 2, 1024);
+  r.integer("threads", s.threads, 2, 16384);
   r.integer("queue", s.queue, 1, 65536);
+  // Every queued heavy request parks a server thread, so slots + queue + headroom must fit in the thread pool.
+  // Keys left out shrink to fit a smaller pool (threads = 64 alone still starts); keys given must fit as given.
+  const bool slots_given = r.get("work_slots") != nullptr;
+  const bool queue_given = r.get("work_queue") != nullptr;
+  r.integer("work_slots", s.work_slots, 1, 16384);
+  r.integer("work_queue", s.work_queue, 0, 16384);
+  r.duration("work_queue_timeout", s.work_queue_timeout, std::chrono::seconds(1));
+  const int headroom = thread_headroom(s.threads);
+  const int room = s.threads - headroom;
+  if (!slots_given) s.work_slots = std::max(1, std::min(s.work_slots, room - (queue_given ? s.work_queue : 0)));
+  if (!queue_given) s.work_queue = std::max(0, std::min(s.work_queue, room - s.work_slots));
+  if (s.work_slots + s.work_queue > room) {
+    const auto* node = r.get(queue_given ? "work_queue" : slots_given ? "work_slots" : "threads");
+    r.fail(*(node ? node : r.get("threads")), queue_given ? "work_queue" : "work_slots",
+           "work_slots (" + std::to_string(s.work_slots) + ") + work_queue (" + std::to_string(s.work_queue) + ") + " +
+               std::to_string(headroom) + " threads kept for cheap requests must not exceed threads (" +
+               std::to_string(s.threads) + ")");
+  }
   r.size("max_body", s.max_body, 1024);
   r.size("max_file_size", s.max_file_size, 1);
   r.duration("shutdown_grace", s.shutdown_grace, std::chrono::seconds(0));

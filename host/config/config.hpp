@@ -24,8 +24,11 @@ class ConfigError : public std::runtime_error {
 struct ServerConfig {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
-  int threads = 64;                              // HTTP worker threads
-  int queue = 64;                                // accepted connections waiting for a worker; beyond: 503
+  int threads = 1024;    // HTTP server threads: one per open connection (small stacks; idle ones exit after 60 s)
+  int queue = 64;        // accepted connections waiting for a thread; beyond: refused
+  int work_slots = 64;   // heavy requests (exec, files, start) running at once
+  int work_queue = 512;  // heavy requests waiting for a slot; beyond: 503 server_busy
+  std::chrono::seconds work_queue_timeout{120};  // longest wait for a slot; then 503 server_busy
   std::uint64_t max_body = 1ull << 20;           // JSON request bodies
   std::uint64_t max_file_size = 100ull << 20;    // upload/download/file content limit
   std::chrono::seconds shutdown_grace{10};       // in-flight requests get this long on SIGTERM
@@ -74,6 +77,14 @@ struct Config {
   AuthConfig auth;
   LogConfig log;
 };
+
+/**
+ * Server threads kept free of heavy work (for /health and cheap reads): 16, or a quarter of a pool smaller than 64
+ * (at least 1). The rule checked at load: work_slots + work_queue + thread_headroom(threads) <= threads.
+ */
+constexpr int thread_headroom(int threads) {
+  return threads >= 64 ? 16 : (threads / 4 > 1 ? threads / 4 : 1);
+}
 
 /** Parses TOML text; `source` names the file in errors. Throws ConfigError. */
 Config parse(const std::string& text, const std::string& source);

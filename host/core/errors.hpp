@@ -23,6 +23,8 @@ enum class ErrorCode {
   capability_not_supported,  // profile or driver lacks the capability
   session_not_ready,         // the session did not become ready in time (retryable)
   driver_unavailable,        // the engine is unreachable (retryable)
+  server_busy,               // the admission queue is full or waited too long (retryable)
+  shutting_down,             // berthd is stopping; retry against the next instance (retryable)
   internal,                  // anything else
 };
 

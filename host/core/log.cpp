@@ -5,8 +5,10 @@
 #include <spdlog/spdlog.h>
 
 #include <Poco/JSON/Object.h>
+#include <utf8.h>
 
 #include <atomic>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -43,16 +45,29 @@ spdlog::level::level_enum to_spdlog(Level level) {
   return spdlog::level::info;
 }
 
+/** True for bytes that would break a line or a terminal: C0 controls and DEL. */
+bool is_control(unsigned char c) {
+  return c < 0x20 || c == 0x7f;
+}
+
 bool needs_quotes(std::string_view v) {
   if (v.empty()) return true;
   for (char c : v) {
-    if (c == ' ' || c == '"' || c == '=' || c == '\n' || c == '\t' || c == '\\') return true;
+    auto u = static_cast<unsigned char>(c);
+    if (c == ' ' || c == '"' || c == '=' || c == '\\' || is_control(u) || u >= 0x80) return true;
   }
   return false;
 }
 
-void append_quoted(std::string& out, std::string_view v) {
-  out += '"';
+void append_hex_escape(std::string& out, unsigned char c) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += "\\x";
+  out += kHex[c >> 4];
+  out += kHex[c & 0xf];
+}
+
+/** Appends valid UTF-8 text with quotes, backslashes and control bytes escaped. */
+void append_escaped_valid(std::string& out, std::string_view v) {
   for (char c : v) {
     switch (c) {
       case '"':
@@ -64,14 +79,45 @@ void append_quoted(std::string& out, std::string_view v) {
       case '\n':
         out += "\\n";
         break;
+      case '\r':
+        out += "\\r";
+        break;
       case '\t':
         out += "\\t";
         break;
       default:
-        out += c;
+        if (is_control(static_cast<unsigned char>(c))) {
+          append_hex_escape(out, static_cast<unsigned char>(c));
+        } else {
+          out += c;
+        }
     }
   }
+}
+
+/**
+ * A quoted value that is always one line of valid UTF-8: control bytes become \n, \t, \r or \xNN, and every byte that
+ * is not part of valid UTF-8 (utfcpp finds them) becomes \xNN, so the raw bytes stay recoverable from the log.
+ */
+void append_quoted(std::string& out, std::string_view v) {
   out += '"';
+  auto it = v.begin();
+  while (it != v.end()) {
+    auto bad = utf8::find_invalid(it, v.end());
+    append_escaped_valid(out, std::string_view(&*it, static_cast<std::size_t>(bad - it)));
+    if (bad == v.end()) break;
+    append_hex_escape(out, static_cast<unsigned char>(*bad));
+    it = bad + 1;
+  }
+  out += '"';
+}
+
+/** Valid UTF-8 for JSON lines: invalid sequences become U+FFFD (Poco's stringifier escapes control bytes). */
+std::string utf8_for_json(std::string_view v) {
+  if (utf8::is_valid(v.begin(), v.end())) return std::string(v);
+  std::string out;
+  utf8::replace_invalid(v.begin(), v.end(), std::back_inserter(out), 0xFFFDu);
+  return out;
 }
 
 }  // namespace
@@ -104,9 +150,9 @@ Level parse_level(std::string_view name) {
 std::string format_line(Format format, std::string_view event, const Fields& fields) {
   if (format == Format::json) {
     Poco::JSON::Object obj;
-    obj.set("event", std::string(event));
+    obj.set("event", utf8_for_json(event));
     for (const auto& [k, v] : fields)
-      obj.set(std::string(k), v);
+      obj.set(utf8_for_json(k), utf8_for_json(v));
     std::ostringstream os;
     obj.stringify(os);
     return os.str();
@@ -123,6 +169,10 @@ std::string format_line(Format format, std::string_view event, const Fields& fie
     }
   }
   return out;
+}
+
+void flush() {
+  logger()->flush();
 }
 
 void write(Level level, std::string_view event, const Fields& fields) {

@@ -21,7 +21,10 @@ void init(Format format, Level min_level, const std::string& file = {});
 /** Level from "debug" / "info" / "warn" / "error"; throws std::invalid_argument otherwise. */
 Level parse_level(std::string_view name);
 
-/** Writes one line. Thread-safe. Values are quoted when they contain spaces, quotes or '='. */
+/**
+ * Writes one line. Thread-safe. Values are quoted when they contain spaces, quotes, '=', control bytes or non-ASCII;
+ * inside quotes, control bytes and invalid UTF-8 are escaped (\n, \xNN), so one event is always one line.
+ */
 void write(Level level, std::string_view event, const Fields& fields);
 
 inline void debug(std::string_view event, const Fields& fields = {}) {
@@ -36,6 +39,9 @@ inline void warn(std::string_view event, const Fields& fields = {}) {
 inline void error(std::string_view event, const Fields& fields = {}) {
   write(Level::error, event, fields);
 }
+
+/** Flushes the sink (before a deliberate _Exit). Thread-safe. */
+void flush();
 
 /** Formats a line without writing it (used by tests and by write). */
 std::string format_line(Format format, std::string_view event, const Fields& fields);

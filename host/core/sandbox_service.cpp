@@ -67,6 +67,10 @@ std::string_view to_string(ErrorCode code) {
       return "session_not_ready";
     case ErrorCode::driver_unavailable:
       return "driver_unavailable";
+    case ErrorCode::server_busy:
+      return "server_busy";
+    case ErrorCode::shutting_down:
+      return "shutting_down";
     case ErrorCode::internal:
       return "internal";
   }
@@ -673,6 +677,11 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   log::info(kind == ExecKind::python ? "capability.python.exec" : "capability.shell.exec",
             {{"sandbox", id}, {"code_len", std::to_string(code.size())}});
 
+  // Refused once shutdown began; an exec already running is cancelled through its in-flight token.
+  if (shutting_down_.load()) {
+    throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
+  }
+
   ExecOutcome out;
   std::string session_id;
   auto t0 = std::chrono::steady_clock::now();
@@ -695,6 +704,10 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
           &cancel);
     });
   } catch (const DriverError& e) {
+    if (e.code() == DriverErrc::cancelled && shutting_down_.load()) {
+      throw Error(ErrorCode::shutting_down, "berthd is shutting down; the exec was cancelled", {{"sandbox_id", id}})
+          .with_retry_after(5s);
+    }
     rethrow_driver_error(e, "exec in sandbox '" + id + "'");
   }
   out.duration_ms =
@@ -1052,6 +1065,12 @@ void SandboxService::cleanup_abandoned_workspaces(CleanupReport& report) {
       log::warn("sandbox_clean_failed", {{"action", "workspace_remove"}, {"workspace", ws.id}, {"error", e.what()}});
     }
   }
+}
+
+void SandboxService::begin_shutdown() {
+  shutting_down_ = true;
+  std::size_t cancelled = in_flight_.cancel_all();
+  log::info("service.shutdown_begun", {{"calls_cancelled", std::to_string(cancelled)}});
 }
 
 }  // namespace berth::core

@@ -157,10 +157,10 @@ class SandboxService {
   RecoveryReport recover();
 
   /**
-   * Cancels every exec running now (their callers get an error instead of a result); file calls run to their end.
-   * For shutdown: returns how many calls were signalled. Thread-safe.
+   * Shutdown hook: cancels every exec in flight (each then fails with ErrorCode::shutting_down) and refuses new
+   * execs the same way. Thread-safe and idempotent; called by the daemon on SIGTERM before it drains requests.
    */
-  std::size_t cancel_in_flight() { return in_flight_.cancel_all(); }
+  void begin_shutdown();
 
  private:
   SandboxView view(store::SandboxRow row);
@@ -202,6 +202,7 @@ class SandboxService {
   std::condition_variable sessions_changed_;
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
   InFlightCalls in_flight_;
+  std::atomic<bool> shutting_down_{false};  // set once by begin_shutdown()
 
   /** Marks a session as being started by this process (RAII), so that a late recover() leaves it alone. */
   class StartingHere {

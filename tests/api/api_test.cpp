@@ -4,22 +4,31 @@
 // thread pool, restarts) start their own. See tests/api/berthd_process.hpp for the harness.
 #include <catch2/catch.hpp>
 
+#include <Poco/Base64Encoder.h>
 #include <Poco/DateTime.h>
 #include <Poco/DateTimeFormat.h>
 #include <Poco/DateTimeParser.h>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
 #include <Poco/JSONString.h>
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/Net/StreamSocket.h>
+#include <utf8.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <latch>
 #include <map>
 #include <random>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,9 +44,9 @@ namespace {
 
 // ---- fixtures -------------------------------------------------------------------------------------------------------
 
-/** The berthd with the default configuration (threads raised so 50 concurrent execs are all admitted). */
+/** The berthd with the default configuration (default capacity: 64 work slots and a queue of 512). */
 BerthdProcess& shared_berthd() {
-  static BerthdProcess process(BerthdConfig{"threads = 64\nqueue = 256\n", "", ""});
+  static BerthdProcess process(BerthdConfig{"", "", ""});
   return process;
 }
 
@@ -201,24 +210,9 @@ HttpResponse upload(const HttpClient& c, const std::string& id, const std::strin
   return c.request("POST", sb(id) + "/filesystem/upload", body, type);
 }
 
-/** Strict UTF-8 (no overlong forms, no surrogates, at most U+10FFFF). */
+/** Strict UTF-8 (no overlong forms, no surrogates, at most U+10FFFF), as utfcpp checks it. */
 bool valid_utf8(const std::string& s) {
-  std::size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    int n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : -1;
-    if (n < 0 || i + static_cast<std::size_t>(n) >= s.size() + (n == 0 ? 1 : 0)) return false;
-    std::uint32_t cp = n == 0 ? c : n == 1 ? (c & 0x1f) : n == 2 ? (c & 0x0f) : (c & 0x07);
-    for (int k = 1; k <= n; ++k) {
-      auto cc = static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]);
-      if ((cc >> 6) != 0x2) return false;
-      cp = (cp << 6) | (cc & 0x3f);
-    }
-    static constexpr std::uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    i += static_cast<std::size_t>(n) + 1;
-  }
-  return true;
+  return utf8::is_valid(s.begin(), s.end());
 }
 
 const std::regex kSandboxId("sandbox-[0-9a-f]{12}");
@@ -547,15 +541,11 @@ TEST_CASE("an exec that runs past its timeout is cut off and the sandbox stays u
   auto c = shared_client();
   std::string id = create_id(c);
   require_json(c.post(sb(id) + "/start"), 200);
-  auto t0 = std::chrono::steady_clock::now();
   auto r = require_json(shell(c, id, "sleep 5", 1), 200);
-  auto elapsed = std::chrono::steady_clock::now() - t0;
   CHECK(r->getValue<bool>("timed_out"));
   CHECK(r->getValue<bool>("success") == false);
   CHECK(is_null(r, "exit_code"));
-  CHECK_THAT(str(r, "error"), Catch::Contains("timed out"));
-  CHECK(elapsed >= 900ms);
-  CHECK(elapsed < 3s);
+  CHECK_THAT(str(r, "error"), Catch::Contains("timed out after 1s"));
 
   auto next = require_json(python(c, id, "print(6*7)"), 200);
   CHECK(str(next, "output") == "42\n");
@@ -1251,14 +1241,11 @@ TEST_CASE("session_not_ready: a request waiting longer than start_wait gets 503 
 
   auto err = require_error(waiter, 503, "session_not_ready");
   retry_after(waiter);
-  CHECK(waiter.elapsed >= 900ms);
-  CHECK(waiter.elapsed < 2500ms);
   CHECK(err->getObject("details")->getValue<std::string>("sandbox_id") == id);
 
   // The first request started the session itself and succeeded.
   auto started = require_json(starter, 200);
   CHECK(str(started, "status") == "ready");
-  CHECK(starter.elapsed >= 2900ms);
   CHECK(str(require_json(python(c, id, "print(2)"), 200), "output") == "2\n");
   CHECK(berthd.count_log_lines("session.create sandbox=" + id + " ") == 1);
 }
@@ -1269,7 +1256,6 @@ TEST_CASE("driver_unavailable: an unreachable engine is 503 with Retry-After, th
   std::string busy = create_id(c);
   std::string idle = create_id(c);
 
-  auto outage_start = std::chrono::steady_clock::now();
   auto r = require_json(shell(c, busy, "__fake unavailable 2000"), 200);
   CHECK(r->getValue<int>("exit_code") == 0);
 
@@ -1289,10 +1275,7 @@ TEST_CASE("driver_unavailable: an unreachable engine is 503 with Retry-After, th
         return last.status == 200;
       },
       5000ms);
-  auto outage = std::chrono::steady_clock::now() - outage_start;
   REQUIRE(recovered);
-  CHECK(outage >= 1900ms);
-  CHECK(outage < 4000ms);
   CHECK(str(last.json(), "output") == "hello\n");
   auto healthy = get_sandbox(c, idle);
   CHECK(str(healthy, "status") == "ready");
@@ -1320,75 +1303,373 @@ TEST_CASE("internal: a failed start is 500, leaves status failed, and the next c
   CHECK(berthd.count_log_lines("session.create sandbox=" + id + " ") == 2);
 }
 
-// ==== saturation =====================================================================================================
+// ==== capacity: admission slots and a bounded queue
+// ===================================================================
 
 namespace {
 
-/** Runs `n` concurrent `sleep 2` execs on a ready sandbox and probes /health while they run. */
-struct SaturationRun {
-  std::vector<HttpResponse> execs;
-  HttpResponse health;
-  bool execs_still_running_after_health = false;
-};
+/** `n` concurrent `code` execs on sandbox `id`, released together. */
+std::vector<HttpResponse> concurrent_shell(const HttpClient& c, const std::string& id, int n, const std::string& cmd) {
+  return in_parallel(n, [&](int) { return shell(c, id, cmd); });
+}
 
-SaturationRun saturate(BerthdProcess& berthd, int n) {
-  HttpClient c(berthd.port());
-  std::string id = create_id(c);
-  require_json(c.post(sb(id) + "/start"), 200);
-  SaturationRun run;
-  std::atomic<int> finished_ok{0};
-  std::thread load([&] {
-    run.execs = in_parallel(n, [&](int) {
-      auto r = shell(c, id, "sleep 2");
-      if (r.status == 200) ++finished_ok;
-      return r;
-    });
-  });
-  // Wait until the admitted execs have reached the core (their log line), then ask for /health.
-  eventually([&] { return berthd.count_log_lines("capability.shell.exec sandbox=" + id) >= 2; }, 3000ms);
-  run.health = c.get("/health");
-  run.execs_still_running_after_health = finished_ok.load() == 0;
-  load.join();
-  return run;
+/** Seconds of Retry-After and the error's details.reason of a 503 server_busy. */
+std::string busy_reason(const HttpResponse& r) {
+  auto err = require_error(r, 503, "server_busy");
+  retry_after(r);
+  return err->getObject("details")->getValue<std::string>("reason");
 }
 
 }  // namespace
 
-TEST_CASE("saturation: beyond the admission limit execs get 503 and /health still answers", "[saturation][slow]") {
-  BerthdProcess berthd(BerthdConfig{"threads = 6\n", "", ""});  // admission limit: 6 - 4 = 2 heavy requests
-  auto run = saturate(berthd, 4);
+TEST_CASE("capacity: 100 concurrent sleeping python execs on one sandbox all answer 200 from one session",
+          "[capacity][concurrency][slow]") {
+  // Default capacity: 64 run at once, the other 36 wait in the queue for a slot instead of being refused.
+  BerthdProcess berthd;
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+  auto results = in_parallel(
+      100, [&](int i) { return python(c, id, "import time\ntime.sleep(1)\nprint(" + std::to_string(i) + ")"); });
+  std::set<std::string> exec_ids;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    INFO("request " << i << ": " << describe(results[i]));
+    REQUIRE(results[i].status == 200);
+    auto o = results[i].json();
+    CHECK(str(o, "output") == std::to_string(i) + "\n");
+    exec_ids.insert(str(o, "execution_id"));
+  }
+  CHECK(exec_ids.size() == 100);
+  CHECK(berthd.count_log_lines("session.create sandbox=" + id + " ") == 1);
+  CHECK(berthd.count_log_lines("http.busy") == 0);
+  CHECK(require_json(c.get(sb(id) + "/history?limit=1"), 200)->getValue<int>("total") == 100);
+}
+
+TEST_CASE("capacity: beyond work_slots + work_queue requests get 503 server_busy with Retry-After",
+          "[capacity][saturation][slow]") {
+  BerthdProcess berthd(BerthdConfig{"threads = 32\nwork_slots = 2\nwork_queue = 2\n", "", ""});
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+  require_json(c.post(sb(id) + "/start"), 200);
+  HttpResponse health;
+  std::thread probe([&] {
+    // Once two execs run and more are refused, the server is saturated: cheap routes must still answer.
+    eventually([&] { return berthd.count_log_lines("http.busy") >= 1; }, 10000ms);
+    health = c.get("/health");
+  });
+  auto results = concurrent_shell(c, id, 8, "sleep 2");
+  probe.join();
   int ok = 0, busy = 0;
-  for (const auto& r : run.execs) {
+  for (const auto& r : results) {
     if (r.status == 200) {
+      CHECK(r.json()->getValue<int>("exit_code") == 0);
       ++ok;
     } else {
-      auto err = require_error(r, 503, "session_not_ready");
-      CHECK(err->getObject("details")->getValue<std::string>("reason") == "server_busy");
-      retry_after(r);
-      CHECK(r.elapsed < 1000ms);  // refused at once, not after waiting
+      CHECK(busy_reason(r) == "queue_full");
       ++busy;
     }
   }
-  CHECK(ok >= 1);
-  CHECK(ok <= 2);
-  CHECK(busy >= 2);
-  INFO(describe(run.health));
-  CHECK(run.health.status == 200);
-  CHECK(run.health.elapsed < 500ms);
-  CHECK(run.execs_still_running_after_health);
+  // 2 ran at once, 2 waited for a slot and then ran; the other 4 were refused.
+  CHECK(ok == 4);
+  CHECK(busy == 4);
+  INFO(describe(health));
+  CHECK(health.status == 200);
+  CHECK(berthd.count_log_lines("http.busy") == 4);
 }
 
-TEST_CASE("saturation: long execs below the admission limit do not starve /health", "[saturation][slow]") {
-  // Default thread count (32 or more, so the admission limit is at least 28): 20 long execs are all admitted, and
-  // workers stay free for /health.
-  BerthdProcess berthd;
-  auto run = saturate(berthd, 20);
-  for (const auto& r : run.execs) {
-    INFO(describe(r));
-    CHECK(r.status == 200);
+TEST_CASE("capacity: a request that waits longer than work_queue_timeout gets 503 server_busy",
+          "[capacity][saturation][slow]") {
+  BerthdProcess berthd(BerthdConfig{"threads = 32\nwork_slots = 1\nwork_queue = 4\nwork_queue_timeout = 1\n", "", ""});
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+  require_json(c.post(sb(id) + "/start"), 200);
+  HttpResponse slow;
+  std::thread holder([&] { slow = shell(c, id, "sleep 4"); });
+  bool running = eventually([&] { return berthd.count_log_lines("capability.shell.exec sandbox=" + id) >= 1; }, 5000ms);
+  HttpResponse waiter;
+  if (running) waiter = shell(c, id, "echo queued");
+  holder.join();
+  REQUIRE(running);
+  CHECK(busy_reason(waiter) == "queue_timeout");
+  CHECK(require_json(slow, 200)->getValue<int>("exit_code") == 0);
+  // Capacity is back: the next exec runs.
+  CHECK(str(require_json(shell(c, id, "echo again"), 200), "output") == "again\n");
+}
+
+// ==== shutdown =======================================================================================================
+
+TEST_CASE("shutdown: an exec still running when the grace ends gets 503 shutting_down, never 500; exit 0",
+          "[shutdown][slow]") {
+  BerthdProcess berthd(BerthdConfig{"shutdown_grace = 1\n", "", ""});
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+  require_json(c.post(sb(id) + "/start"), 200);
+  HttpResponse in_flight;
+  std::thread client([&] { in_flight = python(c, id, "import time\ntime.sleep(30)", 60); });
+  bool running =
+      eventually([&] { return berthd.count_log_lines("capability.python.exec sandbox=" + id) >= 1; }, 5000ms);
+  int code = berthd.stop();
+  client.join();
+  REQUIRE(running);
+  CHECK(code == 0);
+  INFO(berthd.log());
+  auto err = require_error(in_flight, 503, "shutting_down");
+  retry_after(in_flight);
+  CHECK(berthd.count_log_lines("service.shutdown_begun execs_cancelled=1") == 1);
+  CHECK(berthd.count_log_lines("berthd.stopped") == 1);
+  CHECK(berthd.count_log_lines("berthd.shutdown_forced") == 0);
+  CHECK(berthd.count_log_lines("http.internal_error") == 0);
+  CHECK(berthd.log().find("misuse") == std::string::npos);
+}
+
+// ==== Idempotency-Key on every POST ==================================================================================
+
+TEST_CASE("Idempotency-Key: extend_ttl replayed extends once", "[idempotency][ttl]") {
+  auto c = shared_client();
+  std::string id = create_id(c, R"J({"ttl":100})J");
+  double before = epoch_seconds(str(get_sandbox(c, id), "expires_at"));
+  std::string key = "ttl-" + random_hex(12);
+  auto first = c.post(sb(id) + "/extend_ttl", R"J({"extend_by":50})J", {{"Idempotency-Key", key}});
+  auto o = require_json(first, 200);
+  CHECK(first.header("Idempotent-Replayed") == "false");
+  auto replay = c.post(sb(id) + "/extend_ttl", R"J({"extend_by":50})J", {{"Idempotency-Key", key}});
+  require_json(replay, 200);
+  CHECK(replay.header("Idempotent-Replayed") == "true");
+  CHECK(replay.body == first.body);
+  CHECK(epoch_seconds(str(get_sandbox(c, id), "expires_at")) - before == Approx(50).margin(0.01));
+
+  // The same key with another body, or on another route, is refused; the TTL is untouched.
+  auto other = c.post(sb(id) + "/extend_ttl", R"J({"extend_by":60})J", {{"Idempotency-Key", key}});
+  CHECK(require_error(other, 422, "conflict")->getObject("details")->getValue<std::string>("reason") ==
+        "idempotency_mismatch");
+  auto elsewhere = c.post(sb(id) + "/keepalive", "", {{"Idempotency-Key", key}});
+  require_error(elsewhere, 422, "conflict");
+  CHECK(epoch_seconds(str(get_sandbox(c, id), "expires_at")) - before == Approx(50).margin(0.01));
+  // Without the key each call extends.
+  require_json(c.post(sb(id) + "/extend_ttl", R"J({"extend_by":50})J"), 200);
+  CHECK(epoch_seconds(str(get_sandbox(c, id), "expires_at")) - before == Approx(100).margin(0.01));
+}
+
+TEST_CASE("Idempotency-Key: exec and workspace create run once; upload refuses the header", "[idempotency]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  std::string key = "exec-" + random_hex(12);
+  // mkdir without -p fails when run a second time: a replay must not run it again.
+  const std::string command = R"J({"command":"mkdir once; echo made"})J";
+  auto first = c.post(sb(id) + "/shell/exec", command, {{"Idempotency-Key", key}});
+  auto replay = c.post(sb(id) + "/shell/exec", command, {{"Idempotency-Key", key}});
+  auto ran = require_json(first, 200);
+  CHECK(str(ran, "output") == "made\n");
+  CHECK(ran->getValue<int>("exit_code") == 0);
+  CHECK(replay.body == first.body);
+  CHECK(replay.header("Idempotent-Replayed") == "true");
+  CHECK(require_json(c.get(sb(id) + "/history?limit=1"), 200)->getValue<int>("total") == 1);
+
+  std::string ws_key = "ws-" + random_hex(12);
+  auto ws1 = require_json(c.post("/v1/workspaces", "{}", {{"Idempotency-Key", ws_key}}), 201);
+  auto ws2 = require_json(c.post("/v1/workspaces", "{}", {{"Idempotency-Key", ws_key}}), 201);
+  CHECK(str(ws1, "id") == str(ws2, "id"));
+
+  auto [type, body] = multipart({{"path", "u.bin", ""}, {"file", "data", "u.bin"}});
+  auto refused =
+      c.request("POST", sb(id) + "/filesystem/upload", body, type, {{"Idempotency-Key", "up-" + random_hex(8)}});
+  CHECK(require_error(refused, 400, "invalid_request")->getObject("details")->getValue<std::string>("reason") ==
+        "idempotency_unsupported");
+  require_error(c.get(sb(id) + "/filesystem/files?path=u.bin"), 404, "not_found");
+  require_error(c.post(sb(id) + "/keepalive", "", {{"Idempotency-Key", "bad key!"}}), 400, "invalid_request");
+}
+
+// ==== names that are not UTF-8 =======================================================================================
+
+namespace {
+
+std::string b64(const std::string& raw) {
+  std::ostringstream os;
+  Poco::Base64Encoder enc(os);
+  enc.rdbuf()->setLineLength(0);
+  enc << raw;
+  enc.close();
+  return os.str();
+}
+
+}  // namespace
+
+TEST_CASE("non-UTF-8 names: path_b64 addresses them and every response stays valid UTF-8", "[files][utf8]") {
+  auto& berthd = shared_berthd();
+  auto c = shared_client();
+  std::string id = create_id(c);
+  const std::string raw = "d\xfe/bad\xffname.txt";  // two invalid bytes, one in the directory name
+  const std::string lossy = "d\xef\xbf\xbd/bad\xef\xbf\xbdname.txt";
+  const std::string enc = url_encode(b64(raw));
+
+  auto w = c.put(sb(id) + "/filesystem/files", "{\"path_b64\":" + q(b64(raw)) + ",\"content\":\"hi\"}");
+  auto wo = require_json(w, 200);
+  CHECK(valid_utf8(w.body));
+  CHECK(str(wo, "path") == lossy);
+  CHECK(str(wo, "path_b64") == b64(raw));
+
+  // The listing (the original fault: a raw 0xFF in a body labelled UTF-8) is valid UTF-8 and lossless.
+  auto root = c.get(sb(id) + "/filesystem/directories");
+  CHECK(valid_utf8(root.body));
+  auto dir = c.get(sb(id) + "/filesystem/directories?path_b64=" + url_encode(b64("d\xfe")));
+  INFO(describe(dir));
+  CHECK(valid_utf8(dir.body));
+  auto listing = require_json(dir, 200);
+  CHECK(str(listing, "path") == "d\xef\xbf\xbd");
+  CHECK(str(listing, "path_b64") == b64("d\xfe"));
+  REQUIRE(listing->getArray("entries")->size() == 1);
+  auto entry = listing->getArray("entries")->getObject(0);
+  CHECK(str(entry, "name") == "bad\xef\xbf\xbdname.txt");
+  CHECK(str(entry, "name_b64") == b64("bad\xffname.txt"));
+
+  auto read = require_json(c.get(sb(id) + "/filesystem/files?path_b64=" + enc), 200);
+  CHECK(str(read, "content") == "hi");
+  CHECK(str(read, "path_b64") == b64(raw));
+
+  auto down = c.get(sb(id) + "/filesystem/download?path_b64=" + enc);
+  REQUIRE(down.status == 200);
+  CHECK(down.body == "hi");
+  CHECK(down.header("Content-Disposition") ==
+        "attachment; filename=\"bad_name.txt\"; filename*=UTF-8''bad%EF%BF%BDname.txt");
+
+  // A missing name in an error envelope is quoted as lossy UTF-8.
+  auto missing = c.get(sb(id) + "/filesystem/files?path_b64=" + url_encode(b64("gone\xff.txt")));
+  require_error(missing, 404, "not_found");
+  CHECK(valid_utf8(missing.body));
+
+  // cwd_b64 names such a directory for shell/exec.
+  auto pwd =
+      require_json(c.post(sb(id) + "/shell/exec", "{\"command\":\"pwd\",\"cwd_b64\":" + q(b64("d\xfe")) + "}"), 200);
+  CHECK(str(pwd, "output") == "/workspace/d\xef\xbf\xbd\n");
+  require_error(c.post(sb(id) + "/shell/exec", "{\"command\":\"pwd\",\"cwd\":\"d\",\"cwd_b64\":\"ZA==\"}"), 400,
+                "validation_error");
+
+  require_json(c.del(sb(id) + "/filesystem/files?path_b64=" + enc), 200);
+  require_error(c.get(sb(id) + "/filesystem/files?path_b64=" + enc), 404, "not_found");
+
+  // A request target with a raw 0xFF and a newline: the 404 names it in valid UTF-8, and the access log line escapes
+  // both bytes instead of splitting the line or writing invalid UTF-8.
+  auto odd = c.get("/v1/nowhere/bad%FF%0Aid");
+  require_error(odd, 404, "not_found");
+  CHECK(valid_utf8(odd.body));
+  CHECK(berthd.wait_for_log("path=\"/v1/nowhere/bad\\xff\\nid\" status=404", 5000ms));
+
+  // Every log line berthd wrote is one line of valid UTF-8 (bad bytes escaped).
+  std::istringstream lines(berthd.log());
+  std::string line;
+  while (std::getline(lines, line)) {
+    INFO(line);
+    CHECK(valid_utf8(line));
   }
-  INFO(describe(run.health));
-  CHECK(run.health.status == 200);
-  CHECK(run.health.elapsed < 500ms);
-  CHECK(run.execs_still_running_after_health);
+}
+
+TEST_CASE("non-UTF-8 names: path and path_b64 are validated", "[files][utf8][errors]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  for (const std::string& bad : std::vector<std::string>{"not base64!", "aGk", "aGk=\n", "a===", "****"}) {
+    INFO("path_b64 '" << bad << "'");
+    auto r = c.get(sb(id) + "/filesystem/files?path_b64=" + url_encode(bad));
+    auto err = require_error(r, 400, "validation_error");
+    CHECK(err->getObject("details")->getValue<std::string>("reason") == "invalid_base64");
+    require_error(c.put(sb(id) + "/filesystem/files", "{\"path_b64\":" + q(bad) + ",\"content\":\"x\"}"), 400,
+                  "validation_error");
+  }
+  // A request target that is not valid percent-encoding is a malformed request, not an unknown route.
+  require_error(c.get(sb(id) + "/filesystem/files?path=%zz"), 400, "invalid_request");
+  // Exactly one of the two.
+  require_error(c.get(sb(id) + "/filesystem/files?path=a&path_b64=" + url_encode(b64("a"))), 400, "validation_error");
+  require_error(c.put(sb(id) + "/filesystem/files", "{\"path\":\"a\",\"path_b64\":\"YQ==\",\"content\":\"x\"}"), 400,
+                "validation_error");
+  // Decoded bytes go through the same path rules: NUL and escapes are refused.
+  for (const std::string& raw : std::vector<std::string>{std::string("a\0b", 3), "../x", "/etc/passwd"}) {
+    require_error(c.get(sb(id) + "/filesystem/files?path_b64=" + url_encode(b64(raw))), 400, "validation_error");
+  }
+  // Upload takes path_b64 as a form field.
+  auto [type, body] = multipart({{"path_b64", b64("up\xff.bin"), ""}, {"file", "data", "x.bin"}});
+  auto up = require_json(c.request("POST", sb(id) + "/filesystem/upload", body, type), 200);
+  CHECK(str(up, "path_b64") == b64("up\xff.bin"));
+  CHECK(c.get(sb(id) + "/filesystem/download?path_b64=" + url_encode(b64("up\xff.bin"))).body == "data");
+}
+
+TEST_CASE("non-ASCII UTF-8 names download with an RFC 8187 filename", "[files][utf8]") {
+  auto c = shared_client();
+  std::string id = create_id(c);
+  const std::string name = "r\xc3\xa9sum\xc3\xa9 \xe6\x96\x87\"q\".txt";  // résumé 文"q".txt
+  require_json(c.put(sb(id) + "/filesystem/files", "{\"path\":" + q(name) + ",\"content\":\"x\"}"), 200);
+  auto down = c.get(sb(id) + "/filesystem/download?path=" + url_encode(name));
+  REQUIRE(down.status == 200);
+  CHECK(down.header("Content-Disposition") ==
+        "attachment; filename=\"r__sum__ ____q_.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%E6%96%87%22q%22.txt");
+  auto listing = require_json(c.get(sb(id) + "/filesystem/directories"), 200);
+  auto entry = listing->getArray("entries")->getObject(0);
+  CHECK(str(entry, "name") == name);
+  CHECK(!entry->has("name_b64"));  // valid UTF-8 needs no second spelling
+}
+
+// ==== signals ========================================================================================================
+
+TEST_CASE("signals: berthd ignores SIGPIPE and survives clients hanging up mid-response", "[signals]") {
+  BerthdProcess berthd;
+  HttpClient c(berthd.port());
+  std::string id = create_id(c);
+  require_json(upload(c, id, "big.bin", random_bytes(8 << 20)), 200);
+
+  // The kernel's view: SIGPIPE is ignored.
+  std::ifstream status("/proc/" + std::to_string(berthd.pid()) + "/status");
+  std::string line;
+  unsigned long long ignored = 0;
+  while (std::getline(status, line)) {
+    if (line.rfind("SigIgn:", 0) == 0) ignored = std::stoull(line.substr(7), nullptr, 16);
+  }
+  CHECK((ignored & (1ull << (SIGPIPE - 1))) != 0);
+
+  // Behaviour: ask for 8 MiB and reset the connection (SO_LINGER 0) before reading it, several times.
+  for (int i = 0; i < 5; ++i) {
+    Poco::Net::StreamSocket s;
+    s.connect(Poco::Net::SocketAddress("127.0.0.1", berthd.port()));
+    std::string rq = "GET " + sb(id) + "/filesystem/download?path=big.bin HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.sendBytes(rq.data(), static_cast<int>(rq.size()));
+    char first[16];
+    s.receiveBytes(first, sizeof first);  // the response has started
+    s.setLinger(true, 0);
+    s.close();
+  }
+  require_json(c.get("/health"), 200);
+  CHECK(berthd.running());
+  CHECK(c.get(sb(id) + "/filesystem/download?path=big.bin").body.size() == (8u << 20));
+}
+
+TEST_CASE("signals: a fatal signal writes one berthd.crash line with a backtrace", "[signals]") {
+  std::string toml =
+      "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"@DIR@/berth.db\"\n[driver]\npath = \"" BERTH_FAKE_DRIVER
+      "\"\n";
+  for (const std::string sig : {"SIGSEGV", "SIGABRT"}) {
+    INFO(sig);
+    ::setenv("BERTH_DEBUG_CRASH", sig.c_str(), 1);
+    auto run = run_berthd_until_exit(toml, 20000ms);
+    ::unsetenv("BERTH_DEBUG_CRASH");
+    INFO(run.log);
+    CHECK(run.exited);
+    CHECK(run.code == -(sig == "SIGSEGV" ? SIGSEGV : SIGABRT));
+    std::istringstream lines(run.log);
+    std::string line;
+    int crash_lines = 0;
+    while (std::getline(lines, line)) {
+      if (line.find("berthd.crash") == std::string::npos) continue;
+      ++crash_lines;
+      CHECK_THAT(line, Catch::Contains(" error berthd.crash signal=" + sig + " pid="));
+      CHECK_THAT(line, Catch::Contains("backtrace=\""));
+      CHECK_THAT(line, Catch::Contains("crash_if_requested_for_test"));  // symbolised frames
+    }
+    CHECK(crash_lines == 1);
+  }
+  // In JSON log format the line is one JSON object.
+  ::setenv("BERTH_DEBUG_CRASH", "SIGSEGV", 1);
+  auto run = run_berthd_until_exit(toml + "[log]\nformat = \"json\"\n", 20000ms);
+  ::unsetenv("BERTH_DEBUG_CRASH");
+  INFO(run.log);
+  auto at = run.log.find("{\"event\":\"berthd.crash\"");
+  REQUIRE(at != std::string::npos);
+  auto crash = Poco::JSON::Parser().parse(run.log.substr(at, run.log.find('\n', at) - at)).extract<Object::Ptr>();
+  CHECK(str(crash, "signal") == "SIGSEGV");
+  CHECK(!str(crash, "backtrace").empty());
 }

@@ -48,6 +48,8 @@ class BerthdProcess {
   bool running();
 
   std::uint16_t port() const { return port_; }
+  /** The running berthd's process id, or -1. */
+  int pid() const { return pid_; }
   const std::filesystem::path& dir() const { return dir_; }
   std::filesystem::path log_path() const { return dir_ / "berthd.log"; }
   std::filesystem::path config_path() const { return dir_ / "berth.toml"; }

@@ -69,7 +69,7 @@ TEST_CASE("bad values are rejected with a reason") {
   const std::string d = "[driver]\nname = \"fake\"\n";
   CHECK(error_of(d + "[server]\nthreads = \"many\"\n").find("server.threads: expected an integer") !=
         std::string::npos);
-  CHECK(error_of(d + "[server]\nthreads = 0\n").find("server.threads: must be between 2 and 1024") !=
+  CHECK(error_of(d + "[server]\nthreads = 0\n").find("server.threads: must be between 2 and 16384") !=
         std::string::npos);
   CHECK(error_of(d + "[server]\nlisten = \"nowhere\"\n").find("server.listen: expected host:port") !=
         std::string::npos);
@@ -97,4 +97,37 @@ TEST_CASE("durations and sizes") {
 TEST_CASE("the shipped example config is valid") {
   auto cfg = load(std::string(BERTH_SOURCE_DIR) + "/berth.example.toml");
   CHECK_FALSE(cfg.profiles.empty());
+}
+
+TEST_CASE("capacity keys: defaults, shrink-to-fit for small pools, and explicit values that must fit") {
+  const std::string d = "[driver]\nname = \"fake\"\n";
+  auto defaults = parse(d, "t.toml");
+  CHECK(defaults.server.threads == 1024);
+  CHECK(defaults.server.work_slots == 64);
+  CHECK(defaults.server.work_queue == 512);
+  CHECK(defaults.server.work_queue_timeout == std::chrono::seconds(120));
+
+  // A small pool without explicit work keys: slots and queue shrink so that headroom stays free.
+  auto small = parse(d + "[server]\nthreads = 64\n", "t.toml");
+  CHECK(small.server.work_slots == 48);
+  CHECK(small.server.work_queue == 0);
+  auto tiny = parse(d + "[server]\nthreads = 8\n", "t.toml");
+  CHECK(tiny.server.work_slots == 6);
+  CHECK(tiny.server.work_queue == 0);
+
+  auto given =
+      parse(d + "[server]\nthreads = 32\nwork_slots = 4\nwork_queue = 12\nwork_queue_timeout = \"30s\"\n", "t.toml");
+  CHECK(given.server.work_slots == 4);
+  CHECK(given.server.work_queue == 12);
+  CHECK(given.server.work_queue_timeout == std::chrono::seconds(30));
+  // Given keys that do not fit next to the headroom are an error naming the rule.
+  CHECK(error_of(d + "[server]\nthreads = 32\nwork_slots = 4\nwork_queue = 40\n")
+            .find("server.work_queue: work_slots (4) + work_queue (40) + 8 threads kept for cheap requests must not "
+                  "exceed threads (32)") != std::string::npos);
+  CHECK(error_of(d + "[server]\nwork_slots = 2000\n").find("server.work_slots: work_slots (2000)") !=
+        std::string::npos);
+  CHECK(error_of(d + "[server]\nwork_queue_timeout = 0\n").find("server.work_queue_timeout: must be at least 1s") !=
+        std::string::npos);
+  CHECK(error_of(d + "[server]\nwork_slots = 0\n").find("server.work_slots: must be between 1 and 16384") !=
+        std::string::npos);
 }
