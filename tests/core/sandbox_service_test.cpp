@@ -452,12 +452,11 @@ TEST_CASE("an exec that kills its whole container is a result, GET stops saying 
   CHECK(f.service->get_sandbox(f.owner, id).status == core::SandboxStatus::ready);
 }
 
-TEST_CASE("cancel_in_flight cancels a running exec and nothing else") {
+TEST_CASE("begin_shutdown cancels a running exec with shutting_down and refuses new ones") {
   ServiceFixture f(R"({})", test::test_settings(), std::make_shared<core::SystemClock>());
   auto id = f.create();
   f.shell(id, "true");
   auto handle = handle_of(f, id);
-  CHECK(f.service->cancel_in_flight() == 0);
   std::optional<core::ErrorCode> code;
   std::thread caller([&] {
     try {
@@ -467,10 +466,17 @@ TEST_CASE("cancel_in_flight cancels a running exec and nothing else") {
     }
   });
   wait_for_running_execs(f, handle, 1);
-  CHECK(f.service->cancel_in_flight() == 1);
+  f.service->begin_shutdown();
   caller.join();
-  CHECK(code.has_value());
-  CHECK(f.shell(id, "echo after").output == "after\n");  // the session itself is untouched
+  REQUIRE(code.has_value());
+  CHECK(*code == core::ErrorCode::shutting_down);
+  try {
+    f.shell(id, "echo after");
+    FAIL("an exec after begin_shutdown ran");
+  } catch (const core::Error& e) {
+    CHECK(e.code() == core::ErrorCode::shutting_down);
+  }
+  CHECK(f.service->get_sandbox(f.owner, id).status == core::SandboxStatus::ready);  // the session is untouched
 }
 
 // ---- crash recovery --------------------------------------------------------------------------------------------
