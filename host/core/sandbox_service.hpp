@@ -137,7 +137,8 @@ class SandboxService {
 
   /**
    * Shutdown hook: cancels every exec in flight (each then fails with ErrorCode::shutting_down) and refuses new
-   * execs the same way. Thread-safe and idempotent; called by the daemon on SIGTERM before it drains requests.
+   * execs the same way. Thread-safe and idempotent; called by the daemon on SIGTERM once the shutdown grace has run
+   * out.
    */
   void begin_shutdown();
 
@@ -170,7 +171,7 @@ class SandboxService {
   Settings settings_;
   std::mutex wait_mutex_;
   std::condition_variable sessions_changed_;
-  std::mutex cleanup_mutex_;  // one cleanup pass at a time
+  std::mutex cleanup_mutex_;   // one cleanup pass at a time
   std::mutex shutdown_mutex_;  // guards shutting_down_ and in_flight_execs_
   bool shutting_down_ = false;
   std::set<CancelToken*> in_flight_execs_;  // borrowed: each lives on the stack of its exec() call
