@@ -158,7 +158,8 @@ class SandboxService {
 
   /**
    * Shutdown hook: cancels every exec in flight (each then fails with ErrorCode::shutting_down) and refuses new
-   * execs the same way. Thread-safe and idempotent; called by the daemon on SIGTERM before it drains requests.
+   * execs the same way. Thread-safe and idempotent; called by the daemon on SIGTERM once the shutdown grace has run
+   * out.
    */
   void begin_shutdown();
 
