@@ -607,10 +607,15 @@ TEST_CASE("exec and files on a dead session are NOT_FOUND (nothing ran), never a
 TEST_CASE("files: names of any byte but NUL and '/' round-trip exactly", "[conformance][files]") {
   auto d = make_driver();
   Sandbox sb(*d);
+  // Every byte 1-255 (but '/') inside some name, eight bytes a name (tests/engine gives each byte its own names).
   std::vector<std::string> names;
+  std::string group;
   for (int b = 1; b < 256; ++b) {
-    if (b == '/') continue;
-    names.push_back(std::string("n") + static_cast<char>(b) + "x");
+    if (b != '/') group += static_cast<char>(b);
+    if (group.size() == 8 || b == 255) {
+      names.push_back("n" + group + "x");
+      group.clear();
+    }
   }
   for (const char* special : {"-rf", "--", " lead", "trail ", "q'\"`", "$(id)", "*", "..x", "...", "\n", "\xff\xfe",
                               "\xc3\xa9t\xc3\xa9", "\xf0\x9f\x9a\x80", "a\\0101b", "%s%n"}) {

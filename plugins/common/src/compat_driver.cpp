@@ -208,13 +208,16 @@ std::string require_handle(const char* handle) {
   return std::string(v);
 }
 
+std::string escape_word(std::string_view word);
+
 /** An absolute, clean mount path inside the container. */
 std::string require_mount_path(const char* path) {
   std::string p = path && *path ? path : "/workspace";
   std::string error, normalized;
   if (p.size() < 2 || p[0] != '/' || !normalize_relative_path(p.c_str() + 1, &normalized, &error) ||
       normalized.empty()) {
-    throw Error(Errc::invalid_argument, "workspace_mount_path '" + p + "' must be an absolute path below /");
+    throw Error(Errc::invalid_argument,
+                "workspace_mount_path '" + escape_word(p) + "' must be an absolute path below /");
   }
   return "/" + normalized;
 }
@@ -820,7 +823,7 @@ bool normalize_relative_path(const char* path, std::string* out, std::string* er
     return false;
   }
   if (!p.empty() && p[0] == '/') {
-    *error = "path '" + std::string(p) + "' is absolute; paths are relative to the workspace";
+    *error = "path '" + escape_word(p) + "' is absolute; paths are relative to the workspace";
     return false;
   }
   size_t start = 0;
@@ -829,7 +832,7 @@ bool normalize_relative_path(const char* path, std::string* out, std::string* er
     if (end == std::string_view::npos) end = p.size();
     std::string_view part = p.substr(start, end - start);
     if (part == "..") {
-      *error = "path '" + std::string(p) + "' contains '..'";
+      *error = "path '" + escape_word(p) + "' contains '..'";
       return false;
     }
     if (part.size() > kMaxNameBytes) {
@@ -1363,7 +1366,8 @@ berth_status exec(berth_instance* inst, const char* handle, const berth_exec_req
       // The runtime could not start the process. A missing working directory is a missing path; anything else
       // (command not found, not executable) is reported like a shell does: 127/126 and the reason on stderr.
       if (outcome.start_error.find("chdir to cwd") != std::string::npos) {
-        throw Error(Errc::not_found, "the working directory '" + cwd + "' does not exist: " + outcome.start_error);
+        throw Error(Errc::not_found, "the working directory '" + escape_word(cwd) +
+                                         "' does not exist: " + escape_word(outcome.start_error));
       }
       bool missing = outcome.start_error.find("not found") != std::string::npos ||
                      outcome.start_error.find("no such file") != std::string::npos;
