@@ -1397,7 +1397,7 @@ TEST_CASE("capacity: a request that waits longer than work_queue_timeout gets 50
 
 // ==== shutdown =======================================================================================================
 
-TEST_CASE("shutdown: an exec still running when the grace ends gets 503 shutting_down, never 500; exit 0",
+TEST_CASE("shutdown: an exec still running when the grace ends gets 503 shutting_down, never 500 and exit 0",
           "[shutdown][slow]") {
   BerthdProcess berthd(BerthdConfig{"shutdown_grace = 1\n", "", ""});
   HttpClient c(berthd.port());
@@ -1449,7 +1449,7 @@ TEST_CASE("Idempotency-Key: extend_ttl replayed extends once", "[idempotency][tt
   CHECK(epoch_seconds(str(get_sandbox(c, id), "expires_at")) - before == Approx(100).margin(0.01));
 }
 
-TEST_CASE("Idempotency-Key: exec and workspace create run once; upload refuses the header", "[idempotency]") {
+TEST_CASE("Idempotency-Key: exec and workspace create run once and upload refuses the header", "[idempotency]") {
   auto c = shared_client();
   std::string id = create_id(c);
   std::string key = "exec-" + random_hex(12);
