@@ -691,7 +691,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   std::atomic<bool> started{false};  // output arrived: the program ran, so it must never be run again
   std::string handle;
   try {
-    result = with_session(row, started, [&](const store::SessionRow& session, const CancelToken& cancel) {
+    result = with_session(row, started, [&](const store::SessionRow& session, const CancelToken& token) {
       session_id = session.id;
       handle = session.handle;
       return driver_.exec(
@@ -701,7 +701,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
             (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
             return true;
           },
-          &cancel);
+          &token);  // registered in in_flight_: cancel_in_flight() reaches it
     });
   } catch (const DriverError& e) {
     if (e.code() == DriverErrc::cancelled && shutting_down_.load()) {

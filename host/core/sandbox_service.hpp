@@ -142,9 +142,6 @@ class SandboxService {
   store::WorkspaceRow get_workspace(const std::string& owner, const std::string& id);
   void delete_workspace(const std::string& owner, const std::string& id);
 
-  /** One pass of the cleanup task (see CleanupTask); also behind POST /v1/admin/gc/run. */
-  CleanupReport run_cleanup();
-
   /**
    * Crash recovery, called once by the daemon before it serves: every session this instance (Settings::instance_id,
    * recorded as SessionRow::starter) left `starting` or `ready` is reconciled at once with one driver listing:
@@ -162,6 +159,9 @@ class SandboxService {
    * out.
    */
   void begin_shutdown();
+
+  /** One pass of the cleanup task (see CleanupTask); also behind POST /v1/admin/gc/run. */
+  CleanupReport run_cleanup();
 
  private:
   SandboxView view(store::SandboxRow row);
@@ -199,9 +199,6 @@ class SandboxService {
   Driver& driver_;
   std::shared_ptr<const Clock> clock_;
   Settings settings_;
-  std::mutex wait_mutex_;
-  std::condition_variable sessions_changed_;
-  std::mutex cleanup_mutex_;  // one cleanup pass at a time
   InFlightCalls in_flight_;
   std::atomic<bool> shutting_down_{false};  // set once by begin_shutdown()
 
@@ -221,6 +218,9 @@ class SandboxService {
   std::mutex starting_mutex_;
   std::set<std::string> starting_here_;        // session ids this process is starting right now
   std::atomic<bool> recovery_pending_{false};  // recover() could not list the driver's sessions: run_cleanup retries
+  std::mutex wait_mutex_;
+  std::condition_variable sessions_changed_;
+  std::mutex cleanup_mutex_;  // one cleanup pass at a time
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

@@ -111,7 +111,8 @@ RecoveryReport SandboxService::recover() {
         }
       }
       report.cleared.push_back(s.id);
-      log::info("session.recovered_clear", {{"sandbox", s.sandbox_id}, {"session", s.id}, {"reason", why}});
+      // The same event as the state sync's: a session found dead and cleared; `step` says who found it.
+      log::info("session.dead", {{"sandbox", s.sandbox_id}, {"session", s.id}, {"reason", why}, {"step", "recovery"}});
     } catch (const DriverError& e) {
       // The row is already cleared (or adoption failed): the cleanup task's orphan pass removes the container.
       report.failed.push_back(s.id);

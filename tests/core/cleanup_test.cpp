@@ -204,7 +204,7 @@ TEST_CASE("a delete during an engine outage leaks nothing: later passes remove t
   CHECK(f.store->get_workspace(row.workspace_id)->deleted_at);
 }
 
-TEST_CASE("idle cleanup never stops a session with a call running; a call touches the idle timer when it starts") {
+TEST_CASE("idle cleanup never stops a session with a call running and a call touches the idle timer when it starts") {
   ServiceFixture f;  // fake clock: the hang below ends only when the clock passes its timeout
   auto id = f.create();
   f.shell(id, "true");  // ready; idle until now + 60 s

@@ -559,7 +559,7 @@ TEST_CASE("recover settles at once what a killed berthd left starting or running
   CHECK(untouched.row.current_session_id == s_foreign.id);
 }
 
-TEST_CASE("recover with the driver down changes nothing; the next cleanup pass recovers once it is back") {
+TEST_CASE("recover with the driver down changes nothing and the next cleanup pass recovers once it is back") {
   ServiceFixture f(R"({"unavailable": {"after_calls": 1, "for_ms": 1000}})");
   auto id = f.create();  // volume_create: call 1; from the next call on the driver is unavailable
   auto s = plant_session(f, id, store::SessionState::starting, f.service->settings().instance_id);

@@ -463,9 +463,8 @@ TEST_CASE("docker: after kill -9 during creates and execs every sandbox answers 
     if (answers[i].status == 200) CHECK(answers[i].json()->getValue<std::string>("output") == "ok\n");
   }
   // Measured, not asserted: restart (including recovery) until every sandbox answered its exec.
-  std::cout << "docker restart recovery: " << all.size() << " sandboxes, "
-            << berthd.count_log_lines("session.recovered_clear") << " sessions cleared, "
-            << berthd.count_log_lines("session.adopted") << " adopted (" << ready_at_kill
+  std::cout << "docker restart recovery: " << all.size() << " sandboxes, " << berthd.count_log_lines("step=recovery")
+            << " sessions cleared, " << berthd.count_log_lines("session.adopted") << " adopted (" << ready_at_kill
             << " runtime_ready lines before the kill); all answered an exec " << elapsed.count()
             << " ms after the restart began\n";
   CHECK(berthd.count_log_lines("recovery.done") >= 1);
