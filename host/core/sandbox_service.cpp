@@ -701,7 +701,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
             (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
             return true;
           },
-          &token);  // registered in in_flight_: cancel_in_flight() reaches it
+          &token);  // registered in in_flight_: begin_shutdown() cancels it
     });
   } catch (const DriverError& e) {
     if (e.code() == DriverErrc::cancelled && shutting_down_.load()) {
