@@ -5,12 +5,11 @@
 namespace berth::core {
 
 std::string workspace_path(std::string_view path, bool allow_root) {
-  if (path.size() > 4096) throw Error(ErrorCode::validation_error, "path is longer than 4096 bytes");
-  for (char c : path) {
-    if (c == '\0') throw Error(ErrorCode::validation_error, "path must not contain NUL");
-    if (static_cast<unsigned char>(c) < 0x20) {
-      throw Error(ErrorCode::validation_error, "path must not contain control characters");
-    }
+  if (path.size() > kMaxPathBytes) {
+    throw Error(ErrorCode::validation_error, "path is longer than " + std::to_string(kMaxPathBytes) + " bytes");
+  }
+  if (path.find('\0') != std::string_view::npos) {
+    throw Error(ErrorCode::validation_error, "path must not contain NUL");
   }
   if (!path.empty() && path.front() == '/') {
     throw Error(ErrorCode::validation_error, "path must be relative to /workspace, not absolute",
@@ -24,6 +23,10 @@ std::string workspace_path(std::string_view path, bool allow_root) {
     std::string_view seg = path.substr(i, j - i);
     if (seg == "..") {
       throw Error(ErrorCode::validation_error, "path must not contain '..'", {{"path", std::string(path)}});
+    }
+    if (seg.size() > kMaxNameBytes) {
+      throw Error(ErrorCode::validation_error,
+                  "a path component is longer than " + std::to_string(kMaxNameBytes) + " bytes");
     }
     if (!seg.empty() && seg != ".") {
       if (!out.empty()) out += '/';

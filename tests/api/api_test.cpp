@@ -1414,7 +1414,7 @@ TEST_CASE("shutdown: an exec still running when the grace ends gets 503 shutting
   INFO(berthd.log());
   auto err = require_error(in_flight, 503, "shutting_down");
   retry_after(in_flight);
-  CHECK(berthd.count_log_lines("service.shutdown_begun execs_cancelled=1") == 1);
+  CHECK(berthd.count_log_lines("service.shutdown_begun calls_cancelled=1") == 1);
   CHECK(berthd.count_log_lines("berthd.stopped") == 1);
   CHECK(berthd.count_log_lines("berthd.shutdown_forced") == 0);
   CHECK(berthd.count_log_lines("http.internal_error") == 0);

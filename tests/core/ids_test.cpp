@@ -37,3 +37,19 @@ TEST_CASE("workspace paths are normalised and confined") {
   CHECK_THROWS_AS(workspace_path("a/../../x", false), Error);
   CHECK_THROWS_AS(workspace_path(std::string("a\0b", 3), false), Error);
 }
+
+TEST_CASE("workspace paths are bytes: every byte but NUL passes, limits are 255 per name and 4000 in all") {
+  for (int b = 1; b < 256; ++b) {
+    if (b == '/' || b == '.') continue;
+    std::string name = "n" + std::string(1, static_cast<char>(b));
+    CHECK(workspace_path("d/" + name, false) == "d/" + name);
+  }
+  CHECK(workspace_path("line\nbreak\x01\xff\x7f", false) == "line\nbreak\x01\xff\x7f");
+  CHECK(workspace_path(std::string(255, 'x'), false) == std::string(255, 'x'));
+  CHECK_THROWS_AS(workspace_path(std::string(256, 'x'), false), Error);
+  std::string deep;
+  while (deep.size() + 101 <= 4000) deep += std::string(100, 'd') + "/";
+  deep += std::string(4000 - deep.size(), 'f');
+  CHECK(workspace_path(deep, false) == deep);
+  CHECK_THROWS_AS(workspace_path(deep + "g", false), Error);
+}
