@@ -7,7 +7,8 @@
 
 namespace berth::core {
 
-/** Longest path the API accepts, in bytes (the drivers' limit, driver.h rule 8; PATH_MAX leaves room for /workspace). */
+/** Longest path the API accepts, in bytes (the drivers' limit, driver.h rule 8; PATH_MAX leaves room for /workspace).
+ */
 inline constexpr std::size_t kMaxPathBytes = 4000;
 /** Longest single path component, in bytes (NAME_MAX of Linux filesystems). */
 inline constexpr std::size_t kMaxNameBytes = 255;

@@ -48,7 +48,8 @@ TEST_CASE("workspace paths are bytes: every byte but NUL passes, limits are 255 
   CHECK(workspace_path(std::string(255, 'x'), false) == std::string(255, 'x'));
   CHECK_THROWS_AS(workspace_path(std::string(256, 'x'), false), Error);
   std::string deep;
-  while (deep.size() + 101 <= 4000) deep += std::string(100, 'd') + "/";
+  while (deep.size() + 101 <= 4000)
+    deep += std::string(100, 'd') + "/";
   deep += std::string(4000 - deep.size(), 'f');
   CHECK(workspace_path(deep, false) == deep);
   CHECK_THROWS_AS(workspace_path(deep + "g", false), Error);

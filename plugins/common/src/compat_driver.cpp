@@ -15,6 +15,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <unordered_map>
@@ -397,13 +398,33 @@ bool container_running(Instance& inst, const std::string& container) {
   }
 }
 
-/** The driver contract for a session that is gone: NOT_FOUND means nothing ran. */
+/**
+ * The driver contract for a session that is gone: NOT_FOUND means nothing ran. The engine may still call a dying
+ * container running for a moment after it refused an exec ("cannot exec in a stopped state"); wait (up to 5 s) until
+ * its inspect agrees, so that the host, which asks session_inspect to tell a dead session from a missing path, sees
+ * the session as ended.
+ */
 [[noreturn]] void throw_session_gone(Instance& inst, const std::string& container, const std::string& detail) {
+  for (int i = 0; i < 50; ++i) {
+    try {
+      if (!container_running(inst, container)) break;
+    } catch (const std::exception&) {
+      break;  // the engine itself is failing: the error below still says what happened
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   inst.log(BERTH_LOG_INFO, inst.event("exec.session_gone").c_str(), {{"container", container}, {"detail", detail}});
   throw Error(Errc::not_found, "the session's container '" + container + "' is not running (" + detail + ")");
 }
 
-constexpr const char* kOciFailurePrefix = "OCI runtime exec failed";
+/**
+ * How engines and runtimes word a process that never started, as the first frame of the exec's stream: runc via
+ * Docker ("OCI runtime exec failed: ..."), Docker on a container that stopped meanwhile ("cannot exec in a stopped
+ * state: unknown"), crun/runc via Podman. Such a first frame is held back until the exec's inspect tells whether a
+ * process ran; a program that prints one of these itself only sees that first frame delayed to its exit.
+ */
+constexpr std::string_view kRuntimeFailurePrefixes[] = {"OCI runtime", "cannot exec in a stopped state",
+                                                        "crun:", "runc:", "Error: OCI runtime"};
 
 ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpec& spec);
 
@@ -508,7 +529,19 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
   Object::Ptr start = new Object;
   start->set("Detach", false);
   start->set("Tty", false);
-  HijackedStream stream = inst.client.hijack("/exec/" + exec_id + "/start", to_json(start));
+  // Built in place (no move: a moved-from HijackedStream would still close the shared socket when destroyed).
+  HijackedStream stream = [&]() -> HijackedStream {
+    try {
+      return inst.client.hijack("/exec/" + exec_id + "/start", to_json(start));
+    } catch (const Error& e) {
+      // Docker refuses the start with 409/500 "Container ... is not running" when the session died in between.
+      if (e.code() == Errc::not_found) throw_session_gone(inst, container, e.what());
+      if ((e.code() == Errc::conflict || e.code() == Errc::internal) && !container_running(inst, container)) {
+        throw_session_gone(inst, container, e.what());
+      }
+      throw;
+    }
+  }();
 
   ExecOutcome outcome;
   FrameDemuxer demuxer;
@@ -516,26 +549,37 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
   // frame that looks like it until we know whether the process started.
   bool first_payload = true;
   bool holding = false;
+  int held_stream = 1;
   std::string held;
   auto deliver = [&](int stream_id, const std::uint8_t* data, size_t size) -> bool {
     if (stream_id == 0) return true;
     if (stream_id != 1 && stream_id != 2) stream_id = 2;
     if (first_payload) {
       first_payload = false;
-      const std::string_view prefix(kOciFailurePrefix);
-      // The engine writes the runtime's failure as one frame, so a whole-prefix match is required.
-      if (stream_id == 1 && size >= prefix.size() && std::memcmp(data, prefix.data(), prefix.size()) == 0) {
+      // A short first frame may be the engine's or the runtime's words about a process that never started; hold it
+      // until the exec's inspect tells (the wording varies by engine and version, so no prefix is trusted alone).
+      const std::string_view frame(reinterpret_cast<const char*>(data), size);
+      bool known = false;
+      for (std::string_view prefix : kRuntimeFailurePrefixes)
+        known = known || frame.substr(0, prefix.size()) == prefix;
+      if (known || size < 4096) {
         holding = true;
+        held_stream = stream_id;
       }
     }
-    if (holding && stream_id == 1) {
-      held.append(reinterpret_cast<const char*>(data), size);
-      if (held.size() < 64 * 1024) return true;
-      holding = false;  // too long to be a runtime error: it is real output
-      bool ok = spec.on_output(1, reinterpret_cast<const std::uint8_t*>(held.data()), held.size());
+    if (holding) {
+      if (stream_id == held_stream && held.size() + size < 64 * 1024) {
+        held.append(reinterpret_cast<const char*>(data), size);
+        return true;
+      }
+      holding = false;  // more output follows: the process runs, release what was held first
+      bool ok =
+          held.empty() || spec.on_output(held_stream, reinterpret_cast<const std::uint8_t*>(held.data()), held.size());
       held.clear();
-      if (!ok) outcome.output_refused = true;
-      return ok;
+      if (!ok) {
+        outcome.output_refused = true;
+        return false;
+      }
     }
     if (!spec.on_output(stream_id, data, size)) {
       outcome.output_refused = true;
@@ -644,7 +688,7 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
             outcome.start_error.pop_back();
           }
         } else if (holding && !held.empty()) {
-          if (!spec.on_output(1, reinterpret_cast<const std::uint8_t*>(held.data()), held.size())) {
+          if (!spec.on_output(held_stream, reinterpret_cast<const std::uint8_t*>(held.data()), held.size())) {
             outcome.output_refused = true;
             outcome.cancelled = true;
           }
@@ -670,6 +714,11 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
 
   if (stop) {
     outcome.exit_code = -1;
+    if (holding && !held.empty() && !outcome.output_refused) {
+      spec.on_output(held_stream, reinterpret_cast<const std::uint8_t*>(held.data()), held.size());
+    }
+    holding = false;
+    held.clear();
     if (spec.kill_on_stop) {
       stream.shutdown_send();
       // Waits until the exec is over: its stream ended (remaining output is discarded) and it no longer runs.
