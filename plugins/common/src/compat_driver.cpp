@@ -551,6 +551,7 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
   bool holding = false;
   int held_stream = 1;
   std::string held;
+  std::uint64_t hold_checked_ns = 0;  // when the held frame's process was last asked about
   auto deliver = [&](int stream_id, const std::uint8_t* data, size_t size) -> bool {
     if (stream_id == 0) return true;
     if (stream_id != 1 && stream_id != 2) stream_id = 2;
@@ -565,6 +566,7 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
       if (known || size < 4096) {
         holding = true;
         held_stream = stream_id;
+        hold_checked_ns = inst.now_ns();
       }
     }
     if (holding) {
@@ -657,6 +659,28 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
           outcome.cancelled = true;
           stop = true;
           break;
+        }
+      }
+    }
+    // A held first frame is released as soon as the exec has a process (every 200 ms the exec is asked), so that
+    // output still streams and a sink that refuses it still stops the program.
+    if (holding && !stop && inst.now_ns() - hold_checked_ns >= 200ull * 1000000ull) {
+      hold_checked_ns = inst.now_ns();
+      bool has_process = false;
+      try {
+        has_process = inst.client.call("GET", "/exec/" + exec_id + "/json").json_object()->optValue<int>("Pid", 0) != 0;
+      } catch (const Error&) {
+        // the engine will answer again below; keep holding
+      }
+      if (has_process) {
+        holding = false;
+        bool ok = held.empty() ||
+                  spec.on_output(held_stream, reinterpret_cast<const std::uint8_t*>(held.data()), held.size());
+        held.clear();
+        if (!ok) {
+          outcome.output_refused = true;
+          outcome.cancelled = true;
+          stop = true;
         }
       }
     }
