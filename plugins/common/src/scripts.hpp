@@ -1,5 +1,6 @@
 // Small POSIX sh programs the compat driver runs inside sessions (as the session's user). They need only sh,
-// coreutils (realpath, rm, mkdir, mv, cat, wc, chmod, tr), findutils (find -printf) and grep; the Berth images have them.
+// coreutils (realpath, rm, mkdir, mv, cat, wc, chmod, tr), findutils (find -printf) and grep; the Berth images have
+// them.
 #pragma once
 
 namespace berth::engine::compat::scripts {

@@ -317,7 +317,8 @@ typedef struct berth_driver_api {
    * cleared environment), never the session. A program that cannot be started is BERTH_OK with exit code 127
    * (not found) or 126 (not executable) and the reason on stderr; a missing cwd is NOT_FOUND; a session that is
    * not running is NOT_FOUND (nothing ran, rule 10). Large programs belong on stdin, not in argv (the kernel
-   * caps one argument at 128 KiB). Paths must resolve inside the workspace after following symlinks (INVALID_ARGUMENT otherwise).
+   * caps one argument at 128 KiB). Paths must resolve inside the workspace after following symlinks (INVALID_ARGUMENT
+   * otherwise).
    */
   berth_status (*exec)(berth_instance* inst, const char* handle, const berth_exec_request* request,
                        berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
