@@ -179,11 +179,15 @@ void install_crash_handler(const std::string& log_file, bool json) {
   // The first backtrace() call loads libgcc_s (it allocates): do it now, not inside the handler.
   void* warmup[4];
   backtrace(warmup, 4);
-  // An alternate stack for the main thread, so that a stack overflow there is reported too.
-  stack_t ss{};
-  ss.ss_sp = g_altstack;
-  ss.ss_size = sizeof g_altstack;
-  sigaltstack(&ss, nullptr);
+  // An alternate stack for this thread, so that a stack overflow there is reported too; but never in place of one
+  // already set (a sanitizer's runtime owns and later unmaps its own: replacing it aborts the process at exit).
+  stack_t current{};
+  if (sigaltstack(nullptr, &current) == 0 && (current.ss_flags & SS_DISABLE) != 0) {
+    stack_t ss{};
+    ss.ss_sp = g_altstack;
+    ss.ss_size = sizeof g_altstack;
+    sigaltstack(&ss, nullptr);
+  }
   struct sigaction sa {};
   sa.sa_handler = on_fatal_signal;
   sigemptyset(&sa.sa_mask);
