@@ -11,6 +11,7 @@
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/SHA1Engine.h>
 #include <Poco/StreamCopier.h>
+#include <Poco/String.h>
 #include <Poco/ThreadPool.h>
 #include <Poco/URI.h>
 #include <utf8.h>
@@ -74,6 +75,7 @@ void send_error(Exchange& ex, int status, std::string_view code, const std::stri
   Poco::JSON::Object body;
   body.set("error", err);
   if (retry_after) ex.response.set("Retry-After", std::to_string(retry_after->count()));
+  if (status == 401) ex.response.set("WWW-Authenticate", "Bearer realm=\"berth\"");  // RFC 6750 section 3
   ex.send_json(status, body);
 }
 
@@ -170,11 +172,24 @@ class InMemoryRequest final : public Poco::Net::HTTPServerRequest {
 
 // ---- one request, start to end ---------------------------------------------------------------------------------
 
+/**
+ * Sets ex.owner and ex.admin from the one `Authorization: Bearer <key>` header. With no keys configured at all
+ * (single-user mode, allow_anonymous) every caller is the anonymous owner and may use admin routes. More than one
+ * Authorization header is refused (a proxy and berthd could pick different ones).
+ */
 void authenticate(Exchange& ex) {
   const auto& s = ex.ctx.settings;
-  if (s.api_keys.empty()) {
+  std::size_t headers = 0;
+  for (const auto& [name, value] : ex.request) {
+    if (Poco::icompare(name, "Authorization") == 0) ++headers;
+  }
+  if (headers > 1) {
+    throw Error(ErrorCode::invalid_request, "more than one Authorization header", {{"reason", "duplicate_header"}});
+  }
+  if (s.api_keys.empty() && s.admin_keys.empty()) {
     if (!s.allow_anonymous) throw Error(ErrorCode::unauthorized, "anonymous access is disabled");
     ex.owner = s.anonymous_owner;
+    ex.admin = true;
     return;
   }
   std::string auth = ex.request.get("Authorization", "");
@@ -182,9 +197,17 @@ void authenticate(Exchange& ex) {
   if (auth.size() <= prefix.size() || auth.compare(0, prefix.size(), prefix) != 0) {
     throw Error(ErrorCode::unauthorized, "missing 'Authorization: Bearer <key>' header");
   }
-  auto it = s.api_keys.find(auth.substr(prefix.size()));
-  if (it == s.api_keys.end()) throw Error(ErrorCode::unauthorized, "unknown API key");
-  ex.owner = it->second;
+  std::string key = auth.substr(prefix.size());
+  if (auto it = s.api_keys.find(key); it != s.api_keys.end()) {
+    ex.owner = it->second;
+    return;
+  }
+  if (auto it = s.admin_keys.find(key); it != s.admin_keys.end()) {
+    ex.owner = it->second;
+    ex.admin = true;
+    return;
+  }
+  throw Error(ErrorCode::unauthorized, "unknown API key");
 }
 
 /** Takes an admission slot for a heavy route (the caller releases it), or throws server_busy / shutting_down. */
@@ -261,6 +284,14 @@ void dispatch(Exchange& ex) {
       if (!item.empty()) segments.push_back(item);
     }
   }
+  // Tenants learn nothing about admin routes: not their methods, not that they exist (the 404 of any unknown path).
+  if (!segments.empty() && segments[0] == "v1" && segments.size() > 1 && segments[1] == "admin") {
+    authenticate(ex);
+    if (!ex.admin) {
+      send_error(ex, 404, "not_found", "no route for " + ex.request.getMethod() + " " + ex.path());
+      return;
+    }
+  }
   bool path_matched = false;
   for (const auto& route : routes()) {
     std::vector<std::string> params;
@@ -269,7 +300,8 @@ void dispatch(Exchange& ex) {
     if (route.method != ex.request.getMethod()) continue;
     ex.params = std::move(params);
     if (!route.public_) authenticate(ex);
-    std::optional<AdmissionSlot> slot;  // released when the route returns or throws
+    if (route.admin && !ex.admin) break;  // not reached: admin paths are screened above
+    std::optional<AdmissionSlot> slot;    // released when the route returns or throws
     if (route.heavy) {
       admit(ex);
       slot.emplace(ex.ctx.admission);

@@ -35,7 +35,8 @@ struct ApiSettings {
   std::size_t thread_stack_bytes = 512u << 10;  // per server thread
   std::uint64_t max_body = 1 << 20;
   std::uint64_t max_file_size = 100ull << 20;
-  std::map<std::string, std::string> api_keys;  // key -> owner
+  std::map<std::string, std::string> api_keys;    // key -> owner (tenants)
+  std::map<std::string, std::string> admin_keys;  // key -> operator name (admin role: /v1/admin routes)
   bool allow_anonymous = true;
   std::string anonymous_owner = "default";
   std::string version = BERTH_VERSION;

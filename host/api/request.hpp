@@ -30,6 +30,7 @@ class Exchange {
   Poco::Net::HTTPServerResponse& response;
   const std::string request_id;
   std::string owner;                // set after authentication
+  bool admin = false;               // set after authentication: the caller holds an admin key (or single-user mode)
   std::vector<std::string> params;  // values of {} segments in the matched route, in order
 
   const std::string& path() const { return path_; }
@@ -124,6 +125,7 @@ struct Route {
   bool public_ = false;  // no authentication
   /** How the route treats an Idempotency-Key header (see docs/api.md "Idempotency-Key"). */
   enum class Idempotency { replay, refuse, not_applicable } idempotency = Idempotency::not_applicable;
+  bool admin = false;  // needs the admin role (an [auth.admin_keys] key); anyone else gets 404 as for no route
 };
 
 /** Every route of API v1, defined in routes.cpp. */

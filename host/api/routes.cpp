@@ -510,6 +510,7 @@ void run_gc(Exchange& ex) {
   o.set("workspaces_removed", list(report.workspaces_removed));
   o.set("dead_sessions", list(report.dead_sessions));
   o.set("skipped_stale", list(report.skipped_stale));
+  o.set("skipped_in_use", list(report.skipped_in_use));
   o.set("failed", list(report.failed));
   ex.send_json(200, o);
 }
@@ -544,7 +545,7 @@ const std::vector<Route>& routes() {
       {"POST", "/v1/workspaces", create_workspace, false, false, I::replay},
       {"GET", "/v1/workspaces/{}", get_workspace},
       {"DELETE", "/v1/workspaces/{}", delete_workspace},
-      {"POST", "/v1/admin/gc/run", run_gc, false, false, I::replay},
+      {"POST", "/v1/admin/gc/run", run_gc, false, false, I::replay, true},
   };
   return kRoutes;
 }

@@ -64,6 +64,7 @@ api::ApiSettings api_settings(const config::Config& cfg) {
   a.max_body = cfg.server.max_body;
   a.max_file_size = cfg.server.max_file_size;
   a.api_keys = cfg.auth.keys;
+  a.admin_keys = cfg.auth.admin_keys;
   a.allow_anonymous = cfg.auth.allow_anonymous;
   a.anonymous_owner = cfg.auth.anonymous_owner;
   return a;

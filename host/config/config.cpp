@@ -275,6 +275,12 @@ void read_auth(TableReader r, AuthConfig& a) {
     if (key.size() < 8) r.fail(*r.get("keys"), "keys", "API keys must be at least 8 characters");
     if (owner.empty()) r.fail(*r.get("keys"), "keys." + key, "owner must not be empty");
   }
+  a.admin_keys = r.string_map("admin_keys");
+  for (const auto& [key, name] : a.admin_keys) {
+    if (key.size() < 16) r.fail(*r.get("admin_keys"), "admin_keys", "admin keys must be at least 16 characters");
+    if (name.empty()) r.fail(*r.get("admin_keys"), "admin_keys." + key, "name must not be empty");
+    if (a.keys.count(key)) r.fail(*r.get("admin_keys"), "admin_keys", "a key cannot be both a tenant and an admin key");
+  }
   r.reject_unknown();
 }
 

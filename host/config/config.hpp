@@ -58,6 +58,9 @@ struct AuthConfig {
   bool allow_anonymous = true;              // only when no keys are configured
   std::string anonymous_owner = "default";  // owner of anonymous requests
   std::map<std::string, std::string> keys;  // api key -> owner
+  // api key -> operator name: the admin role (routes under /v1/admin); an admin key owns no sandboxes of its own
+  // beyond those it creates under its name. Keys are at least 16 characters and never also tenant keys.
+  std::map<std::string, std::string> admin_keys;
 };
 
 struct LogConfig {
