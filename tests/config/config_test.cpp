@@ -131,3 +131,19 @@ TEST_CASE("capacity keys: defaults, shrink-to-fit for small pools, and explicit 
   CHECK(error_of(d + "[server]\nwork_slots = 0\n").find("server.work_slots: must be between 1 and 16384") !=
         std::string::npos);
 }
+
+TEST_CASE("admin keys: long, distinct from tenant keys, and parsed apart from them") {
+  const std::string d = "[driver]\nname = \"fake\"\n";
+  auto cfg =
+      parse(d + "[auth.keys]\n\"tenant-key-1\" = \"alice\"\n[auth.admin_keys]\n\"admin-key-0123456789\" = \"ops\"\n",
+            "t.toml");
+  CHECK(cfg.auth.keys.size() == 1);
+  CHECK(cfg.auth.admin_keys.at("admin-key-0123456789") == "ops");
+  CHECK(error_of(d + "[auth.admin_keys]\n\"short-admin-key\" = \"ops\"\n").find("at least 16 characters") !=
+        std::string::npos);
+  CHECK(error_of(d + "[auth.admin_keys]\n\"admin-key-0123456789\" = \"\"\n").find("name must not be empty") !=
+        std::string::npos);
+  CHECK(error_of(d + "[auth.keys]\n\"same-key-0123456789\" = \"alice\"\n[auth.admin_keys]\n\"same-key-0123456789\" = "
+                     "\"ops\"\n")
+            .find("both a tenant and an admin key") != std::string::npos);
+}
