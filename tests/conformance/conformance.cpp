@@ -3,7 +3,8 @@
 //   berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options...]
 //
 // The driver is loaded through the host's real plugin loader. Sessions use the image named by
-// $BERTH_CONFORMANCE_IMAGE (default berth/python:3.11); the image needs /bin/sh, cat, sleep and python3.
+// $BERTH_CONFORMANCE_IMAGE (default berth/python:3.11); the image needs /bin/sh, /usr/bin/env, coreutils, sleep and
+// python3 (with ctypes and a libc that has renameat2, for the [hostile] race).
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
@@ -754,13 +755,17 @@ ln -sfn /etc/shadow /workspace/shadow-link
 /**
  * Shell code that prints what a helper must never leave: markers of planted programs that ran, files owned by root
  * in the workspace or /tmp, and names starting with `berth-` in /etc (the probes only write such names).
- * Empty output = clean.
+ * Clean = only the last line, `evidence-checked` (it proves the check itself ran).
  */
 const char* kEvidenceScript = R"SH(PATH=/usr/bin:/bin
 ls -A /workspace | grep '^\.pwned-' || true
 find /workspace /tmp -xdev -mindepth 1 -user 0 2>/dev/null | head -20 || true
 ls -A /etc | grep '^berth-' || true
+echo evidence-checked
 )SH";
+
+/** What kEvidenceScript prints when nothing is wrong. */
+const std::string kClean = "evidence-checked\n";
 
 /** A regular file's content through the driver, or "error <code>" when the driver refused. */
 std::string get_or_error(core::Driver& d, const std::string& h, const std::string& path) {
@@ -781,7 +786,7 @@ TEST_CASE("files: a hostile environment and planted programs never act for the d
     auto planted = run(*d, sb.handle, sh(kPlantScript));
     INFO(planted.err);
     REQUIRE(planted.result.exit_code == 0);
-    REQUIRE(run(*d, sb.handle, sh(kEvidenceScript)).out.empty());
+    REQUIRE(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
   }
   // The driver's calls on a plain name: each must work, with the right bytes, whatever the environment says.
   put(*d, sb.handle, "PWN", "mine\n");
@@ -817,7 +822,7 @@ TEST_CASE("files: a hostile environment and planted programs never act for the d
   d->path_remove(sb.handle, "shadow-link");  // the link itself, not its target
   CHECK(run(*d, sb.handle, sh("/usr/bin/test -L /workspace/shadow-link || /bin/echo gone")).out == "gone\n");
   CHECK(run(*d, sb.handle, sh("/usr/bin/test -e /etc/shadow && /bin/echo kept")).out == "kept\n");
-  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out.empty());
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
 
   // The session's own processes (the reaper, the exec wrapper) start with the tenant's environment and workspace
   // next time: a planted `sh` or `sleep` on the tenant's PATH must not become them.
@@ -834,7 +839,7 @@ TEST_CASE("files: a hostile environment and planted programs never act for the d
   CHECK(run(*d, sb.handle, sh("/bin/echo alive")).out == "alive\n");
   put(*d, sb.handle, "again", "ok");
   CHECK(get(*d, sb.handle, "again") == "ok");
-  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out.empty());
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
 }
 
 TEST_CASE("files: a directory swapped with a symlink to /etc during the calls never leads outside",
@@ -903,5 +908,5 @@ PY
   for (const auto& l : leaked)
     UNSCOPED_INFO("a GET returned: " << l);
   CHECK(leaked.empty());
-  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out.empty());
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
 }

@@ -1,6 +1,6 @@
 // Small POSIX sh programs the compat driver runs inside sessions (as the session's user). They need only sh,
-// coreutils (realpath, rm, mkdir, mv, cat, wc, chmod, tr), findutils (find -printf) and grep; the Berth images have
-// them. The container's environment is the tenant's (`env` at create, e.g. PATH=/workspace/.bin:...): the reaper
+// coreutils (env, realpath, rm, mkdir, mv, cat, wc, chmod, tr), findutils (find -printf) and grep; the Berth images
+// have them. The container's environment is the tenant's (`env` at create, e.g. PATH=/workspace/.bin:...): the reaper
 // and the exec wrapper, which run under it, call programs by absolute path only; the helpers (kKillByToken, kFiles)
 // run under `/usr/bin/env -i PATH=/usr/bin:/bin LC_ALL=C` (compat_driver.cpp, run_exec), never under it.
 #pragma once
