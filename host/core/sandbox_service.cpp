@@ -669,8 +669,9 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   ExecRequest rq;
   // The code travels on stdin, never in argv (the kernel caps one argument at 128 KiB): `python3 -` reads its
   // program from stdin; the shell form reads the whole command with `cat` first, so the user's program sees EOF.
+  // /bin/cat by absolute path: the session's PATH is the tenant's, and a planted `cat` must not replace the command.
   rq.argv = kind == ExecKind::python ? std::vector<std::string>{"python3", "-"}
-                                     : std::vector<std::string>{"/bin/sh", "-c", "eval \"$(cat)\""};
+                                     : std::vector<std::string>{"/bin/sh", "-c", "eval \"$(/bin/cat)\""};
   rq.stdin_data = code;
   rq.cwd = dir;
   rq.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(to);

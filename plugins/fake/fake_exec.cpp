@@ -441,9 +441,11 @@ class Interpreter {
   int run_sh(const std::vector<std::string>& args, berth_stream out) {
     for (size_t i = 0; i < args.size(); ++i) {
       if (args[i].size() > 1 && args[i][0] == '-' && args[i].find('c') != std::string::npos) {
-        // `sh -c 'eval "$(cat)"'` is how the host sends a command on stdin (no argv size limit): the mini shell
-        // has no command substitution, so it recognises this one form and runs stdin as the script.
-        if (i + 1 < args.size() && args[i + 1] == kEvalStdin) return run_script(take_stdin(), out);
+        // `sh -c 'eval "$(/bin/cat)"'` is how the host sends a command on stdin (no argv size limit): the mini
+        // shell has no command substitution, so it recognises this form (and `cat` by name) and runs stdin.
+        if (i + 1 < args.size() && (args[i + 1] == kEvalStdin || args[i + 1] == kEvalStdinByName)) {
+          return run_script(take_stdin(), out);
+        }
         if (i + 1 < args.size()) return run_script(args[i + 1], out);
         emit(kStderr, "sh: -c requires an argument\n");
         return 2;
@@ -456,7 +458,8 @@ class Interpreter {
     return run_script(take_stdin(), out);
   }
 
-  static constexpr std::string_view kEvalStdin = "eval \"$(cat)\"";
+  static constexpr std::string_view kEvalStdin = "eval \"$(/bin/cat)\"";
+  static constexpr std::string_view kEvalStdinByName = "eval \"$(cat)\"";
 
   int run_script(std::string_view script, berth_stream out) {
     std::vector<Statement> statements;

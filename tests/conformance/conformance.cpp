@@ -3,7 +3,8 @@
 //   berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options...]
 //
 // The driver is loaded through the host's real plugin loader. Sessions use the image named by
-// $BERTH_CONFORMANCE_IMAGE (default berth/python:3.11); the image needs /bin/sh, cat, sleep and python3.
+// $BERTH_CONFORMANCE_IMAGE (default berth/python:3.11); the image needs /bin/sh, /usr/bin/env, coreutils, sleep and
+// python3 (with ctypes and a libc that has renameat2, for the [hostile] race).
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
@@ -12,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
@@ -99,7 +101,7 @@ struct Sandbox {
   std::string handle;
   core::Labels labels;
 
-  explicit Sandbox(core::Driver& d, core::Labels extra = {}) : driver(d) {
+  explicit Sandbox(core::Driver& d, core::Labels extra = {}, std::map<std::string, std::string> env = {}) : driver(d) {
     volume = unique("berth-conf-vol");
     labels = {{"berth.conformance", "true"}, {"berth.test", unique("t")}};
     labels.insert(extra.begin(), extra.end());
@@ -109,6 +111,7 @@ struct Sandbox {
     spec.image = image();
     spec.labels = labels;
     spec.env = {{"BERTH_CONF", "from-spec"}};
+    spec.env.insert(env.begin(), env.end());
     spec.workspace_volume = volume;
     spec.memory_bytes = 256ll << 20;
     spec.pids_limit = 128;
@@ -695,4 +698,215 @@ TEST_CASE("files: a failed or short upload leaves nothing behind", "[conformance
   for (const auto& e : d->dir_list(sb.handle, "."))
     names.insert(e.name);
   CHECK(names == std::set<std::string>{"keep.txt"});
+}
+
+// ---- A hostile sandbox (issue 8, finding 1) ------------------------------------------------------------------------
+// The tenant controls the session's environment (SessionSpec::env), every byte of the workspace (symlinks, programs)
+// and may run code concurrently with a file operation. A driver's file operations must act with no more privilege
+// than the session user, with an environment and programs the tenant cannot choose, and never outside the
+// workspace. The fake driver passes these trivially, by being in memory: it runs no programs, has no PATH and no
+// symlinks; for it only the driver-level part (the calls on the hostile names) runs.
+
+namespace {
+
+/** The environment a hostile tenant gives the session: every variable that shells, the loader or programs read. */
+std::map<std::string, std::string> hostile_env() {
+  return {{"PATH", "/workspace/.bin:/tmp/.bin:/usr/bin:/bin"},
+          {"ENV", "/workspace/.bin/rc"},
+          {"BASH_ENV", "/workspace/.bin/rc"},
+          {"LD_PRELOAD", "/workspace/.bin/pwn.so"},
+          {"LD_LIBRARY_PATH", "/workspace/.bin"},
+          {"IFS", "/"},
+          {"CDPATH", "/etc"},
+          {"HOME", "/etc"},
+          {"TMPDIR", "/etc"},
+          {"LC_ALL", "xx_XX.UTF-8"},
+          {"SHELLOPTS", "xtrace"},
+          {"PS4", "$(/workspace/.bin/rc)"},
+          {"POSIXLY_CORRECT", "1"},
+          {"GCONV_PATH", "/workspace/.bin"}};
+}
+
+/**
+ * Shell code (for the session user) that plants, in /workspace/.bin and in every directory of the hostile PATH the
+ * user can write, an executable for every program a driver's helper might call. Each one leaves a marker
+ * /workspace/.pwned-<name> when it runs; `realpath` then prints a path to /etc/shadow, `cat` prints "PWNED". It
+ * also links etc-link -> /etc and shadow-link -> /etc/shadow.
+ */
+const char* kPlantScript = R"SH(PATH=/usr/bin:/bin
+set -e
+mkdir -p /workspace/.bin /tmp/.bin
+for p in realpath cat mv chmod wc printf ls find stat rm mkdir mktemp dd head tail sh dash bash env grep tr sleep \
+         kill true test [ readlink basename dirname id cp ln touch python3 tar sed awk xargs sort uniq cut; do
+  printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-%s\n' "$p" >"/workspace/.bin/$p"
+  case $p in
+    realpath) printf '/bin/echo /workspace/../etc/shadow\n' >>"/workspace/.bin/$p" ;;
+    cat) printf '/bin/echo PWNED\n' >>"/workspace/.bin/$p" ;;
+  esac
+  chmod 755 "/workspace/.bin/$p"
+  for d in /tmp/.bin /usr/local/bin /usr/bin /bin; do cp "/workspace/.bin/$p" "$d/$p" 2>/dev/null || true; done
+done
+printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-rc\n' >/workspace/.bin/rc
+chmod 755 /workspace/.bin/rc
+ln -sfn /etc /workspace/etc-link
+ln -sfn /etc/shadow /workspace/shadow-link
+)SH";
+
+/**
+ * Shell code that prints what a helper must never leave: markers of planted programs that ran, files owned by root
+ * in the workspace or /tmp, and names starting with `berth-` in /etc (the probes only write such names).
+ * Clean = only the last line, `evidence-checked` (it proves the check itself ran).
+ */
+const char* kEvidenceScript = R"SH(PATH=/usr/bin:/bin
+ls -A /workspace | grep '^\.pwned-' || true
+find /workspace /tmp -xdev -mindepth 1 -user 0 2>/dev/null | head -20 || true
+ls -A /etc | grep '^berth-' || true
+echo evidence-checked
+)SH";
+
+/** What kEvidenceScript prints when nothing is wrong. */
+const std::string kClean = "evidence-checked\n";
+
+/** A regular file's content through the driver, or "error <code>" when the driver refused. */
+std::string get_or_error(core::Driver& d, const std::string& h, const std::string& path) {
+  try {
+    return get(d, h, path);
+  } catch (const DriverError& e) {
+    return "error " + std::to_string(static_cast<int>(e.code()));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("files: a hostile environment and planted programs never act for the driver",
+          "[conformance][files][hostile]") {
+  auto d = make_driver();
+  Sandbox sb(*d, {}, hostile_env());
+  if (real_processes()) {
+    auto planted = run(*d, sb.handle, sh(kPlantScript));
+    INFO(planted.err);
+    REQUIRE(planted.result.exit_code == 0);
+    REQUIRE(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+  }
+  // The driver's calls on a plain name: each must work, with the right bytes, whatever the environment says.
+  put(*d, sb.handle, "PWN", "mine\n");
+  CHECK(get(*d, sb.handle, "PWN") == "mine\n");
+  put(*d, sb.handle, "dir/PWN", "deeper\n", 0600);
+  auto listed = d->dir_list(sb.handle, "dir");
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].name == "PWN");
+  CHECK(listed[0].size == 7);
+  CHECK((listed[0].mode & 0777) == 0600);
+  d->path_remove(sb.handle, "dir");
+  d->path_remove(sb.handle, "PWN");
+  std::string missing;
+  try {
+    get(*d, sb.handle, "PWN");
+  } catch (const DriverError& e) {
+    CHECK(e.code() == DriverErrc::not_found);
+    missing = e.what();
+  }
+  // A preloaded library the loader could not open would have said so on the helper's stderr (the error's detail).
+  CHECK(missing.find("ld.so") == std::string::npos);
+  CHECK(missing.find("LD_PRELOAD") == std::string::npos);
+  if (!real_processes()) return;
+
+  // Paths through the tenant's symlinks to /etc: refused, never /etc's bytes, nothing written there.
+  CHECK(error_of([&] { get(*d, sb.handle, "etc-link/shadow"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { get(*d, sb.handle, "etc-link/passwd"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { get(*d, sb.handle, "shadow-link"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { put(*d, sb.handle, "etc-link/berth-pwn", "x"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { put(*d, sb.handle, "shadow-link", "x"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { d->dir_list(sb.handle, "etc-link"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { d->path_remove(sb.handle, "etc-link/passwd"); }) == DriverErrc::invalid_argument);
+  d->path_remove(sb.handle, "shadow-link");  // the link itself, not its target
+  CHECK(run(*d, sb.handle, sh("/usr/bin/test -L /workspace/shadow-link || /bin/echo gone")).out == "gone\n");
+  CHECK(run(*d, sb.handle, sh("/usr/bin/test -e /etc/shadow && /bin/echo kept")).out == "kept\n");
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+
+  // The session's own processes (the reaper, the exec wrapper) start with the tenant's environment and workspace
+  // next time: a planted `sh` or `sleep` on the tenant's PATH must not become them.
+  d->session_stop(sb.handle, 1s);
+  d->session_remove(sb.handle);
+  core::SessionSpec spec;
+  spec.session_id = unique("conf");
+  spec.image = image();
+  spec.labels = sb.labels;
+  spec.env = hostile_env();
+  spec.workspace_volume = sb.volume;
+  spec.user = "1000:1000";
+  sb.handle = d->session_create(spec).handle;
+  CHECK(run(*d, sb.handle, sh("/bin/echo alive")).out == "alive\n");
+  put(*d, sb.handle, "again", "ok");
+  CHECK(get(*d, sb.handle, "again") == "ok");
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+}
+
+TEST_CASE("files: a directory swapped with a symlink to /etc during the calls never leads outside",
+          "[conformance][files][hostile]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  constexpr int kAttempts = 25;  // GETs and PUTs each: a fixed number, not "until it happens"
+  if (!real_processes()) {
+    // The fake has no symlinks: the same calls on the same names simply work.
+    put(*d, sb.handle, "race/d/shadow", "inside\n");
+    for (int i = 0; i < kAttempts; ++i)
+      CHECK(get(*d, sb.handle, "race/d/shadow") == "inside\n");
+    return;
+  }
+  // d (a directory holding `shadow`) and l (a symlink to /etc) trade places every 0.3 ms.
+  const std::string setup = R"SH(PATH=/usr/bin:/bin
+set -e
+mkdir -p /workspace/race/d
+printf 'inside\n' >/workspace/race/d/shadow
+ln -sfn /etc /workspace/race/l
+cat >/workspace/race/swap.py <<'PY'
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.chdir("/workspace/race")
+open("started", "w").close()
+end = time.monotonic() + 150
+n = 0
+while not os.path.exists("stop") and time.monotonic() < end:
+    if libc.renameat2(-100, b"d", -100, b"l", 2) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
+    n += 1
+    time.sleep(0.0003)
+print(n)
+PY
+)SH";
+  REQUIRE(run(*d, sb.handle, sh(setup)).result.exit_code == 0);
+  Output swapper;
+  std::thread swap_thread([&] { swapper = run(*d, sb.handle, sh("python3 /workspace/race/swap.py", 180s)); });
+  bool started = false;
+  for (int i = 0; i < 600 && !started; ++i) {  // bounded: 60 s for something that takes well under a second
+    started = run(*d, sb.handle, sh("/usr/bin/test -e /workspace/race/started && /bin/echo yes")).out == "yes\n";
+    if (!started) std::this_thread::sleep_for(100ms);
+  }
+  CHECK(started);
+  int inside = 0;
+  int put_ok = 0;
+  std::vector<std::string> leaked;
+  for (int i = 0; i < kAttempts; ++i) {
+    std::string got = get_or_error(*d, sb.handle, "race/d/shadow");
+    if (got == "inside\n") {
+      ++inside;
+    } else if (got.rfind("error ", 0) != 0) {
+      leaked.push_back(got.substr(0, 200));
+    }
+    try {
+      put(*d, sb.handle, "race/d/berth-race-" + std::to_string(i), "x");
+      ++put_ok;
+    } catch (const DriverError&) {
+      // refused while the symlink was in place: fine
+    }
+  }
+  put(*d, sb.handle, "race/stop", "");
+  swap_thread.join();
+  INFO("swaps: " << swapper.out << swapper.err << "GETs of the workspace file: " << inside << ", PUTs: " << put_ok);
+  CHECK(swapper.result.exit_code == 0);
+  for (const auto& l : leaked)
+    UNSCOPED_INFO("a GET returned: " << l);
+  CHECK(leaked.empty());
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
 }

@@ -337,21 +337,27 @@ bool plain_ascii(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
 }
 
-/** The whole environment of the driver's own helpers (file operations, the killer), over the container's. */
+/**
+ * What the engine puts over the container's environment for the driver's own helpers (file operations, the
+ * killer): it only has to start /usr/bin/env cleanly (no loader variable of the tenant's applies), which then
+ * replaces the whole environment with kHelperInnerEnv (see run_exec). The tenant sets the container's environment
+ * at create (`env`), so nothing of it may reach a helper: not PATH, ENV/BASH_ENV, IFS, CDPATH, HOME, TMPDIR, LC_*,
+ * nor any variable some program might read in the future.
+ */
 const std::vector<std::string>& fixed_helper_env() {
   static const std::vector<std::string> env = {
-      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      "LD_PRELOAD=",
-      "LD_LIBRARY_PATH=",
-      "LD_AUDIT=",
-      "ENV=",
-      "BASH_ENV=",
-      "CDPATH=",
-      "LC_ALL=C",
-      "POSIXLY_CORRECT=",
+      "PATH=/usr/bin:/bin", "LD_PRELOAD=", "LD_LIBRARY_PATH=", "LD_AUDIT=",        "ENV=",
+      "BASH_ENV=",          "CDPATH=",     "LC_ALL=C",         "POSIXLY_CORRECT=",
   };
   return env;
 }
+
+/**
+ * The whole environment of a helper, set by `/usr/bin/env -i` in front of it (argv, not the engine's Env, which
+ * the engine merges over the container's). PATH has only the system directories that are root-owned in every
+ * supported image (not /usr/local, where images install their own programs).
+ */
+constexpr const char* kHelperInnerEnv[] = {"PATH=/usr/bin:/bin", "LC_ALL=C"};
 
 struct ExecSpec {
   std::vector<std::string> argv;
@@ -495,15 +501,24 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
   create->set("AttachStdout", true);
   create->set("AttachStderr", true);
   create->set("Tty", false);
+  std::vector<std::string> cmd;
+  if (spec.helper_env) {
+    // A helper's environment is exactly kHelperInnerEnv plus its token: nothing of the container's survives.
+    cmd = {"/usr/bin/env", "-i"};
+    cmd.insert(cmd.end(), std::begin(kHelperInnerEnv), std::end(kHelperInnerEnv));
+    cmd.push_back("BERTH_EXEC_TOKEN=" + token);
+  }
   if (spec.wrap) {
-    std::vector<std::string> cmd = {"/bin/sh",    "-c",  scripts::kExecWrap,
-                                    "berth-exec", token, escape_word(spec.inner_cwd)};
+    for (const char* word : {"/bin/sh", "-c", scripts::kExecWrap, "berth-exec"})
+      cmd.emplace_back(word);
+    cmd.push_back(token);
+    cmd.push_back(escape_word(spec.inner_cwd));
     for (const auto& word : spec.argv)
       cmd.push_back(escape_word(word));
-    create->set("Cmd", string_array(cmd));
   } else {
-    create->set("Cmd", string_array(spec.argv));
+    cmd.insert(cmd.end(), spec.argv.begin(), spec.argv.end());
   }
+  create->set("Cmd", string_array(cmd));
   std::vector<std::string> env = spec.helper_env ? fixed_helper_env() : spec.env;
   env.push_back("BERTH_EXEC_TOKEN=" + token);
   create->set("Env", string_array(env));
@@ -1179,11 +1194,12 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
 
     Object::Ptr body = new Object;
     body->set("Image", std::string(spec.image));
-    // The main process only keeps the session alive; the reaper also kills exec process trees on request.
+    // The main process only keeps the session alive; the reaper also kills exec process trees on request. Absolute
+    // program paths: the container's PATH is the tenant's, and a kept workspace may hold programs they planted.
     if (self.flavor.reaper) {
-      body->set("Cmd", string_array({"sh", "-c", scripts::kReaper, "berth-reaper"}));
+      body->set("Cmd", string_array({"/bin/sh", "-c", scripts::kReaper, "berth-reaper"}));
     } else {
-      body->set("Cmd", string_array({"sleep", "infinity"}));
+      body->set("Cmd", string_array({"/bin/sleep", "infinity"}));
     }
     body->set("Entrypoint", Array::Ptr(new Array));
     body->set("Env", string_array(env_strings(spec.env, spec.env_count, "env")));

@@ -1,6 +1,8 @@
 // Small POSIX sh programs the compat driver runs inside sessions (as the session's user). They need only sh,
-// coreutils (realpath, rm, mkdir, mv, cat, wc, chmod, tr), findutils (find -printf) and grep; the Berth images have
-// them.
+// coreutils (env, realpath, rm, mkdir, mv, cat, wc, chmod, tr), findutils (find -printf) and grep; the Berth images
+// have them. The container's environment is the tenant's (`env` at create, e.g. PATH=/workspace/.bin:...): the reaper
+// and the exec wrapper, which run under it, call programs by absolute path only; the helpers (kKillByToken, kFiles)
+// run under `/usr/bin/env -i PATH=/usr/bin:/bin LC_ALL=C` (compat_driver.cpp, run_exec), never under it.
 #pragma once
 
 namespace berth::engine::compat::scripts {
@@ -34,7 +36,7 @@ inline constexpr const char* kReaper = R"SH(reap() {
   done
 }
 while IFS= read -r line; do reap "$line"; done
-exec sleep infinity
+exec /bin/sleep infinity
 )SH";
 
 /**
@@ -60,7 +62,7 @@ for d in /dev/shm /tmp; do
   if true 2>/dev/null >>"$d/.berth-exec-$t"; then
     m="$d/.berth-exec-$t"
     exec 9>>"$m"
-    rm -f -- "$m"
+    /bin/rm -f -- "$m"
     break
   fi
 done

@@ -1,0 +1,263 @@
+// Issue 8, finding 1: the files API against a hostile sandbox, through berthd's HTTP API. The tenant chooses the
+// session's environment (`env` at create), plants programs and symlinks in the workspace and swaps a directory with
+// a symlink to /etc while berthd reads and writes through it. No call may return a root-only file, write outside
+// the workspace, leave a root-owned file or run a planted program. On the fake engine (no processes, no symlinks)
+// only the API calls on the hostile names run; the conformance kit holds every driver to the same attacks.
+#include <catch2/catch.hpp>
+
+#include <Poco/JSON/Object.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "security/harness.hpp"
+
+using namespace berth::test;
+using namespace berth::test::security;
+using namespace std::chrono_literals;
+
+namespace {
+
+/** Every variable that shells, the dynamic loader or common programs read, set as a hostile tenant would. */
+Poco::JSON::Object hostile_env() {
+  Poco::JSON::Object env;
+  env.set("PATH", "/workspace/.bin:/tmp/.bin:/usr/bin:/bin");
+  env.set("ENV", "/workspace/.bin/rc");
+  env.set("BASH_ENV", "/workspace/.bin/rc");
+  env.set("LD_PRELOAD", "/workspace/.bin/pwn.so");
+  env.set("LD_LIBRARY_PATH", "/workspace/.bin");
+  env.set("IFS", "/");
+  env.set("CDPATH", "/etc");
+  env.set("HOME", "/etc");
+  env.set("TMPDIR", "/etc");
+  env.set("LC_ALL", "xx_XX.UTF-8");
+  env.set("SHELLOPTS", "xtrace");
+  env.set("POSIXLY_CORRECT", "1");
+  env.set("GCONV_PATH", "/workspace/.bin");
+  return env;
+}
+
+/**
+ * Creates alice's sandbox with the hostile environment. A berthd that refuses some of those variables at create
+ * (400) is defending too; the finding's own input, PATH alone, must be accepted.
+ */
+std::string create_hostile(Env& env) {
+  Poco::JSON::Object body;
+  body.set("env", hostile_env());
+  auto r = env.alice().post("/v1/sandboxes", to_json(body));
+  if (r.status == 201) return r.json()->getValue<std::string>("id");
+  INFO(r.body);
+  CHECK(r.status == 400);
+  Poco::JSON::Object path_only;
+  Poco::JSON::Object e;
+  e.set("PATH", "/workspace/.bin:/tmp/.bin:/usr/bin:/bin");
+  path_only.set("env", e);
+  return env.create(env.alice(), to_json(path_only));
+}
+
+/**
+ * Plants an executable for every program berthd's helpers might call in /workspace/.bin and in every directory of
+ * the hostile PATH the session user can write; each leaves /workspace/.pwned-<name> when it runs (`realpath` then
+ * prints a path to /etc/shadow). Links etc-link -> /etc and shadow-link -> /etc/shadow.
+ */
+const char* kPlant = R"SH(PATH=/usr/bin:/bin
+set -e
+mkdir -p /workspace/.bin /tmp/.bin
+for p in realpath cat mv chmod wc printf ls find stat rm mkdir mktemp dd head tail sh dash bash env grep tr sleep \
+         kill true test [ readlink basename dirname id cp ln touch python3 tar sed awk xargs sort uniq cut; do
+  printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-%s\n' "$p" >"/workspace/.bin/$p"
+  case $p in
+    realpath) printf '/bin/echo /workspace/../etc/shadow\n' >>"/workspace/.bin/$p" ;;
+    cat) printf '/bin/echo PWNED\n' >>"/workspace/.bin/$p" ;;
+  esac
+  chmod 755 "/workspace/.bin/$p"
+  for d in /tmp/.bin /usr/local/bin /usr/bin /bin; do cp "/workspace/.bin/$p" "$d/$p" 2>/dev/null || true; done
+done
+printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-rc\n' >/workspace/.bin/rc
+chmod 755 /workspace/.bin/rc
+ln -sfn /etc /workspace/etc-link
+ln -sfn /etc/shadow /workspace/shadow-link
+)SH";
+
+/**
+ * Prints markers of planted programs that ran, root-owned files in the workspace or /tmp, `berth-*` in /etc, then
+ * `evidence-checked` (so that a check that did not run never reads as clean).
+ */
+const char* kEvidence = R"SH(PATH=/usr/bin:/bin
+ls -A /workspace | grep '^\.pwned-' || true
+find /workspace /tmp -xdev -mindepth 1 -user 0 2>/dev/null | head -20 || true
+ls -A /etc | grep '^berth-' || true
+echo evidence-checked
+)SH";
+
+std::string files_uri(const std::string& id, const std::string& path) {
+  return sandbox_path(id) + "/filesystem/files?path=" + url_encode(path);
+}
+
+HttpResponse put_file(const HttpClient& c, const std::string& id, const std::string& path, const std::string& content) {
+  Poco::JSON::Object body;
+  body.set("path", path);
+  body.set("content", content);
+  return c.put(sandbox_path(id) + "/filesystem/files", to_json(body));
+}
+
+HttpResponse upload(const HttpClient& c, const std::string& id, const std::string& path, const std::string& data) {
+  auto [type, body] = multipart({{"path", path, ""}, {"file", data, "blob.bin"}});
+  return c.request("POST", sandbox_path(id) + "/filesystem/upload", body, type);
+}
+
+HttpResponse download(const HttpClient& c, const std::string& id, const std::string& path) {
+  return c.get(sandbox_path(id) + "/filesystem/download?path=" + url_encode(path));
+}
+
+/** What kEvidence prints when nothing is wrong. */
+const std::string kClean = "evidence-checked\n";
+
+/** What the evidence script prints (kClean = clean); real engines only. */
+std::string evidence(const HttpClient& c, const std::string& id) {
+  return shell(c, id, kEvidence)->getValue<std::string>("output");
+}
+
+/** True if a response body carries a line of /etc/shadow or /etc/passwd ("root:" starts both). */
+bool leaks_etc(const HttpResponse& r) {
+  return r.body.find("root:") != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("files API: a tenant's PATH, environment and planted programs never act for berthd", "[files]") {
+  Env env;
+  auto alice = env.alice();
+  const std::string id = create_hostile(env);
+  if (env.real_engine()) {
+    auto planted = shell(alice, id, kPlant);
+    INFO(to_json(*planted));
+    REQUIRE(planted->getValue<int>("exit_code") == 0);
+    REQUIRE(evidence(alice, id) == kClean);
+  }
+
+  // Every route on the finding's name PWN works, with the right bytes.
+  CHECK(put_file(alice, id, "PWN", "mine\n").status == 200);
+  auto got = alice.get(files_uri(id, "PWN"));
+  REQUIRE(got.status == 200);
+  CHECK(got.json()->getValue<std::string>("content") == "mine\n");
+  auto listed = alice.get(sandbox_path(id) + "/filesystem/directories?path=.");
+  REQUIRE(listed.status == 200);
+  CHECK(listed.body.find("\"PWN\"") != std::string::npos);
+  auto down = download(alice, id, "PWN");
+  CHECK(down.status == 200);
+  CHECK(down.body == "mine\n");
+  CHECK(upload(alice, id, "PWN2", "uploaded").status == 200);
+  CHECK(download(alice, id, "PWN2").body == "uploaded");
+  CHECK(alice.del(files_uri(id, "PWN")).status == 200);
+  auto gone = alice.get(files_uri(id, "PWN"));
+  CHECK(gone.status == 404);
+  // A preload the loader could not open would have said so on the helper's stderr, which becomes the message.
+  CHECK(gone.body.find("ld.so") == std::string::npos);
+  if (!env.real_engine()) return;
+
+  // Through the tenant's symlinks to /etc: refused on every route, never /etc's bytes, nothing created there.
+  for (const std::string path : {"etc-link/shadow", "etc-link/passwd", "shadow-link"}) {
+    INFO(path);
+    auto r = alice.get(files_uri(id, path));
+    CHECK(r.status == 400);
+    CHECK_FALSE(leaks_etc(r));
+    auto d = download(alice, id, path);
+    CHECK(d.status == 400);
+    CHECK_FALSE(leaks_etc(d));
+  }
+  CHECK(put_file(alice, id, "etc-link/berth-pwn", "x").status == 400);
+  CHECK(put_file(alice, id, "shadow-link", "x").status == 400);
+  CHECK(upload(alice, id, "etc-link/berth-pwn-upload", "x").status == 400);
+  CHECK(alice.del(files_uri(id, "etc-link/passwd")).status == 400);
+  auto etc_list = alice.get(sandbox_path(id) + "/filesystem/directories?path=etc-link");
+  CHECK(etc_list.status == 400);
+  CHECK(etc_list.body.find("shadow") == std::string::npos);
+  CHECK(evidence(alice, id) == kClean);
+
+  // After a stop the session restarts with the tenant's environment over a workspace full of planted programs:
+  // its main process and the exec wrapper must not be one of them.
+  CHECK(alice.post(sandbox_path(id) + "/stop").status == 200);
+  CHECK(shell(alice, id, "/bin/echo alive")->getValue<std::string>("output") == "alive\n");
+  CHECK(put_file(alice, id, "again", "ok").status == 200);
+  CHECK(alice.get(files_uri(id, "again")).json()->getValue<std::string>("content") == "ok");
+  CHECK(evidence(alice, id) == kClean);
+}
+
+TEST_CASE("files API: a directory swapped with a symlink to /etc during GET and PUT never leads outside", "[files]") {
+  Env env;
+  auto alice = env.alice();
+  const std::string id = env.create(alice);
+  constexpr int kAttempts = 25;  // each of GET, download and PUT: a fixed number, not "until it happens"
+  if (!env.real_engine()) {
+    REQUIRE(put_file(alice, id, "race/d/shadow", "inside\n").status == 200);
+    for (int i = 0; i < kAttempts; ++i)
+      CHECK(alice.get(files_uri(id, "race/d/shadow")).json()->getValue<std::string>("content") == "inside\n");
+    return;
+  }
+  // d (a directory holding `shadow`) and l (a symlink to /etc) trade places every 0.3 ms with renameat2.
+  const std::string setup = R"SH(PATH=/usr/bin:/bin
+set -e
+mkdir -p /workspace/race/d
+printf 'inside\n' >/workspace/race/d/shadow
+ln -sfn /etc /workspace/race/l
+cat >/workspace/race/swap.py <<'PY'
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.chdir("/workspace/race")
+open("started", "w").close()
+end = time.monotonic() + 200
+n = 0
+while not os.path.exists("stop") and time.monotonic() < end:
+    if libc.renameat2(-100, b"d", -100, b"l", 2) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
+    n += 1
+    time.sleep(0.0003)
+print(n)
+PY
+)SH";
+  REQUIRE(shell(alice, id, setup)->getValue<int>("exit_code") == 0);
+  HttpResponse swapped;  // filled by the thread (no REQUIRE off the main thread)
+  std::thread swapper([&] {
+    Poco::JSON::Object body;
+    body.set("command", "python3 /workspace/race/swap.py");
+    body.set("timeout", 240);
+    swapped = alice.post(sandbox_path(id) + "/shell/exec", to_json(body));
+  });
+  bool started = false;
+  for (int i = 0; i < 600 && !started; ++i) {  // bounded: 60 s for something that takes well under a second
+    started = alice.get(files_uri(id, "race/started")).status == 200;
+    if (!started) std::this_thread::sleep_for(100ms);
+  }
+  CHECK(started);
+  int inside = 0;
+  int put_ok = 0;
+  std::vector<std::string> leaked;
+  for (int i = 0; i < kAttempts; ++i) {
+    auto g = alice.get(files_uri(id, "race/d/shadow"));
+    if (g.status == 200) {
+      if (g.json()->getValue<std::string>("content") == "inside\n") {
+        ++inside;
+      } else {
+        leaked.push_back("GET: " + g.body.substr(0, 200));
+      }
+    } else if (leaks_etc(g)) {
+      leaked.push_back("GET error: " + g.body.substr(0, 200));
+    }
+    auto d = download(alice, id, "race/d/shadow");
+    if ((d.status == 200 && d.body != "inside\n") || leaks_etc(d))
+      leaked.push_back("download: " + d.body.substr(0, 200));
+    if (put_file(alice, id, "race/d/berth-race-" + std::to_string(i), "x").status == 200) ++put_ok;
+  }
+  CHECK(put_file(alice, id, "race/stop", "").status == 200);
+  swapper.join();
+  INFO("swapper: " << swapped.body << "; GETs of the workspace file: " << inside << ", PUTs: " << put_ok);
+  REQUIRE(swapped.status == 200);
+  CHECK(swapped.json()->getValue<int>("exit_code") == 0);
+  for (const auto& l : leaked)
+    UNSCOPED_INFO(l);
+  CHECK(leaked.empty());
+  CHECK(evidence(alice, id) == kClean);
+}
