@@ -893,6 +893,8 @@ PY
       ++inside;
     } else if (got.rfind("error ", 0) != 0) {
       leaked.push_back(got.substr(0, 200));
+    } else if (got == "error " + std::to_string(static_cast<int>(DriverErrc::internal))) {
+      leaked.push_back("an INTERNAL error: a refusal the sandbox caused is INVALID_ARGUMENT or NOT_FOUND");
     }
     try {
       put(*d, sb.handle, "race/d/berth-race-" + std::to_string(i), "x");

@@ -245,6 +245,8 @@ PY
       }
     } else if (leaks_etc(g)) {
       leaked.push_back("GET error: " + g.body.substr(0, 200));
+    } else if (g.status >= 500) {
+      leaked.push_back("GET answered " + std::to_string(g.status) + " (the sandbox's doing is a 4xx): " + g.body);
     }
     auto d = download(alice, id, "race/d/shadow");
     if ((d.status == 200 && d.body != "inside\n") || leaks_etc(d))
@@ -260,4 +262,29 @@ PY
     UNSCOPED_INFO(l);
   CHECK(leaked.empty());
   CHECK(evidence(alice, id) == kClean);
+}
+
+TEST_CASE("files API: what the sandbox's own permissions refuse is a 4xx, never a 500", "[files]") {
+  Env env;
+  auto alice = env.alice();
+  auto id = env.create(alice);
+  REQUIRE(put_file(alice, id, "locked/secret", "s").status == 200);
+  if (env.real_engine()) {
+    // The session user takes its own rights away: reading, listing, writing and removing then fail inside.
+    shell(alice, id,
+          "chmod 000 /workspace/locked/secret && chmod 500 /workspace/locked && mkdir -p ro && chmod 555 ro");
+    for (const auto& r : {alice.get(files_uri(id, "locked/secret")), download(alice, id, "locked/secret"),
+                          put_file(alice, id, "locked/new", "x"), put_file(alice, id, "ro/new", "x"),
+                          alice.del(files_uri(id, "locked/secret"))}) {
+      INFO(r.status << " " << r.body);
+      CHECK(r.status >= 400);
+      CHECK(r.status < 500);
+    }
+    shell(alice, id, "chmod 000 /workspace/locked");
+    auto listed = alice.get(sandbox_path(id) + "/filesystem/directories?path=locked");
+    INFO(listed.body);
+    CHECK(listed.status >= 400);
+    CHECK(listed.status < 500);
+  }
+  CHECK(env.anonymous().get("/health").status == 200);
 }

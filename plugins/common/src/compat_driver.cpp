@@ -879,6 +879,7 @@ std::string run_files_script(Instance& inst, const std::string& container, const
     case 11:
     case 12:
     case 14:
+    case 15:  // the tenant's own filesystem said no (permissions, a path changing under the call): not our fault
       throw Error(Errc::invalid_argument, message);
     default:
       throw Error(Errc::internal, "file helper (" + op + ") failed with exit code " + std::to_string(c.exit_code) +

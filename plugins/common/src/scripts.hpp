@@ -128,7 +128,8 @@ exit 0
  *             place: a failed or short upload leaves nothing behind.
  *   list   -> prints "<type>/<size>/<octal mode>/<name>\0" per entry (find -printf; the name's raw bytes)
  *   remove -> removes the path (a final symlink is removed itself, not followed)
- * Exit codes: 10 not found, 11 escapes the workspace, 12 wrong type, 13 other failure, 14 short upload.
+ * Exit codes: 10 not found, 11 escapes the workspace, 12 wrong type, 13 other failure, 14 short upload, 15 the
+ * sandbox's filesystem refused the operation (permission denied, or the path changed under the call).
  */
 inline constexpr const char* kFiles = R"SH(set -u
 IFS=' 	
@@ -156,7 +157,7 @@ get)
   inside "$r" || die 11 "'$shown' resolves outside the workspace"
   [ -e "$r" ] || die 10 "'$shown' does not exist"
   [ -f "$r" ] || die 12 "'$shown' is not a regular file"
-  exec cat -- "$r"
+  cat -- "$r" || die 15 "cannot read '$shown'"
   ;;
 put)
   canon "$t"
@@ -169,13 +170,13 @@ put)
   tmp="$d/.berth-put-$6"
   trap 'rm -f -- "$tmp"' EXIT
   set -C
-  cat >"$tmp" || die 13 "cannot write '$shown'"
+  cat >"$tmp" || die 15 "cannot write '$shown'"
   set +C
   n=$(wc -c <"$tmp") || die 13 "cannot measure '$shown'"
   [ "$n" -eq "$5" ] || die 14 "short upload: $n of $5 bytes arrived"
-  chmod "$4" "$tmp" || die 13 "cannot set the mode of '$shown'"
+  chmod "$4" "$tmp" || die 15 "cannot set the mode of '$shown'"
   [ -d "$r" ] && die 12 "'$shown' is a directory"
-  mv -f -- "$tmp" "$r" || die 13 "cannot rename into '$shown'"
+  mv -f -- "$tmp" "$r" || die 15 "cannot rename into '$shown'"
   trap - EXIT
   ;;
 list)
@@ -183,8 +184,8 @@ list)
   inside "$r" || die 11 "'$shown' resolves outside the workspace"
   [ -e "$r" ] || die 10 "'$shown' does not exist"
   [ -d "$r" ] || die 12 "'$shown' is not a directory"
-  cd -- "$r" || die 13 "cannot enter '$shown'"
-  exec find . -mindepth 1 -maxdepth 1 -printf '%y/%s/%m/%f\000'
+  cd -- "$r" || die 15 "cannot enter '$shown'"
+  find . -mindepth 1 -maxdepth 1 -printf '%y/%s/%m/%f\000' || die 15 "cannot list '$shown'"
   ;;
 remove)
   [ -n "$rel" ] || die 11 "refusing to remove the workspace itself"
@@ -194,7 +195,7 @@ remove)
   inside "$r" || die 11 "'$shown' resolves outside the workspace"
   x="$r/${rel##*/}"
   { [ -e "$x" ] || [ -L "$x" ]; } || die 10 "'$shown' does not exist"
-  rm -rf -- "$x" || die 13 "cannot remove '$shown'"
+  rm -rf -- "$x" || die 15 "cannot remove '$shown'"
   ;;
 *)
   die 13 "unknown operation $op"
