@@ -47,6 +47,9 @@ int http_status(ErrorCode code) {
       return 409;
     case ErrorCode::payload_too_large:
       return 413;
+    case ErrorCode::quota_exceeded:
+    case ErrorCode::rate_limited:
+      return 429;
     case ErrorCode::session_not_ready:
     case ErrorCode::driver_unavailable:
     case ErrorCode::server_busy:

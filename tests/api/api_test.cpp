@@ -46,7 +46,9 @@ namespace {
 
 /** The berthd with the default configuration (default capacity: 64 work slots and a queue of 512). */
 BerthdProcess& shared_berthd() {
-  static BerthdProcess process(BerthdConfig{"", "", ""});
+  // One owner creates every sandbox of this suite: the per-owner quotas have their own tests (tests/security).
+  static BerthdProcess process(
+      BerthdConfig{"", "", "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"});
   return process;
 }
 
