@@ -1185,7 +1185,8 @@ TEST_CASE("malformed requests are 4xx with the error envelope, never 500", "[err
 TEST_CASE("limits: max_body and max_file_size are 413 and profile capabilities are enforced", "[errors][limits]") {
   BerthdProcess berthd(BerthdConfig{"max_body = \"1k\"\nmax_file_size = \"16k\"\n", "",
                                     "[profiles.default]\n"
-                                    "[profiles.shellonly]\ncapabilities = [\"shell\"]\n"});
+                                    "[profiles.shellonly]\ncapabilities = [\"shell\"]\n"
+                                    "[limits]\nmax_label_value_bytes = 4096\n"});  // room for the padding label
   HttpClient c(berthd.port());
 
   // A body just under the limit is fine; over it is 413.
