@@ -21,6 +21,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "api/request.hpp"
 #include "core/log.hpp"
@@ -47,6 +48,9 @@ int http_status(ErrorCode code) {
       return 409;
     case ErrorCode::payload_too_large:
       return 413;
+    case ErrorCode::quota_exceeded:
+    case ErrorCode::rate_limited:
+      return 429;
     case ErrorCode::session_not_ready:
     case ErrorCode::driver_unavailable:
     case ErrorCode::server_busy:
@@ -474,6 +478,47 @@ const std::string& Exchange::body() {
   return *body_;
 }
 
+namespace {
+
+/**
+ * Poco's JSON parser cuts an object key at an escaped NUL ("a\u0000b" becomes "a"): a stored name would silently
+ * differ from the one sent. Scans well-formed JSON `text` for such a key and returns the top-level field that holds
+ * it (the key itself at the top level), or nothing.
+ */
+std::optional<std::string> key_with_nul(std::string_view text) {
+  std::vector<bool> in_object;  // the open containers: true = object
+  std::string top_key;
+  std::size_t i = 0;
+  while (i < text.size()) {
+    char c = text[i];
+    if (c == '{' || c == '[') {
+      in_object.push_back(c == '{');
+    } else if (c == '}' || c == ']') {
+      if (!in_object.empty()) in_object.pop_back();
+    } else if (c == '"') {
+      std::string raw;
+      bool nul = false;
+      for (++i; i < text.size() && text[i] != '"'; ++i) {
+        if (text[i] == '\\' && i + 1 < text.size()) {
+          if (text.compare(i, 6, "\\u0000") == 0) nul = true;
+          raw += text[i++];
+        }
+        raw += text[i];
+      }
+      std::size_t j = i + 1;
+      while (j < text.size() && (text[j] == ' ' || text[j] == '\t' || text[j] == '\r' || text[j] == '\n'))
+        ++j;
+      bool is_key = j < text.size() && text[j] == ':' && !in_object.empty() && in_object.back();
+      if (is_key && in_object.size() == 1) top_key = raw;
+      if (is_key && nul) return top_key;
+    }
+    ++i;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 Poco::JSON::Object::Ptr Exchange::json_body() {
   const auto& text = body();
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) return new Poco::JSON::Object;
@@ -486,6 +531,10 @@ Poco::JSON::Object::Ptr Exchange::json_body() {
   }
   if (parsed.type() != typeid(Poco::JSON::Object::Ptr)) {
     throw Error(ErrorCode::invalid_request, "the JSON body must be an object");
+  }
+  if (text.find("\\u0000") == std::string::npos) return parsed.extract<Poco::JSON::Object::Ptr>();
+  if (auto field = key_with_nul(text)) {
+    throw Error(ErrorCode::validation_error, "JSON object keys must not contain NUL", {{"field", *field}});
   }
   return parsed.extract<Poco::JSON::Object::Ptr>();
 }

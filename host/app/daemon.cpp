@@ -49,6 +49,7 @@ core::Settings core_settings(const config::Config& cfg) {
   s.instance_id = instance_id(cfg);
   s.start_wait = cfg.server.start_wait;
   s.max_file_size = cfg.server.max_file_size;
+  s.limits = cfg.limits;
   return s;
 }
 

@@ -17,6 +17,9 @@ std::string where(const std::string& source, const toml::node& node) {
 }
 
 /** Reads one TOML table, remembering which keys were used so that leftovers can be reported as unknown. */
+/** The longest duration any key accepts. */
+constexpr std::chrono::seconds kMaxDuration{100ll * 365 * 24 * 3600};
+
 class TableReader {
  public:
   TableReader(const toml::table& table, std::string prefix, const std::string& source)
@@ -89,6 +92,9 @@ class TableReader {
         fail(*n, key, e.what());
       }
       if (out < min) fail(*n, key, "must be at least " + std::to_string(min.count()) + "s");
+      // Times are kept as nanoseconds since 1970 (good until 2262): no duration may push one past that.
+      if (out > kMaxDuration)
+        fail(*n, key, "must be at most " + std::to_string(kMaxDuration.count()) + "s (100 years)");
       return true;
     }
     return false;
@@ -284,6 +290,21 @@ void read_auth(TableReader r, AuthConfig& a) {
   r.reject_unknown();
 }
 
+void read_limits(TableReader r, core::Limits& l) {
+  constexpr std::int64_t kBig = 1'000'000;
+  r.integer("max_labels", l.max_labels, 0, 10'000);
+  r.integer("max_label_key_bytes", l.max_label_key_bytes, 1, 1024);
+  r.integer("max_label_value_bytes", l.max_label_value_bytes, 0, 65'536);
+  r.integer("max_env", l.max_env, 0, 10'000);
+  r.integer("max_env_name_bytes", l.max_env_name_bytes, 1, 1024);
+  r.integer("max_env_value_bytes", l.max_env_value_bytes, 0, 1 << 20);
+  r.duration("max_ttl", l.max_ttl, std::chrono::seconds(1));
+  r.integer("max_sandboxes_per_owner", l.max_sandboxes_per_owner, 0, kBig);
+  r.integer("create_rate_per_minute", l.create_rate_per_minute, 0, kBig);
+  r.integer("create_burst", l.create_burst, 1, kBig);
+  r.reject_unknown();
+}
+
 void read_log(TableReader r, LogConfig& l) {
   r.string("format", l.format);
   if (l.format != "text" && l.format != "json") r.fail(*r.get("format"), "format", "expected \"text\" or \"json\"");
@@ -345,6 +366,7 @@ Config parse(const std::string& text, const std::string& source) {
   if (const auto* t = top.table("cleanup")) read_cleanup(TableReader(*t, "cleanup", source), cfg.cleanup);
   if (const auto* t = top.table("auth")) read_auth(TableReader(*t, "auth", source), cfg.auth);
   if (const auto* t = top.table("log")) read_log(TableReader(*t, "log", source), cfg.log);
+  if (const auto* t = top.table("limits")) read_limits(TableReader(*t, "limits", source), cfg.limits);
   top.string("default_profile", cfg.default_profile);
   if (const auto* t = top.table("profiles")) {
     for (auto&& [k, v] : *t) {
@@ -366,6 +388,12 @@ Config parse(const std::string& text, const std::string& source) {
     p.name = "default";
     p.idle_timeout = cfg.cleanup.idle_timeout;
     cfg.profiles["default"] = p;
+  }
+  for (const auto& [name, p] : cfg.profiles) {
+    if (p.ttl && *p.ttl > cfg.limits.max_ttl) {
+      throw ConfigError(source + ": profiles." + name + ".ttl: longer than [limits] max_ttl (" +
+                        std::to_string(cfg.limits.max_ttl.count()) + "s)");
+    }
   }
   if (!cfg.profiles.count(cfg.default_profile)) {
     throw ConfigError(source + ": default_profile: no profile named '" + cfg.default_profile + "'");

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/limits.hpp"
 #include "core/profile.hpp"
 
 namespace berth::config {
@@ -79,6 +80,7 @@ struct Config {
   CleanupConfig cleanup;
   AuthConfig auth;
   LogConfig log;
+  core::Limits limits;  // [limits]: per-owner quotas and what a create may store
 };
 
 /**

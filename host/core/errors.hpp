@@ -25,6 +25,8 @@ enum class ErrorCode {
   driver_unavailable,        // the engine is unreachable (retryable)
   server_busy,               // the admission queue is full or waited too long (retryable)
   shutting_down,             // berthd is stopping; retry against the next instance (retryable)
+  quota_exceeded,            // the owner holds as many sandboxes as [limits] allows (429, Retry-After)
+  rate_limited,              // the owner creates faster than [limits] allows (429, Retry-After)
   internal,                  // anything else
 };
 

@@ -71,6 +71,10 @@ std::string_view to_string(ErrorCode code) {
       return "server_busy";
     case ErrorCode::shutting_down:
       return "shutting_down";
+    case ErrorCode::quota_exceeded:
+      return "quota_exceeded";
+    case ErrorCode::rate_limited:
+      return "rate_limited";
     case ErrorCode::internal:
       return "internal";
   }
@@ -186,14 +190,30 @@ CreateSandboxResult SandboxService::create_sandbox(const std::string& owner, con
   std::string profile_name = rq.profile.value_or(settings_.default_profile);
   auto pit = settings_.profiles.find(profile_name);
   if (pit == settings_.profiles.end()) {
-    throw Error(ErrorCode::validation_error, "unknown profile '" + profile_name + "'", {{"profile", profile_name}});
+    throw Error(ErrorCode::validation_error, "unknown profile '" + profile_name + "'",
+                {{"field", "profile"}, {"profile", profile_name}});
   }
   const Profile& profile = pit->second;
-  if (rq.ttl && (rq.ttl->count() < 1 || rq.ttl->count() > 365ll * 24 * 3600)) {
-    throw Error(ErrorCode::validation_error, "ttl must be between 1 second and 365 days");
+  // Everything stored here is used again at every start: validate it all now, not at the first start.
+  const Limits& limits = settings_.limits;
+  if (rq.ttl && (rq.ttl->count() < 1 || *rq.ttl > limits.max_ttl)) {
+    throw Error(ErrorCode::validation_error,
+                "ttl must be between 1 and " + std::to_string(limits.max_ttl.count()) + " seconds",
+                {{"field", "ttl"}, {"max_ttl_s", std::to_string(limits.max_ttl.count())}});
   }
   std::optional<std::string> key;
-  if (rq.key) key = canonical_key(*rq.key);
+  if (rq.key) {
+    try {
+      key = canonical_key(*rq.key);
+    } catch (const Error& e) {
+      throw Error(e.code(), e.what(), {{"field", "key"}});
+    }
+  }
+  if (rq.workspace_id && !is_valid_id(*rq.workspace_id, "ws")) {
+    throw Error(ErrorCode::validation_error, "malformed workspace_id", {{"field", "workspace_id"}});
+  }
+  validate_labels(rq.labels, limits);
+  validate_env(rq.env, limits);
 
   // Get-or-create by key: a live, unexpired sandbox is reused; an expired one is replaced.
   if (key) {
@@ -210,6 +230,45 @@ CreateSandboxResult SandboxService::create_sandbox(const std::string& owner, con
       stale.current_session_id.reset();
       if (store_.update_sandbox_cas(stale, existing->version)) delete_row_and_resources(*existing);
     }
+  }
+
+  // Quotas apply to new sandboxes only. `creating_` counts this owner's creates between the check and the insert,
+  // so concurrent creates cannot all pass one count.
+  if (auto wait = create_rate_.take(owner, clock_->monotonic()); wait.count() > 0) {
+    log::info("quota.rate_limited", {{"owner", owner}, {"retry_after_s", std::to_string(wait.count())}});
+    throw Error(ErrorCode::rate_limited,
+                "owner creates sandboxes faster than " + std::to_string(limits.create_rate_per_minute) +
+                    " per minute; retry later",
+                {{"limit_per_minute", std::to_string(limits.create_rate_per_minute)}})
+        .with_retry_after(wait);
+  }
+  struct Reservation {
+    SandboxService* self = nullptr;
+    std::string owner;
+    ~Reservation() {
+      if (!self) return;
+      std::lock_guard lock(self->quota_mutex_);
+      if (--self->creating_[owner] <= 0) self->creating_.erase(owner);
+    }
+  } reservation;
+  if (limits.max_sandboxes_per_owner > 0) {
+    store::SandboxFilter filter;
+    filter.owner = owner;
+    filter.limit = limits.max_sandboxes_per_owner + 1;
+    const auto live = static_cast<int>(store_.list_sandboxes(filter).size());
+    std::lock_guard lock(quota_mutex_);
+    auto pending = creating_.count(owner) ? creating_[owner] : 0;
+    if (live + pending >= limits.max_sandboxes_per_owner) {
+      log::info("quota.exceeded", {{"owner", owner}, {"live", std::to_string(live)}});
+      throw Error(ErrorCode::quota_exceeded,
+                  "owner already holds " + std::to_string(limits.max_sandboxes_per_owner) +
+                      " sandboxes (the limit); delete one first",
+                  {{"limit", std::to_string(limits.max_sandboxes_per_owner)}})
+          .with_retry_after(std::chrono::seconds(60));
+    }
+    ++creating_[owner];
+    reservation.self = this;
+    reservation.owner = owner;
   }
 
   auto now = clock_->now();
@@ -236,7 +295,7 @@ CreateSandboxResult SandboxService::create_sandbox(const std::string& owner, con
   row.version = 1;
   row.created_at = now;
   auto ttl = rq.ttl ? rq.ttl : profile.ttl;
-  if (ttl) row.expires_at = now + *ttl;
+  if (ttl) row.expires_at = saturating_add(now, *ttl);
 
   log::info("sandbox.create",
             {{"sandbox", row.id}, {"owner", owner}, {"profile", profile.name}, {"workspace", workspace.id}});
@@ -483,7 +542,7 @@ void SandboxService::destroy_session(const SessionRow& session) {
 }
 
 void SandboxService::touch(const SandboxRow& row) {
-  store_.touch_sandbox(row.id, clock_->now() + profile_of(row).idle_timeout);
+  store_.touch_sandbox(row.id, saturating_add(clock_->now(), profile_of(row).idle_timeout));
 }
 
 // ---- lifecycle calls ------------------------------------------------------------------------------------------------
@@ -567,8 +626,11 @@ void SandboxService::keepalive(const std::string& owner, const std::string& id) 
 }
 
 SandboxView SandboxService::extend_ttl(const std::string& owner, const std::string& id, std::chrono::seconds by) {
-  if (by.count() < 1 || by.count() > 365ll * 24 * 3600) {
-    throw Error(ErrorCode::validation_error, "extend_by must be between 1 second and 365 days");
+  const auto max_ttl = settings_.limits.max_ttl;
+  if (by.count() < 1 || by > max_ttl) {
+    throw Error(ErrorCode::validation_error,
+                "extend_by must be between 1 and " + std::to_string(max_ttl.count()) + " seconds",
+                {{"field", "extend_by"}, {"max_ttl_s", std::to_string(max_ttl.count())}});
   }
   for (;;) {
     auto row = load_live(owner, id);
@@ -579,7 +641,19 @@ SandboxView SandboxService::extend_ttl(const std::string& owner, const std::stri
       throw Error(ErrorCode::sandbox_expired, "sandbox '" + id + "' has expired", {{"sandbox_id", id}});
     }
     auto extended = row;
-    *extended.expires_at += by;
+    // A sandbox lives at most max_ttl from its creation: repeated extensions can neither exceed that nor overflow.
+    const auto latest = saturating_add(row.created_at, max_ttl);
+    const auto wanted = saturating_add(*row.expires_at, by);
+    if (wanted > latest) {
+      throw Error(ErrorCode::validation_error,
+                  "a sandbox lives at most " + std::to_string(max_ttl.count()) + " seconds from its creation",
+                  {{"field", "extend_by"},
+                   {"max_ttl_s", std::to_string(max_ttl.count())},
+                   {"max_extend_by_s",
+                    std::to_string(std::max<std::int64_t>(
+                        0, std::chrono::duration_cast<std::chrono::seconds>(latest - *row.expires_at).count()))}});
+    }
+    *extended.expires_at = wanted;
     if (store_.update_sandbox_cas(extended, row.version)) {
       extended.version = row.version + 1;
       return view(extended);

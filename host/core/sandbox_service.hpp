@@ -18,6 +18,7 @@
 #include "core/driver.hpp"
 #include "core/errors.hpp"
 #include "core/in_flight.hpp"
+#include "core/limits.hpp"
 #include "core/profile.hpp"
 #include "store/store.hpp"
 
@@ -33,6 +34,7 @@ struct Settings {
   std::uint64_t max_file_size = 100ull << 20;
   std::chrono::seconds max_exec_timeout{300};
   std::chrono::seconds default_exec_timeout{30};
+  Limits limits;  // what a create may store, and how many sandboxes an owner may hold and create per minute
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -106,7 +108,12 @@ class SandboxService {
   const Settings& settings() const { return settings_; }
   const DriverIdentity& driver_identity() const { return driver_.identity(); }
 
-  /** Lazy create: rows and the managed workspace volume, no container. Get-or-create when `key` is given. */
+  /**
+   * Lazy create: rows and the managed workspace volume, no container. Get-or-create when `key` is given (a reuse
+   * counts against no quota). Every field is validated first (validation_error with details.field: profile, ttl,
+   * key, workspace_id, labels, env; see Limits); then the owner's create rate (rate_limited) and live sandbox count
+   * (quota_exceeded), both with Retry-After.
+   */
   CreateSandboxResult create_sandbox(const std::string& owner, const CreateSandboxRequest& request);
   SandboxView get_sandbox(const std::string& owner, const std::string& id);
   ListResult list_sandboxes(const std::string& owner, const std::optional<SandboxStatus>& status,
@@ -120,6 +127,10 @@ class SandboxService {
   void delete_sandbox(const std::string& owner, const std::string& id);
   /** Resets the idle timer; never starts compute. */
   void keepalive(const std::string& owner, const std::string& id);
+  /**
+   * Moves expires_at by `by` (1 s .. Limits::max_ttl). validation_error (field extend_by) when the sandbox would then
+   * live longer than Limits::max_ttl from its creation; sandbox_ttl_infinite / sandbox_expired as before.
+   */
   SandboxView extend_ttl(const std::string& owner, const std::string& id, std::chrono::seconds by);
 
   /** Runs code; starts the sandbox if it is idle. */
@@ -201,6 +212,9 @@ class SandboxService {
   Settings settings_;
   InFlightCalls in_flight_;
   std::atomic<bool> shutting_down_{false};  // set once by begin_shutdown()
+  CreateRateLimiter create_rate_{settings_.limits.create_rate_per_minute, settings_.limits.create_burst};
+  std::mutex quota_mutex_;
+  std::map<std::string, int> creating_;  // owner -> creates past the quota check and not yet inserted
 
   /** Marks a session as being started by this process (RAII), so that a late recover() leaves it alone. */
   class StartingHere {

@@ -46,7 +46,9 @@ namespace {
 
 /** The berthd with the default configuration (default capacity: 64 work slots and a queue of 512). */
 BerthdProcess& shared_berthd() {
-  static BerthdProcess process(BerthdConfig{"", "", ""});
+  // One owner creates every sandbox of this suite: the per-owner quotas have their own tests (tests/security).
+  static BerthdProcess process(
+      BerthdConfig{"", "", "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"});
   return process;
 }
 
@@ -1183,7 +1185,8 @@ TEST_CASE("malformed requests are 4xx with the error envelope, never 500", "[err
 TEST_CASE("limits: max_body and max_file_size are 413 and profile capabilities are enforced", "[errors][limits]") {
   BerthdProcess berthd(BerthdConfig{"max_body = \"1k\"\nmax_file_size = \"16k\"\n", "",
                                     "[profiles.default]\n"
-                                    "[profiles.shellonly]\ncapabilities = [\"shell\"]\n"});
+                                    "[profiles.shellonly]\ncapabilities = [\"shell\"]\n"
+                                    "[limits]\nmax_label_value_bytes = 4096\n"});  // room for the padding label
   HttpClient c(berthd.port());
 
   // A body just under the limit is fine; over it is 413.

@@ -34,6 +34,8 @@ inline core::Settings test_settings() {
   s.profiles["shell-only"] = shell_only;
   s.instance_id = "berth-test";
   s.start_wait = std::chrono::milliseconds(5000);
+  s.limits.max_sandboxes_per_owner = 0;  // the fake clock never refills a bucket: quotas are tested on their own
+  s.limits.create_rate_per_minute = 0;
   return s;
 }
 

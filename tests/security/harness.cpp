@@ -22,6 +22,7 @@ Env::Env(Options options) {
   cfg.extra = "[profiles.default]\nimage = \"" + kImage + "\"\nmemory = \"256MiB\"\npids = 128\n" + options.profile +
               "\n[auth]\n" + options.auth + "\n[auth.keys]\n\"" + kAliceKey + "\" = \"alice\"\n\"" + kBobKey +
               "\" = \"bob\"\n[auth.admin_keys]\n\"" + kAdminKey + "\" = \"ops\"\n" + options.extra + "\n";
+  if (engine_ != "fake") cfg.driver_settings = options.engine_settings;
   berthd_ = std::make_unique<BerthdProcess>(cfg);
 }
 

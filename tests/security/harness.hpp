@@ -23,10 +23,11 @@ inline const std::string kImage = "berth/python:3.11";
 
 /** Knobs a probe may add to the generated berth.toml (each string is TOML lines for that table). */
 struct Options {
-  std::string server;   // extra lines under [server]
-  std::string profile;  // extra lines under [profiles.default] (image, memory and pids are set already)
-  std::string auth;     // extra lines under [auth] (the three keys are set already)
-  std::string extra;    // whole extra tables: [cleanup], [limits], [profiles.other], ...
+  std::string server;           // extra lines under [server]
+  std::string profile;          // extra lines under [profiles.default] (image, memory and pids are set already)
+  std::string auth;             // extra lines under [auth] (the three keys are set already)
+  std::string extra;            // whole extra tables: [cleanup], [limits], [profiles.other], ...
+  std::string engine_settings;  // extra lines under [driver.settings] for docker and podman (ignored on fake)
 };
 
 /**

@@ -1016,6 +1016,8 @@ berth_status parse_config(const Flavor& flavor, const char* json, Config* out, s
       ok = want_int(key, config.ulimit_nproc, 1, 1 << 30);
     } else if (key == "stop_timeout_s") {
       ok = want_int(key, config.stop_timeout_s, 0, 3600);
+    } else if (key == "tmp_size_mb") {
+      ok = want_int(key, config.tmp_size_mb, 0, 1 << 20);
     } else {
       *error = flavor.name + " driver config: unknown key '" + key + "'";
       ok = false;
@@ -1186,10 +1188,12 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     Object::Ptr restart = new Object;
     restart->set("Name", std::string("no"));
     host_config->set("RestartPolicy", restart);
-    if (spec.read_only_rootfs) {
-      host_config->set("ReadonlyRootfs", true);
+    if (spec.read_only_rootfs) host_config->set("ReadonlyRootfs", true);
+    // /tmp is a sized tmpfs: a sandbox filling it gets ENOSPC, the host disk stays untouched. Neither engine can cap
+    // the writable layer on this host's overlay-over-ext4 (StorageOpt size needs xfs with pquota).
+    if (std::uint32_t tmp_mb = spec.read_only_rootfs && !self.config.tmp_size_mb ? 64 : self.config.tmp_size_mb) {
       Object::Ptr tmpfs = new Object;
-      tmpfs->set("/tmp", std::string("rw,nosuid,nodev,size=64m"));
+      tmpfs->set("/tmp", "rw,exec,nosuid,nodev,mode=1777,size=" + std::to_string(tmp_mb) + "m");
       host_config->set("Tmpfs", tmpfs);
     }
 

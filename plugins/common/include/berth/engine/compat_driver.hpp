@@ -44,6 +44,10 @@ struct Config {
   std::int64_t ulimit_nofile = 1024;
   std::int64_t ulimit_nproc = 1024;
   std::uint32_t stop_timeout_s = 2;
+  // Size of the tmpfs every container gets at /tmp, in MiB (counted against the container's memory limit): writes
+  // beyond it fail with ENOSPC instead of filling the host disk. 0 = no tmpfs (the image's /tmp, on the writable
+  // layer), except with a read-only root filesystem, which always gets a 64 MiB one.
+  std::uint32_t tmp_size_mb = 256;
 };
 
 /**
