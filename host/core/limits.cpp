@@ -83,8 +83,10 @@ void validate_env(const std::map<std::string, std::string>& env, const Limits& l
     bool ok = (k.front() == '_' || (is_alnum(k.front()) && !(k.front() >= '0' && k.front() <= '9'))) &&
               std::all_of(k.begin(), k.end(), [](char c) { return is_alnum(c) || c == '_'; });
     if (!ok) refuse("env", "name", k, "an env name is [A-Za-z_][A-Za-z0-9_]*");
-    if (k == "PATH" || k.rfind("LD_", 0) == 0 || k.rfind("BERTH_", 0) == 0) {
-      refuse("env", "name", k, "PATH, LD_* and BERTH_* are reserved: the engine's own programs run with them");
+    // PATH is the tenant's own business: every program the engine runs for berthd has an absolute path and a clean
+    // environment (env -i). LD_* would load code into those programs' start-up; BERTH_* names berthd's own markers.
+    if (k.rfind("LD_", 0) == 0 || k.rfind("BERTH_", 0) == 0) {
+      refuse("env", "name", k, "LD_* and BERTH_* are reserved: the engine's own programs run with them");
     }
     if (v.size() > limits.max_env_value_bytes) {
       refuse("env", "name", k, "an env value has at most " + std::to_string(limits.max_env_value_bytes) + " bytes");

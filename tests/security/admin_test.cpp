@@ -31,7 +31,8 @@ std::string raw_exchange(std::uint16_t port, const std::string& raw) {
 
 /** `body` with every `id` and the request id replaced by a placeholder. */
 std::string blank(std::string body, const std::string& id) {
-  for (auto at = body.find(id); at != std::string::npos; at = body.find(id, at)) body.replace(at, id.size(), "ID");
+  for (auto at = body.find(id); at != std::string::npos; at = body.find(id, at))
+    body.replace(at, id.size(), "ID");
   auto rid = body.find("\"request_id\":\"");
   if (rid != std::string::npos) body.erase(rid, body.find('"', rid + 14) + 1 - rid);
   return body;
@@ -103,9 +104,11 @@ TEST_CASE("two Authorization headers are refused whichever comes first", "[auth]
     return raw_exchange(env.port(), "GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + first +
                                         "\r\nAuthorization: Bearer " + second + "\r\nConnection: close\r\n\r\n");
   };
-  for (const auto& [a, b] : std::vector<std::pair<std::string, std::string>>{
-           {kAliceKey, "wrong-key-0123456789"}, {"wrong-key-0123456789", kAliceKey}, {kAliceKey, kAliceKey},
-           {kAliceKey, kBobKey}, {kAliceKey, kAdminKey}}) {
+  for (const auto& [a, b] : std::vector<std::pair<std::string, std::string>>{{kAliceKey, "wrong-key-0123456789"},
+                                                                             {"wrong-key-0123456789", kAliceKey},
+                                                                             {kAliceKey, kAliceKey},
+                                                                             {kAliceKey, kBobKey},
+                                                                             {kAliceKey, kAdminKey}}) {
     auto out = request(a, b);
     INFO(out);
     CHECK(out.rfind("HTTP/1.1 400", 0) == 0);

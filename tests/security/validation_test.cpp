@@ -44,7 +44,21 @@ TEST_CASE("labels and env that a start would refuse or truncate are refused at c
   require_refused(alice.post("/v1/sandboxes", R"J({"labels":{"a=b":"x"}})J"), "labels");
   require_refused(alice.post("/v1/sandboxes", R"J({"labels":{"a\u0000b":"x"}})J"), "labels");
   require_refused(alice.post("/v1/sandboxes", R"J({"env":{"A\u0000B":"x"}})J"), "env");
-  require_refused(alice.post("/v1/sandboxes", R"J({"env":{"PATH":"/nonexistent"}})J"), "env");
+  // PATH=/nonexistent is the tenant's own choice: the sandbox starts, and berthd's own work in it goes on.
+  {
+    auto id = env.create(alice, R"J({"env":{"PATH":"/nonexistent"}})J");
+    auto started = alice.post(sandbox_path(id) + "/start", "{}");
+    INFO(started.body);
+    CHECK(started.status == 200);
+    auto out = shell(alice, id, "echo $PATH; /bin/echo absolute");
+    CHECK(out->getValue<std::string>("output") == "/nonexistent\nabsolute\n");
+    auto put = alice.put(sandbox_path(id) + "/filesystem/files", R"J({"path":"f.txt","content":"kept"})J");
+    CHECK(put.status == 200);
+    auto got = alice.get(sandbox_path(id) + "/filesystem/files?path=f.txt");
+    CHECK(got.status == 200);
+    CHECK(got.body.find("kept") != std::string::npos);
+    CHECK(alice.del(sandbox_path(id)).status == 204);
+  }
   // The same kinds: reserved prefixes and names, bad syntax, NUL and control bytes in values, oversized entries.
   require_refused(alice.post("/v1/sandboxes", R"J({"labels":{"berth.instance":"forged"}})J"), "labels");
   require_refused(alice.post("/v1/sandboxes", R"J({"labels":{"BERTH.x":"y"}})J"), "labels");
