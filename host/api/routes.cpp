@@ -264,10 +264,10 @@ void shell_exec(Exchange& ex) {
 }
 
 void history(Exchange& ex) {
-  auto [rows, total] = ex.ctx.service.history(ex.owner, sandbox_id(ex), ex.query("exec_type").value_or(""),
-                                              ex.query_int("limit", 50, 1, 500), ex.query_int("offset", 0, 0, 1 << 30));
+  auto page = ex.ctx.service.history(ex.owner, sandbox_id(ex), ex.query("exec_type").value_or(""),
+                                     ex.query_int("limit", 50, 1, 500), ex.query_int("offset", 0, 0, 1 << 30));
   Array entries;
-  for (const auto& r : rows) {
+  for (const auto& r : page.entries) {
     Object o;
     o.set("id", r.id);
     o.set("session_id", r.session_id);
@@ -277,13 +277,15 @@ void history(Exchange& ex) {
     o.set("exit_code", r.exit_code ? Poco::Dynamic::Var(*r.exit_code) : Poco::Dynamic::Var());
     o.set("output", to_utf8_lossy(r.output));
     o.set("error", to_utf8_lossy(r.error));
+    o.set("truncated", r.truncated);
     o.set("execution_time_ms", r.duration_ms);
     o.set("created_at", rfc3339(r.created_at));
     entries.add(o);
   }
   Object o;
   o.set("entries", entries);
-  o.set("total", total);
+  o.set("total", page.total);
+  o.set("bytes_capped", page.bytes_capped);
   ex.send_json(200, o);
 }
 
@@ -346,10 +348,15 @@ void delete_file(Exchange& ex) {
 
 void list_directory(Exchange& ex) {
   auto path = path_param(ex, ".");
-  auto entries = ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path);
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  const auto max = static_cast<int>(ex.ctx.service.settings().dir_page_max);
+  const auto limit = ex.query_int("limit", max, 1, max);
+  // The cursor is opaque to clients: base64 of the previous page's last name (raw bytes).
+  const auto cursor = ex.query("cursor");
+  auto page =
+      ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path, cursor ? base64_decode(*cursor, "cursor") : std::string(),
+                              static_cast<std::size_t>(limit));
   Array arr;
-  for (const auto& e : entries) {
+  for (const auto& e : page.entries) {
     Object o;
     set_name(o, "name", e.name);
     o.set("type", std::string(core::to_string(e.type)));
@@ -360,6 +367,7 @@ void list_directory(Exchange& ex) {
   Object o;
   set_name(o, "path", path);
   o.set("entries", arr);
+  o.set("next_cursor", page.next_cursor ? Poco::Dynamic::Var(base64_encode(*page.next_cursor)) : Poco::Dynamic::Var());
   ex.send_json(200, o);
 }
 
