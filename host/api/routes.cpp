@@ -1,6 +1,7 @@
 // Every route of the HTTP API v1, in one table at the bottom of this file. Handlers translate HTTP to core calls
 // and core results to JSON; they hold no logic of their own. docs/api.md documents each route.
 #include <Poco/JSON/Array.h>
+#include <Poco/JSONString.h>
 #include <Poco/Net/HTMLForm.h>
 #include <Poco/Net/MessageHeader.h>
 #include <Poco/Net/PartHandler.h>
@@ -355,20 +356,23 @@ void list_directory(Exchange& ex) {
   auto page =
       ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path, cursor ? base64_decode(*cursor, "cursor") : std::string(),
                               static_cast<std::size_t>(limit));
-  Array arr;
+  // Written as text, entry by entry: a JSON object tree costs kilobytes per entry, this about its own length.
+  std::string body = "{\"path\":" + Poco::toJSON(to_utf8_lossy(path));
+  if (!is_utf8(path)) body += ",\"path_b64\":" + Poco::toJSON(base64_encode(path));
+  body += ",\"entries\":[";
+  bool first = true;
   for (const auto& e : page.entries) {
-    Object o;
-    set_name(o, "name", e.name);
-    o.set("type", std::string(core::to_string(e.type)));
-    o.set("size", e.size);
-    o.set("mode", e.mode);
-    arr.add(o);
+    body += first ? "{\"name\":" : ",{\"name\":";
+    first = false;
+    body += Poco::toJSON(to_utf8_lossy(e.name));
+    if (!is_utf8(e.name)) body += ",\"name_b64\":" + Poco::toJSON(base64_encode(e.name));
+    body += ",\"type\":\"" + std::string(core::to_string(e.type)) + "\",\"size\":" + std::to_string(e.size) +
+            ",\"mode\":" + std::to_string(e.mode) + "}";
   }
-  Object o;
-  set_name(o, "path", path);
-  o.set("entries", arr);
-  o.set("next_cursor", page.next_cursor ? Poco::Dynamic::Var(base64_encode(*page.next_cursor)) : Poco::Dynamic::Var());
-  ex.send_json(200, o);
+  body += "],\"next_cursor\":";
+  body += page.next_cursor ? Poco::toJSON(base64_encode(*page.next_cursor)) : std::string("null");
+  body += "}";
+  ex.send_raw_json(200, body);
 }
 
 /** Spools the multipart "file" part to a temporary file, enforcing the size limit while reading. */

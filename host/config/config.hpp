@@ -65,7 +65,7 @@ struct HistoryConfig {
 
 /** [listing]: directory listings are paged; a page holds at most max_entries entries. */
 struct ListingConfig {
-  int max_entries = 1000;
+  int max_entries = 10'000;  // each page scans the whole directory: larger pages, fewer scans
 };
 
 struct AuthConfig {

@@ -34,7 +34,7 @@ struct Settings {
   std::uint64_t max_file_size = 100ull << 20;
   std::chrono::seconds max_exec_timeout{300};
   std::chrono::seconds default_exec_timeout{30};
-  std::size_t dir_page_max = 1000;                      // most entries in one directory page (and the default page)
+  std::size_t dir_page_max = 10'000;                    // most entries in one directory page (and the default page)
   std::size_t history_field_cap = 64 << 10;             // bytes kept per stored code/output/error of one execution
   std::size_t history_response_bytes = 4 << 20;         // a history page stops adding records beyond this many bytes
   std::chrono::seconds history_max_age{7 * 24 * 3600};  // the cleanup task deletes older records; 0 = keep
