@@ -619,7 +619,7 @@ TEST_CASE("list_dir pages by name after the cursor, holding at most a page") {
   CHECK(error_code_of([&] { f.service->list_dir(f.owner, id, "d", "", 0); }) == core::ErrorCode::validation_error);
 }
 
-TEST_CASE("stored execution output is capped per field and flagged; history pages stop at the byte budget") {
+TEST_CASE("stored execution output is capped per field and flagged, and history pages stop at the byte budget") {
   auto settings = test::test_settings();
   settings.history_field_cap = 4096;
   settings.history_response_bytes = 64 << 10;

@@ -952,7 +952,7 @@ TEST_CASE("two stores on one file see each other's writes and share one CAS") {
   CHECK(a->find_live_by_key("alice", "k")->id == "sandbox-2");
 }
 
-TEST_CASE("list_executions caps each field and the page's bytes; purge_executions expires by age and count") {
+TEST_CASE("list_executions caps each field and the page bytes, and purge_executions expires by age and count") {
   TempDir dir;
   auto store = open_sqlite_store(dir.file("berth.db"));
   for (int i = 1; i <= 10; ++i) {
