@@ -1,6 +1,7 @@
 // Every route of the HTTP API v1, in one table at the bottom of this file. Handlers translate HTTP to core calls
 // and core results to JSON; they hold no logic of their own. docs/api.md documents each route.
 #include <Poco/JSON/Array.h>
+#include <Poco/JSONString.h>
 #include <Poco/Net/HTMLForm.h>
 #include <Poco/Net/MessageHeader.h>
 #include <Poco/Net/PartHandler.h>
@@ -259,10 +260,10 @@ void shell_exec(Exchange& ex) {
 }
 
 void history(Exchange& ex) {
-  auto [rows, total] = ex.ctx.service.history(ex.owner, sandbox_id(ex), ex.query("exec_type").value_or(""),
-                                              ex.query_int("limit", 50, 1, 500), ex.query_int("offset", 0, 0, 1 << 30));
+  auto page = ex.ctx.service.history(ex.owner, sandbox_id(ex), ex.query("exec_type").value_or(""),
+                                     ex.query_int("limit", 50, 1, 500), ex.query_int("offset", 0, 0, 1 << 30));
   Array entries;
-  for (const auto& r : rows) {
+  for (const auto& r : page.entries) {
     Object o;
     o.set("id", r.id);
     o.set("session_id", r.session_id);
@@ -272,13 +273,15 @@ void history(Exchange& ex) {
     o.set("exit_code", r.exit_code ? Poco::Dynamic::Var(*r.exit_code) : Poco::Dynamic::Var());
     o.set("output", to_utf8_lossy(r.output));
     o.set("error", to_utf8_lossy(r.error));
+    o.set("truncated", r.truncated);
     o.set("execution_time_ms", r.duration_ms);
     o.set("created_at", rfc3339(r.created_at));
     entries.add(o);
   }
   Object o;
   o.set("entries", entries);
-  o.set("total", total);
+  o.set("total", page.total);
+  o.set("bytes_capped", page.bytes_capped);
   ex.send_json(200, o);
 }
 
@@ -341,21 +344,30 @@ void delete_file(Exchange& ex) {
 
 void list_directory(Exchange& ex) {
   auto path = path_param(ex, ".");
-  auto entries = ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path);
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  Array arr;
-  for (const auto& e : entries) {
-    Object o;
-    set_name(o, "name", e.name);
-    o.set("type", std::string(core::to_string(e.type)));
-    o.set("size", e.size);
-    o.set("mode", e.mode);
-    arr.add(o);
+  const auto max = static_cast<int>(ex.ctx.service.settings().dir_page_max);
+  const auto limit = ex.query_int("limit", max, 1, max);
+  // The cursor is opaque to clients: base64 of the previous page's last name (raw bytes).
+  const auto cursor = ex.query("cursor");
+  auto page =
+      ex.ctx.service.list_dir(ex.owner, sandbox_id(ex), path, cursor ? base64_decode(*cursor, "cursor") : std::string(),
+                              static_cast<std::size_t>(limit));
+  // Written as text, entry by entry: a JSON object tree costs kilobytes per entry, this about its own length.
+  std::string body = "{\"path\":" + Poco::toJSON(to_utf8_lossy(path));
+  if (!is_utf8(path)) body += ",\"path_b64\":" + Poco::toJSON(base64_encode(path));
+  body += ",\"entries\":[";
+  bool first = true;
+  for (const auto& e : page.entries) {
+    body += first ? "{\"name\":" : ",{\"name\":";
+    first = false;
+    body += Poco::toJSON(to_utf8_lossy(e.name));
+    if (!is_utf8(e.name)) body += ",\"name_b64\":" + Poco::toJSON(base64_encode(e.name));
+    body += ",\"type\":\"" + std::string(core::to_string(e.type)) + "\",\"size\":" + std::to_string(e.size) +
+            ",\"mode\":" + std::to_string(e.mode) + "}";
   }
-  Object o;
-  set_name(o, "path", path);
-  o.set("entries", arr);
-  ex.send_json(200, o);
+  body += "],\"next_cursor\":";
+  body += page.next_cursor ? Poco::toJSON(base64_encode(*page.next_cursor)) : std::string("null");
+  body += "}";
+  ex.send_raw_json(200, body);
 }
 
 /** Spools the multipart "file" part to a temporary file, enforcing the size limit while reading. */

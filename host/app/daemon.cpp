@@ -50,6 +50,12 @@ core::Settings core_settings(const config::Config& cfg) {
   s.start_wait = cfg.server.start_wait;
   s.max_file_size = cfg.server.max_file_size;
   s.limits = cfg.limits;
+  s.dir_page_max = static_cast<std::size_t>(cfg.listing.max_entries);
+  s.history_field_cap = cfg.history.output_cap;
+  s.history_response_bytes = cfg.history.response_max_bytes;
+  s.history_max_age = cfg.history.max_age;
+  s.history_max_records = static_cast<std::size_t>(cfg.history.max_records);
+  s.cleanup_call_deadline = cfg.cleanup.call_deadline;
   return s;
 }
 

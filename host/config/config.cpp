@@ -270,6 +270,20 @@ void read_cleanup(TableReader r, CleanupConfig& c) {
   r.boolean("enabled", c.enabled);
   r.duration("interval", c.interval, std::chrono::seconds(1));
   r.duration("idle_timeout", c.idle_timeout, std::chrono::seconds(1));
+  r.duration("call_deadline", c.call_deadline, std::chrono::seconds(1));
+  r.reject_unknown();
+}
+
+void read_history(TableReader r, HistoryConfig& h) {
+  r.size("output_cap", h.output_cap, 1024);
+  r.size("response_max_bytes", h.response_max_bytes, 64 << 10);
+  r.duration("max_age", h.max_age, std::chrono::seconds(0));
+  r.integer("max_records", h.max_records, 0, 1'000'000'000);
+  r.reject_unknown();
+}
+
+void read_listing(TableReader r, ListingConfig& l) {
+  r.integer("max_entries", l.max_entries, 1, 100'000);
   r.reject_unknown();
 }
 
@@ -364,6 +378,8 @@ Config parse(const std::string& text, const std::string& source) {
   if (const auto* t = top.table("store")) read_store(TableReader(*t, "store", source), cfg.store);
   if (const auto* t = top.table("driver")) read_driver(TableReader(*t, "driver", source), cfg.driver);
   if (const auto* t = top.table("cleanup")) read_cleanup(TableReader(*t, "cleanup", source), cfg.cleanup);
+  if (const auto* t = top.table("history")) read_history(TableReader(*t, "history", source), cfg.history);
+  if (const auto* t = top.table("listing")) read_listing(TableReader(*t, "listing", source), cfg.listing);
   if (const auto* t = top.table("auth")) read_auth(TableReader(*t, "auth", source), cfg.auth);
   if (const auto* t = top.table("log")) read_log(TableReader(*t, "log", source), cfg.log);
   if (const auto* t = top.table("limits")) read_limits(TableReader(*t, "limits", source), cfg.limits);

@@ -53,6 +53,20 @@ struct CleanupConfig {
   bool enabled = true;
   std::chrono::seconds interval{60};
   std::chrono::seconds idle_timeout{1800};  // default for profiles that do not set one
+  std::chrono::seconds call_deadline{30};  // one sandbox's driver work in a pass; beyond: reported failed, pass goes on
+};
+
+/** [history]: what execution history may cost (issue 8: memory bounded by configuration). */
+struct HistoryConfig {
+  std::uint64_t output_cap = 64 << 10;          // bytes kept of each execution's code, stdout and stderr
+  std::uint64_t response_max_bytes = 4 << 20;   // a history page stops adding records beyond this many bytes
+  std::chrono::seconds max_age{7 * 24 * 3600};  // records older than this are deleted by the cleanup task; 0 = keep
+  std::int64_t max_records = 1000;              // newest records kept per sandbox; 0 = no limit
+};
+
+/** [listing]: directory listings are paged; a page holds at most max_entries entries. */
+struct ListingConfig {
+  int max_entries = 10'000;  // each page scans the whole directory: larger pages, fewer scans
 };
 
 struct AuthConfig {
@@ -78,6 +92,8 @@ struct Config {
   std::map<std::string, core::Profile> profiles;  // at least one; "default" is used when a request names none
   std::string default_profile = "default";
   CleanupConfig cleanup;
+  HistoryConfig history;
+  ListingConfig listing;
   AuthConfig auth;
   LogConfig log;
   core::Limits limits;  // [limits]: per-owner quotas and what a create may store

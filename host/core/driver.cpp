@@ -1,5 +1,7 @@
 #include "core/driver.hpp"
 
+#include <algorithm>
+
 namespace berth::core {
 
 std::string_view to_string(DriverErrc code) {
@@ -50,6 +52,16 @@ std::string_view to_string(EntryType type) {
       return "other";
   }
   return "other";
+}
+
+std::vector<DirEntry> Driver::dir_list(const std::string& handle, const std::string& path) {
+  std::vector<DirEntry> entries;
+  dir_scan(handle, path, [&](const DirEntry& e) {
+    entries.push_back(e);
+    return true;
+  });
+  std::sort(entries.begin(), entries.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+  return entries;
 }
 
 }  // namespace berth::core

@@ -121,6 +121,9 @@ struct DirEntry {
   std::uint32_t mode = 0;
 };
 
+/** Receives one directory entry (borrowed for the call); false ends the listing. */
+using DirEntrySink = std::function<bool(const DirEntry&)>;
+
 struct SessionStats {
   std::uint64_t memory_bytes = 0;
   std::uint64_t cpu_time_ns = 0;
@@ -167,7 +170,14 @@ class Driver {
   virtual void file_put(const std::string& handle, const std::string& path, std::uint32_t mode, std::uint64_t size,
                         const ByteSource& source) = 0;
   virtual void file_get(const std::string& handle, const std::string& path, const ByteSink& sink) = 0;
-  virtual std::vector<DirEntry> dir_list(const std::string& handle, const std::string& path) = 0;
+  /**
+   * Streams a directory's entries to `on_entry`, one call per entry, in no particular order; `on_entry` returns
+   * false to end the listing early (the call then returns normally). The entry is valid only during the call.
+   * Nothing but the current entry is held, so memory does not grow with the directory. Throws DriverError.
+   */
+  virtual void dir_scan(const std::string& handle, const std::string& path, const DirEntrySink& on_entry) = 0;
+  /** Convenience over dir_scan: every entry, sorted by name (raw bytes). Memory grows with the directory. */
+  std::vector<DirEntry> dir_list(const std::string& handle, const std::string& path);
   virtual void path_remove(const std::string& handle, const std::string& path) = 0;
 };
 

@@ -41,6 +41,16 @@ struct CappedBuffer {
   }
 };
 
+/** The longest prefix of `s` of at most `cap` bytes that does not end inside a UTF-8 sequence. */
+std::size_t utf8_prefix_length(const std::string& s, std::size_t cap) {
+  if (s.size() <= cap) return s.size();
+  std::size_t n = cap;
+  // Step back over at most three continuation bytes (10xxxxxx) to the lead byte, and cut before it.
+  for (int i = 0; i < 3 && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80; ++i)
+    --n;
+  return (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80 ? cap : n;
+}
+
 }  // namespace
 
 std::string_view to_string(ErrorCode code) {
@@ -821,8 +831,16 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   record.code = code;
   record.exit_code = out.exit_code;
   record.success = out.success;
+  // The stored record is capped apart from the response (history keeps far less than one exec may return), so
+  // what a tenant stores, and what a history page costs to read, is bounded by configuration.
   record.output = out.output;
   record.error = out.error;
+  for (std::string* field : {&record.code, &record.output, &record.error}) {
+    if (field->size() > settings_.history_field_cap) {
+      field->resize(utf8_prefix_length(*field, settings_.history_field_cap));
+      record.truncated = true;
+    }
+  }
   record.duration_ms = out.duration_ms;
   record.created_at = clock_->now();
   store_.insert_execution(record);
@@ -830,16 +848,22 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   return out;
 }
 
-std::pair<std::vector<store::ExecutionRow>, int> SandboxService::history(const std::string& owner,
-                                                                         const std::string& id, const std::string& kind,
-                                                                         int limit, int offset) {
+HistoryPage SandboxService::history(const std::string& owner, const std::string& id, const std::string& kind, int limit,
+                                    int offset) {
   load_live(owner, id);
   if (!kind.empty() && kind != "python" && kind != "shell") {
     throw Error(ErrorCode::validation_error, "exec_type must be 'python' or 'shell'");
   }
   if (limit < 1 || limit > 500) throw Error(ErrorCode::validation_error, "limit must be between 1 and 500");
   if (offset < 0) throw Error(ErrorCode::validation_error, "offset must not be negative");
-  return store_.list_executions(id, kind, limit, offset);
+  store::ExecutionPageLimits bounds;
+  bounds.field_cap = static_cast<std::int64_t>(settings_.history_field_cap);
+  bounds.byte_budget = static_cast<std::int64_t>(settings_.history_response_bytes);
+  HistoryPage page;
+  std::tie(page.entries, page.total) = store_.list_executions(id, kind, limit, offset, bounds);
+  page.bytes_capped = page.entries.size() < static_cast<std::size_t>(limit) &&
+                      static_cast<std::size_t>(offset) + page.entries.size() < static_cast<std::size_t>(page.total);
+  return page;
 }
 
 std::string SandboxService::read_file(const std::string& owner, const std::string& id, const std::string& path,
@@ -913,18 +937,48 @@ void SandboxService::remove_path(const std::string& owner, const std::string& id
   }
 }
 
-std::vector<DirEntry> SandboxService::list_dir(const std::string& owner, const std::string& id,
-                                               const std::string& path) {
+DirPage SandboxService::list_dir(const std::string& owner, const std::string& id, const std::string& path,
+                                 const std::string& after, std::size_t limit) {
+  if (limit < 1 || limit > settings_.dir_page_max) {
+    throw Error(ErrorCode::validation_error, "limit must be between 1 and " + std::to_string(settings_.dir_page_max),
+                {{"field", "limit"}});
+  }
   auto row = load_live(owner, id);
   require_capability(row, "filesystem");
   auto p = workspace_path(path, true);
   const std::atomic<bool> started{false};  // a listing has no effect: repeating it is always safe
+  // A max-heap of the limit + 1 smallest names after the cursor (one more than the page tells whether more follow).
+  const auto by_name = [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; };  // raw bytes
+  std::vector<DirEntry> heap;
   try {
-    return with_session(row, started,
-                        [&](const store::SessionRow& s, const CancelToken&) { return driver_.dir_list(s.handle, p); });
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
+      heap.clear();  // a repeated attempt starts over
+      heap.reserve(limit + 1);
+      driver_.dir_scan(s.handle, p, [&](const DirEntry& e) {
+        if (!after.empty() && !(after < e.name)) return true;
+        if (heap.size() <= limit) {
+          heap.push_back(e);
+          std::push_heap(heap.begin(), heap.end(), by_name);
+        } else if (e.name < heap.front().name) {
+          std::pop_heap(heap.begin(), heap.end(), by_name);
+          heap.back() = e;
+          std::push_heap(heap.begin(), heap.end(), by_name);
+        }
+        return true;
+      });
+      return 0;
+    });
   } catch (const DriverError& e) {
     rethrow_driver_error(e, "listing '" + p + "'");
   }
+  std::sort_heap(heap.begin(), heap.end(), by_name);
+  DirPage page;
+  if (heap.size() > limit) {
+    heap.pop_back();
+    page.next_cursor = heap.back().name;
+  }
+  page.entries = std::move(heap);
+  return page;
 }
 
 // ---- workspaces -----------------------------------------------------------------------------------------------------
@@ -982,6 +1036,7 @@ CleanupReport SandboxService::run_cleanup() {
   cleanup_expired(report);
   cleanup_orphans(report);
   cleanup_abandoned_workspaces(report);
+  cleanup_history(report);
   log::info("cleanup.run", {{"idle_stopped", std::to_string(report.idle_stopped.size())},
                             {"expired_deleted", std::to_string(report.expired_deleted.size())},
                             {"orphans_removed", std::to_string(report.orphans_removed.size())},
@@ -990,6 +1045,7 @@ CleanupReport SandboxService::run_cleanup() {
                             {"skipped_stale", std::to_string(report.skipped_stale.size())},
                             {"skipped_in_use", std::to_string(report.skipped_in_use.size())},
                             {"failed", std::to_string(report.failed.size())},
+                            {"executions_expired", std::to_string(report.executions_expired)},
                             {"elapsed_ms", ms_since(t0)}});
   return report;
 }
@@ -1002,10 +1058,14 @@ void SandboxService::cleanup_dead_sessions(CleanupReport& report) {
       bool dead = false;
       std::string why;
       if (s.state == SS::ready) {
-        auto info = driver_.session_inspect(s.handle);
-        if (info.state == RuntimeState::missing || info.state == RuntimeState::exited) {
+        auto info = std::make_shared<SessionInfo>();
+        if (!cleanup_call(report, s.sandbox_id, s.handle, "state_sync",
+                          [this, handle = s.handle, info] { *info = driver_.session_inspect(handle); })) {
+          continue;
+        }
+        if (info->state == RuntimeState::missing || info->state == RuntimeState::exited) {
           dead = true;
-          why = "container " + std::string(to_string(info.state));
+          why = "container " + std::string(to_string(info->state));
         }
       } else if (s.state == SS::starting && clock_->now() - s.created_at > 2 * settings_.start_wait) {
         dead = true;
@@ -1013,12 +1073,15 @@ void SandboxService::cleanup_dead_sessions(CleanupReport& report) {
       }
       if (!dead) continue;
       clear_session(s.sandbox_id, s.id, SS::dead, why);
-      if (!s.handle.empty()) {
-        try {
-          driver_.session_remove(s.handle);
-        } catch (const DriverError& e) {
-          if (e.code() != DriverErrc::not_found) throw;
-        }
+      if (!s.handle.empty() &&
+          !cleanup_call(report, s.sandbox_id, s.handle, "dead_session_remove", [this, handle = s.handle] {
+            try {
+              driver_.session_remove(handle);
+            } catch (const DriverError& e) {
+              if (e.code() != DriverErrc::not_found) throw;
+            }
+          })) {
+        continue;
       }
       report.dead_sessions.push_back(s.id);
       log::info("session.dead", {{"sandbox", s.sandbox_id}, {"session", s.id}, {"reason", why}});
@@ -1051,7 +1114,9 @@ void SandboxService::cleanup_idle(CleanupReport& report) {
     }
     auto session = store_.get_session(*snap.current_session_id);
     try {
-      if (session) destroy_session(*session);
+      if (session &&
+          !cleanup_call(report, snap.id, session->handle, "idle_stop", [this, s = *session] { destroy_session(s); }))
+        continue;
       report.idle_stopped.push_back(snap.id);
       log::info("sandbox_cleaned", {{"sandbox", snap.id}, {"action", "idle_stop"}});
     } catch (const DriverError& e) {
@@ -1075,7 +1140,14 @@ void SandboxService::cleanup_expired(CleanupReport& report) {
       log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "stale snapshot"}});
       continue;
     }
-    delete_row_and_resources(snap);
+    std::string key = snap.id;  // the container's handle when it has one: the orphan step uses that key too
+    if (snap.current_session_id) {
+      if (auto session = store_.get_session(*snap.current_session_id); session && !session->handle.empty()) {
+        key = session->handle;
+      }
+    }
+    if (!cleanup_call(report, snap.id, key, "expired_delete", [this, snap] { delete_row_and_resources(snap); }))
+      continue;
     report.expired_deleted.push_back(snap.id);
     log::info("sandbox_cleaned", {{"sandbox", snap.id}, {"action", "expired_delete"}});
   }
@@ -1106,12 +1178,16 @@ void SandboxService::cleanup_orphans(CleanupReport& report) {
     }
     if (!orphan) continue;
     try {
-      try {
-        driver_.session_stop(c.handle, settings_.stop_grace);
-      } catch (const DriverError& e) {
-        if (e.code() != DriverErrc::not_found) throw;
+      if (!cleanup_call(report, c.handle, c.handle, "orphan_remove", [this, handle = c.handle] {
+            try {
+              driver_.session_stop(handle, settings_.stop_grace);
+            } catch (const DriverError& e) {
+              if (e.code() != DriverErrc::not_found) throw;
+            }
+            driver_.session_remove(handle);
+          })) {
+        continue;
       }
-      driver_.session_remove(c.handle);
       report.orphans_removed.push_back(c.handle);
       log::info("sandbox_cleaned", {{"action", "orphan_remove"},
                                     {"handle", c.handle},
@@ -1127,10 +1203,14 @@ void SandboxService::cleanup_orphans(CleanupReport& report) {
 void SandboxService::cleanup_abandoned_workspaces(CleanupReport& report) {
   for (const auto& ws : store_.list_abandoned_managed_workspaces()) {
     try {
-      try {
-        driver_.volume_remove(ws.volume);
-      } catch (const DriverError& e) {
-        if (e.code() != DriverErrc::not_found) throw;
+      if (!cleanup_call(report, ws.id, ws.volume, "workspace_remove", [this, volume = ws.volume] {
+            try {
+              driver_.volume_remove(volume);
+            } catch (const DriverError& e) {
+              if (e.code() != DriverErrc::not_found) throw;
+            }
+          })) {
+        continue;
       }
       store_.mark_workspace_deleted(ws.id, clock_->now());
       report.workspaces_removed.push_back(ws.id);
@@ -1139,6 +1219,36 @@ void SandboxService::cleanup_abandoned_workspaces(CleanupReport& report) {
       report.failed.push_back(ws.id);
       log::warn("sandbox_clean_failed", {{"action", "workspace_remove"}, {"workspace", ws.id}, {"error", e.what()}});
     }
+  }
+}
+
+bool SandboxService::cleanup_call(CleanupReport& report, const std::string& candidate, const std::string& key,
+                                  const char* action, std::function<void()> work) {
+  const auto outcome = cleanup_calls_.run(key, settings_.cleanup_call_deadline, std::move(work));
+  if (outcome == DeadlineRunner::Outcome::done) return true;
+  // This candidate's driver call is stuck (for instance behind an engine lock a slow client holds): report it and
+  // move on, so no tenant's sandbox delays the pass for the others. The call finishes, or fails, on its own.
+  report.failed.push_back(candidate);
+  log::warn("sandbox_clean_failed",
+            {{"candidate", candidate},
+             {"key", key},
+             {"action", action},
+             {"error", outcome == DeadlineRunner::Outcome::busy
+                           ? "an earlier cleanup call for it is still running"
+                           : "the driver call exceeded the cleanup deadline of " +
+                                 std::to_string(settings_.cleanup_call_deadline.count()) + " ms"}});
+  return false;
+}
+
+void SandboxService::cleanup_history(CleanupReport& report) {
+  // Expiry keeps the store, and so what one history page can cost, bounded by configuration.
+  const auto cutoff =
+      settings_.history_max_age.count() > 0 ? clock_->now() - settings_.history_max_age : store::TimePoint::min();
+  try {
+    report.executions_expired = store_.purge_executions(cutoff, settings_.history_max_records);
+  } catch (const std::exception& e) {
+    report.failed.push_back("history");
+    log::warn("sandbox_clean_failed", {{"step", "history"}, {"error", e.what()}});
   }
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/clock.hpp"
+#include "core/deadline_runner.hpp"
 #include "core/driver.hpp"
 #include "core/errors.hpp"
 #include "core/in_flight.hpp"
@@ -35,6 +36,12 @@ struct Settings {
   std::chrono::seconds max_exec_timeout{300};
   std::chrono::seconds default_exec_timeout{30};
   Limits limits;  // what a create may store, and how many sandboxes an owner may hold and create per minute
+  std::size_t dir_page_max = 10'000;                    // most entries in one directory page (and the default page)
+  std::size_t history_field_cap = 64 << 10;             // bytes kept per stored code/output/error of one execution
+  std::size_t history_response_bytes = 4 << 20;         // a history page stops adding records beyond this many bytes
+  std::chrono::seconds history_max_age{7 * 24 * 3600};  // the cleanup task deletes older records; 0 = keep
+  std::size_t history_max_records = 1000;               // newest records kept per sandbox; 0 = no limit
+  std::chrono::milliseconds cleanup_call_deadline{30'000};  // one sandbox's driver work inside a cleanup pass
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -82,7 +89,8 @@ struct CleanupReport {
   std::vector<std::string> dead_sessions;       // session ids
   std::vector<std::string> skipped_stale;       // sandbox ids whose snapshot went stale
   std::vector<std::string> skipped_in_use;      // idle sandbox ids left alone: an exec or file call was running
-  std::vector<std::string> failed;              // sandbox ids or handles whose driver call failed
+  std::vector<std::string> failed;              // sandbox ids or handles whose driver call failed or overran
+  int executions_expired = 0;                   // history records deleted (age or per-sandbox count)
 };
 
 /** What SandboxService::recover() did with the sessions this instance had starting or running. */
@@ -90,6 +98,19 @@ struct RecoveryReport {
   std::vector<std::string> adopted;  // session ids whose container runs: kept (a starting one is now ready)
   std::vector<std::string> cleared;  // session ids without a running container: cleared, container removed
   std::vector<std::string> failed;   // session ids left as they were (the driver failed); cleanup retries later
+};
+
+/** One page of a directory listing. */
+struct DirPage {
+  std::vector<DirEntry> entries;           // sorted by the names' raw bytes; at most the page limit
+  std::optional<std::string> next_cursor;  // the last name of this page when more entries follow; nullopt at the end
+};
+
+/** One page of execution history. */
+struct HistoryPage {
+  std::vector<store::ExecutionRow> entries;  // newest first
+  int total = 0;                             // records of the sandbox (matching the kind filter)
+  bool bytes_capped = false;  // fewer than `limit` records: the page reached Settings::history_response_bytes
 };
 
 struct ListResult {
@@ -136,8 +157,13 @@ class SandboxService {
   /** Runs code; starts the sandbox if it is idle. */
   ExecOutcome exec(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
                    std::optional<std::chrono::seconds> timeout, const std::string& cwd);
-  std::pair<std::vector<store::ExecutionRow>, int> history(const std::string& owner, const std::string& id,
-                                                           const std::string& kind, int limit, int offset);
+  /**
+   * A page of the sandbox's executions, newest first, `limit` 1..500 after `offset`. Memory is bounded by
+   * configuration: every text field is at most Settings::history_field_cap bytes (older, longer rows are cut and
+   * flagged truncated) and the page stops once it holds Settings::history_response_bytes (always at least one
+   * record). Throws Error (validation_error, not_found).
+   */
+  HistoryPage history(const std::string& owner, const std::string& id, const std::string& kind, int limit, int offset);
 
   /** Reads a whole file into memory; payload_too_large beyond `max_bytes`. */
   std::string read_file(const std::string& owner, const std::string& id, const std::string& path,
@@ -147,7 +173,13 @@ class SandboxService {
   void write_file(const std::string& owner, const std::string& id, const std::string& path, std::uint64_t size,
                   const ByteSource& source, std::uint32_t mode = 0644);
   void remove_path(const std::string& owner, const std::string& id, const std::string& path);
-  std::vector<DirEntry> list_dir(const std::string& owner, const std::string& id, const std::string& path);
+  /**
+   * One page of a directory: the `limit` (1..Settings::dir_page_max) smallest names greater than `after` (raw
+   * bytes; empty = from the start), sorted. The driver streams the directory and only limit + 1 entries are held,
+   * so memory does not grow with the directory. Throws Error (validation_error, not_found, ...).
+   */
+  DirPage list_dir(const std::string& owner, const std::string& id, const std::string& path, const std::string& after,
+                   std::size_t limit);
 
   store::WorkspaceRow create_workspace(const std::string& owner);
   store::WorkspaceRow get_workspace(const std::string& owner, const std::string& id);
@@ -205,6 +237,15 @@ class SandboxService {
   void cleanup_expired(CleanupReport& report);
   void cleanup_orphans(CleanupReport& report);
   void cleanup_abandoned_workspaces(CleanupReport& report);
+  void cleanup_history(CleanupReport& report);
+  /**
+   * Runs one candidate's driver work within Settings::cleanup_call_deadline (see DeadlineRunner). `key` names what
+   * the work touches (a container handle when there is one, so every step of a pass shares it). Returns true when
+   * it finished (rethrowing what it threw); false when it overran or earlier work for `key` is still running: then
+   * `candidate` is reported failed and logged, and the pass goes on with the next one. `work` captures by value.
+   */
+  bool cleanup_call(CleanupReport& report, const std::string& candidate, const std::string& key, const char* action,
+                    std::function<void()> work);
 
   store::Store& store_;
   Driver& driver_;
@@ -235,6 +276,8 @@ class SandboxService {
   std::mutex wait_mutex_;
   std::condition_variable sessions_changed_;
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
+  // Last member: destroyed first, it waits for overrunning cleanup work, which uses the members above.
+  DeadlineRunner cleanup_calls_;
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

@@ -588,17 +588,18 @@ void AbiDriver::file_get(const std::string& handle, const std::string& path, con
         err, "file_get");
 }
 
-std::vector<core::DirEntry> AbiDriver::dir_list(const std::string& handle, const std::string& path) {
+void AbiDriver::dir_scan(const std::string& handle, const std::string& path, const core::DirEntrySink& on_entry) {
   struct Ctx {
-    std::vector<core::DirEntry> entries;
+    const core::DirEntrySink* sink;
+    core::DirEntry entry;  // reused: one entry is held at a time
     std::exception_ptr error;
-  } ctx;
-  auto on_entry = [](void* p, const berth_dir_entry* raw) noexcept -> int32_t {
+  } ctx{&on_entry, {}, nullptr};
+  auto on_raw = [](void* p, const berth_dir_entry* raw) noexcept -> int32_t {
     auto* c = static_cast<Ctx*>(p);
     try {
       const auto entry = read_sized(raw);
       const auto* e = &entry;
-      core::DirEntry d;
+      core::DirEntry& d = c->entry;
       d.name = driver_string(e->name, "directory entry name");
       switch (e->type) {
         case BERTH_ENTRY_FILE:
@@ -615,8 +616,7 @@ std::vector<core::DirEntry> AbiDriver::dir_list(const std::string& handle, const
       }
       d.size = e->size;
       d.mode = e->mode;
-      c->entries.push_back(std::move(d));
-      return 0;
+      return (*c->sink)(d) ? 0 : 1;
     } catch (...) {
       c->error = std::current_exception();
       return 1;
@@ -625,11 +625,10 @@ std::vector<core::DirEntry> AbiDriver::dir_list(const std::string& handle, const
   berth_error err;
   check(guarded("dir_list", ctx.error,
                 [&] {
-                  return library_->api().dir_list(instance_, c_str(handle, "handle"), c_str(path, "path"), on_entry,
-                                                  &ctx, &err);
+                  return library_->api().dir_list(instance_, c_str(handle, "handle"), c_str(path, "path"), on_raw, &ctx,
+                                                  &err);
                 }),
         err, "dir_list");
-  return std::move(ctx.entries);
 }
 
 void AbiDriver::path_remove(const std::string& handle, const std::string& path) {

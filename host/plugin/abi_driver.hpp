@@ -44,7 +44,7 @@ class AbiDriver final : public core::Driver {
   void file_put(const std::string& handle, const std::string& path, std::uint32_t mode, std::uint64_t size,
                 const core::ByteSource& source) override;
   void file_get(const std::string& handle, const std::string& path, const core::ByteSink& sink) override;
-  std::vector<core::DirEntry> dir_list(const std::string& handle, const std::string& path) override;
+  void dir_scan(const std::string& handle, const std::string& path, const core::DirEntrySink& on_entry) override;
   void path_remove(const std::string& handle, const std::string& path) override;
 
  private:

@@ -125,6 +125,11 @@ const std::vector<Migration> kMigrations = {
      {
          "ALTER TABLE sessions ADD COLUMN starter TEXT NOT NULL DEFAULT ''",
      }},
+    {3,
+     "executions.truncated: stored output is capped (issue 8); per-sandbox expiry reads the newest first",
+     {
+         "ALTER TABLE executions ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0",
+     }},
 };
 
 constexpr int kBusyTimeoutMs = 5000;
@@ -136,7 +141,7 @@ constexpr const char* kWorkspaceColumns = "id, owner, volume, managed, created_a
 constexpr const char* kSessionColumns =
     "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at, starter";
 constexpr const char* kExecutionColumns =
-    "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at";
+    "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at, truncated";
 constexpr const char* kIdempotencyColumns = "owner, key, request_hash, status, body, created_at";
 
 // ---- conversions ----------------------------------------------------------------------------------------------
@@ -275,6 +280,7 @@ ExecutionRow read_execution(const RecordSet& rs, std::size_t i) {
   row.error = r.text();
   row.duration_ms = r.integer();
   row.created_at = r.time();
+  row.truncated = r.integer() != 0;
   return row;
 }
 
@@ -537,15 +543,16 @@ class SqliteStore final : public Store {
     locked("insert_execution", [&] {
       const Poco::Nullable<Int64> exit_code =
           row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();
-      session_ << "INSERT INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      session_ << "INSERT INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
           bind(row.id), bind(row.sandbox_id), bind(row.session_id), bind(row.kind), bind(row.code), bind(exit_code),
           bind(Int64(row.success ? 1 : 0)), bind(row.output), bind(row.error), bind(Int64(row.duration_ms)),
-          bind(to_ms(row.created_at)), now;
+          bind(to_ms(row.created_at)), bind(Int64(row.truncated ? 1 : 0)), now;
     });
   }
 
   std::pair<std::vector<ExecutionRow>, int> list_executions(const std::string& sandbox_id, const std::string& kind,
-                                                            int limit, int offset) override {
+                                                            int limit, int offset,
+                                                            const ExecutionPageLimits& bounds) override {
     return locked("list_executions", [&] {
       // One read transaction: the page and the total come from the same snapshot.
       Transaction tx(session_, "BEGIN");
@@ -554,15 +561,48 @@ class SqliteStore final : public Store {
           bind(kind), bind(kind), into(total), now;
       std::vector<ExecutionRow> page;
       if (limit > 0) {
+        // SQLite cuts each field to field_cap bytes (substr on the BLOB counts bytes) and keeps a running byte sum
+        // (a window over the page), so neither a long row nor a long page is ever materialised here.
         Statement st(session_);
         st << "SELECT " << kExecutionColumns
-           << " FROM executions WHERE sandbox_id = ? AND (? = '' OR kind = ?) "
-              "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-            bind(sandbox_id), bind(kind), bind(kind), bind(Int64(limit)), bind(Int64(std::max(offset, 0)));
+           << " FROM (SELECT *, SUM(len) OVER (ORDER BY created_at DESC, rid DESC ROWS UNBOUNDED PRECEDING) AS running"
+              " FROM (SELECT rid, id, sandbox_id, session_id, kind,"
+              "   CAST(substr(CAST(code AS BLOB), 1, ?5) AS TEXT) AS code, exit_code, success,"
+              "   CAST(substr(CAST(output AS BLOB), 1, ?5) AS TEXT) AS output,"
+              "   CAST(substr(CAST(error AS BLOB), 1, ?5) AS TEXT) AS error, duration_ms, created_at,"
+              "   (truncated OR length(CAST(code AS BLOB)) > ?5 OR length(CAST(output AS BLOB)) > ?5"
+              "    OR length(CAST(error AS BLOB)) > ?5) AS truncated,"
+              "   min(length(CAST(code AS BLOB)), ?5) + min(length(CAST(output AS BLOB)), ?5)"
+              "    + min(length(CAST(error AS BLOB)), ?5) AS len"
+              "  FROM (SELECT rowid AS rid, * FROM executions WHERE sandbox_id = ?1 AND (?2 = '' OR kind = ?2)"
+              "        ORDER BY created_at DESC, rowid DESC LIMIT ?3 OFFSET ?4)))"
+              " WHERE running - len < ?6 ORDER BY created_at DESC, rid DESC",
+            bind(sandbox_id), bind(kind), bind(Int64(limit)), bind(Int64(std::max(offset, 0))),
+            bind(Int64(std::clamp<std::int64_t>(bounds.field_cap, 0, ExecutionPageLimits::kMaxFieldCap))),
+            bind(Int64(std::clamp<std::int64_t>(bounds.byte_budget, 1, ExecutionPageLimits::kUnbounded)));
         page = read_all(st, read_execution);
       }
       tx.commit();
       return std::make_pair(std::move(page), static_cast<int>(total));
+    });
+  }
+
+  int purge_executions(TimePoint cutoff, std::size_t keep_per_sandbox) override {
+    return locked("purge_executions", [&] {
+      Transaction tx(session_, "BEGIN IMMEDIATE");
+      Statement by_age(session_);
+      by_age << "DELETE FROM executions WHERE created_at < ?", bind(to_ms(cutoff));
+      auto deleted = static_cast<int>(by_age.execute());
+      if (keep_per_sandbox > 0) {
+        Statement by_count(session_);
+        by_count
+            << "DELETE FROM executions WHERE rowid IN (SELECT rid FROM (SELECT rowid AS rid, ROW_NUMBER() OVER"
+               " (PARTITION BY sandbox_id ORDER BY created_at DESC, rowid DESC) AS n FROM executions) WHERE n > ?)",
+            bind(Int64(std::min<std::size_t>(keep_per_sandbox, INT64_MAX)));
+        deleted += static_cast<int>(by_count.execute());
+      }
+      tx.commit();
+      return deleted;
     });
   }
 

@@ -86,6 +86,15 @@ struct ExecutionRow {
   std::string error;
   std::int64_t duration_ms = 0;
   TimePoint created_at;
+  bool truncated = false;  // code, output or error was cut to a byte cap (when stored or when read)
+};
+
+/** Bounds on one page of executions, so reading a page costs memory set by configuration, not by the rows. */
+struct ExecutionPageLimits {
+  static constexpr std::int64_t kMaxFieldCap = INT32_MAX;  // SQLite's substr takes a 32-bit length
+  static constexpr std::int64_t kUnbounded = std::int64_t{1} << 40;
+  std::int64_t field_cap = kMaxFieldCap;  // code, output and error are each cut to this many bytes (truncated set)
+  std::int64_t byte_budget = kUnbounded;  // the page ends after the record that reaches this many bytes in total
 };
 
 struct IdempotencyRow {
@@ -153,9 +162,19 @@ class Store {
 
   // ---- executions ----
   virtual void insert_execution(const ExecutionRow& row) = 0;
-  /** Newest first; kind empty = all. Returns the page and the total count. */
+  /**
+   * Newest first; kind empty = all. Returns the page and the total count. The page holds at most `limit` records
+   * and ends early once the records' capped code + output + error bytes reach `bounds.byte_budget` (the first
+   * record always comes).
+   */
   virtual std::pair<std::vector<ExecutionRow>, int> list_executions(const std::string& sandbox_id,
-                                                                    const std::string& kind, int limit, int offset) = 0;
+                                                                    const std::string& kind, int limit, int offset,
+                                                                    const ExecutionPageLimits& bounds = {}) = 0;
+  /**
+   * Expiry: deletes executions created before `cutoff` and, per sandbox, all but the newest `keep_per_sandbox`
+   * (0 = no count limit). Returns how many were deleted.
+   */
+  virtual int purge_executions(TimePoint cutoff, std::size_t keep_per_sandbox) = 0;
 
   // ---- idempotency ----
   /**

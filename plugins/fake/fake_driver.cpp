@@ -432,7 +432,13 @@ class Engine {
   void dir_list(const char* handle, const char* path_in, berth_dir_list_fn on_entry, void* ctx) {
     if (on_entry == nullptr) throw Error(BERTH_INVALID_ARGUMENT, "dir_list needs a callback");
     const std::string path = limited_workspace_path(path_in);
-    std::vector<std::pair<std::string, Node>> entries;
+    struct Item {
+      std::string name;
+      bool is_dir;
+      std::uint64_t size;
+      std::uint32_t mode;
+    };
+    std::vector<Item> entries;  // names and sizes only, never the files' bytes
     {
       std::lock_guard lock(mutex_);
       const Tree& tree = *find(handle).files;
@@ -440,16 +446,18 @@ class Engine {
       const std::string prefix = children_prefix(path);
       for (auto it = tree.lower_bound(prefix); it != tree.end() && it->first.starts_with(prefix); ++it) {
         const std::string name = it->first.substr(prefix.size());
-        if (name.find('/') == std::string::npos) entries.emplace_back(name, it->second);
+        if (name.find('/') == std::string::npos) {
+          entries.push_back({name, it->second.is_dir, it->second.bytes.size(), it->second.mode});
+        }
       }
     }
-    for (const auto& [name, node] : entries) {
+    for (const auto& item : entries) {
       berth_dir_entry entry{};
       entry.struct_size = sizeof(entry);
-      entry.type = node.is_dir ? BERTH_ENTRY_DIRECTORY : BERTH_ENTRY_FILE;
-      entry.name = name.c_str();
-      entry.size = node.bytes.size();
-      entry.mode = node.is_dir ? 0755 : node.mode;
+      entry.type = item.is_dir ? BERTH_ENTRY_DIRECTORY : BERTH_ENTRY_FILE;
+      entry.name = item.name.c_str();
+      entry.size = item.size;
+      entry.mode = item.is_dir ? 0755 : item.mode;
       if (on_entry(ctx, &entry) != 0) break;
     }
   }

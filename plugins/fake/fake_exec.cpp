@@ -578,6 +578,17 @@ class Interpreter {
       check();  // the session is gone, and this process with it
       return 137;
     }
+    if (command == "mkdirs" && args.size() == 3 && parse_number<uint64_t>(args[2])) {
+      // Many entries in one call (the memory probes list a directory of 100,000; the real engines use a shell loop).
+      const auto dir = resolve(args[1]);
+      if (!dir || !host_.make_dir(*dir)) return fail("fake: __fake mkdirs: cannot create " + args[1] + "\n");
+      const uint64_t n = *parse_number<uint64_t>(args[2]);
+      for (uint64_t i = 0; i < n; ++i) {
+        if (i % 1024 == 0) check();
+        if (!host_.make_dir(*dir + "/" + std::to_string(i))) return fail("fake: __fake mkdirs: cannot create\n");
+      }
+      return 0;
+    }
     if (command == "spec" && args.size() == 1) {
       emit(out, host_.describe_session());
       return 0;

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -58,9 +60,11 @@ class RacingStore final : public store::Store {
   std::vector<store::SessionRow> list_active_sessions() override { return inner_.list_active_sessions(); }
   void insert_execution(const store::ExecutionRow& r) override { inner_.insert_execution(r); }
   std::pair<std::vector<store::ExecutionRow>, int> list_executions(const std::string& s, const std::string& k, int l,
-                                                                   int o) override {
-    return inner_.list_executions(s, k, l, o);
+                                                                   int o,
+                                                                   const store::ExecutionPageLimits& b) override {
+    return inner_.list_executions(s, k, l, o, b);
   }
+  int purge_executions(store::TimePoint c, std::size_t keep) override { return inner_.purge_executions(c, keep); }
   std::optional<store::IdempotencyRow> claim_idempotency(const store::IdempotencyRow& r) override {
     return inner_.claim_idempotency(r);
   }
@@ -237,4 +241,124 @@ TEST_CASE("idle cleanup never stops a session with a call running and a call tou
   CHECK(contains(later.idle_stopped, id));
   CHECK(later.skipped_in_use.empty());
   CHECK(f.containers_of(id) == 0);
+}
+
+// ---- issue 8: no tenant's stuck sandbox delays the pass; history records expire ----------------------------------
+
+namespace {
+
+/** Forwards to a real driver, but session_stop on one handle blocks until release() (a stuck engine call). */
+class StallingDriver final : public core::Driver {
+ public:
+  explicit StallingDriver(core::Driver& inner) : inner_(inner) {}
+  void stall(const std::string& handle) {
+    std::lock_guard lock(m_);
+    stalled_ = handle;
+  }
+  void release() {
+    {
+      std::lock_guard lock(m_);
+      released_ = true;
+    }
+    cv_.notify_all();
+  }
+  std::atomic<int> stalls{0};
+
+  const core::DriverIdentity& identity() const override { return inner_.identity(); }
+  void volume_create(const std::string& n, const core::Labels& l) override { inner_.volume_create(n, l); }
+  void volume_remove(const std::string& n) override { inner_.volume_remove(n); }
+  bool volume_exists(const std::string& n) override { return inner_.volume_exists(n); }
+  core::SessionInfo session_create(const core::SessionSpec& s) override { return inner_.session_create(s); }
+  core::SessionInfo session_inspect(const std::string& h) override { return inner_.session_inspect(h); }
+  void session_stop(const std::string& h, std::chrono::milliseconds g) override {
+    std::unique_lock lock(m_);
+    if (h == stalled_) {
+      ++stalls;
+      cv_.wait(lock, [&] { return released_; });
+    }
+    lock.unlock();
+    inner_.session_stop(h, g);
+  }
+  void session_remove(const std::string& h) override { inner_.session_remove(h); }
+  std::vector<core::SessionListing> session_list(const core::Labels& f) override { return inner_.session_list(f); }
+  core::SessionStats session_stats(const std::string& h) override { return inner_.session_stats(h); }
+  core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
+                        const core::CancelToken* c) override {
+    return inner_.exec(h, r, o, c);
+  }
+  void file_put(const std::string& h, const std::string& p, std::uint32_t m, std::uint64_t s,
+                const core::ByteSource& src) override {
+    inner_.file_put(h, p, m, s, src);
+  }
+  void file_get(const std::string& h, const std::string& p, const core::ByteSink& s) override {
+    inner_.file_get(h, p, s);
+  }
+  void dir_scan(const std::string& h, const std::string& p, const core::DirEntrySink& s) override {
+    inner_.dir_scan(h, p, s);
+  }
+  void path_remove(const std::string& h, const std::string& p) override { inner_.path_remove(h, p); }
+
+ private:
+  core::Driver& inner_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::string stalled_;
+  bool released_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("a driver call stuck on one sandbox is reported failed and the pass goes on with the others") {
+  ServiceFixture f;
+  auto settings = test::test_settings();
+  settings.cleanup_call_deadline = std::chrono::milliseconds(300);
+  auto stuck = f.create();
+  auto other = f.create();
+  f.shell(stuck, "true");
+  f.shell(other, "true");
+  const auto stuck_handle = f.service->get_sandbox(f.owner, stuck).session->handle;
+  StallingDriver stalling(*f.driver);
+  stalling.stall(stuck_handle);
+  // A service over the same store and the stalling driver; declared after `stalling`, so it is gone first.
+  auto service = std::make_unique<core::SandboxService>(*f.store, stalling, f.clock, settings);
+  f.fake_clock().advance(60s);  // both idle
+
+  auto report = service->run_cleanup();
+  CHECK(stalling.stalls == 1);
+  CHECK(contains(report.failed, stuck));
+  CHECK(contains(report.idle_stopped, other));  // not delayed behind the stuck one
+  CHECK(f.containers_of(other) == 0);
+
+  // The next pass does not pile a second call onto the stuck one.
+  auto second = service->run_cleanup();
+  CHECK(stalling.stalls == 1);
+
+  stalling.release();
+  service.reset();  // waits for the overrunning call, which then completes
+  CHECK(f.containers_of(stuck) == 0);
+}
+
+TEST_CASE("history records expire by count per sandbox and by age") {
+  auto settings = test::test_settings();
+  settings.history_max_records = 2;
+  settings.history_max_age = std::chrono::hours(1);
+  ServiceFixture f("{}", settings);
+  auto a = f.create();
+  auto b = f.create();
+  for (int i = 0; i < 4; ++i)
+    f.shell(a, "echo " + std::to_string(i));
+  f.shell(b, "echo b");
+  auto report = f.service->run_cleanup();
+  CHECK(report.executions_expired == 2);
+  auto page = f.service->history(f.owner, a, "", 10, 0);
+  CHECK(page.total == 2);
+  REQUIRE(page.entries.size() == 2);
+  CHECK(page.entries[0].output == "3\n");
+  CHECK(page.entries[1].output == "2\n");
+  CHECK(f.service->history(f.owner, b, "", 10, 0).total == 1);
+
+  f.fake_clock().advance(std::chrono::hours(1) + 1s);
+  report = f.service->run_cleanup();
+  CHECK(report.executions_expired == 3);
+  CHECK(f.service->history(f.owner, a, "", 10, 0).total == 0);
 }

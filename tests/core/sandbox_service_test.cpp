@@ -43,8 +43,8 @@ TEST_CASE("an exec on an idle sandbox starts it and exec results carry output an
   CHECK(sh.exit_code == 3);
   CHECK_FALSE(sh.success);
   auto history = f.service->history(f.owner, id, "", 10, 0);
-  CHECK(history.second == 2);
-  CHECK(history.first.at(0).kind == "shell");
+  CHECK(history.total == 2);
+  CHECK(history.entries.at(0).kind == "shell");
   CHECK(f.containers_of(id) == 1);
 }
 
@@ -62,7 +62,7 @@ TEST_CASE("50 concurrent requests on one idle sandbox start exactly one session"
       try {
         auto r = f.service->exec(f.owner, id, core::ExecKind::python, "print(1+2)", std::nullopt, "");
         if (r.output == "3\n") ++ok;
-        auto rows = f.service->history(f.owner, id, "", 1, 0).first;
+        auto rows = f.service->history(f.owner, id, "", 1, 0).entries;
         std::lock_guard lock(m);
         sessions.insert(rows.at(0).session_id);
       } catch (const std::exception& e) {
@@ -244,10 +244,11 @@ TEST_CASE("capabilities and input validation") {
         core::ErrorCode::validation_error);
   CHECK(error_code_of([&] { f.service->exec(f.owner, id, core::ExecKind::shell, "true", 301s, ""); }) ==
         core::ErrorCode::validation_error);
-  CHECK(error_code_of([&] { f.service->list_dir(f.owner, id, "../etc"); }) ==
+  CHECK(error_code_of([&] { f.service->list_dir(f.owner, id, "../etc", "", 10); }) ==
         core::ErrorCode::capability_not_supported);
   auto full = f.create();
-  CHECK(error_code_of([&] { f.service->list_dir(f.owner, full, "../etc"); }) == core::ErrorCode::validation_error);
+  CHECK(error_code_of([&] { f.service->list_dir(f.owner, full, "../etc", "", 10); }) ==
+        core::ErrorCode::validation_error);
   CHECK(error_code_of([&] { f.service->read_file(f.owner, full, "/etc/passwd", 100); }) ==
         core::ErrorCode::validation_error);
   CHECK(error_code_of([&] { f.service->read_file(f.owner, full, "missing.txt", 100); }) == core::ErrorCode::not_found);
@@ -337,8 +338,8 @@ class CountingDriver final : public core::Driver {
   void file_get(const std::string& h, const std::string& p, const core::ByteSink& s) override {
     inner_.file_get(h, p, s);
   }
-  std::vector<core::DirEntry> dir_list(const std::string& h, const std::string& p) override {
-    return inner_.dir_list(h, p);
+  void dir_scan(const std::string& h, const std::string& p, const core::DirEntrySink& s) override {
+    inner_.dir_scan(h, p, s);
   }
   void path_remove(const std::string& h, const std::string& p) override { inner_.path_remove(h, p); }
 
@@ -431,7 +432,7 @@ TEST_CASE("a container removed behind the host's back is replaced once and the e
   CHECK(f.containers_of(id) == 1);
   // The same for file calls: a listing and a removal on a vanished container are replayed on a new one.
   f.driver->session_remove(handle_of(f, id));
-  CHECK(service.list_dir(f.owner, id, ".").empty());
+  CHECK(service.list_dir(f.owner, id, ".", "", 10).entries.empty());
   CHECK(f.containers_of(id) == 1);
 }
 
@@ -582,4 +583,63 @@ TEST_CASE("sessions record the instance that started them") {
   auto v = f.service->get_sandbox(f.owner, id);
   REQUIRE(v.session);
   CHECK(v.session->starter == f.service->settings().instance_id);
+}
+
+// ---- issue 8: memory bounded by configuration --------------------------------------------------------------------
+
+TEST_CASE("list_dir pages by name after the cursor, holding at most a page") {
+  auto settings = test::test_settings();
+  settings.dir_page_max = 1000;
+  ServiceFixture f("{}", settings);
+  auto id = f.create();
+  f.shell(id, "__fake mkdirs d 2500");
+  std::vector<std::string> names;
+  std::string cursor;
+  int pages = 0;
+  for (;;) {
+    auto page = f.service->list_dir(f.owner, id, "d", cursor, 1000);
+    ++pages;
+    CHECK(page.entries.size() <= 1000);
+    for (const auto& e : page.entries)
+      names.push_back(e.name);
+    if (!page.next_cursor) break;
+    CHECK(*page.next_cursor == page.entries.back().name);
+    cursor = *page.next_cursor;
+    REQUIRE(pages < 10);
+  }
+  CHECK(pages == 3);
+  CHECK(names.size() == 2500);
+  CHECK(std::is_sorted(names.begin(), names.end()));
+  CHECK(std::adjacent_find(names.begin(), names.end()) == names.end());
+  // A cursor past every name: an empty last page.
+  auto end = f.service->list_dir(f.owner, id, "d", "999999", 1000);
+  CHECK(end.entries.empty());
+  CHECK_FALSE(end.next_cursor);
+  CHECK(error_code_of([&] { f.service->list_dir(f.owner, id, "d", "", 1001); }) == core::ErrorCode::validation_error);
+  CHECK(error_code_of([&] { f.service->list_dir(f.owner, id, "d", "", 0); }) == core::ErrorCode::validation_error);
+}
+
+TEST_CASE("stored execution output is capped per field and flagged, and history pages stop at the byte budget") {
+  auto settings = test::test_settings();
+  settings.history_field_cap = 4096;
+  settings.history_response_bytes = 64 << 10;
+  ServiceFixture f("{}", settings);
+  auto id = f.create();
+  for (int i = 0; i < 40; ++i) {
+    auto out = f.shell(id, "seq 1 3000");
+    CHECK(out.output.size() > 4096);  // the exec's own response is not cut to the history cap
+  }
+  f.shell(id, "echo small");
+  auto page = f.service->history(f.owner, id, "", 500, 0);
+  CHECK(page.total == 41);
+  CHECK(page.entries.at(0).output == "small\n");
+  CHECK_FALSE(page.entries.at(0).truncated);
+  // 64 KiB budget over records of about 4 KiB: about 16 records, never all 41.
+  CHECK(page.entries.size() < 41);
+  CHECK(page.entries.size() >= 2);
+  CHECK(page.bytes_capped);
+  for (std::size_t i = 1; i < page.entries.size(); ++i) {
+    CHECK(page.entries[i].output.size() <= 4096);
+    CHECK(page.entries[i].truncated);
+  }
 }

@@ -257,6 +257,7 @@ TEST_CASE("sessions record their starter, and a schema-1 database gains the colu
     // Roll the file back to schema 1 (as a berthd from before the starter column left it).
     auto s = raw_session(path);
     s << "ALTER TABLE sessions DROP COLUMN starter", now;
+    s << "ALTER TABLE executions DROP COLUMN truncated", now;  // schema 3
     s << "DELETE FROM schema_migrations WHERE version >= 2", now;
   }
   auto store = open_sqlite_store(path);
@@ -949,4 +950,45 @@ TEST_CASE("two stores on one file see each other's writes and share one CAS") {
   REQUIRE(a->update_sandbox_cas(row, row.version));
   b->insert_sandbox(sandbox("sandbox-2", "ws-1", "alice", "k"));
   CHECK(a->find_live_by_key("alice", "k")->id == "sandbox-2");
+}
+
+TEST_CASE("list_executions caps each field and the page bytes, and purge_executions expires by age and count") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  for (int i = 1; i <= 10; ++i) {
+    auto e = execution("exec-" + std::string(i < 10 ? "0" : "") + std::to_string(i), "sandbox-1", "shell",
+                       t0 + std::chrono::seconds(i));
+    e.output = std::string(1000, 'o');  // a legacy row: stored before the core capped output
+    e.error = "e";
+    store->insert_execution(e);
+  }
+  store->insert_execution(execution("exec-other", "sandbox-2", "shell", t0));
+  ExecutionPageLimits bounds;
+  bounds.field_cap = 100;
+  bounds.byte_budget = 350;  // records of about 100 + 1 + code bytes: the fourth one reaches the budget
+  auto [page, total] = store->list_executions("sandbox-1", "", 50, 0, bounds);
+  CHECK(total == 10);
+  REQUIRE(page.size() == 4);
+  CHECK(page[0].id == "exec-10");
+  for (const auto& r : page) {
+    CHECK(r.output == std::string(100, 'o'));
+    CHECK(r.error == "e");
+    CHECK(r.truncated);
+  }
+  // A budget smaller than one record still gives that record.
+  bounds.byte_budget = 1;
+  std::tie(page, total) = store->list_executions("sandbox-1", "", 50, 2, bounds);
+  REQUIRE(page.size() == 1);
+  CHECK(page[0].id == "exec-08");
+  // Without bounds: whole and not flagged.
+  std::tie(page, total) = store->list_executions("sandbox-1", "", 1, 0);
+  CHECK(page.at(0).output.size() == 1000);
+  CHECK_FALSE(page.at(0).truncated);
+
+  CHECK(store->purge_executions(t0 + std::chrono::seconds(3), 0) == 3);  // exec-other, exec-01, exec-02
+  CHECK(store->purge_executions(t0, 5) == 3);                            // exec-03..05: five newest kept
+  std::tie(page, total) = store->list_executions("sandbox-1", "", 50, 0);
+  CHECK(total == 5);
+  CHECK(page.back().id == "exec-06");
+  CHECK(store->list_executions("sandbox-2", "", 50, 0).second == 0);
 }

@@ -34,7 +34,8 @@ using Poco::JSON::Array;
 using Poco::JSON::Object;
 using std::chrono::milliseconds;
 
-constexpr size_t kMaxScriptOutput = 64 * 1024 * 1024;  // dir_list output cap
+constexpr size_t kMaxScriptOutput = 64 * 1024 * 1024;  // helper output cap (when captured, not streamed)
+constexpr size_t kMaxRecordBytes = 64 * 1024;          // one dir_list record: type/size/mode/name
 constexpr size_t kMaxStderr = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1538,53 +1539,77 @@ berth_status dir_list(berth_instance* inst, const char* handle, const char* path
     std::string rel = relative_path(path, true);
     if (!on_entry) throw Error(Errc::invalid_argument, "on_entry is NULL");
     const std::string workspace = self.workspace_of(h);
-    std::string listing = run_files_script(self, h, "list", workspace, rel);
-    struct Item {
-      berth_entry_type type;
-      std::uint64_t size;
-      std::uint32_t mode;
-      std::string name;
-    };
-    std::vector<Item> items;
-    size_t pos = 0;
-    while (pos < listing.size()) {
-      size_t end = listing.find('\0', pos);
-      if (end == std::string::npos) end = listing.size();
-      std::string_view record(listing.data() + pos, end - pos);
-      pos = end + 1;
+    // The script's output is parsed as it arrives: one record is held at a time, so the driver's memory does not
+    // grow with the directory (a listing of 100,000 entries used to be buffered, parsed and sorted whole). Entries
+    // go out in the order the script finds them; the host orders and pages them.
+    std::string record;
+    bool stopped = false;   // on_entry asked to end the listing: BERTH_OK, not an error
+    bool too_long = false;  // a record beyond kMaxRecordBytes (the script's output is not what it should be)
+    auto emit = [&](std::string_view rec) -> bool {
       // <type>/<size>/<octal mode>/<name>: names cannot contain '/'
-      size_t s1 = record.find('/');
-      size_t s2 = s1 == std::string_view::npos ? s1 : record.find('/', s1 + 1);
-      size_t s3 = s2 == std::string_view::npos ? s2 : record.find('/', s2 + 1);
-      if (s3 == std::string_view::npos) continue;
-      Item item;
-      char t = s1 > 0 ? record[0] : '?';
-      item.type = t == 'f'   ? BERTH_ENTRY_FILE
-                  : t == 'd' ? BERTH_ENTRY_DIRECTORY
-                  : t == 'l' ? BERTH_ENTRY_SYMLINK
-                             : BERTH_ENTRY_OTHER;
-      try {
-        item.size = std::stoull(std::string(record.substr(s1 + 1, s2 - s1 - 1)));
-        item.mode =
-            static_cast<std::uint32_t>(std::stoul(std::string(record.substr(s2 + 1, s3 - s2 - 1)), nullptr, 8)) & 07777;
-      } catch (...) {
-        continue;
-      }
-      item.name = std::string(record.substr(s3 + 1));
-      if (item.name.empty() || item.name == "." || item.name == "..") continue;
-      items.push_back(std::move(item));
-    }
-    std::sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x.name < y.name; });
-    for (const Item& item : items) {
+      size_t s1 = rec.find('/');
+      size_t s2 = s1 == std::string_view::npos ? s1 : rec.find('/', s1 + 1);
+      size_t s3 = s2 == std::string_view::npos ? s2 : rec.find('/', s2 + 1);
+      if (s3 == std::string_view::npos) return true;
       berth_dir_entry entry;
       std::memset(&entry, 0, sizeof entry);
       entry.struct_size = sizeof entry;
-      entry.type = item.type;
-      entry.name = item.name.c_str();
-      entry.size = item.size;
-      entry.mode = item.mode;
-      if (on_entry(ctx, &entry) != 0) break;
+      char t = s1 > 0 ? rec[0] : '?';
+      entry.type = t == 'f'   ? BERTH_ENTRY_FILE
+                   : t == 'd' ? BERTH_ENTRY_DIRECTORY
+                   : t == 'l' ? BERTH_ENTRY_SYMLINK
+                              : BERTH_ENTRY_OTHER;
+      try {
+        entry.size = std::stoull(std::string(rec.substr(s1 + 1, s2 - s1 - 1)));
+        entry.mode =
+            static_cast<std::uint32_t>(std::stoul(std::string(rec.substr(s2 + 1, s3 - s2 - 1)), nullptr, 8)) & 07777;
+      } catch (...) {
+        return true;
+      }
+      const std::string name(rec.substr(s3 + 1));
+      if (name.empty() || name == "." || name == "..") return true;
+      entry.name = name.c_str();
+      if (on_entry(ctx, &entry) != 0) {
+        stopped = true;
+        return false;
+      }
+      return true;
+    };
+    HelperIo io;
+    io.stdout_sink = [&](const std::uint8_t* data, size_t size) {
+      std::string_view chunk(reinterpret_cast<const char*>(data), size);
+      while (!chunk.empty()) {
+        size_t end = chunk.find('\0');
+        if (end == std::string_view::npos) {
+          if (record.size() + chunk.size() > kMaxRecordBytes) {
+            too_long = true;
+            return false;
+          }
+          record.append(chunk);
+          return true;
+        }
+        bool go_on;
+        if (record.empty()) {
+          go_on = emit(chunk.substr(0, end));
+        } else {
+          record.append(chunk.substr(0, end));
+          go_on = emit(record);
+          record.clear();
+        }
+        if (!go_on) return false;
+        chunk.remove_prefix(end + 1);
+      }
+      return true;
+    };
+    try {
+      run_files_script(self, h, "list", workspace, rel, {}, io);
+    } catch (const Error& e) {
+      if (stopped && e.code() == Errc::cancelled) return BERTH_OK;
+      if (too_long && e.code() == Errc::cancelled)
+        throw Error(Errc::internal, "a directory listing record is too long");
+      throw;
     }
+    if (!record.empty()) emit(record);  // a last record without its NUL
     return BERTH_OK;
   });
 }
