@@ -518,6 +518,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
   std::deque<std::shared_ptr<Conn>> returned;  // kept-alive connections handed back by workers
   std::set<std::shared_ptr<Conn>> busy;        // connections on a worker (watchdog)
   std::deque<std::shared_ptr<Conn>> ready;     // complete heads waiting for a worker
+  std::mutex clients_m;  // guards per_client only (a Conn may be destroyed while `m` is held)
   std::map<std::string, int> per_client;       // open connections per client IP
   std::condition_variable cv;
   int workers = 0, idle_workers = 0;
@@ -575,7 +576,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
       auto conn = std::make_shared<Conn>(impl, ip);
       bool over = false;
       {
-        std::lock_guard lk(m);
+        std::lock_guard lk(clients_m);
         int& count = per_client[ip];
         over = limits.max_connections_per_client > 0 && count >= limits.max_connections_per_client;
         if (!over) {
@@ -583,7 +584,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
           std::weak_ptr<State> self = weak_from_this();
           conn->on_close = [self, ip] {
             if (auto s = self.lock()) {
-              std::lock_guard lk2(s->m);
+              std::lock_guard lk2(s->clients_m);
               if (--s->per_client[ip] <= 0) s->per_client.erase(ip);
             }
           };

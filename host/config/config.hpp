@@ -24,7 +24,7 @@ class ConfigError : public std::runtime_error {
 struct ServerConfig {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
-  int threads = 1024;    // HTTP server threads: one per open connection (small stacks; idle ones exit after 60 s)
+  int threads = 1024;    // HTTP worker threads: one per request being handled (small stacks; idle ones exit)
   int queue = 64;        // accepted connections waiting for a thread; beyond: refused
   int work_slots = 64;   // heavy requests (exec, files, start) running at once
   int work_queue = 512;  // heavy requests waiting for a slot; beyond: 503 server_busy
