@@ -45,8 +45,8 @@ Daemon* g_daemon = nullptr;
   std::abort();
 }
 
-/** Writes `input`, shuts the write side, and returns everything berthd sends until it closes (or "" on refusal). */
-std::string exchange(const std::string& input, bool& timed_out) {
+/** (Not named exchange: ADL would pick std::exchange.) Writes `input`, shuts the write side, and returns everything berthd sends until it closes (or "" on refusal). */
+std::string converse(const std::string& input, bool& timed_out) {
   Poco::Net::StreamSocket s;
   s.connect(Poco::Net::SocketAddress("127.0.0.1", g_daemon->port));
   s.setReceiveTimeout(Poco::Timespan(30, 0));
@@ -194,7 +194,7 @@ void start_daemon() {
   for (int i = 0; i < 200 && !up; ++i) {
     try {
       bool t = false;
-      up = exchange("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", t).rfind("HTTP/1.1 200", 0) == 0;
+      up = converse("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", t).rfind("HTTP/1.1 200", 0) == 0;
     } catch (const Poco::Exception&) {
     }
     if (!up) ::usleep(50'000);
@@ -220,7 +220,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (auto at = input.find("HEAD"); at != std::string::npos; at = input.find("HEAD", at))
     input[at + 3] = 'X';
   bool timed_out = false;
-  auto answer = exchange(input, timed_out);
+  auto answer = converse(input, timed_out);
   if (timed_out) fail("no end of answer within 30 s (hang)", answer);
   auto responses = check_answer(answer);
   auto heads = count(input, "\n\n") + count(input, "\n\r\n");
@@ -229,7 +229,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
          answer);
   }
   bool t = false;
-  if (exchange("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", t).rfind("HTTP/1.1 200 OK", 0) != 0)
+  if (converse("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", t).rfind("HTTP/1.1 200 OK", 0) != 0)
     fail("/health failed after the input", answer);
   return 0;
 }
