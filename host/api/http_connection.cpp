@@ -452,6 +452,9 @@ std::optional<HeadRefusal> check_request_head(std::string_view head) {
       auto u = static_cast<unsigned char>(c);
       if ((u < 0x20 && c != '\t') || u == 0x7f)
         return refuse(400, "malformed_header", "control byte in a header value");
+      // Poco's header reader takes byte 0xFF for end-of-stream and would parse what follows it as the next
+      // request (found by fuzz_http_wire): never let it reach Poco.
+      if (u == 0xff) return refuse(400, "malformed_header", "byte 0xFF in a header value");
     }
     if (++fields > 100) return refuse(431, "too_many_headers", "more than 100 header fields");
     if (name.size() > 256 || value.size() > 8192)
@@ -518,7 +521,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
   std::deque<std::shared_ptr<Conn>> returned;  // kept-alive connections handed back by workers
   std::set<std::shared_ptr<Conn>> busy;        // connections on a worker (watchdog)
   std::deque<std::shared_ptr<Conn>> ready;     // complete heads waiting for a worker
-  std::mutex clients_m;  // guards per_client only (a Conn may be destroyed while `m` is held)
+  std::mutex clients_m;                        // guards per_client only (a Conn may be destroyed while `m` is held)
   std::map<std::string, int> per_client;       // open connections per client IP
   std::condition_variable cv;
   int workers = 0, idle_workers = 0;

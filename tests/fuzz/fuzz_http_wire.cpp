@@ -38,14 +38,24 @@ struct Daemon {
 };
 
 Daemon* g_daemon = nullptr;
+const std::string* g_input = nullptr;  // the input being run (for fail())
 
+/**
+ * Reports and aborts. berthd's crash handler takes SIGABRT before libFuzzer can write the input out, so the input
+ * is written here: ./fuzz_http_wire-failure (keep it under tests/fuzz/regressions/fuzz_http_wire/).
+ */
 [[noreturn]] void fail(const std::string& why, const std::string& answer) {
+  if (g_input) {
+    std::ofstream("fuzz_http_wire-failure", std::ios::binary) << *g_input;
+    std::fprintf(stderr, "fuzz_http_wire: input written to ./fuzz_http_wire-failure\n");
+  }
   std::fprintf(stderr, "fuzz_http_wire: %s\n--- answer (%zu bytes) ---\n%.*s\n", why.c_str(), answer.size(),
                static_cast<int>(std::min<std::size_t>(answer.size(), 4000)), answer.data());
   std::abort();
 }
 
-/** (Not named exchange: ADL would pick std::exchange.) Writes `input`, shuts the write side, and returns everything berthd sends until it closes (or "" on refusal). */
+/** (Not named exchange: ADL would pick std::exchange.) Writes `input`, shuts the write side, and returns everything
+ * berthd sends until it closes (or "" on refusal). */
 std::string converse(const std::string& input, bool& timed_out) {
   Poco::Net::StreamSocket s;
   s.connect(Poco::Net::SocketAddress("127.0.0.1", g_daemon->port));
@@ -219,6 +229,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // without matching responses to requests: HEAD is turned into another (unknown) method.
   for (auto at = input.find("HEAD"); at != std::string::npos; at = input.find("HEAD", at))
     input[at + 3] = 'X';
+  g_input = &input;
   bool timed_out = false;
   auto answer = converse(input, timed_out);
   if (timed_out) fail("no end of answer within 30 s (hang)", answer);
