@@ -4,15 +4,12 @@
 #include <Poco/Base64Encoder.h>
 #include <Poco/DateTimeFormatter.h>
 #include <Poco/JSON/Parser.h>
-#include <Poco/Net/HTTPRequestHandler.h>
-#include <Poco/Net/HTTPRequestHandlerFactory.h>
-#include <Poco/Net/HTTPServer.h>
 #include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/SHA1Engine.h>
 #include <Poco/StreamCopier.h>
 #include <Poco/String.h>
-#include <Poco/ThreadPool.h>
 #include <Poco/URI.h>
 #include <utf8.h>
 
@@ -371,28 +368,6 @@ void serve(ApiContext& ctx, Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPSer
             std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count())}});
 }
 
-class Handler final : public Poco::Net::HTTPRequestHandler {
- public:
-  explicit Handler(std::shared_ptr<ApiContext> ctx) : ctx_(std::move(ctx)) {}
-  void handleRequest(Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPServerResponse& rs) override {
-    serve(*ctx_, rq, rs);
-  }
-
- private:
-  std::shared_ptr<ApiContext> ctx_;
-};
-
-class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
- public:
-  explicit Factory(std::shared_ptr<ApiContext> ctx) : ctx_(std::move(ctx)) {}
-  Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
-    return new Handler(ctx_);
-  }
-
- private:
-  std::shared_ptr<ApiContext> ctx_;
-};
-
 }  // namespace
 
 InProcessResponse handle_request(ApiContext& ctx, const std::string& method, const std::string& uri,
@@ -474,6 +449,13 @@ const std::string& Exchange::body() {
       throw Error(ErrorCode::payload_too_large, "request body is larger than " + std::to_string(limit) + " bytes");
     }
   }
+  // The stream swallows a framing error (bad chunk size, early end) into badbit: never take a cut body as whole.
+  if (in.bad() ||
+      (request.hasContentLength() && data.size() < static_cast<std::uint64_t>(request.getContentLength64()))) {
+    throw Error(ErrorCode::invalid_request,
+                "could not read the request body (malformed chunked framing or an early end)",
+                {{"reason", "malformed_body"}});
+  }
   body_ = std::move(data);
   return *body_;
 }
@@ -549,7 +531,7 @@ void Exchange::send_raw_json(int status, const std::string& text) {
     repaired = to_utf8_lossy(text);
     out = &repaired;
   }
-  response.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
+  response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
   response.setContentType("application/json; charset=utf-8");
   response.setContentLength(static_cast<std::streamsize>(out->size()));
   response.send() << *out;
@@ -568,7 +550,7 @@ void Exchange::send_json(int status, const Poco::Dynamic::Var& body) {
 }
 
 void Exchange::send_empty(int status) {
-  response.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
+  response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
   response.setContentLength(0);
   response.send();
 }
@@ -722,7 +704,7 @@ HttpApi::HttpApi(ApiSettings settings, core::SandboxService& service, core::Idem
     : ctx_(std::make_shared<ApiContext>(std::move(settings), service, idempotency, std::move(clock))) {}
 
 HttpApi::~HttpApi() {
-  if (server_) server_->stopAll(true);
+  if (server_) server_->close();
 }
 
 void HttpApi::start() {
@@ -732,21 +714,22 @@ void HttpApi::start() {
   socket.bind(Poco::Net::SocketAddress(ctx_->settings.host, ctx_->settings.port), true, false);
   socket.listen(256);
   const auto& s = ctx_->settings;
-  // Our own pool: Poco's default pool is small and shared; every open connection holds one of these threads, and a
-  // request queued for admission simply parks its thread. Small stacks keep 1,024 threads cheap.
-  pool_ = std::make_unique<Poco::ThreadPool>("berth-http", 4, s.threads, 60, static_cast<int>(s.thread_stack_bytes));
-  auto* params = new Poco::Net::HTTPServerParams;
-  params->setMaxThreads(s.threads);
-  params->setMaxQueued(s.queue);
-  params->setKeepAlive(true);
-  params->setKeepAliveTimeout(Poco::Timespan(2, 0));
-  params->setTimeout(Poco::Timespan(60, 0));
-  server_ = std::make_unique<Poco::Net::HTTPServer>(new Factory(ctx_), *pool_, socket, params);
+  // Every request being handled holds one worker thread (a request queued for admission simply parks it); idle and
+  // half-received connections hold none. Small stacks keep 1,024 threads cheap.
+  auto ctx = ctx_;
+  server_ = std::make_unique<HttpServer>(
+      socket, s.threads, s.queue, s.thread_stack_bytes, s.connection,
+      [ctx](Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPServerResponse& rs) { serve(*ctx, rq, rs); },
+      [ctx] { return "req-" + std::to_string(ctx->next_request++); });
   server_->start();
-  log::info("http.listening", {{"threads", std::to_string(s.threads)},
-                               {"work_slots", std::to_string(s.admission.slots)},
-                               {"work_queue", std::to_string(s.admission.queue)},
-                               {"work_queue_timeout_ms", std::to_string(s.admission.queue_timeout.count())}});
+  log::info("http.listening",
+            {{"threads", std::to_string(s.threads)},
+             {"work_slots", std::to_string(s.admission.slots)},
+             {"work_queue", std::to_string(s.admission.queue)},
+             {"work_queue_timeout_ms", std::to_string(s.admission.queue_timeout.count())},
+             {"header_timeout_ms", std::to_string(s.connection.header_timeout.count())},
+             {"min_transfer_rate", std::to_string(s.connection.min_transfer_rate)},
+             {"max_connections_per_client", std::to_string(s.connection.max_connections_per_client)}});
 }
 
 std::uint16_t HttpApi::port() const {
@@ -756,7 +739,8 @@ std::uint16_t HttpApi::port() const {
 void HttpApi::begin_shutdown() {
   ctx_->shutting_down.store(true);
   ctx_->admission.shut_down();
-  if (server_) server_->stop();  // stop accepting; open connections keep being served (with 503 shutting_down)
+  if (server_)
+    server_->stop_accepting();  // stop accepting; open connections keep being served (with 503 shutting_down)
 }
 
 int HttpApi::wait_for_handlers(std::chrono::milliseconds grace) {
@@ -768,7 +752,7 @@ int HttpApi::wait_for_handlers(std::chrono::milliseconds grace) {
 }
 
 void HttpApi::close() {
-  if (server_) server_->stopAll(true);
+  if (server_) server_->close();
 }
 
 }  // namespace berth::api

@@ -12,16 +12,10 @@
 #include <vector>
 
 #include "api/admission.hpp"
+#include "api/http_connection.hpp"
 #include "core/clock.hpp"
 #include "core/idempotency.hpp"
 #include "core/sandbox_service.hpp"
-
-namespace Poco {
-class ThreadPool;
-namespace Net {
-class HTTPServer;
-}
-}  // namespace Poco
 
 namespace berth::api {
 
@@ -35,6 +29,7 @@ struct ApiSettings {
   std::size_t thread_stack_bytes = 512u << 10;  // per server thread
   std::uint64_t max_body = 1 << 20;
   std::uint64_t max_file_size = 100ull << 20;
+  ConnectionLimits connection;                    // header/keep-alive deadlines, minimum transfer rate, per-client cap
   std::map<std::string, std::string> api_keys;    // key -> owner (tenants)
   std::map<std::string, std::string> admin_keys;  // key -> operator name (admin role: /v1/admin routes)
   bool allow_anonymous = true;
@@ -81,9 +76,9 @@ InProcessResponse handle_request(ApiContext& ctx, const std::string& method, con
                                  const std::string& body);
 
 /**
- * Owns the listening socket, Poco's HTTPServer and its own thread pool (sized by ApiSettings::threads, small
- * stacks), so that requests waiting for admission only cost a parked thread. Methods are called by the daemon's
- * main thread only.
+ * Owns the listening socket and the connection layer (HttpServer: a poller for request heads and idle keep-alive
+ * connections, a worker pool sized by ApiSettings::threads with small stacks, so that requests waiting for admission
+ * only cost a parked thread). Methods are called by the daemon's main thread only.
  */
 class HttpApi {
  public:
@@ -114,8 +109,7 @@ class HttpApi {
 
  private:
   std::shared_ptr<ApiContext> ctx_;
-  std::unique_ptr<Poco::ThreadPool> pool_;
-  std::unique_ptr<Poco::Net::HTTPServer> server_;
+  std::unique_ptr<HttpServer> server_;
 };
 
 }  // namespace berth::api

@@ -70,6 +70,11 @@ api::ApiSettings api_settings(const config::Config& cfg) {
   a.admission.queue_timeout = cfg.server.work_queue_timeout;
   a.max_body = cfg.server.max_body;
   a.max_file_size = cfg.server.max_file_size;
+  a.connection.header_timeout = cfg.server.header_timeout;
+  a.connection.keep_alive_timeout = cfg.server.keep_alive_timeout;
+  a.connection.min_transfer_rate = cfg.server.min_transfer_rate;
+  a.connection.rate_window = cfg.server.transfer_rate_window;
+  a.connection.max_connections_per_client = cfg.server.max_connections_per_client;
   a.api_keys = cfg.auth.keys;
   a.admin_keys = cfg.auth.admin_keys;
   a.allow_anonymous = cfg.auth.allow_anonymous;

@@ -201,6 +201,11 @@ void read_server(TableReader r, ServerConfig& s) {
   r.duration("shutdown_grace", s.shutdown_grace, std::chrono::seconds(0));
   std::chrono::seconds wait{60};
   if (r.duration("start_wait", wait, std::chrono::seconds(1))) s.start_wait = wait;
+  r.duration("header_timeout", s.header_timeout, std::chrono::seconds(1));
+  r.duration("keep_alive_timeout", s.keep_alive_timeout, std::chrono::seconds(1));
+  r.size("min_transfer_rate", s.min_transfer_rate, 0);
+  r.duration("transfer_rate_window", s.transfer_rate_window, std::chrono::seconds(1));
+  r.integer("max_connections_per_client", s.max_connections_per_client, 0, 1 << 20);
   r.reject_unknown();
 }
 

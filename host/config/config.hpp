@@ -25,7 +25,7 @@ class ConfigError : public std::runtime_error {
 struct ServerConfig {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
-  int threads = 1024;    // HTTP server threads: one per open connection (small stacks; idle ones exit after 60 s)
+  int threads = 1024;    // HTTP worker threads: one per request being handled (small stacks; idle ones exit)
   int queue = 64;        // accepted connections waiting for a thread; beyond: refused
   int work_slots = 64;   // heavy requests (exec, files, start) running at once
   int work_queue = 512;  // heavy requests waiting for a slot; beyond: 503 server_busy
@@ -34,6 +34,12 @@ struct ServerConfig {
   std::uint64_t max_file_size = 100ull << 20;    // upload/download/file content limit
   std::chrono::seconds shutdown_grace{10};       // in-flight requests get this long on SIGTERM
   std::chrono::milliseconds start_wait{60'000};  // how long a request waits for a session to become ready
+  // Connection layer (docs/api.md, "HTTP framing and limits"):
+  std::chrono::seconds header_timeout{10};        // a whole request head must arrive within this
+  std::chrono::seconds keep_alive_timeout{5};     // idle kept-alive connections are closed after this
+  std::uint64_t min_transfer_rate = 1024;         // bytes/s while berthd waits on a client; 0 disables
+  std::chrono::seconds transfer_rate_window{10};  // the window that rate is measured over
+  int max_connections_per_client = 64;            // open connections per client IP; 0 = no cap
 };
 
 struct StoreConfig {

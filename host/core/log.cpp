@@ -66,9 +66,18 @@ void append_hex_escape(std::string& out, unsigned char c) {
   out += kHex[c & 0xf];
 }
 
-/** Appends valid UTF-8 text with quotes, backslashes and control bytes escaped. */
+/**
+ * Appends valid UTF-8 text with quotes, backslashes and control characters escaped: C0, DEL, and the C1 controls
+ * U+0080-U+009F (UTF-8 C2 80-C2 9F; a terminal may take U+009B as CSI) as \xc2\xNN.
+ */
 void append_escaped_valid(std::string& out, std::string_view v) {
-  for (char c : v) {
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    char c = v[i];
+    if (static_cast<unsigned char>(c) == 0xc2 && i + 1 < v.size() && static_cast<unsigned char>(v[i + 1]) <= 0x9f) {
+      append_hex_escape(out, 0xc2);
+      append_hex_escape(out, static_cast<unsigned char>(v[++i]));
+      continue;
+    }
     switch (c) {
       case '"':
         out += "\\\"";
@@ -150,6 +159,7 @@ Level parse_level(std::string_view name) {
 std::string format_line(Format format, std::string_view event, const Fields& fields) {
   if (format == Format::json) {
     Poco::JSON::Object obj;
+    obj.setEscapeUnicode(true);  // ASCII-only lines: C1 controls (U+0080-U+009F) and all non-ASCII as \uXXXX
     obj.set("event", utf8_for_json(event));
     for (const auto& [k, v] : fields)
       obj.set(utf8_for_json(k), utf8_for_json(v));

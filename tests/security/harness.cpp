@@ -11,7 +11,10 @@ Env::Env(Options options) {
   const char* e = std::getenv("BERTH_SECURITY_ENGINE");
   engine_ = e && *e ? e : "fake";
   BerthdConfig cfg;
-  cfg.server = "threads = 64\nwork_slots = 16\nwork_queue = 32\n" + options.server;
+  // The suite's pool sizes, unless the probe sets its own (a TOML key may appear only once).
+  cfg.server = options.server.find("threads") == std::string::npos
+                   ? "threads = 64\nwork_slots = 16\nwork_queue = 32\n" + options.server
+                   : options.server;
   if (engine_ == "docker") {
     cfg.driver_path = BERTH_DOCKER_DRIVER;
   } else if (engine_ == "podman") {
