@@ -265,8 +265,10 @@ CreateSandboxResult SandboxService::create_sandbox(const std::string& owner, con
     store::SandboxFilter filter;
     filter.owner = owner;
     filter.limit = limits.max_sandboxes_per_owner + 1;
-    const auto live = static_cast<int>(store_.list_sandboxes(filter).size());
+    // Counted under the same lock that releases reservations: a create that finished between a count outside the
+    // lock and the check would be in neither `live` nor `pending` (found by the parallel-create probe).
     std::lock_guard lock(quota_mutex_);
+    const auto live = static_cast<int>(store_.list_sandboxes(filter).size());
     auto pending = creating_.count(owner) ? creating_[owner] : 0;
     if (live + pending >= limits.max_sandboxes_per_owner) {
       log::info("quota.exceeded", {{"owner", owner}, {"live", std::to_string(live)}});

@@ -1360,7 +1360,8 @@ TEST_CASE("capacity: beyond work_slots + work_queue requests get 503 server_busy
     eventually([&] { return berthd.count_log_lines("http.busy") >= 1; }, 10000ms);
     health = c.get("/health");
   });
-  auto results = concurrent_shell(c, id, 8, "sleep 2");
+  // Long enough that all 8 arrive while the first two still run, however loaded the machine is.
+  auto results = concurrent_shell(c, id, 8, "sleep 10");
   probe.join();
   int ok = 0, busy = 0;
   for (const auto& r : results) {

@@ -23,6 +23,7 @@
 #include "core/clock.hpp"
 #include "core/log.hpp"
 #include "plugin/driver_library.hpp"
+#include "support/hostile.hpp"
 
 namespace {
 
@@ -727,42 +728,8 @@ std::map<std::string, std::string> hostile_env() {
           {"GCONV_PATH", "/workspace/.bin"}};
 }
 
-/**
- * Shell code (for the session user) that plants, in /workspace/.bin and in every directory of the hostile PATH the
- * user can write, an executable for every program a driver's helper might call. Each one leaves a marker
- * /workspace/.pwned-<name> when it runs; `realpath` then prints a path to /etc/shadow, `cat` prints "PWNED". It
- * also links etc-link -> /etc and shadow-link -> /etc/shadow.
- */
-const char* kPlantScript = R"SH(PATH=/usr/bin:/bin
-set -e
-mkdir -p /workspace/.bin /tmp/.bin
-for p in realpath cat mv chmod wc printf ls find stat rm mkdir mktemp dd head tail sh dash bash env grep tr sleep \
-         kill true test [ readlink basename dirname id cp ln touch python3 tar sed awk xargs sort uniq cut; do
-  printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-%s\n' "$p" >"/workspace/.bin/$p"
-  case $p in
-    realpath) printf '/bin/echo /workspace/../etc/shadow\n' >>"/workspace/.bin/$p" ;;
-    cat) printf '/bin/echo PWNED\n' >>"/workspace/.bin/$p" ;;
-  esac
-  chmod 755 "/workspace/.bin/$p"
-  for d in /tmp/.bin /usr/local/bin /usr/bin /bin; do cp "/workspace/.bin/$p" "$d/$p" 2>/dev/null || true; done
-done
-printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-rc\n' >/workspace/.bin/rc
-chmod 755 /workspace/.bin/rc
-ln -sfn /etc /workspace/etc-link
-ln -sfn /etc/shadow /workspace/shadow-link
-)SH";
-
-/**
- * Shell code that prints what a helper must never leave: markers of planted programs that ran, files owned by root
- * in the workspace or /tmp, and names starting with `berth-` in /etc (the probes only write such names).
- * Clean = only the last line, `evidence-checked` (it proves the check itself ran).
- */
-const char* kEvidenceScript = R"SH(PATH=/usr/bin:/bin
-ls -A /workspace | grep '^\.pwned-' || true
-find /workspace /tmp -xdev -mindepth 1 -user 0 2>/dev/null | head -20 || true
-ls -A /etc | grep '^berth-' || true
-echo evidence-checked
-)SH";
+const char* const kPlantScript = berth::test::hostile::kPlant;
+const char* const kEvidenceScript = berth::test::hostile::kEvidence;
 
 /** What kEvidenceScript prints when nothing is wrong. */
 const std::string kClean = "evidence-checked\n";

@@ -13,9 +13,12 @@
 #include <vector>
 
 #include "security/harness.hpp"
+#include "support/hostile.hpp"
 
 using namespace berth::test;
 using namespace berth::test::security;
+using berth::test::hostile::kEvidence;
+using berth::test::hostile::kPlant;
 using namespace std::chrono_literals;
 
 namespace {
@@ -56,41 +59,6 @@ std::string create_hostile(Env& env) {
   path_only.set("env", e);
   return env.create(env.alice(), to_json(path_only));
 }
-
-/**
- * Plants an executable for every program berthd's helpers might call in /workspace/.bin and in every directory of
- * the hostile PATH the session user can write; each leaves /workspace/.pwned-<name> when it runs (`realpath` then
- * prints a path to /etc/shadow). Links etc-link -> /etc and shadow-link -> /etc/shadow.
- */
-const char* kPlant = R"SH(PATH=/usr/bin:/bin
-set -e
-mkdir -p /workspace/.bin /tmp/.bin
-for p in realpath cat mv chmod wc printf ls find stat rm mkdir mktemp dd head tail sh dash bash env grep tr sleep \
-         kill true test [ readlink basename dirname id cp ln touch python3 tar sed awk xargs sort uniq cut; do
-  printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-%s\n' "$p" >"/workspace/.bin/$p"
-  case $p in
-    realpath) printf '/bin/echo /workspace/../etc/shadow\n' >>"/workspace/.bin/$p" ;;
-    cat) printf '/bin/echo PWNED\n' >>"/workspace/.bin/$p" ;;
-  esac
-  chmod 755 "/workspace/.bin/$p"
-  for d in /tmp/.bin /usr/local/bin /usr/bin /bin; do cp "/workspace/.bin/$p" "$d/$p" 2>/dev/null || true; done
-done
-printf '#!/bin/sh\n/bin/echo ran >/workspace/.pwned-rc\n' >/workspace/.bin/rc
-chmod 755 /workspace/.bin/rc
-ln -sfn /etc /workspace/etc-link
-ln -sfn /etc/shadow /workspace/shadow-link
-)SH";
-
-/**
- * Prints markers of planted programs that ran, root-owned files in the workspace or /tmp, `berth-*` in /etc, then
- * `evidence-checked` (so that a check that did not run never reads as clean).
- */
-const char* kEvidence = R"SH(PATH=/usr/bin:/bin
-ls -A /workspace | grep '^\.pwned-' || true
-find /workspace /tmp -xdev -mindepth 1 -user 0 2>/dev/null | head -20 || true
-ls -A /etc | grep '^berth-' || true
-echo evidence-checked
-)SH";
 
 std::string files_uri(const std::string& id, const std::string& path) {
   return sandbox_path(id) + "/filesystem/files?path=" + url_encode(path);
