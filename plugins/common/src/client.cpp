@@ -265,7 +265,9 @@ std::string Client::api_version() {
   int status = 0;
   try {
     Poco::Net::HTTPClientSession session(connect());
-    apply_timeouts(session, options_.connect_timeout * 5);
+    // As long as any other request may take: a loaded Podman answered /version in more than 10 s (the old bound) in
+    // a full CI run, and every call behind it failed with 503 although the engine was only slow.
+    apply_timeouts(session, options_.request_timeout);
     Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, "/version", Poco::Net::HTTPMessage::HTTP_1_1);
     request.setHost(std::string(kHostHeader));
     session.sendRequest(request);
