@@ -146,6 +146,8 @@ void start_daemon() {
                         << "[store]\npath = \"" << (g_daemon->dir / "berth.db").string() << "\"\n"
                         << "[driver]\npath = \"" << BERTH_FAKE_DRIVER << "\"\n"
                         << "[profiles.default]\nimage = \"berth/python:3.11\"\n"
+                        // Quotas off: the fuzzer creates sandboxes far faster than any tenant may (they have probes).
+                        << "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"
                         << "[log]\nlevel = \"error\"\nfile = \"" << (g_daemon->dir / "berthd.log").string() << "\"\n";
   g_daemon->thread = std::thread([config] {
     g_daemon->exit_code = berth::app::run_daemon(config, false, [] {
