@@ -822,26 +822,7 @@ TEST_CASE("files: a directory swapped with a symlink to /etc during the calls ne
     return;
   }
   // d (a directory holding `shadow`) and l (a symlink to /etc) trade places every 0.3 ms.
-  const std::string setup = R"SH(PATH=/usr/bin:/bin
-set -e
-mkdir -p /workspace/race/d
-printf 'inside\n' >/workspace/race/d/shadow
-ln -sfn /etc /workspace/race/l
-cat >/workspace/race/swap.py <<'PY'
-import ctypes, os, time
-libc = ctypes.CDLL(None, use_errno=True)
-os.chdir("/workspace/race")
-open("started", "w").close()
-end = time.monotonic() + 150
-n = 0
-while not os.path.exists("stop") and time.monotonic() < end:
-    if libc.renameat2(-100, b"d", -100, b"l", 2) != 0:
-        raise OSError(ctypes.get_errno(), "renameat2")
-    n += 1
-    time.sleep(0.0003)
-print(n)
-PY
-)SH";
+  const std::string setup = berth::test::hostile::race_setup(150);
   REQUIRE(run(*d, sb.handle, sh(setup)).result.exit_code == 0);
   Output swapper;
   std::thread swap_thread([&] { swapper = run(*d, sb.handle, sh("python3 /workspace/race/swap.py", 180s)); });

@@ -166,26 +166,7 @@ TEST_CASE("files API: a directory swapped with a symlink to /etc during GET and 
     return;
   }
   // d (a directory holding `shadow`) and l (a symlink to /etc) trade places every 0.3 ms with renameat2.
-  const std::string setup = R"SH(PATH=/usr/bin:/bin
-set -e
-mkdir -p /workspace/race/d
-printf 'inside\n' >/workspace/race/d/shadow
-ln -sfn /etc /workspace/race/l
-cat >/workspace/race/swap.py <<'PY'
-import ctypes, os, time
-libc = ctypes.CDLL(None, use_errno=True)
-os.chdir("/workspace/race")
-open("started", "w").close()
-end = time.monotonic() + 200
-n = 0
-while not os.path.exists("stop") and time.monotonic() < end:
-    if libc.renameat2(-100, b"d", -100, b"l", 2) != 0:
-        raise OSError(ctypes.get_errno(), "renameat2")
-    n += 1
-    time.sleep(0.0003)
-print(n)
-PY
-)SH";
+  const std::string setup = berth::test::hostile::race_setup(200);
   REQUIRE(shell(alice, id, setup)->getValue<int>("exit_code") == 0);
   HttpResponse swapped;  // filled by the thread (no REQUIRE off the main thread)
   std::thread swapper([&] {

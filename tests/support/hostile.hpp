@@ -2,6 +2,8 @@
 // plants programs where a careless helper would find them, and a check lists what a helper must never leave behind.
 #pragma once
 
+#include <string>
+
 namespace berth::test::hostile {
 
 /**
@@ -38,5 +40,35 @@ find /workspace /tmp -xdev -mindepth 1 -user 0 2>/dev/null | head -20 || true
 ls -A /etc | grep '^berth-' || true
 echo evidence-checked
 )SH";
+
+/**
+ * Shell code that prepares the rename race: /workspace/race/d (a directory holding `shadow` = "inside\n") and
+ * /workspace/race/l (a symlink to /etc), plus /workspace/race/swap.py, which trades them with
+ * renameat2(RENAME_EXCHANGE) every 0.3 ms until /workspace/race/stop exists or `seconds` pass, touches
+ * /workspace/race/started first and prints the number of swaps.
+ */
+inline std::string race_setup(int seconds) {
+  return R"SH(PATH=/usr/bin:/bin
+set -e
+mkdir -p /workspace/race/d
+printf 'inside\n' >/workspace/race/d/shadow
+ln -sfn /etc /workspace/race/l
+cat >/workspace/race/swap.py <<'PY'
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.chdir("/workspace/race")
+open("started", "w").close()
+end = time.monotonic() + )SH" +
+         std::to_string(seconds) + R"SH(
+n = 0
+while not os.path.exists("stop") and time.monotonic() < end:
+    if libc.renameat2(-100, b"d", -100, b"l", 2) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
+    n += 1
+    time.sleep(0.0003)
+print(n)
+PY
+)SH";
+}
 
 }  // namespace berth::test::hostile
