@@ -25,17 +25,11 @@
 #include <thread>
 
 #include "app/daemon.hpp"
+#include "fuzz_daemon.hpp"
 
 namespace {
 
-struct Daemon {
-  std::filesystem::path dir;
-  std::uint16_t port = 0;
-  std::thread thread;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool stop = false;
-};
+using Daemon = berth::fuzz::FuzzDaemon;
 
 Daemon* g_daemon = nullptr;
 const std::string* g_input = nullptr;  // the input being run (for fail())
@@ -168,40 +162,13 @@ std::size_t check_answer(const std::string& a) {
 }
 
 void stop_daemon() {
-  if (g_daemon == nullptr) return;
-  {
-    std::lock_guard lock(g_daemon->mu);
-    g_daemon->stop = true;
-  }
-  g_daemon->cv.notify_all();
-  if (g_daemon->thread.joinable()) g_daemon->thread.join();
-  std::error_code ec;
-  std::filesystem::remove_all(g_daemon->dir, ec);
+  if (g_daemon != nullptr) berth::fuzz::halt(*g_daemon);
 }
+
 
 void start_daemon() {
   g_daemon = new Daemon;
-  g_daemon->dir = std::filesystem::temp_directory_path() / ("berth-fuzz-wire-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(g_daemon->dir);
-  {
-    Poco::Net::ServerSocket probe(0);  // a free port, released again for berthd
-    g_daemon->port = probe.address().port();
-  }
-  const auto config = (g_daemon->dir / "berth.toml").string();
-  std::ofstream(config) << "[server]\nlisten = \"127.0.0.1:" << g_daemon->port << "\"\nshutdown_grace = \"1s\"\n"
-                        << "max_connections_per_client = 0\nthreads = 64\n"
-                        << "[store]\npath = \"" << (g_daemon->dir / "berth.db").string() << "\"\n"
-                        << "[driver]\npath = \"" << BERTH_FAKE_DRIVER << "\"\n"
-                        << "[profiles.default]\nimage = \"berth/python:3.11\"\n"
-                        // Quotas off: the fuzzer creates sandboxes far faster than any tenant may (they have probes).
-                        << "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"
-                        << "[log]\nlevel = \"error\"\nfile = \"" << (g_daemon->dir / "berthd.log").string() << "\"\n";
-  g_daemon->thread = std::thread([config] {
-    berth::app::run_daemon(config, false, [] {
-      std::unique_lock lock(g_daemon->mu);
-      g_daemon->cv.wait(lock, [] { return g_daemon->stop; });
-    });
-  });
+  berth::fuzz::launch(*g_daemon, "fuzz-wire", "max_connections_per_client = 0\nthreads = 64\n");
   bool up = false;
   for (int i = 0; i < 200 && !up; ++i) {
     try {

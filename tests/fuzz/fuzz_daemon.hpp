@@ -1,0 +1,72 @@
+// berthd inside a fuzz target's process (fuzz_http, fuzz_http_wire): the real daemon (app::run_daemon) on the fake
+// driver, on a free loopback port, in a fresh temporary directory, with quotas off (the fuzzer creates sandboxes far
+// faster than any tenant may; the quotas have their own probes in tests/security).
+#pragma once
+
+#include <Poco/Net/ServerSocket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <system_error>
+#include <thread>
+
+#include "app/daemon.hpp"
+
+namespace berth::fuzz {
+
+/** One in-process berthd. launch() once, halt() at exit (from one thread: the fuzzer's). */
+struct FuzzDaemon {
+  std::filesystem::path dir;  // berth.toml, berth.db and berthd.log
+  std::uint16_t port = 0;
+  std::thread thread;  // runs app::run_daemon until halt()
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;   // guarded by mu: run_daemon's wait returns once set
+  int exit_code = -1;  // run_daemon's, once the thread ended
+};
+
+/**
+ * Writes berth.toml in a fresh directory /tmp/berth-<name>-<pid> (`server_extra` lines are appended to [server]) and
+ * starts app::run_daemon on d.thread. Does not wait for berthd to answer: the caller polls /health its own way.
+ * Throws Poco or filesystem exceptions when no port or directory can be had.
+ */
+inline void launch(FuzzDaemon& d, const std::string& name, const std::string& server_extra = "") {
+  d.dir = std::filesystem::temp_directory_path() / ("berth-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(d.dir);
+  {
+    Poco::Net::ServerSocket probe(0);  // a free port, released again for berthd
+    d.port = probe.address().port();
+  }
+  const auto config = (d.dir / "berth.toml").string();
+  std::ofstream(config) << "[server]\nlisten = \"127.0.0.1:" << d.port << "\"\nshutdown_grace = \"1s\"\n"
+                        << server_extra << "[store]\npath = \"" << (d.dir / "berth.db").string() << "\"\n"
+                        << "[driver]\npath = \"" << BERTH_FAKE_DRIVER << "\"\n"
+                        << "[profiles.default]\nimage = \"berth/python:3.11\"\n"
+                        << "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"
+                        << "[log]\nlevel = \"error\"\nfile = \"" << (d.dir / "berthd.log").string() << "\"\n";
+  d.thread = std::thread([&d, config] {
+    d.exit_code = berth::app::run_daemon(config, false, [&d] {
+      std::unique_lock lock(d.mu);
+      d.cv.wait(lock, [&d] { return d.stop; });
+    });
+  });
+}
+
+/** Lets run_daemon return, joins its thread and removes the directory. Safe to call twice. */
+inline void halt(FuzzDaemon& d) {
+  {
+    std::lock_guard lock(d.mu);
+    d.stop = true;
+  }
+  d.cv.notify_all();
+  if (d.thread.joinable()) d.thread.join();
+  std::error_code ec;
+  std::filesystem::remove_all(d.dir, ec);
+}
+
+}  // namespace berth::fuzz
