@@ -67,9 +67,12 @@ std::vector<fs::path> default_search_path() {
   auto exe = boost::dll::program_location(ec);
   if (!ec) {
     fs::path dir = fs::path(exe.string()).parent_path();
-    out.push_back(dir.parent_path() / "lib" / "berth");
+    out.push_back(dir.parent_path() / "lib" / "berth" / "drivers");  // installed layout (cmake --install, .deb)
+    out.push_back(dir.parent_path() / "lib" / "berth");              // build tree
     out.push_back(dir);
   }
+  out.emplace_back("/usr/local/lib/berth/drivers");
+  out.emplace_back("/usr/lib/berth/drivers");
   out.emplace_back("/usr/local/lib/berth");
   out.emplace_back("/usr/lib/berth");
   return out;

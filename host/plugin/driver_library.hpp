@@ -29,7 +29,11 @@ class LoadError : public std::runtime_error {
 std::filesystem::path resolve_driver(const std::string& name_or_path,
                                      const std::vector<std::filesystem::path>& search_path);
 
-/** Default search path: $BERTH_DRIVER_PATH (colon-separated), then ../lib/berth next to the running executable. */
+/**
+ * Default search path, in order: $BERTH_DRIVER_PATH (colon-separated); next to the running executable
+ * ../lib/berth/drivers (the installed layout), ../lib/berth (the build tree) and its own directory; then
+ * /usr/local/lib/berth/drivers, /usr/lib/berth/drivers, /usr/local/lib/berth, /usr/lib/berth. Thread-safe.
+ */
 std::vector<std::filesystem::path> default_search_path();
 
 /**
