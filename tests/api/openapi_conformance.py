@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""openapi_conformance.py BERTHD FAKE_DRIVER SOURCE_DIR: berthd's wire answers agree with its own /openapi.json.
+"""openapi_conformance.py BERTHD FAKE_DRIVER SOURCE_DIR [--suite API_TESTS]: berthd's wire answers agree with its own /openapi.json.
 
 Starts the real berthd (fake driver, tenant and admin keys, small limits so that 413 and 429 are reachable) on a
 loopback port, fetches GET /openapi.json and drives every route with good and bad inputs. Every answer to a request
@@ -7,10 +7,14 @@ whose method and path name a documented operation must have a status that operat
 media type, every header the response marks required, and a JSON body that validates against the documented schema
 (python3-jsonschema, JSON Schema 2020-12: OpenAPI 3.1's dialect). Every good request body must validate against the
 documented request schema. Every operation must have been seen answering at least one 2xx and one error.
+With --suite, the whole API suite (the api_tests binary) runs too, recording every answer it receives
+(BERTH_RECORD_RESPONSES, tests/api/berthd_process.cpp), and each recorded answer is checked the same way: fault
+injection, capacity, shutdown and restarts reach statuses (500, 503 + Retry-After) that the drive above cannot.
 
 It also checks that the document, host/core/errors.hpp and docs/api.md agree: the same error codes in all three, and
 one docs/api.md heading per operation. Exit 0 = all agree; 1 = the failures are listed on stderr.
 """
+import base64
 import http.client
 import json
 import os
@@ -162,12 +166,13 @@ def find_op(method, target):
     return None, None
 
 
-def verify(method, target, status, headers, payload):
+def verify(method, target, status, headers, payload, tally=seen, origin=""):
+    """Checks one answer against the document; payload None = a body too big to have been recorded."""
     template, op = find_op(method, target)
     if op is None:
         return
-    seen.setdefault((method, template), set()).add(status)
-    where = f"{method} {target} -> {status}"
+    tally.setdefault((method, template), set()).add(status)
+    where = f"{origin}{method} {target} -> {status}"
     response = op["responses"].get(str(status))
     if response is None:
         fail(f"{where}: status not documented for {method} {template} (documented: {sorted(op['responses'])}); "
@@ -184,6 +189,8 @@ def verify(method, target, status, headers, payload):
         for e in schema_errors(h["schema"], value):
             fail(f"{where}: header {name}: {value!r}: {e}")
     content = response.get("content")
+    if payload is None:
+        return
     if not content:
         if payload:
             fail(f"{where}: documented without a body, got {payload[:200]!r}")
@@ -423,8 +430,37 @@ def check_sources(source_dir):
         fail(f"docs/api.md describes {h[0]} {h[1]}, which /openapi.json does not have")
 
 
+def check_suite(api_tests):
+    """Runs the whole API suite (tests/api, api_tests) recording every answer it receives, then checks each one."""
+    record_dir = tempfile.mkdtemp(prefix="berth-suite-responses-")
+    try:
+        env = dict(os.environ, BERTH_RECORD_RESPONSES=record_dir)
+        # The suite's own verdict is its CTest entries' business; here only its answers count.
+        rc = subprocess.run([api_tests, "-w", "NoTests"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL).returncode
+        tally = {}
+        count = 0
+        for name in sorted(os.listdir(record_dir)):
+            for line in open(os.path.join(record_dir, name), encoding="utf-8"):
+                r = json.loads(line)
+                uri = base64.b64decode(r["uri_b64"]).decode("utf-8", "surrogateescape")
+                body = None if r.get("body_truncated") else base64.b64decode(r["body_b64"])
+                headers = {k.lower(): v for k, v in r["headers"].items()}
+                verify(r["method"], uri, r["status"], headers, body, tally, origin="API suite: ")
+                count += 1
+    finally:
+        subprocess.run(["rm", "-rf", record_dir])
+    if count < 500:  # the suite sends about 900; fewer means the recording broke
+        fail(f"the API suite (exit {rc}) recorded only {count} answers")
+    pairs = sum(len(v) for v in tally.values())
+    print(f"API suite (exit {rc}): {count} answers recorded, {pairs} (operation, status) pairs checked")
+    for (m, template), statuses in sorted(tally.items()):
+        print(f"  {m:6} {template}: {sorted(statuses)}")
+
+
 def main():
     berthd, fake, source_dir = sys.argv[1:4]
+    suite = sys.argv[sys.argv.index("--suite") + 1] if "--suite" in sys.argv else None
     b = Berthd(berthd, fake)
     try:
         status, _, payload = b.request("GET", "/openapi.json", key=None, check=False)
@@ -439,6 +475,8 @@ def main():
         drive(b)
     finally:
         b.stop()
+    if suite:
+        check_suite(suite)
     for m, template, _, _ in OPS:
         statuses = seen.get((m, template), set())
         if not any(200 <= s < 300 for s in statuses) or not any(s >= 400 for s in statuses):
