@@ -1,10 +1,10 @@
 // validate.mjs <openapi.json>: validates an OpenAPI document with @apidevtools/swagger-parser (structure against the
 // official OpenAPI 3.1 schema, every $ref resolved). Exit 0 = valid; 1 = invalid (the reason on stderr).
-// Run with NODE_PATH pointing at the node_modules that scripts/install-npm-tools filled.
+// BERTH_NPM_DIR names the directory scripts/install-npm-tools installed into (its node_modules holds the validator).
 import { createRequire } from "node:module";
 import path from "node:path";
 
-const require = createRequire(path.join(process.env.BERTH_NPM_DIR ?? ".", "node_modules", "x.js"));
+const require = createRequire(path.resolve(process.env.BERTH_NPM_DIR ?? ".", "package.json"));
 const SwaggerParser = require("@apidevtools/swagger-parser");
 
 const file = process.argv[2];
