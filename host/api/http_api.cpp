@@ -20,11 +20,11 @@
 #include <thread>
 #include <vector>
 
+#include "api/openapi.hpp"
 #include "api/request.hpp"
 #include "core/log.hpp"
 
 namespace berth::api {
-namespace {
 
 using core::Error;
 using core::ErrorCode;
@@ -58,6 +58,8 @@ int http_status(ErrorCode code) {
   }
   return 500;
 }
+
+namespace {
 
 /** The error envelope. Message and details may quote names from inside a sandbox: they are made lossy UTF-8. */
 void send_error(Exchange& ex, int status, std::string_view code, const std::string& message,
@@ -708,6 +710,7 @@ HttpApi::~HttpApi() {
 }
 
 void HttpApi::start() {
+  openapi_json();  // throws when a route of the table has no description: refuse to start rather than serve it
   // No SO_REUSEPORT (Poco's address constructor turns it on): a second berthd on a used port must fail to start,
   // not silently share the port.
   Poco::Net::ServerSocket socket;

@@ -57,6 +57,12 @@ struct ApiContext {
   std::atomic<bool> shutting_down{false};  // set by HttpApi::begin_shutdown: new requests get 503 shutting_down
 };
 
+/**
+ * The HTTP status of an error code (docs/api.md, Errors); 422 (Idempotency-Key mismatch), 405 and the connection
+ * layer's refusals are chosen by their callers. Pure, thread-safe.
+ */
+int http_status(core::ErrorCode code);
+
 /** A request/response pair as handle_request takes and returns it (no sockets involved). */
 struct InProcessResponse {
   int status = 0;

@@ -9,6 +9,7 @@
 
 #include <fstream>
 
+#include "api/openapi.hpp"
 #include "api/request.hpp"
 #include "core/ids.hpp"
 
@@ -121,6 +122,10 @@ void meta(Exchange& ex) {
   o.set("capabilities", caps);
   o.set("profiles", profiles_json(ex.ctx.service));
   ex.send_json(200, o);
+}
+
+void openapi(Exchange& ex) {
+  ex.send_raw_json(200, openapi_json());  // built once from routes() and route_docs() (api/openapi.cpp)
 }
 
 void list_profiles(Exchange& ex) {
@@ -531,6 +536,7 @@ const std::vector<Route>& routes() {
   static const std::vector<Route> kRoutes = {
       {"GET", "/health", health, false, true},
       {"GET", "/meta", meta, false, true},
+      {"GET", "/openapi.json", openapi, false, true},
       {"GET", "/v1/profiles", list_profiles},
       {"POST", "/v1/sandboxes", create_sandbox, false, false, I::replay},
       {"GET", "/v1/sandboxes", list_sandboxes},

@@ -1,5 +1,6 @@
 #include "api/berthd_process.hpp"
 
+#include <Poco/Base64Encoder.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/HTTPClientSession.h>
 #include <Poco/Net/HTTPRequest.h>
@@ -18,6 +19,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -330,10 +332,53 @@ Poco::JSON::Object::Ptr HttpResponse::json() const {
   return v.extract<Poco::JSON::Object::Ptr>();
 }
 
+namespace {
+
+std::string base64(const std::string& bytes) {
+  std::ostringstream os;
+  Poco::Base64Encoder encoder(os);
+  encoder.rdbuf()->setLineLength(0);
+  encoder << bytes;
+  encoder.close();
+  return os.str();
+}
+
+/**
+ * With BERTH_RECORD_RESPONSES=DIR set, appends the exchange to DIR/<pid>.jsonl, one JSON object a line: method,
+ * uri_b64, status, headers, and body_b64 (or body_truncated for a body over 1 MiB). tests/api/openapi_conformance.py
+ * --suite checks every recorded answer against GET /openapi.json. Thread-safe.
+ */
+void record_exchange(const std::string& method, const std::string& uri, const HttpResponse& r) {
+  static const char* dir = std::getenv("BERTH_RECORD_RESPONSES");
+  if (dir == nullptr || *dir == '\0') return;
+  Poco::JSON::Object o;
+  o.set("method", method);
+  o.set("uri_b64", base64(uri));
+  o.set("status", r.status);
+  Poco::JSON::Object headers;
+  for (const auto& [name, value] : r.headers)
+    headers.set(name, value);
+  o.set("headers", headers);
+  if (r.body.size() > (1u << 20)) {
+    o.set("body_truncated", true);
+  } else {
+    o.set("body_b64", base64(r.body));
+  }
+  std::ostringstream line;
+  o.stringify(line);
+  static std::mutex mutex;
+  std::lock_guard lock(mutex);
+  std::ofstream(std::string(dir) + "/" + std::to_string(::getpid()) + ".jsonl", std::ios::app) << line.str() << "\n";
+}
+
+}  // namespace
+
 HttpResponse HttpClient::request(const std::string& method, const std::string& uri, const std::string& body,
                                  const std::string& content_type, const Headers& headers) const {
   try {
-    return exchange(method, uri, body, content_type, headers);
+    auto r = exchange(method, uri, body, content_type, headers);
+    record_exchange(method, uri, r);
+    return r;
   } catch (const Poco::Exception& e) {
     throw std::runtime_error(method + " " + uri + " (" + std::to_string(body.size()) +
                              " body bytes): " + e.displayText());

@@ -1,0 +1,625 @@
+// GET /openapi.json: the OpenAPI 3.1 document (https://spec.openapis.org/oas/v3.1.0), built from routes() and the
+// RouteDoc table at the bottom of this file. Schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect): nullable is
+// `"type": [..., "null"]`. Response schemas are closed (`additionalProperties: false`) so that a field berthd sends
+// but this file does not describe fails tests/api/openapi_conformance.py.
+#include "api/openapi.hpp"
+
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "core/errors.hpp"
+
+namespace berth::api {
+namespace {
+
+using Poco::JSON::Array;
+using Poco::JSON::Object;
+
+// ---- component schemas, parameters and headers -----------------------------------------------------------------
+// Error, the Error<status> responses and the error-code enum are generated from core::ErrorCode (see build()).
+
+constexpr const char* kSchemas = R"json({
+  "Id": {"type": "string", "pattern": "^(sandbox|ws|sess|exec)-[0-9a-f]{12}$"},
+  "Time": {"type": "string", "format": "date-time", "description": "RFC 3339 UTC with milliseconds"},
+  "NullableTime": {"type": ["string", "null"], "format": "date-time"},
+  "StringMap": {"type": "object", "additionalProperties": {"type": "string"}},
+  "Health": {"type": "object", "additionalProperties": false, "required": ["status", "version", "uptime_s"],
+    "properties": {"status": {"const": "ok"}, "version": {"type": "string"},
+                   "uptime_s": {"type": "integer", "minimum": 0}}},
+  "Profile": {"type": "object", "additionalProperties": false,
+    "required": ["name", "image", "cpus", "memory_bytes", "pids", "network", "ttl_s", "idle_timeout_s", "capabilities"],
+    "properties": {"name": {"type": "string"}, "image": {"type": "string"}, "cpus": {"type": "number"},
+      "memory_bytes": {"type": "integer"}, "pids": {"type": "integer"}, "network": {"type": "boolean"},
+      "ttl_s": {"type": ["integer", "null"], "description": "default sandbox TTL in seconds; null = never expires"},
+      "idle_timeout_s": {"type": "integer"},
+      "capabilities": {"type": "array", "items": {"enum": ["python", "shell", "filesystem"]}}}},
+  "ProfileList": {"type": "object", "additionalProperties": false, "required": ["items"],
+    "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Profile"}}}},
+  "Meta": {"type": "object", "additionalProperties": false,
+    "required": ["name", "version", "api_version", "driver", "capabilities", "profiles"],
+    "properties": {"name": {"const": "berth"}, "version": {"type": "string"}, "api_version": {"const": "v1"},
+      "driver": {"type": "object", "additionalProperties": false, "required": ["name", "version", "abi"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                       "abi": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$"}}},
+      "capabilities": {"type": "array", "items": {"enum": ["exec", "exec_stream", "exec_cancel", "files", "volumes",
+                                                            "stats", "readonly_rootfs", "network_policy"]}},
+      "profiles": {"type": "array", "items": {"$ref": "#/components/schemas/Profile"}}}},
+  "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"],
+    "description": "this document (OpenAPI 3.1)"},
+  "Sandbox": {"type": "object", "additionalProperties": false,
+    "required": ["id", "status", "profile", "workspace_id", "key", "labels", "capabilities", "session_id",
+                 "created_at", "expires_at", "idle_expires_at"],
+    "properties": {"id": {"$ref": "#/components/schemas/Id"},
+      "status": {"enum": ["idle", "starting", "ready", "failed", "expired"]},
+      "profile": {"type": "string"}, "workspace_id": {"$ref": "#/components/schemas/Id"},
+      "key": {"type": ["string", "null"], "description": "the get-or-create key in canonical form"},
+      "labels": {"$ref": "#/components/schemas/StringMap"},
+      "capabilities": {"type": "array", "items": {"enum": ["python", "shell", "filesystem"]}},
+      "session_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]},
+      "created_at": {"$ref": "#/components/schemas/Time"},
+      "expires_at": {"$ref": "#/components/schemas/NullableTime"},
+      "idle_expires_at": {"$ref": "#/components/schemas/NullableTime"},
+      "error": {"type": "string", "description": "only while status is failed: why the last start failed"}}},
+  "SandboxPage": {"type": "object", "additionalProperties": false, "required": ["items", "next_cursor"],
+    "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Sandbox"}},
+      "next_cursor": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]}}},
+  "CreateSandboxRequest": {"type": "object", "additionalProperties": false,
+    "properties": {"profile": {"type": "string"}, "ttl": {"type": "integer", "minimum": 1, "description": "seconds"},
+      "workspace_id": {"type": "string"}, "key": {"type": "string", "minLength": 1, "maxLength": 256},
+      "labels": {"$ref": "#/components/schemas/StringMap"}, "env": {"$ref": "#/components/schemas/StringMap"}}},
+  "ExtendTtlRequest": {"type": "object", "additionalProperties": false, "required": ["extend_by"],
+    "properties": {"extend_by": {"type": "integer", "minimum": 1, "description": "seconds"}}},
+  "Stopped": {"type": "object", "additionalProperties": false, "required": ["status"],
+    "properties": {"status": {"const": "stopped"}}},
+  "Ok": {"type": "object", "additionalProperties": false, "required": ["status"],
+    "properties": {"status": {"const": "ok"}}},
+  "PythonExecRequest": {"type": "object", "additionalProperties": false, "required": ["code"],
+    "properties": {"code": {"type": "string", "minLength": 1},
+                   "timeout": {"type": "integer", "minimum": 1, "maximum": 300, "default": 30}}},
+  "ShellExecRequest": {"type": "object", "additionalProperties": false, "required": ["command"],
+    "properties": {"command": {"type": "string", "minLength": 1},
+      "timeout": {"type": "integer", "minimum": 1, "maximum": 300, "default": 30},
+      "cwd": {"type": "string", "description": "relative to /workspace"},
+      "cwd_b64": {"type": "string", "contentEncoding": "base64", "description": "instead of cwd: its raw bytes"}}},
+  "ExecResult": {"type": "object", "additionalProperties": false,
+    "required": ["success", "output", "error", "exit_code", "timed_out", "execution_id", "execution_time_ms"],
+    "properties": {"success": {"type": "boolean"}, "output": {"type": "string"}, "error": {"type": "string"},
+      "exit_code": {"type": ["integer", "null"]}, "timed_out": {"type": "boolean"},
+      "execution_id": {"$ref": "#/components/schemas/Id"}, "execution_time_ms": {"type": "integer", "minimum": 0}}},
+  "HistoryEntry": {"type": "object", "additionalProperties": false,
+    "required": ["id", "session_id", "exec_type", "code", "success", "exit_code", "output", "error", "truncated",
+                 "execution_time_ms", "created_at"],
+    "properties": {"id": {"$ref": "#/components/schemas/Id"}, "session_id": {"$ref": "#/components/schemas/Id"},
+      "exec_type": {"enum": ["python", "shell"]}, "code": {"type": "string"}, "success": {"type": "boolean"},
+      "exit_code": {"type": ["integer", "null"]}, "output": {"type": "string"}, "error": {"type": "string"},
+      "truncated": {"type": "boolean"}, "execution_time_ms": {"type": "integer", "minimum": 0},
+      "created_at": {"$ref": "#/components/schemas/Time"}}},
+  "HistoryPage": {"type": "object", "additionalProperties": false, "required": ["entries", "total", "bytes_capped"],
+    "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/HistoryEntry"}},
+      "total": {"type": "integer", "minimum": 0}, "bytes_capped": {"type": "boolean"}}},
+  "FileContent": {"type": "object", "additionalProperties": false, "required": ["path", "content"],
+    "properties": {"path": {"type": "string"}, "path_b64": {"type": "string", "contentEncoding": "base64"},
+                   "content": {"type": "string"}}},
+  "WriteFileRequest": {"type": "object", "additionalProperties": false, "required": ["content"],
+    "oneOf": [{"required": ["path"]}, {"required": ["path_b64"]}],
+    "properties": {"path": {"type": "string"}, "path_b64": {"type": "string", "contentEncoding": "base64"},
+      "content": {"type": "string"}, "mode": {"type": "integer", "minimum": 0, "maximum": 511, "default": 420}}},
+  "FileWritten": {"type": "object", "additionalProperties": false, "required": ["status", "path", "size"],
+    "properties": {"status": {"const": "ok"}, "path": {"type": "string"},
+      "path_b64": {"type": "string", "contentEncoding": "base64"}, "size": {"type": "integer", "minimum": 0}}},
+  "UploadForm": {"type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "contentMediaType": "application/octet-stream"},
+      "path": {"type": "string", "description": "defaults to the file part's filename"},
+      "path_b64": {"type": "string", "contentEncoding": "base64"}}},
+  "DirectoryEntry": {"type": "object", "additionalProperties": false, "required": ["name", "type", "size", "mode"],
+    "properties": {"name": {"type": "string"}, "name_b64": {"type": "string", "contentEncoding": "base64"},
+      "type": {"enum": ["file", "directory", "symlink", "other"]}, "size": {"type": "integer", "minimum": 0},
+      "mode": {"type": "integer", "minimum": 0}}},
+  "DirectoryPage": {"type": "object", "additionalProperties": false, "required": ["path", "entries", "next_cursor"],
+    "properties": {"path": {"type": "string"}, "path_b64": {"type": "string", "contentEncoding": "base64"},
+      "entries": {"type": "array", "items": {"$ref": "#/components/schemas/DirectoryEntry"}},
+      "next_cursor": {"type": ["string", "null"], "description": "opaque; URL-encode it"}}},
+  "CreateWorkspaceRequest": {"type": "object", "additionalProperties": false, "maxProperties": 0},
+  "Workspace": {"type": "object", "additionalProperties": false, "required": ["id", "managed", "created_at"],
+    "properties": {"id": {"$ref": "#/components/schemas/Id"}, "managed": {"type": "boolean"},
+                   "created_at": {"$ref": "#/components/schemas/Time"}}},
+  "IdList": {"type": "array", "items": {"type": "string"}},
+  "GcReport": {"type": "object", "additionalProperties": false,
+    "required": ["idle_stopped", "expired_deleted", "orphans_removed", "workspaces_removed", "dead_sessions",
+                 "skipped_stale", "skipped_in_use", "failed"],
+    "properties": {"idle_stopped": {"$ref": "#/components/schemas/IdList"},
+      "expired_deleted": {"$ref": "#/components/schemas/IdList"},
+      "orphans_removed": {"$ref": "#/components/schemas/IdList"},
+      "workspaces_removed": {"$ref": "#/components/schemas/IdList"},
+      "dead_sessions": {"$ref": "#/components/schemas/IdList"},
+      "skipped_stale": {"$ref": "#/components/schemas/IdList"},
+      "skipped_in_use": {"$ref": "#/components/schemas/IdList"},
+      "failed": {"$ref": "#/components/schemas/IdList"}}}
+})json";
+
+constexpr const char* kParameters = R"json({
+  "Limit": {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+  "Offset": {"name": "offset", "in": "query", "description": "entries to skip",
+    "schema": {"type": "integer", "minimum": 0, "default": 0}},
+  "SandboxCursor": {"name": "cursor", "in": "query", "description": "the next_cursor of the previous page",
+    "schema": {"$ref": "#/components/schemas/Id"}},
+  "Status": {"name": "status", "in": "query", "schema": {"enum": ["idle", "starting", "ready", "failed", "expired"]}},
+  "Label": {"name": "label", "in": "query", "description": "name=value (the first = splits)",
+    "schema": {"type": "string", "pattern": "^[^=]+="}},
+  "ExecType": {"name": "exec_type", "in": "query", "schema": {"enum": ["python", "shell"]}},
+  "Path": {"name": "path", "in": "query", "description": "relative to /workspace; give this or path_b64",
+    "schema": {"type": "string"}},
+  "PathB64": {"name": "path_b64", "in": "query", "description": "instead of path: base64 of the raw bytes",
+    "schema": {"type": "string", "contentEncoding": "base64"}},
+  "DirectoryLimit": {"name": "limit", "in": "query",
+    "description": "entries per page, 1 to [listing] max_entries (the default)", "schema": {"type": "integer", "minimum": 1}},
+  "DirectoryCursor": {"name": "cursor", "in": "query", "description": "the next_cursor of the previous page",
+    "schema": {"type": "string", "contentEncoding": "base64"}}
+})json";
+
+constexpr const char* kHeaders = R"json({
+  "X-Request-Id": {"description": "req-<n>, repeated in error bodies as error.request_id", "required": true,
+    "schema": {"type": "string", "pattern": "^req-[0-9]+$"}},
+  "Retry-After": {"description": "seconds to wait before retrying (RFC 9110 section 10.2.3)", "required": true,
+    "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+  "WWW-Authenticate": {"description": "RFC 6750 section 3", "required": true,
+    "schema": {"const": "Bearer realm=\"berth\""}},
+  "Idempotent-Replayed": {"description": "present when the request carried an Idempotency-Key: true for a replay",
+    "schema": {"enum": ["true", "false"]}},
+  "Content-Disposition": {"description": "attachment; filename=\"<ASCII fallback>\"; filename*=UTF-8''<percent-encoded> (RFC 6266, RFC 8187)",
+    "required": true, "schema": {"type": "string", "pattern": "^attachment; filename=\""}}
+})json";
+
+constexpr const char* kDescription =
+    "Berth runs code in sandboxes (containers started by a driver plugin). docs/api.md is the human description of "
+    "this API. Every error is the Error envelope with a stable `code`; retryable errors (429, 503) carry "
+    "Retry-After. Before any route runs, the connection layer may refuse a request head: 400 (framing), 408 "
+    "(header_timeout), 429 (too_many_connections), 431 (headers too large), 503 (connection_queue_full) or 505 "
+    "(HTTP version), each with the Error envelope and Connection: close (docs/api.md, HTTP framing and limits). A "
+    "known path with another method is 405 invalid_request; an unknown path is 404 not_found.";
+
+Object::Ptr parse_object(const std::string& text, const std::string& what) {
+  try {
+    Poco::JSON::Parser parser;
+    auto value = parser.parse(text);
+    if (value.type() != typeid(Object::Ptr)) throw std::logic_error("not a JSON object");
+    return value.extract<Object::Ptr>();
+  } catch (const Poco::Exception& e) {
+    throw std::logic_error("openapi: " + what + " is not valid JSON: " + e.displayText());
+  } catch (const std::logic_error& e) {
+    throw std::logic_error("openapi: " + what + ": " + e.what());
+  }
+}
+
+Object::Ptr component_ref(const std::string& target) {
+  Object::Ptr o = new Object;
+  o->set("$ref", "#/components/" + target);
+  return o;
+}
+
+Object::Ptr json_content(const Poco::Dynamic::Var& schema) {
+  Object::Ptr media = new Object;
+  media->set("schema", schema);
+  Object::Ptr content = new Object;
+  content->set("application/json", media);
+  return content;
+}
+
+/** Error codes per HTTP status as berthd sends them: http_status(), plus 422 for an Idempotency-Key mismatch. */
+std::map<int, std::vector<std::string>> codes_by_status() {
+  std::map<int, std::vector<std::string>> out;
+  for (auto code : core::kAllErrorCodes)
+    out[http_status(code)].emplace_back(core::to_string(code));
+  out[422].emplace_back(core::to_string(core::ErrorCode::conflict));  // details.reason = idempotency_mismatch
+  return out;
+}
+
+/** components.schemas.Error and components.responses.Error<status>, from every core::ErrorCode. */
+void add_errors(Object& schemas, Object& responses) {
+  Array all;
+  for (auto code : core::kAllErrorCodes)
+    all.add(std::string(core::to_string(code)));
+  auto error = parse_object(R"json({"type": "object", "additionalProperties": false, "required": ["error"],
+    "description": "the error envelope of every non-2xx answer (docs/api.md, Errors)",
+    "properties": {"error": {"type": "object", "additionalProperties": false,
+      "required": ["code", "message", "request_id", "details"],
+      "properties": {"code": {"type": "string", "description": "stable; see the enum"},
+        "message": {"type": "string", "description": "for humans"},
+        "request_id": {"type": "string", "pattern": "^req-[0-9]+$"},
+        "details": {"$ref": "#/components/schemas/StringMap"}}}}})json",
+                            "Error");
+  error->getObject("properties")->getObject("error")->getObject("properties")->getObject("code")->set("enum", all);
+  schemas.set("Error", error);
+
+  for (const auto& [status, codes] : codes_by_status()) {
+    Array enumerated;
+    std::string list;
+    for (const auto& c : codes) {
+      enumerated.add(c);
+      list += (list.empty() ? "" : ", ") + c;
+    }
+    // The envelope, with `code` narrowed to the codes this status carries.
+    Object::Ptr code = new Object;
+    code->set("enum", enumerated);
+    Object::Ptr inner_props = new Object;
+    inner_props->set("code", code);
+    Object::Ptr inner = new Object;
+    inner->set("properties", inner_props);
+    Object::Ptr props = new Object;
+    props->set("error", inner);
+    Object::Ptr narrowed = new Object;
+    narrowed->set("properties", props);
+    Array all_of;
+    all_of.add(component_ref("schemas/Error"));
+    all_of.add(narrowed);
+    Object::Ptr schema = new Object;
+    schema->set("allOf", all_of);
+
+    Object::Ptr headers = new Object;
+    headers->set("X-Request-Id", component_ref("headers/X-Request-Id"));
+    if (status == 429 || status == 503) headers->set("Retry-After", component_ref("headers/Retry-After"));
+    if (status == 401) headers->set("WWW-Authenticate", component_ref("headers/WWW-Authenticate"));
+    Object::Ptr response = new Object;
+    response->set("description", "error " + list);
+    response->set("headers", headers);
+    response->set("content", json_content(schema));
+    responses.set("Error" + std::to_string(status), response);
+  }
+}
+
+/** Expands one RouteDoc (see openapi.hpp) with what the route table says about the route. */
+Object::Ptr operation(const Route& route, const RouteDoc& doc) {
+  auto op = parse_object(doc.operation, doc.id);
+
+  Array params;
+  for (const auto& name : doc.path_params) {
+    auto p = parse_object(R"({"in": "path", "required": true, "schema": {"type": "string"}})", "path parameter");
+    p->set("name", name);
+    p->set("description", "an id; anything else is 404 not_found");
+    params.add(p);
+  }
+  if (route.idempotency == Route::Idempotency::replay) {
+    params.add(component_ref("parameters/Idempotency-Key"));
+  } else if (route.idempotency == Route::Idempotency::refuse) {
+    params.add(component_ref("parameters/Idempotency-Key-refused"));
+  }
+  if (auto given = op->getArray("parameters")) {
+    for (const auto& p : *given)
+      params.add(p.isString() ? Poco::Dynamic::Var(component_ref("parameters/" + p.extract<std::string>())) : p);
+  }
+  if (params.size() > 0) op->set("parameters", params);
+
+  for (const char* key : {"body", "optionalBody"}) {
+    if (!op->has(key)) continue;
+    Object::Ptr body = new Object;
+    body->set("required", std::string(key) == "body");
+    body->set("content", json_content(component_ref("schemas/" + op->getValue<std::string>(key))));
+    op->set("requestBody", body);
+    op->remove(key);
+  }
+
+  auto responses = op->getObject("responses");
+  if (!responses) throw std::logic_error("openapi: " + doc.id + " has no responses");
+  // Errors every route of this kind can answer, whatever its handler does (http_api.cpp dispatch / run_route).
+  std::map<int, std::string> implied = {
+      {400, "invalid_request: a malformed request target"},
+      {500, "internal"},
+      {503, route.heavy ? "server_busy (no work slot), shutting_down" : "shutting_down"}};
+  if (!route.public_) {
+    implied[400] = "invalid_request: malformed target, more than one Authorization header";
+    implied[401] = "unauthorized: missing or unknown API key";
+  }
+  if (route.admin) implied[404] = "not_found: a key without the admin role (the route does not exist for it)";
+  if (route.idempotency == Route::Idempotency::replay) {
+    implied[400] += ", malformed Idempotency-Key";
+    implied[413] = "payload_too_large: body over [server] max_body";
+    implied[422] = "conflict (details.reason = idempotency_mismatch): the Idempotency-Key was used for another request";
+  }
+  if (route.idempotency == Route::Idempotency::refuse) implied[400] += ", an Idempotency-Key (idempotency_unsupported)";
+  for (const auto& [status, text] : implied) {
+    auto key = std::to_string(status);
+    if (!responses->has(key)) responses->set(key, text);
+  }
+
+  Object::Ptr expanded = new Object;
+  for (const auto& [status, value] : *responses) {
+    if (value.isString()) {
+      auto r = component_ref("responses/Error" + status);
+      r->set("description", value.extract<std::string>());
+      expanded->set(status, r);
+      continue;
+    }
+    auto r = value.extract<Object::Ptr>();
+    if (r->has("schema")) {
+      r->set("content", json_content(component_ref("schemas/" + r->getValue<std::string>("schema"))));
+      r->remove("schema");
+    }
+    auto headers = r->getObject("headers");
+    if (!headers) headers = new Object;
+    headers->set("X-Request-Id", component_ref("headers/X-Request-Id"));
+    if (route.idempotency == Route::Idempotency::replay) {
+      headers->set("Idempotent-Replayed", component_ref("headers/Idempotent-Replayed"));
+    }
+    r->set("headers", headers);
+    expanded->set(status, r);
+  }
+  op->set("responses", expanded);
+
+  if (route.public_) op->set("security", Array());
+  if (route.heavy) op->set("x-berth-heavy", true);  // passes admission ([server] work_slots / work_queue)
+  if (route.admin) op->set("x-berth-admin", true);
+  return op;
+}
+
+std::string openapi_path(const Route& route, const RouteDoc& doc) {
+  std::string out;
+  std::size_t next = 0;
+  for (std::size_t i = 0; i < route.pattern.size(); ++i) {
+    if (route.pattern.compare(i, 2, "{}") == 0) {
+      out += "{" + doc.path_params.at(next++) + "}";
+      ++i;
+    } else {
+      out += route.pattern[i];
+    }
+  }
+  return out;
+}
+
+std::string build() {
+  auto problems = route_doc_problems();
+  if (!problems.empty()) {
+    std::string text;
+    for (const auto& p : problems)
+      text += (text.empty() ? "" : "; ") + p;
+    throw std::logic_error("openapi: the route table and its descriptions (host/api/openapi.cpp) disagree: " + text);
+  }
+  std::map<std::string, const RouteDoc*> docs;
+  for (const auto& d : route_docs())
+    docs[d.id] = &d;
+
+  Object::Ptr paths = new Object;
+  for (const auto& route : routes()) {
+    const auto& doc = *docs.at(route_id(route));
+    auto path = openapi_path(route, doc);
+    auto item = paths->getObject(path);
+    if (!item) {
+      item = new Object;
+      paths->set(path, item);
+    }
+    std::string method = route.method;
+    for (auto& c : method)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    item->set(method, operation(route, doc));
+  }
+
+  auto schemas = parse_object(kSchemas, "component schemas");
+  Object::Ptr responses = new Object;
+  add_errors(*schemas, *responses);
+  auto parameters = parse_object(kParameters, "component parameters");
+  parameters->set("Idempotency-Key", parse_object(R"json({"name": "Idempotency-Key", "in": "header",
+    "description": "replays the first response to a retry of the same request (per owner, 24 h); another request under the same key is 422",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}})json",
+                                                  "Idempotency-Key"));
+  parameters->set("Idempotency-Key-refused", parse_object(R"json({"name": "Idempotency-Key", "in": "header",
+    "description": "refused on this route (a streamed body cannot be replayed): 400 invalid_request, details.reason = idempotency_unsupported",
+    "schema": {"not": {}}})json",
+                                                          "Idempotency-Key-refused"));
+  Object::Ptr components = new Object;
+  components->set("schemas", schemas);
+  components->set("responses", responses);
+  components->set("parameters", parameters);
+  components->set("headers", parse_object(kHeaders, "component headers"));
+  components->set("securitySchemes", parse_object(R"json({"bearer": {"type": "http", "scheme": "bearer",
+    "description": "Authorization: Bearer <key> from [auth.keys] (tenants) or [auth.admin_keys] (admin role). With no keys configured and allow_anonymous (the default) no header is needed."}})json",
+                                                  "securitySchemes"));
+
+  Object doc;
+  doc.set("openapi", "3.1.0");
+  Object::Ptr info = new Object;
+  info->set("title", "Berth HTTP API");
+  info->set("version", BERTH_VERSION);
+  info->set("description", kDescription);
+  doc.set("info", info);
+  doc.set("jsonSchemaDialect", "https://spec.openapis.org/oas/3.1/dialect/base");
+  // Bearer, or nothing at all in single-user mode (no keys configured).
+  doc.set("security", parse_object(R"({"s": [{"bearer": []}, {}]})", "security")->getArray("s"));
+  Array tags;
+  for (const char* t : {"meta", "sandboxes", "exec", "history", "files", "workspaces", "admin"}) {
+    Object::Ptr tag = new Object;
+    tag->set("name", std::string(t));
+    tags.add(tag);
+  }
+  doc.set("tags", tags);
+  doc.set("paths", paths);
+  doc.set("components", components);
+  std::ostringstream os;
+  doc.stringify(os);
+  return os.str();
+}
+
+}  // namespace
+
+std::string route_id(const Route& route) {
+  return route.method + " " + route.pattern;
+}
+
+std::vector<std::string> route_doc_problems() {
+  return route_doc_problems(routes(), route_docs());
+}
+
+std::vector<std::string> route_doc_problems(const std::vector<Route>& routes, const std::vector<RouteDoc>& docs) {
+  std::vector<std::string> out;
+  std::map<std::string, int> seen;
+  for (const auto& d : docs) {
+    if (++seen[d.id] == 2) out.push_back("duplicate: " + d.id);
+  }
+  std::set<std::string> ids;
+  for (const auto& r : routes) {
+    auto id = route_id(r);
+    ids.insert(id);
+    auto it = std::find_if(docs.begin(), docs.end(), [&](const RouteDoc& d) { return d.id == id; });
+    if (it == docs.end()) {
+      out.push_back("undocumented: " + id);
+      continue;
+    }
+    std::size_t holes = 0;
+    for (std::size_t i = r.pattern.find("{}"); i != std::string::npos; i = r.pattern.find("{}", i + 2))
+      ++holes;
+    if (holes != it->path_params.size()) out.push_back("params: " + id);
+  }
+  for (const auto& d : docs) {
+    if (!ids.count(d.id)) out.push_back("stale: " + d.id);
+  }
+  return out;
+}
+
+const std::string& openapi_json() {
+  static const std::string kDocument = build();
+  return kDocument;
+}
+
+// ---- the descriptions, one per route of routes() ------------------------------------------------------------------
+// Keep docs/api.md in step: tests/api/openapi_conformance.py checks that every operation here has its heading there.
+
+const std::vector<RouteDoc>& route_docs() {
+  static const std::vector<RouteDoc> kDocs = {
+      {"GET /health", {}, R"json({"operationId": "getHealth", "tags": ["meta"], "summary": "liveness",
+        "responses": {"200": {"description": "berthd serves", "schema": "Health"}}})json"},
+      {"GET /meta", {}, R"json({"operationId": "getMeta", "tags": ["meta"],
+        "summary": "server version, driver, its capabilities and the profiles",
+        "responses": {"200": {"description": "what this berthd offers", "schema": "Meta"}}})json"},
+      {"GET /openapi.json", {}, R"json({"operationId": "getOpenApi", "tags": ["meta"],
+        "summary": "this OpenAPI 3.1 document, produced from berthd's route table",
+        "responses": {"200": {"description": "the document", "schema": "OpenApiDocument"}}})json"},
+      {"GET /v1/profiles", {}, R"json({"operationId": "listProfiles", "tags": ["meta"],
+        "summary": "the configured profiles",
+        "responses": {"200": {"description": "every profile", "schema": "ProfileList"}}})json"},
+      {"POST /v1/sandboxes", {}, R"json({"operationId": "createSandbox", "tags": ["sandboxes"],
+        "summary": "create a sandbox (lazy: no container yet), or get the live one for `key`",
+        "optionalBody": "CreateSandboxRequest",
+        "responses": {"201": {"description": "the new sandbox (status idle)", "schema": "Sandbox"},
+          "200": {"description": "the live sandbox already created with this key", "schema": "Sandbox"},
+          "400": "invalid_request (not a JSON object), validation_error (a field; details.field names it)",
+          "404": "not_found: unknown workspace_id",
+          "429": "quota_exceeded (details.limit) or rate_limited (details.limit_per_minute), per owner",
+          "503": "driver_unavailable: the workspace volume could not be created; shutting_down"}})json"},
+      {"GET /v1/sandboxes", {}, R"json({"operationId": "listSandboxes", "tags": ["sandboxes"],
+        "summary": "the caller's sandboxes, ordered by id, a page at a time",
+        "parameters": ["Status", "Label", "Limit", "SandboxCursor"],
+        "responses": {"200": {"description": "one page; next_cursor is null on the last", "schema": "SandboxPage"},
+          "400": "validation_error: a bad query parameter (details.field)"}})json"},
+      {"GET /v1/sandboxes/{}", {"id"}, R"json({"operationId": "getSandbox", "tags": ["sandboxes"],
+        "summary": "one sandbox", "responses": {"200": {"description": "the sandbox", "schema": "Sandbox"},
+          "404": "not_found"}})json"},
+      {"DELETE /v1/sandboxes/{}", {"id"}, R"json({"operationId": "deleteSandbox", "tags": ["sandboxes"],
+        "summary": "delete a sandbox, its session and its managed workspace",
+        "responses": {"204": {"description": "deleted"}, "404": "not_found",
+          "503": "driver_unavailable, shutting_down"}})json"},
+      {"POST /v1/sandboxes/{}/start", {"id"}, R"json({"operationId": "startSandbox", "tags": ["sandboxes"],
+        "summary": "start the session if needed; answers once it is ready",
+        "responses": {"200": {"description": "the sandbox, status ready", "schema": "Sandbox"},
+          "404": "not_found", "409": "sandbox_expired; conflict (stopped or deleted while starting)",
+          "500": "internal: the driver failed to start the container",
+          "503": "driver_unavailable, session_not_ready (start_wait passed), server_busy, shutting_down"}})json"},
+      {"POST /v1/sandboxes/{}/stop", {"id"}, R"json({"operationId": "stopSandbox", "tags": ["sandboxes"],
+        "summary": "stop and remove the session; the workspace stays",
+        "responses": {"200": {"description": "stopped (also when it was idle)", "schema": "Stopped"},
+          "404": "not_found", "503": "driver_unavailable, shutting_down"}})json"},
+      {"POST /v1/sandboxes/{}/keepalive", {"id"}, R"json({"operationId": "keepaliveSandbox", "tags": ["sandboxes"],
+        "summary": "reset the idle timer; never starts a session",
+        "responses": {"200": {"description": "idle_expires_at moved", "schema": "Ok"}, "404": "not_found",
+          "409": "sandbox_expired"}})json"},
+      {"POST /v1/sandboxes/{}/extend_ttl", {"id"}, R"json({"operationId": "extendSandboxTtl", "tags": ["sandboxes"],
+        "summary": "move expires_at by extend_by seconds", "body": "ExtendTtlRequest",
+        "responses": {"200": {"description": "the sandbox with its new expires_at", "schema": "Sandbox"},
+          "400": "invalid_request, validation_error (extend_by missing, out of range or past max_ttl)",
+          "404": "not_found", "409": "sandbox_ttl_infinite (no TTL), sandbox_expired"}})json"},
+      {"POST /v1/sandboxes/{}/python/exec", {"id"}, R"json({"operationId": "execPython", "tags": ["exec"],
+        "summary": "run python3 -c <code>; starts the session if needed", "body": "PythonExecRequest",
+        "responses": {"200": {"description": "the program ran (whatever its exit code)", "schema": "ExecResult"},
+          "400": "invalid_request, validation_error, capability_not_supported (no python in the profile)",
+          "404": "not_found", "409": "sandbox_expired; conflict (the session ended during the call)",
+          "500": "internal: the session could not be started",
+          "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"POST /v1/sandboxes/{}/shell/exec", {"id"}, R"json({"operationId": "execShell", "tags": ["exec"],
+        "summary": "run /bin/sh -c <command>; starts the session if needed", "body": "ShellExecRequest",
+        "responses": {"200": {"description": "the program ran (whatever its exit code)", "schema": "ExecResult"},
+          "400": "invalid_request, validation_error (also a bad cwd), capability_not_supported",
+          "404": "not_found", "409": "sandbox_expired; conflict (the session ended during the call)",
+          "500": "internal: the session could not be started",
+          "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"GET /v1/sandboxes/{}/history", {"id"}, R"json({"operationId": "getHistory", "tags": ["history"],
+        "summary": "past executions, newest first", "parameters": ["ExecType", "Limit", "Offset"],
+        "responses": {"200": {"description": "one page", "schema": "HistoryPage"},
+          "400": "validation_error: a bad query parameter", "404": "not_found"}})json"},
+      {"GET /v1/sandboxes/{}/filesystem/files", {"id"}, R"json({"operationId": "readFile", "tags": ["files"],
+        "summary": "a UTF-8 text file's content", "parameters": ["Path", "PathB64"],
+        "responses": {"200": {"description": "the file", "schema": "FileContent"},
+          "400": "validation_error: no or bad path, a directory, content not UTF-8; capability_not_supported",
+          "404": "not_found (sandbox or file)", "409": "sandbox_expired, conflict",
+          "413": "payload_too_large: larger than max_body (use download)",
+          "500": "internal", "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"PUT /v1/sandboxes/{}/filesystem/files", {"id"}, R"json({"operationId": "writeFile", "tags": ["files"],
+        "summary": "create or replace a file (parents are created)", "body": "WriteFileRequest",
+        "responses": {"200": {"description": "written", "schema": "FileWritten"},
+          "400": "invalid_request, validation_error, capability_not_supported", "404": "not_found",
+          "409": "sandbox_expired, conflict", "413": "payload_too_large: body over max_body or content over max_file_size",
+          "500": "internal", "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"DELETE /v1/sandboxes/{}/filesystem/files", {"id"}, R"json({"operationId": "deleteFile", "tags": ["files"],
+        "summary": "remove a file or a whole directory", "parameters": ["Path", "PathB64"],
+        "responses": {"200": {"description": "removed", "schema": "Ok"},
+          "400": "validation_error (no or bad path, the workspace root), capability_not_supported",
+          "404": "not_found (sandbox or path)", "409": "sandbox_expired, conflict", "500": "internal",
+          "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"GET /v1/sandboxes/{}/filesystem/directories", {"id"}, R"json({"operationId": "listDirectory",
+        "tags": ["files"], "summary": "one page of a directory, in raw byte order of names",
+        "parameters": ["Path", "PathB64", "DirectoryLimit", "DirectoryCursor"],
+        "responses": {"200": {"description": "one page; next_cursor is null on the last", "schema": "DirectoryPage"},
+          "400": "validation_error (bad path, a file, bad limit or cursor), capability_not_supported",
+          "404": "not_found (sandbox or directory)", "409": "sandbox_expired, conflict", "500": "internal",
+          "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"POST /v1/sandboxes/{}/filesystem/upload", {"id"}, R"json({"operationId": "uploadFile", "tags": ["files"],
+        "summary": "write a file from a multipart/form-data part `file` (binary-safe, streamed)",
+        "requestBody": {"required": true, "content": {"multipart/form-data": {
+          "schema": {"$ref": "#/components/schemas/UploadForm"}}}},
+        "responses": {"200": {"description": "written", "schema": "FileWritten"},
+          "400": "invalid_request (not multipart, malformed, an Idempotency-Key), validation_error (no file part, no or bad path), capability_not_supported",
+          "404": "not_found", "409": "sandbox_expired, conflict", "413": "payload_too_large: over max_file_size",
+          "500": "internal", "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"GET /v1/sandboxes/{}/filesystem/download", {"id"}, R"json({"operationId": "downloadFile", "tags": ["files"],
+        "summary": "a file's raw bytes (chunked)", "parameters": ["Path", "PathB64"],
+        "responses": {"200": {"description": "the bytes",
+            "headers": {"Content-Disposition": {"$ref": "#/components/headers/Content-Disposition"}},
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+              "contentMediaType": "application/octet-stream"}}}},
+          "400": "validation_error (no or bad path, a directory), capability_not_supported",
+          "404": "not_found (sandbox or file)", "409": "sandbox_expired, conflict",
+          "413": "payload_too_large: over max_file_size (when known before the first byte)", "500": "internal",
+          "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
+      {"POST /v1/workspaces", {}, R"json({"operationId": "createWorkspace", "tags": ["workspaces"],
+        "summary": "create an external workspace volume (outlives sandboxes)", "optionalBody": "CreateWorkspaceRequest",
+        "responses": {"201": {"description": "the workspace", "schema": "Workspace"},
+          "400": "invalid_request, validation_error (any field)", "503": "driver_unavailable, shutting_down"}})json"},
+      {"GET /v1/workspaces/{}", {"id"}, R"json({"operationId": "getWorkspace", "tags": ["workspaces"],
+        "summary": "one workspace (external, or the managed one of a live sandbox)",
+        "responses": {"200": {"description": "the workspace", "schema": "Workspace"}, "404": "not_found"}})json"},
+      {"DELETE /v1/workspaces/{}", {"id"}, R"json({"operationId": "deleteWorkspace", "tags": ["workspaces"],
+        "summary": "delete a workspace no live sandbox uses",
+        "responses": {"204": {"description": "deleted"}, "404": "not_found",
+          "409": "conflict: a live sandbox uses it", "503": "driver_unavailable, shutting_down"}})json"},
+      {"POST /v1/admin/gc/run", {}, R"json({"operationId": "runGc", "tags": ["admin"],
+        "summary": "one cleanup pass now, and purge idempotency records older than 24 h (admin role)",
+        "responses": {"200": {"description": "what the pass did", "schema": "GcReport"}}})json"},
+  };
+  return kDocs;
+}
+
+}  // namespace berth::api
