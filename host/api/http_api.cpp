@@ -303,8 +303,12 @@ void dispatch(Exchange& ex) {
     if (route.method != ex.request.getMethod()) continue;
     ex.params = std::move(params);
     if (!route.public_) authenticate(ex);
-    if (route.admin && !ex.admin) break;  // not reached: admin paths are screened above
-    std::optional<AdmissionSlot> slot;    // released when the route returns or throws
+    // An admin method on a path tenants may read (POST/PUT/DELETE /v1/profiles): the 404 of an unknown route.
+    if (route.admin && !ex.admin) {
+      send_error(ex, 404, "not_found", "no route for " + ex.request.getMethod() + " " + ex.path());
+      return;
+    }
+    std::optional<AdmissionSlot> slot;  // released when the route returns or throws
     if (route.heavy) {
       admit(ex);
       slot.emplace(ex.ctx.admission);

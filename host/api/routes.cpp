@@ -1,6 +1,7 @@
 // Every route of the HTTP API v1, in one table at the bottom of this file. Handlers translate HTTP to core calls
 // and core results to JSON; they hold no logic of their own. docs/api.md documents each route.
 #include <Poco/JSON/Array.h>
+#include <Poco/JSON/Parser.h>
 #include <Poco/JSONString.h>
 #include <Poco/Net/HTMLForm.h>
 #include <Poco/Net/MessageHeader.h>
@@ -75,24 +76,40 @@ void health(Exchange& ex) {
   ex.send_json(200, o);
 }
 
-Array profiles_json(const core::SandboxService& service) {
-  Array arr;
-  for (const auto& [name, p] : service.settings().profiles) {
-    Object o;
-    o.set("name", name);
-    o.set("image", p.image);
-    o.set("cpus", static_cast<double>(p.nano_cpus) / 1e9);
-    o.set("memory_bytes", p.memory_bytes);
-    o.set("pids", p.pids_limit);
-    o.set("network", p.network);
-    o.set("ttl_s", p.ttl ? Poco::Dynamic::Var(p.ttl->count()) : Poco::Dynamic::Var());
-    o.set("idle_timeout_s", p.idle_timeout.count());
-    Array caps;
-    for (const auto& c : p.capabilities)
-      caps.add(c);
-    o.set("capabilities", caps);
-    arr.add(o);
+/**
+ * A profile as every caller sees it; `with_spec` (admins) adds `spec`, the profile's JSON object in the form
+ * POST/PUT take (its env values included).
+ */
+Object profile_json(const core::SandboxService& service, const core::ProfileEntry& e, bool with_spec) {
+  const auto& p = *e.profile;
+  Object o;
+  o.set("name", p.name);
+  o.set("builtin", e.builtin);
+  o.set("image", p.image);
+  o.set("cpus", static_cast<double>(p.nano_cpus) / 1e9);
+  o.set("memory_bytes", p.memory_bytes);
+  o.set("pids", p.pids_limit);
+  o.set("network", p.network);
+  o.set("read_only_rootfs", p.read_only_rootfs);
+  o.set("ttl_s", p.ttl ? Poco::Dynamic::Var(p.ttl->count()) : Poco::Dynamic::Var());
+  o.set("idle_timeout_s", p.idle_timeout.count());
+  Array caps;
+  for (const auto& c : p.capabilities)
+    caps.add(c);
+  o.set("capabilities", caps);
+  o.set("created_at", opt_time(e.created_at));
+  o.set("updated_at", opt_time(e.updated_at));
+  if (with_spec) {
+    const std::string spec = service.profiles().to_json(p);
+    if (!spec.empty()) o.set("spec", Poco::JSON::Parser().parse(spec));
   }
+  return o;
+}
+
+Array profiles_json(const core::SandboxService& service, bool with_spec = false) {
+  Array arr;
+  for (const auto& e : service.profiles().list())
+    arr.add(profile_json(service, e, with_spec));
   return arr;
 }
 
@@ -130,8 +147,47 @@ void openapi(Exchange& ex) {
 
 void list_profiles(Exchange& ex) {
   Object o;
-  o.set("items", profiles_json(ex.ctx.service));
+  o.set("items", profiles_json(ex.ctx.service, ex.admin));
   ex.send_json(200, o);
+}
+
+void get_profile(Exchange& ex) {
+  ex.send_json(200, profile_json(ex.ctx.service, ex.ctx.service.profiles().get(ex.params.at(0)), ex.admin));
+}
+
+/** The body of POST/PUT without `name`, as JSON text for the catalog (which reads it by the config file's rules). */
+std::string profile_spec(Object::Ptr body, const std::string& name) {
+  if (body->has("name")) {
+    const auto v = body->get("name");
+    if (!v.isString() || v.extract<std::string>() != name) {
+      throw Error(ErrorCode::validation_error, "name must be a string equal to the profile's name",
+                  {{"field", "name"}});
+    }
+    body->remove("name");
+  }
+  std::ostringstream os;
+  body->stringify(os);
+  return os.str();
+}
+
+void create_profile(Exchange& ex) {
+  auto body = ex.json_body();
+  const auto v = body->get("name");
+  if (!v.isString()) throw Error(ErrorCode::validation_error, "name is required (a string)", {{"field", "name"}});
+  const std::string name = v.extract<std::string>();
+  auto entry = ex.ctx.service.profiles().create(name, profile_spec(body, name));
+  ex.send_json(201, profile_json(ex.ctx.service, entry, true));
+}
+
+void replace_profile(Exchange& ex) {
+  const std::string& name = ex.params.at(0);
+  auto entry = ex.ctx.service.profiles().replace(name, profile_spec(ex.json_body(), name));
+  ex.send_json(200, profile_json(ex.ctx.service, entry, true));
+}
+
+void delete_profile(Exchange& ex) {
+  ex.ctx.service.profiles().remove(ex.params.at(0));
+  ex.send_empty(204);
 }
 
 // ---- sandboxes ------------------------------------------------------------------------------------------------------
@@ -538,6 +594,10 @@ const std::vector<Route>& routes() {
       {"GET", "/meta", meta, false, true},
       {"GET", "/openapi.json", openapi, false, true},
       {"GET", "/v1/profiles", list_profiles},
+      {"GET", "/v1/profiles/{}", get_profile},
+      {"POST", "/v1/profiles", create_profile, false, false, I::replay, true},
+      {"PUT", "/v1/profiles/{}", replace_profile, false, false, I::not_applicable, true},
+      {"DELETE", "/v1/profiles/{}", delete_profile, false, false, I::not_applicable, true},
       {"POST", "/v1/sandboxes", create_sandbox, false, false, I::replay},
       {"GET", "/v1/sandboxes", list_sandboxes},
       {"GET", "/v1/sandboxes/{}", get_sandbox},

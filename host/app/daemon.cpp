@@ -42,10 +42,27 @@ std::string instance_id(const config::Config& cfg) {
   return "berth-" + Poco::DigestEngine::digestToHex(sha.digest()).substr(0, 12);
 }
 
+/** Profiles over the API and in the store are read by the config loader's own rules (config::profile_from_json). */
+core::ProfileCodec profile_codec(const config::Config& cfg) {
+  core::ProfileCodec codec;
+  codec.parse = [cfg](const std::string& name, const std::string& json) {
+    try {
+      return config::profile_from_json(name, json, cfg);
+    } catch (const config::ConfigError& e) {
+      std::map<std::string, std::string> details;
+      if (!e.key().empty()) details["field"] = e.key();
+      throw core::Error(core::ErrorCode::validation_error, e.what(), std::move(details));
+    }
+  };
+  codec.serialize = [](const core::Profile& p) { return config::profile_to_json(p); };
+  return codec;
+}
+
 core::Settings core_settings(const config::Config& cfg) {
   core::Settings s;
   s.profiles = cfg.profiles;
   s.default_profile = cfg.default_profile;
+  s.profile_codec = profile_codec(cfg);
   s.instance_id = instance_id(cfg);
   s.start_wait = cfg.server.start_wait;
   s.max_file_size = cfg.server.max_file_size;

@@ -1,5 +1,11 @@
 #include "config/config.hpp"
 
+#include <Poco/Dynamic/Var.h>
+#include <Poco/Exception.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/JSON/Stringifier.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -13,6 +19,7 @@ namespace {
 
 std::string where(const std::string& source, const toml::node& node) {
   const auto& b = node.source().begin;
+  if (b.line == 0) return source;  // a table built from JSON (profile_from_json) has no positions
   return source + ":" + std::to_string(b.line) + ":" + std::to_string(b.column);
 }
 
@@ -26,7 +33,7 @@ class TableReader {
       : table_(table), prefix_(std::move(prefix)), source_(source) {}
 
   [[noreturn]] void fail(const toml::node& node, const std::string& key, const std::string& reason) const {
-    throw ConfigError(where(source_, node) + ": " + qualified(key) + ": " + reason);
+    throw ConfigError(where(source_, node) + ": " + qualified(key) + ": " + reason, key);
   }
 
   std::string qualified(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
@@ -271,6 +278,45 @@ void read_profile(TableReader r, core::Profile& p, std::chrono::seconds default_
   r.reject_unknown();
 }
 
+/** Bounds a profile gets from other sections, checked after the whole file is read (and for API profiles). */
+void check_profile_bounds(const core::Profile& p, const Config& cfg, const std::string& source) {
+  if (p.ttl && *p.ttl > cfg.limits.max_ttl) {
+    throw ConfigError(source + ": profiles." + p.name + ".ttl: longer than [limits] max_ttl (" +
+                          std::to_string(cfg.limits.max_ttl.count()) + "s)",
+                      "ttl");
+  }
+}
+
+/** A JSON value (Poco) as a TOML node; null has no TOML form and is refused naming `path`. */
+std::unique_ptr<toml::node> to_toml(const Poco::Dynamic::Var& v, const std::string& source, const std::string& path) {
+  auto refuse = [&](const std::string& why) { throw ConfigError(source + ": " + path + ": " + why, path); };
+  if (v.isEmpty()) refuse("null is not a value; leave the key out instead");
+  if (v.type() == typeid(Poco::JSON::Object::Ptr)) {
+    auto t = std::make_unique<toml::table>();
+    for (const auto& [k, item] : *v.extract<Poco::JSON::Object::Ptr>()) {
+      auto child = to_toml(item, source, path + "." + k);
+      t->insert(k, std::move(*child));
+    }
+    return t;
+  }
+  if (v.type() == typeid(Poco::JSON::Array::Ptr)) {
+    auto a = std::make_unique<toml::array>();
+    for (const auto& item : *v.extract<Poco::JSON::Array::Ptr>()) {
+      auto child = to_toml(item, source, path);
+      a->push_back(std::move(*child));
+    }
+    return a;
+  }
+  if (v.isBoolean()) return std::make_unique<toml::value<bool>>(v.extract<bool>());
+  if (v.isString()) return std::make_unique<toml::value<std::string>>(v.extract<std::string>());
+  if (v.isInteger()) {
+    if (!v.isSigned() && v.convert<Poco::UInt64>() > static_cast<Poco::UInt64>(INT64_MAX)) refuse("number too large");
+    return std::make_unique<toml::value<std::int64_t>>(v.convert<Poco::Int64>());
+  }
+  if (v.isNumeric()) return std::make_unique<toml::value<double>>(v.convert<double>());
+  refuse("unsupported JSON value");
+}
+
 void read_cleanup(TableReader r, CleanupConfig& c) {
   r.boolean("enabled", c.enabled);
   r.duration("interval", c.interval, std::chrono::seconds(1));
@@ -410,12 +456,8 @@ Config parse(const std::string& text, const std::string& source) {
     p.idle_timeout = cfg.cleanup.idle_timeout;
     cfg.profiles["default"] = p;
   }
-  for (const auto& [name, p] : cfg.profiles) {
-    if (p.ttl && *p.ttl > cfg.limits.max_ttl) {
-      throw ConfigError(source + ": profiles." + name + ".ttl: longer than [limits] max_ttl (" +
-                        std::to_string(cfg.limits.max_ttl.count()) + "s)");
-    }
-  }
+  for (const auto& [name, p] : cfg.profiles)
+    check_profile_bounds(p, cfg, source);
   if (!cfg.profiles.count(cfg.default_profile)) {
     throw ConfigError(source + ": default_profile: no profile named '" + cfg.default_profile + "'");
   }
@@ -428,6 +470,55 @@ Config load(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return parse(ss.str(), path);
+}
+
+core::Profile profile_from_json(const std::string& name, const std::string& json, const Config& cfg) {
+  const std::string source = "profile";
+  const std::string prefix = "profiles." + name;
+  Poco::Dynamic::Var root;
+  try {
+    root = Poco::JSON::Parser().parse(json);
+  } catch (const Poco::Exception& e) {
+    throw ConfigError(source + ": " + prefix + ": not valid JSON: " + e.message(), "");
+  }
+  if (root.type() != typeid(Poco::JSON::Object::Ptr)) {
+    throw ConfigError(source + ": " + prefix + ": expected a JSON object", "");
+  }
+  std::unique_ptr<toml::node> node;
+  try {
+    node = to_toml(root, source, prefix);
+  } catch (const Poco::Exception& e) {  // a number Poco cannot convert
+    throw ConfigError(source + ": " + prefix + ": " + e.message(), "");
+  }
+  core::Profile p;
+  p.name = name;
+  read_profile(TableReader(*node->as_table(), prefix, source), p, cfg.cleanup.idle_timeout);
+  check_profile_bounds(p, cfg, source);
+  return p;
+}
+
+std::string profile_to_json(const core::Profile& p) {
+  Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+  o.set("image", p.image);
+  o.set("cpus", static_cast<double>(p.nano_cpus) / 1e9);
+  o.set("memory", static_cast<Poco::Int64>(p.memory_bytes));
+  o.set("pids", static_cast<Poco::Int64>(p.pids_limit));
+  o.set("network", p.network);
+  o.set("read_only_rootfs", p.read_only_rootfs);
+  o.set("user", p.user);
+  Poco::JSON::Object env;
+  for (const auto& [k, v] : p.env)
+    env.set(k, v);
+  o.set("env", env);
+  if (p.ttl) o.set("ttl", static_cast<Poco::Int64>(p.ttl->count()));
+  o.set("idle_timeout", static_cast<Poco::Int64>(p.idle_timeout.count()));
+  Poco::JSON::Array caps;
+  for (const auto& c : p.capabilities)
+    caps.add(c);
+  o.set("capabilities", caps);
+  std::ostringstream os;
+  Poco::JSON::Stringifier::stringify(o, os);
+  return os.str();
 }
 
 }  // namespace berth::config

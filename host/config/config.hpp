@@ -20,6 +20,12 @@ namespace berth::config {
 class ConfigError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+  ConfigError(const std::string& message, std::string key) : std::runtime_error(message), key_(std::move(key)) {}
+  /** The key within its table that is wrong (e.g. "cpus", "env.PATH"); empty when the problem is not one key. */
+  const std::string& key() const { return key_; }
+
+ private:
+  std::string key_;
 };
 
 struct ServerConfig {
@@ -117,6 +123,23 @@ constexpr int thread_headroom(int threads) {
 Config parse(const std::string& text, const std::string& source);
 /** Reads and parses a file. Throws ConfigError (also when the file cannot be read). */
 Config load(const std::string& path);
+
+/**
+ * Reads one profile given as a JSON object (the body of POST/PUT /v1/profiles) by exactly the rules of a
+ * `[profiles.<name>]` table: the object becomes a TOML table that the config loader's own profile reader reads,
+ * so the keys, types, ranges and messages are the same (see berth.example.toml). `cfg` gives the defaults and
+ * bounds a profile depends on ([cleanup] idle_timeout, [limits] max_ttl). Throws ConfigError naming
+ * `profiles.<name>.<key>` with key() set, also for JSON that is not an object, null values and numbers out of range.
+ * Thread-safe (pure).
+ */
+core::Profile profile_from_json(const std::string& name, const std::string& json, const Config& cfg);
+
+/**
+ * The canonical JSON object of a profile: the keys of `[profiles.<name>]` with normalised values (cpus as a
+ * number, memory in bytes, durations in seconds; ttl left out when the profile has none). profile_from_json of the
+ * result gives the same profile. Thread-safe (pure).
+ */
+std::string profile_to_json(const core::Profile& profile);
 
 /** "30s", "5m", "2h", "1d" or a bare integer of seconds. Throws std::invalid_argument. */
 std::chrono::seconds parse_duration(const std::string& text);

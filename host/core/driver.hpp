@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -162,6 +163,14 @@ class Driver {
   virtual void session_remove(const std::string& handle) = 0;
   virtual std::vector<SessionListing> session_list(const Labels& filter) = 0;
   virtual SessionStats session_stats(const std::string& handle) = 0;
+  /**
+   * Whether the engine holds `image` locally (never pulls): true/false, or nullopt when the driver cannot tell
+   * (ABI < 1.2 or the optional slot is NULL). Throws DriverError when the engine fails.
+   */
+  virtual std::optional<bool> image_exists(const std::string& image) {
+    (void)image;
+    return std::nullopt;
+  }
 
   /** Runs a process; a timeout is a result (timed_out), a cancellation throws DriverErrc::cancelled. */
   virtual ExecResult exec(const std::string& handle, const ExecRequest& request, const OutputSink& on_output,

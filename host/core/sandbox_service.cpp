@@ -130,23 +130,25 @@ void rethrow_driver_error(const DriverError& e, const std::string& context) {
 
 SandboxService::SandboxService(store::Store& store, Driver& driver, std::shared_ptr<const Clock> clock,
                                Settings settings)
-    : store_(store), driver_(driver), clock_(std::move(clock)), settings_(std::move(settings)) {
-  if (!settings_.profiles.count(settings_.default_profile)) {
-    throw std::invalid_argument("default profile '" + settings_.default_profile + "' is not defined");
-  }
+    : store_(store),
+      driver_(driver),
+      clock_(std::move(clock)),
+      settings_(std::move(settings)),
+      profiles_(settings_.profiles, settings_.default_profile, store_, driver_, clock_, settings_.profile_codec) {
+  profiles_.load();
 }
 
 // ---- views and lookups ----------------------------------------------------------------------------------------
 
-const Profile& SandboxService::profile_of(const SandboxRow& row) const {
-  auto it = settings_.profiles.find(row.profile);
+std::shared_ptr<const Profile> SandboxService::profile_of(const SandboxRow& row) const {
+  auto p = profiles_.find(row.profile);
   // A profile removed from the config after the sandbox was created falls back to the default.
-  return it != settings_.profiles.end() ? it->second : settings_.profiles.at(settings_.default_profile);
+  return p ? p : profiles_.default_profile();
 }
 
 SandboxView SandboxService::view(SandboxRow row) {
   SandboxView v;
-  v.capabilities = profile_of(row).capabilities;
+  v.capabilities = profile_of(row)->capabilities;
   if (!driver_.has_capability(cap::files)) v.capabilities.erase("filesystem");
   if (row.current_session_id) {
     v.session = store_.get_session(*row.current_session_id);
@@ -178,7 +180,8 @@ SandboxRow SandboxService::load_live(const std::string& owner, const std::string
 }
 
 void SandboxService::require_capability(const SandboxRow& row, const std::string& capability) {
-  const auto& p = profile_of(row);
+  const auto held = profile_of(row);
+  const auto& p = *held;
   if (!p.capabilities.count(capability)) {
     throw Error(ErrorCode::capability_not_supported,
                 "profile '" + p.name + "' does not offer the '" + capability + "' capability",
@@ -198,12 +201,14 @@ void SandboxService::notify_sessions_changed() {
 
 CreateSandboxResult SandboxService::create_sandbox(const std::string& owner, const CreateSandboxRequest& rq) {
   std::string profile_name = rq.profile.value_or(settings_.default_profile);
-  auto pit = settings_.profiles.find(profile_name);
-  if (pit == settings_.profiles.end()) {
+  // Held until the row is stored: a profile delete waits for it, and then sees this sandbox.
+  const auto profile_in_use = profiles_.use_lock();
+  const auto held_profile = profiles_.find(profile_name);
+  if (!held_profile) {
     throw Error(ErrorCode::validation_error, "unknown profile '" + profile_name + "'",
                 {{"field", "profile"}, {"profile", profile_name}});
   }
-  const Profile& profile = pit->second;
+  const Profile& profile = *held_profile;
   // Everything stored here is used again at every start: validate it all now, not at the first start.
   const Limits& limits = settings_.limits;
   if (rq.ttl && (rq.ttl->count() < 1 || *rq.ttl > limits.max_ttl)) {
@@ -452,7 +457,8 @@ store::SessionRow SandboxService::ensure_running(const std::string& owner, const
 
 store::SessionRow SandboxService::start_session(SandboxRow row, SessionRow session, int attempts) {
   auto t0 = std::chrono::steady_clock::now();
-  const auto& profile = profile_of(row);
+  const auto held_profile = profile_of(row);
+  const auto& profile = *held_profile;
   auto workspace = store_.get_workspace(row.workspace_id);
   SessionSpec spec;
   spec.session_id = session.id;
@@ -554,7 +560,7 @@ void SandboxService::destroy_session(const SessionRow& session) {
 }
 
 void SandboxService::touch(const SandboxRow& row) {
-  store_.touch_sandbox(row.id, saturating_add(clock_->now(), profile_of(row).idle_timeout));
+  store_.touch_sandbox(row.id, saturating_add(clock_->now(), profile_of(row)->idle_timeout));
 }
 
 // ---- lifecycle calls ------------------------------------------------------------------------------------------------

@@ -21,13 +21,15 @@
 #include "core/in_flight.hpp"
 #include "core/limits.hpp"
 #include "core/profile.hpp"
+#include "core/profile_catalog.hpp"
 #include "store/store.hpp"
 
 namespace berth::core {
 
 struct Settings {
-  std::map<std::string, Profile> profiles;
+  std::map<std::string, Profile> profiles;  // the built-ins (config file); more live in the store (profiles())
   std::string default_profile = "default";
+  ProfileCodec profile_codec;         // JSON form of a profile for the API and the store; empty = no API profiles
   std::string instance_id = "berth";  // value of the berth.instance label
   std::chrono::milliseconds start_wait{60'000};
   std::chrono::milliseconds stop_grace{2'000};
@@ -127,6 +129,9 @@ class SandboxService {
   SandboxService(store::Store& store, Driver& driver, std::shared_ptr<const Clock> clock, Settings settings);
 
   const Settings& settings() const { return settings_; }
+  /** Every profile a sandbox may be created with (built-ins and API-created); thread-safe. */
+  ProfileCatalog& profiles() { return profiles_; }
+  const ProfileCatalog& profiles() const { return profiles_; }
   const DriverIdentity& driver_identity() const { return driver_.identity(); }
 
   /**
@@ -209,7 +214,8 @@ class SandboxService {
  private:
   SandboxView view(store::SandboxRow row);
   store::SandboxRow load_live(const std::string& owner, const std::string& id);
-  const Profile& profile_of(const store::SandboxRow& row) const;
+  /** The sandbox's profile; the default one if its profile is gone (deleted from the config file). Never null. */
+  std::shared_ptr<const Profile> profile_of(const store::SandboxRow& row) const;
   void require_capability(const store::SandboxRow& row, const std::string& capability);
   store::SessionRow ensure_running(const std::string& owner, const std::string& id);
   /** Starts the container of a session this caller installed by CAS; `attempts` = CAS rounds it took (logged). */
@@ -251,6 +257,7 @@ class SandboxService {
   Driver& driver_;
   std::shared_ptr<const Clock> clock_;
   Settings settings_;
+  ProfileCatalog profiles_;
   InFlightCalls in_flight_;
   std::atomic<bool> shutting_down_{false};  // set once by begin_shutdown()
   CreateRateLimiter create_rate_{settings_.limits.create_rate_per_minute, settings_.limits.create_burst};

@@ -395,6 +395,16 @@ bool AbiDriver::volume_exists(const std::string& name) {
   return exists != 0;
 }
 
+std::optional<bool> AbiDriver::image_exists(const std::string& image) {
+  if (library_->api().image_exists == nullptr) return std::nullopt;
+  berth_error err;
+  int32_t exists = 0;
+  check(guarded("image_exists",
+                [&] { return library_->api().image_exists(instance_, c_str(image, "image"), &exists, &err); }),
+        err, "image_exists");
+  return exists != 0;
+}
+
 core::SessionInfo AbiDriver::session_create(const core::SessionSpec& spec) {
   KvArray env(spec.env);
   KvArray labels(spec.labels);

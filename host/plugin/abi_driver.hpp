@@ -37,6 +37,7 @@ class AbiDriver final : public core::Driver {
   void session_remove(const std::string& handle) override;
   std::vector<core::SessionListing> session_list(const core::Labels& filter) override;
   core::SessionStats session_stats(const std::string& handle) override;
+  std::optional<bool> image_exists(const std::string& image) override;
 
   core::ExecResult exec(const std::string& handle, const core::ExecRequest& request, const core::OutputSink& on_output,
                         const core::CancelToken* cancel) override;

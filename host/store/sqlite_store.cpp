@@ -130,6 +130,16 @@ const std::vector<Migration> kMigrations = {
      {
          "ALTER TABLE executions ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0",
      }},
+    {4,
+     "profiles: profiles created over the API (issue 13); sandboxes are counted per profile before a delete",
+     {
+         "CREATE TABLE profiles ("
+         "  name TEXT PRIMARY KEY,"
+         "  spec TEXT NOT NULL,"
+         "  created_at INTEGER NOT NULL,"
+         "  updated_at INTEGER NOT NULL)",
+         "CREATE INDEX sandboxes_live_profile ON sandboxes (profile) WHERE deleted_at IS NULL",
+     }},
 };
 
 constexpr int kBusyTimeoutMs = 5000;
@@ -143,6 +153,7 @@ constexpr const char* kSessionColumns =
 constexpr const char* kExecutionColumns =
     "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at, truncated";
 constexpr const char* kIdempotencyColumns = "owner, key, request_hash, status, body, created_at";
+constexpr const char* kProfileColumns = "name, spec, created_at, updated_at";
 
 // ---- conversions ----------------------------------------------------------------------------------------------
 
@@ -227,6 +238,16 @@ WorkspaceRow read_workspace(const RecordSet& rs, std::size_t i) {
   row.managed = r.integer() != 0;
   row.created_at = r.time();
   row.deleted_at = r.optional_time();
+  return row;
+}
+
+ProfileRow read_profile(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  ProfileRow row;
+  row.name = r.text();
+  row.spec = r.text();
+  row.created_at = r.time();
+  row.updated_at = r.time();
   return row;
 }
 
@@ -645,6 +666,51 @@ class SqliteStore final : public Store {
       Statement st(session_);
       st << "DELETE FROM idempotency_keys WHERE created_at < ?", bind(to_ms(cutoff));
       return static_cast<int>(st.execute());
+    });
+  }
+
+  // ---- profiles ----
+  void insert_profile(const ProfileRow& row) override {
+    locked("insert_profile", [&] {
+      Int64 taken = 0;
+      session_ << "SELECT COUNT(*) FROM profiles WHERE name = ?", bind(row.name), into(taken), now;
+      if (taken != 0) throw UniqueViolation("insert_profile: profile '" + row.name + "' exists");
+      session_ << "INSERT INTO profiles (" << kProfileColumns << ") VALUES (?, ?, ?, ?)", bind(row.name),
+          bind(row.spec), bind(to_ms(row.created_at)), bind(to_ms(row.updated_at)), now;
+    });
+  }
+
+  std::vector<ProfileRow> list_profiles() override {
+    return locked("list_profiles", [&] {
+      Statement st(session_);
+      st << "SELECT " << kProfileColumns << " FROM profiles ORDER BY name";
+      return read_all(st, read_profile);
+    });
+  }
+
+  bool update_profile(const ProfileRow& row) override {
+    return locked("update_profile", [&] {
+      Statement st(session_);
+      st << "UPDATE profiles SET spec = ?, updated_at = ? WHERE name = ?", bind(row.spec), bind(to_ms(row.updated_at)),
+          bind(row.name);
+      return st.execute() == 1;
+    });
+  }
+
+  bool delete_profile(const std::string& name) override {
+    return locked("delete_profile", [&] {
+      Statement st(session_);
+      st << "DELETE FROM profiles WHERE name = ?", bind(name);
+      return st.execute() == 1;
+    });
+  }
+
+  int count_live_sandboxes_with_profile(const std::string& name) override {
+    return locked("count_live_sandboxes_with_profile", [&] {
+      Int64 count = 0;
+      session_ << "SELECT COUNT(*) FROM sandboxes WHERE profile = ? AND deleted_at IS NULL", bind(name), into(count),
+          now;
+      return static_cast<int>(count);
     });
   }
 

@@ -106,6 +106,14 @@ struct IdempotencyRow {
   TimePoint created_at;
 };
 
+/** A profile created over the API (the config file's profiles are not stored). */
+struct ProfileRow {
+  std::string name;
+  std::string spec;  // the profile's JSON object, canonical form (config::profile_to_json)
+  TimePoint created_at;
+  TimePoint updated_at;
+};
+
 struct SandboxFilter {
   std::string owner;
   std::optional<std::pair<std::string, std::string>> label;  // label key=value must match
@@ -187,6 +195,18 @@ class Store {
   virtual void release_idempotency(const std::string& owner, const std::string& key) = 0;
   /** Deletes records created before `cutoff`; returns how many. */
   virtual int purge_idempotency(TimePoint cutoff) = 0;
+
+  // ---- profiles ----
+  /** Throws UniqueViolation when the name is taken. */
+  virtual void insert_profile(const ProfileRow& row) = 0;
+  /** Every stored profile, ordered by name. */
+  virtual std::vector<ProfileRow> list_profiles() = 0;
+  /** Writes spec and updated_at of an existing profile; false if there is none. */
+  virtual bool update_profile(const ProfileRow& row) = 0;
+  /** False if there was none. */
+  virtual bool delete_profile(const std::string& name) = 0;
+  /** Live (not deleted) sandboxes created with the profile. */
+  virtual int count_live_sandboxes_with_profile(const std::string& name) = 0;
 };
 
 /**

@@ -42,7 +42,7 @@ constexpr size_t kChunkBytes = size_t{64} * 1024;  // file transfers move at mos
 constexpr std::string_view kSlots[] = {
     "volume_create", "volume_remove",  "volume_exists", "session_create", "session_inspect",
     "session_stop",  "session_remove", "session_list",  "exec",           "file_put",
-    "file_get",      "dir_list",       "path_remove",   "session_stats"};
+    "file_get",      "dir_list",       "path_remove",   "session_stats",  "image_exists"};
 
 /** The "unavailable" config key: calls 1..after_calls succeed, then every call fails for for_ms. */
 struct Outage {
@@ -60,6 +60,8 @@ struct Config {
   bool hang_exec = false;
   bool killed_exec_conflict = false;  // an exec whose session ends meanwhile fails with CONFLICT, not exit 137
   std::string name_prefix = "fake";
+  // image_exists answers 0 for these and 1 for every other image; the default is the conformance kit's "absent" image
+  std::vector<std::string> missing_images{"berth-conformance/absent:0"};
 };
 
 Error config_error(const std::string& key, const std::string& problem) {
@@ -115,6 +117,12 @@ Config parse_config_object(const Poco::Dynamic::Var& root) {
     } else if (key == "killed_exec_conflict") {
       if (!value.isBoolean()) throw config_error(key, "must be true or false");
       config.killed_exec_conflict = value.extract<bool>();
+    } else if (key == "missing_images") {
+      if (value.type() != typeid(Poco::JSON::Array::Ptr)) throw config_error(key, "must be an array of strings");
+      config.missing_images.clear();
+      for (const auto& item : *value.extract<Poco::JSON::Array::Ptr>()) {
+        config.missing_images.push_back(config_string(item, key));
+      }
     } else if (key == "name_prefix") {
       config.name_prefix = config_string(value, key);
     } else {
@@ -247,6 +255,11 @@ class Engine {
     }
     volumes_.erase(volume);
     log(BERTH_LOG_INFO, "fake.volume_remove", {{"volume", volume.c_str()}});
+  }
+
+  bool image_exists(const char* image) {
+    const std::string ref = required(image, "image");
+    return std::find(config_.missing_images.begin(), config_.missing_images.end(), ref) == config_.missing_images.end();
   }
 
   bool volume_exists(const char* name) {
@@ -734,6 +747,13 @@ berth_status fake_volume_exists(berth_instance* inst, const char* name, int32_t*
   });
 }
 
+berth_status fake_image_exists(berth_instance* inst, const char* image, int32_t* exists, berth_error* err) noexcept {
+  return call(inst, err, "image_exists", [&](Engine& e) {
+    if (exists == nullptr) throw Error(BERTH_INVALID_ARGUMENT, "exists is NULL");
+    *exists = e.image_exists(image) ? 1 : 0;
+  });
+}
+
 berth_status fake_session_create(berth_instance* inst, const berth_session_spec* spec, berth_session_info* info,
                                  berth_error* err) noexcept {
   return call(inst, err, "session_create", [&](Engine& e) { sdk::write_struct(info, e.session_create(spec)); });
@@ -820,6 +840,7 @@ constexpr berth_driver_api kDriverTable = {
     /* dir_list */ fake_dir_list,
     /* path_remove */ fake_path_remove,
     /* session_stats (1.1) */ fake_session_stats,
+    /* image_exists (1.2) */ fake_image_exists,
 };
 
 }  // namespace berth::fake

@@ -81,6 +81,16 @@ TEST_CASE("a driver built against an older minor (shorter table) still loads") {
   }
 }
 
+TEST_CASE("a driver built against the 1.1 header (no image_exists) loads and works") {
+  auto lib = plugin::DriverLibrary::open(variant("old_minor_1"));
+  CHECK(lib->identity().abi_minor == 1);
+  CHECK(lib->api().session_stats != nullptr);
+  CHECK(lib->api().image_exists == nullptr);
+  auto driver = lib->configure("{}", std::make_shared<core::SystemClock>());
+  CHECK(driver->session_stats("h").pids == 1);
+  CHECK_FALSE(driver->image_exists("berth/python:3.11").has_value());  // "cannot tell", never "absent"
+}
+
 TEST_CASE("each broken driver is rejected with a clear reason") {
   struct Case {
     const char* variant;

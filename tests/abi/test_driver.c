@@ -184,6 +184,7 @@ static berth_driver_api table = {
     dir_list,
     path_remove,
     session_stats,
+    NULL, /* image_exists (1.2): optional */
 };
 
 #if defined(BROKEN_NO_ENTRY)
@@ -208,6 +209,10 @@ static const berth_driver_api* patched(void) {
   table.struct_size = (uint32_t)sizeof(berth_driver_api) + 64;
 #elif defined(BROKEN_BAD_NAME)
   table.name = "bad name with spaces";
+#elif defined(OLD_MINOR_1)
+  /* What a driver built against the 1.1 header looks like: session_stats, but no image_exists slot. */
+  table.abi_minor = 1;
+  table.struct_size = BERTH_DRIVER_API_SIZE_1_1;
 #elif defined(OLD_MINOR)
   /* What a driver built against the 1.0 header looks like: a shorter table, no session_stats slot. */
   table.abi_minor = 0;

@@ -33,6 +33,8 @@
 #include <thread>
 #include <vector>
 
+#include <berth/driver.h>
+
 #include "api/berthd_process.hpp"
 
 using namespace berth::test;
@@ -243,7 +245,7 @@ TEST_CASE("health, meta and profiles describe the server and the fake driver", "
   REQUIRE(driver);
   CHECK(str(driver, "name") == "fake");
   CHECK(!str(driver, "version").empty());
-  CHECK(str(driver, "abi") == "1.1");
+  CHECK(str(driver, "abi") == "1." + std::to_string(BERTH_ABI_VERSION_MINOR));
   std::set<std::string> caps;
   for (const auto& v : *meta->getArray("capabilities"))
     caps.insert(v.toString());

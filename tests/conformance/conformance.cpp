@@ -470,6 +470,19 @@ TEST_CASE("stats: reported for a running session when advertised", "[conformance
   CHECK(st.pids >= 1);
 }
 
+TEST_CASE("images: the session image exists, an image nobody built does not (ABI 1.2, optional)",
+          "[conformance][images]") {
+  auto d = make_driver();
+  if (g_library->api().image_exists == nullptr) {
+    CHECK_FALSE(d->image_exists(image()).has_value());
+    return;
+  }
+  CHECK(d->image_exists(image()) == std::optional<bool>(true));
+  // Never pulled: the answer for an absent image is "no", not a download.
+  CHECK(d->image_exists("berth-conformance/absent:0") == std::optional<bool>(false));
+  CHECK(d->image_exists("berth-conformance/absent:0") == std::optional<bool>(false));
+}
+
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]).rfind('-', 0) == 0) {
     std::cerr << "usage: berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options]\n";

@@ -73,6 +73,13 @@ class RacingStore final : public store::Store {
   }
   void release_idempotency(const std::string& o, const std::string& k) override { inner_.release_idempotency(o, k); }
   int purge_idempotency(store::TimePoint c) override { return inner_.purge_idempotency(c); }
+  void insert_profile(const store::ProfileRow& r) override { inner_.insert_profile(r); }
+  std::vector<store::ProfileRow> list_profiles() override { return inner_.list_profiles(); }
+  bool update_profile(const store::ProfileRow& r) override { return inner_.update_profile(r); }
+  bool delete_profile(const std::string& n) override { return inner_.delete_profile(n); }
+  int count_live_sandboxes_with_profile(const std::string& n) override {
+    return inner_.count_live_sandboxes_with_profile(n);
+  }
 
  private:
   store::Store& inner_;

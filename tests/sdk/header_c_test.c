@@ -25,7 +25,9 @@ PIN(berth_driver_api, exec, 120);
 PIN(berth_driver_api, file_put, 128);
 PIN(berth_driver_api, path_remove, 152);
 PIN(berth_driver_api, session_stats, 160); /* 1.1 */
-SIZE(berth_driver_api, 168);
+PIN(berth_driver_api, image_exists, 168);  /* 1.2 */
+SIZE(berth_driver_api, 176);
+_Static_assert(BERTH_DRIVER_API_SIZE_1_1 == 168, "the 1.1 table size is frozen");
 _Static_assert(BERTH_DRIVER_API_SIZE_1_0 == 160, "the 1.0 table size is frozen");
 
 PIN(berth_host_api, host_ctx, 16);
@@ -69,6 +71,7 @@ static const berth_driver_api table = {BERTH_DRIVER_API_INIT,
                                        "c-test",
                                        "0.0.0",
                                        BERTH_CAP_EXEC,
+                                       NULL,
                                        NULL,
                                        NULL,
                                        NULL,

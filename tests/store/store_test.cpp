@@ -258,6 +258,8 @@ TEST_CASE("sessions record their starter, and a schema-1 database gains the colu
     auto s = raw_session(path);
     s << "ALTER TABLE sessions DROP COLUMN starter", now;
     s << "ALTER TABLE executions DROP COLUMN truncated", now;  // schema 3
+    s << "DROP TABLE profiles", now;                           // schema 4
+    s << "DROP INDEX sandboxes_live_profile", now;
     s << "DELETE FROM schema_migrations WHERE version >= 2", now;
   }
   auto store = open_sqlite_store(path);
@@ -991,4 +993,41 @@ TEST_CASE("list_executions caps each field and the page bytes, and purge_executi
   CHECK(total == 5);
   CHECK(page.back().id == "exec-06");
   CHECK(store->list_executions("sandbox-2", "", 50, 0).second == 0);
+}
+
+TEST_CASE("profiles: insert, unique names, list in order, update, delete, count live sandboxes per profile") {
+  TempDir dir;
+  auto store = open_sqlite_store(dir.file("berth.db"));
+  const auto t0 = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
+  ProfileRow b{"b", R"({"image":"x"})", t0, t0};
+  ProfileRow a{"a", R"({"image":"y"})", t0, t0};
+  store->insert_profile(b);
+  store->insert_profile(a);
+  CHECK_THROWS_AS(store->insert_profile(a), UniqueViolation);
+  auto all = store->list_profiles();
+  REQUIRE(all.size() == 2);
+  CHECK(all[0].name == "a");
+  CHECK(all[1].spec == R"({"image":"x"})");
+  CHECK(all[1].created_at == t0);
+  b.spec = R"({"image":"z"})";
+  b.updated_at = t0 + std::chrono::seconds(5);
+  CHECK(store->update_profile(b));
+  CHECK(store->list_profiles()[1].spec == R"({"image":"z"})");
+  CHECK(store->list_profiles()[1].updated_at == b.updated_at);
+  CHECK_FALSE(store->update_profile(ProfileRow{"nope", "{}", t0, t0}));
+
+  store->insert_workspace(workspace("ws-1"));
+  auto live = sandbox("sandbox-1", "ws-1");
+  live.profile = "a";
+  store->insert_sandbox(live);
+  auto dead = sandbox("sandbox-2", "ws-1");
+  dead.profile = "a";
+  dead.deleted_at = t0;
+  store->insert_sandbox(dead);
+  CHECK(store->count_live_sandboxes_with_profile("a") == 1);
+  CHECK(store->count_live_sandboxes_with_profile("b") == 0);
+
+  CHECK(store->delete_profile("b"));
+  CHECK_FALSE(store->delete_profile("b"));
+  CHECK(store->list_profiles().size() == 1);
 }

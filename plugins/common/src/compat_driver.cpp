@@ -4,6 +4,7 @@
 #include <Poco/JSON/Parser.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -1413,6 +1414,27 @@ berth_status session_stats(berth_instance* inst, const char* handle, berth_sessi
     out.cpu_time_ns = u64_at(object, {"cpu_stats", "cpu_usage", "total_usage"});
     out.pids = u64_at(object, {"pids_stats", "current"});
     copy_out(stats, out);
+    return BERTH_OK;
+  });
+}
+
+berth_status image_exists(berth_instance* inst, const char* image, int32_t* exists, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    if (!exists) throw Error(Errc::invalid_argument, "exists is NULL");
+    *exists = 0;
+    // A reference of the engines' grammar: name components, '/', ':' tag, '@' digest; all of it path-safe, so it
+    // goes into the path as it is (the engines route /images/{name:.*}/json, slashes included).
+    const std::string ref = image != nullptr ? image : "";
+    const bool valid = !ref.empty() && ref.size() <= 255 && std::isalnum(static_cast<unsigned char>(ref[0])) &&
+                       std::all_of(ref.begin(), ref.end(), [](char c) {
+                         return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' ||
+                                c == '/' || c == ':' || c == '@';
+                       });
+    if (!valid) throw Error(Errc::invalid_argument, "image '" + ref + "' is not a valid image reference");
+    // GET /images/{name}/json (Docker and Podman's compat API): 200 if the engine holds it, 404 if not; never pulls.
+    Response r = self.client.call("GET", "/images/" + ref + "/json", {}, {404});
+    *exists = r.status == 200 ? 1 : 0;
     return BERTH_OK;
   });
 }

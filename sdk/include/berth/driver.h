@@ -56,6 +56,8 @@
  *   1.1  Adds berth_driver_api.session_stats (optional).
  *        Clarified without a layout change: raw-byte paths and argv (rule 8), path limits (rule 9), NOT_FOUND
  *        means nothing ran (rule 10), timeout/cancel leave no process of the exec.
+ *   1.2  Adds berth_driver_api.image_exists (optional): profiles created over the API name only images the engine
+ *        has.
  */
 #ifndef BERTH_DRIVER_H
 #define BERTH_DRIVER_H
@@ -68,7 +70,7 @@ extern "C" {
 #endif
 
 #define BERTH_ABI_VERSION_MAJOR 1
-#define BERTH_ABI_VERSION_MINOR 1
+#define BERTH_ABI_VERSION_MINOR 2
 
 /** Name of the single exported symbol of a driver. */
 #define BERTH_DRIVER_ENTRY_SYMBOL "berth_driver_entry"
@@ -340,12 +342,21 @@ typedef struct berth_driver_api {
   /* --- ABI 1.1 ------------------------------------------------------------------------------------- */
   /** Optional: current resource usage of a running session; CONFLICT if it is not running. */
   berth_status (*session_stats)(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err);
+
+  /* --- ABI 1.2 ------------------------------------------------------------------------------------- */
+  /**
+   * Optional: sets *exists to 1 if the engine holds `image` (a reference as a profile names it, e.g.
+   * "berth/python:3.11") locally, 0 if not. Never pulls. INVALID_ARGUMENT for a reference the engine refuses.
+   */
+  berth_status (*image_exists)(berth_instance* inst, const char* image, int32_t* exists, berth_error* err);
 } berth_driver_api;
 
 /** Size of the table as ABI 1.0 defined it: the smallest table a host accepts. */
 #define BERTH_DRIVER_API_SIZE_1_0 ((uint32_t)offsetof(berth_driver_api, session_stats))
-/** Size of the table as ABI 1.1 defines it. */
-#define BERTH_DRIVER_API_SIZE_1_1 ((uint32_t)sizeof(berth_driver_api))
+/** Size of the table as ABI 1.1 defined it. */
+#define BERTH_DRIVER_API_SIZE_1_1 ((uint32_t)offsetof(berth_driver_api, image_exists))
+/** Size of the table as ABI 1.2 defines it. */
+#define BERTH_DRIVER_API_SIZE_1_2 ((uint32_t)sizeof(berth_driver_api))
 
 /** Initialises the header fields of a driver table: `static const berth_driver_api t = { BERTH_DRIVER_API_INIT, ...`.
  */

@@ -84,6 +84,8 @@ berth_status session_remove(berth_instance* inst, const char* handle, berth_erro
 berth_status session_list(berth_instance* inst, const berth_kv* filter, size_t filter_count,
                           berth_session_list_fn on_item, void* ctx, berth_error* err);
 berth_status session_stats(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err);
+/** ABI 1.2 image_exists: GET /images/{image}/json; 404 is "absent". Never pulls. */
+berth_status image_exists(berth_instance* inst, const char* image, int32_t* exists, berth_error* err);
 
 berth_status exec(berth_instance* inst, const char* handle, const berth_exec_request* request,
                   berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
@@ -111,11 +113,11 @@ bool normalize_relative_path(const char* path, std::string* out, std::string* er
 
 }  // namespace berth::engine::compat
 
-/** The slots after `configure` of a berth_driver_api table, in order (destroy ... session_stats). */
+/** The slots after `configure` of a berth_driver_api table, in order (destroy ... image_exists). */
 #define BERTH_ENGINE_COMPAT_SLOTS                                                                              \
   berth::engine::compat::destroy, berth::engine::compat::volume_create, berth::engine::compat::volume_remove,  \
       berth::engine::compat::volume_exists, berth::engine::compat::session_create,                             \
       berth::engine::compat::session_inspect, berth::engine::compat::session_stop,                             \
       berth::engine::compat::session_remove, berth::engine::compat::session_list, berth::engine::compat::exec, \
       berth::engine::compat::file_put, berth::engine::compat::file_get, berth::engine::compat::dir_list,       \
-      berth::engine::compat::path_remove, berth::engine::compat::session_stats
+      berth::engine::compat::path_remove, berth::engine::compat::session_stats, berth::engine::compat::image_exists
