@@ -247,6 +247,32 @@ def drive(b):
     b.request("GET", "/v1/profiles", key=None, expect=401)
     b.request("GET", "/v1/profiles", key="not-a-known-key", expect=401)
     b.request("GET", "/v1/profiles", expect=200)
+    b.request("GET", "/v1/profiles", key=ADMIN, expect=200)  # admins also get each spec
+
+    # profiles over the API (admin writes)
+    P = "/v1/profiles"
+    spec = good_body("POST", P, {"name": "small", "image": "berth/python:3.11", "cpus": 0.5, "memory": "64MiB",
+                                 "env": {"MODE": "small"}, "ttl": "1h", "capabilities": ["shell"]})
+    b.request("POST", P, spec, key=ADMIN, expect=201)
+    b.request("POST", P, spec, key=ADMIN, expect=409)  # the name is taken
+    b.request("POST", P, spec, key=ALICE, expect=404)  # tenants: the 404 of an unknown route
+    b.request("POST", P, {"name": "bad", "cpus": 0}, key=ADMIN, expect=400)
+    b.request("POST", P, {"name": "ghost", "image": "berth-conformance/absent:0"}, key=ADMIN, expect=400)
+    b.request("POST", P, "[1]", key=ADMIN, expect=400)
+    b.request("GET", P + "/small", expect=200)
+    b.request("GET", P + "/small", key=ADMIN, expect=200)
+    b.request("GET", P + "/nope", expect=404)
+    b.request("PUT", P + "/small", good_body("PUT", P + "/{id}", {"image": "berth/python:3.11", "pids": 99}),
+              key=ADMIN, expect=200)
+    b.request("PUT", P + "/small", {"pids": 1}, key=ADMIN, expect=400)
+    b.request("PUT", P + "/default", {"image": "berth/python:3.11"}, key=ADMIN, expect=409)
+    b.request("PUT", P + "/nope", {"image": "berth/python:3.11"}, key=ADMIN, expect=404)
+    used = j(b.request("POST", "/v1/sandboxes", {"profile": "small"}, expect=201)[2])["id"]
+    b.request("DELETE", P + "/small", key=ADMIN, expect=409)  # in use
+    b.request("DELETE", f"/v1/sandboxes/{used}", expect=204)
+    b.request("DELETE", P + "/small", key=ALICE, expect=404)
+    b.request("DELETE", P + "/small", key=ADMIN, expect=204)
+    b.request("DELETE", P + "/small", key=ADMIN, expect=404)
 
     # sandboxes: create
     create = good_body("POST", SB, {"key": "chat-1", "labels": {"team": "a"}, "env": {"X": "1"}})
