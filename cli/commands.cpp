@@ -60,7 +60,11 @@ std::vector<std::pair<std::string, std::string>> sandbox_fields(const Object::Pt
 class TerminalSink : public ExecSink {
  public:
   void on_stdout(std::string_view bytes) override { std::cout.write(bytes.data(), bytes.size()).flush(); }
-  void on_stderr(std::string_view bytes) override { std::cerr.write(bytes.data(), bytes.size()).flush(); }
+  void on_stderr(std::string_view bytes) override {
+    std::cerr.write(bytes.data(), bytes.size()).flush();
+    if (!bytes.empty()) stderr_ends_line = bytes.back() == '\n';
+  }
+  bool stderr_ends_line = true;
 };
 
 /** --json: the output is in the body printed at the end. */
@@ -75,7 +79,10 @@ int run_exec(Context& ctx, const std::string& route, const Object& body) {
   DiscardSink discard;
   ExecResult result = ctx.client.exec(route, to_json(body), ctx.json ? static_cast<ExecSink&>(discard) : terminal);
   if (ctx.json) print_body(Reply{200, result.body});
-  if (result.timed_out) return kExitTimedOut;
+  if (result.timed_out) {
+    if (!ctx.json && !terminal.stderr_ends_line) std::cerr << '\n';  // the server's "timed out" note has none
+    return kExitTimedOut;
+  }
   return result.exit_code ? (*result.exit_code & 0xff) : kExitServer;
 }
 

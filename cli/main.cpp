@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   CLI::App app{"berth: the command line for a berthd server (docs/cli.md)", "berth"};
   app.require_subcommand(1);
   app.fallthrough();  // global flags work after the command too: `berth ls --json`
-  app.set_version_flag("-V", std::string("berth ") + BERTH_VERSION);
+  app.set_version_flag("-V,--version", std::string("berth ") + BERTH_VERSION);
 
   std::optional<std::string> url, api_key;
   bool json = false;

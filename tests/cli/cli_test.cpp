@@ -248,10 +248,10 @@ TEST_CASE("create, ls, get, start, stop, keepalive, extend and rm, as tables and
 
   REQUIRE(berth({"keepalive", a}).code == 0);
   CHECK(!http.get("/v1/sandboxes/" + a).json()->isNull("idle_expires_at"));
-  auto extended = berth({"extend", a, "--by", "30m", "--json"});
+  auto extended = berth({"extend", a, "--by", "1h30m", "--json"});
   REQUIRE(extended.code == 0);
   CHECK(seconds_between(first->getValue<std::string>("expires_at"),
-                        parse(extended.out)->getValue<std::string>("expires_at")) == 1800);
+                        parse(extended.out)->getValue<std::string>("expires_at")) == 5400);
 
   auto removed = berth({"rm", a, b});
   REQUIRE(removed.code == 0);
@@ -297,6 +297,7 @@ TEST_CASE("exec passes argv, prints stdout and stderr, and exits with the remote
   auto timed_out = berth({"exec", id, "--timeout", "1s", "--", "hang"});
   CHECK(timed_out.code == 124);
   CHECK(timed_out.err.find("timed out") != std::string::npos);
+  CHECK(timed_out.err.back() == '\n');
 
   auto missing = berth({"exec", id, "--", "no-such-command"});
   CHECK(missing.code == 127);
@@ -330,6 +331,15 @@ TEST_CASE("python runs -c, a file and stdin") {
   auto raised = berth({"python", id, "-c", "raise ValueError('no')"});
   CHECK(raised.code == 1);
   CHECK(raised.err.find("ValueError: no") != std::string::npos);
+
+  // Code goes up to the server's body limit (1 MiB by default); beyond, the server's 413 is reported.
+  std::string near_limit = "print('big')\n#" + std::string(1000 * 1000, 'x') + "\n";
+  auto big = berth({"python", id, "-"}, {}, near_limit);
+  CHECK(big.code == 0);
+  CHECK(big.out == "big\n");
+  auto too_big = berth({"python", id, "-"}, {}, "#" + std::string(3 * 1024 * 1024, 'x') + "\n");
+  CHECK(too_big.code == 2);
+  CHECK(too_big.err.find("payload_too_large") != std::string::npos);
 
   CHECK(berth({"python", id}).code == 1);
   CHECK(berth({"python", id, "-c", "print(1)", "-"}).code == 1);
