@@ -377,6 +377,16 @@ TEST_CASE("cp round-trips a binary file with a non-ASCII name") {
   CHECK(listed.code == 0);
   CHECK(listed.out == blob);
 
+  // A name that is not UTF-8 travels as path_b64, both ways.
+  const std::string latin1 = "caf\xe9 \xff.bin";
+  write_file(berth.home() / latin1, blob.substr(0, 1000));
+  REQUIRE(berth({"cp", (berth.home() / latin1).string(), id + ":"}).code == 0);
+  REQUIRE(berth({"cp", id + ":" + latin1, (berth.home() / "latin1.copy").string()}).code == 0);
+  CHECK(read_file(berth.home() / "latin1.copy") == blob.substr(0, 1000));
+  CHECK(HttpClient(berthd.port())
+            .get("/v1/sandboxes/" + id + "/filesystem/download?path_b64=Y2Fm6SD/LmJpbg%3D%3D")
+            .body == blob.substr(0, 1000));
+
   auto missing = berth({"cp", id + ":nope.bin", (out_dir / "nope.bin").string()});
   CHECK(missing.code == 2);
   CHECK(missing.err.find("not_found") != std::string::npos);
