@@ -86,6 +86,7 @@ std::int64_t parse_duration(const std::string& text) {
   std::size_t i = 0;
   while (i < text.size()) {
     if (!std::isdigit(static_cast<unsigned char>(text[i]))) throw bad();
+    const std::size_t start = i;
     std::int64_t n = 0;
     for (; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i) {
       if (n > (kMax - 9) / 10) throw bad();
@@ -109,8 +110,8 @@ std::int64_t parse_duration(const std::string& text) {
         default:
           throw bad();
       }
-    } else if (total != 0 || i != text.size() || text.find_first_not_of("0123456789") != std::string::npos) {
-      throw bad();  // "1h30" : a bare number only as the whole text
+    } else if (start != 0) {
+      throw bad();  // "1h30": a bare number only as the whole text
     }
     if (n > (kMax - total) / unit) throw bad();
     total += n * unit;

@@ -459,6 +459,8 @@ TEST_CASE("errors print the server's code and exit 2, usage errors 1, an unreach
   auto bad_ttl = berth({"create", "--ttl", "5x"});
   CHECK(bad_ttl.code == 1);
   CHECK(bad_ttl.err.find("not a duration") != std::string::npos);
+  CHECK(berth({"create", "--ttl", "1h30"}).code == 1);
+  CHECK(berth({"create", "--ttl", "99999999999999999999d"}).code == 1);
   CHECK(berth({"create", "--label", "novalue"}).code == 1);
   CHECK(berth({"frobnicate"}).code == 1);
   CHECK(berth({}).code == 1);
