@@ -79,7 +79,7 @@ Poco::JSON::Object::Ptr Reply::json() const {
 }
 
 std::string encode_component(const std::string& value) {
-  static const char* kHex = "0123456789ABCDEF";
+  static constexpr char kHex[] = "0123456789ABCDEF";
   std::string out;
   for (unsigned char c : value) {
     if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
@@ -182,7 +182,8 @@ Reply ApiClient::call(const std::string& method, const std::string& path, const 
   Reply reply;
   std::string reason;
   perform(uri_, rq,
-          body ? std::function<void(std::ostream&)>([&](std::ostream& out) { out.write(body->data(), body->size()); })
+          body ? std::function<void(std::ostream&)>(
+                     [&](std::ostream& out) { out.write(body->data(), static_cast<std::streamsize>(body->size())); })
                : nullptr,
           [&](int status, const std::string& why, std::istream& in) {
             reply.status = status;

@@ -59,9 +59,11 @@ std::vector<std::pair<std::string, std::string>> sandbox_fields(const Object::Pt
 /** Writes stdout and stderr of a program straight through, flushed, as they arrive. */
 class TerminalSink : public ExecSink {
  public:
-  void on_stdout(std::string_view bytes) override { std::cout.write(bytes.data(), bytes.size()).flush(); }
+  void on_stdout(std::string_view bytes) override {
+    std::cout.write(bytes.data(), static_cast<std::streamsize>(bytes.size())).flush();
+  }
   void on_stderr(std::string_view bytes) override {
-    std::cerr.write(bytes.data(), bytes.size()).flush();
+    std::cerr.write(bytes.data(), static_cast<std::streamsize>(bytes.size())).flush();
     if (!bytes.empty()) stderr_ends_line = bytes.back() == '\n';
   }
   bool stderr_ends_line = true;
@@ -188,7 +190,7 @@ void report(const ServerError& e, bool json) {
   std::string line = "berth: " + e.code + ": " + e.what();
   std::string extra;
   for (const auto& [k, v] : e.details)
-    extra += (extra.empty() ? "" : ", ") + k + "=" + v;
+    extra.append(extra.empty() ? "" : ", ").append(k).append("=").append(v);
   if (!extra.empty()) line += " (" + extra + ")";
   line += " [HTTP " + std::to_string(e.status) + (e.request_id.empty() ? "" : ", " + e.request_id) + "]";
   std::cerr << line << '\n';

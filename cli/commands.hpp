@@ -11,14 +11,17 @@
 
 namespace berth::cli {
 
-/** Process exit codes (docs/cli.md). `exec` and `python` exit with the remote program's code instead. */
-enum ExitCode : int {
-  kExitOk = 0,
-  kExitUsage = 1,       // bad arguments, config file or local file
-  kExitServer = 2,      // berthd answered with an error
-  kExitConnection = 3,  // no usable answer from berthd
-  kExitTimedOut = 124,  // exec/python: the server's timeout killed the program (as timeout(1))
-};
+// Process exit codes (docs/cli.md). `exec` and `python` exit with the remote program's code instead.
+/** Success. */
+inline constexpr int kExitOk = 0;
+/** Bad arguments, config file or local file; nothing was sent. */
+inline constexpr int kExitUsage = 1;
+/** berthd answered with an error. */
+inline constexpr int kExitServer = 2;
+/** No usable answer from berthd. */
+inline constexpr int kExitConnection = 3;
+/** exec/python: the server's timeout killed the program (as timeout(1)). */
+inline constexpr int kExitTimedOut = 124;
 
 /** What every command needs: the client and the output mode. Single-threaded. */
 struct Context {

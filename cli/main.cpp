@@ -1,5 +1,6 @@
 // berth: the command line for berthd (docs/cli.md). main() only wires CLI11 to the command functions and maps
 // exceptions to exit codes; commands.cpp does the work.
+#include <Poco/Exception.h>
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -149,5 +150,11 @@ int main(int argc, char** argv) {
   } catch (const ConnectionError& e) {
     std::cerr << "berth: cannot reach berthd at " << connection.url << ": " << e.what() << '\n';
     return kExitConnection;
+  } catch (const Poco::Exception& e) {  // an answer without the fields docs/api.md promises
+    std::cerr << "berth: unexpected answer from " << connection.url << ": " << e.displayText() << '\n';
+    return kExitConnection;
+  } catch (const std::exception& e) {  // local trouble, e.g. a file system error while saving a download
+    std::cerr << "berth: " << e.what() << '\n';
+    return kExitUsage;
   }
 }

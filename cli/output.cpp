@@ -83,7 +83,7 @@ std::string cell(const Poco::JSON::Object::Ptr& object, const std::string& key) 
 
 std::string first_line(const std::string& text, std::size_t max) {
   std::string line = text.substr(0, text.find('\n'));
-  bool cut = line.size() < text.size() && text.find_first_not_of("\n", line.size()) != std::string::npos;
+  bool cut = line.size() < text.size() && text.find_first_not_of('\n', line.size()) != std::string::npos;
   if (!utf8::is_valid(line.begin(), line.end())) line = utf8::replace_invalid(line);
   if (width(line) > max) {
     auto it = line.begin();
