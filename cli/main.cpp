@@ -26,7 +26,8 @@ const CLI::Validator kDuration(
 
 }  // namespace
 
-int main(int argc, char** argv) {
+/** Parses the command line and runs one command; returns the exit code (docs/cli.md). */
+static int run_cli(int argc, char** argv) {
   CLI::App app{"berth: the command line for a berthd server (docs/cli.md)", "berth"};
   app.require_subcommand(1);
   app.fallthrough();  // global flags work after the command too: `berth ls --json`
@@ -154,6 +155,15 @@ int main(int argc, char** argv) {
     std::cerr << "berth: unexpected answer from " << connection.url << ": " << e.displayText() << '\n';
     return kExitConnection;
   } catch (const std::exception& e) {  // local trouble, e.g. a file system error while saving a download
+    std::cerr << "berth: " << e.what() << '\n';
+    return kExitUsage;
+  }
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run_cli(argc, argv);
+  } catch (const std::exception& e) {  // setting up the parser failed: nothing was sent
     std::cerr << "berth: " << e.what() << '\n';
     return kExitUsage;
   }
