@@ -1,0 +1,267 @@
+#include "api_client.hpp"
+
+#include <Poco/Base64Encoder.h>
+#include <Poco/Exception.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Net/FilePartSource.h>
+#include <Poco/Net/HTMLForm.h>
+#include <Poco/Net/HTTPClientSession.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/SocketStream.h>
+#include <utf8.h>
+
+#include <functional>
+#include <sstream>
+
+#include "settings.hpp"
+
+namespace berth::cli {
+namespace {
+
+using Poco::Net::HTTPMessage;
+using Poco::Net::HTTPRequest;
+using Poco::Net::HTTPResponse;
+
+// Connecting is quick or hopeless; an answer may take long: an exec runs up to 300 s, after waiting up to
+// start_wait (60 s) for its session and up to work_queue_timeout (120 s) for a slot, so the bound is generous.
+const Poco::Timespan kConnectTimeout(10, 0);
+const Poco::Timespan kIoTimeout(900, 0);
+
+std::string read_all(std::istream& in) {
+  std::string out;
+  char buf[16384];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0)
+    out.append(buf, static_cast<std::size_t>(in.gcount()));
+  if (in.bad()) throw ConnectionError("the response was cut off");
+  return out;
+}
+
+/** The error envelope of docs/api.md, or a generic error when the body is not one (e.g. a proxy's page). */
+ServerError error_from(int status, const std::string& reason, const std::string& body) {
+  try {
+    Poco::JSON::Parser parser;
+    auto root = parser.parse(body).extract<Poco::JSON::Object::Ptr>();
+    auto error = root ? root->getObject("error") : nullptr;
+    if (error && error->has("code")) {
+      std::map<std::string, std::string> details;
+      if (auto d = error->getObject("details")) {
+        for (const auto& [k, v] : *d)
+          details[k] = v.isString() ? v.extract<std::string>() : v.toString();
+      }
+      return ServerError(status, error->getValue<std::string>("code"), error->optValue<std::string>("message", ""),
+                         error->optValue<std::string>("request_id", ""), std::move(details), body);
+    }
+  } catch (const std::exception&) {
+    // not an envelope: fall through
+  }
+  std::string snippet = body.substr(0, 200);
+  return ServerError(status, "http_" + std::to_string(status), reason + (snippet.empty() ? "" : ": " + snippet), "", {},
+                     body);
+}
+
+bool is_success(int status) {
+  return status >= 200 && status < 300;
+}
+
+}  // namespace
+
+Poco::JSON::Object::Ptr Reply::json() const {
+  try {
+    Poco::JSON::Parser parser;
+    auto v = parser.parse(body);
+    if (v.type() == typeid(Poco::JSON::Object::Ptr)) return v.extract<Poco::JSON::Object::Ptr>();
+  } catch (const Poco::Exception&) {
+    // reported below
+  }
+  throw ConnectionError("the server's answer is not a JSON object: " + body.substr(0, 200));
+}
+
+std::string encode_component(const std::string& value) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : value) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+std::string query_string(const std::vector<std::pair<std::string, std::optional<std::string>>>& params) {
+  std::string out;
+  for (const auto& [name, value] : params) {
+    if (!value) continue;
+    out += (out.empty() ? "?" : "&") + name + "=" + encode_component(*value);
+  }
+  return out;
+}
+
+std::pair<std::string, std::optional<std::string>> path_param(const std::string& remote) {
+  if (utf8::is_valid(remote.begin(), remote.end())) return {"path", remote};
+  std::ostringstream b64;
+  Poco::Base64Encoder encoder(b64);
+  encoder.rdbuf()->setLineLength(0);
+  encoder << remote;
+  encoder.close();
+  return {"path_b64", b64.str()};
+}
+
+ApiClient::ApiClient(const std::string& base_url, std::string api_key)
+    : base_url_(base_url), api_key_(std::move(api_key)) {
+  try {
+    uri_ = Poco::URI(base_url);
+  } catch (const Poco::Exception& e) {
+    throw UsageError("server URL '" + base_url + "': " + e.message());
+  }
+  if (uri_.getScheme() != "http" || uri_.getHost().empty() || !uri_.getRawQuery().empty() ||
+      !uri_.getFragment().empty()) {
+    throw UsageError("server URL '" + base_url + "': expected http://HOST[:PORT][/PATH]");
+  }
+  prefix_ = uri_.getPath();
+  while (!prefix_.empty() && prefix_.back() == '/')
+    prefix_.pop_back();
+}
+
+std::string ApiClient::target(const std::string& path) const {
+  return prefix_ + path;
+}
+
+namespace {
+
+/**
+ * Sends `rq` (its body written by `write_body`) and hands status, reason and the response stream to `read`.
+ * Poco and stream failures become ConnectionError. When the server answers before reading the whole body and
+ * closes (e.g. 413 decided from Content-Length), the answer is still read from the socket, as curl does.
+ */
+void perform(const Poco::URI& uri, HTTPRequest& rq, const std::function<void(std::ostream&)>& write_body,
+             const std::function<void(int, const std::string&, std::istream&)>& read) {
+  try {
+    Poco::Net::HTTPClientSession session(uri.getHost(), uri.getPort());
+    session.setTimeout(kConnectTimeout, kIoTimeout, kIoTimeout);
+    auto& out = session.sendRequest(rq);
+    if (write_body) {
+      write_body(out);
+      out.flush();
+    }
+    HTTPResponse rs;
+    if (session.networkException() || out.bad()) {
+      Poco::Net::SocketInputStream in(session.socket());
+      rs.read(in);
+      read(static_cast<int>(rs.getStatus()), rs.getReason(), in);
+      return;
+    }
+    auto& in = session.receiveResponse(rs);
+    read(static_cast<int>(rs.getStatus()), rs.getReason(), in);
+  } catch (const Poco::TimeoutException&) {
+    throw ConnectionError("no answer within " + std::to_string(kIoTimeout.totalSeconds()) + " s");
+  } catch (const Poco::Net::NoMessageException&) {
+    throw ConnectionError("the connection was closed without an answer");
+  } catch (const Poco::Exception& e) {
+    throw ConnectionError(e.displayText());
+  }
+}
+
+}  // namespace
+
+Reply ApiClient::call(const std::string& method, const std::string& path, const std::optional<std::string>& body) {
+  HTTPRequest rq(method, target(path), HTTPMessage::HTTP_1_1);
+  rq.setKeepAlive(false);
+  if (!api_key_.empty()) rq.set("Authorization", "Bearer " + api_key_);
+  if (body) {
+    rq.setContentType("application/json");
+    rq.setContentLength(static_cast<std::streamsize>(body->size()));
+  } else if (method == HTTPRequest::HTTP_POST || method == HTTPRequest::HTTP_PUT) {
+    rq.setContentLength(0);
+  }
+  Reply reply;
+  std::string reason;
+  perform(uri_, rq,
+          body ? std::function<void(std::ostream&)>(
+                     [&](std::ostream& out) { out.write(body->data(), static_cast<std::streamsize>(body->size())); })
+               : nullptr,
+          [&](int status, const std::string& why, std::istream& in) {
+            reply.status = status;
+            reason = why;
+            reply.body = read_all(in);
+          });
+  if (!is_success(reply.status)) throw error_from(reply.status, reason, reply.body);
+  return reply;
+}
+
+ExecResult ApiClient::exec(const std::string& path, const std::string& body, ExecSink& sink) {
+  Reply reply = call(HTTPRequest::HTTP_POST, path, body);
+  auto json = reply.json();
+  ExecResult result;
+  result.body = reply.body;
+  result.timed_out = json->optValue<bool>("timed_out", false);
+  if (json->has("exit_code") && !json->isNull("exit_code")) result.exit_code = json->getValue<int>("exit_code");
+  sink.on_stdout(json->optValue<std::string>("output", ""));
+  sink.on_stderr(json->optValue<std::string>("error", ""));
+  return result;
+}
+
+Reply ApiClient::upload(const std::string& sandbox_path, const std::filesystem::path& local,
+                        const std::string& remote) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(local, ec)) throw UsageError(local.string() + ": not a regular file");
+  Poco::Net::HTMLForm form(Poco::Net::HTMLForm::ENCODING_MULTIPART);
+  auto [name, value] = path_param(remote);
+  form.set(name, *value);
+  try {
+    // The part's filename is a fixed ASCII word: the `path` field names the file, and a header stays ASCII.
+    form.addPart("file", new Poco::Net::FilePartSource(local.string(), "upload", "application/octet-stream"));
+  } catch (const Poco::Exception& e) {
+    throw UsageError(local.string() + ": " + e.displayText());
+  }
+  HTTPRequest rq(HTTPRequest::HTTP_POST, target(sandbox_path + "/filesystem/upload"), HTTPMessage::HTTP_1_1);
+  rq.setKeepAlive(false);
+  if (!api_key_.empty()) rq.set("Authorization", "Bearer " + api_key_);
+  form.prepareSubmit(rq, Poco::Net::HTMLForm::OPT_USE_CONTENT_LENGTH);
+  Reply reply;
+  std::string reason;
+  perform(
+      uri_, rq, [&](std::ostream& out) { form.write(out); },
+      [&](int status, const std::string& why, std::istream& in) {
+        reply.status = status;
+        reason = why;
+        reply.body = read_all(in);
+      });
+  if (!is_success(reply.status)) throw error_from(reply.status, reason, reply.body);
+  return reply;
+}
+
+std::uint64_t ApiClient::download(const std::string& sandbox_path, const std::string& remote, std::ostream& out) {
+  auto [name, value] = path_param(remote);
+  HTTPRequest rq(HTTPRequest::HTTP_GET, target(sandbox_path + "/filesystem/download" + query_string({{name, value}})),
+                 HTTPMessage::HTTP_1_1);
+  rq.setKeepAlive(false);
+  if (!api_key_.empty()) rq.set("Authorization", "Bearer " + api_key_);
+  std::uint64_t bytes = 0;
+  int status = 0;
+  std::string reason, error_body;
+  perform(uri_, rq, nullptr, [&](int st, const std::string& why, std::istream& in) {
+    status = st;
+    reason = why;
+    if (!is_success(st)) {
+      error_body = read_all(in);
+      return;
+    }
+    char buf[65536];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+      out.write(buf, in.gcount());
+      bytes += static_cast<std::uint64_t>(in.gcount());
+    }
+    if (in.bad()) throw ConnectionError("the download was cut off after " + std::to_string(bytes) + " bytes");
+    if (!out) throw UsageError("writing the downloaded bytes failed");
+  });
+  if (!is_success(status)) throw error_from(status, reason, error_body);
+  return bytes;
+}
+
+}  // namespace berth::cli
