@@ -187,6 +187,14 @@ class Store {
   virtual void release_idempotency(const std::string& owner, const std::string& key) = 0;
   /** Deletes records created before `cutoff`; returns how many. */
   virtual int purge_idempotency(TimePoint cutoff) = 0;
+
+  // ---- observability ----
+  /**
+   * How many times, since the store was opened, a transaction or statement was run again after a conflict with
+   * another connection (e.g. an idempotency key released between insert and read). A store without such retries
+   * returns 0. Thread-safe; never throws.
+   */
+  virtual std::uint64_t transaction_retries() const { return 0; }
 };
 
 /**
