@@ -3,9 +3,11 @@
 // docs/api.md says. Each test starts its own berthd, so no other test's traffic shows in its counters.
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "api/berthd_process.hpp"
 
@@ -23,11 +25,23 @@ std::optional<double> sample(const std::string& text, const std::string& series)
   return std::nullopt;
 }
 
-std::string scrape(const HttpClient& c, const Headers& headers = {}) {
-  auto r = c.get("/metrics", headers);
+/**
+ * Waits until berthd has logged the access line of every response in `rs`: the registry counts a request just before
+ * that line, after the response went out, so a scrape sent earlier might miss it.
+ */
+void settle(const BerthdProcess& berthd, const std::vector<HttpResponse>& rs) {
+  for (const auto& r : rs) {
+    auto id = r.header("X-Request-Id");
+    REQUIRE_FALSE(id.empty());
+    REQUIRE(berthd.wait_for_log("http.access request_id=" + id + " method=", std::chrono::seconds(60)));
+  }
+}
+
+HttpResponse scrape(const HttpClient& c) {
+  auto r = c.get("/metrics");
   REQUIRE(r.status == 200);
   CHECK(r.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8");
-  return r.body;
+  return r;
 }
 
 }  // namespace
@@ -35,20 +49,28 @@ std::string scrape(const HttpClient& c, const Headers& headers = {}) {
 TEST_CASE("metrics: requests and execs and replays and gauges move with the traffic", "[metrics]") {
   BerthdProcess berthd;
   HttpClient c(berthd.port());
+  std::vector<HttpResponse> sent;
+  auto track = [&](HttpResponse r) {
+    sent.push_back(r);
+    return r;
+  };
   for (int i = 0; i < 3; ++i)
-    REQUIRE(c.get("/v1/profiles").status == 200);
-  REQUIRE(c.get("/v1/sandboxes/sandbox-000000000000").status == 404);
-  REQUIRE(c.get("/no/such/route/1").status == 404);
-  REQUIRE(c.get("/no/such/route/2").status == 404);
-  auto created = c.post("/v1/sandboxes", "{}", {{"Idempotency-Key", "metrics-test-key"}});
+    REQUIRE(track(c.get("/v1/profiles")).status == 200);
+  REQUIRE(track(c.get("/v1/sandboxes/sandbox-000000000000")).status == 404);
+  REQUIRE(track(c.get("/no/such/route/1")).status == 404);
+  REQUIRE(track(c.get("/no/such/route/2")).status == 404);
+  auto created = track(c.post("/v1/sandboxes", "{}", {{"Idempotency-Key", "metrics-test-key"}}));
   REQUIRE(created.status == 201);
-  REQUIRE(c.post("/v1/sandboxes", "{}", {{"Idempotency-Key", "metrics-test-key"}}).status == 201);  // replayed
+  auto replayed = track(c.post("/v1/sandboxes", "{}", {{"Idempotency-Key", "metrics-test-key"}}));
+  REQUIRE(replayed.status == 201);
+  CHECK(replayed.header("Idempotent-Replayed") == "true");
   std::string id = created.json()->getValue<std::string>("id");
-  auto run = c.post("/v1/sandboxes/" + id + "/shell/exec", R"({"command":"echo hi"})");
-  REQUIRE(run.status == 200);
-  REQUIRE(c.post("/v1/sandboxes/" + id + "/shell/exec", R"({"command":"exit 4"})").status == 200);
+  REQUIRE(track(c.post("/v1/sandboxes/" + id + "/shell/exec", R"({"command":"echo hi"})")).status == 200);
+  REQUIRE(track(c.post("/v1/sandboxes/" + id + "/shell/exec", R"({"command":"exit 4"})")).status == 200);
+  settle(berthd, sent);
 
-  auto text = scrape(c);
+  auto scraped = scrape(c);
+  const auto& text = scraped.body;
   CHECK(sample(text, R"(berth_http_requests_total{method="GET",route="/v1/profiles",status="200"})") == 3.0);
   CHECK(sample(text, R"(berth_http_request_duration_seconds_count{method="GET",route="/v1/profiles"})") == 3.0);
   CHECK(sample(text, R"(berth_http_requests_total{method="GET",route="/v1/sandboxes/{}",status="404"})") == 1.0);
@@ -66,11 +88,12 @@ TEST_CASE("metrics: requests and execs and replays and gauges move with the traf
   CHECK(sample(text, "process_open_fds").value_or(0) > 0);
   CHECK(sample(text, "process_threads").value_or(0) > 0);
 
-  // The scrape itself is counted once it has answered: the second scrape sees the first.
-  auto again = scrape(c);
+  // The scrape itself is counted once it has answered: the next scrape sees this one.
+  settle(berthd, {scraped});
+  auto again = scrape(c).body;
   CHECK(sample(again, R"(berth_http_requests_total{method="GET",route="/metrics",status="200"})") == 1.0);
   REQUIRE(c.del("/v1/sandboxes/" + id).status == 204);
-  auto after = scrape(c);
+  auto after = scrape(c).body;
   CHECK(sample(after, R"(berth_sandboxes{status="ready"})") == 0.0);
   CHECK(sample(after, R"(berth_sessions{state="running"})") == 0.0);
 }
@@ -84,10 +107,14 @@ TEST_CASE("metrics: with a bearer token only that token may scrape", "[metrics]"
   CHECK(none.status == 401);
   CHECK(none.json()->getObject("error")->getValue<std::string>("code") == "unauthorized");
   CHECK(none.header("WWW-Authenticate") == "Bearer realm=\"berth\"");
-  CHECK(HttpClient(berthd.port(), "tenant-key-123").get("/metrics").status == 401);  // an API key is not the token
-  CHECK(HttpClient(berthd.port(), token + "x").get("/metrics").status == 401);
-  CHECK(HttpClient(berthd.port(), token.substr(1)).get("/metrics").status == 401);
-  auto text = scrape(HttpClient(berthd.port(), token));
+  auto tenant = HttpClient(berthd.port(), "tenant-key-123").get("/metrics");
+  CHECK(tenant.status == 401);  // an API key is not the token
+  auto longer = HttpClient(berthd.port(), token + "x").get("/metrics");
+  CHECK(longer.status == 401);
+  auto shorter = HttpClient(berthd.port(), token.substr(1)).get("/metrics");
+  CHECK(shorter.status == 401);
+  settle(berthd, {none, tenant, longer, shorter});
+  auto text = scrape(HttpClient(berthd.port(), token)).body;
   CHECK(sample(text, R"(berth_http_requests_total{method="GET",route="/metrics",status="401"})") == 4.0);
   CHECK(anonymous.get("/health").status == 200);  // /health stays open
 }
