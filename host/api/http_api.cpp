@@ -268,6 +268,7 @@ void run_route(Exchange& ex, const Route& route) {
     return {static_cast<int>(captured.getStatus()), captured.body()};
   });
   ex.response.set("Idempotent-Replayed", stored.replayed ? "true" : "false");
+  if (stored.replayed && ex.ctx.metrics) ex.ctx.metrics->idempotency_replayed();
   if (stored.body.empty()) {
     ex.send_empty(stored.status);
   } else {
@@ -296,12 +297,15 @@ void dispatch(Exchange& ex) {
     }
   }
   bool path_matched = false;
-  for (const auto& route : routes()) {
+  const auto& table = routes();
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    const auto& route = table[i];
     std::vector<std::string> params;
     if (!match(route.pattern, segments, params)) continue;
     path_matched = true;
     if (route.method != ex.request.getMethod()) continue;
     ex.params = std::move(params);
+    ex.route_index = i;
     if (!route.public_) authenticate(ex);
     // An admin method on a path tenants may read (POST/PUT/DELETE /v1/profiles): the 404 of an unknown route.
     if (route.admin && !ex.admin) {
@@ -362,16 +366,18 @@ void serve(ApiContext& ctx, Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPSer
   } catch (...) {
     log::error("http.internal_error", {{"request_id", request_id}, {"error", "unknown exception"}});
   }
-  log::info(
-      "http.access",
-      {{"request_id", request_id},
-       {"method", rq.getMethod()},
-       {"path", ex.path()},
-       {"status", std::to_string(static_cast<int>(rs.getStatus()))},
-       {"owner", ex.owner},
-       {"ms",
-        std::to_string(
-            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count())}});
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  const int status = static_cast<int>(rs.getStatus());
+  if (ctx.metrics) {
+    ctx.metrics->request_done(ex.route_index, rq.getMethod(), status, std::chrono::duration<double>(elapsed).count());
+  }
+  log::info("http.access",
+            {{"request_id", request_id},
+             {"method", rq.getMethod()},
+             {"path", ex.path()},
+             {"status", std::to_string(status)},
+             {"owner", ex.owner},
+             {"ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count())}});
 }
 
 }  // namespace
@@ -705,9 +711,16 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
 
 // ---- HttpApi --------------------------------------------------------------------------------------------------
 
+std::vector<metrics::HttpRoute> metric_routes() {
+  std::vector<metrics::HttpRoute> out;
+  for (const auto& r : routes())
+    out.push_back({r.method, r.pattern});
+  return out;
+}
+
 HttpApi::HttpApi(ApiSettings settings, core::SandboxService& service, core::IdempotencyRegistry& idempotency,
-                 std::shared_ptr<const core::Clock> clock)
-    : ctx_(std::make_shared<ApiContext>(std::move(settings), service, idempotency, std::move(clock))) {}
+                 std::shared_ptr<const core::Clock> clock, metrics::PrometheusMetrics* metrics)
+    : ctx_(std::make_shared<ApiContext>(std::move(settings), service, idempotency, std::move(clock), metrics)) {}
 
 HttpApi::~HttpApi() {
   if (server_) server_->close();

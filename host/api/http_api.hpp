@@ -16,6 +16,7 @@
 #include "core/clock.hpp"
 #include "core/idempotency.hpp"
 #include "core/sandbox_service.hpp"
+#include "metrics/prometheus_metrics.hpp"
 
 namespace berth::api {
 
@@ -35,6 +36,7 @@ struct ApiSettings {
   bool allow_anonymous = true;
   std::string anonymous_owner = "default";
   std::string version = BERTH_VERSION;
+  std::string metrics_bearer_token;  // [metrics] bearer_token: empty = GET /metrics is open like /health
 };
 
 /**
@@ -44,12 +46,20 @@ struct ApiSettings {
  */
 struct ApiContext {
   ApiContext(ApiSettings s, core::SandboxService& svc, core::IdempotencyRegistry& idem,
-             std::shared_ptr<const core::Clock> c)
-      : settings(std::move(s)), service(svc), idempotency(idem), clock(std::move(c)), admission(settings.admission) {}
+             std::shared_ptr<const core::Clock> c, metrics::PrometheusMetrics* m = nullptr)
+      : settings(std::move(s)),
+        service(svc),
+        idempotency(idem),
+        clock(std::move(c)),
+        metrics(m),
+        admission(settings.admission) {}
   ApiSettings settings;
   core::SandboxService& service;
   core::IdempotencyRegistry& idempotency;
   std::shared_ptr<const core::Clock> clock;
+  // Counts every request and serves GET /metrics; null = metrics disabled (nothing counted, /metrics is 404).
+  // Built from metric_routes() (routes() in table order); must outlive every request.
+  metrics::PrometheusMetrics* metrics;
   Admission admission;  // heavy routes pass through it
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<std::uint64_t> next_request{1};
@@ -82,14 +92,21 @@ InProcessResponse handle_request(ApiContext& ctx, const std::string& method, con
                                  const std::string& body);
 
 /**
+ * Every route of the route table as (method, template) label pairs, in table order: what the
+ * metrics::PrometheusMetrics handed to HttpApi must be built with (requests are counted by table index).
+ */
+std::vector<metrics::HttpRoute> metric_routes();
+
+/**
  * Owns the listening socket and the connection layer (HttpServer: a poller for request heads and idle keep-alive
  * connections, a worker pool sized by ApiSettings::threads with small stacks, so that requests waiting for admission
  * only cost a parked thread). Methods are called by the daemon's main thread only.
  */
 class HttpApi {
  public:
+  /** `metrics` (may be null, borrowed) must have been built from metric_routes() and outlive the HttpApi. */
   HttpApi(ApiSettings settings, core::SandboxService& service, core::IdempotencyRegistry& idempotency,
-          std::shared_ptr<const core::Clock> clock);
+          std::shared_ptr<const core::Clock> clock, metrics::PrometheusMetrics* metrics = nullptr);
   /** Stops the server if still running; never waits for stuck handlers (see wait_for_handlers). */
   ~HttpApi();
 

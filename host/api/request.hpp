@@ -5,6 +5,7 @@
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerResponse.h>
 
+#include <cstdint>
 #include <functional>
 #include <initializer_list>
 #include <map>
@@ -29,9 +30,10 @@ class Exchange {
   Poco::Net::HTTPServerRequest& request;
   Poco::Net::HTTPServerResponse& response;
   const std::string request_id;
-  std::string owner;                // set after authentication
-  bool admin = false;               // set after authentication: the caller holds an admin key (or single-user mode)
-  std::vector<std::string> params;  // values of {} segments in the matched route, in order
+  std::string owner;                   // set after authentication
+  bool admin = false;                  // set after authentication: the caller holds an admin key (or single-user mode)
+  std::vector<std::string> params;     // values of {} segments in the matched route, in order
+  std::size_t route_index = SIZE_MAX;  // the matched route's index in routes(); SIZE_MAX = none (metrics label)
 
   const std::string& path() const { return path_; }
   /** False when the request target could not be parsed (e.g. bad percent-encoding): dispatch answers 400. */

@@ -6,6 +6,7 @@
 #include <Poco/Net/HTMLForm.h>
 #include <Poco/Net/MessageHeader.h>
 #include <Poco/Net/PartHandler.h>
+#include <Poco/String.h>
 #include <Poco/TemporaryFile.h>
 
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "api/openapi.hpp"
 #include "api/request.hpp"
 #include "core/ids.hpp"
+#include "metrics/prometheus_metrics.hpp"
 
 namespace berth::api {
 namespace {
@@ -74,6 +76,38 @@ void health(Exchange& ex) {
   o.set("uptime_s",
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - ex.ctx.started).count());
   ex.send_json(200, o);
+}
+
+/** Constant-time comparison, so a wrong metrics token's timing does not reveal how much of it matched. */
+bool same_secret(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+/**
+ * The Prometheus scrape. Open like /health unless [metrics] bearer_token is set: then exactly one
+ * `Authorization: Bearer <token>` header with that token (API keys do not count). 404 when metrics are disabled.
+ */
+void metrics(Exchange& ex) {
+  auto* registry = ex.ctx.metrics;
+  if (!registry) throw Error(ErrorCode::not_found, "metrics are disabled ([metrics] enabled = false)");
+  const auto& token = ex.ctx.settings.metrics_bearer_token;
+  if (!token.empty()) {
+    std::size_t headers = 0;
+    for (const auto& [name, value] : ex.request) {
+      if (Poco::icompare(name, "Authorization") == 0) ++headers;
+    }
+    if (headers != 1 || !same_secret(ex.request.get("Authorization"), "Bearer " + token)) {
+      throw Error(ErrorCode::unauthorized, "GET /metrics needs 'Authorization: Bearer <[metrics] bearer_token>'");
+    }
+  }
+  std::string text = registry->render(ex.ctx.service.lifecycle_snapshot());
+  ex.response.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_OK);
+  ex.response.setContentType(std::string(metrics::PrometheusMetrics::kContentType));
+  // The body (some KiB) in one write rather than through send()'s 4 KiB stream buffer.
+  ex.response.sendBuffer(text.data(), text.size());
 }
 
 /**
@@ -593,6 +627,7 @@ const std::vector<Route>& routes() {
       {"GET", "/health", health, false, true},
       {"GET", "/meta", meta, false, true},
       {"GET", "/openapi.json", openapi, false, true},
+      {"GET", "/metrics", metrics, false, true},
       {"GET", "/v1/profiles", list_profiles},
       {"GET", "/v1/profiles/{}", get_profile},
       {"POST", "/v1/profiles", create_profile, false, false, I::replay, true},

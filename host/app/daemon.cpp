@@ -14,7 +14,9 @@
 #include "core/clock.hpp"
 #include "core/idempotency.hpp"
 #include "core/log.hpp"
+#include "core/metered_driver.hpp"
 #include "core/sandbox_service.hpp"
+#include "metrics/prometheus_metrics.hpp"
 #include "plugin/driver_library.hpp"
 #include "store/store.hpp"
 
@@ -96,6 +98,7 @@ api::ApiSettings api_settings(const config::Config& cfg) {
   a.admin_keys = cfg.auth.admin_keys;
   a.allow_anonymous = cfg.auth.allow_anonymous;
   a.anonymous_owner = cfg.auth.anonymous_owner;
+  a.metrics_bearer_token = cfg.metrics.bearer_token;
   return a;
 }
 
@@ -147,10 +150,23 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
   try {
     auto store = store::open_sqlite_store(cfg.store.path);
     log::info("store.opened", {{"kind", cfg.store.kind}, {"path", cfg.store.path}});
-    core::SandboxService service(*store, *driver, clock, core_settings(cfg));
+    // Metrics: the registry counts requests (HTTP layer), execs and cleanup passes (core) and driver calls (the
+    // MeteredDriver around the plugin). Disabled, the core talks to the plugin directly and counts nothing.
+    std::unique_ptr<metrics::PrometheusMetrics> registry;
+    std::unique_ptr<core::MeteredDriver> metered;
+    core::Driver* core_driver = driver.get();
+    if (cfg.metrics.enabled) {
+      registry = std::make_unique<metrics::PrometheusMetrics>(api::metric_routes());
+      metered = std::make_unique<core::MeteredDriver>(*driver, *registry);
+      core_driver = metered.get();
+    }
+    log::info("metrics.configured", {{"enabled", cfg.metrics.enabled ? "true" : "false"},
+                                     {"bearer_token", cfg.metrics.bearer_token.empty() ? "none" : "set"}});
+    core::SandboxService service(*store, *core_driver, clock, core_settings(cfg),
+                                 registry ? static_cast<core::Metrics&>(*registry) : core::null_metrics());
     core::IdempotencyRegistry idempotency(*store, clock);
     core::CleanupTask cleanup(service, cfg.cleanup.interval);
-    api::HttpApi server(api_settings(cfg), service, idempotency, clock);
+    api::HttpApi server(api_settings(cfg), service, idempotency, clock, registry.get());
     service.recover();  // before serving: sessions a killed predecessor left starting are settled at once
     server.start();
     if (cfg.cleanup.enabled) cleanup.start();

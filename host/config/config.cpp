@@ -370,6 +370,32 @@ void read_limits(TableReader r, core::Limits& l) {
   r.reject_unknown();
 }
 
+void read_metrics(TableReader r, MetricsConfig& m) {
+  r.boolean("enabled", m.enabled);
+  r.string("bearer_token", m.bearer_token);
+  std::string file;
+  r.string("bearer_token_file", file);
+  if (!file.empty()) {
+    if (!m.bearer_token.empty()) {
+      r.fail(*r.get("bearer_token_file"), "bearer_token_file", "set bearer_token or bearer_token_file, not both");
+    }
+    std::ifstream in(file, std::ios::binary);
+    if (!in) r.fail(*r.get("bearer_token_file"), "bearer_token_file", "cannot read '" + file + "'");
+    std::getline(in, m.bearer_token);  // the first line; a trailing CR (or the newline) is not part of the token
+    if (!m.bearer_token.empty() && m.bearer_token.back() == '\r') m.bearer_token.pop_back();
+  }
+  const char* key = file.empty() ? "bearer_token" : "bearer_token_file";
+  if (!m.bearer_token.empty()) {
+    if (m.bearer_token.size() < 16) r.fail(*r.get(key), key, "the token must be at least 16 characters");
+    for (char c : m.bearer_token) {
+      if (c <= ' ' || c == 0x7f) r.fail(*r.get(key), key, "the token must not contain spaces or control characters");
+    }
+  } else if (!file.empty()) {
+    r.fail(*r.get(key), key, "the file's first line is empty");
+  }
+  r.reject_unknown();
+}
+
 void read_log(TableReader r, LogConfig& l) {
   r.string("format", l.format);
   if (l.format != "text" && l.format != "json") r.fail(*r.get("format"), "format", "expected \"text\" or \"json\"");
@@ -433,6 +459,7 @@ Config parse(const std::string& text, const std::string& source) {
   if (const auto* t = top.table("listing")) read_listing(TableReader(*t, "listing", source), cfg.listing);
   if (const auto* t = top.table("auth")) read_auth(TableReader(*t, "auth", source), cfg.auth);
   if (const auto* t = top.table("log")) read_log(TableReader(*t, "log", source), cfg.log);
+  if (const auto* t = top.table("metrics")) read_metrics(TableReader(*t, "metrics", source), cfg.metrics);
   if (const auto* t = top.table("limits")) read_limits(TableReader(*t, "limits", source), cfg.limits);
   top.string("default_profile", cfg.default_profile);
   if (const auto* t = top.table("profiles")) {

@@ -90,6 +90,12 @@ struct AuthConfig {
   std::map<std::string, std::string> admin_keys;
 };
 
+/** [metrics]: GET /metrics (Prometheus text format; docs/api.md lists every series). */
+struct MetricsConfig {
+  bool enabled = true;       // false: nothing is counted and GET /metrics answers 404
+  std::string bearer_token;  // non-empty: scrapes need "Authorization: Bearer <token>" (or read from bearer_token_file)
+};
+
 struct LogConfig {
   std::string format = "text";  // "text" | "json"
   std::string level = "info";
@@ -108,6 +114,7 @@ struct Config {
   ListingConfig listing;
   AuthConfig auth;
   LogConfig log;
+  MetricsConfig metrics;
   core::Limits limits;  // [limits]: per-owner quotas and what a create may store
 };
 

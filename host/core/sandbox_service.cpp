@@ -16,6 +16,19 @@ using SS = store::SessionState;           // what the database records
 using RuntimeState = core::SessionState;  // what the driver reports
 using namespace std::chrono_literals;
 
+/** A report's actions as metrics count them (core/metrics.hpp); the names are the report's field names. */
+CleanupActionCounts cleanup_action_counts(const CleanupReport& r) {
+  return {{"idle_stopped", r.idle_stopped.size()},
+          {"expired_deleted", r.expired_deleted.size()},
+          {"orphans_removed", r.orphans_removed.size()},
+          {"workspaces_removed", r.workspaces_removed.size()},
+          {"dead_sessions", r.dead_sessions.size()},
+          {"skipped_stale", r.skipped_stale.size()},
+          {"skipped_in_use", r.skipped_in_use.size()},
+          {"failed", r.failed.size()},
+          {"executions_expired", static_cast<std::uint64_t>(r.executions_expired)}};
+}
+
 std::string ms_since(std::chrono::steady_clock::time_point t0) {
   return std::to_string(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
@@ -129,12 +142,13 @@ void rethrow_driver_error(const DriverError& e, const std::string& context) {
 }
 
 SandboxService::SandboxService(store::Store& store, Driver& driver, std::shared_ptr<const Clock> clock,
-                               Settings settings)
+                               Settings settings, Metrics& metrics)
     : store_(store),
       driver_(driver),
       clock_(std::move(clock)),
       settings_(std::move(settings)),
-      profiles_(settings_.profiles, settings_.default_profile, store_, driver_, clock_, settings_.profile_codec) {
+      profiles_(settings_.profiles, settings_.default_profile, store_, driver_, clock_, settings_.profile_codec),
+      metrics_(metrics) {
   profiles_.load();
 }
 
@@ -778,6 +792,17 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   ExecOutcome out;
   std::string session_id;
   auto t0 = std::chrono::steady_clock::now();
+  // Reported however the exec ends from here on: an exception leaves `end` at error.
+  ExecEnd end = ExecEnd::error;
+  struct ReportExec {
+    Metrics& metrics;
+    std::string_view kind;
+    const ExecEnd& end;
+    std::chrono::steady_clock::time_point t0;
+    ~ReportExec() {
+      metrics.exec_done(kind, end, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  } report_exec{metrics_, kind == ExecKind::python ? "python" : "shell", end, t0};
   ExecResult result;
   CappedBuffer stdout_buf{{}, settings_.exec_output_cap};
   CappedBuffer stderr_buf{{}, settings_.exec_output_cap};
@@ -808,6 +833,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   out.output = stdout_buf.finish();
   out.error = stderr_buf.finish();
   out.timed_out = result.timed_out;
+  end = result.timed_out ? ExecEnd::timeout : result.exit_code == 0 ? ExecEnd::success : ExecEnd::nonzero_exit;
   if (result.timed_out) {
     if (!out.error.empty() && out.error.back() != '\n') out.error += '\n';
     out.error += "execution timed out after " + std::to_string(to.count()) + "s";
@@ -1045,6 +1071,8 @@ CleanupReport SandboxService::run_cleanup() {
   cleanup_orphans(report);
   cleanup_abandoned_workspaces(report);
   cleanup_history(report);
+  metrics_.cleanup_pass_done(cleanup_action_counts(report),
+                             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   log::info("cleanup.run", {{"idle_stopped", std::to_string(report.idle_stopped.size())},
                             {"expired_deleted", std::to_string(report.expired_deleted.size())},
                             {"orphans_removed", std::to_string(report.orphans_removed.size())},
@@ -1056,6 +1084,42 @@ CleanupReport SandboxService::run_cleanup() {
                             {"executions_expired", std::to_string(report.executions_expired)},
                             {"elapsed_ms", ms_since(t0)}});
   return report;
+}
+
+LifecycleSnapshot SandboxService::lifecycle_snapshot() {
+  LifecycleSnapshot snap;
+  std::map<std::string, SS> session_state;
+  for (auto& s : store_.list_active_sessions()) {
+    if (s.state == SS::starting) ++snap.sessions_starting;
+    if (s.state == SS::ready) ++snap.sessions_running;
+    session_state.emplace(std::move(s.id), s.state);
+  }
+  // The same rule as view(), over one listing of each table instead of a session read per sandbox.
+  std::int64_t counts[5] = {};
+  auto now = clock_->now();
+  for (const auto& row : store_.list_live_sandboxes()) {
+    std::optional<SS> state;
+    if (row.current_session_id) {
+      if (auto it = session_state.find(*row.current_session_id); it != session_state.end()) state = it->second;
+    }
+    SandboxStatus status = SandboxStatus::idle;
+    if (row.expires_at && *row.expires_at <= now) {
+      status = SandboxStatus::expired;
+    } else if (state == SS::ready) {
+      status = SandboxStatus::ready;
+    } else if (state == SS::starting) {
+      status = SandboxStatus::starting;
+    } else if (!row.last_error.empty()) {
+      status = SandboxStatus::failed;
+    }
+    ++counts[static_cast<int>(status)];
+  }
+  for (auto status : {SandboxStatus::idle, SandboxStatus::starting, SandboxStatus::ready, SandboxStatus::failed,
+                      SandboxStatus::expired}) {
+    snap.sandboxes_by_status.emplace_back(to_string(status), counts[static_cast<int>(status)]);
+  }
+  snap.store_transaction_retries = store_.transaction_retries();
+  return snap;
 }
 
 void SandboxService::cleanup_dead_sessions(CleanupReport& report) {

@@ -20,6 +20,7 @@
 #include "core/errors.hpp"
 #include "core/in_flight.hpp"
 #include "core/limits.hpp"
+#include "core/metrics.hpp"
 #include "core/profile.hpp"
 #include "core/profile_catalog.hpp"
 #include "store/store.hpp"
@@ -126,7 +127,9 @@ struct ListResult {
  */
 class SandboxService {
  public:
-  SandboxService(store::Store& store, Driver& driver, std::shared_ptr<const Clock> clock, Settings settings);
+  /** `metrics` (borrowed, must outlive the service) receives exec and cleanup events; see core/metrics.hpp. */
+  SandboxService(store::Store& store, Driver& driver, std::shared_ptr<const Clock> clock, Settings settings,
+                 Metrics& metrics = null_metrics());
 
   const Settings& settings() const { return settings_; }
   /** Every profile a sandbox may be created with (built-ins and API-created); thread-safe. */
@@ -211,6 +214,12 @@ class SandboxService {
   /** One pass of the cleanup task (see CleanupTask); also behind POST /v1/admin/gc/run. */
   CleanupReport run_cleanup();
 
+  /**
+   * Live sandboxes per status and active sessions per state, counted with two store reads (no driver call), plus
+   * the store's transaction retries: what GET /metrics reports as gauges. Throws store::StoreError.
+   */
+  LifecycleSnapshot lifecycle_snapshot();
+
  private:
   SandboxView view(store::SandboxRow row);
   store::SandboxRow load_live(const std::string& owner, const std::string& id);
@@ -258,6 +267,7 @@ class SandboxService {
   std::shared_ptr<const Clock> clock_;
   Settings settings_;
   ProfileCatalog profiles_;
+  Metrics& metrics_;
   InFlightCalls in_flight_;
   std::atomic<bool> shutting_down_{false};  // set once by begin_shutdown()
   CreateRateLimiter create_rate_{settings_.limits.create_rate_per_minute, settings_.limits.create_burst};

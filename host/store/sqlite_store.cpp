@@ -13,6 +13,7 @@
 #include <Poco/Nullable.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -633,6 +634,7 @@ class SqliteStore final : public Store {
       // Insert-or-read. The existing row may be released by another process between the two statements; then
       // the key is free again and the insert is retried.
       for (int attempt = 0; attempt < 8; ++attempt) {
+        if (attempt > 0) ++retries_;
         Statement insert(session_);
         insert << "INSERT INTO idempotency_keys (" << kIdempotencyColumns
                << ") VALUES (?, ?, ?, 0, '', ?) ON CONFLICT (owner, key) DO NOTHING",
@@ -713,6 +715,7 @@ class SqliteStore final : public Store {
       return static_cast<int>(count);
     });
   }
+  std::uint64_t transaction_retries() const override { return retries_.load(std::memory_order_relaxed); }
 
  private:
   static Session open_session(const std::string& path) {
@@ -820,6 +823,7 @@ class SqliteStore final : public Store {
   const std::string path_;
   std::mutex mutex_;
   Session session_;
+  std::atomic<std::uint64_t> retries_{0};  // claim_idempotency rounds after the first (transaction_retries)
 };
 
 }  // namespace

@@ -207,6 +207,13 @@ class Store {
   virtual bool delete_profile(const std::string& name) = 0;
   /** Live (not deleted) sandboxes created with the profile. */
   virtual int count_live_sandboxes_with_profile(const std::string& name) = 0;
+  // ---- observability ----
+  /**
+   * How many times, since the store was opened, a transaction or statement was run again after a conflict with
+   * another connection (e.g. an idempotency key released between insert and read). A store without such retries
+   * returns 0. Thread-safe; never throws.
+   */
+  virtual std::uint64_t transaction_retries() const { return 0; }
 };
 
 /**

@@ -242,7 +242,8 @@ def drive(b):
     b.request("GET", "/health", key=None, expect=200)
     b.request("GET", "/meta", key=None, expect=200)
     b.request("GET", "/openapi.json", key=None, expect=200)
-    for public in ("/health", "/meta", "/openapi.json"):  # a target that is not percent-decodable: 400 before routing
+    b.request("GET", "/metrics", key=None, expect=200)
+    for public in ("/health", "/meta", "/openapi.json", "/metrics"):  # a target that is not percent-decodable: 400 before routing
         b.request("GET", public + "?q=%zz", key=None, expect=400)
     b.request("GET", "/v1/profiles", key=None, expect=401)
     b.request("GET", "/v1/profiles", key="not-a-known-key", expect=401)

@@ -1,5 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
 #include "config/config.hpp"
 
 using namespace berth::config;
@@ -171,4 +176,31 @@ TEST_CASE("[limits]: defaults, explicit values, and no duration that could overf
   // 10^11 days is 2.7e8 years: nanoseconds since 1970 would wrap. Every duration key is capped at 100 years.
   CHECK(error_of(d + "[profiles.a]\nidle_timeout = \"99999999999d\"\n").find("must be at most") != std::string::npos);
   CHECK(error_of(d + "[cleanup]\nidle_timeout = 9223372036\n").find("must be at most") != std::string::npos);
+}
+
+TEST_CASE("[metrics]: on and open by default, a bearer token inline or from a file, never both") {
+  const std::string base = "[driver]\nname = \"fake\"\n";
+  auto defaults = parse(base, "t.toml");
+  CHECK(defaults.metrics.enabled);
+  CHECK(defaults.metrics.bearer_token.empty());
+  auto inline_token = parse(base + "[metrics]\nenabled = false\nbearer_token = \"0123456789abcdef\"\n", "t.toml");
+  CHECK_FALSE(inline_token.metrics.enabled);
+  CHECK(inline_token.metrics.bearer_token == "0123456789abcdef");
+  CHECK(error_of(base + "[metrics]\nbearer_token = \"short\"\n")
+            .find("metrics.bearer_token: the token must be at "
+                  "least 16 characters") != std::string::npos);
+  CHECK(error_of(base + "[metrics]\nbearer_token = \"0123456789 abcdef\"\n").find("spaces") != std::string::npos);
+  CHECK(error_of(base + "[metrics]\ntoken = \"0123456789abcdef\"\n").find("metrics.token: unknown key") !=
+        std::string::npos);
+
+  auto file = std::filesystem::temp_directory_path() / ("berth-token-" + std::to_string(::getpid()));
+  std::ofstream(file) << "fedcba9876543210-from-file\r\n";
+  auto from_file = parse(base + "[metrics]\nbearer_token_file = \"" + file.string() + "\"\n", "t.toml");
+  CHECK(from_file.metrics.bearer_token == "fedcba9876543210-from-file");  // the line ending is not part of it
+  CHECK(
+      error_of(base + "[metrics]\nbearer_token = \"0123456789abcdef\"\nbearer_token_file = \"" + file.string() + "\"\n")
+          .find("not both") != std::string::npos);
+  std::filesystem::remove(file);
+  CHECK(error_of(base + "[metrics]\nbearer_token_file = \"" + file.string() + "\"\n").find("cannot read") !=
+        std::string::npos);
 }
