@@ -165,12 +165,10 @@ class Driver {
   virtual SessionStats session_stats(const std::string& handle) = 0;
   /**
    * Whether the engine holds `image` locally (never pulls): true/false, or nullopt when the driver cannot tell
-   * (ABI < 1.2 or the optional slot is NULL). Throws DriverError when the engine fails.
+   * (ABI < 1.2 or the optional slot is NULL). Throws DriverError when the engine fails. Pure, so that a wrapper
+   * (MeteredDriver, test doubles) cannot silently answer "cannot tell" for the driver it wraps.
    */
-  virtual std::optional<bool> image_exists(const std::string& image) {
-    (void)image;
-    return std::nullopt;
-  }
+  virtual std::optional<bool> image_exists(const std::string& image) = 0;
 
   /** Runs a process; a timeout is a result (timed_out), a cancellation throws DriverErrc::cancelled. */
   virtual ExecResult exec(const std::string& handle, const ExecRequest& request, const OutputSink& on_output,

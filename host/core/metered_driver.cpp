@@ -51,6 +51,10 @@ void MeteredDriver::session_remove(const std::string& handle) {
 std::vector<SessionListing> MeteredDriver::session_list(const Labels& filter) {
   return timed("session_list", [&] { return inner_.session_list(filter); });
 }
+std::optional<bool> MeteredDriver::image_exists(const std::string& image) {
+  return timed("image_exists", [&] { return inner_.image_exists(image); });
+}
+
 SessionStats MeteredDriver::session_stats(const std::string& handle) {
   return timed("session_stats", [&] { return inner_.session_stats(handle); });
 }

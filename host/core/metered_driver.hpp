@@ -26,6 +26,7 @@ class MeteredDriver final : public Driver {
   void session_remove(const std::string& handle) override;
   std::vector<SessionListing> session_list(const Labels& filter) override;
   SessionStats session_stats(const std::string& handle) override;
+  std::optional<bool> image_exists(const std::string& image) override;
   ExecResult exec(const std::string& handle, const ExecRequest& request, const OutputSink& on_output,
                   const CancelToken* cancel) override;
   void file_put(const std::string& handle, const std::string& path, std::uint32_t mode, std::uint64_t size,

@@ -325,6 +325,7 @@ class CountingDriver final : public core::Driver {
   void session_remove(const std::string& h) override { inner_.session_remove(h); }
   std::vector<core::SessionListing> session_list(const core::Labels& f) override { return inner_.session_list(f); }
   core::SessionStats session_stats(const std::string& h) override { return inner_.session_stats(h); }
+  std::optional<bool> image_exists(const std::string& i) override { return inner_.image_exists(i); }
   core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
                         const core::CancelToken* c) override {
     ++execs;
