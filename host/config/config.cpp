@@ -1,5 +1,7 @@
 #include "config/config.hpp"
 
+#include "core/errors.hpp"
+
 #include <Poco/Dynamic/Var.h>
 #include <Poco/Exception.h>
 #include <Poco/JSON/Array.h>
@@ -275,11 +277,19 @@ void read_profile(TableReader r, core::Profile& p, std::chrono::seconds default_
     }
   }
   if (p.image.empty()) r.fail(*r.get("image"), "image", "must not be empty");
+  if (p.image.size() > 255) r.fail(*r.get("image"), "image", "must be at most 255 bytes (an image reference)");
   r.reject_unknown();
 }
 
 /** Bounds a profile gets from other sections, checked after the whole file is read (and for API profiles). */
 void check_profile_bounds(const core::Profile& p, const Config& cfg, const std::string& source) {
+  // The profile's env reaches the same containers as a sandbox's: the same rules (LD_*/BERTH_* reserved, names,
+  // sizes, no NUL), whether it comes from this file or over the API.
+  try {
+    core::validate_env(p.env, cfg.limits);
+  } catch (const core::Error& e) {
+    throw ConfigError(source + ": profiles." + p.name + ".env: " + e.what(), "env");
+  }
   if (p.ttl && *p.ttl > cfg.limits.max_ttl) {
     throw ConfigError(source + ": profiles." + p.name + ".ttl: longer than [limits] max_ttl (" +
                           std::to_string(cfg.limits.max_ttl.count()) + "s)",
@@ -289,7 +299,11 @@ void check_profile_bounds(const core::Profile& p, const Config& cfg, const std::
 
 /** A JSON value (Poco) as a TOML node; null has no TOML form and is refused naming `path`. */
 std::unique_ptr<toml::node> to_toml(const Poco::Dynamic::Var& v, const std::string& source, const std::string& path) {
-  auto refuse = [&](const std::string& why) { throw ConfigError(source + ": " + path + ": " + why, path); };
+  auto refuse = [&](const std::string& why) {
+    // The key as a table reader names it (relative to the profile), e.g. "memory" or "env.A".
+    const auto dot = path.find('.', path.find('.') + 1);
+    throw ConfigError(source + ": " + path + ": " + why, dot == std::string::npos ? path : path.substr(dot + 1));
+  };
   if (v.isEmpty()) refuse("null is not a value; leave the key out instead");
   if (v.type() == typeid(Poco::JSON::Object::Ptr)) {
     auto t = std::make_unique<toml::table>();

@@ -44,6 +44,7 @@ ProfileCatalog::ProfileCatalog(std::map<std::string, Profile> builtins, std::str
 void ProfileCatalog::load() {
   if (!codec_.parse) return;
   std::map<std::string, ProfileEntry> loaded;
+  std::set<std::string> unreadable;
   for (const auto& row : store_.list_profiles()) {
     if (builtins_.count(row.name)) {
       log::warn("profile.shadowed", {{"profile", row.name}, {"reason", "a profile of the config file has this name"}});
@@ -57,10 +58,12 @@ void ProfileCatalog::load() {
       loaded.emplace(row.name, std::move(e));
     } catch (const Error& err) {
       log::error("profile.load_failed", {{"profile", row.name}, {"reason", err.what()}});
+      unreadable.insert(row.name);
     }
   }
   std::lock_guard lock(mutex_);
   stored_ = std::move(loaded);
+  unreadable_ = std::move(unreadable);
   log::info("profile.loaded",
             {{"builtin", std::to_string(builtins_.size())}, {"stored", std::to_string(stored_.size())}});
 }
@@ -142,7 +145,7 @@ ProfileEntry ProfileCatalog::create(const std::string& name, const std::string& 
   row.spec = codec_.serialize(p);
   row.created_at = row.updated_at = clock_->now();
   std::lock_guard lock(mutex_);
-  if (stored_.count(name)) throw conflict("profile '" + name + "' exists", name, "exists");
+  if (stored_.count(name) || unreadable_.count(name)) throw conflict("profile '" + name + "' exists", name, "exists");
   try {
     store_.insert_profile(row);
   } catch (const store::UniqueViolation&) {
@@ -160,25 +163,33 @@ ProfileEntry ProfileCatalog::replace(const std::string& name, const std::string&
   }
   {
     std::lock_guard lock(mutex_);
-    if (!stored_.count(name)) throw Error(ErrorCode::not_found, "no profile '" + name + "'", {{"profile", name}});
+    if (!stored_.count(name) && !unreadable_.count(name)) {
+      throw Error(ErrorCode::not_found, "no profile '" + name + "'", {{"profile", name}});
+    }
   }
   Profile p = parse_checked(name, json);
   std::lock_guard lock(mutex_);
   auto it = stored_.find(name);
-  if (it == stored_.end()) throw Error(ErrorCode::not_found, "no profile '" + name + "'", {{"profile", name}});
+  if (it == stored_.end() && !unreadable_.count(name)) {
+    throw Error(ErrorCode::not_found, "no profile '" + name + "'", {{"profile", name}});
+  }
   store::ProfileRow row;
   row.name = name;
   row.spec = codec_.serialize(p);
-  row.created_at = it->second.created_at.value_or(clock_->now());
+  row.created_at = it != stored_.end() && it->second.created_at ? *it->second.created_at : clock_->now();
   row.updated_at = clock_->now();
   if (!store_.update_profile(row)) {
-    stored_.erase(it);
+    if (it != stored_.end()) stored_.erase(it);
+    unreadable_.erase(name);
     throw Error(ErrorCode::not_found, "no profile '" + name + "'", {{"profile", name}});
   }
-  it->second.profile = std::make_shared<const Profile>(std::move(p));
-  it->second.updated_at = row.updated_at;
-  log::info("profile.replaced", {{"profile", name}, {"image", it->second.profile->image}});
-  return it->second;
+  unreadable_.erase(name);
+  auto& entry = stored_[name];
+  entry.profile = std::make_shared<const Profile>(std::move(p));
+  if (!entry.created_at) entry.created_at = row.created_at;
+  entry.updated_at = row.updated_at;
+  log::info("profile.replaced", {{"profile", name}, {"image", entry.profile->image}});
+  return entry;
 }
 
 void ProfileCatalog::remove(const std::string& name) {
@@ -187,7 +198,9 @@ void ProfileCatalog::remove(const std::string& name) {
   }
   std::unique_lock use(use_mutex_);  // no create is between picking this profile and storing its row
   std::lock_guard lock(mutex_);
-  if (!stored_.count(name)) throw Error(ErrorCode::not_found, "no profile '" + name + "'", {{"profile", name}});
+  if (!stored_.count(name) && !unreadable_.count(name)) {
+    throw Error(ErrorCode::not_found, "no profile '" + name + "'", {{"profile", name}});
+  }
   const int users = store_.count_live_sandboxes_with_profile(name);
   if (users > 0) {
     Error e(ErrorCode::conflict, "profile '" + name + "' is used by " + std::to_string(users) + " live sandbox(es)",
@@ -196,6 +209,7 @@ void ProfileCatalog::remove(const std::string& name) {
   }
   store_.delete_profile(name);
   stored_.erase(name);
+  unreadable_.erase(name);
   log::info("profile.deleted", {{"profile", name}});
 }
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -54,7 +55,8 @@ class ProfileCatalog {
 
   /**
    * Reads the stored profiles (once, at start-up). One that no longer reads (a bound in the config changed) is
-   * skipped with a `profile.load_failed` log line and stays in the store untouched. Throws store::StoreError.
+   * skipped with a `profile.load_failed` log line and stays in the store untouched: find() and get() do not know it,
+   * but replace() fixes it and remove() deletes it. Throws store::StoreError.
    */
   void load();
 
@@ -62,6 +64,7 @@ class ProfileCatalog {
   std::shared_ptr<const Profile> find(const std::string& name) const;
   /** The default profile (a built-in). */
   std::shared_ptr<const Profile> default_profile() const;
+  /** The name of the default profile. */
   const std::string& default_name() const { return default_name_; }
   /** Every profile, built-ins and stored, ordered by name. */
   std::vector<ProfileEntry> list() const;
@@ -97,6 +100,7 @@ class ProfileCatalog {
   mutable std::shared_mutex use_mutex_;  // see use_lock()
   mutable std::mutex mutex_;             // guards stored_ and serialises writes
   std::map<std::string, ProfileEntry> stored_;
+  std::set<std::string> unreadable_;  // stored, but they no longer read (profile.load_failed): PUT or DELETE them
 };
 
 /** A profile name: 1..64 bytes of [A-Za-z0-9._-], starting with a letter or digit. */

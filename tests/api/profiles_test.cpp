@@ -5,6 +5,7 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -185,6 +186,10 @@ TEST_CASE("a profile over the API is validated exactly as the config file's [pro
       {R"({"env":{"A":1}})", "env = { A = 1 }"},
       {R"({"image":""})", "image = \"\""},
       {R"({"gpus":1})", "gpus = 1"},
+      {R"({"env":{"LD_PRELOAD":"/x.so"}})", "env = { LD_PRELOAD = \"/x.so\" }"},
+      {R"({"env":{"BERTH_X":"1"}})", "env = { BERTH_X = \"1\" }"},
+      {R"({"env":{"A=B":"1"}})", "env = { \"A=B\" = \"1\" }"},
+      {R"({"image":")" + std::string(300, 'x') + R"("})", "image = \"" + std::string(300, 'x') + "\""},
   };
   for (const auto& c : cases) {
     INFO(c.json);
@@ -204,7 +209,15 @@ TEST_CASE("a profile over the API is validated exactly as the config file's [pro
     CHECK(run.code != 0);
     CHECK(reason_after(run.log, "bad") == api_reason);
   }
-  CHECK(admin.post("/v1/profiles", R"({"name":"nul","image":null})").status == 400);
+  // JSON values TOML has no form for: still named by their key alone.
+  for (const auto& [body, field] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"name":"nul","image":null})", "image"},
+           {R"({"name":"big","memory":18446744073709551615})", "memory"}}) {
+    auto r = admin.post("/v1/profiles", body);
+    INFO(r.body);
+    CHECK(r.status == 400);
+    CHECK(error_of(r)->getObject("details")->getValue<std::string>("field") == field);
+  }
   CHECK(admin.get("/v1/profiles/bad").status == 404);
 }
 
@@ -221,4 +234,29 @@ TEST_CASE("API profiles survive a restart and keep working", "[profiles]") {
   CHECK(r.json()->getValue<std::int64_t>("pids") == 99);
   auto sb = HttpClient(berthd.port(), kTenantKey).post("/v1/sandboxes", R"({"profile":"kept"})");
   CHECK(sb.status == 201);
+}
+
+TEST_CASE("a stored profile that no longer reads can still be replaced or deleted", "[profiles]") {
+  BerthdProcess berthd(profiles_config());
+  {
+    HttpClient admin(berthd.port(), kAdminKey);
+    REQUIRE(admin.post("/v1/profiles", R"({"name":"long","image":"berth/python:3.11","ttl":"30d"})").status == 201);
+    REQUIRE(admin.post("/v1/profiles", R"({"name":"long2","image":"berth/python:3.11","ttl":"30d"})").status == 201);
+  }
+  berthd.stop();
+  {
+    std::ofstream cfg(berthd.config_path(), std::ios::app);
+    cfg << "[limits]\nmax_ttl = \"1d\"\n";  // the stored profiles' ttl is now out of bounds
+  }
+  berthd.start();
+  CHECK(berthd.count_log_lines("profile.load_failed") >= 2);
+  HttpClient admin(berthd.port(), kAdminKey);
+  CHECK(admin.get("/v1/profiles/long").status == 404);  // not usable
+  CHECK(admin.post("/v1/profiles", R"({"name":"long","image":"berth/python:3.11"})").status == 409);
+  auto fixed = admin.put("/v1/profiles/long", R"({"image":"berth/python:3.11","ttl":"12h"})");
+  INFO(fixed.body);
+  CHECK(fixed.status == 200);
+  CHECK(admin.get("/v1/profiles/long").json()->getValue<std::int64_t>("ttl_s") == 12 * 3600);
+  CHECK(admin.del("/v1/profiles/long2").status == 204);
+  CHECK(admin.put("/v1/profiles/long2", R"({"image":"berth/python:3.11"})").status == 404);
 }
