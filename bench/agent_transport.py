@@ -171,8 +171,8 @@ def main():
             "NetworkDisabled": True,
             "HostConfig": {"NetworkMode": "none", "Binds": [f"{agent_bin}:/berth/agent:ro", f"{session}:/run/berth"]},
         })["Id"]
-        attach_sock = engine.attach(cid)
         engine.call("POST", f"/containers/{cid}/start")
+        attach_sock = engine.attach(cid)  # after start: Podman refuses to attach to a created container
         deadline = time.monotonic() + 60
         sock_path = os.path.join(session, "agent.sock")
         while not os.path.exists(sock_path):

@@ -155,6 +155,7 @@ class Agent {
   void on_output(Process* p, int fd, int stream);
   void on_stdin_writable(Process* p);
   void update_proc_interest(Process* p);
+  void close_stdin(Process* p);
   void maybe_finish(Process* p);
   void kill_tree(Process* p);
   void on_signal();
@@ -510,7 +511,10 @@ void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& r
   } else {
     watch(raw->h.stdout_fd, EPOLLIN, [this, raw](std::uint32_t) { on_output(raw, raw->h.stdout_fd, 1); });
     watch(raw->h.stderr_fd, EPOLLIN, [this, raw](std::uint32_t) { on_output(raw, raw->h.stderr_fd, 2); });
-    watch(raw->h.stdin_fd, 0, [this, raw](std::uint32_t) { on_stdin_writable(raw); });
+    watch(raw->h.stdin_fd, 0, [this, raw](std::uint32_t ev) {
+      if (ev & (EPOLLERR | EPOLLHUP)) return close_stdin(raw);  // the reader is gone (reported whatever the mask)
+      on_stdin_writable(raw);
+    });
   }
   update_proc_interest(raw);
 }
@@ -526,6 +530,16 @@ void Agent::update_proc_interest(Process* p) {
   if (!p->out_eof) rearm(p->h.stdout_fd, paused ? 0u : kIn);
   if (!p->err_eof) rearm(p->h.stderr_fd, paused ? 0u : kIn);
   if (!p->stdin_closed) rearm(p->h.stdin_fd, want_in ? kOut : 0u);
+}
+
+void Agent::close_stdin(Process* p) {
+  if (p->stdin_closed || p->h.stdin_fd < 0) return;
+  unwatch(p->h.stdin_fd);
+  ::close(p->h.stdin_fd);
+  p->h.stdin_fd = -1;
+  p->stdin_closed = true;
+  p->stdin_buf.clear();
+  if (p->conn && p->conn->read_paused) p->conn->read_paused = false, update_conn_interest(p->conn);
 }
 
 void Agent::on_stdin_writable(Process* p) {
@@ -548,10 +562,8 @@ void Agent::on_stdin_writable(Process* p) {
       if (::tcgetattr(p->h.stdin_fd, &t) == 0) eof = static_cast<char>(t.c_cc[VEOF]);
       if (::write(p->h.stdin_fd, &eof, 1) == 1) p->stdin_close_pending = false;
     } else {
-      unwatch(p->h.stdin_fd);
-      ::close(p->h.stdin_fd);
-      p->h.stdin_fd = -1;
-      p->stdin_closed = true;
+      close_stdin(p);
+      return;
     }
   }
   if (p->conn && p->conn->read_paused && p->stdin_buf.size() < kStdinHigh / 2) {

@@ -141,13 +141,13 @@ int ConfinedFs::walk(const std::string& path, int flags, mode_t mode) {
 
 int ConfinedFs::open(const std::string& path, int flags, mode_t mode) {
   if (openat2_) {
-    std::string rel = join(split_path(path), split_path(path).size());
-    if (rel.empty()) rel = ".";
+    const auto parts = split_path(path);
+    const std::string rel = join(parts, parts.size());
     open_how how{};
     how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC);
     how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
     how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-    const long fd = ::syscall(SYS_openat2, root_fd_, rel.c_str(), &how, sizeof how);
+    const long fd = ::syscall(SYS_openat2, root_fd_, rel.empty() ? "." : rel.c_str(), &how, sizeof how);
     if (fd >= 0) return static_cast<int>(fd);
     if (errno != ENOSYS) return -errno;
     openat2_ = false;  // old kernel: the O_NOFOLLOW walk from now on

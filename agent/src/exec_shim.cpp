@@ -17,6 +17,7 @@
 #include <ctime>
 #include <map>
 #include <set>
+#include <string>
 #include <vector>
 
 namespace berth::agent {
@@ -33,8 +34,53 @@ void write_record(int fd, char tag, std::int32_t value) {
   }
 }
 
-/** Every descendant of `self`, from one scan of /proc (parent links), deepest last. */
+/** The children of `pid` from /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN). False if unavailable. */
+bool children_of(pid_t pid, std::vector<pid_t>& out) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/task", pid);
+  DIR* d = ::opendir(path);
+  if (!d) return errno == ENOENT;  // gone meanwhile: no children
+  bool ok = true;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char file[320];
+    std::snprintf(file, sizeof file, "/proc/%d/task/%s/children", pid, e->d_name);
+    const int fd = ::open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno != ENOENT || pid != ::getpid()) continue;
+      ok = false;  // our own children file is missing: the kernel lacks CONFIG_PROC_CHILDREN
+      break;
+    }
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0)
+      text.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    const char* p = text.c_str();
+    char* end = nullptr;
+    for (long v = std::strtol(p, &end, 10); end != p; p = end, v = std::strtol(p, &end, 10))
+      out.push_back(v);
+  }
+  ::closedir(d);
+  return ok;
+}
+
+/** Every descendant of `self`: through the children files, else from one scan of /proc (parent links). */
 std::vector<pid_t> descendants(pid_t self) {
+  std::vector<pid_t> out;
+  std::vector<pid_t> queue{self};
+  bool ok = true;
+  while (!queue.empty() && ok) {
+    const pid_t p = queue.back();
+    queue.pop_back();
+    std::vector<pid_t> kids;
+    ok = children_of(p, kids);
+    for (pid_t k : kids)
+      out.push_back(k), queue.push_back(k);
+  }
+  if (ok) return out;
+  out.clear();
   std::multimap<pid_t, pid_t> children;
   if (DIR* d = ::opendir("/proc")) {
     while (dirent* e = ::readdir(d)) {
@@ -59,8 +105,7 @@ std::vector<pid_t> descendants(pid_t self) {
     }
     ::closedir(d);
   }
-  std::vector<pid_t> out;
-  std::vector<pid_t> queue{self};
+  queue.assign(1, self);
   while (!queue.empty()) {
     const pid_t p = queue.back();
     queue.pop_back();
@@ -175,6 +220,11 @@ std::vector<pid_t> descendants(pid_t self) {
 void kill_all_descendants(pid_t main_pid, int* main_status, bool* main_reaped) {
   const pid_t self = ::getpid();
   for (;;) {
+    // Every live descendant is a child of ours or below one: with no child left there is nothing to sweep.
+    int st0 = 0;
+    const pid_t r0 = ::waitpid(-1, &st0, WNOHANG | __WALL);
+    if (r0 < 0 && errno == ECHILD) return;
+    if (r0 > 0 && r0 == main_pid && !*main_reaped) *main_status = st0, *main_reaped = true;
     std::set<pid_t> seen;
     // Freeze: stop every descendant, rescanning until a scan finds nobody new (a stopped process cannot fork).
     for (int round = 0; round < 1000; ++round) {
