@@ -169,7 +169,11 @@ def main():
             "Cmd": ["--listen", "unix:/run/berth/agent.sock", "--stdio", "--root", "/tmp"],
             "OpenStdin": True, "StdinOnce": False, "AttachStdin": True, "AttachStdout": True,
             "NetworkDisabled": True,
-            "HostConfig": {"NetworkMode": "none", "Binds": [f"{agent_bin}:/berth/agent:ro", f"{session}:/run/berth"]},
+            "HostConfig": {"NetworkMode": "none",
+                           # Berth's session limits; Podman's default nofile is above what its runtime may set here
+                           "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 1024},
+                                       {"Name": "nproc", "Soft": 1024, "Hard": 1024}],
+                           "Binds": [f"{agent_bin}:/berth/agent:ro", f"{session}:/run/berth"]},
         })["Id"]
         engine.call("POST", f"/containers/{cid}/start")
         attach_sock = engine.attach(cid)  # after start: Podman refuses to attach to a created container

@@ -670,7 +670,8 @@ void Agent::maybe_finish(Process* p) {
 }
 
 void Agent::kill_tree(Process* p) {
-  if (p->kill_sent || p->h.shim <= 0) return;
+  // status_eof: the shim has exited (after its own sweep) and may be reaped: its pid could be reused.
+  if (p->kill_sent || p->h.shim <= 0 || p->status_eof) return;
   p->kill_sent = true;
   ::kill(p->h.shim, SIGUSR1);
 }
