@@ -91,6 +91,11 @@ struct Process {
   std::string status_partial;
 };
 
+/** True once a process's output may be forwarded: after STARTED, or once the start has failed. */
+bool output_ready(const Process* p) {
+  return p->started || p->exec_failed || p->status_eof;
+}
+
 struct FileRead {
   int fd = -1;
   std::uint64_t sent = 0;
@@ -520,7 +525,8 @@ void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& r
 }
 
 void Agent::update_proc_interest(Process* p) {
-  const bool paused = p->conn && p->conn->congested;
+  // Output is read only once STARTED went out (or the start failed), so it can never overtake STARTED.
+  const bool paused = (p->conn && p->conn->congested) || !output_ready(p);
   const bool want_in = !(p->stdin_buf.empty() && !p->stdin_close_pending) && !p->stdin_closed;
   if (p->pty) {
     if (p->out_eof) return;
@@ -576,7 +582,7 @@ void Agent::on_stdin_writable(Process* p) {
 void Agent::on_output(Process* p, int fd, int stream) {
   char buf[kMaxChunk];
   for (int i = 0; i < 4; ++i) {
-    if (p->conn && p->conn->congested) return;
+    if ((p->conn && p->conn->congested) || !output_ready(p)) return;
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) return;
@@ -614,6 +620,7 @@ void Agent::on_status(Process* p) {
       ::close(p->h.status_fd);
       p->h.status_fd = -1;
       p->status_eof = true;
+      update_proc_interest(p);
       return maybe_finish(p);
     }
     p->status_partial.append(buf, static_cast<std::size_t>(n));
@@ -627,9 +634,11 @@ void Agent::on_status(Process* p) {
         p->started = true;
         if (p->conn)
           send(p->conn, MsgType::kStarted, p->channel, PayloadWriter().u32(static_cast<std::uint32_t>(v)).str());
+        update_proc_interest(p);
       } else if (tag == kShimExecFailed) {
         p->exec_failed = true;
         p->exec_errno = v;
+        update_proc_interest(p);
       } else if (tag == kShimExited) {
         p->exited = true;
         p->wait_status = v;

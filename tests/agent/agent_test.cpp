@@ -189,9 +189,10 @@ std::set<int> descendants(int pid) {
 /** Waits (bounded at 60 s: "eventually" vs "never") until exactly one process carries `marker`; returns the count. */
 std::size_t await_process(const std::string& marker) {
   const auto deadline = in(60s);
-  while (processes_with_arg(marker).size() != 1 && std::chrono::steady_clock::now() < deadline)
+  std::size_t n = 0;
+  while ((n = processes_with_arg(marker).size()) != 1 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(10ms);
-  return processes_with_arg(marker).size();
+  return n;
 }
 
 long vm_kib(pid_t pid, const std::string& key) {
@@ -320,7 +321,7 @@ TEST_CASE("a timeout kills a fork bomb and setsid, nohup and env -i children, le
   std::string limit = "120";
   auto req =
       sh("setsid /bin/sleep 1001 & nohup /bin/sleep 1002 >/dev/null 2>&1 & env -i /bin/sleep 1003 & "
-         "(/bin/sleep 1004 &) ; echo spawned; "
+         "(/bin/sleep 1004 &) ; echo spawned; read go; "
          // dash spells the process limit -p, bash -u; without a limit there is no bomb (exit 99 fails the test).
          "{ ulimit -p \"$LIMIT\" || ulimit -u \"$LIMIT\"; } 2>/dev/null || exit 99; b() { b | b & }; b; wait");
   if (::geteuid() == 0) {
@@ -334,12 +335,13 @@ TEST_CASE("a timeout kills a fork bomb and setsid, nohup and env -i children, le
     limit = std::to_string(mine + 120);
   }
   req.env.push_back("LIMIT=" + limit);
-  req.timeout_ms = 3000;
+  req.timeout_ms = 8000;
   const auto ch = c.start(req);
   std::string out;
   wait_output(c, ch, out, "spawned\n");
   for (const char* m : {"1001", "1002", "1003", "1004"})
     CHECK(await_process(m) == 1);
+  c.write_stdin(ch, "go\n");  // the bomb starts only now: the checks above never race the timeout
   const auto x = wait_exit(c, ch, out);
   CHECK(x.timed_out);
   CHECK(x.signaled);
