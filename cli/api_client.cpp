@@ -12,6 +12,8 @@
 #include <Poco/Net/SocketStream.h>
 #include <utf8.h>
 
+#include <algorithm>
+#include <cctype>
 #include <functional>
 #include <sstream>
 
@@ -114,6 +116,11 @@ std::pair<std::string, std::optional<std::string>> path_param(const std::string&
 
 ApiClient::ApiClient(const std::string& base_url, std::string api_key)
     : base_url_(base_url), api_key_(std::move(api_key)) {
+  // A key goes into a header line: a control byte would end it early or add a header of its own.
+  if (std::any_of(api_key_.begin(), api_key_.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+    throw UsageError("the API key must not contain control characters (newline, CR, tab, ...)");
+  }
   try {
     uri_ = Poco::URI(base_url);
   } catch (const Poco::Exception& e) {

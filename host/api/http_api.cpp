@@ -280,12 +280,24 @@ void dispatch(Exchange& ex) {
   if (!ex.uri_valid()) {
     throw Error(ErrorCode::invalid_request, "malformed request target (bad percent-encoding?): " + ex.uri());
   }
+  // Segments are split on the raw target's '/' and decoded one by one (RFC 3986 3.3): an encoded "%2F" inside an
+  // id stays part of that segment, so `/v1/sandboxes/x%2Fhistory` is one unknown id, never the history route.
   std::vector<std::string> segments;
   {
-    std::stringstream ss(ex.path());
+    std::string raw = ex.request.getURI();
+    raw = raw.substr(0, raw.find_first_of("?#"));
+    if (raw.empty() || raw.front() != '/') raw = ex.path();  // absolute-form targets: Poco's parsed path
+    std::stringstream ss(raw);
     std::string item;
     while (std::getline(ss, item, '/')) {
-      if (!item.empty()) segments.push_back(item);
+      if (item.empty()) continue;
+      std::string decoded;
+      try {
+        Poco::URI::decode(item, decoded);
+      } catch (const Poco::Exception&) {
+        throw Error(ErrorCode::invalid_request, "malformed request target (bad percent-encoding?): " + ex.uri());
+      }
+      segments.push_back(std::move(decoded));
     }
   }
   // Tenants learn nothing about admin routes: not their methods, not that they exist (the 404 of any unknown path).

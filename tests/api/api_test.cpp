@@ -1680,3 +1680,16 @@ TEST_CASE("signals: a fatal signal writes one berthd.crash line with a backtrace
   CHECK(str(crash, "signal") == "SIGSEGV");
   CHECK(!str(crash, "backtrace").empty());
 }
+
+TEST_CASE("an encoded '/' stays inside its path segment: x%2Fhistory is an unknown id, not the history route",
+          "[routing]") {
+  auto c = shared_client();
+  auto created = c.post("/v1/sandboxes", "{}");
+  REQUIRE(created.status == 201);
+  const std::string id = created.json()->getValue<std::string>("id");
+  require_error(c.get("/v1/sandboxes/" + id + "%2Fhistory"), 404, "not_found");
+  require_error(c.get("/v1/sandboxes/" + id + "%2F"), 404, "not_found");
+  CHECK(c.get("/v1/sandboxes/" + id + "/history").status == 200);
+  CHECK(c.get("/v1/sandboxes/%73andbox-" + id.substr(8)).status == 200);  // other escapes still decode
+  CHECK(c.del("/v1/sandboxes/" + id).status == 204);
+}

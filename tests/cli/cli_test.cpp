@@ -503,6 +503,10 @@ TEST_CASE("flags beat the environment, which beats the config file") {
   CHECK(env_key.err.find("unauthorized") != std::string::npos);
   CHECK(berth({"ls", "--api-key", kTenantKey}, {{"BERTH_API_KEY", "wrong-key-0123456789"}}).code == 0);
   CHECK(berth({"--api-key", "wrong-key-0123456789", "ls"}).code == 2);  // flag over file, before the command too
+  // A key with a line break would add a header of its own: a usage error, nothing sent.
+  auto injected = berth({"ls", "--api-key", std::string(kTenantKey) + "\r\nX-Injected: 1"});
+  CHECK(injected.code == 1);
+  CHECK(injected.err.find("control characters") != std::string::npos);
 
   // $XDG_CONFIG_HOME replaces ~/.config.
   fs::path xdg = berth.home() / "xdg";
