@@ -48,6 +48,18 @@ Object sandbox_json(const core::SandboxView& v) {
   o.set("expires_at", opt_time(v.row.expires_at));
   o.set("idle_expires_at", opt_time(v.row.idle_expires_at));
   if (v.status == core::SandboxStatus::failed) o.set("error", v.row.last_error);
+  if (v.disk) {
+    Object disk;
+    disk.set("bytes", v.disk->total());
+    disk.set("workspace_bytes", v.disk->workspace_bytes);
+    disk.set("rootfs_bytes", v.disk->rootfs_bytes);
+    disk.set("limit_bytes", v.disk->limit_bytes);
+    disk.set("exceeded", v.disk->exceeded);
+    disk.set("measured_at", rfc3339(v.disk->measured_at));
+    o.set("disk", disk);
+  } else {
+    o.set("disk", Poco::Dynamic::Var());
+  }
   return o;
 }
 
@@ -86,6 +98,7 @@ Array profiles_json(const core::SandboxService& service) {
     o.set("network", p.network);
     o.set("ttl_s", p.ttl ? Poco::Dynamic::Var(p.ttl->count()) : Poco::Dynamic::Var());
     o.set("idle_timeout_s", p.idle_timeout.count());
+    o.set("disk_limit_bytes", p.disk_limit_bytes);
     Array caps;
     for (const auto& c : p.capabilities)
       caps.add(c);

@@ -31,6 +31,8 @@ std::uint32_t table_size_for_minor(std::uint32_t minor) {
       return BERTH_DRIVER_API_SIZE_1_0;
     case 1:
       return BERTH_DRIVER_API_SIZE_1_1;
+    case 2:
+      return BERTH_DRIVER_API_SIZE_1_2;
     default:
       return 0;
   }

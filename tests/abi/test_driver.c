@@ -156,6 +156,13 @@ static berth_status path_remove(berth_instance* i, const char* h, const char* p,
 static berth_status session_stats(berth_instance* i, const char* h, berth_session_stats* st, berth_error* e) {
   (void)i, (void)h, (void)e;
   st->pids = 1;
+#if !defined(STATS_1_1)
+  /* ABI 1.2: the disk fields, written only when the caller's struct has room for them (rule 3). */
+  if (st->struct_size >= offsetof(berth_session_stats, rootfs_bytes) + sizeof st->rootfs_bytes) {
+    st->workspace_bytes = 1u << 20;
+    st->rootfs_bytes = 4096;
+  }
+#endif
   return BERTH_OK;
 }
 
@@ -208,6 +215,9 @@ static const berth_driver_api* patched(void) {
   table.struct_size = (uint32_t)sizeof(berth_driver_api) + 64;
 #elif defined(BROKEN_BAD_NAME)
   table.name = "bad name with spaces";
+#elif defined(STATS_1_1)
+  /* A driver built against the 1.1 header: same table, a 32-byte berth_session_stats without the disk fields. */
+  table.abi_minor = 1;
 #elif defined(OLD_MINOR)
   /* What a driver built against the 1.0 header looks like: a shorter table, no session_stats slot. */
   table.abi_minor = 0;

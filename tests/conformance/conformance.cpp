@@ -470,6 +470,24 @@ TEST_CASE("stats: reported for a running session when advertised", "[conformance
   CHECK(st.pids >= 1);
 }
 
+TEST_CASE("stats: a driver that reports disk usage sees the workspace grow after a write", "[conformance][stats]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  if (!d->has_capability(BERTH_CAP_STATS)) return;
+  const auto before = d->session_stats(sb.handle);
+  constexpr std::uint64_t kWrite = 4u << 20;
+  put(*d, sb.handle, "disk-probe.bin", std::string(kWrite, 'x'));
+  const auto after = d->session_stats(sb.handle);
+  if (before.workspace_bytes == 0 && after.workspace_bytes == 0) {
+    WARN("the driver reports no workspace usage (ABI 1.2 disk fields): disk limits cannot be enforced with it");
+    return;
+  }
+  // Allocated blocks: at least the bytes written (a filesystem may round up, never down for a dense file).
+  CHECK(after.workspace_bytes >= before.workspace_bytes + kWrite);
+  d->path_remove(sb.handle, "disk-probe.bin");
+  CHECK(d->session_stats(sb.handle).workspace_bytes < after.workspace_bytes);
+}
+
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]).rfind('-', 0) == 0) {
     std::cerr << "usage: berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options]\n";
