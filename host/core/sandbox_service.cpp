@@ -136,6 +136,14 @@ SandboxService::SandboxService(store::Store& store, Driver& driver, std::shared_
   if (!settings_.profiles.count(settings_.default_profile)) {
     throw std::invalid_argument("default profile '" + settings_.default_profile + "' is not defined");
   }
+  for (const auto& [name, profile] : settings_.profiles) {
+    if (profile.disk_limit_bytes != 0 && !driver_.has_capability(cap::stats)) {
+      // The limit is measured through session_stats: without it nothing is enforced, and the operator must know.
+      log::warn("disk.unenforced", {{"profile", name},
+                                    {"limit_bytes", std::to_string(profile.disk_limit_bytes)},
+                                    {"reason", "driver " + driver_.identity().name + " has no session_stats"}});
+    }
+  }
 }
 
 // ---- views and lookups ----------------------------------------------------------------------------------------
@@ -1283,12 +1291,20 @@ std::optional<DiskUsage> SandboxService::measure_disk(const SandboxRow& row, con
   const std::uint64_t limit = profile_of(row).disk_limit_bytes;
   if (limit == 0 || !driver_.has_capability(cap::stats)) return std::nullopt;
   SessionStats stats;
+  const auto t0 = clock_->monotonic();
   try {
     stats = driver_.session_stats(handle);
   } catch (const DriverError& e) {
     log::warn("disk.measure_failed", {{"sandbox", row.id}, {"handle", handle}, {"error", e.what()}});
     return std::nullopt;
   }
+  log::debug(
+      "disk.measured",
+      {{"sandbox", row.id},
+       {"workspace_bytes", std::to_string(stats.workspace_bytes)},
+       {"rootfs_bytes", std::to_string(stats.rootfs_bytes)},
+       {"elapsed_ms",
+        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(clock_->monotonic() - t0).count())}});
   if (stats.workspace_bytes == 0 && stats.rootfs_bytes == 0) return std::nullopt;  // the driver does not tell
   DiskUsage usage;
   usage.workspace_bytes = stats.workspace_bytes;
@@ -1360,21 +1376,17 @@ void SandboxService::recheck_disk_after_delete(const SandboxRow& row, const std:
 
 void SandboxService::schedule_disk_check(const SandboxRow& row) {
   if (profile_of(row).disk_limit_bytes == 0 || !driver_.has_capability(cap::stats)) return;
-  try {
-    cleanup_calls_.run("disk:" + row.id, std::chrono::milliseconds(1), [this, row] {
-      try {
-        auto live = store_.get_sandbox(row.id);
-        if (!live || live->deleted_at || !live->current_session_id) return;
-        auto session = store_.get_session(*live->current_session_id);
-        if (!session || session->state != SS::ready) return;
-        if (auto usage = measure_disk(*live, session->handle)) enforce_disk(*live, *usage);
-      } catch (const std::exception& e) {
-        log::warn("disk.check_failed", {{"sandbox", row.id}, {"error", e.what()}});
-      }
-    });
-  } catch (const std::exception& e) {
-    log::warn("disk.check_failed", {{"sandbox", row.id}, {"error", e.what()}});
-  }
+  disk_checks_.post(row.id, [this, id = row.id] {
+    try {
+      auto live = store_.get_sandbox(id);
+      if (!live || live->deleted_at || !live->current_session_id) return;
+      auto session = store_.get_session(*live->current_session_id);
+      if (!session || session->state != SS::ready) return;
+      if (auto usage = measure_disk(*live, session->handle)) enforce_disk(*live, *usage);
+    } catch (const std::exception& e) {
+      log::warn("disk.check_failed", {{"sandbox", id}, {"error", e.what()}});
+    }
+  });
 }
 
 void SandboxService::cleanup_disk(CleanupReport& report) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/background_queue.hpp"
 #include "core/clock.hpp"
 #include "core/deadline_runner.hpp"
 #include "core/driver.hpp"
@@ -275,9 +276,8 @@ class SandboxService {
   void recheck_disk_after_delete(const store::SandboxRow& row, const std::string& handle);
   bool disk_exceeded(const std::string& sandbox_id);
   /**
-   * After an exec or a file write: measures and enforces in the background (cleanup_calls_, key "disk:<id>"), so the
-   * caller does not wait for a walk of the workspace; one check per sandbox at a time, later requests are dropped
-   * while one runs.
+   * After an exec or a file write: measures and enforces on disk_checks_' thread, so the caller does not wait for a
+   * walk of the workspace; a request for a sandbox whose check is still queued is dropped (that check comes later).
    */
   void schedule_disk_check(const store::SandboxRow& row);
   [[noreturn]] void throw_disk_quota(const std::string& sandbox_id, const DiskUsage& usage);
@@ -321,8 +321,10 @@ class SandboxService {
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
   std::mutex disk_mutex_;
   std::map<std::string, DiskUsage> disk_;  // sandbox id -> last measurement (erased on delete)
-  // Last member: destroyed first, it waits for overrunning cleanup work, which uses the members above.
+  // Destroyed before the members above, it waits for overrunning cleanup work, which uses them.
   DeadlineRunner cleanup_calls_;
+  // Last member: destroyed first, it waits for the running disk check, which uses the members above.
+  BackgroundQueue disk_checks_;
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

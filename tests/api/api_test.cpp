@@ -243,7 +243,7 @@ TEST_CASE("health, meta and profiles describe the server and the fake driver", "
   REQUIRE(driver);
   CHECK(str(driver, "name") == "fake");
   CHECK(!str(driver, "version").empty());
-  CHECK(str(driver, "abi") == "1.1");
+  CHECK(str(driver, "abi") == "1.2");
   std::set<std::string> caps;
   for (const auto& v : *meta->getArray("capabilities"))
     caps.insert(v.toString());
