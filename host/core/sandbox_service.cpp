@@ -949,7 +949,7 @@ void SandboxService::write_file(const std::string& owner, const std::string& id,
   } catch (const DriverError& e) {
     rethrow_driver_error(e, "writing '" + p + "'");
   }
-  schedule_disk_check(row);
+  if (write_may_exceed(row, size)) schedule_disk_check(row);
 }
 
 void SandboxService::remove_path(const std::string& owner, const std::string& id, const std::string& path) {
@@ -1305,7 +1305,9 @@ std::optional<DiskUsage> SandboxService::measure_disk(const SandboxRow& row, con
        {"rootfs_bytes", std::to_string(stats.rootfs_bytes)},
        {"elapsed_ms",
         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(clock_->monotonic() - t0).count())}});
-  if (stats.workspace_bytes == 0 && stats.rootfs_bytes == 0) return std::nullopt;  // the driver does not tell
+  // 0 = unknown (ABI 1.2): a driver that does not tell, or a du that saw no workspace (the session stopping under
+  // it). Without the workspace there is no total to judge, and a half measurement must not clear a mark.
+  if (stats.workspace_bytes == 0) return std::nullopt;
   DiskUsage usage;
   usage.workspace_bytes = stats.workspace_bytes;
   usage.rootfs_bytes = stats.rootfs_bytes;
@@ -1326,19 +1328,35 @@ std::optional<DiskUsage> SandboxService::measure_disk(const SandboxRow& row, con
   return usage;
 }
 
-bool SandboxService::enforce_disk(const SandboxRow& row, const DiskUsage& usage) {
+bool SandboxService::enforce_disk(const SandboxRow& row, const std::string& session_id, const DiskUsage& usage) {
   if (!usage.exceeded) return false;
-  log::warn("sandbox.disk_exceeded", {{"sandbox", row.id},
-                                      {"owner", row.owner},
-                                      {"workspace_bytes", std::to_string(usage.workspace_bytes)},
-                                      {"rootfs_bytes", std::to_string(usage.rootfs_bytes)},
-                                      {"limit_bytes", std::to_string(usage.limit_bytes)}});
-  try {
-    stop(row.owner, row.id);  // the writer dies with the container; the writable layer goes, the workspace stays
-  } catch (const Error& e) {
-    log::warn("sandbox.disk_stop_failed", {{"sandbox", row.id}, {"error", e.what()}});
+  // Stop only the session that was measured: a slow measurement must not stop the fresh session a later call
+  // started (that one has a new, empty writable layer; the next measurement judges it).
+  for (;;) {
+    auto live = store_.get_sandbox(row.id);
+    // The mark stays: exec and writes measure again before they refuse (require_disk_space).
+    if (!live || live->deleted_at || live->current_session_id != session_id) return false;
+    auto cleared = *live;
+    cleared.current_session_id.reset();
+    cleared.idle_expires_at.reset();
+    if (!store_.update_sandbox_cas(cleared, live->version)) continue;
+    log::warn("sandbox.disk_exceeded", {{"sandbox", row.id},
+                                        {"owner", row.owner},
+                                        {"session", session_id},
+                                        {"workspace_bytes", std::to_string(usage.workspace_bytes)},
+                                        {"rootfs_bytes", std::to_string(usage.rootfs_bytes)},
+                                        {"limit_bytes", std::to_string(usage.limit_bytes)}});
+    if (auto session = store_.get_session(session_id)) {
+      try {
+        destroy_session(*session);  // the writer dies with the container; the writable layer goes, the workspace stays
+      } catch (const DriverError& e) {
+        // The row no longer points at the container: the cleanup task's orphan pass removes it later.
+        log::warn("sandbox.disk_stop_failed", {{"sandbox", row.id}, {"error", e.what()}});
+      }
+    }
+    notify_sessions_changed();
+    return true;
   }
-  return true;
 }
 
 bool SandboxService::disk_exceeded(const std::string& sandbox_id) {
@@ -1374,6 +1392,15 @@ void SandboxService::recheck_disk_after_delete(const SandboxRow& row, const std:
   if (disk_exceeded(row.id)) measure_disk(row, handle);
 }
 
+bool SandboxService::write_may_exceed(const SandboxRow& row, std::uint64_t size) {
+  constexpr std::uint64_t kSlack = 1 << 20;  // block rounding, new directories
+  const std::uint64_t limit = profile_of(row).disk_limit_bytes;
+  if (limit == 0) return false;
+  std::lock_guard lock(disk_mutex_);
+  auto it = disk_.find(row.id);
+  return it == disk_.end() || it->second.total() + size + kSlack > limit;
+}
+
 void SandboxService::schedule_disk_check(const SandboxRow& row) {
   if (profile_of(row).disk_limit_bytes == 0 || !driver_.has_capability(cap::stats)) return;
   disk_checks_.post(row.id, [this, id = row.id] {
@@ -1382,7 +1409,7 @@ void SandboxService::schedule_disk_check(const SandboxRow& row) {
       if (!live || live->deleted_at || !live->current_session_id) return;
       auto session = store_.get_session(*live->current_session_id);
       if (!session || session->state != SS::ready) return;
-      if (auto usage = measure_disk(*live, session->handle)) enforce_disk(*live, *usage);
+      if (auto usage = measure_disk(*live, session->handle)) enforce_disk(*live, session->id, *usage);
     } catch (const std::exception& e) {
       log::warn("disk.check_failed", {{"sandbox", id}, {"error", e.what()}});
     }
@@ -1400,9 +1427,11 @@ void SandboxService::cleanup_disk(CleanupReport& report) {
                       [this, snap, handle = session->handle, usage] { *usage = measure_disk(snap, handle); })) {
       continue;
     }
+    auto stopped = std::make_shared<bool>(false);
     if (*usage && (*usage)->exceeded &&
         cleanup_call(report, snap.id, session->handle, "disk_stop",
-                     [this, snap, u = **usage] { enforce_disk(snap, u); })) {
+                     [this, snap, id = session->id, u = **usage, stopped] { *stopped = enforce_disk(snap, id, u); }) &&
+        *stopped) {
       report.disk_stopped.push_back(snap.id);
     }
   }

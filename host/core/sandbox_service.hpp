@@ -263,9 +263,9 @@ class SandboxService {
    * reports no disk use (an ABI < 1.2 driver, no stats) or the call failed (logged as disk.measure_failed).
    */
   std::optional<DiskUsage> measure_disk(const store::SandboxRow& row, const std::string& handle);
-  /** Over the limit: marks the sandbox exceeded, logs sandbox.disk_exceeded and stops its session (workspace kept).
-   *  Returns whether it was over. */
-  bool enforce_disk(const store::SandboxRow& row, const DiskUsage& usage);
+  /** Over the limit: stops the measured session `session_id` if it is still the sandbox's current one (workspace
+   *  kept) and logs sandbox.disk_exceeded. Returns whether it stopped it. */
+  bool enforce_disk(const store::SandboxRow& row, const std::string& session_id, const DiskUsage& usage);
   /**
    * The gate of exec and file writes: when the sandbox was found over its limit, measures again on a running
    * session (starting one; a stop discarded the writable layer) and throws disk_quota_exceeded while still over;
@@ -280,6 +280,12 @@ class SandboxService {
    * walk of the workspace; a request for a sandbox whose check is still queued is dropped (that check comes later).
    */
   void schedule_disk_check(const store::SandboxRow& row);
+  /**
+   * Whether a file write of `size` bytes may have taken the sandbox over its limit: true without a measurement, or
+   * when the last one plus `size` (and 1 MiB of slack) is over. Growth by execs is checked after each exec, so small
+   * writes into a sandbox far from its limit cost no measurement.
+   */
+  bool write_may_exceed(const store::SandboxRow& row, std::uint64_t size);
   [[noreturn]] void throw_disk_quota(const std::string& sandbox_id, const DiskUsage& usage);
   /**
    * Runs one candidate's driver work within Settings::cleanup_call_deadline (see DeadlineRunner). `key` names what
