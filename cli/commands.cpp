@@ -427,7 +427,7 @@ int cmd_gc(Context& ctx) {
   auto result = reply.json();
   std::vector<std::pair<std::string, std::string>> fields;
   for (const char* key : {"idle_stopped", "expired_deleted", "orphans_removed", "workspaces_removed", "dead_sessions",
-                          "skipped_stale", "skipped_in_use", "failed"}) {
+                          "skipped_stale", "skipped_in_use", "disk_stopped", "failed"}) {
     auto list = result->getArray(key);
     std::size_t n = list ? list->size() : 0;
     fields.emplace_back(key, std::to_string(n) + (n ? "  " + cell(result, key) : ""));

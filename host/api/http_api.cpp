@@ -40,6 +40,7 @@ int http_status(ErrorCode code) {
     case ErrorCode::not_found:
       return 404;
     case ErrorCode::conflict:
+    case ErrorCode::disk_quota_exceeded:
     case ErrorCode::sandbox_expired:
     case ErrorCode::sandbox_ttl_infinite:
       return 409;

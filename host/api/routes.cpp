@@ -52,6 +52,18 @@ Object sandbox_json(const core::SandboxView& v) {
   o.set("expires_at", opt_time(v.row.expires_at));
   o.set("idle_expires_at", opt_time(v.row.idle_expires_at));
   if (v.status == core::SandboxStatus::failed) o.set("error", v.row.last_error);
+  if (v.disk) {
+    Object disk;
+    disk.set("bytes", v.disk->total());
+    disk.set("workspace_bytes", v.disk->workspace_bytes);
+    disk.set("rootfs_bytes", v.disk->rootfs_bytes);
+    disk.set("limit_bytes", v.disk->limit_bytes);
+    disk.set("exceeded", v.disk->exceeded);
+    disk.set("measured_at", rfc3339(v.disk->measured_at));
+    o.set("disk", disk);
+  } else {
+    o.set("disk", Poco::Dynamic::Var());
+  }
   return o;
 }
 
@@ -127,6 +139,7 @@ Object profile_json(const core::SandboxService& service, const core::ProfileEntr
   o.set("read_only_rootfs", p.read_only_rootfs);
   o.set("ttl_s", p.ttl ? Poco::Dynamic::Var(p.ttl->count()) : Poco::Dynamic::Var());
   o.set("idle_timeout_s", p.idle_timeout.count());
+  o.set("disk_limit_bytes", p.disk_limit_bytes);
   Array caps;
   for (const auto& c : p.capabilities)
     caps.add(c);
@@ -613,6 +626,7 @@ void run_gc(Exchange& ex) {
   o.set("dead_sessions", list(report.dead_sessions));
   o.set("skipped_stale", list(report.skipped_stale));
   o.set("skipped_in_use", list(report.skipped_in_use));
+  o.set("disk_stopped", list(report.disk_stopped));
   o.set("failed", list(report.failed));
   ex.send_json(200, o);
 }

@@ -256,6 +256,9 @@ void read_profile(TableReader r, core::Profile& p, std::chrono::seconds default_
   r.integer("pids", p.pids_limit, 8, 1 << 22);
   r.boolean("network", p.network);
   r.boolean("read_only_rootfs", p.read_only_rootfs);
+  std::int64_t disk_limit_mb = static_cast<std::int64_t>(p.disk_limit_bytes >> 20);
+  r.integer("disk_limit_mb", disk_limit_mb, 0, std::int64_t{1} << 30);  // 0 = off
+  p.disk_limit_bytes = static_cast<std::uint64_t>(disk_limit_mb) << 20;
   r.string("user", p.user);
   if (p.user == "0" || p.user == "root" || p.user.rfind("0:", 0) == 0 || p.user.rfind("root:", 0) == 0) {
     r.fail(*r.get("user"), "user", "sandboxes never run as root");
@@ -553,6 +556,7 @@ std::string profile_to_json(const core::Profile& p) {
   o.set("env", env);
   if (p.ttl) o.set("ttl", static_cast<Poco::Int64>(p.ttl->count()));
   o.set("idle_timeout", static_cast<Poco::Int64>(p.idle_timeout.count()));
+  o.set("disk_limit_mb", static_cast<Poco::Int64>(p.disk_limit_bytes >> 20));
   Poco::JSON::Array caps;
   for (const auto& c : p.capabilities)
     caps.add(c);

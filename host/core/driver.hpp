@@ -125,10 +125,13 @@ struct DirEntry {
 /** Receives one directory entry (borrowed for the call); false ends the listing. */
 using DirEntrySink = std::function<bool(const DirEntry&)>;
 
+/** Resource usage of a running session (see berth_session_stats); a 0 disk field means unknown. */
 struct SessionStats {
   std::uint64_t memory_bytes = 0;
   std::uint64_t cpu_time_ns = 0;
   std::uint64_t pids = 0;
+  std::uint64_t workspace_bytes = 0;  // space the workspace holds (allocated bytes)
+  std::uint64_t rootfs_bytes = 0;     // bytes in the container's writable layer
 };
 
 /** Who the driver says it is. */

@@ -27,6 +27,7 @@ enum class ErrorCode {
   shutting_down,             // berthd is stopping; retry against the next instance (retryable)
   quota_exceeded,            // the owner holds as many sandboxes as [limits] allows (429, Retry-After)
   rate_limited,              // the owner creates faster than [limits] allows (429, Retry-After)
+  disk_quota_exceeded,       // the sandbox's disk use is over its profile's disk_limit_mb (409; free space)
   internal,                  // anything else
 };
 

@@ -26,6 +26,7 @@ CleanupActionCounts cleanup_action_counts(const CleanupReport& r) {
           {"skipped_stale", r.skipped_stale.size()},
           {"skipped_in_use", r.skipped_in_use.size()},
           {"failed", r.failed.size()},
+          {"disk_stopped", r.disk_stopped.size()},
           {"executions_expired", static_cast<std::uint64_t>(r.executions_expired)}};
 }
 
@@ -98,6 +99,8 @@ std::string_view to_string(ErrorCode code) {
       return "quota_exceeded";
     case ErrorCode::rate_limited:
       return "rate_limited";
+    case ErrorCode::disk_quota_exceeded:
+      return "disk_quota_exceeded";
     case ErrorCode::internal:
       return "internal";
   }
@@ -150,6 +153,14 @@ SandboxService::SandboxService(store::Store& store, Driver& driver, std::shared_
       profiles_(settings_.profiles, settings_.default_profile, store_, driver_, clock_, settings_.profile_codec),
       metrics_(metrics) {
   profiles_.load();
+  for (const auto& [name, profile] : settings_.profiles) {
+    if (profile.disk_limit_bytes != 0 && !driver_.has_capability(cap::stats)) {
+      // The limit is measured through session_stats: without it nothing is enforced, and the operator must know.
+      log::warn("disk.unenforced", {{"profile", name},
+                                    {"limit_bytes", std::to_string(profile.disk_limit_bytes)},
+                                    {"reason", "driver " + driver_.identity().name + " has no session_stats"}});
+    }
+  }
 }
 
 // ---- views and lookups ----------------------------------------------------------------------------------------
@@ -177,6 +188,10 @@ SandboxView SandboxService::view(SandboxRow row) {
     v.status = SandboxStatus::failed;
   } else {
     v.status = SandboxStatus::idle;
+  }
+  {
+    std::lock_guard lock(disk_mutex_);
+    if (auto it = disk_.find(row.id); it != disk_.end()) v.disk = it->second;
   }
   v.row = std::move(row);
   return v;
@@ -644,6 +659,10 @@ void SandboxService::delete_sandbox(const std::string& owner, const std::string&
     deleted.current_session_id.reset();
     if (!store_.update_sandbox_cas(deleted, row.version)) continue;
     log::info("sandbox.delete", {{"sandbox", id}, {"owner", owner}});
+    {
+      std::lock_guard lock(disk_mutex_);
+      disk_.erase(id);
+    }
     delete_row_and_resources(row);
     return;
   }
@@ -769,6 +788,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   std::string capability = kind == ExecKind::python ? "python" : "shell";
   auto row = load_live(owner, id);
   require_capability(row, capability);
+  require_disk_space(owner, id);
   std::string dir = cwd.empty() ? "" : workspace_path(cwd, true);
   if (dir == ".") dir.clear();
 
@@ -879,6 +899,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   record.created_at = clock_->now();
   store_.insert_execution(record);
   out.execution_id = record.id;
+  schedule_disk_check(row);  // what the code wrote is measured in the background (docs/security.md)
   return out;
 }
 
@@ -942,6 +963,13 @@ void SandboxService::write_file(const std::string& owner, const std::string& id,
     throw Error(ErrorCode::payload_too_large,
                 "file is larger than the limit of " + std::to_string(settings_.max_file_size) + " bytes");
   }
+  if (const std::uint64_t limit = profile_of(row).disk_limit_bytes; limit != 0 && size > limit) {
+    throw Error(ErrorCode::disk_quota_exceeded,
+                "file of " + std::to_string(size) + " bytes is larger than the sandbox's disk limit of " +
+                    std::to_string(limit) + " bytes",
+                {{"sandbox_id", id}, {"limit_bytes", std::to_string(limit)}});
+  }
+  require_disk_space(owner, id);
   try {
     std::atomic<bool> started{false};  // the source was read from: it cannot be replayed from its start
     with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
@@ -954,6 +982,7 @@ void SandboxService::write_file(const std::string& owner, const std::string& id,
   } catch (const DriverError& e) {
     rethrow_driver_error(e, "writing '" + p + "'");
   }
+  if (write_may_exceed(row, size)) schedule_disk_check(row);
 }
 
 void SandboxService::remove_path(const std::string& owner, const std::string& id, const std::string& path) {
@@ -964,6 +993,7 @@ void SandboxService::remove_path(const std::string& owner, const std::string& id
   try {
     with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
       driver_.path_remove(s.handle, p);
+      recheck_disk_after_delete(row, s.handle);
       return 0;
     });
   } catch (const DriverError& e) {
@@ -1071,6 +1101,7 @@ CleanupReport SandboxService::run_cleanup() {
   cleanup_orphans(report);
   cleanup_abandoned_workspaces(report);
   cleanup_history(report);
+  cleanup_disk(report);
   metrics_.cleanup_pass_done(cleanup_action_counts(report),
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   log::info("cleanup.run", {{"idle_stopped", std::to_string(report.idle_stopped.size())},
@@ -1082,6 +1113,7 @@ CleanupReport SandboxService::run_cleanup() {
                             {"skipped_in_use", std::to_string(report.skipped_in_use.size())},
                             {"failed", std::to_string(report.failed.size())},
                             {"executions_expired", std::to_string(report.executions_expired)},
+                            {"disk_stopped", std::to_string(report.disk_stopped.size())},
                             {"elapsed_ms", ms_since(t0)}});
   return report;
 }
@@ -1321,6 +1353,158 @@ void SandboxService::cleanup_history(CleanupReport& report) {
   } catch (const std::exception& e) {
     report.failed.push_back("history");
     log::warn("sandbox_clean_failed", {{"step", "history"}, {"error", e.what()}});
+  }
+}
+
+// ---- disk limits ------------------------------------------------------------------------------------------------
+
+std::optional<DiskUsage> SandboxService::measure_disk(const SandboxRow& row, const std::string& handle) {
+  const std::uint64_t limit = profile_of(row).disk_limit_bytes;
+  if (limit == 0 || !driver_.has_capability(cap::stats)) return std::nullopt;
+  SessionStats stats;
+  const auto t0 = clock_->monotonic();
+  try {
+    stats = driver_.session_stats(handle);
+  } catch (const DriverError& e) {
+    log::warn("disk.measure_failed", {{"sandbox", row.id}, {"handle", handle}, {"error", e.what()}});
+    return std::nullopt;
+  }
+  log::debug(
+      "disk.measured",
+      {{"sandbox", row.id},
+       {"workspace_bytes", std::to_string(stats.workspace_bytes)},
+       {"rootfs_bytes", std::to_string(stats.rootfs_bytes)},
+       {"elapsed_ms",
+        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(clock_->monotonic() - t0).count())}});
+  // 0 = unknown (ABI 1.2): a driver that does not tell, or a du that saw no workspace (the session stopping under
+  // it). Without the workspace there is no total to judge, and a half measurement must not clear a mark.
+  if (stats.workspace_bytes == 0) return std::nullopt;
+  DiskUsage usage;
+  usage.workspace_bytes = stats.workspace_bytes;
+  usage.rootfs_bytes = stats.rootfs_bytes;
+  usage.limit_bytes = limit;
+  usage.exceeded = usage.total() > limit;
+  usage.measured_at = clock_->now();
+  bool recovered = false;
+  {
+    std::lock_guard lock(disk_mutex_);
+    auto& stored = disk_[row.id];
+    recovered = stored.exceeded && !usage.exceeded;
+    stored = usage;
+  }
+  if (recovered) {
+    log::info("sandbox.disk_recovered",
+              {{"sandbox", row.id}, {"bytes", std::to_string(usage.total())}, {"limit_bytes", std::to_string(limit)}});
+  }
+  return usage;
+}
+
+bool SandboxService::enforce_disk(const SandboxRow& row, const std::string& session_id, const DiskUsage& usage) {
+  if (!usage.exceeded) return false;
+  // Stop only the session that was measured: a slow measurement must not stop the fresh session a later call
+  // started (that one has a new, empty writable layer; the next measurement judges it).
+  for (;;) {
+    auto live = store_.get_sandbox(row.id);
+    // The mark stays: exec and writes measure again before they refuse (require_disk_space).
+    if (!live || live->deleted_at || live->current_session_id != session_id) return false;
+    auto cleared = *live;
+    cleared.current_session_id.reset();
+    cleared.idle_expires_at.reset();
+    if (!store_.update_sandbox_cas(cleared, live->version)) continue;
+    log::warn("sandbox.disk_exceeded", {{"sandbox", row.id},
+                                        {"owner", row.owner},
+                                        {"session", session_id},
+                                        {"workspace_bytes", std::to_string(usage.workspace_bytes)},
+                                        {"rootfs_bytes", std::to_string(usage.rootfs_bytes)},
+                                        {"limit_bytes", std::to_string(usage.limit_bytes)}});
+    if (auto session = store_.get_session(session_id)) {
+      try {
+        destroy_session(*session);  // the writer dies with the container; the writable layer goes, the workspace stays
+      } catch (const DriverError& e) {
+        // The row no longer points at the container: the cleanup task's orphan pass removes it later.
+        log::warn("sandbox.disk_stop_failed", {{"sandbox", row.id}, {"error", e.what()}});
+      }
+    }
+    notify_sessions_changed();
+    return true;
+  }
+}
+
+bool SandboxService::disk_exceeded(const std::string& sandbox_id) {
+  std::lock_guard lock(disk_mutex_);
+  auto it = disk_.find(sandbox_id);
+  return it != disk_.end() && it->second.exceeded;
+}
+
+void SandboxService::throw_disk_quota(const std::string& sandbox_id, const DiskUsage& usage) {
+  throw Error(ErrorCode::disk_quota_exceeded,
+              "sandbox '" + sandbox_id + "' uses " + std::to_string(usage.total()) +
+                  " bytes of disk, over its limit of " + std::to_string(usage.limit_bytes) +
+                  " bytes: delete files (DELETE filesystem/files) until it is under; exec and file writes are refused "
+                  "until then",
+              {{"sandbox_id", sandbox_id},
+               {"disk_bytes", std::to_string(usage.total())},
+               {"workspace_bytes", std::to_string(usage.workspace_bytes)},
+               {"rootfs_bytes", std::to_string(usage.rootfs_bytes)},
+               {"limit_bytes", std::to_string(usage.limit_bytes)}});
+}
+
+void SandboxService::require_disk_space(const std::string& owner, const std::string& id) {
+  if (!disk_exceeded(id)) return;
+  // Measure again on a running session: the stop discarded the writable layer, and files may have been deleted.
+  auto session = ensure_running(owner, id);
+  auto row = load_live(owner, id);
+  auto usage = measure_disk(row, session.handle);
+  if (!usage) return;  // the limit was lifted (config) or cannot be measured now: the mark is not proof enough
+  if (usage->exceeded) throw_disk_quota(id, *usage);
+}
+
+void SandboxService::recheck_disk_after_delete(const SandboxRow& row, const std::string& handle) {
+  if (disk_exceeded(row.id)) measure_disk(row, handle);
+}
+
+bool SandboxService::write_may_exceed(const SandboxRow& row, std::uint64_t size) {
+  constexpr std::uint64_t kSlack = 1 << 20;  // block rounding, new directories
+  const std::uint64_t limit = profile_of(row).disk_limit_bytes;
+  if (limit == 0) return false;
+  std::lock_guard lock(disk_mutex_);
+  auto it = disk_.find(row.id);
+  return it == disk_.end() || it->second.total() + size + kSlack > limit;
+}
+
+void SandboxService::schedule_disk_check(const SandboxRow& row) {
+  if (profile_of(row).disk_limit_bytes == 0 || !driver_.has_capability(cap::stats)) return;
+  disk_checks_.post(row.id, [this, id = row.id] {
+    try {
+      auto live = store_.get_sandbox(id);
+      if (!live || live->deleted_at || !live->current_session_id) return;
+      auto session = store_.get_session(*live->current_session_id);
+      if (!session || session->state != SS::ready) return;
+      if (auto usage = measure_disk(*live, session->handle)) enforce_disk(*live, session->id, *usage);
+    } catch (const std::exception& e) {
+      log::warn("disk.check_failed", {{"sandbox", id}, {"error", e.what()}});
+    }
+  });
+}
+
+void SandboxService::cleanup_disk(CleanupReport& report) {
+  if (!driver_.has_capability(cap::stats)) return;
+  for (const auto& snap : store_.list_live_sandboxes()) {
+    if (!snap.current_session_id || profile_of(snap).disk_limit_bytes == 0) continue;
+    auto session = store_.get_session(*snap.current_session_id);
+    if (!session || session->state != SS::ready) continue;
+    auto usage = std::make_shared<std::optional<DiskUsage>>();
+    if (!cleanup_call(report, snap.id, session->handle, "disk_measure",
+                      [this, snap, handle = session->handle, usage] { *usage = measure_disk(snap, handle); })) {
+      continue;
+    }
+    auto stopped = std::make_shared<bool>(false);
+    if (*usage && (*usage)->exceeded &&
+        cleanup_call(report, snap.id, session->handle, "disk_stop",
+                     [this, snap, id = session->id, u = **usage, stopped] { *stopped = enforce_disk(snap, id, u); }) &&
+        *stopped) {
+      report.disk_stopped.push_back(snap.id);
+    }
   }
 }
 

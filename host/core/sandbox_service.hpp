@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/background_queue.hpp"
 #include "core/clock.hpp"
 #include "core/deadline_runner.hpp"
 #include "core/driver.hpp"
@@ -50,12 +51,28 @@ struct Settings {
 enum class SandboxStatus { idle, starting, ready, failed, expired };
 std::string_view to_string(SandboxStatus s);
 
+/**
+ * Disk use berthd last measured for a sandbox (driver session_stats), kept in memory: after a restart it is unknown
+ * until the next measurement (cleanup pass or file write).
+ */
+struct DiskUsage {
+  std::uint64_t workspace_bytes = 0;  // allocated bytes in the workspace
+  std::uint64_t rootfs_bytes = 0;     // bytes in the container's writable layer (gone once the session stops)
+  std::uint64_t limit_bytes = 0;      // the profile's limit; 0 = none
+  /** Over the limit when last measured: the session was stopped; exec and file writes answer disk_quota_exceeded
+   *  until a measurement finds the sandbox under its limit again. */
+  bool exceeded = false;
+  std::chrono::system_clock::time_point measured_at{};
+  std::uint64_t total() const { return workspace_bytes + rootfs_bytes; }
+};
+
 /** A sandbox as clients see it. */
 struct SandboxView {
   store::SandboxRow row;
   SandboxStatus status = SandboxStatus::idle;
   std::set<std::string> capabilities;
   std::optional<store::SessionRow> session;
+  std::optional<DiskUsage> disk;  // nullopt: never measured by this process
 };
 
 struct CreateSandboxRequest {
@@ -93,6 +110,7 @@ struct CleanupReport {
   std::vector<std::string> skipped_stale;       // sandbox ids whose snapshot went stale
   std::vector<std::string> skipped_in_use;      // idle sandbox ids left alone: an exec or file call was running
   std::vector<std::string> failed;              // sandbox ids or handles whose driver call failed or overran
+  std::vector<std::string> disk_stopped;        // sandbox ids stopped for being over their disk limit
   int executions_expired = 0;                   // history records deleted (age or per-sandbox count)
 };
 
@@ -253,6 +271,37 @@ class SandboxService {
   void cleanup_orphans(CleanupReport& report);
   void cleanup_abandoned_workspaces(CleanupReport& report);
   void cleanup_history(CleanupReport& report);
+  /** Measures every ready session whose profile has a disk limit; stops those over it (see enforce_disk). */
+  void cleanup_disk(CleanupReport& report);
+  /**
+   * Asks the driver for the session's disk use and records it. nullopt when the profile has no limit, the driver
+   * reports no disk use (an ABI < 1.2 driver, no stats) or the call failed (logged as disk.measure_failed).
+   */
+  std::optional<DiskUsage> measure_disk(const store::SandboxRow& row, const std::string& handle);
+  /** Over the limit: stops the measured session `session_id` if it is still the sandbox's current one (workspace
+   *  kept) and logs sandbox.disk_exceeded. Returns whether it stopped it. */
+  bool enforce_disk(const store::SandboxRow& row, const std::string& session_id, const DiskUsage& usage);
+  /**
+   * The gate of exec and file writes: when the sandbox was found over its limit, measures again on a running
+   * session (starting one; a stop discarded the writable layer) and throws disk_quota_exceeded while still over;
+   * clears the mark (sandbox.disk_recovered) once under.
+   */
+  void require_disk_space(const std::string& owner, const std::string& id);
+  /** After a call that may have freed space (a delete): re-measures when the sandbox is marked exceeded. */
+  void recheck_disk_after_delete(const store::SandboxRow& row, const std::string& handle);
+  bool disk_exceeded(const std::string& sandbox_id);
+  /**
+   * After an exec or a file write: measures and enforces on disk_checks_' thread, so the caller does not wait for a
+   * walk of the workspace; a request for a sandbox whose check is still queued is dropped (that check comes later).
+   */
+  void schedule_disk_check(const store::SandboxRow& row);
+  /**
+   * Whether a file write of `size` bytes may have taken the sandbox over its limit: true without a measurement, or
+   * when the last one plus `size` (and 1 MiB of slack) is over. Growth by execs is checked after each exec, so small
+   * writes into a sandbox far from its limit cost no measurement.
+   */
+  bool write_may_exceed(const store::SandboxRow& row, std::uint64_t size);
+  [[noreturn]] void throw_disk_quota(const std::string& sandbox_id, const DiskUsage& usage);
   /**
    * Runs one candidate's driver work within Settings::cleanup_call_deadline (see DeadlineRunner). `key` names what
    * the work touches (a container handle when there is one, so every step of a pass shares it). Returns true when
@@ -293,8 +342,12 @@ class SandboxService {
   std::mutex wait_mutex_;
   std::condition_variable sessions_changed_;
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
-  // Last member: destroyed first, it waits for overrunning cleanup work, which uses the members above.
+  std::mutex disk_mutex_;
+  std::map<std::string, DiskUsage> disk_;  // sandbox id -> last measurement (erased on delete)
+  // Destroyed before the members above, it waits for overrunning cleanup work, which uses them.
   DeadlineRunner cleanup_calls_;
+  // Last member: destroyed first, it waits for the running disk check, which uses the members above.
+  BackgroundQueue disk_checks_;
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

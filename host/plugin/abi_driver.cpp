@@ -500,7 +500,7 @@ core::SessionStats AbiDriver::session_stats(const std::string& handle) {
   check(guarded("session_stats",
                 [&] { return library_->api().session_stats(instance_, c_str(handle, "handle"), &st, &err); }),
         err, "session_stats");
-  return {st.memory_bytes, st.cpu_time_ns, st.pids};
+  return {st.memory_bytes, st.cpu_time_ns, st.pids, st.workspace_bytes, st.rootfs_bytes};
 }
 
 core::ExecResult AbiDriver::exec(const std::string& handle, const core::ExecRequest& request,

@@ -373,6 +373,15 @@ class Engine {
     }
   }
 
+  /** What `du -sx --block-size=1` would say of `tree`: 4 KiB per directory (the root too), files in 4 KiB blocks. */
+  static uint64_t workspace_bytes(const Tree& tree) {
+    constexpr uint64_t kBlock = 4096;
+    uint64_t total = kBlock;
+    for (const auto& [path, node] : tree)
+      total += node.is_dir ? kBlock : (node.bytes.size() + kBlock - 1) / kBlock * kBlock;
+    return total;
+  }
+
   berth_session_stats session_stats(const char* handle) {
     std::lock_guard lock(mutex_);
     const Session& session = find(handle);
@@ -381,6 +390,8 @@ class Engine {
     stats.memory_bytes = running ? kRunningMemoryBytes : 0;
     stats.cpu_time_ns = session.cpu_time_ns;
     stats.pids = running ? 1 + session.running_execs : 0;
+    stats.workspace_bytes = workspace_bytes(*session.files);
+    stats.rootfs_bytes = 0;  // the fake has no writable layer: tenant code writes only the workspace
     return stats;
   }
 
@@ -535,6 +546,17 @@ class Engine {
     return true;
   }
 
+  bool fill_file(const Session& session, const std::string& path, uint64_t bytes) {
+    std::lock_guard lock(mutex_);
+    Tree& tree = *session.files;
+    const size_t slash = path.rfind('/');
+    const std::string parent = slash == std::string::npos ? "." : path.substr(0, slash);
+    if (parent != "." && !(tree.count(parent) && tree.at(parent).is_dir)) return false;
+    if (auto it = tree.find(path); it != tree.end() && it->second.is_dir) return false;
+    tree[path] = Node{false, std::string(bytes, '\0'), 0644};
+    return true;
+  }
+
   void make_unavailable(uint64_t ms) {
     std::lock_guard lock(mutex_);
     unavailable_until_ns_ = std::max(unavailable_until_ns_, now_ns() + ms * 1'000'000);
@@ -631,6 +653,7 @@ class ExecRun final : public ProcessHost {
   std::string describe_session() override { return session_->spec_text; }
   std::optional<std::string> read_file(const std::string& path) override { return engine_.read_file(*session_, path); }
   bool make_dir(const std::string& path) override { return engine_.make_dir(*session_, path); }
+  bool fill_file(const std::string& path, uint64_t bytes) override { return engine_.fill_file(*session_, path, bytes); }
 
  private:
   Engine& engine_;

@@ -566,7 +566,8 @@ class Interpreter {
     return std::nullopt;
   }
 
-  /** `__fake unavailable <ms>`, `__fake crash-session`, `__fake spec`. */
+  /** `__fake unavailable <ms>`, `__fake crash-session`, `__fake mkdirs DIR N`, `__fake fill PATH BYTES`, `__fake spec`.
+   */
   int run_control(const std::vector<std::string>& args, berth_stream out) {
     const std::string command = args.empty() ? "" : args[0];
     if (command == "unavailable" && args.size() == 2 && parse_number<uint64_t>(args[1])) {
@@ -586,6 +587,14 @@ class Interpreter {
       for (uint64_t i = 0; i < n; ++i) {
         if (i % 1024 == 0) check();
         if (!host_.make_dir(*dir + "/" + std::to_string(i))) return fail("fake: __fake mkdirs: cannot create\n");
+      }
+      return 0;
+    }
+    if (command == "fill" && args.size() == 3 && parse_number<uint64_t>(args[2])) {
+      // Tenant code filling its disk (the disk-limit tests); the real engines use dd.
+      const auto path = resolve(args[1]);
+      if (!path || !host_.fill_file(*path, *parse_number<uint64_t>(args[2]))) {
+        return fail("fake: __fake fill: cannot write " + args[1] + "\n");
       }
       return 0;
     }

@@ -36,6 +36,8 @@ class ProcessHost {
   virtual std::optional<std::string> read_file(const std::string& path) = 0;
   /** Creates a workspace directory and its parents; false if a file is in the way. */
   virtual bool make_dir(const std::string& path) = 0;
+  /** `__fake fill PATH BYTES`: (re)writes a workspace file of BYTES zero bytes; false if its directory is missing. */
+  virtual bool fill_file(const std::string& path, uint64_t bytes) = 0;
 };
 
 /** What to run: the exec request after the driver resolved the session. */

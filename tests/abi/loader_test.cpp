@@ -44,7 +44,10 @@ TEST_CASE("a valid C driver loads, configures and answers calls") {
   driver->exec(
       "h", rq, [&](core::Stream, std::string_view d) { return out.append(d), true; }, nullptr);
   CHECK(out == "echo-me");
-  CHECK(driver->session_stats("h").pids == 1);
+  const auto stats = driver->session_stats("h");
+  CHECK(stats.pids == 1);
+  CHECK(stats.workspace_bytes == 1u << 20);  // ABI 1.2 disk fields cross the boundary
+  CHECK(stats.rootfs_bytes == 4096);
   // Status mapping: the driver's NOT_FOUND and its message reach the core as one DriverError.
   try {
     driver->volume_remove("v");
@@ -89,6 +92,17 @@ TEST_CASE("a driver built against the 1.1 header (no image_exists) loads and wor
   auto driver = lib->configure("{}", std::make_shared<core::SystemClock>());
   CHECK(driver->session_stats("h").pids == 1);
   CHECK_FALSE(driver->image_exists("berth/python:3.11").has_value());  // "cannot tell", never "absent"
+}
+
+TEST_CASE("an ABI 1.1 driver still loads, and its stats carry no disk usage (0 = unknown)") {
+  auto lib = plugin::DriverLibrary::open(variant("stats_1_1"));
+  CHECK(lib->identity().abi_minor == 1);
+  CHECK((lib->identity().capabilities & BERTH_CAP_STATS) != 0);
+  auto driver = lib->configure("{}", std::make_shared<core::SystemClock>());
+  const auto stats = driver->session_stats("h");
+  CHECK(stats.pids == 1);
+  CHECK(stats.workspace_bytes == 0);
+  CHECK(stats.rootfs_bytes == 0);
 }
 
 TEST_CASE("each broken driver is rejected with a clear reason") {

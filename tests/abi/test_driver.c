@@ -156,6 +156,13 @@ static berth_status path_remove(berth_instance* i, const char* h, const char* p,
 static berth_status session_stats(berth_instance* i, const char* h, berth_session_stats* st, berth_error* e) {
   (void)i, (void)h, (void)e;
   st->pids = 1;
+#if !defined(STATS_1_1)
+  /* ABI 1.2: the disk fields, written only when the caller's struct has room for them (rule 3). */
+  if (st->struct_size >= offsetof(berth_session_stats, rootfs_bytes) + sizeof st->rootfs_bytes) {
+    st->workspace_bytes = 1u << 20;
+    st->rootfs_bytes = 4096;
+  }
+#endif
   return BERTH_OK;
 }
 
@@ -211,6 +218,10 @@ static const berth_driver_api* patched(void) {
   table.name = "bad name with spaces";
 #elif defined(OLD_MINOR_1)
   /* What a driver built against the 1.1 header looks like: session_stats, but no image_exists slot. */
+  table.abi_minor = 1;
+  table.struct_size = BERTH_DRIVER_API_SIZE_1_1;
+#elif defined(STATS_1_1)
+  /* A driver built against the 1.1 header: same table, a 32-byte berth_session_stats without the disk fields. */
   table.abi_minor = 1;
   table.struct_size = BERTH_DRIVER_API_SIZE_1_1;
 #elif defined(OLD_MINOR)

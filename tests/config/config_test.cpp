@@ -87,6 +87,15 @@ TEST_CASE("bad values are rejected with a reason") {
   CHECK(error_of("[server\n").find("t.toml:1:") == 0);
 }
 
+TEST_CASE("disk_limit_mb: 1 GiB by default, explicit values, 0 turns it off, negative refused") {
+  const std::string d = "[driver]\nname = \"fake\"\n";
+  CHECK(parse(d + "[profiles.default]\n", "t.toml").profiles.at("default").disk_limit_bytes == 1024ull << 20);
+  CHECK(parse(d + "[profiles.default]\ndisk_limit_mb = 20\n", "t.toml").profiles.at("default").disk_limit_bytes ==
+        20ull << 20);
+  CHECK(parse(d + "[profiles.default]\ndisk_limit_mb = 0\n", "t.toml").profiles.at("default").disk_limit_bytes == 0);
+  CHECK(error_of(d + "[profiles.a]\ndisk_limit_mb = -1\n").find("profiles.a.disk_limit_mb") != std::string::npos);
+}
+
 TEST_CASE("durations and sizes") {
   CHECK(parse_duration("90") == std::chrono::seconds(90));
   CHECK(parse_duration("5m") == std::chrono::seconds(300));

@@ -59,7 +59,10 @@ PIN(berth_dir_entry, name, 8);
 PIN(berth_dir_entry, size, 16);
 SIZE(berth_dir_entry, 32);
 SIZE(berth_session_listing, 32);
-SIZE(berth_session_stats, 32);
+PIN(berth_session_stats, pids, 24);
+PIN(berth_session_stats, workspace_bytes, 32);
+PIN(berth_session_stats, rootfs_bytes, 40);
+SIZE(berth_session_stats, 48);
 SIZE(berth_kv, 16);
 #endif
 

@@ -57,7 +57,9 @@
  *        Clarified without a layout change: raw-byte paths and argv (rule 8), path limits (rule 9), NOT_FOUND
  *        means nothing ran (rule 10), timeout/cancel leave no process of the exec.
  *   1.2  Adds berth_driver_api.image_exists (optional): profiles created over the API name only images the engine
- *        has.
+ *        has. berth_session_stats gains disk usage fields (workspace_bytes, rootfs_bytes): a 1.1 driver writes 32
+ *        bytes of the struct and its disk fields read as 0 (unknown). The interactive-process slots planned for
+ *        issue 9 will come as 1.3.
  */
 #ifndef BERTH_DRIVER_H
 #define BERTH_DRIVER_H
@@ -198,13 +200,23 @@ typedef struct berth_session_listing {
 /** Return 0 to continue, non-zero to stop the listing early. */
 typedef int32_t (*berth_session_list_fn)(void* ctx, const berth_session_listing* item);
 
-/** Resource usage of a session (ABI 1.1). */
+/**
+ * Resource usage of a session (ABI 1.1; the disk fields since 1.2). The caller zeroes it and sets struct_size; a
+ * field the driver does not fill stays 0, which means "unknown", never "empty".
+ */
 typedef struct berth_session_stats {
   uint32_t struct_size;
   uint32_t reserved0;
-  uint64_t memory_bytes;
-  uint64_t cpu_time_ns;
-  uint64_t pids;
+  uint64_t memory_bytes; /* current memory use of the session's processes, bytes */
+  uint64_t cpu_time_ns;  /* CPU time consumed so far, nanoseconds */
+  uint64_t pids;         /* live processes */
+  /* --- ABI 1.2 --- */
+  /** Disk space the workspace mount holds (allocated blocks, bytes, as `du -sx --block-size=1` counts), as far as
+   *  the measurement can see it; 0 = unknown. May take a walk of the workspace: the slowest field of the call. */
+  uint64_t workspace_bytes;
+  /** Bytes the session wrote to its container's own writable layer (outside the workspace and any tmpfs; the
+   *  engines' SizeRw); 0 = unknown or nothing written. Discarded when the session is removed. */
+  uint64_t rootfs_bytes;
 } berth_session_stats;
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -340,7 +352,8 @@ typedef struct berth_driver_api {
   berth_status (*path_remove)(berth_instance* inst, const char* handle, const char* path, berth_error* err);
 
   /* --- ABI 1.1 ------------------------------------------------------------------------------------- */
-  /** Optional: current resource usage of a running session; CONFLICT if it is not running. */
+  /** Optional: current resource usage of a running session; CONFLICT if it is not running. Since 1.2 it also
+   *  reports disk usage (berth_session_stats.workspace_bytes, rootfs_bytes), which the host's disk limits use. */
   berth_status (*session_stats)(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err);
 
   /* --- ABI 1.2 ------------------------------------------------------------------------------------- */
