@@ -963,7 +963,7 @@ void SandboxService::write_file(const std::string& owner, const std::string& id,
     throw Error(ErrorCode::payload_too_large,
                 "file is larger than the limit of " + std::to_string(settings_.max_file_size) + " bytes");
   }
-  if (const std::uint64_t limit = profile_of(row).disk_limit_bytes; limit != 0 && size > limit) {
+  if (const std::uint64_t limit = profile_of(row)->disk_limit_bytes; limit != 0 && size > limit) {
     throw Error(ErrorCode::disk_quota_exceeded,
                 "file of " + std::to_string(size) + " bytes is larger than the sandbox's disk limit of " +
                     std::to_string(limit) + " bytes",
@@ -1359,7 +1359,7 @@ void SandboxService::cleanup_history(CleanupReport& report) {
 // ---- disk limits ------------------------------------------------------------------------------------------------
 
 std::optional<DiskUsage> SandboxService::measure_disk(const SandboxRow& row, const std::string& handle) {
-  const std::uint64_t limit = profile_of(row).disk_limit_bytes;
+  const std::uint64_t limit = profile_of(row)->disk_limit_bytes;
   if (limit == 0 || !driver_.has_capability(cap::stats)) return std::nullopt;
   SessionStats stats;
   const auto t0 = clock_->monotonic();
@@ -1465,7 +1465,7 @@ void SandboxService::recheck_disk_after_delete(const SandboxRow& row, const std:
 
 bool SandboxService::write_may_exceed(const SandboxRow& row, std::uint64_t size) {
   constexpr std::uint64_t kSlack = 1 << 20;  // block rounding, new directories
-  const std::uint64_t limit = profile_of(row).disk_limit_bytes;
+  const std::uint64_t limit = profile_of(row)->disk_limit_bytes;
   if (limit == 0) return false;
   std::lock_guard lock(disk_mutex_);
   auto it = disk_.find(row.id);
@@ -1473,7 +1473,7 @@ bool SandboxService::write_may_exceed(const SandboxRow& row, std::uint64_t size)
 }
 
 void SandboxService::schedule_disk_check(const SandboxRow& row) {
-  if (profile_of(row).disk_limit_bytes == 0 || !driver_.has_capability(cap::stats)) return;
+  if (profile_of(row)->disk_limit_bytes == 0 || !driver_.has_capability(cap::stats)) return;
   disk_checks_.post(row.id, [this, id = row.id] {
     try {
       auto live = store_.get_sandbox(id);
@@ -1490,7 +1490,7 @@ void SandboxService::schedule_disk_check(const SandboxRow& row) {
 void SandboxService::cleanup_disk(CleanupReport& report) {
   if (!driver_.has_capability(cap::stats)) return;
   for (const auto& snap : store_.list_live_sandboxes()) {
-    if (!snap.current_session_id || profile_of(snap).disk_limit_bytes == 0) continue;
+    if (!snap.current_session_id || profile_of(snap)->disk_limit_bytes == 0) continue;
     auto session = store_.get_session(*snap.current_session_id);
     if (!session || session->state != SS::ready) continue;
     auto usage = std::make_shared<std::optional<DiskUsage>>();
