@@ -481,413 +481,414 @@ TEST_CASE("images: the session image exists, an image nobody built does not (ABI
   // Never pulled: the answer for an absent image is "no", not a download.
   CHECK(d->image_exists("berth-conformance/absent:0") == std::optional<bool>(false));
   CHECK(d->image_exists("berth-conformance/absent:0") == std::optional<bool>(false));
-  TEST_CASE("stats: a driver that reports disk usage sees the workspace grow after a write", "[conformance][stats]") {
-    auto d = make_driver();
-    Sandbox sb(*d);
-    if (!d->has_capability(BERTH_CAP_STATS)) return;
-    const auto before = d->session_stats(sb.handle);
-    constexpr std::uint64_t kWrite = 4u << 20;
-    put(*d, sb.handle, "disk-probe.bin", std::string(kWrite, 'x'));
-    const auto after = d->session_stats(sb.handle);
-    if (before.workspace_bytes == 0 && after.workspace_bytes == 0) {
-      WARN("the driver reports no workspace usage (ABI 1.2 disk fields): disk limits cannot be enforced with it");
-      return;
-    }
-    // Allocated blocks: at least the bytes written (a filesystem may round up, never down for a dense file).
-    CHECK(after.workspace_bytes >= before.workspace_bytes + kWrite);
-    d->path_remove(sb.handle, "disk-probe.bin");
-    CHECK(d->session_stats(sb.handle).workspace_bytes < after.workspace_bytes);
-  }
+}
 
-  int main(int argc, char** argv) {
-    if (argc < 2 || std::string(argv[1]).rfind('-', 0) == 0) {
-      std::cerr << "usage: berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options]\n";
-      return 2;
-    }
-    g_driver_path = argv[1];
-    int consumed = 2;
-    if (argc > 2 && std::string(argv[2]).rfind('-', 0) != 0) {
-      std::string arg = argv[2];
-      if (!arg.empty() && arg[0] == '{') {
-        g_config_json = arg;
-      } else {
-        std::ifstream in(arg);
-        if (!in) {
-          std::cerr << "berth-driver-conformance: cannot read " << arg << "\n";
-          return 2;
-        }
-        std::stringstream ss;
-        ss << in.rdbuf();
-        g_config_json = ss.str();
+TEST_CASE("stats: a driver that reports disk usage sees the workspace grow after a write", "[conformance][stats]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  if (!d->has_capability(BERTH_CAP_STATS)) return;
+  const auto before = d->session_stats(sb.handle);
+  constexpr std::uint64_t kWrite = 4u << 20;
+  put(*d, sb.handle, "disk-probe.bin", std::string(kWrite, 'x'));
+  const auto after = d->session_stats(sb.handle);
+  if (before.workspace_bytes == 0 && after.workspace_bytes == 0) {
+    WARN("the driver reports no workspace usage (ABI 1.2 disk fields): disk limits cannot be enforced with it");
+    return;
+  }
+  // Allocated blocks: at least the bytes written (a filesystem may round up, never down for a dense file).
+  CHECK(after.workspace_bytes >= before.workspace_bytes + kWrite);
+  d->path_remove(sb.handle, "disk-probe.bin");
+  CHECK(d->session_stats(sb.handle).workspace_bytes < after.workspace_bytes);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]).rfind('-', 0) == 0) {
+    std::cerr << "usage: berth-driver-conformance <driver.so> [config.json | '{...}'] [Catch2 options]\n";
+    return 2;
+  }
+  g_driver_path = argv[1];
+  int consumed = 2;
+  if (argc > 2 && std::string(argv[2]).rfind('-', 0) != 0) {
+    std::string arg = argv[2];
+    if (!arg.empty() && arg[0] == '{') {
+      g_config_json = arg;
+    } else {
+      std::ifstream in(arg);
+      if (!in) {
+        std::cerr << "berth-driver-conformance: cannot read " << arg << "\n";
+        return 2;
       }
-      consumed = 3;
+      std::stringstream ss;
+      ss << in.rdbuf();
+      g_config_json = ss.str();
     }
-    berth::log::init(berth::log::Format::text, berth::log::Level::warn);
-    try {
-      g_library = berth::plugin::DriverLibrary::open(g_driver_path);
-    } catch (const std::exception& e) {
-      std::cerr << "berth-driver-conformance: " << e.what() << "\n";
-      return 2;
-    }
-    std::vector<char*> rest{argv[0]};
-    for (int i = consumed; i < argc; ++i)
-      rest.push_back(argv[i]);
-    std::cout << "driver " << g_library->identity().name << " " << g_library->identity().version << " (ABI "
-              << g_library->identity().abi_major << "." << g_library->identity().abi_minor << ") image " << image()
-              << "\n";
-    return Catch::Session().run(static_cast<int>(rest.size()), rest.data());
+    consumed = 3;
   }
-
-  TEST_CASE("exec: code far beyond the argv limit runs from stdin", "[conformance][exec]") {
-    auto d = make_driver();
-    Sandbox sb(*d);
-    for (std::size_t size : {std::size_t{131072}, std::size_t{1000000}}) {
-      INFO("code bytes " << size);
-      // Python: `python3 -` reads the program from stdin; a long comment pads it to the exact size.
-      std::string py = "print('py-ok')\n#";
-      py += std::string(size - py.size(), 'x');
-      core::ExecRequest rq;
-      rq.argv = {"python3", "-"};
-      rq.stdin_data = py;
-      rq.timeout = 60s;
-      auto o = run(*d, sb.handle, rq);
-      CHECK(o.result.exit_code == 0);
-      CHECK(o.out == "py-ok\n");
-      // Shell: the command is read with cat and evaluated.
-      std::string shell = "echo sh-ok\n#";
-      shell += std::string(size - shell.size(), 'y');
-      auto s2 = sh("eval \"$(cat)\"", 60s);
-      s2.stdin_data = shell;
-      auto o2 = run(*d, sb.handle, s2);
-      CHECK(o2.result.exit_code == 0);
-      CHECK(o2.out == "sh-ok\n");
-    }
-    if (real_processes()) {  // the program itself sees EOF on its stdin
-      core::ExecRequest rq;
-      rq.argv = {"python3", "-"};
-      rq.stdin_data = "import sys\nprint(len(sys.stdin.read()))\n";
-      rq.timeout = 20s;
-      CHECK(run(*d, sb.handle, rq).out == "0\n");
-      auto s3 = sh("eval \"$(cat)\"");
-      s3.stdin_data = "wc -c";
-      CHECK(run(*d, sb.handle, s3).out == "0\n");
-    }
+  berth::log::init(berth::log::Format::text, berth::log::Level::warn);
+  try {
+    g_library = berth::plugin::DriverLibrary::open(g_driver_path);
+  } catch (const std::exception& e) {
+    std::cerr << "berth-driver-conformance: " << e.what() << "\n";
+    return 2;
   }
+  std::vector<char*> rest{argv[0]};
+  for (int i = consumed; i < argc; ++i)
+    rest.push_back(argv[i]);
+  std::cout << "driver " << g_library->identity().name << " " << g_library->identity().version << " (ABI "
+            << g_library->identity().abi_major << "." << g_library->identity().abi_minor << ") image " << image()
+            << "\n";
+  return Catch::Session().run(static_cast<int>(rest.size()), rest.data());
+}
 
-  TEST_CASE("exec: argv and cwd carry any byte but NUL", "[conformance][exec]") {
-    auto d = make_driver();
-    if (!real_processes()) return;  // the fake's mini shell has no printf
-    Sandbox sb(*d);
-    std::string odd = "a\\b \x01\x7f\x80\xff\xc3\xa9 $(x) '\"\n";
+TEST_CASE("exec: code far beyond the argv limit runs from stdin", "[conformance][exec]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  for (std::size_t size : {std::size_t{131072}, std::size_t{1000000}}) {
+    INFO("code bytes " << size);
+    // Python: `python3 -` reads the program from stdin; a long comment pads it to the exact size.
+    std::string py = "print('py-ok')\n#";
+    py += std::string(size - py.size(), 'x');
     core::ExecRequest rq;
-    rq.argv = {"/bin/sh", "-c", "printf '%s' \"$1\"", "sh", odd};
+    rq.argv = {"python3", "-"};
+    rq.stdin_data = py;
+    rq.timeout = 60s;
+    auto o = run(*d, sb.handle, rq);
+    CHECK(o.result.exit_code == 0);
+    CHECK(o.out == "py-ok\n");
+    // Shell: the command is read with cat and evaluated.
+    std::string shell = "echo sh-ok\n#";
+    shell += std::string(size - shell.size(), 'y');
+    auto s2 = sh("eval \"$(cat)\"", 60s);
+    s2.stdin_data = shell;
+    auto o2 = run(*d, sb.handle, s2);
+    CHECK(o2.result.exit_code == 0);
+    CHECK(o2.out == "sh-ok\n");
+  }
+  if (real_processes()) {  // the program itself sees EOF on its stdin
+    core::ExecRequest rq;
+    rq.argv = {"python3", "-"};
+    rq.stdin_data = "import sys\nprint(len(sys.stdin.read()))\n";
     rq.timeout = 20s;
-    CHECK(run(*d, sb.handle, rq).out == odd);
-    std::string dir = "d\xff\xc3\xa9";
-    put(*d, sb.handle, dir + "/f", "x");
-    auto in_dir = sh("pwd");
-    in_dir.cwd = dir;
-    CHECK(run(*d, sb.handle, in_dir).out == "/workspace/" + dir + "\n");
+    CHECK(run(*d, sb.handle, rq).out == "0\n");
+    auto s3 = sh("eval \"$(cat)\"");
+    s3.stdin_data = "wc -c";
+    CHECK(run(*d, sb.handle, s3).out == "0\n");
   }
+}
 
-  TEST_CASE("exec: timeout and cancel leave no process of the exec, however it detached", "[conformance][exec]") {
-    auto d = make_driver();
-    if (!real_processes()) return;  // the fake has no processes to leave behind
-    Sandbox sb(*d);
-    // Each child hides differently: no environment, a new session, nohup, a double fork, and all at once.
-    const std::string detach =
-        "env -i sleep 3001 & setsid sleep 3002 & nohup sleep 3003 >/dev/null 2>&1 & (sleep 3004 &); "
-        "(env -i setsid sh -c 'sleep 3005 &' &); ";
-    const std::string survivors =
-        "for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' <\"$f\"; echo; done 2>/dev/null | grep -c '^sleep 300[0-9]'";
-    auto o = run(*d, sb.handle, sh(detach + "echo started; sleep 60", 1500ms));
-    CHECK(o.result.timed_out);
-    CHECK(o.out == "started\n");
+TEST_CASE("exec: argv and cwd carry any byte but NUL", "[conformance][exec]") {
+  auto d = make_driver();
+  if (!real_processes()) return;  // the fake's mini shell has no printf
+  Sandbox sb(*d);
+  std::string odd = "a\\b \x01\x7f\x80\xff\xc3\xa9 $(x) '\"\n";
+  core::ExecRequest rq;
+  rq.argv = {"/bin/sh", "-c", "printf '%s' \"$1\"", "sh", odd};
+  rq.timeout = 20s;
+  CHECK(run(*d, sb.handle, rq).out == odd);
+  std::string dir = "d\xff\xc3\xa9";
+  put(*d, sb.handle, dir + "/f", "x");
+  auto in_dir = sh("pwd");
+  in_dir.cwd = dir;
+  CHECK(run(*d, sb.handle, in_dir).out == "/workspace/" + dir + "\n");
+}
+
+TEST_CASE("exec: timeout and cancel leave no process of the exec, however it detached", "[conformance][exec]") {
+  auto d = make_driver();
+  if (!real_processes()) return;  // the fake has no processes to leave behind
+  Sandbox sb(*d);
+  // Each child hides differently: no environment, a new session, nohup, a double fork, and all at once.
+  const std::string detach =
+      "env -i sleep 3001 & setsid sleep 3002 & nohup sleep 3003 >/dev/null 2>&1 & (sleep 3004 &); "
+      "(env -i setsid sh -c 'sleep 3005 &' &); ";
+  const std::string survivors =
+      "for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' <\"$f\"; echo; done 2>/dev/null | grep -c '^sleep 300[0-9]'";
+  auto o = run(*d, sb.handle, sh(detach + "echo started; sleep 60", 1500ms));
+  CHECK(o.result.timed_out);
+  CHECK(o.out == "started\n");
+  CHECK(run(*d, sb.handle, sh(survivors)).out == "0\n");
+
+  if (d->has_capability(BERTH_CAP_EXEC_CANCEL)) {
+    core::CancelToken token;
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(1000ms);
+      token.cancel();
+    });
+    CHECK(error_of([&] { run(*d, sb.handle, sh(detach + "sleep 60"), &token); }) == DriverErrc::cancelled);
+    canceller.join();
     CHECK(run(*d, sb.handle, sh(survivors)).out == "0\n");
-
-    if (d->has_capability(BERTH_CAP_EXEC_CANCEL)) {
-      core::CancelToken token;
-      std::thread canceller([&] {
-        std::this_thread::sleep_for(1000ms);
-        token.cancel();
-      });
-      CHECK(error_of([&] { run(*d, sb.handle, sh(detach + "sleep 60"), &token); }) == DriverErrc::cancelled);
-      canceller.join();
-      CHECK(run(*d, sb.handle, sh(survivors)).out == "0\n");
-    }
-    CHECK(d->session_inspect(sb.handle).state == core::SessionState::running);
   }
+  CHECK(d->session_inspect(sb.handle).state == core::SessionState::running);
+}
 
-  TEST_CASE("exec and files on a dead session are NOT_FOUND (nothing ran), never a result", "[conformance][exec]") {
-    auto d = make_driver();
-    Sandbox sb(*d);
-    put(*d, sb.handle, "kept.txt", "kept");
-    // kill -9 -1 kills every process the session user may signal: the session's main process too.
-    auto killed = run(*d, sb.handle, sh(real_processes() ? "kill -9 -1; sleep 5" : "__fake crash-session"));
-    CHECK(killed.result.exit_code != 0);
-    REQUIRE(wait_not_running(*d, sb.handle));
-    Output after;
-    CHECK(error_of([&] { after = run(*d, sb.handle, sh("echo should-not-run")); }) == DriverErrc::not_found);
-    CHECK(after.out.empty());
-    CHECK(after.err.empty());  // the engine's message is never delivered as the program's output
-    if (real_processes()) {
-      CHECK(error_of([&] { get(*d, sb.handle, "kept.txt"); }) == DriverErrc::not_found);
-      CHECK(error_of([&] { put(*d, sb.handle, "new.txt", "x"); }) == DriverErrc::not_found);
-      CHECK(error_of([&] { d->dir_list(sb.handle, "."); }) == DriverErrc::not_found);
+TEST_CASE("exec and files on a dead session are NOT_FOUND (nothing ran), never a result", "[conformance][exec]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  put(*d, sb.handle, "kept.txt", "kept");
+  // kill -9 -1 kills every process the session user may signal: the session's main process too.
+  auto killed = run(*d, sb.handle, sh(real_processes() ? "kill -9 -1; sleep 5" : "__fake crash-session"));
+  CHECK(killed.result.exit_code != 0);
+  REQUIRE(wait_not_running(*d, sb.handle));
+  Output after;
+  CHECK(error_of([&] { after = run(*d, sb.handle, sh("echo should-not-run")); }) == DriverErrc::not_found);
+  CHECK(after.out.empty());
+  CHECK(after.err.empty());  // the engine's message is never delivered as the program's output
+  if (real_processes()) {
+    CHECK(error_of([&] { get(*d, sb.handle, "kept.txt"); }) == DriverErrc::not_found);
+    CHECK(error_of([&] { put(*d, sb.handle, "new.txt", "x"); }) == DriverErrc::not_found);
+    CHECK(error_of([&] { d->dir_list(sb.handle, "."); }) == DriverErrc::not_found);
+  }
+}
+
+TEST_CASE("files: names of any byte but NUL and '/' round-trip exactly", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  // Every byte 1-255 (but '/') inside some name, eight bytes a name (tests/engine gives each byte its own names).
+  std::vector<std::string> names;
+  std::string group;
+  for (int b = 1; b < 256; ++b) {
+    if (b != '/') group += static_cast<char>(b);
+    if (group.size() == 8 || b == 255) {
+      names.push_back("n" + group + "x");
+      group.clear();
     }
   }
-
-  TEST_CASE("files: names of any byte but NUL and '/' round-trip exactly", "[conformance][files]") {
-    auto d = make_driver();
-    Sandbox sb(*d);
-    // Every byte 1-255 (but '/') inside some name, eight bytes a name (tests/engine gives each byte its own names).
-    std::vector<std::string> names;
-    std::string group;
-    for (int b = 1; b < 256; ++b) {
-      if (b != '/') group += static_cast<char>(b);
-      if (group.size() == 8 || b == 255) {
-        names.push_back("n" + group + "x");
-        group.clear();
-      }
-    }
-    for (const char* special : {"-rf", "--", " lead", "trail ", "q'\"`", "$(id)", "*", "..x", "...", "\n", "\xff\xfe",
-                                "\xc3\xa9t\xc3\xa9", "\xf0\x9f\x9a\x80", "a\\0101b", "%s%n"}) {
-      names.emplace_back(special);
-    }
-    names.push_back(std::string(255, 'L'));
-    names.push_back(std::string(253, 'M') + "\xc3\xa9");  // 255 bytes, multi-byte at the end
-    std::mutex mutex;
-    std::vector<std::string> failures;
-    std::vector<std::thread> threads;
-    constexpr int kThreads = 4;
-    for (int t = 0; t < kThreads; ++t) {
-      threads.emplace_back([&, t] {
-        for (std::size_t i = t; i < names.size(); i += kThreads) {
-          const std::string path = "names/" + names[i];
-          std::string what;
-          try {
-            put(*d, sb.handle, path, "content of " + names[i]);
-            if (get(*d, sb.handle, path) != "content of " + names[i]) what = "wrong content";
-          } catch (const std::exception& e) {
-            what = e.what();
-          }
-          if (!what.empty()) {
-            std::lock_guard lock(mutex);
-            failures.push_back("name #" + std::to_string(i) + ": " + what);
-          }
+  for (const char* special : {"-rf", "--", " lead", "trail ", "q'\"`", "$(id)", "*", "..x", "...", "\n", "\xff\xfe",
+                              "\xc3\xa9t\xc3\xa9", "\xf0\x9f\x9a\x80", "a\\0101b", "%s%n"}) {
+    names.emplace_back(special);
+  }
+  names.push_back(std::string(255, 'L'));
+  names.push_back(std::string(253, 'M') + "\xc3\xa9");  // 255 bytes, multi-byte at the end
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  std::vector<std::thread> threads;
+  constexpr int kThreads = 4;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (std::size_t i = t; i < names.size(); i += kThreads) {
+        const std::string path = "names/" + names[i];
+        std::string what;
+        try {
+          put(*d, sb.handle, path, "content of " + names[i]);
+          if (get(*d, sb.handle, path) != "content of " + names[i]) what = "wrong content";
+        } catch (const std::exception& e) {
+          what = e.what();
         }
-      });
-    }
-    for (auto& th : threads)
-      th.join();
-    for (const auto& f : failures)
-      UNSCOPED_INFO(f);
-    CHECK(failures.empty());
-    auto listed = d->dir_list(sb.handle, "names");
-    std::set<std::string> got;
-    for (const auto& e : listed)
-      got.insert(e.name);
-    CHECK(got == std::set<std::string>(names.begin(), names.end()));
-    for (std::size_t i = 0; i < names.size(); i += 17)
-      d->path_remove(sb.handle, "names/" + names[i]);
-    CHECK(d->dir_list(sb.handle, "names").size() == names.size() - (names.size() + 16) / 17);
-
-    // Limits: a component of 256 bytes or a path over 4000 bytes is refused, not truncated.
-    CHECK(error_of([&] { put(*d, sb.handle, std::string(256, 'x'), "x"); }) == DriverErrc::invalid_argument);
-    std::string deep;
-    while (deep.size() <= 4000)
-      deep += std::string(200, 'd') + "/";
-    CHECK(error_of([&] { put(*d, sb.handle, deep + "f", "x"); }) == DriverErrc::invalid_argument);
-    std::string long_ok;
-    while (long_ok.size() < 3700)
-      long_ok += std::string(250, 'e') + "/";
-    put(*d, sb.handle, long_ok + "f", "deep");
-    CHECK(get(*d, sb.handle, long_ok + "f") == "deep");
-  }
-
-  TEST_CASE("files: a failed or short upload leaves nothing behind", "[conformance][files]") {
-    auto d = make_driver();
-    Sandbox sb(*d);
-    put(*d, sb.handle, "keep.txt", "old");
-    // The source ends early: INVALID_ARGUMENT, the old content stays.
-    int calls = 0;
-    CHECK(error_of([&] {
-            d->file_put(sb.handle, "keep.txt", 0644, 100, [&calls](std::uint8_t* buf, std::size_t) -> std::int64_t {
-              if (calls++ > 0) return 0;
-              buf[0] = 'n';
-              return 1;
-            });
-          }) == DriverErrc::invalid_argument);
-    CHECK(get(*d, sb.handle, "keep.txt") == "old");
-    // The source fails: CANCELLED, no file appears.
-    CHECK(error_of([&] {
-            d->file_put(sb.handle, "fresh.txt", 0644, 100,
-                        [](std::uint8_t*, std::size_t) -> std::int64_t { return -1; });
-          }) == DriverErrc::cancelled);
-    CHECK(error_of([&] { get(*d, sb.handle, "fresh.txt"); }) == DriverErrc::not_found);
-    std::set<std::string> names;
-    for (const auto& e : d->dir_list(sb.handle, "."))
-      names.insert(e.name);
-    CHECK(names == std::set<std::string>{"keep.txt"});
-  }
-
-  // ---- A hostile sandbox (issue 8, finding 1)
-  // ------------------------------------------------------------------------ The tenant controls the session's
-  // environment (SessionSpec::env), every byte of the workspace (symlinks, programs) and may run code concurrently with
-  // a file operation. A driver's file operations must act with no more privilege than the session user, with an
-  // environment and programs the tenant cannot choose, and never outside the workspace. The fake driver passes these
-  // trivially, by being in memory: it runs no programs, has no PATH and no symlinks; for it only the driver-level part
-  // (the calls on the hostile names) runs.
-
-  namespace {
-
-  /** The environment a hostile tenant gives the session: every variable that shells, the loader or programs read. */
-  std::map<std::string, std::string> hostile_env() {
-    return {{"PATH", "/workspace/.bin:/tmp/.bin:/usr/bin:/bin"},
-            {"ENV", "/workspace/.bin/rc"},
-            {"BASH_ENV", "/workspace/.bin/rc"},
-            {"LD_PRELOAD", "/workspace/.bin/pwn.so"},
-            {"LD_LIBRARY_PATH", "/workspace/.bin"},
-            {"IFS", "/"},
-            {"CDPATH", "/etc"},
-            {"HOME", "/etc"},
-            {"TMPDIR", "/etc"},
-            {"LC_ALL", "xx_XX.UTF-8"},
-            {"SHELLOPTS", "xtrace"},
-            {"PS4", "$(/workspace/.bin/rc)"},
-            {"POSIXLY_CORRECT", "1"},
-            {"GCONV_PATH", "/workspace/.bin"}};
-  }
-
-  const char* const kPlantScript = berth::test::hostile::kPlant;
-  const char* const kEvidenceScript = berth::test::hostile::kEvidence;
-
-  /** What kEvidenceScript prints when nothing is wrong. */
-  const std::string kClean = "evidence-checked\n";
-
-  /** A regular file's content through the driver, or "error <code>" when the driver refused. */
-  std::string get_or_error(core::Driver& d, const std::string& h, const std::string& path) {
-    try {
-      return get(d, h, path);
-    } catch (const DriverError& e) {
-      return "error " + std::to_string(static_cast<int>(e.code()));
-    }
-  }
-
-  }  // namespace
-
-  TEST_CASE("files: a hostile environment and planted programs never act for the driver",
-            "[conformance][files][hostile]") {
-    auto d = make_driver();
-    Sandbox sb(*d, {}, hostile_env());
-    if (real_processes()) {
-      auto planted = run(*d, sb.handle, sh(kPlantScript));
-      INFO(planted.err);
-      REQUIRE(planted.result.exit_code == 0);
-      REQUIRE(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
-    }
-    // The driver's calls on a plain name: each must work, with the right bytes, whatever the environment says.
-    put(*d, sb.handle, "PWN", "mine\n");
-    CHECK(get(*d, sb.handle, "PWN") == "mine\n");
-    put(*d, sb.handle, "dir/PWN", "deeper\n", 0600);
-    auto listed = d->dir_list(sb.handle, "dir");
-    REQUIRE(listed.size() == 1);
-    CHECK(listed[0].name == "PWN");
-    CHECK(listed[0].size == 7);
-    CHECK((listed[0].mode & 0777) == 0600);
-    d->path_remove(sb.handle, "dir");
-    d->path_remove(sb.handle, "PWN");
-    std::string missing;
-    try {
-      get(*d, sb.handle, "PWN");
-    } catch (const DriverError& e) {
-      CHECK(e.code() == DriverErrc::not_found);
-      missing = e.what();
-    }
-    // A preloaded library the loader could not open would have said so on the helper's stderr (the error's detail).
-    CHECK(missing.find("ld.so") == std::string::npos);
-    CHECK(missing.find("LD_PRELOAD") == std::string::npos);
-    if (!real_processes()) return;
-
-    // Paths through the tenant's symlinks to /etc: refused, never /etc's bytes, nothing written there.
-    CHECK(error_of([&] { get(*d, sb.handle, "etc-link/shadow"); }) == DriverErrc::invalid_argument);
-    CHECK(error_of([&] { get(*d, sb.handle, "etc-link/passwd"); }) == DriverErrc::invalid_argument);
-    CHECK(error_of([&] { get(*d, sb.handle, "shadow-link"); }) == DriverErrc::invalid_argument);
-    CHECK(error_of([&] { put(*d, sb.handle, "etc-link/berth-pwn", "x"); }) == DriverErrc::invalid_argument);
-    CHECK(error_of([&] { put(*d, sb.handle, "shadow-link", "x"); }) == DriverErrc::invalid_argument);
-    CHECK(error_of([&] { d->dir_list(sb.handle, "etc-link"); }) == DriverErrc::invalid_argument);
-    CHECK(error_of([&] { d->path_remove(sb.handle, "etc-link/passwd"); }) == DriverErrc::invalid_argument);
-    d->path_remove(sb.handle, "shadow-link");  // the link itself, not its target
-    CHECK(run(*d, sb.handle, sh("/usr/bin/test -L /workspace/shadow-link || /bin/echo gone")).out == "gone\n");
-    CHECK(run(*d, sb.handle, sh("/usr/bin/test -e /etc/shadow && /bin/echo kept")).out == "kept\n");
-    CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
-
-    // The session's own processes (the reaper, the exec wrapper) start with the tenant's environment and workspace
-    // next time: a planted `sh` or `sleep` on the tenant's PATH must not become them.
-    d->session_stop(sb.handle, 1s);
-    d->session_remove(sb.handle);
-    core::SessionSpec spec;
-    spec.session_id = unique("conf");
-    spec.image = image();
-    spec.labels = sb.labels;
-    spec.env = hostile_env();
-    spec.workspace_volume = sb.volume;
-    spec.user = "1000:1000";
-    sb.handle = d->session_create(spec).handle;
-    CHECK(run(*d, sb.handle, sh("/bin/echo alive")).out == "alive\n");
-    put(*d, sb.handle, "again", "ok");
-    CHECK(get(*d, sb.handle, "again") == "ok");
-    CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
-  }
-
-  TEST_CASE("files: a directory swapped with a symlink to /etc during the calls never leads outside",
-            "[conformance][files][hostile]") {
-    auto d = make_driver();
-    Sandbox sb(*d);
-    constexpr int kAttempts = 25;  // GETs and PUTs each: a fixed number, not "until it happens"
-    if (!real_processes()) {
-      // The fake has no symlinks: the same calls on the same names simply work.
-      put(*d, sb.handle, "race/d/shadow", "inside\n");
-      for (int i = 0; i < kAttempts; ++i)
-        CHECK(get(*d, sb.handle, "race/d/shadow") == "inside\n");
-      return;
-    }
-    // d (a directory holding `shadow`) and l (a symlink to /etc) trade places every 0.3 ms.
-    const std::string setup = berth::test::hostile::race_setup(150);
-    REQUIRE(run(*d, sb.handle, sh(setup)).result.exit_code == 0);
-    Output swapper;
-    std::thread swap_thread([&] { swapper = run(*d, sb.handle, sh("python3 /workspace/race/swap.py", 180s)); });
-    bool started = false;
-    for (int i = 0; i < 600 && !started; ++i) {  // bounded: 60 s for something that takes well under a second
-      started = run(*d, sb.handle, sh("/usr/bin/test -e /workspace/race/started && /bin/echo yes")).out == "yes\n";
-      if (!started) std::this_thread::sleep_for(100ms);
-    }
-    CHECK(started);
-    int inside = 0;
-    int put_ok = 0;
-    std::vector<std::string> leaked;
-    for (int i = 0; i < kAttempts; ++i) {
-      std::string got = get_or_error(*d, sb.handle, "race/d/shadow");
-      if (got == "inside\n") {
-        ++inside;
-      } else if (got.rfind("error ", 0) != 0) {
-        leaked.push_back(got.substr(0, 200));
-      } else if (got == "error " + std::to_string(static_cast<int>(DriverErrc::internal))) {
-        leaked.push_back("an INTERNAL error: a refusal the sandbox caused is INVALID_ARGUMENT or NOT_FOUND");
+        if (!what.empty()) {
+          std::lock_guard lock(mutex);
+          failures.push_back("name #" + std::to_string(i) + ": " + what);
+        }
       }
-      try {
-        put(*d, sb.handle, "race/d/berth-race-" + std::to_string(i), "x");
-        ++put_ok;
-      } catch (const DriverError&) {
-        // refused while the symlink was in place: fine
-      }
-    }
-    put(*d, sb.handle, "race/stop", "");
-    swap_thread.join();
-    INFO("swaps: " << swapper.out << swapper.err << "GETs of the workspace file: " << inside << ", PUTs: " << put_ok);
-    CHECK(swapper.result.exit_code == 0);
-    for (const auto& l : leaked)
-      UNSCOPED_INFO("a GET returned: " << l);
-    CHECK(leaked.empty());
-    CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+    });
   }
+  for (auto& th : threads)
+    th.join();
+  for (const auto& f : failures)
+    UNSCOPED_INFO(f);
+  CHECK(failures.empty());
+  auto listed = d->dir_list(sb.handle, "names");
+  std::set<std::string> got;
+  for (const auto& e : listed)
+    got.insert(e.name);
+  CHECK(got == std::set<std::string>(names.begin(), names.end()));
+  for (std::size_t i = 0; i < names.size(); i += 17)
+    d->path_remove(sb.handle, "names/" + names[i]);
+  CHECK(d->dir_list(sb.handle, "names").size() == names.size() - (names.size() + 16) / 17);
+
+  // Limits: a component of 256 bytes or a path over 4000 bytes is refused, not truncated.
+  CHECK(error_of([&] { put(*d, sb.handle, std::string(256, 'x'), "x"); }) == DriverErrc::invalid_argument);
+  std::string deep;
+  while (deep.size() <= 4000)
+    deep += std::string(200, 'd') + "/";
+  CHECK(error_of([&] { put(*d, sb.handle, deep + "f", "x"); }) == DriverErrc::invalid_argument);
+  std::string long_ok;
+  while (long_ok.size() < 3700)
+    long_ok += std::string(250, 'e') + "/";
+  put(*d, sb.handle, long_ok + "f", "deep");
+  CHECK(get(*d, sb.handle, long_ok + "f") == "deep");
+}
+
+TEST_CASE("files: a failed or short upload leaves nothing behind", "[conformance][files]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  put(*d, sb.handle, "keep.txt", "old");
+  // The source ends early: INVALID_ARGUMENT, the old content stays.
+  int calls = 0;
+  CHECK(error_of([&] {
+          d->file_put(sb.handle, "keep.txt", 0644, 100, [&calls](std::uint8_t* buf, std::size_t) -> std::int64_t {
+            if (calls++ > 0) return 0;
+            buf[0] = 'n';
+            return 1;
+          });
+        }) == DriverErrc::invalid_argument);
+  CHECK(get(*d, sb.handle, "keep.txt") == "old");
+  // The source fails: CANCELLED, no file appears.
+  CHECK(error_of([&] {
+          d->file_put(sb.handle, "fresh.txt", 0644, 100, [](std::uint8_t*, std::size_t) -> std::int64_t { return -1; });
+        }) == DriverErrc::cancelled);
+  CHECK(error_of([&] { get(*d, sb.handle, "fresh.txt"); }) == DriverErrc::not_found);
+  std::set<std::string> names;
+  for (const auto& e : d->dir_list(sb.handle, "."))
+    names.insert(e.name);
+  CHECK(names == std::set<std::string>{"keep.txt"});
+}
+
+// ---- A hostile sandbox (issue 8, finding 1)
+// ------------------------------------------------------------------------ The tenant controls the session's
+// environment (SessionSpec::env), every byte of the workspace (symlinks, programs) and may run code concurrently with
+// a file operation. A driver's file operations must act with no more privilege than the session user, with an
+// environment and programs the tenant cannot choose, and never outside the workspace. The fake driver passes these
+// trivially, by being in memory: it runs no programs, has no PATH and no symlinks; for it only the driver-level part
+// (the calls on the hostile names) runs.
+
+namespace {
+
+/** The environment a hostile tenant gives the session: every variable that shells, the loader or programs read. */
+std::map<std::string, std::string> hostile_env() {
+  return {{"PATH", "/workspace/.bin:/tmp/.bin:/usr/bin:/bin"},
+          {"ENV", "/workspace/.bin/rc"},
+          {"BASH_ENV", "/workspace/.bin/rc"},
+          {"LD_PRELOAD", "/workspace/.bin/pwn.so"},
+          {"LD_LIBRARY_PATH", "/workspace/.bin"},
+          {"IFS", "/"},
+          {"CDPATH", "/etc"},
+          {"HOME", "/etc"},
+          {"TMPDIR", "/etc"},
+          {"LC_ALL", "xx_XX.UTF-8"},
+          {"SHELLOPTS", "xtrace"},
+          {"PS4", "$(/workspace/.bin/rc)"},
+          {"POSIXLY_CORRECT", "1"},
+          {"GCONV_PATH", "/workspace/.bin"}};
+}
+
+const char* const kPlantScript = berth::test::hostile::kPlant;
+const char* const kEvidenceScript = berth::test::hostile::kEvidence;
+
+/** What kEvidenceScript prints when nothing is wrong. */
+const std::string kClean = "evidence-checked\n";
+
+/** A regular file's content through the driver, or "error <code>" when the driver refused. */
+std::string get_or_error(core::Driver& d, const std::string& h, const std::string& path) {
+  try {
+    return get(d, h, path);
+  } catch (const DriverError& e) {
+    return "error " + std::to_string(static_cast<int>(e.code()));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("files: a hostile environment and planted programs never act for the driver",
+          "[conformance][files][hostile]") {
+  auto d = make_driver();
+  Sandbox sb(*d, {}, hostile_env());
+  if (real_processes()) {
+    auto planted = run(*d, sb.handle, sh(kPlantScript));
+    INFO(planted.err);
+    REQUIRE(planted.result.exit_code == 0);
+    REQUIRE(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+  }
+  // The driver's calls on a plain name: each must work, with the right bytes, whatever the environment says.
+  put(*d, sb.handle, "PWN", "mine\n");
+  CHECK(get(*d, sb.handle, "PWN") == "mine\n");
+  put(*d, sb.handle, "dir/PWN", "deeper\n", 0600);
+  auto listed = d->dir_list(sb.handle, "dir");
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].name == "PWN");
+  CHECK(listed[0].size == 7);
+  CHECK((listed[0].mode & 0777) == 0600);
+  d->path_remove(sb.handle, "dir");
+  d->path_remove(sb.handle, "PWN");
+  std::string missing;
+  try {
+    get(*d, sb.handle, "PWN");
+  } catch (const DriverError& e) {
+    CHECK(e.code() == DriverErrc::not_found);
+    missing = e.what();
+  }
+  // A preloaded library the loader could not open would have said so on the helper's stderr (the error's detail).
+  CHECK(missing.find("ld.so") == std::string::npos);
+  CHECK(missing.find("LD_PRELOAD") == std::string::npos);
+  if (!real_processes()) return;
+
+  // Paths through the tenant's symlinks to /etc: refused, never /etc's bytes, nothing written there.
+  CHECK(error_of([&] { get(*d, sb.handle, "etc-link/shadow"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { get(*d, sb.handle, "etc-link/passwd"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { get(*d, sb.handle, "shadow-link"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { put(*d, sb.handle, "etc-link/berth-pwn", "x"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { put(*d, sb.handle, "shadow-link", "x"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { d->dir_list(sb.handle, "etc-link"); }) == DriverErrc::invalid_argument);
+  CHECK(error_of([&] { d->path_remove(sb.handle, "etc-link/passwd"); }) == DriverErrc::invalid_argument);
+  d->path_remove(sb.handle, "shadow-link");  // the link itself, not its target
+  CHECK(run(*d, sb.handle, sh("/usr/bin/test -L /workspace/shadow-link || /bin/echo gone")).out == "gone\n");
+  CHECK(run(*d, sb.handle, sh("/usr/bin/test -e /etc/shadow && /bin/echo kept")).out == "kept\n");
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+
+  // The session's own processes (the reaper, the exec wrapper) start with the tenant's environment and workspace
+  // next time: a planted `sh` or `sleep` on the tenant's PATH must not become them.
+  d->session_stop(sb.handle, 1s);
+  d->session_remove(sb.handle);
+  core::SessionSpec spec;
+  spec.session_id = unique("conf");
+  spec.image = image();
+  spec.labels = sb.labels;
+  spec.env = hostile_env();
+  spec.workspace_volume = sb.volume;
+  spec.user = "1000:1000";
+  sb.handle = d->session_create(spec).handle;
+  CHECK(run(*d, sb.handle, sh("/bin/echo alive")).out == "alive\n");
+  put(*d, sb.handle, "again", "ok");
+  CHECK(get(*d, sb.handle, "again") == "ok");
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+}
+
+TEST_CASE("files: a directory swapped with a symlink to /etc during the calls never leads outside",
+          "[conformance][files][hostile]") {
+  auto d = make_driver();
+  Sandbox sb(*d);
+  constexpr int kAttempts = 25;  // GETs and PUTs each: a fixed number, not "until it happens"
+  if (!real_processes()) {
+    // The fake has no symlinks: the same calls on the same names simply work.
+    put(*d, sb.handle, "race/d/shadow", "inside\n");
+    for (int i = 0; i < kAttempts; ++i)
+      CHECK(get(*d, sb.handle, "race/d/shadow") == "inside\n");
+    return;
+  }
+  // d (a directory holding `shadow`) and l (a symlink to /etc) trade places every 0.3 ms.
+  const std::string setup = berth::test::hostile::race_setup(150);
+  REQUIRE(run(*d, sb.handle, sh(setup)).result.exit_code == 0);
+  Output swapper;
+  std::thread swap_thread([&] { swapper = run(*d, sb.handle, sh("python3 /workspace/race/swap.py", 180s)); });
+  bool started = false;
+  for (int i = 0; i < 600 && !started; ++i) {  // bounded: 60 s for something that takes well under a second
+    started = run(*d, sb.handle, sh("/usr/bin/test -e /workspace/race/started && /bin/echo yes")).out == "yes\n";
+    if (!started) std::this_thread::sleep_for(100ms);
+  }
+  CHECK(started);
+  int inside = 0;
+  int put_ok = 0;
+  std::vector<std::string> leaked;
+  for (int i = 0; i < kAttempts; ++i) {
+    std::string got = get_or_error(*d, sb.handle, "race/d/shadow");
+    if (got == "inside\n") {
+      ++inside;
+    } else if (got.rfind("error ", 0) != 0) {
+      leaked.push_back(got.substr(0, 200));
+    } else if (got == "error " + std::to_string(static_cast<int>(DriverErrc::internal))) {
+      leaked.push_back("an INTERNAL error: a refusal the sandbox caused is INVALID_ARGUMENT or NOT_FOUND");
+    }
+    try {
+      put(*d, sb.handle, "race/d/berth-race-" + std::to_string(i), "x");
+      ++put_ok;
+    } catch (const DriverError&) {
+      // refused while the symlink was in place: fine
+    }
+  }
+  put(*d, sb.handle, "race/stop", "");
+  swap_thread.join();
+  INFO("swaps: " << swapper.out << swapper.err << "GETs of the workspace file: " << inside << ", PUTs: " << put_ok);
+  CHECK(swapper.result.exit_code == 0);
+  for (const auto& l : leaked)
+    UNSCOPED_INFO("a GET returned: " << l);
+  CHECK(leaked.empty());
+  CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+}
