@@ -32,13 +32,23 @@ enum class ErrorCode {
 };
 
 /** Every ErrorCode in declaration order: GET /openapi.json enumerates them (a test compares it with the enum). */
-inline constexpr ErrorCode kAllErrorCodes[] = {
-    ErrorCode::invalid_request,   ErrorCode::validation_error,   ErrorCode::not_found,
-    ErrorCode::conflict,          ErrorCode::sandbox_expired,    ErrorCode::sandbox_ttl_infinite,
-    ErrorCode::payload_too_large, ErrorCode::unauthorized,       ErrorCode::capability_not_supported,
-    ErrorCode::session_not_ready, ErrorCode::driver_unavailable, ErrorCode::server_busy,
-    ErrorCode::shutting_down,     ErrorCode::quota_exceeded,     ErrorCode::rate_limited,
-    ErrorCode::internal};
+inline constexpr ErrorCode kAllErrorCodes[] = {ErrorCode::invalid_request,
+                                               ErrorCode::validation_error,
+                                               ErrorCode::not_found,
+                                               ErrorCode::conflict,
+                                               ErrorCode::sandbox_expired,
+                                               ErrorCode::sandbox_ttl_infinite,
+                                               ErrorCode::payload_too_large,
+                                               ErrorCode::unauthorized,
+                                               ErrorCode::capability_not_supported,
+                                               ErrorCode::session_not_ready,
+                                               ErrorCode::driver_unavailable,
+                                               ErrorCode::server_busy,
+                                               ErrorCode::shutting_down,
+                                               ErrorCode::quota_exceeded,
+                                               ErrorCode::rate_limited,
+                                               ErrorCode::disk_quota_exceeded,
+                                               ErrorCode::internal};
 
 /** Stable wire name, e.g. "session_not_ready". */
 std::string_view to_string(ErrorCode code);
