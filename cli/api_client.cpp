@@ -81,17 +81,10 @@ Poco::JSON::Object::Ptr Reply::json() const {
 }
 
 std::string encode_component(const std::string& value) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
+  // Poco encodes bytes outside printable ASCII and its "illegal" set; the gen- and sub-delimiters of RFC 3986 are
+  // added so that the value stays one path segment or one query value.
   std::string out;
-  for (unsigned char c : value) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
+  Poco::URI::encode(value, ":/?#[]@!$&'()*+,;=% ", out);
   return out;
 }
 
@@ -186,17 +179,20 @@ Reply ApiClient::call(const std::string& method, const std::string& path, const 
   } else if (method == HTTPRequest::HTTP_POST || method == HTTPRequest::HTTP_PUT) {
     rq.setContentLength(0);
   }
+  return exchange(rq, body ? std::function<void(std::ostream&)>([&](std::ostream& out) {
+                    out.write(body->data(), static_cast<std::streamsize>(body->size()));
+                  })
+                           : nullptr);
+}
+
+Reply ApiClient::exchange(HTTPRequest& rq, const std::function<void(std::ostream&)>& write_body) {
   Reply reply;
   std::string reason;
-  perform(uri_, rq,
-          body ? std::function<void(std::ostream&)>(
-                     [&](std::ostream& out) { out.write(body->data(), static_cast<std::streamsize>(body->size())); })
-               : nullptr,
-          [&](int status, const std::string& why, std::istream& in) {
-            reply.status = status;
-            reason = why;
-            reply.body = read_all(in);
-          });
+  perform(uri_, rq, write_body, [&](int status, const std::string& why, std::istream& in) {
+    reply.status = status;
+    reason = why;
+    reply.body = read_all(in);
+  });
   if (!is_success(reply.status)) throw error_from(reply.status, reason, reply.body);
   return reply;
 }
@@ -230,17 +226,7 @@ Reply ApiClient::upload(const std::string& sandbox_path, const std::filesystem::
   rq.setKeepAlive(false);
   if (!api_key_.empty()) rq.set("Authorization", "Bearer " + api_key_);
   form.prepareSubmit(rq, Poco::Net::HTMLForm::OPT_USE_CONTENT_LENGTH);
-  Reply reply;
-  std::string reason;
-  perform(
-      uri_, rq, [&](std::ostream& out) { form.write(out); },
-      [&](int status, const std::string& why, std::istream& in) {
-        reply.status = status;
-        reason = why;
-        reply.body = read_all(in);
-      });
-  if (!is_success(reply.status)) throw error_from(reply.status, reason, reply.body);
-  return reply;
+  return exchange(rq, [&](std::ostream& out) { form.write(out); });
 }
 
 std::uint64_t ApiClient::download(const std::string& sandbox_path, const std::string& remote, std::ostream& out) {

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <Poco/JSON/Object.h>
+#include <Poco/Net/HTTPRequest.h>
 #include <Poco/URI.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <ostream>
@@ -102,6 +104,8 @@ class ApiClient {
 
  private:
   std::string target(const std::string& path) const;
+  /** Sends `rq` (with `write_body` writing the body, or none), reads the whole answer; throws as call() does. */
+  Reply exchange(Poco::Net::HTTPRequest& rq, const std::function<void(std::ostream&)>& write_body);
 
   std::string base_url_;
   std::string api_key_;
@@ -109,7 +113,7 @@ class ApiClient {
   std::string prefix_;
 };
 
-/** Percent-encodes one path segment or query value (everything but RFC 3986 unreserved characters). */
+/** Percent-encodes one path segment or query value (Poco::URI::encode with every RFC 3986 delimiter reserved). */
 std::string encode_component(const std::string& value);
 
 /** `?name=value&...` from the pairs whose value is set; "" when none is. */
