@@ -24,6 +24,11 @@ install(FILES ${PROJECT_SOURCE_DIR}/packaging/berthd.service DESTINATION /lib/sy
 install(FILES ${PROJECT_SOURCE_DIR}/README.md ${PROJECT_SOURCE_DIR}/docs/api.md ${PROJECT_SOURCE_DIR}/docs/security.md
               ${PROJECT_SOURCE_DIR}/docs/driver-sdk.md DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT daemon)
 
+if(NOT CMAKE_INSTALL_PREFIX STREQUAL "/usr")
+  # CPack packs into /usr, but the configuration's absolute destination follows CMAKE_INSTALL_PREFIX.
+  message(STATUS "berth: CMAKE_INSTALL_PREFIX is ${CMAKE_INSTALL_PREFIX}; configure with -DCMAKE_INSTALL_PREFIX=/usr "
+                 "before `cpack -G DEB` (scripts/test-package does)")
+endif()
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME berth)
 set(CPACK_PACKAGE_VENDOR "Berth")
