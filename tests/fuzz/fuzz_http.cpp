@@ -119,7 +119,6 @@ void stop_daemon() {
   if (g_daemon != nullptr) berth::fuzz::halt(*g_daemon);
 }
 
-
 void start_daemon() {
   g_daemon = new Daemon;
   berth::fuzz::launch(*g_daemon, "fuzz-http");

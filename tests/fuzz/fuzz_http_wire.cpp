@@ -165,7 +165,6 @@ void stop_daemon() {
   if (g_daemon != nullptr) berth::fuzz::halt(*g_daemon);
 }
 
-
 void start_daemon() {
   g_daemon = new Daemon;
   berth::fuzz::launch(*g_daemon, "fuzz-wire", "max_connections_per_client = 0\nthreads = 64\n");
