@@ -14,8 +14,6 @@ Prints a markdown table (p50/p90/p99 in milliseconds). The agent protocol client
 docs/agent-protocol.md alone (a second implementation besides plugins/common). Only the Python 3 standard library.
 """
 import argparse
-import http.client
-import json
 import os
 import shutil
 import socket
@@ -24,17 +22,9 @@ import sys
 import tempfile
 import time
 
+import benchlib  # bench/benchlib.py: shared Engine API and berthd request helpers
+
 SOCKETS = {"docker": "/var/run/docker.sock", "podman": "/run/podman/podman.sock"}
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost")
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.unix_path)
 
 
 class Engine:
@@ -42,15 +32,7 @@ class Engine:
         self.sock = sock
 
     def call(self, method, path, body=None, raw=False):
-        conn = UnixHTTPConnection(self.sock)
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, "/v1.41" + path, body=json.dumps(body) if body is not None else None, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        conn.close()
-        if resp.status >= 300:
-            raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
-        return data if raw else (json.loads(data) if data else None)
+        return benchlib.engine_call(self.sock, method, path, body, raw)
 
     def exec_echo(self, cid):
         ex = self.call("POST", f"/containers/{cid}/exec",

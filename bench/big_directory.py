@@ -3,7 +3,9 @@
 one and then three listings run. MODE old lists in one request (berthd builds before paging); new lists page by page.
 Results: docs/BENCHMARKS.md, "Memory and slow clients".
 usage: bench/big_directory.py BERTHD DRIVER_SO MODE(old|new) WORKDIR"""
-import http.client, json, os, subprocess, sys, threading, time, urllib.parse, re, statistics
+import json, os, subprocess, sys, threading, time, urllib.parse, re, statistics
+
+import benchlib  # bench/benchlib.py: shared Engine API and berthd request helpers
 
 berthd, driver, mode, work = sys.argv[1:5]
 os.makedirs(work, exist_ok=True)
@@ -30,15 +32,7 @@ log = open(f"{work}/berthd.log", "ab")
 proc = subprocess.Popen([berthd, "--config", f"{work}/berth.toml"], stdout=log, stderr=log)
 
 def req(method, path, body=None, timeout=600):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    h = {"Authorization": "Bearer " + key}
-    if body is not None:
-        h["Content-Type"] = "application/json"
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, data
+    return benchlib.berthd_request(port, method, path, body, key, timeout)
 
 for _ in range(100):
     try:

@@ -26,29 +26,13 @@ import tempfile
 import threading
 import time
 
+import benchlib  # bench/benchlib.py: shared Engine API and berthd request helpers
+
 SOCKETS = {"docker": "/var/run/docker.sock", "podman": "/run/podman/podman.sock"}
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("engine", timeout=300)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.unix_path)
-
-
 def engine(sock, method, path, body=None, raw=False):
-    conn = UnixHTTPConnection(sock)
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    conn.request(method, "/v1.41" + path, body=json.dumps(body) if body is not None else None, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    if resp.status >= 300:
-        raise RuntimeError(f"{method} {path}: {resp.status} {data[:200]!r}")
-    return data if raw else (json.loads(data) if data else None)
+    return benchlib.engine_call(sock, method, path, body, raw)
 
 
 def call(port, method, path, body=None, timeout=300):

@@ -4,7 +4,9 @@ fields, from berthd's `disk.measured` debug events) and how fast an overrun is c
 20 MiB limit (background check after the exec), and for a writer that keeps writing inside one long exec (caught by
 the cleanup pass, `[cleanup] interval` = INTERVAL seconds). Results: docs/BENCHMARKS.md, "Disk limits".
 usage: bench/disk_limit.py BERTHD DRIVER_SO WORKDIR [INTERVAL]"""
-import http.client, json, os, re, statistics, subprocess, sys, threading, time
+import json, os, re, statistics, subprocess, sys, threading, time
+
+import benchlib  # bench/benchlib.py: shared Engine API and berthd request helpers
 
 berthd, driver, work = sys.argv[1:4]
 interval = int(sys.argv[4]) if len(sys.argv) > 4 else 10
@@ -37,15 +39,7 @@ proc = subprocess.Popen([berthd, "--config", f"{work}/berth.toml"], stdout=log, 
 
 
 def req(method, path, body=None, k=key, timeout=600):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    h = {"Authorization": "Bearer " + k}
-    if body is not None:
-        h["Content-Type"] = "application/json"
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, data
+    return benchlib.berthd_request(port, method, path, body, k, timeout)
 
 
 def sh(sid, command, timeout=120):

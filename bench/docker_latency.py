@@ -12,7 +12,6 @@ The engine runs use the same image and the same hardening (caps dropped, no netw
 Prints a markdown table of medians and p90s (milliseconds). Only the Python 3 standard library is used.
 """
 import argparse
-import http.client
 import json
 import os
 import socket
@@ -23,29 +22,13 @@ import tempfile
 import time
 import urllib.request
 
+import benchlib  # bench/benchlib.py: shared Engine API and berthd request helpers
+
 DOCKER_SOCK = "/var/run/docker.sock"
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("docker")
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.unix_path)
-
-
 def engine(method, path, body=None, raw=False):
-    conn = UnixHTTPConnection(DOCKER_SOCK)
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    conn.request(method, "/v1.41" + path, body=json.dumps(body) if body is not None else None, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    if resp.status >= 300:
-        raise RuntimeError(f"{method} {path}: {resp.status} {data[:200]!r}")
-    return data if raw else (json.loads(data) if data else None)
+    return benchlib.engine_call(DOCKER_SOCK, method, path, body, raw)
 
 
 def engine_exec(cid, argv):

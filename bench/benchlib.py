@@ -1,0 +1,45 @@
+"""Helpers the bench/ scripts share (Python standard library only): an Engine API call over a unix socket and one
+request to berthd over loopback. Each script imports it from its own folder (`import benchlib`)."""
+import http.client
+import json
+import socket
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (the Docker and Podman engine sockets)."""
+
+    def __init__(self, path, timeout=300):
+        super().__init__("engine", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def engine_call(sock, method, path, body=None, raw=False, timeout=300):
+    """One Engine API request (API version 1.41) on the unix socket `sock`: the parsed JSON answer (raw bytes with
+    raw=True, None for an empty body). Raises RuntimeError for a status of 300 or more."""
+    conn = UnixHTTPConnection(sock, timeout)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    conn.request(method, "/v1.41" + path, body=json.dumps(body) if body is not None else None, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    if resp.status >= 300:
+        raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
+    return data if raw else (json.loads(data) if data else None)
+
+
+def berthd_request(port, method, path, body=None, key=None, timeout=600):
+    """One request to berthd on 127.0.0.1:`port` (a JSON body, a Bearer key if given): (status, body bytes)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    h = {"Authorization": "Bearer " + key} if key else {}
+    if body is not None:
+        h["Content-Type"] = "application/json"
+    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, data
