@@ -211,9 +211,9 @@ class Store {
   /**
    * How many times, since the store was opened, a transaction or statement was run again after a conflict with
    * another connection (e.g. an idempotency key released between insert and read). A store without such retries
-   * returns 0. Thread-safe; never throws.
+   * returns 0. Pure, so that a wrapping store cannot hide the retries of the one it wraps. Thread-safe; never throws.
    */
-  virtual std::uint64_t transaction_retries() const { return 0; }
+  virtual std::uint64_t transaction_retries() const = 0;
 };
 
 /**

@@ -73,6 +73,7 @@ class RacingStore final : public store::Store {
   }
   void release_idempotency(const std::string& o, const std::string& k) override { inner_.release_idempotency(o, k); }
   int purge_idempotency(store::TimePoint c) override { return inner_.purge_idempotency(c); }
+  std::uint64_t transaction_retries() const override { return inner_.transaction_retries(); }
   void insert_profile(const store::ProfileRow& r) override { inner_.insert_profile(r); }
   std::vector<store::ProfileRow> list_profiles() override { return inner_.list_profiles(); }
   bool update_profile(const store::ProfileRow& r) override { return inner_.update_profile(r); }
