@@ -87,6 +87,7 @@ struct Process {
   bool stdin_close_pending = false, stdin_closed = false;
   std::uint64_t cap = 0, forwarded = 0, dropped = 0;
   bool timed_out = false, kill_sent = false;
+  bool shim_reaped = false;  // the SIGCHLD handler reaped the shim already (its pid may be reused since)
   std::optional<Clock::time_point> deadline;
   std::string status_partial;
 };
@@ -649,6 +650,15 @@ void Agent::on_status(Process* p) {
 
 void Agent::maybe_finish(Process* p) {
   if (!p->status_eof || !p->out_eof || !p->err_eof) return;
+  // EOF on the status pipe means the shim has exited (nothing else holds its write end), but it stays a zombie
+  // below the agent until reaped. Reap it before EXIT goes out, so that a client that sees EXIT sees no process
+  // of this exec left below the agent. Not reaped by us yet, so its pid cannot have been reused.
+  if (!p->shim_reaped && p->h.shim > 0) {
+    int st = 0;
+    while (::waitpid(p->h.shim, &st, 0) < 0 && errno == EINTR) {
+    }
+    p->shim_reaped = true;
+  }
   if (Connection* c = p->conn) {
     if (p->exec_failed || !p->started) {
       const int e = p->exec_failed ? p->exec_errno : ECHILD;
@@ -690,7 +700,10 @@ void Agent::on_signal() {
   while (::read(sfd_, &si, sizeof si) == sizeof si) {
     if (si.ssi_signo == SIGCHLD) {
       int st = 0;
-      while (::waitpid(-1, &st, WNOHANG) > 0) {  // shims and orphans alike; shims report over their pipes
+      pid_t r;
+      while ((r = ::waitpid(-1, &st, WNOHANG)) > 0) {  // shims and orphans alike; shims report over their pipes
+        for (auto& p : procs_)
+          if (p->h.shim == r) p->shim_reaped = true;
       }
       continue;
     }
