@@ -36,8 +36,10 @@ std::string_view to_string(SessionState state) {
       return "exited";
     case SessionState::missing:
       return "missing";
+    case SessionState::unknown:
+      return "unknown";
   }
-  return "missing";
+  return "unknown";
 }
 
 std::string_view to_string(EntryType type) {
@@ -62,6 +64,11 @@ std::vector<DirEntry> Driver::dir_list(const std::string& handle, const std::str
   });
   std::sort(entries.begin(), entries.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
   return entries;
+}
+
+std::unique_ptr<Process> Driver::process_start(const std::string&, const ProcessSpec&) {
+  throw DriverError(DriverErrc::unsupported, "process_start: driver " + identity().name +
+                                                 " has no interactive processes (ABI 1.3, BERTH_CAP_PROCESS)");
 }
 
 }  // namespace berth::core

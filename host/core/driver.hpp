@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -44,6 +45,8 @@ inline constexpr std::uint64_t volumes = 1u << 4;
 inline constexpr std::uint64_t stats = 1u << 5;
 inline constexpr std::uint64_t readonly_rootfs = 1u << 6;
 inline constexpr std::uint64_t network_policy = 1u << 7;
+inline constexpr std::uint64_t process = 1u << 8;      // interactive processes (Driver::process_start)
+inline constexpr std::uint64_t process_pty = 1u << 9;  // ProcessSpec::pty honoured, Process::resize
 }  // namespace cap
 
 /** What to start. Zero limits mean "driver default". */
@@ -63,7 +66,11 @@ struct SessionSpec {
   std::string working_dir;
 };
 
-enum class SessionState { starting, running, exited, missing };
+/**
+ * What the driver says of a session. `unknown` is a state a newer driver reported that this host cannot name: the
+ * session exists, so it is never treated as `missing` (driver.h rule 12).
+ */
+enum class SessionState { starting, running, exited, missing, unknown };
 std::string_view to_string(SessionState state);
 
 struct SessionInfo {
@@ -134,14 +141,72 @@ struct SessionStats {
   std::uint64_t rootfs_bytes = 0;     // bytes in the container's writable layer
 };
 
+/** What Driver::process_start runs. Zero sizes mean the driver's default (24 x 80). */
+struct ProcessSpec {
+  std::vector<std::string> argv;  // non-empty; argv[0] searched in the session's PATH
+  std::map<std::string, std::string> env;
+  std::string cwd;                       // relative to the workspace
+  std::chrono::milliseconds timeout{0};  // 0 = none; the driver kills the whole process tree when it passes
+  bool pty = false;                      // run on a pseudo-terminal (needs cap::process_pty)
+  std::uint16_t rows = 0;
+  std::uint16_t cols = 0;
+  /**
+   * Optional: "an event may be ready" (driver.h rule 11). Called from any driver thread, possibly spuriously and
+   * concurrently, until the Process is destroyed; must return at once, must not call into the Process, must not
+   * throw (an exception is swallowed).
+   */
+  std::function<void()> on_ready;
+};
+
+/** How a process ended (berth_process_event's EXIT fields). */
+struct ProcessExit {
+  int exit_code = -1;  // 0-255; 128 + signal when a signal ended it
+  int signal = 0;      // the signal that ended it, 0 if it exited
+  bool timed_out = false;
+  bool killed = false;  // Process::kill (or the session's end) killed it
+  std::uint64_t output_dropped = 0;
+};
+
+/** One event of a process: nothing yet, an output chunk, or the exit (the last, repeated on every later call). */
+struct ProcessEvent {
+  enum class Kind { none, output, exit };
+  Kind kind = Kind::none;
+  Stream stream = Stream::out;  // output
+  std::string data;             // output (owned: a copy of the driver's buffer)
+  ProcessExit exit;             // exit
+};
+
+/**
+ * An interactive process started by Driver::process_start (RAII: destroying it kills the process if it still runs
+ * and releases the driver's handle). Must be destroyed before the Driver that started it. Threading (driver.h
+ * rule 11): next_event from one thread at a time; the other calls may come from any thread concurrently with it
+ * and never wait for the process. Every failure is a DriverError.
+ */
+class Process {
+ public:
+  virtual ~Process() = default;
+  /** Queues stdin bytes (copied); throws unavailable when the driver's buffer is full (retry after an event). */
+  virtual void write_stdin(std::string_view data) = 0;
+  /** End of stdin (PTY: the terminal's EOF character). Idempotent. */
+  virtual void close_stdin() = 0;
+  /** Sends signal `signo` to the process or, with `to_group`, its process group. */
+  virtual void signal(int signo, bool to_group) = 0;
+  /** New terminal size of a PTY process. */
+  virtual void resize(std::uint16_t rows, std::uint16_t cols) = 0;
+  /** Kills the whole process tree; an exit event (killed) follows. Idempotent. */
+  virtual void kill() = 0;
+  /** Waits at most `wait` for the next event; Kind::none when none came. */
+  virtual ProcessEvent next_event(std::chrono::milliseconds wait) = 0;
+};
+
 /** Who the driver says it is. */
 struct DriverIdentity {
   std::string name;
   std::string version;
   std::uint32_t abi_major = 0;
   std::uint32_t abi_minor = 0;
-  std::uint64_t capabilities = 0;
-  std::string path;  // the shared library it came from
+  std::uint64_t capabilities = 0;  // of this instance: the table's bits narrowed by its configuration (ABI 1.3)
+  std::string path;                // the shared library it came from
 };
 
 /**
@@ -189,6 +254,15 @@ class Driver {
   /** Convenience over dir_scan: every entry, sorted by name (raw bytes). Memory grows with the directory. */
   std::vector<DirEntry> dir_list(const std::string& handle, const std::string& path);
   virtual void path_remove(const std::string& handle, const std::string& path) = 0;
+
+  /** Whether process_start may be called: the driver has the slots and this instance offers cap::process. */
+  virtual bool supports_processes() const { return false; }
+  /**
+   * Starts an interactive process in the session and returns at once (see Process). Throws DriverError:
+   * unsupported without supports_processes(), not_found when the session is not running or the cwd is missing
+   * (nothing ran), invalid_argument for a bad spec.
+   */
+  virtual std::unique_ptr<Process> process_start(const std::string& handle, const ProcessSpec& spec);
 };
 
 }  // namespace berth::core

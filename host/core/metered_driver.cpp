@@ -55,6 +55,10 @@ std::optional<bool> MeteredDriver::image_exists(const std::string& image) {
   return timed("image_exists", [&] { return inner_.image_exists(image); });
 }
 
+std::unique_ptr<Process> MeteredDriver::process_start(const std::string& handle, const ProcessSpec& spec) {
+  return timed("process_start", [&] { return inner_.process_start(handle, spec); });
+}
+
 SessionStats MeteredDriver::session_stats(const std::string& handle) {
   return timed("session_stats", [&] { return inner_.session_stats(handle); });
 }

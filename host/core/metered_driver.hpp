@@ -34,6 +34,9 @@ class MeteredDriver final : public Driver {
   void file_get(const std::string& handle, const std::string& path, const ByteSink& sink) override;
   void dir_scan(const std::string& handle, const std::string& path, const DirEntrySink& on_entry) override;
   void path_remove(const std::string& handle, const std::string& path) override;
+  bool supports_processes() const override { return inner_.supports_processes(); }
+  /** Times the start only; the returned Process talks to the inner driver directly. */
+  std::unique_ptr<Process> process_start(const std::string& handle, const ProcessSpec& spec) override;
 
  private:
   /** Runs `fn`, reporting `call` with its outcome; rethrows what `fn` threw. */

@@ -22,7 +22,8 @@ static_assert(core::cap::exec == BERTH_CAP_EXEC && core::cap::exec_stream == BER
                   core::cap::exec_cancel == BERTH_CAP_EXEC_CANCEL && core::cap::files == BERTH_CAP_FILES &&
                   core::cap::volumes == BERTH_CAP_VOLUMES && core::cap::stats == BERTH_CAP_STATS &&
                   core::cap::readonly_rootfs == BERTH_CAP_READONLY_ROOTFS &&
-                  core::cap::network_policy == BERTH_CAP_NETWORK_POLICY,
+                  core::cap::network_policy == BERTH_CAP_NETWORK_POLICY && core::cap::process == BERTH_CAP_PROCESS &&
+                  core::cap::process_pty == BERTH_CAP_PROCESS_PTY,
               "core capability bits mirror the SDK's");
 
 using core::DriverErrc;
@@ -253,8 +254,10 @@ core::SessionState to_state(berth_session_state s) {
       return core::SessionState::running;
     case BERTH_SESSION_EXITED:
       return core::SessionState::exited;
-    default:
+    case BERTH_SESSION_MISSING:
       return core::SessionState::missing;
+    default:  // BERTH_SESSION_UNKNOWN or a value from a newer driver: it exists (rule 12), never "missing"
+      return core::SessionState::unknown;
   }
 }
 
@@ -265,6 +268,11 @@ core::SessionInfo to_info(const berth_session_info& in) {
   out.handle.assign(in.handle, strnlen(in.handle, sizeof in.handle));
   out.endpoint.assign(in.endpoint, strnlen(in.endpoint, sizeof in.endpoint));
   return out;
+}
+
+/** An output stream as the core sees it: an unknown value from a newer driver is stderr (driver.h rule 12). */
+core::Stream to_stream(berth_stream stream) {
+  return stream == BERTH_STREAM_STDOUT ? core::Stream::out : core::Stream::err;
 }
 
 berth_session_info blank_info() {
@@ -350,6 +358,17 @@ std::unique_ptr<AbiDriver> AbiDriver::create(std::shared_ptr<const DriverLibrary
     throw LoadError(where + reason);
   }
   self->instance_ = instance;
+  // Capabilities of this instance (rule 13): the table's, narrowed by the instance's configuration, never widened.
+  self->identity_ = id;
+  if (api.instance_capabilities != nullptr) {
+    std::uint64_t offered = id.capabilities;
+    try {
+      offered = api.instance_capabilities(instance);
+    } catch (...) {
+      log::error("driver.instance_capabilities_failed", {{"driver", id.name}, {"reason", "threw an exception"}});
+    }
+    self->identity_.capabilities &= offered;
+  }
   return self;
 }
 
@@ -365,7 +384,7 @@ AbiDriver::~AbiDriver() {
 }
 
 const core::DriverIdentity& AbiDriver::identity() const {
-  return library_->identity();
+  return identity_;
 }
 
 void AbiDriver::volume_create(const std::string& name, const core::Labels& labels) {
@@ -491,7 +510,8 @@ std::vector<core::SessionListing> AbiDriver::session_list(const core::Labels& fi
 }
 
 core::SessionStats AbiDriver::session_stats(const std::string& handle) {
-  if (library_->api().session_stats == nullptr) {
+  const bool withdrawn = (library_->identity().capabilities & BERTH_CAP_STATS) != 0 && !has_capability(BERTH_CAP_STATS);
+  if (library_->api().session_stats == nullptr || withdrawn) {
     throw DriverError(DriverErrc::unsupported, "session_stats: not supported by driver " + identity().name);
   }
   berth_error err;
@@ -530,7 +550,7 @@ core::ExecResult AbiDriver::exec(const std::string& handle, const core::ExecRequ
     auto* c = static_cast<Ctx*>(p);
     try {
       if (!*c->sink) return 0;
-      auto s = stream == BERTH_STREAM_STDERR ? core::Stream::err : core::Stream::out;
+      auto s = to_stream(stream);
       if (data == nullptr) size = 0;
       return (*c->sink)(s, std::string_view(reinterpret_cast<const char*>(data), size)) ? 0 : 1;
     } catch (...) {
@@ -647,6 +667,151 @@ void AbiDriver::path_remove(const std::string& handle, const std::string& path) 
             "path_remove",
             [&] { return library_->api().path_remove(instance_, c_str(handle, "handle"), c_str(path, "path"), &err); }),
         err, "path_remove");
+}
+
+// ---- interactive processes (ABI 1.3) ------------------------------------------------------------------------
+
+namespace {
+
+/** Heap-pinned target of the driver's on_ready notifications: lives until process_release has returned. */
+struct ReadyTarget {
+  std::function<void()> notify;
+};
+
+void on_ready_trampoline(void* ctx) noexcept {
+  try {
+    auto* target = static_cast<ReadyTarget*>(ctx);
+    if (target != nullptr && target->notify) target->notify();
+  } catch (...) {
+    // A notification is a hint; a throwing host callback must not unwind through the driver's thread.
+  }
+}
+
+/** core::Process over one berth_process handle. Same error mapping and exception safety as AbiDriver. */
+class AbiProcess final : public core::Process {
+ public:
+  AbiProcess(std::shared_ptr<const DriverLibrary> library, berth_instance* instance, berth_process* process,
+             std::unique_ptr<ReadyTarget> ready)
+      : library_(std::move(library)), instance_(instance), process_(process), ready_(std::move(ready)) {}
+
+  ~AbiProcess() override {
+    try {
+      library_->api().process_release(instance_, process_);
+    } catch (...) {
+      log::error("driver.process_release_failed", {{"driver", library_->identity().name}});
+    }
+  }
+
+  AbiProcess(const AbiProcess&) = delete;
+  AbiProcess& operator=(const AbiProcess&) = delete;
+
+  void write_stdin(std::string_view data) override {
+    berth_error err;
+    check(guarded("process_write_stdin",
+                  [&] {
+                    return api().process_write_stdin(instance_, process_, reinterpret_cast<const uint8_t*>(data.data()),
+                                                     data.size(), &err);
+                  }),
+          err, "process_write_stdin");
+  }
+
+  void close_stdin() override {
+    berth_error err;
+    check(guarded("process_close_stdin", [&] { return api().process_close_stdin(instance_, process_, &err); }), err,
+          "process_close_stdin");
+  }
+
+  void signal(int signo, bool to_group) override {
+    berth_error err;
+    check(guarded("process_signal",
+                  [&] { return api().process_signal(instance_, process_, signo, to_group ? 1 : 0, &err); }),
+          err, "process_signal");
+  }
+
+  void resize(std::uint16_t rows, std::uint16_t cols) override {
+    berth_error err;
+    check(guarded("process_resize", [&] { return api().process_resize(instance_, process_, rows, cols, &err); }), err,
+          "process_resize");
+  }
+
+  void kill() override {
+    berth_error err;
+    check(guarded("process_kill", [&] { return api().process_kill(instance_, process_, &err); }), err, "process_kill");
+  }
+
+  core::ProcessEvent next_event(std::chrono::milliseconds wait) override {
+    const auto wait_ms = static_cast<uint32_t>(std::clamp<int64_t>(wait.count(), 0, UINT32_MAX));
+    berth_process_event raw{};
+    raw.struct_size = sizeof raw;
+    berth_error err;
+    check(guarded("process_next_event",
+                  [&] { return api().process_next_event(instance_, process_, wait_ms, &raw, &err); }),
+          err, "process_next_event");
+    const berth_process_event e = read_sized(&raw);
+    core::ProcessEvent out;
+    switch (e.type) {
+      case BERTH_PROCESS_EVENT_OUTPUT:
+        out.kind = core::ProcessEvent::Kind::output;
+        out.stream = to_stream(e.stream);
+        if (e.data != nullptr) out.data.assign(reinterpret_cast<const char*>(e.data), e.size);
+        break;
+      case BERTH_PROCESS_EVENT_EXIT:
+        out.kind = core::ProcessEvent::Kind::exit;
+        out.exit = {e.exit_code, e.signal, e.timed_out != 0, e.killed != 0, e.output_dropped};
+        break;
+      default:  // NONE, or a type from a newer driver: consumed and skipped (rule 12)
+        out.kind = core::ProcessEvent::Kind::none;
+    }
+    return out;
+  }
+
+ private:
+  const berth_driver_api& api() const { return library_->api(); }
+
+  std::shared_ptr<const DriverLibrary> library_;
+  berth_instance* instance_;
+  berth_process* process_;
+  std::unique_ptr<ReadyTarget> ready_;  // after process_, so it outlives the release in the destructor body
+};
+
+}  // namespace
+
+bool AbiDriver::supports_processes() const {
+  return library_->api().process_start != nullptr && has_capability(BERTH_CAP_PROCESS);
+}
+
+std::unique_ptr<core::Process> AbiDriver::process_start(const std::string& handle, const core::ProcessSpec& spec) {
+  if (!supports_processes()) return core::Driver::process_start(handle, spec);  // throws unsupported
+  if (spec.pty && !has_capability(BERTH_CAP_PROCESS_PTY)) {
+    throw DriverError(DriverErrc::unsupported, "process_start: driver " + identity().name + " has no PTY support");
+  }
+  std::vector<const char*> argv;
+  argv.reserve(spec.argv.size() + 1);
+  for (const auto& a : spec.argv)
+    argv.push_back(c_str(a, "argv word"));
+  argv.push_back(nullptr);
+  KvArray env(spec.env);
+  auto ready = std::make_unique<ReadyTarget>(ReadyTarget{spec.on_ready});
+  berth_process_spec s{};
+  s.struct_size = sizeof s;
+  s.flags = spec.pty ? BERTH_PROCESS_PTY : 0;
+  s.argv = argv.data();
+  s.argc = spec.argv.size();
+  s.env = env.data();
+  s.env_count = env.size();
+  s.cwd = c_str(spec.cwd, "cwd");
+  s.timeout_ms = static_cast<uint32_t>(std::clamp<int64_t>(spec.timeout.count(), 0, UINT32_MAX));
+  s.pty_rows = spec.rows;
+  s.pty_cols = spec.cols;
+  s.on_ready = spec.on_ready ? on_ready_trampoline : nullptr;
+  s.ready_ctx = spec.on_ready ? ready.get() : nullptr;
+  berth_process* process = nullptr;
+  berth_error err;
+  check(guarded("process_start",
+                [&] { return library_->api().process_start(instance_, c_str(handle, "handle"), &s, &process, &err); }),
+        err, "process_start");
+  if (process == nullptr) throw DriverError(DriverErrc::internal, "process_start: driver returned no handle");
+  return std::make_unique<AbiProcess>(library_, instance_, process, std::move(ready));
 }
 
 }  // namespace berth::plugin

@@ -48,6 +48,11 @@ class AbiDriver final : public core::Driver {
   void dir_scan(const std::string& handle, const std::string& path, const core::DirEntrySink& on_entry) override;
   void path_remove(const std::string& handle, const std::string& path) override;
 
+  /** True when the driver has the process slots and this instance offers BERTH_CAP_PROCESS. */
+  bool supports_processes() const override;
+  /** process_start over the C slots; the returned Process keeps the library loaded and must die before this. */
+  std::unique_ptr<core::Process> process_start(const std::string& handle, const core::ProcessSpec& spec) override;
+
  private:
   AbiDriver(std::shared_ptr<const DriverLibrary> library, std::shared_ptr<const core::Clock> clock);
 
@@ -55,6 +60,7 @@ class AbiDriver final : public core::Driver {
   std::shared_ptr<const core::Clock> clock_;
   berth_host_api host_{};  // stable address: the driver keeps a pointer to it
   berth_instance* instance_ = nullptr;
+  core::DriverIdentity identity_;  // the library's, with this instance's capabilities
 };
 
 }  // namespace berth::plugin

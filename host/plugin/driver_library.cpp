@@ -33,6 +33,8 @@ std::uint32_t table_size_for_minor(std::uint32_t minor) {
       return BERTH_DRIVER_API_SIZE_1_1;
     case 2:
       return BERTH_DRIVER_API_SIZE_1_2;
+    case 3:
+      return BERTH_DRIVER_API_SIZE_1_3;
     default:
       return 0;
   }
@@ -116,38 +118,81 @@ std::shared_ptr<DriverLibrary> DriverLibrary::open(const fs::path& file) {
     reject(file, std::string("missing entry symbol '") + BERTH_DRIVER_ENTRY_SYMBOL +
                      "' (define it with BERTH_DRIVER_EXPORT)");
   }
-  auto entry = lib.get<const berth_driver_api*(std::uint32_t, std::uint32_t)>(BERTH_DRIVER_ENTRY_SYMBOL);
-
   const berth_driver_api* table = nullptr;
-  try {
-    table = entry(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR);
-  } catch (...) {
-    reject(file, "entry point threw an exception");
+  std::uint32_t minor = 0;  // the minor both sides speak
+  if (lib.has(BERTH_DRIVER_NEGOTIATE_SYMBOL)) {
+    // ABI >= 1.3: two-way negotiation (driver.h rule 2). The driver answers the minor it will speak.
+    auto negotiate = lib.get<berth_status(berth_negotiation*)>(BERTH_DRIVER_NEGOTIATE_SYMBOL);
+    berth_negotiation n{};
+    n.struct_size = sizeof n;
+    n.host_abi_major = BERTH_ABI_VERSION_MAJOR;
+    n.host_abi_minor = BERTH_ABI_VERSION_MINOR;
+    berth_status status = BERTH_INTERNAL;
+    try {
+      status = negotiate(&n);
+    } catch (...) {
+      reject(file, "negotiate threw an exception");
+    }
+    const std::string host_version = version_string(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR);
+    if (status != BERTH_OK) {
+      const std::string wants =
+          n.api != nullptr ? " (driver speaks " + version_string(n.api->abi_major, n.abi_minor) + ")" : "";
+      reject(file, "driver refused host ABI " + host_version + wants + " in negotiation, status " +
+                       std::to_string(status) +
+                       (n.api != nullptr && n.api->abi_major == BERTH_ABI_VERSION_MAJOR
+                            ? " (upgrade berthd)"
+                            : " (rebuild the driver against this SDK)"));
+    }
+    table = n.api;
+    if (table == nullptr) reject(file, "negotiation succeeded without a driver table");
+    if (table->abi_major != BERTH_ABI_VERSION_MAJOR) {
+      reject(file, "ABI major mismatch: driver speaks " + version_string(table->abi_major, table->abi_minor) +
+                       ", host speaks " + host_version + " (rebuild the driver against this SDK)");
+    }
+    if (n.abi_minor > BERTH_ABI_VERSION_MINOR || n.abi_minor > table->abi_minor) {
+      reject(file, "negotiation answered ABI " + version_string(BERTH_ABI_VERSION_MAJOR, n.abi_minor) +
+                       ", newer than the host (" + host_version + ") or the driver's table (" +
+                       version_string(table->abi_major, table->abi_minor) + ")");
+    }
+    minor = n.abi_minor;
+  } else {
+    auto entry = lib.get<const berth_driver_api*(std::uint32_t, std::uint32_t)>(BERTH_DRIVER_ENTRY_SYMBOL);
+    try {
+      table = entry(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR);
+    } catch (...) {
+      reject(file, "entry point threw an exception");
+    }
+    if (table == nullptr) {
+      reject(file, "driver refused host ABI " + version_string(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR));
+    }
+    // The header fields (struct_size + versions) are 16 bytes in every 1.x table; read them before anything else.
+    if (table->abi_major != BERTH_ABI_VERSION_MAJOR) {
+      reject(file, "ABI major mismatch: driver speaks " + version_string(table->abi_major, table->abi_minor) +
+                       ", host speaks " + version_string(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR) +
+                       " (rebuild the driver against this SDK)");
+    }
+    if (table->abi_minor > BERTH_ABI_VERSION_MINOR) {
+      reject(file, "driver needs ABI " + version_string(table->abi_major, table->abi_minor) + " but host provides " +
+                       version_string(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR) + " (upgrade berthd)");
+    }
+    minor = table->abi_minor;
   }
-  if (table == nullptr) {
-    reject(file, "driver refused host ABI " + version_string(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR));
-  }
-  // The header fields (struct_size + versions) are 16 bytes in every 1.x table; read them before anything else.
-  if (table->abi_major != BERTH_ABI_VERSION_MAJOR) {
-    reject(file, "ABI major mismatch: driver speaks " + version_string(table->abi_major, table->abi_minor) +
-                     ", host speaks " + version_string(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR) +
-                     " (rebuild the driver against this SDK)");
-  }
-  if (table->abi_minor > BERTH_ABI_VERSION_MINOR) {
-    reject(file, "driver needs ABI " + version_string(table->abi_major, table->abi_minor) + " but host provides " +
-                     version_string(BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR) + " (upgrade berthd)");
-  }
-  std::uint32_t declared = table_size_for_minor(table->abi_minor);
   if (table->struct_size < BERTH_DRIVER_API_SIZE_1_0) {
     reject(file, "driver table too small: struct_size " + std::to_string(table->struct_size) + " < " +
                      std::to_string(BERTH_DRIVER_API_SIZE_1_0) + " bytes required by ABI 1.0");
   }
-  if (table->struct_size > declared) {
+  // A table may not claim more than its own minor defines (a minor newer than the host is not ours to size).
+  if (const std::uint32_t declared = table_size_for_minor(table->abi_minor);
+      table->abi_minor <= BERTH_ABI_VERSION_MINOR && table->struct_size > declared) {
     reject(file, "driver table too large: struct_size " + std::to_string(table->struct_size) + " > " +
                      std::to_string(declared) + " bytes defined by ABI " +
                      version_string(table->abi_major, table->abi_minor));
   }
-  std::memcpy(&self->api_, table, std::min<std::size_t>(table->struct_size, sizeof(berth_driver_api)));
+  // Only the slots of the agreed minor are used: the rest of the host's copy stays zero (NULL = unsupported).
+  const std::size_t used = std::min<std::size_t>(table->struct_size, table_size_for_minor(minor));
+  std::memcpy(&self->api_, table, used);
+  self->api_.struct_size = static_cast<std::uint32_t>(used);
+  self->api_.abi_minor = minor;
   const auto& api = self->api_;
 
   if (!is_sane_identifier(api.name, 64)) reject(file, "driver name missing or not [A-Za-z0-9._+-]{1,64}");
@@ -178,6 +223,14 @@ std::shared_ptr<DriverLibrary> DriverLibrary::open(const fs::path& file) {
   for (const auto& r : required) {
     if (!r.present) reject(file, std::string("required callback '") + r.name + "' is NULL");
   }
+  // Interactive processes come as a set (driver.h rule 11): a handle the host cannot release would leak.
+  const bool any_process =
+      api.process_start != nullptr || api.process_next_event != nullptr || api.process_release != nullptr;
+  const bool all_process = api.process_start != nullptr && api.process_write_stdin != nullptr &&
+                           api.process_close_stdin != nullptr && api.process_signal != nullptr &&
+                           api.process_resize != nullptr && api.process_kill != nullptr &&
+                           api.process_next_event != nullptr && api.process_release != nullptr;
+  if (any_process && !all_process) reject(file, "the process_* callbacks (ABI 1.3) must all be set or all be NULL");
 
   self->identity_.name = api.name;
   self->identity_.version = api.version;
@@ -187,6 +240,7 @@ std::shared_ptr<DriverLibrary> DriverLibrary::open(const fs::path& file) {
   self->identity_.path = fs::absolute(file).string();
   // Do not advertise a capability whose slot the driver's ABI does not have.
   if (api.session_stats == nullptr) self->identity_.capabilities &= ~BERTH_CAP_STATS;
+  if (api.process_start == nullptr) self->identity_.capabilities &= ~(BERTH_CAP_PROCESS | BERTH_CAP_PROCESS_PTY);
   return self;
 }
 

@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,14 +37,36 @@ constexpr std::chrono::milliseconds kPollInterval{5};  // cancel/timeout/kill ar
 constexpr uint64_t kRunningMemoryBytes = 8u << 20;     // what session_stats reports for a running session
 constexpr int32_t kKilledExitCode = 137;
 constexpr size_t kChunkBytes = size_t{64} * 1024;  // file transfers move at most this much per callback
+/** Everything the fake can do; an instance configured with "processes": false offers less (instance_capabilities). */
+constexpr uint64_t kCapabilities = BERTH_CAP_EXEC | BERTH_CAP_EXEC_STREAM | BERTH_CAP_EXEC_CANCEL | BERTH_CAP_FILES |
+                                   BERTH_CAP_VOLUMES | BERTH_CAP_STATS | BERTH_CAP_READONLY_ROOTFS |
+                                   BERTH_CAP_NETWORK_POLICY | BERTH_CAP_PROCESS | BERTH_CAP_PROCESS_PTY;
 
 // --- configuration ------------------------------------------------------------------------------------------
 
 /** The ABI slots that count as calls (for latency_ms and "unavailable"). */
-constexpr std::string_view kSlots[] = {
-    "volume_create", "volume_remove",  "volume_exists", "session_create", "session_inspect",
-    "session_stop",  "session_remove", "session_list",  "exec",           "file_put",
-    "file_get",      "dir_list",       "path_remove",   "session_stats",  "image_exists"};
+constexpr std::string_view kSlots[] = {"volume_create",
+                                       "volume_remove",
+                                       "volume_exists",
+                                       "session_create",
+                                       "session_inspect",
+                                       "session_stop",
+                                       "session_remove",
+                                       "session_list",
+                                       "exec",
+                                       "file_put",
+                                       "file_get",
+                                       "dir_list",
+                                       "path_remove",
+                                       "session_stats",
+                                       "image_exists",
+                                       "process_start",
+                                       "process_write_stdin",
+                                       "process_close_stdin",
+                                       "process_signal",
+                                       "process_resize",
+                                       "process_kill",
+                                       "process_next_event"};
 
 /** The "unavailable" config key: calls 1..after_calls succeed, then every call fails for for_ms. */
 struct Outage {
@@ -62,6 +86,7 @@ struct Config {
   std::string name_prefix = "fake";
   // image_exists answers 0 for these and 1 for every other image; the default is the conformance kit's "absent" image
   std::vector<std::string> missing_images{"berth-conformance/absent:0"};
+  bool processes = true;  // false: this instance offers no interactive processes (instance_capabilities narrows)
 };
 
 Error config_error(const std::string& key, const std::string& problem) {
@@ -123,6 +148,9 @@ Config parse_config_object(const Poco::Dynamic::Var& root) {
       for (const auto& item : *value.extract<Poco::JSON::Array::Ptr>()) {
         config.missing_images.push_back(config_string(item, key));
       }
+    } else if (key == "processes") {
+      if (!value.isBoolean()) throw config_error(key, "must be true or false");
+      config.processes = value.extract<bool>();
     } else if (key == "name_prefix") {
       config.name_prefix = config_string(value, key);
     } else {
@@ -395,6 +423,33 @@ class Engine {
     return stats;
   }
 
+  const Config& config() const { return config_; }
+
+  /**
+   * The start of an interactive process: the session must be running (NOT_FOUND otherwise: nothing ran); fills
+   * the process's env (the session's overlaid by `env`) and pwd and counts it as running until end_process.
+   */
+  std::shared_ptr<Session> begin_process(const char* handle, const std::map<std::string, std::string>& env,
+                                         const std::string& cwd, Process& process) {
+    std::lock_guard lock(mutex_);
+    std::shared_ptr<Session> session = find_shared(handle);
+    if (session->state != BERTH_SESSION_RUNNING)
+      throw Error(BERTH_NOT_FOUND, "session is not running (nothing ran): " + session->handle);
+    process.env = session->env;
+    for (const auto& [key, value] : env)
+      process.env[key] = value;
+    process.pwd = session->mount_path + (cwd == "." ? "" : "/" + cwd);
+    ++session->running_execs;
+    return session;
+  }
+
+  /** The end of a process begun with begin_process. */
+  void end_process(Session& session, uint64_t start_ns) {
+    std::lock_guard lock(mutex_);
+    --session.running_execs;
+    session.cpu_time_ns += now_ns() - start_ns;
+  }
+
   /** Fills `result` and returns BERTH_OK, or throws (CANCELLED for a cancel token or a refusing sink). */
   void exec(const char* handle, const berth_exec_request* request_in, berth_output_fn on_output, void* output_ctx,
             const berth_cancel_token* cancel, berth_exec_result& result);
@@ -622,8 +677,9 @@ class Engine {
 class ExecRun final : public ProcessHost {
  public:
   ExecRun(Engine& engine, std::shared_ptr<Session> session, const berth_cancel_token* cancel, uint64_t deadline_ns,
-          berth_output_fn on_output, void* output_ctx)
-      : engine_(engine),
+          berth_output_fn on_output, void* output_ctx, std::string stdin_data)
+      : stdin_(std::move(stdin_data)),
+        engine_(engine),
         session_(std::move(session)),
         cancel_(cancel),
         deadline_ns_(deadline_ns),
@@ -654,14 +710,297 @@ class ExecRun final : public ProcessHost {
   std::optional<std::string> read_file(const std::string& path) override { return engine_.read_file(*session_, path); }
   bool make_dir(const std::string& path) override { return engine_.make_dir(*session_, path); }
   bool fill_file(const std::string& path, uint64_t bytes) override { return engine_.fill_file(*session_, path, bytes); }
+  /** An exec's stdin is all there from the start: one chunk, then the end. */
+  Interruption read_stdin(std::string& chunk) override {
+    chunk = std::exchange(stdin_, std::string());
+    return Interruption::kNone;
+  }
+  std::optional<std::pair<uint16_t, uint16_t>> terminal_size() override { return std::nullopt; }
 
  private:
+  std::string stdin_;  // what nothing has read yet
   Engine& engine_;
   std::shared_ptr<Session> session_;  // kept alive even if the session is removed meanwhile
   const berth_cancel_token* cancel_;
   uint64_t deadline_ns_;  // 0 = no timeout
   berth_output_fn on_output_;
   void* output_ctx_;
+};
+
+/**
+ * One interactive process (ABI 1.3): the interpreter runs on a thread of its own (the fake is a test double; a
+ * real driver multiplexes its processes over its engine connection) and talks to the host through queues: stdin
+ * in, events out. The host pulls events with next_event (driver.h rule 11). A fake PTY echoes stdin, turns "\n"
+ * into "\r\n" and merges stderr into stdout, and answers `stty size`.
+ */
+class FakeProcess : public ProcessHost {
+ public:
+  /** Most output bytes queued before the process blocks in its next write (a flood does not grow memory). */
+  static constexpr size_t kMaxQueuedOutput = size_t{1} << 20;
+  /** Most unread stdin bytes accepted; beyond it process_write_stdin is UNAVAILABLE (driver.h asks >= 8 MiB). */
+  static constexpr size_t kMaxStdin = size_t{16} << 20;
+
+  FakeProcess(Engine& engine, std::shared_ptr<Session> session, Process process, uint64_t deadline_ns,
+              const berth_process_spec& spec, uint64_t start_ns)
+      : engine_(engine),
+        session_(std::move(session)),
+        process_(std::move(process)),
+        deadline_ns_(deadline_ns),
+        start_ns_(start_ns),
+        pty_((spec.flags & BERTH_PROCESS_PTY) != 0),
+        on_ready_(spec.on_ready),
+        ready_ctx_(spec.ready_ctx),
+        rows_(spec.pty_rows != 0 ? spec.pty_rows : 24),
+        cols_(spec.pty_cols != 0 ? spec.pty_cols : 80) {}
+
+  /** Kills the process if it still runs and waits for its thread (process_release). */
+  virtual ~FakeProcess() {
+    kill();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  FakeProcess(const FakeProcess&) = delete;
+  FakeProcess& operator=(const FakeProcess&) = delete;
+
+  void start() {
+    thread_ = std::thread([this] { run(); });
+  }
+
+  void write_stdin(const uint8_t* data, size_t size) {
+    if (data == nullptr && size != 0) throw Error(BERTH_INVALID_ARGUMENT, "NULL stdin data");
+    const std::string bytes(reinterpret_cast<const char*>(data), size);
+    {
+      std::lock_guard lock(mutex_);
+      if (stdin_closed_) throw Error(BERTH_CONFLICT, "stdin is closed");
+      if (exit_) return;  // nobody reads any more: discarded
+      if (stdin_.size() + size > kMaxStdin) throw Error(BERTH_UNAVAILABLE, "stdin buffer full: retry after an event");
+      stdin_ += bytes;
+      if (pty_ && !bytes.empty()) push_locked(BERTH_STREAM_STDOUT, terminal_text(bytes));  // the terminal echoes
+    }
+    wake();
+  }
+
+  void close_stdin() {
+    {
+      std::lock_guard lock(mutex_);
+      stdin_closed_ = true;
+    }
+    wake();
+  }
+
+  /** Signals that end a process by default end it (signal N: exit 128 + N); the others are ignored. */
+  void signal(int32_t signo) {
+    if (signo < 1 || signo > 64) throw Error(BERTH_INVALID_ARGUMENT, "not a signal number: " + std::to_string(signo));
+    constexpr int32_t kIgnored[] = {17, 18, 19, 20, 21, 22, 23, 28};  // CHLD CONT STOP TSTP TTIN TTOU URG WINCH
+    if (std::find(std::begin(kIgnored), std::end(kIgnored), signo) != std::end(kIgnored)) return;
+    {
+      std::lock_guard lock(mutex_);
+      if (signal_ == 0) signal_ = signo;
+    }
+    wake();
+  }
+
+  void resize(uint16_t rows, uint16_t cols) {
+    if (!pty_) throw Error(BERTH_INVALID_ARGUMENT, "the process has no terminal");
+    if (rows == 0 || cols == 0) throw Error(BERTH_INVALID_ARGUMENT, "a terminal needs at least one row and column");
+    std::lock_guard lock(mutex_);
+    rows_ = rows;
+    cols_ = cols;
+  }
+
+  void kill() {
+    {
+      std::lock_guard lock(mutex_);
+      kill_requested_ = true;
+    }
+    wake();
+  }
+
+  /** The next event within wait_ms; an OUTPUT's data stays valid until the next call (held_). */
+  berth_process_event next_event(uint32_t wait_ms) {
+    berth_process_event event{};
+    std::unique_lock lock(mutex_);
+    held_.clear();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    while (true) {
+      if (!events_.empty()) {
+        event.type = BERTH_PROCESS_EVENT_OUTPUT;
+        event.stream = events_.front().first;
+        held_ = std::move(events_.front().second);
+        events_.pop_front();
+        queued_bytes_ -= held_.size();
+        event.data = reinterpret_cast<const uint8_t*>(held_.data());
+        event.size = held_.size();
+        cv_.notify_all();  // a writer may wait for room
+        return event;
+      }
+      if (exit_) {
+        if (conflict_) throw Error(BERTH_CONFLICT, "the session ended during the process: " + session_->handle);
+        return *exit_;
+      }
+      if (cv_.wait_until(lock, until) == std::cv_status::timeout && events_.empty() && !exit_) return event;
+    }
+  }
+
+  // --- ProcessHost: the interpreter's side, on the process's own thread ---
+
+  Interruption write(berth_stream stream, std::string_view data) override {
+    if (data.empty()) return Interruption::kNone;
+    std::string bytes = pty_ ? terminal_text(data) : std::string(data);
+    while (true) {
+      {
+        std::unique_lock lock(mutex_);
+        if (queued_bytes_ < kMaxQueuedOutput) {
+          push_locked(pty_ ? BERTH_STREAM_STDOUT : stream, std::move(bytes));
+          break;
+        }
+      }
+      if (const Interruption why = poll(); why != Interruption::kNone) return why;  // kill, signal, timeout, session
+      std::unique_lock lock(mutex_);
+      cv_.wait_for(lock, kPollInterval);
+    }
+    notify_ready();
+    return Interruption::kNone;
+  }
+
+  Interruption poll() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (const Interruption why = interruption_locked(); why != Interruption::kNone) return why;
+    }
+    return engine_.poll_exec(*session_, nullptr, deadline_ns_);
+  }
+
+  Interruption sleep_ms(double ms) override {
+    constexpr double kForeverMs = 1e12;
+    const uint64_t until = ms < 0 || ms > kForeverMs ? UINT64_MAX : engine_.now_ns() + static_cast<uint64_t>(ms * 1e6);
+    while (true) {
+      if (const Interruption why = poll(); why != Interruption::kNone) return why;
+      if (engine_.now_ns() >= until) return Interruption::kNone;
+      std::unique_lock lock(mutex_);
+      cv_.wait_for(lock, kPollInterval);
+    }
+  }
+
+  Interruption read_stdin(std::string& chunk) override {
+    while (true) {
+      if (const Interruption why = poll(); why != Interruption::kNone) return why;
+      std::unique_lock lock(mutex_);
+      if (!stdin_.empty() || stdin_closed_) {
+        chunk = std::exchange(stdin_, std::string());
+        return Interruption::kNone;  // empty: the end of stdin
+      }
+      cv_.wait_for(lock, kPollInterval);
+    }
+  }
+
+  std::optional<std::pair<uint16_t, uint16_t>> terminal_size() override {
+    if (!pty_) return std::nullopt;
+    std::lock_guard lock(mutex_);
+    return std::make_pair(rows_, cols_);
+  }
+
+  void make_unavailable(uint64_t ms) override { engine_.make_unavailable(ms); }
+  void crash_session() override { engine_.crash(*session_); }
+  std::string describe_session() override { return session_->spec_text; }
+  std::optional<std::string> read_file(const std::string& path) override { return engine_.read_file(*session_, path); }
+  bool make_dir(const std::string& path) override { return engine_.make_dir(*session_, path); }
+  bool fill_file(const std::string& path, uint64_t bytes) override { return engine_.fill_file(*session_, path, bytes); }
+
+ private:
+  /** The thread body: run the program, then publish its EXIT event. */
+  void run() {
+    ProcessOutcome outcome;
+    try {
+      outcome = run_process(process_, *this);
+    } catch (...) {  // only std::bad_alloc leaves the interpreter
+      outcome = {Interruption::kNone, 1};
+    }
+    engine_.end_process(*session_, start_ns_);
+    berth_process_event exit{};
+    exit.type = BERTH_PROCESS_EVENT_EXIT;
+    {
+      std::lock_guard lock(mutex_);
+      switch (outcome.interruption) {
+        case Interruption::kNone:
+          exit.exit_code = outcome.exit_code;
+          break;
+        case Interruption::kSignaled:
+          exit.signal = signal_;
+          exit.exit_code = 128 + signal_;
+          break;
+        case Interruption::kTimedOut:
+          exit.timed_out = 1;
+          exit.signal = 9;
+          exit.exit_code = 128 + 9;
+          break;
+        default:  // process_kill, or the session ended under it
+          exit.killed = 1;
+          exit.signal = 9;
+          exit.exit_code = 128 + 9;
+          conflict_ = !kill_requested_ && engine_.config().killed_exec_conflict;
+      }
+      exit_ = exit;
+    }
+    wake();
+  }
+
+  /** Why the process must stop (requested kill or signal), or kNone. Requires mutex_. */
+  Interruption interruption_locked() const {
+    if (kill_requested_) return Interruption::kKilled;
+    if (signal_ != 0) return Interruption::kSignaled;
+    return Interruption::kNone;
+  }
+
+  void push_locked(berth_stream stream, std::string bytes) {
+    queued_bytes_ += bytes.size();
+    events_.emplace_back(stream, std::move(bytes));
+  }
+
+  /** What a terminal shows for `text`: "\n" becomes "\r\n" (the line discipline's ONLCR). */
+  static std::string terminal_text(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (const char c : text) {
+      if (c == '\n') out += '\r';
+      out += c;
+    }
+    return out;
+  }
+
+  /** Wakes the process thread and a waiting next_event, and tells the host (never with mutex_ held). */
+  void wake() {
+    cv_.notify_all();
+    notify_ready();
+  }
+
+  void notify_ready() const {
+    if (on_ready_ != nullptr) on_ready_(ready_ctx_);
+  }
+
+  Engine& engine_;
+  const std::shared_ptr<Session> session_;
+  const Process process_;
+  const uint64_t deadline_ns_;  // 0 = no timeout
+  const uint64_t start_ns_;
+  const bool pty_;
+  const berth_process_ready_fn on_ready_;
+  void* const ready_ctx_;
+  std::thread thread_;
+
+  std::mutex mutex_;  // guards everything below
+  std::condition_variable cv_;
+  uint16_t rows_;
+  uint16_t cols_;
+  std::string stdin_;  // written by the host, not yet read by the program
+  bool stdin_closed_ = false;
+  bool kill_requested_ = false;
+  int32_t signal_ = 0;  // the first terminating signal received
+  std::deque<std::pair<berth_stream, std::string>> events_;
+  size_t queued_bytes_ = 0;
+  std::optional<berth_process_event> exit_;
+  bool conflict_ = false;  // killed_exec_conflict: the session ended under it
+  std::string held_;       // the data of the OUTPUT event handed out last
 };
 
 void Engine::exec(const char* handle, const berth_exec_request* request_in, berth_output_fn on_output, void* output_ctx,
@@ -676,7 +1015,7 @@ void Engine::exec(const char* handle, const berth_exec_request* request_in, bert
   if (process.argv.empty()) throw Error(BERTH_INVALID_ARGUMENT, "argv is empty");
   if (config_.hang_exec) process.argv = {"hang"};
   if (request.stdin_data == nullptr && request.stdin_size != 0) throw Error(BERTH_INVALID_ARGUMENT, "NULL stdin");
-  process.stdin_data.assign(reinterpret_cast<const char*>(request.stdin_data), request.stdin_size);
+  std::string stdin_data(reinterpret_cast<const char*>(request.stdin_data), request.stdin_size);
   const std::string cwd = limited_workspace_path(request.cwd);
 
   std::shared_ptr<Session> session;
@@ -695,7 +1034,7 @@ void Engine::exec(const char* handle, const berth_exec_request* request_in, bert
 
   const uint64_t start_ns = now_ns();
   ExecRun run(*this, session, cancel, request.timeout_ms != 0 ? start_ns + request.timeout_ms * 1'000'000ull : 0,
-              on_output, output_ctx);
+              on_output, output_ctx, std::move(stdin_data));
   ProcessOutcome outcome;
   try {
     outcome = run_process(process, run);
@@ -722,6 +1061,11 @@ void Engine::exec(const char* handle, const berth_exec_request* request_in, bert
 /** The opaque instance of the ABI is simply the Engine. */
 struct berth_instance : berth::fake::Engine {
   using Engine::Engine;
+};
+
+/** The opaque process handle of the ABI is a FakeProcess. */
+struct berth_process : berth::fake::FakeProcess {
+  using FakeProcess::FakeProcess;
 };
 
 namespace berth::fake {
@@ -833,6 +1177,96 @@ berth_status fake_path_remove(berth_instance* inst, const char* handle, const ch
   return call(inst, err, "path_remove", [&](Engine& e) { e.path_remove(handle, path); });
 }
 
+uint64_t fake_instance_capabilities(berth_instance* inst) noexcept {
+  const uint64_t all = kCapabilities;
+  if (inst == nullptr) return all;
+  return inst->config().processes ? all : all & ~(BERTH_CAP_PROCESS | BERTH_CAP_PROCESS_PTY);
+}
+
+/** process_start: the spec checked as exec checks its request, then a FakeProcess on its own thread. */
+berth_process* start_process(Engine& engine, const char* handle, const berth_process_spec* spec_in) {
+  const berth_process_spec spec = sdk::read_struct(spec_in);
+  if (!engine.config().processes) throw Error(BERTH_UNSUPPORTED, "interactive processes are off (config 'processes')");
+  if ((spec.flags & ~BERTH_PROCESS_PTY) != 0) throw Error(BERTH_UNSUPPORTED, "unknown process flags");
+  Process process;
+  if (spec.argv == nullptr && spec.argc != 0) throw Error(BERTH_INVALID_ARGUMENT, "argv is NULL");
+  for (size_t i = 0; i < spec.argc; ++i) {
+    if (spec.argv[i] == nullptr) throw Error(BERTH_INVALID_ARGUMENT, "NULL in argv");
+    process.argv.emplace_back(spec.argv[i]);
+  }
+  if (process.argv.empty()) throw Error(BERTH_INVALID_ARGUMENT, "argv is empty");
+  if (engine.config().hang_exec) process.argv = {"hang"};
+  const std::string cwd = limited_workspace_path(spec.cwd);
+  std::shared_ptr<Session> session = engine.begin_process(handle, sdk::kv_map(spec.env, spec.env_count), cwd, process);
+  const uint64_t start_ns = engine.now_ns();
+  std::unique_ptr<berth_process> started;
+  try {
+    started = std::make_unique<berth_process>(engine, session, std::move(process),
+                                              spec.timeout_ms != 0 ? start_ns + spec.timeout_ms * 1'000'000ull : 0,
+                                              spec, start_ns);
+    started->start();
+  } catch (...) {
+    if (!started) engine.end_process(*session, start_ns);
+    throw;
+  }
+  return started.release();
+}
+
+berth_status fake_process_start(berth_instance* inst, const char* handle, const berth_process_spec* spec,
+                                berth_process** out, berth_error* err) noexcept {
+  return call(inst, err, "process_start", [&](Engine& e) {
+    if (out == nullptr) throw Error(BERTH_INVALID_ARGUMENT, "out is NULL");
+    *out = start_process(e, handle, spec);
+  });
+}
+
+/** Runs one call on a process handle (the same prologue as every other call). */
+template <typename Body>
+berth_status on_process(berth_instance* inst, berth_process* process, berth_error* err, std::string_view slot,
+                        Body&& body) noexcept {
+  return call(inst, err, slot, [&](Engine&) {
+    if (process == nullptr) throw Error(BERTH_INVALID_ARGUMENT, "process is NULL");
+    body(*process);
+  });
+}
+
+berth_status fake_process_write_stdin(berth_instance* inst, berth_process* process, const uint8_t* data, size_t size,
+                                      berth_error* err) noexcept {
+  return on_process(inst, process, err, "process_write_stdin", [&](FakeProcess& p) { p.write_stdin(data, size); });
+}
+
+berth_status fake_process_close_stdin(berth_instance* inst, berth_process* process, berth_error* err) noexcept {
+  return on_process(inst, process, err, "process_close_stdin", [&](FakeProcess& p) { p.close_stdin(); });
+}
+
+berth_status fake_process_signal(berth_instance* inst, berth_process* process, int32_t signo, int32_t /*to_group*/,
+                                 berth_error* err) noexcept {
+  // A fake process has no children: the group is the process itself.
+  return on_process(inst, process, err, "process_signal", [&](FakeProcess& p) { p.signal(signo); });
+}
+
+berth_status fake_process_resize(berth_instance* inst, berth_process* process, uint16_t rows, uint16_t cols,
+                                 berth_error* err) noexcept {
+  return on_process(inst, process, err, "process_resize", [&](FakeProcess& p) { p.resize(rows, cols); });
+}
+
+berth_status fake_process_kill(berth_instance* inst, berth_process* process, berth_error* err) noexcept {
+  return on_process(inst, process, err, "process_kill", [&](FakeProcess& p) { p.kill(); });
+}
+
+berth_status fake_process_next_event(berth_instance* inst, berth_process* process, uint32_t wait_ms,
+                                     berth_process_event* event, berth_error* err) noexcept {
+  return on_process(inst, process, err, "process_next_event",
+                    [&](FakeProcess& p) { sdk::write_struct(event, p.next_event(wait_ms)); });
+}
+
+void fake_process_release(berth_instance* /*inst*/, berth_process* process) noexcept {
+  try {
+    delete process;  // kills it if it still runs and joins its thread
+  } catch (...) {
+  }
+}
+
 berth_status fake_session_stats(berth_instance* inst, const char* handle, berth_session_stats* stats,
                                 berth_error* err) noexcept {
   return call(inst, err, "session_stats", [&](Engine& e) { sdk::write_struct(stats, e.session_stats(handle)); });
@@ -844,9 +1278,8 @@ berth_status fake_session_stats(berth_instance* inst, const char* handle, berth_
 constexpr berth_driver_api kDriverTable = {
     BERTH_DRIVER_API_INIT,
     /* name */ "fake",
-    /* version */ "1.0.0",
-    /* capabilities */ BERTH_CAP_EXEC | BERTH_CAP_EXEC_STREAM | BERTH_CAP_EXEC_CANCEL | BERTH_CAP_FILES |
-        BERTH_CAP_VOLUMES | BERTH_CAP_STATS | BERTH_CAP_READONLY_ROOTFS | BERTH_CAP_NETWORK_POLICY,
+    /* version */ "1.1.0",
+    /* capabilities */ kCapabilities,
     /* configure */ fake_configure,
     /* destroy */ fake_destroy,
     /* volume_create */ fake_volume_create,
@@ -864,6 +1297,15 @@ constexpr berth_driver_api kDriverTable = {
     /* path_remove */ fake_path_remove,
     /* session_stats (1.1) */ fake_session_stats,
     /* image_exists (1.2) */ fake_image_exists,
+    /* instance_capabilities (1.3) */ fake_instance_capabilities,
+    /* process_start (1.3) */ fake_process_start,
+    /* process_write_stdin */ fake_process_write_stdin,
+    /* process_close_stdin */ fake_process_close_stdin,
+    /* process_signal */ fake_process_signal,
+    /* process_resize */ fake_process_resize,
+    /* process_kill */ fake_process_kill,
+    /* process_next_event */ fake_process_next_event,
+    /* process_release */ fake_process_release,
 };
 
 }  // namespace berth::fake

@@ -367,7 +367,7 @@ std::vector<std::string_view> split_arguments(std::string_view text) {
 
 class Interpreter {
  public:
-  Interpreter(const Process& process, ProcessHost& host) : process_(process), host_(host), stdin_(process.stdin_data) {}
+  Interpreter(const Process& process, ProcessHost& host) : process_(process), host_(host) {}
 
   /** Runs one program (sh, python3, __fake or a builtin); its stdout goes to `out`. Returns the exit code. */
   int run(const std::vector<std::string>& argv, berth_stream out, int last_status = 0) {
@@ -435,7 +435,33 @@ class Interpreter {
     return out;
   }
 
-  std::string take_stdin() { return std::string(std::exchange(stdin_, std::string_view())); }
+  /** Reads one more piece of stdin into pending_; false at its end. */
+  bool read_more() {
+    if (stdin_eof_) return false;
+    std::string chunk;
+    if (const Interruption why = host_.read_stdin(chunk); why != Interruption::kNone) throw Interrupted{why};
+    if (chunk.empty()) return stdin_eof_ = true, false;
+    pending_ += chunk;
+    return true;
+  }
+
+  /** All of stdin up to its end (what nothing has read yet). */
+  std::string take_stdin() {
+    while (read_more()) {
+    }
+    return std::exchange(pending_, std::string());
+  }
+
+  /** One line of stdin without its newline, or nothing at the end of stdin. */
+  std::optional<std::string> read_line() {
+    size_t newline = pending_.find('\n');
+    while (newline == std::string::npos && read_more())
+      newline = pending_.find('\n');
+    if (newline == std::string::npos && pending_.empty()) return std::nullopt;
+    std::string line = pending_.substr(0, newline);
+    pending_.erase(0, newline == std::string::npos ? pending_.size() : newline + 1);
+    return line;
+  }
 
   /** `sh -c SCRIPT` (any flag word containing 'c' takes the script); `sh` or `sh -s` reads it from stdin. */
   int run_sh(const std::vector<std::string>& args, berth_stream out) {
@@ -498,8 +524,10 @@ class Interpreter {
       return 0;
     }
     if (name == "cat") {
-      if (args.empty()) {
-        emit(out, take_stdin());
+      if (args.empty()) {  // streams: every piece of stdin goes out as it arrives
+        do {
+          if (!pending_.empty()) emit(out, std::exchange(pending_, std::string()));
+        } while (read_more());
         return 0;
       }
       for (const auto& arg : args) {
@@ -547,6 +575,26 @@ class Interpreter {
       if (!seconds) return fail("fake: sleep: invalid time interval\n");
       sleep(*seconds * 1000);
       return 0;
+    }
+    if (name == "read") {  // consumes one line; the variable is not set (the mini shell expands when it parses)
+      return read_line() ? 0 : 1;
+    }
+    if (name == "stty") {
+      const auto size = host_.terminal_size();
+      if (args.size() != 1 || args[0] != "size") return fail("fake: stty: only `stty size` is supported\n");
+      if (!size) return fail("stty: 'standard input': Inappropriate ioctl for device\n");
+      emit(out, std::to_string(size->first) + " " + std::to_string(size->second) + "\n");
+      return 0;
+    }
+    if (name == "yes") {  // floods: WORD (default y) lines in 64 KiB chunks until something stops it
+      const std::string line = (args.empty() ? std::string("y") : args[0]) + "\n";
+      std::string chunk;
+      while (chunk.size() + line.size() <= 64 * 1024)
+        chunk += line;
+      while (true) {
+        check();
+        emit(out, chunk);
+      }
     }
     if (name == "hang") {
       sleep(-1);  // returns only by throwing Interrupted
@@ -700,7 +748,8 @@ class Interpreter {
 
   const Process& process_;
   ProcessHost& host_;
-  std::string_view stdin_;  // what nothing has read yet
+  std::string pending_;     // stdin read from the host that nothing has consumed yet
+  bool stdin_eof_ = false;  // the host said stdin ended
 };
 
 }  // namespace

@@ -14,7 +14,7 @@
 namespace berth::fake {
 
 /** Why a fake process stopped before it finished on its own. */
-enum class Interruption { kNone, kTimedOut, kCancelled, kKilled };
+enum class Interruption { kNone, kTimedOut, kCancelled, kKilled, kSignaled };
 
 /** The outside world of one fake process, implemented by the driver for one exec call (used on that thread). */
 class ProcessHost {
@@ -38,6 +38,13 @@ class ProcessHost {
   virtual bool make_dir(const std::string& path) = 0;
   /** `__fake fill PATH BYTES`: (re)writes a workspace file of BYTES zero bytes; false if its directory is missing. */
   virtual bool fill_file(const std::string& path, uint64_t bytes) = 0;
+  /**
+   * The next stdin bytes into `chunk`, waiting (polling) until some arrive; an empty chunk means end of stdin.
+   * Returns early with the interruption.
+   */
+  virtual Interruption read_stdin(std::string& chunk) = 0;
+  /** The terminal's rows and columns when the process runs on a (fake) PTY, else nothing. */
+  virtual std::optional<std::pair<uint16_t, uint16_t>> terminal_size() = 0;
 };
 
 /** What to run: the exec request after the driver resolved the session. */
@@ -45,10 +52,9 @@ struct Process {
   std::vector<std::string> argv;           // non-empty
   std::map<std::string, std::string> env;  // session env overlaid by the request env
   std::string pwd;                         // absolute, e.g. "/workspace/src"
-  std::string stdin_data;
 };
 
-/** How a fake process ended. exit_code is -1 for kTimedOut and kCancelled, 137 for kKilled. */
+/** How a fake process ended. exit_code is -1 for kTimedOut, kCancelled and kSignaled, 137 for kKilled. */
 struct ProcessOutcome {
   Interruption interruption = Interruption::kNone;
   int exit_code = 0;

@@ -24,9 +24,15 @@ PIN(berth_driver_api, session_list, 112);
 PIN(berth_driver_api, exec, 120);
 PIN(berth_driver_api, file_put, 128);
 PIN(berth_driver_api, path_remove, 152);
-PIN(berth_driver_api, session_stats, 160); /* 1.1 */
-PIN(berth_driver_api, image_exists, 168);  /* 1.2 */
-SIZE(berth_driver_api, 176);
+PIN(berth_driver_api, session_stats, 160);         /* 1.1 */
+PIN(berth_driver_api, image_exists, 168);          /* 1.2 */
+PIN(berth_driver_api, instance_capabilities, 176); /* 1.3 */
+PIN(berth_driver_api, process_start, 184);
+PIN(berth_driver_api, process_write_stdin, 192);
+PIN(berth_driver_api, process_next_event, 232);
+PIN(berth_driver_api, process_release, 240);
+SIZE(berth_driver_api, 248);
+_Static_assert(BERTH_DRIVER_API_SIZE_1_2 == 176, "the 1.2 table size is frozen");
 _Static_assert(BERTH_DRIVER_API_SIZE_1_1 == 168, "the 1.1 table size is frozen");
 _Static_assert(BERTH_DRIVER_API_SIZE_1_0 == 160, "the 1.0 table size is frozen");
 
@@ -64,33 +70,41 @@ PIN(berth_session_stats, workspace_bytes, 32);
 PIN(berth_session_stats, rootfs_bytes, 40);
 SIZE(berth_session_stats, 48);
 SIZE(berth_kv, 16);
+
+PIN(berth_process_spec, flags, 4);
+PIN(berth_process_spec, argv, 8);
+PIN(berth_process_spec, cwd, 40);
+PIN(berth_process_spec, timeout_ms, 48);
+PIN(berth_process_spec, pty_rows, 52);
+PIN(berth_process_spec, pty_cols, 54);
+PIN(berth_process_spec, on_ready, 56);
+PIN(berth_process_spec, ready_ctx, 64);
+SIZE(berth_process_spec, 72);
+PIN(berth_process_event, type, 4);
+PIN(berth_process_event, stream, 8);
+PIN(berth_process_event, data, 16);
+PIN(berth_process_event, size, 24);
+PIN(berth_process_event, exit_code, 32);
+PIN(berth_process_event, signal, 36);
+PIN(berth_process_event, timed_out, 40);
+PIN(berth_process_event, killed, 44);
+PIN(berth_process_event, output_dropped, 48);
+SIZE(berth_process_event, 56);
+PIN(berth_negotiation, abi_minor, 12);
+PIN(berth_negotiation, api, 16);
+SIZE(berth_negotiation, 24);
 #endif
+_Static_assert(BERTH_SESSION_UNKNOWN == 4 && BERTH_ENTRY_OTHER == 3, "fallback enum values are frozen");
+_Static_assert(BERTH_PROCESS_EVENT_NONE == 0 && BERTH_PROCESS_EVENT_EXIT == 2, "event values are frozen");
 
 _Static_assert(sizeof(berth_status) == 4, "statuses are 32-bit");
 _Static_assert(BERTH_OK == 0 && BERTH_UNAVAILABLE == 4 && BERTH_CANCELLED == 8, "status values are frozen");
 
 /* The export macro must work in a C translation unit. */
-static const berth_driver_api table = {BERTH_DRIVER_API_INIT,
-                                       "c-test",
-                                       "0.0.0",
-                                       BERTH_CAP_EXEC,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       NULL};
+static const berth_driver_api table = {BERTH_DRIVER_API_INIT, "c-test", "0.0.0", BERTH_CAP_EXEC, NULL, NULL, NULL, NULL,
+                                       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                       /* 1.3: instance_capabilities, process_start ... process_release */
+                                       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 BERTH_DRIVER_EXPORT(table)
 
 int main(void) {
@@ -99,6 +113,18 @@ int main(void) {
       t->abi_minor != BERTH_ABI_VERSION_MINOR) {
     fprintf(stderr, "BERTH_DRIVER_EXPORT / BERTH_DRIVER_API_INIT produced a wrong table\n");
     return 1;
+  }
+  {
+    /* The generated negotiation answers the older of the two minors, and refuses another major. */
+    berth_negotiation n = {sizeof n, BERTH_ABI_VERSION_MAJOR, BERTH_ABI_VERSION_MINOR + 5, 0, NULL};
+    berth_negotiation older = {sizeof older, BERTH_ABI_VERSION_MAJOR, 1, 0, NULL};
+    berth_negotiation other = {sizeof other, BERTH_ABI_VERSION_MAJOR + 1, 0, 0, NULL};
+    if (berth_driver_negotiate(&n) != BERTH_OK || n.api != &table || n.abi_minor != BERTH_ABI_VERSION_MINOR ||
+        berth_driver_negotiate(&older) != BERTH_OK || older.abi_minor != 1 ||
+        berth_driver_negotiate(&other) != BERTH_UNSUPPORTED || berth_driver_negotiate(NULL) == BERTH_OK) {
+      fprintf(stderr, "BERTH_DRIVER_EXPORT produced a wrong berth_driver_negotiate\n");
+      return 1;
+    }
   }
   puts("driver.h compiles as C11; layout pinned");
   return 0;
