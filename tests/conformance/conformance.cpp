@@ -12,9 +12,11 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -894,4 +896,260 @@ TEST_CASE("files: a directory swapped with a symlink to /etc during the calls ne
     UNSCOPED_INFO("a GET returned: " << l);
   CHECK(leaked.empty());
   CHECK(run(*d, sb.handle, sh(kEvidenceScript)).out == kClean);
+}
+
+// ---- interactive processes (ABI 1.3, BERTH_CAP_PROCESS) ---------------------------------------------------------
+// Every case below is skipped only when the driver does not offer interactive processes. The process-tree cases
+// (fork bomb, setsid/nohup/env -i) also need real processes: the fake's programs have no children to leave behind
+// (the same rule as the exec case above); the fake runs every other case with its mini shell.
+
+namespace {
+
+/** A started process and everything it printed so far. Every wait is bounded by a generous 60 s. */
+struct Proc {
+  std::unique_ptr<core::Process> process;
+  std::string out;
+  std::string err;
+  std::optional<core::ProcessExit> exit;
+
+  /** Pulls one event (waiting at most `wait`); false if none came. */
+  bool pump(std::chrono::milliseconds wait = 100ms) {
+    auto e = process->next_event(wait);
+    switch (e.kind) {
+      case core::ProcessEvent::Kind::output:
+        (e.stream == core::Stream::out ? out : err) += e.data;
+        return true;
+      case core::ProcessEvent::Kind::exit:
+        exit = e.exit;
+        return true;
+      case core::ProcessEvent::Kind::none:
+        return false;
+    }
+    return false;
+  }
+
+  /** Pulls events until `done()` holds or the process exits; true if `done()` held. */
+  bool wait_until(const std::function<bool()>& done) {
+    const auto limit = std::chrono::steady_clock::now() + 60s;
+    while (!done() && !exit && std::chrono::steady_clock::now() < limit)
+      pump();
+    return done();
+  }
+
+  /** Pulls events until the exit (60 s at most). */
+  core::ProcessExit wait_exit() {
+    wait_until([&] { return exit.has_value(); });
+    REQUIRE(exit.has_value());
+    return *exit;
+  }
+
+  /** Writes all of `data`, pulling events while the driver's stdin buffer is full (driver.h: UNAVAILABLE). */
+  void write_all(std::string_view data) {
+    const auto limit = std::chrono::steady_clock::now() + 60s;
+    while (true) {
+      try {
+        process->write_stdin(data);
+        return;
+      } catch (const DriverError& e) {
+        if (e.code() != DriverErrc::unavailable || std::chrono::steady_clock::now() > limit) throw;
+        pump(10ms);
+      }
+    }
+  }
+};
+
+Proc start(core::Driver& d, const std::string& handle, std::vector<std::string> argv,
+           std::chrono::milliseconds timeout = 60s, bool pty = false) {
+  core::ProcessSpec spec;
+  spec.argv = std::move(argv);
+  spec.timeout = timeout;
+  spec.pty = pty;
+  spec.rows = pty ? 24 : 0;
+  spec.cols = pty ? 80 : 0;
+  return Proc{d.process_start(handle, spec)};
+}
+
+std::size_t count_of(const std::string& text, const std::string& word) {
+  std::size_t n = 0;
+  for (auto at = text.find(word); at != std::string::npos; at = text.find(word, at + word.size()))
+    ++n;
+  return n;
+}
+
+/** Processes whose command line carries `marker` (written so that this scan does not match itself). */
+std::string survivors_of(core::Driver& d, const std::string& handle, const std::string& marker_regex) {
+  return run(d, handle,
+             sh("for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' <\"$f\"; echo; done 2>/dev/null | grep -c '" +
+                marker_regex + "'"))
+      .out;
+}
+
+}  // namespace
+
+TEST_CASE("process: stdin streams in and output streams out while it runs", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes()) return;
+  Sandbox sb(*d);
+  auto p = start(*d, sb.handle, {"cat"});
+  p.process->write_stdin("one\n");
+  CHECK(p.wait_until([&] { return p.out == "one\n"; }));  // echoed back before stdin ends
+  p.process->write_stdin("two\n");
+  CHECK(p.wait_until([&] { return p.out == "one\ntwo\n"; }));
+  p.process->close_stdin();
+  const auto exit = p.wait_exit();
+  CHECK(exit.exit_code == 0);
+  CHECK(exit.signal == 0);
+  CHECK_FALSE(exit.timed_out);
+  CHECK(p.out == "one\ntwo\n");
+  CHECK(p.process->next_event(0ms).kind == core::ProcessEvent::Kind::exit);  // the exit is repeated
+}
+
+TEST_CASE("process: close_stdin delivers EOF and the program goes on", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes()) return;
+  Sandbox sb(*d);
+  auto p = start(*d, sb.handle, {"/bin/sh", "-c", "cat; echo eof-seen"});
+  p.process->write_stdin("x");
+  p.process->close_stdin();
+  p.process->close_stdin();  // idempotent
+  CHECK(p.wait_exit().exit_code == 0);
+  CHECK(p.out == "xeof-seen\n");
+  CHECK(error_of([&] { p.process->write_stdin("late"); }) == DriverErrc::conflict);
+}
+
+TEST_CASE("process: signals end it, to the process or its whole group; exit codes come through",
+          "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes()) return;
+  Sandbox sb(*d);
+  auto sleeper = start(*d, sb.handle, {"sleep", "300"});
+  sleeper.process->signal(15, false);
+  auto exit = sleeper.wait_exit();
+  CHECK(exit.signal == 15);
+  CHECK(exit.exit_code == 128 + 15);
+  CHECK_FALSE(exit.killed);
+
+  auto group = start(*d, sb.handle, {"/bin/sh", "-c", "sleep 300; echo never"});
+  group.process->signal(15, true);
+  exit = group.wait_exit();
+  CHECK(exit.signal == 15);
+  CHECK(group.out.find("never") == std::string::npos);
+
+  auto exits = start(*d, sb.handle, {"/bin/sh", "-c", "echo out; echo err >&2; exit 3"});
+  exit = exits.wait_exit();
+  CHECK(exit.exit_code == 3);
+  CHECK(exit.signal == 0);
+  CHECK(exits.out == "out\n");
+  CHECK(exits.err == "err\n");
+  CHECK(error_of([&] { exits.process->signal(0, false); }) == DriverErrc::invalid_argument);
+}
+
+TEST_CASE("process: kill and timeout end it and say why", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes()) return;
+  Sandbox sb(*d);
+  auto killed = start(*d, sb.handle, {"sleep", "300"});
+  killed.process->kill();
+  killed.process->kill();  // idempotent
+  auto exit = killed.wait_exit();
+  CHECK(exit.killed);
+  CHECK_FALSE(exit.timed_out);
+  auto slow = start(*d, sb.handle, {"sleep", "300"}, 1000ms);
+  exit = slow.wait_exit();
+  CHECK(exit.timed_out);
+  CHECK(d->session_inspect(sb.handle).state == core::SessionState::running);
+}
+
+TEST_CASE("process: a flood of output is delivered in order and bounded by the puller", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes()) return;
+  Sandbox sb(*d);
+  auto flood = start(*d, sb.handle, {"yes", "flood-line"});
+  CHECK(flood.wait_until([&] { return flood.out.size() >= (4u << 20); }));  // 4 MiB pulled at the host's pace
+  CHECK(flood.out.substr(0, 22) == "flood-line\nflood-line\n");
+  flood.process->kill();
+  CHECK(flood.wait_exit().killed);
+}
+
+TEST_CASE("process: 1 MiB of code on stdin runs", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes()) return;
+  Sandbox sb(*d);
+  std::string script;
+  const std::string padding = "# " + std::string(1000, 'x') + "\n";
+  while (script.size() < (1u << 20))
+    script += padding;
+  script += "echo big-script-ran\nexit 7\n";
+  auto p = start(*d, sb.handle, {"/bin/sh"});
+  for (std::size_t at = 0; at < script.size(); at += 64 * 1024)
+    p.write_all(std::string_view(script).substr(at, 64 * 1024));
+  p.process->close_stdin();
+  const auto exit = p.wait_exit();
+  INFO(p.err);
+  CHECK(exit.exit_code == 7);
+  CHECK(p.out == "big-script-ran\n");
+}
+
+TEST_CASE("process: a PTY echoes input and reports its size after a resize", "[conformance][process][pty]") {
+  auto d = make_driver();
+  if (!d->supports_processes() || !d->has_capability(BERTH_CAP_PROCESS_PTY)) return;
+  Sandbox sb(*d);
+  auto echo = start(*d, sb.handle, {"cat"}, 60s, true);
+  echo.process->write_stdin("hello\n");
+  // Once from the terminal's echo, once from cat; the terminal turns "\n" into "\r\n".
+  CHECK(echo.wait_until([&] { return count_of(echo.out, "hello\r\n") >= 2; }));
+  echo.process->close_stdin();  // the terminal's EOF character
+  CHECK(echo.wait_exit().exit_code == 0);
+
+  auto sized = start(*d, sb.handle, {"/bin/sh", "-c", "stty size; read line; stty size"}, 60s, true);
+  CHECK(sized.wait_until([&] { return sized.out.find("24 80") != std::string::npos; }));
+  sized.process->resize(40, 100);
+  sized.process->write_stdin("go\n");
+  CHECK(sized.wait_exit().exit_code == 0);
+  CHECK(sized.out.find("40 100") != std::string::npos);
+  CHECK(sized.out.find("go") != std::string::npos);  // echoed by the terminal
+
+  auto plain = start(*d, sb.handle, {"sleep", "300"});
+  CHECK(error_of([&] { plain.process->resize(40, 100); }) == DriverErrc::invalid_argument);
+}
+
+TEST_CASE("process: a session that is not running starts nothing (NOT_FOUND)", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes()) return;
+  Sandbox sb(*d);
+  d->session_stop(sb.handle, 1000ms);
+  REQUIRE(wait_not_running(*d, sb.handle));
+  CHECK(error_of([&] { start(*d, sb.handle, {"echo", "should-not-run"}); }) == DriverErrc::not_found);
+}
+
+TEST_CASE("process: a timeout kills a fork bomb and leaves nothing", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes() || !real_processes()) return;  // the fake has no processes to fork
+  Sandbox sb(*d);
+  auto bomb =
+      start(*d, sb.handle, {"/bin/sh", "-c", "echo started; b() { b & b & wait; }; b", "bomb-marker-4711"}, 3000ms);
+  const auto exit = bomb.wait_exit();
+  CHECK(exit.timed_out);
+  CHECK(bomb.out.rfind("started\n", 0) == 0);
+  CHECK(survivors_of(*d, sb.handle, "bomb-marke[r]-4711") == "0\n");
+  CHECK(d->session_inspect(sb.handle).state == core::SessionState::running);
+}
+
+TEST_CASE("process: setsid, nohup and env -i children die with it on timeout and on kill", "[conformance][process]") {
+  auto d = make_driver();
+  if (!d->supports_processes() || !real_processes()) return;  // the fake has no processes to leave behind
+  Sandbox sb(*d);
+  const std::string detach =
+      "env -i sleep 4001 & setsid sleep 4002 & nohup sleep 4003 >/dev/null 2>&1 & (sleep 4004 &); "
+      "(env -i setsid sh -c 'sleep 4005 &' &); echo started; sleep 300";
+  auto timed = start(*d, sb.handle, {"/bin/sh", "-c", detach}, 1500ms);
+  CHECK(timed.wait_exit().timed_out);
+  CHECK(timed.out == "started\n");
+  CHECK(survivors_of(*d, sb.handle, "^sleep 400[0-9]") == "0\n");
+
+  auto killed = start(*d, sb.handle, {"/bin/sh", "-c", detach});
+  CHECK(killed.wait_until([&] { return killed.out == "started\n"; }));
+  killed.process->kill();
+  CHECK(killed.wait_exit().killed);
+  CHECK(survivors_of(*d, sb.handle, "^sleep 400[0-9]") == "0\n");
 }
