@@ -64,6 +64,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   call([&] { driver->session_remove("h"); });
   call([&] { (void)driver->session_list({{"berth.instance", "fuzz"}}); });
   call([&] { (void)driver->session_stats("h"); });
+  call([&] { (void)driver->image_exists("img"); });
+  (void)driver->supports_processes();
+  call([&] {
+    ProcessSpec ps;
+    ps.argv = {"cat"};
+    ps.pty = true;
+    auto process = driver->process_start("h", ps);
+    call([&] { process->write_stdin("stdin bytes"); });
+    call([&] { process->signal(15, true); });
+    call([&] { process->resize(40, 100); });
+    for (int i = 0; i < 4; ++i) {
+      call([&] {
+        auto event = process->next_event(std::chrono::milliseconds(0));
+        if (event.data.size() > 256) __builtin_trap();  // never more than the driver's buffer
+      });
+    }
+    call([&] { process->close_stdin(); });
+    call([&] { process->kill(); });
+  });
   ExecRequest rq;
   rq.argv = {"sh", "-c", "true"};
   CancelToken token;

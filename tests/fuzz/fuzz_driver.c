@@ -264,12 +264,80 @@ static berth_status session_stats(berth_instance* in, const char* h, berth_sessi
   return status(in, e);
 }
 
+static berth_status image_exists(berth_instance* in, const char* image, int32_t* exists, berth_error* e) {
+  (void)image;
+  *exists = (int32_t)next(in) - 1; /* -1, 0, 1, ...: any int32 the driver likes */
+  return status(in, e);
+}
+
+/* ABI 1.3: any bits, which the host may only use to narrow the table's. */
+static uint64_t instance_capabilities(berth_instance* in) {
+  return ((uint64_t)next(in) << 56) | ((uint64_t)next(in) << 8) | next(in);
+}
+
+/* A process whose events are the script's: any type and stream (also ones no ABI defines), sizes within its
+ * buffer, an event struct written only up to a struct_size of the script's choosing. */
+struct berth_process {
+  char buffer[256];
+};
+static berth_status process_start(berth_instance* in, const char* h, const berth_process_spec* spec,
+                                  berth_process** out, berth_error* e) {
+  (void)h, (void)spec;
+  berth_status s = status(in, e);
+  *out = s == BERTH_OK ? (berth_process*)calloc(1, sizeof **out) : NULL;
+  return s == BERTH_OK && *out == NULL ? BERTH_INTERNAL : s;
+}
+static berth_status process_write_stdin(berth_instance* in, berth_process* p, const uint8_t* d, size_t n,
+                                        berth_error* e) {
+  memcpy(p->buffer, d, n < sizeof p->buffer ? n : sizeof p->buffer);
+  return status(in, e);
+}
+static berth_status process_close_stdin(berth_instance* in, berth_process* p, berth_error* e) {
+  (void)p;
+  return status(in, e);
+}
+static berth_status process_signal(berth_instance* in, berth_process* p, int32_t signo, int32_t group, berth_error* e) {
+  (void)p, (void)signo, (void)group;
+  return status(in, e);
+}
+static berth_status process_resize(berth_instance* in, berth_process* p, uint16_t r, uint16_t c, berth_error* e) {
+  (void)p, (void)r, (void)c;
+  return status(in, e);
+}
+static berth_status process_kill(berth_instance* in, berth_process* p, berth_error* e) {
+  (void)p;
+  return status(in, e);
+}
+static berth_status process_next_event(berth_instance* in, berth_process* p, uint32_t wait_ms, berth_process_event* ev,
+                                       berth_error* e) {
+  (void)wait_ms;
+  berth_process_event mine;
+  memset(&mine, 0, sizeof mine);
+  mine.type = (berth_process_event_type)next(in) - 1;
+  mine.stream = (berth_stream)next(in) - 1;
+  mine.data = next(in) % 2 == 0 ? NULL : (const uint8_t*)p->buffer;
+  mine.size = mine.data != NULL ? next(in) % sizeof p->buffer : 0;
+  mine.exit_code = (int32_t)(next(in) << 24) - 7;
+  mine.signal = (int32_t)next(in);
+  mine.timed_out = (int32_t)next(in);
+  mine.killed = (int32_t)next(in);
+  mine.output_dropped = ~(uint64_t)0;
+  size_t n = next(in) % (sizeof mine + 1);
+  if (n > ev->struct_size) n = ev->struct_size;
+  if (n > sizeof(uint32_t)) memcpy((char*)ev + sizeof(uint32_t), (const char*)&mine + sizeof(uint32_t), n - 4);
+  return status(in, e);
+}
+static void process_release(berth_instance* in, berth_process* p) {
+  (void)in;
+  free(p);
+}
+
 static const berth_driver_api kTable = {
     BERTH_DRIVER_API_INIT,
     "fuzz",
     "0.0.0",
     BERTH_CAP_EXEC | BERTH_CAP_EXEC_STREAM | BERTH_CAP_EXEC_CANCEL | BERTH_CAP_FILES | BERTH_CAP_VOLUMES |
-        BERTH_CAP_STATS,
+        BERTH_CAP_STATS | BERTH_CAP_PROCESS | BERTH_CAP_PROCESS_PTY,
     configure,
     destroy,
     volume_create,
@@ -286,6 +354,16 @@ static const berth_driver_api kTable = {
     dir_list,
     path_remove,
     session_stats,
+    image_exists,
+    instance_capabilities,
+    process_start,
+    process_write_stdin,
+    process_close_stdin,
+    process_signal,
+    process_resize,
+    process_kill,
+    process_next_event,
+    process_release,
 };
 
 BERTH_DRIVER_EXPORT(kTable)
