@@ -174,7 +174,9 @@ void meta(Exchange& ex) {
                                                                 {core::cap::volumes, "volumes"},
                                                                 {core::cap::stats, "stats"},
                                                                 {core::cap::readonly_rootfs, "readonly_rootfs"},
-                                                                {core::cap::network_policy, "network_policy"}};
+                                                                {core::cap::network_policy, "network_policy"},
+                                                                {core::cap::process, "process"},
+                                                                {core::cap::process_pty, "process_pty"}};
   for (const auto& [bit, name] : kCaps) {
     if (id.capabilities & bit) caps.add(std::string(name));
   }

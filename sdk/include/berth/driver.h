@@ -24,7 +24,8 @@
  *    does not know read as 0/NULL, which means "not supported". The driver table must be at least
  *    BERTH_DRIVER_API_SIZE_1_0 bytes and no larger than the size its declared minor defines.
  * 4. Required slots. name, version, configure, destroy and every slot of ABI 1.0 are required (non-NULL).
- *    Slots added after 1.0 are optional: NULL means BERTH_UNSUPPORTED.
+ *    Slots added after 1.0 are optional: NULL means BERTH_UNSUPPORTED. The eight process_* slots of 1.3 come as a
+ *    set: all of them or none.
  * 5. Ownership. Every pointer passed into a call is borrowed for the duration of that call only. Results come
  *    back through fixed-size buffers in caller-provided structs or through caller-provided callbacks
  *    (sinks/sources); nothing allocated by one side is freed by the other, except buffers obtained from
