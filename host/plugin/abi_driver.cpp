@@ -811,7 +811,12 @@ std::unique_ptr<core::Process> AbiDriver::process_start(const std::string& handl
                 [&] { return library_->api().process_start(instance_, c_str(handle, "handle"), &s, &process, &err); }),
         err, "process_start");
   if (process == nullptr) throw DriverError(DriverErrc::internal, "process_start: driver returned no handle");
-  return std::make_unique<AbiProcess>(library_, instance_, process, std::move(ready));
+  try {
+    return std::make_unique<AbiProcess>(library_, instance_, process, std::move(ready));
+  } catch (...) {  // out of memory: the handle must still be released, or the process would run on unowned
+    library_->api().process_release(instance_, process);
+    throw;
+  }
 }
 
 }  // namespace berth::plugin
