@@ -73,6 +73,14 @@ struct SessionSpec {
 enum class SessionState { starting, running, exited, missing, unknown };
 std::string_view to_string(SessionState state);
 
+/**
+ * Whether a session in `state` may still run user code, so that nothing may destroy it or run a call again
+ * elsewhere: `running`, and `unknown` (a newer driver's state: it exists, rule 12). Pure; thread-safe.
+ */
+constexpr bool alive(SessionState state) {
+  return state == SessionState::running || state == SessionState::unknown;
+}
+
 struct SessionInfo {
   SessionState state = SessionState::missing;
   int exit_code = 0;

@@ -735,7 +735,7 @@ auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>
       } catch (const DriverError&) {
         std::rethrow_exception(original);
       }
-      if (state == RuntimeState::running) throw;
+      if (alive(state)) throw;
       retire_dead_session(session, "container " + std::string(to_string(state)));
       // By the driver contract not_found means nothing ran; `started` covers what the driver cannot know (an
       // upload's source already read, output already delivered). Anything else may have run: never run it twice.
@@ -866,7 +866,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
     // Killed by a signal: maybe with its whole container (`kill -9 -1`, the OOM killer). Find out now, so that GET
     // stops saying ready and the next call starts a new session instead of failing on a dead one.
     try {
-      if (auto info = driver_.session_inspect(handle); info.state != RuntimeState::running) {
+      if (auto info = driver_.session_inspect(handle); !alive(info.state)) {
         if (auto session = store_.get_session(session_id)) {
           retire_dead_session(*session, "container " + std::string(to_string(info.state)) + " after exit code " +
                                             std::to_string(result.exit_code));

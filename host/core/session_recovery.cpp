@@ -68,7 +68,8 @@ RecoveryReport SandboxService::recover() {
 
   for (auto& s : mine) {
     auto container = containers.find(s.id);
-    bool running = container != containers.end() && container->second.state == RuntimeState::running;
+    // `unknown` (a newer driver's state this host cannot name) is never read as dead: it is adopted like running.
+    bool running = container != containers.end() && alive(container->second.state);
     auto row = store_.get_sandbox(s.sandbox_id);
     bool wanted = row && !row->deleted_at && row->current_session_id == s.id;
     try {
@@ -76,7 +77,7 @@ RecoveryReport SandboxService::recover() {
         if (s.state == SS::starting) {
           // The container came up but its starter died before recording it: adopt it.
           auto info = driver_.session_inspect(container->second.handle);
-          if (info.state != RuntimeState::running) running = false;
+          if (!alive(info.state)) running = false;
           if (running) {
             s.handle = info.handle.empty() ? container->second.handle : info.handle;
             s.endpoint = info.endpoint;

@@ -1017,7 +1017,7 @@ TEST_CASE("process: close_stdin delivers EOF and the program goes on", "[conform
   CHECK(error_of([&] { p.process->write_stdin("late"); }) == DriverErrc::conflict);
 }
 
-TEST_CASE("process: signals end it, to the process or its whole group; exit codes come through",
+TEST_CASE("process: signals end it, to the process or its whole group, and exit codes come through",
           "[conformance][process]") {
   auto d = make_driver();
   if (!d->supports_processes()) return;

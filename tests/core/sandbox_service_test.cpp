@@ -644,3 +644,97 @@ TEST_CASE("stored execution output is capped per field and flagged, and history 
     CHECK(page.entries[i].truncated);
   }
 }
+
+// ---- a newer driver's session state -------------------------------------------------------------------------------
+
+namespace {
+
+/** Forwards to a real driver, but reports the handles in `unknown` as SessionState::unknown: a state a newer driver
+ *  names and this host cannot (driver.h rule 12). */
+class UnknownStateDriver final : public core::Driver {
+ public:
+  explicit UnknownStateDriver(core::Driver& inner) : inner_(inner) {}
+  std::set<std::string> unknown;
+
+  const core::DriverIdentity& identity() const override { return inner_.identity(); }
+  void volume_create(const std::string& n, const core::Labels& l) override { inner_.volume_create(n, l); }
+  void volume_remove(const std::string& n) override { inner_.volume_remove(n); }
+  bool volume_exists(const std::string& n) override { return inner_.volume_exists(n); }
+  core::SessionInfo session_create(const core::SessionSpec& s) override { return inner_.session_create(s); }
+  core::SessionInfo session_inspect(const std::string& h) override {
+    auto info = inner_.session_inspect(h);
+    if (unknown.count(h)) info.state = core::SessionState::unknown;
+    return info;
+  }
+  void session_stop(const std::string& h, std::chrono::milliseconds g) override { inner_.session_stop(h, g); }
+  void session_remove(const std::string& h) override {
+    ++removes;
+    inner_.session_remove(h);
+  }
+  std::vector<core::SessionListing> session_list(const core::Labels& f) override {
+    auto all = inner_.session_list(f);
+    for (auto& l : all)
+      if (unknown.count(l.handle)) l.state = core::SessionState::unknown;
+    return all;
+  }
+  core::SessionStats session_stats(const std::string& h) override { return inner_.session_stats(h); }
+  std::optional<bool> image_exists(const std::string& i) override { return inner_.image_exists(i); }
+  core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
+                        const core::CancelToken* c) override {
+    ++execs;
+    return inner_.exec(h, r, o, c);
+  }
+  void file_put(const std::string& h, const std::string& p, std::uint32_t m, std::uint64_t s,
+                const core::ByteSource& src) override {
+    inner_.file_put(h, p, m, s, src);
+  }
+  void file_get(const std::string& h, const std::string& p, const core::ByteSink& s) override {
+    inner_.file_get(h, p, s);
+  }
+  void dir_scan(const std::string& h, const std::string& p, const core::DirEntrySink& s) override {
+    inner_.dir_scan(h, p, s);
+  }
+  void path_remove(const std::string& h, const std::string& p) override { inner_.path_remove(h, p); }
+  std::atomic<int> execs{0}, removes{0};
+
+ private:
+  core::Driver& inner_;
+};
+
+}  // namespace
+
+TEST_CASE("a session in a state only a newer driver can name is never destroyed, cleared or run again") {
+  ServiceFixture f("{}", test::test_settings(), std::make_shared<core::SystemClock>());
+  UnknownStateDriver unknown(*f.driver);
+  core::SandboxService service(*f.store, unknown, f.clock, f.service->settings());
+  const std::string me = f.service->settings().instance_id;
+
+  SECTION("recovery adopts it instead of clearing and removing it") {
+    auto id = f.create();
+    auto s = plant_session(f, id, store::SessionState::ready, me);
+    s.handle = plant_container(f, s, me);
+    f.store->update_session(s);
+    f.driver->session_stop(s.handle, 0ms);  // really exited; the newer driver calls it something else
+    unknown.unknown.insert(s.handle);
+    auto report = service.recover();
+    CHECK(report.adopted == std::vector<std::string>{s.id});
+    CHECK(report.cleared.empty());
+    CHECK(unknown.removes == 0);
+    CHECK(f.driver->session_inspect(s.handle).state != core::SessionState::missing);
+    CHECK(f.store->get_sandbox(id)->current_session_id == s.id);
+  }
+
+  SECTION("a failing call on it is reported, not retried on a new session, and the session stays") {
+    auto id = f.create();
+    service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
+    const auto handle = handle_of(f, id);
+    REQUIRE(!handle.empty());
+    f.driver->session_stop(handle, 0ms);  // the next exec fails in the driver
+    unknown.unknown.insert(handle);
+    const int before = unknown.execs;
+    CHECK_THROWS(service.exec(f.owner, id, core::ExecKind::shell, "echo once", std::nullopt, ""));
+    CHECK(unknown.execs == before + 1);  // not run a second time on a replacement session
+    CHECK(handle_of(f, id) == handle);   // not retired
+    CHECK(unknown.removes == 0);
+  }
+}
