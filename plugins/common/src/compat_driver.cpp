@@ -126,6 +126,10 @@ struct Instance {
     std::string agent_dir;            // the host directory holding agent.sock
     std::vector<std::string> env;     // the container's environment (image ENV + the session's env)
     std::shared_ptr<AgentPool> pool;  // connections to the agent (agent sessions only)
+    // PATH lookups that succeeded ("PATH\0name" -> the path that ran), tried first next time: a python exec then
+    // costs one START instead of one per PATH directory before /usr/local/bin. A stale entry only costs the search.
+    std::mutex resolved_mutex;
+    std::unordered_map<std::string, std::string> resolved;
   };
 
   static std::shared_ptr<SessionMeta> meta_from_inspect(const Object::Ptr& object) {
@@ -875,7 +879,9 @@ bool container_stops(Instance& inst, const std::string& container) {
 
 AgentPool::Lease lease_agent(Instance& inst, const std::string& container, SessionMeta& meta) {
   try {
-    return meta.pool->lease(AgentClock::now() + milliseconds(inst.config.connect_timeout_ms));
+    // The connect itself is immediate (a dead agent refuses it at once); HELLO waits for the agent's loop, which
+    // may be busy with other connections' work (a 100,000-entry listing), so it gets the request timeout.
+    return meta.pool->lease(AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
   } catch (const std::exception& e) {
     agent_failed(inst, container, meta, e.what(), false);
   }
@@ -993,7 +999,18 @@ ExecOutcome agent_exec(Instance& inst, const std::string& container, SessionMeta
     std::uint32_t channel = 0;
     int start_errno = ENOENT;
     std::string start_message;
-    for (const auto& candidate : program_candidates(x.argv[0], req.env)) {
+    std::vector<std::string> candidates = program_candidates(x.argv[0], req.env);
+    std::string cache_key;
+    if (x.argv[0].find('/') == std::string::npos) {
+      for (const auto& e : req.env)
+        if (e.rfind("PATH=", 0) == 0) cache_key = e;
+      cache_key += '\0' + x.argv[0];
+      std::lock_guard lock(meta.resolved_mutex);
+      if (auto it = meta.resolved.find(cache_key); it != meta.resolved.end()) {
+        candidates.insert(candidates.begin(), it->second);
+      }
+    }
+    for (const auto& candidate : candidates) {
       req.argv[0] = candidate;
       start_sent = true;
       channel = client.start(req);
@@ -1001,6 +1018,11 @@ ExecOutcome agent_exec(Instance& inst, const std::string& container, SessionMeta
       if (!ev) throw AgentTimeout("no answer to START");
       if (ev->type == agent::MsgType::kStarted) {
         started = true;
+        if (!cache_key.empty()) {
+          std::lock_guard lock(meta.resolved_mutex);
+          if (meta.resolved.size() > 256) meta.resolved.clear();
+          meta.resolved[cache_key] = candidate;
+        }
         break;
       }
       if (ev->type == agent::MsgType::kError && ev->error.code == agent::ErrorCode::kExecFailed) {
