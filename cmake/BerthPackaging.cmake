@@ -1,6 +1,8 @@
 # Installation layout and the Debian package (CPack DEB). `cmake --install build` (prefix /usr by default) lays out:
 #   /usr/bin/berthd                      the daemon (host/CMakeLists.txt)
 #   /usr/lib/berth/drivers/*.so          the in-tree drivers (BERTH_INSTALL_DRIVERDIR; berthd searches it by default)
+#   /usr/libexec/berth/berth-agent       the static in-sandbox agent (agent/CMakeLists.txt); the engine drivers
+#                                        mount it into every session (their default agent_path, plugins/common)
 #   /usr/include/berth, <libdir>/cmake/BerthDriverSDK   the driver SDK (sdk/CMakeLists.txt)
 #   /etc/berth/berth.toml                berth.example.toml with the database in the state directory
 #   /lib/systemd/system/berthd.service   packaging/berthd.service

@@ -283,10 +283,25 @@ TEST_CASE("docker: every container is hardened", "[docker]") {
   auto mounts = info->getArray("Mounts");
   for (std::size_t i = 0; i < mounts->size(); ++i) {
     auto m = mounts->getObject(i);
-    INFO("mount " << m->getValue<std::string>("Destination"));
+    const auto destination = m->getValue<std::string>("Destination");
+    INFO("mount " << destination);
+    if (destination == "/.berth/agent") {  // berth-agent, the main process: a read-only bind of the binary
+      CHECK(m->getValue<std::string>("Type") == "bind");
+      CHECK_FALSE(m->getValue<bool>("RW"));
+      continue;
+    }
+    if (destination == "/.berth/run") {  // the agent's socket directory (0700, the session user's)
+      CHECK(m->getValue<std::string>("Type") == "bind");
+      continue;
+    }
     CHECK(m->getValue<std::string>("Type") == "volume");
-    CHECK(m->getValue<std::string>("Destination") == "/workspace");
+    CHECK(destination == "/workspace");
   }
+  // The agent is the main process behind docker-init, and runs as the session user: nothing runs as root.
+  CHECK(shell(c, id, "cat /proc/1/cmdline | tr '\\0' ' '")->getValue<std::string>("output") ==
+        "/sbin/docker-init -- /.berth/agent --listen unix:/.berth/run/agent.sock --root /workspace ");
+  CHECK(shell(c, id, "cat /proc/[0-9]*/status 2>/dev/null | grep '^Uid:' | grep -vc '^Uid:\t1000\t'")
+            ->getValue<std::string>("output") == "0\n");
   CHECK(shell(c, id, "cat /proc/self/status | grep CapEff")->getValue<std::string>("output") ==
         "CapEff:\t0000000000000000\n");
   CHECK(shell(c, id, "python3 -c 'import urllib.request; urllib.request.urlopen(\"http://1.1.1.1\", timeout=2)'")
@@ -571,7 +586,12 @@ TEST_CASE("docker: an engine gone mid-run gives 503 driver_unavailable and recov
   auto idle = create(c);
 
   proxy.stop();
-  for (const auto& id : {ready, idle}) {
+  // A running sandbox does not need the engine for an exec: it goes to its berth-agent over the session's socket.
+  auto through_agent = c.post(sb(ready) + "/shell/exec", R"({"command": "echo agent"})");
+  CHECK(through_agent.status == 200);
+  CHECK(through_agent.json()->getValue<std::string>("output") == "agent\n");
+  // A sandbox whose container is not started yet needs the engine.
+  for (const auto& id : {idle}) {
     auto t0 = std::chrono::steady_clock::now();
     auto r = c.post(sb(id) + "/shell/exec", R"({"command": "true"})");
     CHECK(r.status == 503);

@@ -2,13 +2,19 @@
 
 #include <Poco/Exception.h>
 #include <Poco/JSON/Parser.h>
+#include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -23,6 +29,8 @@
 #include <utility>
 #include <vector>
 
+#include "agent_pool.hpp"
+#include "berth/engine/agent_client.hpp"
 #include "berth/engine/client.hpp"
 #include "berth/engine/hijack.hpp"
 #include "scripts.hpp"
@@ -111,33 +119,62 @@ struct Instance {
 
   std::string event(const char* suffix) const { return flavor.name + "." + suffix; }
 
-  /** The workspace mount path of a session (cached; NOT_FOUND if the container does not exist). */
-  std::string workspace_of(const std::string& handle) {
-    {
-      std::lock_guard lock(meta_mutex);
-      if (auto it = workspace_by_handle.find(handle); it != workspace_by_handle.end()) return it->second;
-    }
-    Response r = client.call("GET", "/containers/" + url_encode(handle) + "/json");
-    auto object = r.json_object();
+  /** What the driver keeps per session, read from the container's inspect (its labels and environment). */
+  struct SessionMeta {
     std::string workspace = "/workspace";
+    bool agent = false;               // kLabelTransport = "agent"
+    std::string agent_dir;            // the host directory holding agent.sock
+    std::vector<std::string> env;     // the container's environment (image ENV + the session's env)
+    std::shared_ptr<AgentPool> pool;  // connections to the agent (agent sessions only)
+    // PATH lookups that succeeded ("PATH\0name" -> the path that ran), tried first next time: a python exec then
+    // costs one START instead of one per PATH directory before /usr/local/bin. A stale entry only costs the search.
+    std::mutex resolved_mutex;
+    std::unordered_map<std::string, std::string> resolved;
+  };
+
+  static std::shared_ptr<SessionMeta> meta_from_inspect(const Object::Ptr& object) {
+    auto meta = std::make_shared<SessionMeta>();
     if (auto cfg = object->getObject("Config"); cfg) {
-      if (auto labels = cfg->getObject("Labels"); labels && labels->has(kLabelWorkspace)) {
-        workspace = labels->getValue<std::string>(kLabelWorkspace);
+      if (auto labels = cfg->getObject("Labels"); labels) {
+        if (labels->has(kLabelWorkspace)) meta->workspace = labels->getValue<std::string>(kLabelWorkspace);
+        if (labels->optValue<std::string>(kLabelTransport, "") == "agent" && labels->has(kLabelAgentDir)) {
+          meta->agent = true;
+          meta->agent_dir = labels->getValue<std::string>(kLabelAgentDir);
+          meta->pool = std::make_shared<AgentPool>(meta->agent_dir + "/agent.sock");
+        }
+      }
+      if (auto env = cfg->getArray("Env"); env) {
+        for (size_t i = 0; i < env->size(); ++i)
+          meta->env.push_back(env->getElement<std::string>(static_cast<unsigned>(i)));
       }
     }
-    remember(handle, workspace);
-    return workspace;
+    return meta;
   }
 
-  void remember(const std::string& handle, const std::string& workspace) {
+  /** The session's meta (cached; NOT_FOUND if the container does not exist). Thread-safe. */
+  std::shared_ptr<SessionMeta> meta_of(const std::string& handle) {
+    {
+      std::lock_guard lock(meta_mutex);
+      if (auto it = meta_by_handle.find(handle); it != meta_by_handle.end()) return it->second;
+    }
+    Response r = client.call("GET", "/containers/" + url_encode(handle) + "/json");
+    auto meta = meta_from_inspect(r.json_object());
+    remember(handle, meta);
+    return meta;
+  }
+
+  /** The workspace mount path of a session (cached; NOT_FOUND if the container does not exist). */
+  std::string workspace_of(const std::string& handle) { return meta_of(handle)->workspace; }
+
+  void remember(const std::string& handle, std::shared_ptr<SessionMeta> meta) {
     std::lock_guard lock(meta_mutex);
-    if (workspace_by_handle.size() > 4096) workspace_by_handle.clear();
-    workspace_by_handle[handle] = workspace;
+    if (meta_by_handle.size() > 4096) meta_by_handle.clear();
+    meta_by_handle[handle] = std::move(meta);
   }
 
   void forget(const std::string& handle) {
     std::lock_guard lock(meta_mutex);
-    workspace_by_handle.erase(handle);
+    meta_by_handle.erase(handle);
   }
 
   Flavor flavor;
@@ -145,7 +182,9 @@ struct Instance {
   berth_host_api host;
   Client client;
   std::mutex meta_mutex;
-  std::unordered_map<std::string, std::string> workspace_by_handle;
+  std::unordered_map<std::string, std::shared_ptr<SessionMeta>> meta_by_handle;
+  std::string agent_binary;  // resolved at configure; "" = none (agent_missing says why)
+  std::string agent_missing;
   std::mutex volume_mutex;  // makes volume_create's check-then-create atomic within this instance
 };
 
@@ -800,6 +839,274 @@ ExecOutcome run_exec(Instance& inst, const std::string& container, const ExecSpe
   return outcome;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The agent path: execs and file operations over the session's berth-agent (docs/agent-protocol.md)
+
+using AgentClock = std::chrono::steady_clock;
+using SessionMeta = Instance::SessionMeta;
+
+/**
+ * The agent cannot be reached or the connection broke. A container that is no longer running is a session that is
+ * gone (NOT_FOUND, "nothing ran") unless a process may have started; a running container with a silent agent is
+ * an internal error. Either way the exec is never retried here.
+ */
+/** Whether the container stops within 5 s (an agent that died takes its session down a moment later: the engine's
+ *  init exits with it). False when it keeps running or the engine cannot tell. */
+bool container_stops(Instance& inst, const std::string& container) {
+  for (int i = 0; i < 50; ++i) {
+    try {
+      if (!container_running(inst, container)) return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  return false;
+}
+
+[[noreturn]] void agent_failed(Instance& inst, const std::string& container, SessionMeta& meta, const std::string& what,
+                               bool maybe_started) {
+  meta.pool->clear();
+  const bool running = !container_stops(inst, container);
+  if (!running && !maybe_started) throw_session_gone(inst, container, what);
+  inst.log(BERTH_LOG_WARN, inst.event("agent.unreachable").c_str(),
+           {{"container", container}, {"error", what}, {"running", running ? "true" : "false"}});
+  throw Error(Errc::internal, std::string(maybe_started ? "the connection to the session's agent broke while the "
+                                                          "process ran (it was killed; not retried): "
+                                                        : "the session's agent does not answer: ") +
+                                  what);
+}
+
+AgentPool::Lease lease_agent(Instance& inst, const std::string& container, SessionMeta& meta) {
+  try {
+    // The connect itself is immediate (a dead agent refuses it at once); HELLO waits for the agent's loop, which
+    // may be busy with other connections' work (a 100,000-entry listing), so it gets the request timeout.
+    return meta.pool->lease(AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+  } catch (const std::exception& e) {
+    agent_failed(inst, container, meta, e.what(), false);
+  }
+}
+
+/** A file operation's ERROR as the engine path reports it: missing → NOT_FOUND, refusals → INVALID_ARGUMENT. */
+[[noreturn]] void raise_agent_fs(const AgentError& e, const std::string& rel, bool enotdir_is_type) {
+  const std::string shown = "'" + escape_word(rel) + "'";
+  if (e.code() == agent::ErrorCode::kFs || e.code() == agent::ErrorCode::kPermission) {
+    const int n = static_cast<int>(e.sys_errno());
+    if (n == ENOENT || (n == ENOTDIR && !enotdir_is_type)) throw Error(Errc::not_found, shown + " does not exist");
+    if (n == EXDEV || n == ELOOP) throw Error(Errc::invalid_argument, shown + " resolves outside the workspace");
+    if (n == EINVAL || n == EISDIR) throw Error(Errc::invalid_argument, shown + " is not a regular file");
+    if (n == ENOTDIR) throw Error(Errc::invalid_argument, shown + " is not a directory");
+    throw Error(Errc::invalid_argument, "cannot access " + shown + ": " + std::strerror(n));
+  }
+  throw Error(Errc::internal, std::string("agent file operation failed: ") + e.what());
+}
+
+/** Runs one file operation on a leased connection, mapping the agent's errors (see raise_agent_fs). */
+template <class F>
+auto with_agent_fs(Instance& inst, const std::string& container, SessionMeta& meta, const std::string& rel,
+                   bool enotdir_is_type, F&& body) {
+  auto lease = lease_agent(inst, container, meta);
+  try {
+    return body(*lease, AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+  } catch (const AgentError& e) {
+    if (e.code() == agent::ErrorCode::kProtocol) {
+      lease.discard();
+      agent_failed(inst, container, meta, e.what(), true);
+    }
+    raise_agent_fs(e, rel, enotdir_is_type);
+  } catch (const AgentTimeout& e) {
+    lease.discard();  // a request may still be answered later: the connection's state is unknown
+    throw Error(Errc::timeout, std::string("the agent did not finish the file operation in time: ") + e.what());
+  }
+}
+
+/** The exec's environment: the container's (image ENV and the session's env), then the request's, by name. */
+std::vector<std::string> merged_env(const std::vector<std::string>& base, const std::vector<std::string>& request) {
+  std::vector<std::string> out;
+  auto key_of = [](const std::string& e) { return e.substr(0, e.find('=')); };
+  for (const auto& e : base) {
+    const std::string key = key_of(e);
+    bool overridden =
+        std::any_of(request.begin(), request.end(), [&](const std::string& r) { return key_of(r) == key; });
+    if (!overridden) out.push_back(e);
+  }
+  out.insert(out.end(), request.begin(), request.end());
+  return out;
+}
+
+/** argv[0] candidates as execvp tries them: a name with '/' as it is, else each PATH directory (the runtime's default
+ *  PATH when the environment has none). */
+std::vector<std::string> program_candidates(const std::string& program, const std::vector<std::string>& env) {
+  if (program.find('/') != std::string::npos) return {program};
+  std::string path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  for (const auto& e : env)
+    if (e.rfind("PATH=", 0) == 0) path = e.substr(5);
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    std::string dir = path.substr(start, end - start);
+    out.push_back((dir.empty() ? std::string(".") : dir) + "/" + program);
+    start = end + 1;
+  }
+  return out;
+}
+
+/** One exec over the agent. */
+struct AgentExec {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;  // the request's (merged over the container's)
+  std::string cwd_rel;           // normalised, relative to the workspace ("" = the workspace)
+  const std::uint8_t* stdin_data = nullptr;
+  size_t stdin_size = 0;
+  std::uint64_t timeout_ms = 0;
+  const berth_cancel_token* cancel = nullptr;
+  std::function<bool(int stream, const std::uint8_t* data, size_t size)> on_output;
+};
+
+/**
+ * Runs `x` through the session's agent: START (PATH searched here, one START per candidate: a failed exec runs
+ * nothing), stdin then EOF, OUTPUT frames to on_output as they arrive, EXIT. A timeout is the agent's (it kills the
+ * tree); cancel and a refused output send KILL. Same outcome shape as run_exec.
+ */
+ExecOutcome agent_exec(Instance& inst, const std::string& container, SessionMeta& meta, const AgentExec& x) {
+  ExecOutcome outcome;
+  auto lease = lease_agent(inst, container, meta);
+  AgentClient& client = *lease;
+  bool started = false;
+  bool start_sent = false;  // a START went out: from here on a broken connection may follow a process that ran
+  try {
+    if (!x.cwd_rel.empty()) {
+      agent::FileInfo info;
+      try {
+        info = client.stat(x.cwd_rel, agent::kKeepId, agent::kKeepId,
+                           AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+      } catch (const AgentError& e) {
+        if (e.code() == agent::ErrorCode::kProtocol) throw;
+        info.kind = agent::FileKind::kOther;
+      }
+      if (info.kind != agent::FileKind::kDirectory) {
+        throw Error(Errc::not_found, "the working directory '" + escape_word(x.cwd_rel) + "' does not exist");
+      }
+    }
+    agent::StartRequest req;
+    req.argv = x.argv;
+    req.env = merged_env(meta.env, x.env);
+    req.cwd = x.cwd_rel;
+    req.timeout_ms = static_cast<std::uint32_t>(std::min<std::uint64_t>(x.timeout_ms, UINT32_MAX));
+    req.output_cap = UINT64_MAX;  // the host caps what it keeps
+    std::uint32_t channel = 0;
+    int start_errno = ENOENT;
+    std::string start_message;
+    std::vector<std::string> candidates = program_candidates(x.argv[0], req.env);
+    std::string cache_key;
+    if (x.argv[0].find('/') == std::string::npos) {
+      for (const auto& e : req.env)
+        if (e.rfind("PATH=", 0) == 0) cache_key = e;
+      cache_key += '\0' + x.argv[0];
+      std::lock_guard lock(meta.resolved_mutex);
+      if (auto it = meta.resolved.find(cache_key); it != meta.resolved.end()) {
+        candidates.insert(candidates.begin(), it->second);
+      }
+    }
+    for (const auto& candidate : candidates) {
+      req.argv[0] = candidate;
+      start_sent = true;
+      channel = client.start(req);
+      auto ev = client.next_event_for(channel, AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+      if (!ev) throw AgentTimeout("no answer to START");
+      if (ev->type == agent::MsgType::kStarted) {
+        started = true;
+        if (!cache_key.empty()) {
+          std::lock_guard lock(meta.resolved_mutex);
+          if (meta.resolved.size() > 256) meta.resolved.clear();
+          meta.resolved[cache_key] = candidate;
+        }
+        break;
+      }
+      if (ev->type == agent::MsgType::kError && ev->error.code == agent::ErrorCode::kExecFailed) {
+        const int n = static_cast<int>(ev->error.sys_errno);
+        if (n == ENOENT || n == ENOTDIR) continue;
+        start_errno = n;
+        start_message = ev->error.message;
+        if (n == EACCES) continue;  // execvp goes on too, and reports EACCES at the end
+        break;
+      }
+      throw Error(Errc::internal, "the agent refused the exec: " + ev->error.message);
+    }
+    if (!started) {
+      outcome.never_started = true;
+      outcome.start_error =
+          escape_word(x.argv[0]) + ": " +
+          (start_errno == ENOENT ? std::string("not found") : std::string(std::strerror(start_errno)));
+      (void)start_message;
+      return outcome;
+    }
+    if (x.stdin_data && x.stdin_size) {
+      client.write_stdin(channel, std::string_view(reinterpret_cast<const char*>(x.stdin_data), x.stdin_size));
+    }
+    client.close_stdin(channel);
+    bool killing = false;
+    AgentClock::time_point kill_deadline{};
+    // The agent enforces the timeout; this bound only guards against an agent that never sends EXIT.
+    const auto hard_deadline = x.timeout_ms ? AgentClock::now() + milliseconds(x.timeout_ms) + std::chrono::seconds(60)
+                                            : AgentClock::time_point::max();
+    for (;;) {
+      if (!killing && inst.is_cancelled(x.cancel)) {
+        outcome.cancelled = true;
+        killing = true;
+      }
+      if (!killing && AgentClock::now() >= hard_deadline) {
+        outcome.timed_out = true;
+        killing = true;
+      }
+      if (killing && kill_deadline == AgentClock::time_point{}) {
+        client.kill(channel);
+        kill_deadline = AgentClock::now() + std::chrono::seconds(30);
+      }
+      if (killing && AgentClock::now() >= kill_deadline) throw AgentTimeout("no EXIT after KILL");
+      auto ev = client.next_event_for(channel, AgentClock::now() + milliseconds(50));
+      if (!ev) continue;
+      if (ev->type == agent::MsgType::kOutput) {
+        if (killing || ev->data.empty()) continue;
+        if (!x.on_output(ev->stream == 2 ? 2 : 1, reinterpret_cast<const std::uint8_t*>(ev->data.data()),
+                         ev->data.size())) {
+          outcome.output_refused = true;
+          outcome.cancelled = true;
+          killing = true;
+        }
+      } else if (ev->type == agent::MsgType::kExit) {
+        if (ev->exit.timed_out) outcome.timed_out = true;
+        outcome.exit_code = ev->exit.signaled ? 128 + ev->exit.code : ev->exit.code;
+        if (outcome.timed_out || outcome.cancelled) outcome.exit_code = -1;
+        return outcome;
+      } else if (ev->type == agent::MsgType::kError) {
+        throw Error(Errc::internal, "the agent reported an error for the exec: " + ev->error.message);
+      }
+    }
+  } catch (const AgentError& e) {
+    lease.discard();
+    if (start_sent && e.code() == agent::ErrorCode::kProtocol && container_stops(inst, container)) {
+      // The agent died once the program may have started (even before STARTED reached us: the program's own
+      // `kill -9 -1` can be that quick), and the session ended with it (an OOM kill and a stop do the same). The
+      // program was killed with the session: that is its result, as on the engine path (137), never a second run.
+      meta.pool->clear();
+      inst.log(BERTH_LOG_INFO, inst.event("exec.session_ended").c_str(),
+               {{"container", container}, {"detail", e.what()}});
+      outcome.exit_code = 128 + SIGKILL;
+      return outcome;
+    }
+    agent_failed(inst, container, meta, e.what(), start_sent);
+  } catch (const AgentTimeout& e) {
+    lease.discard();  // closing the connection makes the agent kill whatever it started on it
+    throw Error(Errc::internal, std::string("the session's agent stopped answering: ") + e.what());
+  } catch (...) {
+    lease.discard();
+    throw;
+  }
+}
+
 struct Captured {
   int exit_code = -1;
   bool source_failed = false;
@@ -1020,6 +1327,26 @@ berth_status parse_config(const Flavor& flavor, const char* json, Config* out, s
       ok = want_int(key, config.stop_timeout_s, 0, 3600);
     } else if (key == "tmp_size_mb") {
       ok = want_int(key, config.tmp_size_mb, 0, 1 << 20);
+    } else if (key == "agent") {
+      auto v = object->get(key);
+      if (!v.isEmpty()) {
+        if (!v.isBoolean()) {
+          *error = flavor.name + " driver config: 'agent' must be a boolean";
+          ok = false;
+        } else {
+          config.agent = v.extract<bool>();
+        }
+      }
+    } else if (key == "agent_path") {
+      ok = want_string(key, config.agent_path, true);
+    } else if (key == "agent_run_dir") {
+      ok = want_string(key, config.agent_run_dir, false);
+      if (ok && config.agent_run_dir[0] != '/') {
+        *error = flavor.name + " driver config: 'agent_run_dir' must be an absolute path";
+        ok = false;
+      }
+    } else if (key == "agent_ready_timeout_ms") {
+      ok = want_int(key, config.agent_ready_timeout_ms, 1, 600000);
     } else {
       *error = flavor.name + " driver config: unknown key '" + key + "'";
       ok = false;
@@ -1032,6 +1359,47 @@ berth_status parse_config(const Flavor& flavor, const char* json, Config* out, s
 
 // ---------------------------------------------------------------------------------------------------------------
 // Lifecycle
+
+namespace {
+
+bool is_executable_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
+}
+
+/**
+ * The berth-agent binary to mount into sessions: `configured` if set (it must exist), else the first of
+ * <this driver's .so dir>/../../bin/berth-agent (the build tree: build/lib/berth -> build/bin),
+ * BERTH_AGENT_INSTALL_PATH (the installed <libexecdir>/berth/berth-agent), /usr/lib/berth/berth-agent and
+ * /usr/bin/berth-agent. "" with the reason in *why when none is usable.
+ */
+std::string find_agent_binary(const std::string& configured, std::string* why) {
+  if (!configured.empty()) {
+    if (is_executable_file(configured)) return std::filesystem::absolute(configured).lexically_normal().string();
+    *why = "agent_path '" + configured + "' is not an executable file";
+    return "";
+  }
+  std::vector<std::string> candidates;
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<const void*>(&find_agent_binary), &info) != 0 && info.dli_fname) {
+    std::filesystem::path so = std::filesystem::absolute(info.dli_fname);
+    candidates.push_back((so.parent_path() / ".." / ".." / "bin" / "berth-agent").lexically_normal().string());
+  }
+#ifdef BERTH_AGENT_INSTALL_PATH
+  candidates.emplace_back(BERTH_AGENT_INSTALL_PATH);
+#endif
+  candidates.emplace_back("/usr/lib/berth/berth-agent");
+  candidates.emplace_back("/usr/bin/berth-agent");
+  for (const auto& c : candidates)
+    if (is_executable_file(c)) return c;
+  *why = "no berth-agent binary found (looked at";
+  for (const auto& c : candidates)
+    *why += " " + c;
+  *why += ")";
+  return "";
+}
+
+}  // namespace
 
 berth_status configure(const Flavor& flavor, const berth_host_api* host, const char* config_json, berth_instance** out,
                        berth_error* err) {
@@ -1052,9 +1420,16 @@ berth_status configure(const Flavor& flavor, const berth_host_api* host, const c
       return status;
     }
     auto instance = std::make_unique<Instance>(flavor, std::move(config), h);
+    if (instance->config.agent) {
+      instance->agent_binary = find_agent_binary(instance->config.agent_path, &instance->agent_missing);
+    } else {
+      instance->agent_missing = "the driver config sets agent = false";
+    }
     instance->log(BERTH_LOG_INFO, instance->event("configured").c_str(),
                   {{"socket", instance->config.socket},
-                   {"api_version", instance->config.api_version.empty() ? "negotiate" : instance->config.api_version}});
+                   {"api_version", instance->config.api_version.empty() ? "negotiate" : instance->config.api_version},
+                   {"transport", instance->agent_binary.empty() ? "engine-exec" : "agent"},
+                   {"agent", instance->agent_binary.empty() ? instance->agent_missing : instance->agent_binary}});
     *out = reinterpret_cast<berth_instance*>(instance.release());
     return BERTH_OK;
   } catch (const std::exception& e) {
@@ -1118,6 +1493,88 @@ berth_status volume_exists(berth_instance* inst, const char* name, int32_t* exis
 
 // ---------------------------------------------------------------------------------------------------------------
 // Sessions
+
+namespace {
+
+/** Where the agent binary and the session's agent directory appear inside the container. */
+constexpr const char* kAgentPathInside = "/.berth/agent";
+constexpr const char* kAgentRunInside = "/.berth/run";
+
+/** The agent could not be started or did not answer: session_create falls back to the Engine exec path. */
+class AgentStartFailed : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/** "uid" or "uid:gid", both decimal (the engines' numeric User form). */
+bool numeric_user(const std::string& user, unsigned* uid, unsigned* gid) {
+  auto number = [](std::string_view text, unsigned* out) {
+    if (text.empty() || text.size() > 9 ||
+        !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return false;
+    *out = static_cast<unsigned>(std::stoul(std::string(text)));
+    return true;
+  };
+  size_t colon = user.find(':');
+  if (colon == std::string::npos) {
+    if (!number(user, uid)) return false;
+    *gid = *uid;
+    return true;
+  }
+  return number(std::string_view(user).substr(0, colon), uid) && number(std::string_view(user).substr(colon + 1), gid);
+}
+
+/** Creates the session's agent directory (0700, owned by uid:gid); the parent is created 0755 if missing. A stale
+ *  directory of the same name (a session removed while berthd was down) is replaced. Throws filesystem_error. */
+void make_agent_dir(const std::string& run_dir, const std::string& dir, unsigned uid, unsigned gid) {
+  std::filesystem::create_directories(run_dir);
+  std::filesystem::remove_all(dir);
+  if (::mkdir(dir.c_str(), 0700) != 0 || ::chown(dir.c_str(), uid, gid) != 0) {
+    throw std::filesystem::filesystem_error("mkdir/chown", dir, std::error_code(errno, std::generic_category()));
+  }
+}
+
+/** Best effort: the directory holds only the agent's socket. */
+void remove_agent_dir(const std::string& dir) {
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+}
+
+/**
+ * Waits until the container's agent answers HELLO and PING on `socket` (Config::agent_ready_timeout_ms at most, the
+ * container's state looked at every 100 ms) and returns that connection. Throws AgentStartFailed.
+ */
+std::unique_ptr<AgentClient> wait_for_agent(Instance& inst, const std::string& container, const std::string& socket) {
+  using Clock = std::chrono::steady_clock;
+  const auto give_up = Clock::now() + milliseconds(inst.config.agent_ready_timeout_ms);
+  auto next_state_check = Clock::now() + milliseconds(100);
+  std::string last = "no answer";
+  for (;;) {
+    try {
+      auto client = std::make_unique<AgentClient>(
+          AgentClient::connect_unix(socket, std::min(give_up, Clock::now() + milliseconds(2000))));
+      client->ping(std::min(give_up, Clock::now() + milliseconds(2000)));
+      return client;
+    } catch (const std::exception& e) {
+      last = e.what();
+    }
+    if (Clock::now() >= give_up) {
+      throw AgentStartFailed("the agent did not answer within " + std::to_string(inst.config.agent_ready_timeout_ms) +
+                             " ms: " + last);
+    }
+    if (Clock::now() >= next_state_check) {
+      next_state_check = Clock::now() + milliseconds(100);
+      auto state = inst.client.call("GET", "/containers/" + container + "/json").json_object()->getObject("State");
+      if (!state || !state->optValue<bool>("Running", false)) {
+        throw AgentStartFailed("the container stopped before its agent answered (exit code " +
+                               std::to_string(state ? state->optValue<int>("ExitCode", -1) : -1) + "): " + last);
+      }
+    }
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+}
+
+}  // namespace
 
 berth_status session_create(berth_instance* inst, const berth_session_spec* spec_in, berth_session_info* info,
                             berth_error* err) {
@@ -1199,72 +1656,145 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
       host_config->set("Tmpfs", tmpfs);
     }
 
-    Object::Ptr body = new Object;
-    body->set("Image", std::string(spec.image));
-    // The main process only keeps the session alive; the reaper also kills exec process trees on request. Absolute
-    // program paths: the container's PATH is the tenant's, and a kept workspace may hold programs they planted.
-    if (self.flavor.reaper) {
-      body->set("Cmd", string_array({"/bin/sh", "-c", scripts::kReaper, "berth-reaper"}));
-    } else {
-      body->set("Cmd", string_array({"/bin/sleep", "infinity"}));
+    // berth-agent: the session's host directory (0700, owned by the session user) and the two bind mounts. Any
+    // reason not to use the agent (or its failing to answer) leaves the session on the Engine exec path.
+    const std::string agent_dir = self.config.agent_run_dir + "/" + name;
+    std::string fallback_reason = self.agent_binary.empty() ? self.agent_missing : "";
+    unsigned agent_uid = 0, agent_gid = 0;
+    if (fallback_reason.empty() && !numeric_user(user, &agent_uid, &agent_gid)) {
+      fallback_reason = "the session user '" + user + "' is not a numeric uid[:gid]";
     }
-    body->set("Entrypoint", Array::Ptr(new Array));
-    body->set("Env", string_array(env_strings(spec.env, spec.env_count, "env")));
-    body->set("Labels", labels);
-    if (!user.empty()) body->set("User", user);
-    body->set("WorkingDir", working_dir);
-    body->set("Tty", false);
-    body->set("OpenStdin", self.flavor.reaper);  // the reaper's request channel
-    body->set("StdinOnce", false);
-    body->set("AttachStdin", false);
-    body->set("AttachStdout", false);
-    body->set("AttachStderr", false);
-    body->set("NetworkDisabled", !spec.network_enabled);
-    body->set("StopTimeout", static_cast<Poco::Int64>(self.config.stop_timeout_s));
-    body->set("HostConfig", host_config);
+    const Array::Ptr base_mounts = mounts;
+    std::unique_ptr<AgentClient> ready_connection;  // the readiness check's, kept as the pool's first
 
-    Response created;
-    try {
-      created = self.client.call_json("POST", "/containers/create?name=" + url_encode(name), body);
-    } catch (const Error& e) {
-      if (e.http_status() == 404) {
-        throw Error(Errc::invalid_argument,
-                    std::string(e.what()) + " (images are never pulled: build or load '" + spec.image + "' first)");
-      }
-      throw;
-    }
-    const std::string id = created.json_object()->optValue<std::string>("Id", "");
-    if (id.empty()) throw Error(Errc::internal, self.flavor.name + ": container create returned no Id");
-    const std::uint64_t t_created = self.now_ns();
-
-    // From here on, a failure removes the container: no half-created sessions.
-    try {
-      self.client.call("POST", "/containers/" + id + "/start", {}, {304});
-      const std::uint64_t give_up = self.now_ns() + 30ull * 1000000000ull;
-      int delay_ms = 2;
-      for (;;) {
-        auto state = self.client.call("GET", "/containers/" + id + "/json").json_object()->getObject("State");
-        if (state && state->optValue<bool>("Running", false)) break;
-        std::string status = state ? state->optValue<std::string>("Status", "") : "";
-        if (status == "exited" || status == "dead") {
-          std::string detail = state->optValue<std::string>("Error", "");
-          throw Error(Errc::internal, "container exited right after start (exit code " +
-                                          std::to_string(state->optValue<int>("ExitCode", -1)) + ")" +
-                                          (detail.empty() ? "" : ": " + detail));
+    // Creates and starts the container; with `use_agent`, also waits until its agent answers PING (AgentStartFailed
+    // otherwise, the container then removed). Returns the container id and its last inspect.
+    auto create_and_start = [&](bool use_agent) -> std::pair<std::string, Object::Ptr> {
+      Array::Ptr attempt_mounts = new Array(*base_mounts);
+      if (use_agent) {
+        for (auto [source, target, read_only] :
+             {std::tuple<std::string, const char*, bool>{self.agent_binary, kAgentPathInside, true},
+              std::tuple<std::string, const char*, bool>{agent_dir, kAgentRunInside, false}}) {
+          Object::Ptr m = new Object;
+          m->set("Type", std::string("bind"));
+          m->set("Source", source);
+          m->set("Target", std::string(target));
+          m->set("ReadOnly", read_only);
+          attempt_mounts->add(m);
         }
-        if (self.now_ns() > give_up) throw Error(Errc::timeout, "container did not reach the running state");
-        std::this_thread::sleep_for(milliseconds(delay_ms));
-        delay_ms = std::min(delay_ms * 2, 50);
+        labels->set(kLabelTransport, std::string("agent"));
+        labels->set(kLabelAgentDir, agent_dir);
+      } else {
+        labels->set(kLabelTransport, std::string("engine-exec"));
+        labels->remove(kLabelAgentDir);
       }
-    } catch (...) {
+      host_config->set("Mounts", attempt_mounts);
+      // The engine's init (docker-init / catatonit) stays PID 1 in front of the agent, so that the session ends as it
+      // always did when its user kills everything it may signal (`kill -9 -1` spares only PID 1): the agent dies,
+      // init exits, and the next call finds the session gone. The agent then makes itself a child sub-reaper.
+      host_config->set("Init", self.flavor.init);
+
+      Object::Ptr body = new Object;
+      body->set("Image", std::string(spec.image));
+      // The main process keeps the session alive: the agent, else the reaper (it also kills exec process trees on
+      // request). Absolute program paths: the container's PATH is the tenant's, and a kept workspace may hold
+      // programs they planted.
+      if (use_agent) {
+        body->set("Entrypoint", string_array({kAgentPathInside}));
+        body->set("Cmd", string_array({"--listen", std::string("unix:") + kAgentRunInside + "/agent.sock", "--root",
+                                       workspace}));
+      } else {
+        if (self.flavor.reaper) {
+          body->set("Cmd", string_array({"/bin/sh", "-c", scripts::kReaper, "berth-reaper"}));
+        } else {
+          body->set("Cmd", string_array({"/bin/sleep", "infinity"}));
+        }
+        body->set("Entrypoint", Array::Ptr(new Array));
+      }
+      body->set("Env", string_array(env_strings(spec.env, spec.env_count, "env")));
+      body->set("Labels", labels);
+      if (!user.empty()) body->set("User", user);
+      body->set("WorkingDir", working_dir);
+      body->set("Tty", false);
+      body->set("OpenStdin", !use_agent && self.flavor.reaper);  // the reaper's request channel
+      body->set("StdinOnce", false);
+      body->set("AttachStdin", false);
+      body->set("AttachStdout", false);
+      body->set("AttachStderr", false);
+      body->set("NetworkDisabled", !spec.network_enabled);
+      body->set("StopTimeout", static_cast<Poco::Int64>(self.config.stop_timeout_s));
+      body->set("HostConfig", host_config);
+
+      Response created;
       try {
-        self.client.call("DELETE", "/containers/" + id + "?force=true&v=false", {}, {404});
-      } catch (...) {
-        self.log(BERTH_LOG_ERROR, self.event("session.cleanup_failed").c_str(), {{"container", id}});
+        created = self.client.call_json("POST", "/containers/create?name=" + url_encode(name), body);
+      } catch (const Error& e) {
+        if (e.http_status() == 404) {
+          throw Error(Errc::invalid_argument,
+                      std::string(e.what()) + " (images are never pulled: build or load '" + spec.image + "' first)");
+        }
+        throw;
       }
-      throw;
+      const std::string id = created.json_object()->optValue<std::string>("Id", "");
+      if (id.empty()) throw Error(Errc::internal, self.flavor.name + ": container create returned no Id");
+
+      // From here on, a failure removes the container: no half-created sessions.
+      Object::Ptr inspect;
+      try {
+        self.client.call("POST", "/containers/" + id + "/start", {}, {304});
+        const std::uint64_t give_up = self.now_ns() + 30ull * 1000000000ull;
+        int delay_ms = 2;
+        for (;;) {
+          inspect = self.client.call("GET", "/containers/" + id + "/json").json_object();
+          auto state = inspect->getObject("State");
+          if (state && state->optValue<bool>("Running", false)) break;
+          std::string status = state ? state->optValue<std::string>("Status", "") : "";
+          if (status == "exited" || status == "dead") {
+            std::string detail = state->optValue<std::string>("Error", "");
+            std::string what = "container exited right after start (exit code " +
+                               std::to_string(state->optValue<int>("ExitCode", -1)) + ")" +
+                               (detail.empty() ? "" : ": " + detail);
+            if (use_agent) throw AgentStartFailed(what);
+            throw Error(Errc::internal, what);
+          }
+          if (self.now_ns() > give_up) throw Error(Errc::timeout, "container did not reach the running state");
+          std::this_thread::sleep_for(milliseconds(delay_ms));
+          delay_ms = std::min(delay_ms * 2, 50);
+        }
+        if (use_agent) ready_connection = wait_for_agent(self, id, agent_dir + "/agent.sock");
+      } catch (...) {
+        try {
+          self.client.call("DELETE", "/containers/" + id + "?force=true&v=false", {}, {404});
+        } catch (...) {
+          self.log(BERTH_LOG_ERROR, self.event("session.cleanup_failed").c_str(), {{"container", id}});
+        }
+        throw;
+      }
+      return {id, inspect};
+    };
+
+    std::pair<std::string, Object::Ptr> started;
+    if (fallback_reason.empty()) {
+      try {
+        make_agent_dir(self.config.agent_run_dir, agent_dir, agent_uid, agent_gid);
+        started = create_and_start(true);
+      } catch (const AgentStartFailed& e) {
+        fallback_reason = e.what();
+      } catch (const std::filesystem::filesystem_error& e) {
+        fallback_reason = std::string("cannot prepare the agent directory: ") + e.what();
+      }
+      if (!fallback_reason.empty()) remove_agent_dir(agent_dir);
     }
-    self.remember(id, workspace);
+    if (!fallback_reason.empty()) {
+      self.log(BERTH_LOG_WARN, self.event("agent.fallback").c_str(),
+               {{"session_id", spec.session_id}, {"transport", "engine-exec"}, {"reason", fallback_reason}});
+      started = create_and_start(false);
+    }
+    const std::string id = started.first;
+    const std::uint64_t t_created = self.now_ns();
+    auto meta = Instance::meta_from_inspect(started.second);
+    if (meta->pool && ready_connection) meta->pool->adopt(std::move(ready_connection));
+    self.remember(id, meta);
 
     berth_session_info out;
     std::memset(&out, 0, sizeof out);
@@ -1277,6 +1807,7 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
              {{"session_id", spec.session_id},
               {"container", id},
               {"create_ms", std::to_string((t_created - t0) / 1000000)},
+              {"transport", meta->agent ? "agent" : "engine-exec"},
               {"total_ms", std::to_string((t1 - t0) / 1000000)}});
     return BERTH_OK;
   });
@@ -1324,8 +1855,18 @@ berth_status session_remove(berth_instance* inst, const char* handle, berth_erro
   return guarded(inst, err, [&]() -> berth_status {
     Instance& self = *instance_of(inst);
     std::string h = require_handle(handle);
+    std::shared_ptr<Instance::SessionMeta> meta;
+    try {
+      meta = self.meta_of(h);
+    } catch (const Error&) {
+      // the DELETE below reports a missing container
+    }
     self.forget(h);
+    if (meta && meta->pool) meta->pool->clear();
     self.client.call("DELETE", "/containers/" + url_encode(h) + "?force=true&v=false");
+    if (meta && meta->agent && meta->agent_dir.rfind(self.config.agent_run_dir + "/", 0) == 0) {
+      remove_agent_dir(meta->agent_dir);
+    }
     self.log(BERTH_LOG_INFO, self.event("session.removed").c_str(), {{"container", h}});
     return BERTH_OK;
   });
@@ -1417,8 +1958,27 @@ std::uint64_t writable_layer_bytes(Instance& inst, const std::string& handle) {
  * printed no total.
  */
 std::uint64_t workspace_bytes(Instance& inst, const std::string& handle) {
-  const std::string workspace = inst.workspace_of(handle);
-  Captured c = run_capture(inst, handle, {"/usr/bin/du", "-sx", "--block-size=1", "--", workspace}, {}, 4096);
+  auto meta = inst.meta_of(handle);
+  const std::string workspace = meta->workspace;
+  Captured c;
+  if (meta->agent) {
+    AgentExec x;
+    x.argv = {"/usr/bin/du", "-sx", "--block-size=1", "--", workspace};
+    x.env = {"PATH=/usr/bin:/bin", "LC_ALL=C"};
+    x.timeout_ms = inst.config.request_timeout_ms;
+    x.on_output = [&](int stream, const std::uint8_t* data, size_t size) {
+      std::string& target = stream == 1 ? c.out : c.err;
+      target.append(reinterpret_cast<const char*>(data),
+                    std::min<size_t>(size, 4096 - std::min<size_t>(4096, target.size())));
+      return true;
+    };
+    ExecOutcome outcome = agent_exec(inst, handle, *meta, x);
+    if (outcome.timed_out) throw Error(Errc::timeout, "the helper command did not finish in time");
+    c.exit_code = outcome.never_started ? 127 : outcome.exit_code;
+    if (outcome.never_started) c.err = outcome.start_error;
+  } else {
+    c = run_capture(inst, handle, {"/usr/bin/du", "-sx", "--block-size=1", "--", workspace}, {}, 4096);
+  }
   std::uint64_t total = 0;
   size_t i = 0;
   while (i < c.out.size() && c.out[i] >= '0' && c.out[i] <= '9' && total < (UINT64_MAX - 9) / 10)
@@ -1479,43 +2039,12 @@ berth_status image_exists(berth_instance* inst, const char* image, int32_t* exis
 // ---------------------------------------------------------------------------------------------------------------
 // Exec
 
-berth_status exec(berth_instance* inst, const char* handle, const berth_exec_request* request_in,
-                  berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
-                  berth_exec_result* result, berth_error* err) {
-  return guarded(inst, err, [&]() -> berth_status {
-    Instance& self = *instance_of(inst);
-    std::string h = require_handle(handle);
-    if (!request_in) throw Error(Errc::invalid_argument, "request is NULL");
-    const berth_exec_request request = copy_in(request_in);
-    if (request.argc == 0 || !request.argv) throw Error(Errc::invalid_argument, "argv is empty");
-    ExecSpec spec;
-    for (size_t i = 0; i < request.argc; ++i) {
-      if (!request.argv[i]) throw Error(Errc::invalid_argument, "argv[" + std::to_string(i) + "] is NULL");
-      spec.argv.emplace_back(request.argv[i]);
-    }
-    if (spec.argv[0].empty()) throw Error(Errc::invalid_argument, "argv[0] is empty");
-    spec.env = env_strings(request.env, request.env_count, "env");
-    std::string cwd = relative_path(request.cwd ? request.cwd : "", true);
-    if (request.stdin_size && !request.stdin_data) throw Error(Errc::invalid_argument, "stdin_data is NULL");
-    // A cwd that is not plain ASCII would not survive the engine's JSON: the wrapper enters it instead.
-    const std::string workspace = self.workspace_of(h);
-    if (plain_ascii(cwd)) {
-      spec.working_dir = join(workspace, cwd);
-    } else {
-      spec.working_dir = workspace;
-      spec.inner_cwd = join(workspace, cwd);
-    }
-    spec.stdin_data = request.stdin_data;
-    spec.stdin_size = request.stdin_size;
-    spec.attach_stdin = request.stdin_data != nullptr;
-    spec.timeout_ms = request.timeout_ms;
-    spec.cancel = cancel;
-    spec.on_output = [&](int stream, const std::uint8_t* data, size_t size) {
-      if (!on_output) return true;
-      return on_output(output_ctx, stream == 2 ? BERTH_STREAM_STDERR : BERTH_STREAM_STDOUT, data, size) == 0;
-    };
+namespace {
 
-    ExecOutcome outcome = run_exec(self, h, spec);
+/** The exec's result from either path: a process that never started is reported like a shell does. */
+berth_status finish_exec(ExecOutcome outcome, const std::string& cwd, berth_output_fn on_output, void* output_ctx,
+                         berth_exec_result* result) {
+  {
     if (outcome.never_started) {
       // The runtime could not start the process. A missing working directory is a missing path; anything else
       // (command not found, not executable) is reported like a shell does: 127/126 and the reason on stderr.
@@ -1545,6 +2074,64 @@ berth_status exec(berth_instance* inst, const char* handle, const berth_exec_req
                                                           : "cancelled: process killed");
     }
     return BERTH_OK;
+  }
+}
+
+}  // namespace
+
+berth_status exec(berth_instance* inst, const char* handle, const berth_exec_request* request_in,
+                  berth_output_fn on_output, void* output_ctx, const berth_cancel_token* cancel,
+                  berth_exec_result* result, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    if (!request_in) throw Error(Errc::invalid_argument, "request is NULL");
+    const berth_exec_request request = copy_in(request_in);
+    if (request.argc == 0 || !request.argv) throw Error(Errc::invalid_argument, "argv is empty");
+    ExecSpec spec;
+    for (size_t i = 0; i < request.argc; ++i) {
+      if (!request.argv[i]) throw Error(Errc::invalid_argument, "argv[" + std::to_string(i) + "] is NULL");
+      spec.argv.emplace_back(request.argv[i]);
+    }
+    if (spec.argv[0].empty()) throw Error(Errc::invalid_argument, "argv[0] is empty");
+    spec.env = env_strings(request.env, request.env_count, "env");
+    std::string cwd = relative_path(request.cwd ? request.cwd : "", true);
+    if (request.stdin_size && !request.stdin_data) throw Error(Errc::invalid_argument, "stdin_data is NULL");
+    auto meta = self.meta_of(h);
+    if (meta->agent) {
+      AgentExec x;
+      x.argv = std::move(spec.argv);
+      x.env = std::move(spec.env);
+      x.cwd_rel = cwd;
+      x.stdin_data = request.stdin_data;
+      x.stdin_size = request.stdin_size;
+      x.timeout_ms = request.timeout_ms;
+      x.cancel = cancel;
+      x.on_output = [&](int stream, const std::uint8_t* data, size_t size) {
+        if (!on_output) return true;
+        return on_output(output_ctx, stream == 2 ? BERTH_STREAM_STDERR : BERTH_STREAM_STDOUT, data, size) == 0;
+      };
+      return finish_exec(agent_exec(self, h, *meta, x), cwd, on_output, output_ctx, result);
+    }
+    // A cwd that is not plain ASCII would not survive the engine's JSON: the wrapper enters it instead.
+    const std::string workspace = meta->workspace;
+    if (plain_ascii(cwd)) {
+      spec.working_dir = join(workspace, cwd);
+    } else {
+      spec.working_dir = workspace;
+      spec.inner_cwd = join(workspace, cwd);
+    }
+    spec.stdin_data = request.stdin_data;
+    spec.stdin_size = request.stdin_size;
+    spec.attach_stdin = request.stdin_data != nullptr;
+    spec.timeout_ms = request.timeout_ms;
+    spec.cancel = cancel;
+    spec.on_output = [&](int stream, const std::uint8_t* data, size_t size) {
+      if (!on_output) return true;
+      return on_output(output_ctx, stream == 2 ? BERTH_STREAM_STDERR : BERTH_STREAM_STDOUT, data, size) == 0;
+    };
+
+    return finish_exec(run_exec(self, h, spec), cwd, on_output, output_ctx, result);
   });
 }
 
@@ -1558,8 +2145,36 @@ berth_status file_put(berth_instance* inst, const char* handle, const char* path
     std::string h = require_handle(handle);
     std::string rel = relative_path(path, false);
     if (!source && size > 0) throw Error(Errc::invalid_argument, "source is NULL");
-    const std::string workspace = self.workspace_of(h);
+    auto meta = self.meta_of(h);
     const unsigned file_mode = (mode & 07777) ? (mode & 07777) : 0644;
+    if (meta->agent) {
+      // The bytes are read first, so that a failing source leaves nothing behind; then the missing parents are
+      // created and the file written (openat2-confined, as the session user).
+      std::string data;
+      data.reserve(static_cast<size_t>(std::min<std::uint64_t>(size, 64u << 20)));
+      std::vector<std::uint8_t> buffer(64 * 1024);
+      while (data.size() < size) {
+        size_t want = static_cast<size_t>(std::min<std::uint64_t>(buffer.size(), size - data.size()));
+        std::int64_t n = source(source_ctx, buffer.data(), want);
+        if (n < 0 || static_cast<std::uint64_t>(n) > want) {
+          throw Error(Errc::cancelled, "the byte source failed: nothing was written");
+        }
+        if (n == 0) {
+          throw Error(Errc::invalid_argument, "short upload: " + std::to_string(data.size()) + " of " +
+                                                  std::to_string(size) + " bytes arrived");
+        }
+        data.append(reinterpret_cast<const char*>(buffer.data()), static_cast<size_t>(n));
+      }
+      with_agent_fs(self, h, *meta, rel, false, [&](AgentClient& c, AgentDeadline deadline) {
+        if (size_t slash = rel.rfind('/'); slash != std::string::npos) {
+          c.mkdir(rel.substr(0, slash), 0755, true, agent::kKeepId, agent::kKeepId, deadline);
+        }
+        c.write_file(rel, data, agent::kKeepId, agent::kKeepId, file_mode, deadline);
+        return 0;
+      });
+      return BERTH_OK;
+    }
+    const std::string workspace = meta->workspace;
     char mode_text[8];
     std::snprintf(mode_text, sizeof mode_text, "%o", file_mode);
     HelperIo io;
@@ -1582,7 +2197,22 @@ berth_status file_get(berth_instance* inst, const char* handle, const char* path
     std::string rel = relative_path(path, true);
     if (!sink) throw Error(Errc::invalid_argument, "sink is NULL");
     if (rel.empty()) throw Error(Errc::invalid_argument, "the workspace is a directory, not a regular file");
-    const std::string workspace = self.workspace_of(h);
+    auto meta = self.meta_of(h);
+    if (meta->agent) {
+      std::string data = with_agent_fs(self, h, *meta, rel, false, [&](AgentClient& c, AgentDeadline deadline) {
+        return c.read_file(rel, agent::kKeepId, agent::kKeepId, deadline);
+      });
+      size_t offset = 0;
+      do {
+        size_t n = std::min<size_t>(data.size() - offset, 64 * 1024);
+        if (sink(sink_ctx, reinterpret_cast<const std::uint8_t*>(data.data()) + offset, n) != 0) {
+          throw Error(Errc::cancelled, "the sink refused data");
+        }
+        offset += n;
+      } while (offset < data.size());
+      return BERTH_OK;
+    }
+    const std::string workspace = meta->workspace;
     HelperIo io;
     io.stdout_sink = [&](const std::uint8_t* data, size_t size) { return sink(sink_ctx, data, size) == 0; };
     run_files_script(self, h, "get", workspace, rel, {}, io);
@@ -1597,7 +2227,28 @@ berth_status dir_list(berth_instance* inst, const char* handle, const char* path
     std::string h = require_handle(handle);
     std::string rel = relative_path(path, true);
     if (!on_entry) throw Error(Errc::invalid_argument, "on_entry is NULL");
-    const std::string workspace = self.workspace_of(h);
+    auto meta = self.meta_of(h);
+    if (meta->agent) {
+      auto entries = with_agent_fs(self, h, *meta, rel, true, [&](AgentClient& c, AgentDeadline deadline) {
+        return c.list(rel, agent::kKeepId, agent::kKeepId, deadline);
+      });
+      for (const auto& e : entries) {
+        if (e.name.empty() || e.name == "." || e.name == "..") continue;
+        berth_dir_entry entry;
+        std::memset(&entry, 0, sizeof entry);
+        entry.struct_size = sizeof entry;
+        entry.type = e.kind == agent::FileKind::kRegular     ? BERTH_ENTRY_FILE
+                     : e.kind == agent::FileKind::kDirectory ? BERTH_ENTRY_DIRECTORY
+                     : e.kind == agent::FileKind::kSymlink   ? BERTH_ENTRY_SYMLINK
+                                                             : BERTH_ENTRY_OTHER;
+        entry.size = e.size;
+        entry.mode = e.mode & 07777;
+        entry.name = e.name.c_str();
+        if (on_entry(ctx, &entry) != 0) break;
+      }
+      return BERTH_OK;
+    }
+    const std::string workspace = meta->workspace;
     // The script's output is parsed as it arrives: one record is held at a time, so the driver's memory does not
     // grow with the directory (a listing of 100,000 entries used to be buffered, parsed and sorted whole). Entries
     // go out in the order the script finds them; the host orders and pages them.
@@ -1678,7 +2329,15 @@ berth_status path_remove(berth_instance* inst, const char* handle, const char* p
     Instance& self = *instance_of(inst);
     std::string h = require_handle(handle);
     std::string rel = relative_path(path, false);
-    const std::string workspace = self.workspace_of(h);
+    auto meta = self.meta_of(h);
+    if (meta->agent) {
+      with_agent_fs(self, h, *meta, rel, false, [&](AgentClient& c, AgentDeadline deadline) {
+        c.remove(rel, true, agent::kKeepId, agent::kKeepId, deadline);
+        return 0;
+      });
+      return BERTH_OK;
+    }
+    const std::string workspace = meta->workspace;
     run_files_script(self, h, "remove", workspace, rel);
     return BERTH_OK;
   });

@@ -48,6 +48,18 @@ struct Config {
   // beyond it fail with ENOSPC instead of filling the host disk. 0 = no tmpfs (the image's /tmp, on the writable
   // layer), except with a read-only root filesystem, which always gets a 64 MiB one.
   std::uint32_t tmp_size_mb = 256;
+  // berth-agent (docs/agent-protocol.md): every session runs the static agent as its main process and the driver
+  // runs execs and file operations through it. `agent = false` keeps the Engine exec path for every session.
+  bool agent = true;
+  // The agent binary on the machine running berthd. "" = the first that exists of <driver .so
+  // dir>/../../bin/berth-agent (a build tree), the installed <libexecdir>/berth/berth-agent,
+  // /usr/lib/berth/berth-agent, /usr/bin/berth-agent.
+  std::string agent_path;
+  // Host directory holding one directory per session (<agent_run_dir>/<container name>, 0700, owned by the session
+  // user), bind-mounted at /.berth/run; the agent's socket is agent.sock in it.
+  std::string agent_run_dir = "/run/berth/agent";
+  // How long session_create waits for the agent to answer PING before it falls back to the Engine exec path.
+  std::uint32_t agent_ready_timeout_ms = 10000;
 };
 
 /**
@@ -66,6 +78,10 @@ inline constexpr const char* kLabelDriver = "io.berth.driver.name";          // 
 inline constexpr const char* kLabelWorkspace = "io.berth.driver.workspace";  // the workspace mount path
 /** JSON array of the keys of the spec's labels: session_list returns those only (not the image's labels). */
 inline constexpr const char* kLabelKeys = "io.berth.driver.label-keys";
+/** How the driver reaches the session: "agent" (berth-agent over its socket) or "engine-exec" (the Engine API). */
+inline constexpr const char* kLabelTransport = "io.berth.driver.transport";
+/** The session's agent directory on the host (with kLabelTransport = "agent"). */
+inline constexpr const char* kLabelAgentDir = "io.berth.driver.agent-dir";
 
 berth_status configure(const Flavor& flavor, const berth_host_api* host, const char* config_json, berth_instance** out,
                        berth_error* err);

@@ -1,0 +1,93 @@
+// A small pool of connections to one session's berth-agent (the unix socket in the session's host directory).
+// AgentClient is not thread-safe, so every concurrent call leases a connection of its own and gives it back when it
+// is done: concurrent execs of one session never serialise, and no thread is started per process.
+#pragma once
+
+#include <poll.h>
+
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "berth/engine/agent_client.hpp"
+
+namespace berth::engine::compat {
+
+/**
+ * The connections to one agent. Thread-safe: lease() and the Lease's release may be called from any thread.
+ * At most kMaxIdle idle connections are kept; more concurrent calls open more connections (each closed when given
+ * back beyond kMaxIdle). A connection that broke (AgentError with code kProtocol) must be discarded, never returned.
+ */
+class AgentPool {
+ public:
+  static constexpr std::size_t kMaxIdle = 8;
+
+  explicit AgentPool(std::string socket_path) : socket_path_(std::move(socket_path)) {}
+
+  /** One leased connection; goes back to the pool on destruction unless discard() was called. */
+  class Lease {
+   public:
+    Lease(AgentPool* pool, std::unique_ptr<AgentClient> client) : pool_(pool), client_(std::move(client)) {}
+    Lease(Lease&&) = default;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease() {
+      if (pool_ && client_) pool_->give_back(std::move(client_));
+    }
+    AgentClient& operator*() { return *client_; }
+    AgentClient* operator->() { return client_.get(); }
+    /** The connection is broken or in an unknown state: close it instead of reusing it. */
+    void discard() { client_.reset(); }
+
+   private:
+    AgentPool* pool_;
+    std::unique_ptr<AgentClient> client_;
+  };
+
+  /**
+   * An idle connection that still looks alive, or a new one (connect + HELLO within `deadline`). Throws AgentError /
+   * AgentTimeout. An idle connection has no request in flight, so anything readable on it (EOF, a hang-up) means
+   * the agent went away: such connections are closed here, so that a call on a dead agent fails at connect, before
+   * any request went out.
+   */
+  Lease lease(AgentDeadline deadline) {
+    for (;;) {
+      std::unique_ptr<AgentClient> c;
+      {
+        std::lock_guard lock(mutex_);
+        if (idle_.empty()) break;
+        c = std::move(idle_.back());
+        idle_.pop_back();
+      }
+      pollfd p{c->fd(), POLLIN | POLLRDHUP, 0};
+      if (::poll(&p, 1, 0) == 0) return Lease(this, std::move(c));
+    }
+    return Lease(this, std::make_unique<AgentClient>(AgentClient::connect_unix(socket_path_, deadline)));
+  }
+
+  /** Adds a connection opened elsewhere (the readiness check's) to the idle set. */
+  void adopt(std::unique_ptr<AgentClient> client) { give_back(std::move(client)); }
+
+  /** Closes every idle connection (e.g. when the agent is known to be dead). */
+  void clear() {
+    std::lock_guard lock(mutex_);
+    idle_.clear();
+  }
+
+  const std::string& socket_path() const { return socket_path_; }
+
+ private:
+  void give_back(std::unique_ptr<AgentClient> client) {
+    std::lock_guard lock(mutex_);
+    if (idle_.size() < kMaxIdle) idle_.push_back(std::move(client));
+  }
+
+  std::string socket_path_;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<AgentClient>> idle_;
+};
+
+}  // namespace berth::engine::compat

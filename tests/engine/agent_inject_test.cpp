@@ -1,0 +1,341 @@
+// berth-agent injection (issue 9, item 2) through the docker and podman drivers, loaded by the host's real plugin
+// loader: the agent is bind-mounted into any image (one without /bin/sh included), every exec and file operation
+// goes through it, code of any size travels on stdin, output streams, an exec's process tree dies with it, a missing
+// agent binary falls back to the Engine exec path, and a stopped container is reported as a session that is gone.
+// Every case runs once per engine (CTest entries through scripts/require-service).
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <sys/wait.h>
+
+#include "core/clock.hpp"
+#include "plugin/driver_library.hpp"
+
+namespace {
+
+using namespace berth;
+using core::DriverErrc;
+using core::DriverError;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+std::string driver_file(const std::string& engine) {
+  return engine == "podman" ? BERTH_PODMAN_DRIVER : BERTH_DOCKER_DRIVER;
+}
+
+std::string unique(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  static const std::string run = [] {
+    std::random_device rd;
+    std::ostringstream os;
+    os << std::hex << (rd() & 0xffffff);
+    return os.str();
+  }();
+  return prefix + "-" + run + "-" + std::to_string(counter++);
+}
+
+std::unique_ptr<core::Driver> make_driver(const std::string& engine, const std::string& config = "{}") {
+  static std::map<std::string, std::shared_ptr<plugin::DriverLibrary>> libraries;
+  auto& lib = libraries[engine];
+  if (!lib) lib = plugin::DriverLibrary::open(driver_file(engine));
+  return lib->configure(config, std::make_shared<core::SystemClock>());
+}
+
+/** Runs a shell command on the test machine; its exit status. */
+int sh(const std::string& command) {
+  int rc = std::system(command.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/**
+ * The shell-less image: `<engine> import` of a tar holding only /probe (tests/engine/static_probe.c, static) and a
+ * /workspace directory owned by 1000:1000. No /bin/sh, no libc, no /etc. Built once per engine and run.
+ */
+std::string shellless_image(const std::string& engine) {
+  const std::string tag = "berth-test/noshell:" + unique("t");
+  fs::path dir = fs::temp_directory_path() / unique("berth-noshell");
+  fs::create_directories(dir / "workspace");
+  fs::copy_file(BERTH_STATIC_PROBE, dir / "probe");
+  REQUIRE(sh("chown 1000:1000 '" + (dir / "workspace").string() + "' && chmod 0755 '" + (dir / "probe").string() +
+             "'") == 0);
+  REQUIRE(sh("tar -C '" + dir.string() + "' --numeric-owner -cf - probe workspace | " + engine + " import - " + tag +
+             " >/dev/null 2>&1") == 0);
+  fs::remove_all(dir);
+  return tag;
+}
+
+/** A session on a fresh volume, removed (with its volume) at scope exit. */
+struct Sandbox {
+  core::Driver& driver;
+  std::string volume;
+  std::string handle;
+
+  Sandbox(core::Driver& d, const std::string& image) : driver(d) {
+    volume = unique("berth-inject-vol");
+    core::Labels labels = {{"berth.test", unique("inject")}};
+    driver.volume_create(volume, labels);
+    core::SessionSpec spec;
+    spec.session_id = unique("inject");
+    spec.image = image;
+    spec.labels = labels;
+    spec.workspace_volume = volume;
+    spec.memory_bytes = 256ll << 20;
+    spec.pids_limit = 128;
+    spec.user = "1000:1000";
+    handle = driver.session_create(spec).handle;
+    REQUIRE_FALSE(handle.empty());
+  }
+  ~Sandbox() {
+    try {
+      driver.session_remove(handle);
+    } catch (const DriverError&) {
+    }
+    try {
+      driver.volume_remove(volume);
+    } catch (const DriverError&) {
+    }
+  }
+};
+
+struct Output {
+  std::string out, err;
+  core::ExecResult result;
+};
+
+Output run(core::Driver& d, const std::string& h, const core::ExecRequest& rq,
+           const std::function<void(std::string_view)>& on_out = {}) {
+  Output o;
+  o.result = d.exec(
+      h, rq,
+      [&](core::Stream s, std::string_view data) {
+        (s == core::Stream::out ? o.out : o.err).append(data);
+        if (s == core::Stream::out && on_out) on_out(data);
+        return true;
+      },
+      nullptr);
+  return o;
+}
+
+core::ExecRequest argv(std::vector<std::string> words, std::chrono::milliseconds timeout = 60s) {
+  core::ExecRequest rq;
+  rq.argv = std::move(words);
+  rq.timeout = timeout;
+  return rq;
+}
+
+void put(core::Driver& d, const std::string& h, const std::string& path, const std::string& bytes) {
+  std::size_t offset = 0;
+  d.file_put(h, path, 0644, bytes.size(), [&](std::uint8_t* buf, std::size_t cap) -> std::int64_t {
+    std::size_t n = std::min(cap, bytes.size() - offset);
+    std::memcpy(buf, bytes.data() + offset, n);
+    offset += n;
+    return static_cast<std::int64_t>(n);
+  });
+}
+
+std::string get(core::Driver& d, const std::string& h, const std::string& path) {
+  std::string out;
+  d.file_get(h, path, [&](std::string_view data) {
+    out.append(data);
+    return true;
+  });
+  return out;
+}
+
+// ---- the cases --------------------------------------------------------------------------------------------------
+
+/** Removes the test's image at scope exit. */
+struct ImageGuard {
+  std::string engine, tag;
+  ~ImageGuard() { sh(engine + " rmi -f " + tag + " >/dev/null 2>&1"); }
+};
+
+void shellless_case(const std::string& engine) {
+  auto d = make_driver(engine);
+  ImageGuard image{engine, shellless_image(engine)};
+  Sandbox s(*d, image.tag);
+  auto hi = run(*d, s.handle, argv({"/probe", "echo", "hi", "there"}));
+  CHECK(hi.out == "hi there\n");
+  CHECK(hi.result.exit_code == 0);
+  // The agent is PID 1 and the parent of nothing but its per-exec shim; the program runs as the session user.
+  CHECK(run(*d, s.handle, argv({"/probe", "id"})).out == "1000\n");
+  // No shell: a relative name is searched on PATH (the engines' default: nothing there) and is not found.
+  auto missing = run(*d, s.handle, argv({"sh", "-c", "true"}));
+  CHECK(missing.result.exit_code == 127);
+  CHECK(missing.err.find("not found") != std::string::npos);
+  // Stdin and files, names as raw bytes.
+  core::ExecRequest cat = argv({"/probe", "cat"});
+  cat.stdin_data = std::string(300000, 'z');
+  CHECK(run(*d, s.handle, cat).out == cat.stdin_data);
+  const std::string name = "dir/n\xff\x01me.bin";
+  std::string bytes;
+  for (int i = 0; i < 70000; ++i)
+    bytes += static_cast<char>(i * 7);
+  put(*d, s.handle, name, bytes);
+  CHECK(get(*d, s.handle, name) == bytes);
+  std::vector<std::string> names;
+  d->dir_scan(s.handle, "dir", [&](const core::DirEntry& e) {
+    names.push_back(e.name);
+    return true;
+  });
+  CHECK(names == std::vector<std::string>{"n\xff\x01me.bin"});
+  d->path_remove(s.handle, "dir");
+  try {
+    get(*d, s.handle, name);
+    FAIL("the removed file is still readable");
+  } catch (const DriverError& e) {
+    CHECK(e.code() == DriverErrc::not_found);
+  }
+  try {
+    get(*d, s.handle, "../../etc/hostname");
+    FAIL("a path outside the workspace was read");
+  } catch (const DriverError& e) {
+    CHECK(e.code() == DriverErrc::invalid_argument);
+  }
+}
+
+void long_stdin_case(const std::string& engine) {
+  auto d = make_driver(engine);
+  Sandbox s(*d, "berth/python:3.11");
+  for (std::size_t size : {std::size_t{131072}, std::size_t{1} << 20}) {
+    INFO("code bytes " << size);
+    core::ExecRequest rq = argv({"python3", "-"});
+    rq.stdin_data = "import sys\nprint('ok', len(sys.argv))\n#";
+    rq.stdin_data += std::string(size - rq.stdin_data.size(), 'x');
+    auto o = run(*d, s.handle, rq);
+    CHECK(o.out == "ok 1\n");
+    CHECK(o.result.exit_code == 0);
+  }
+}
+
+void streaming_case(const std::string& engine) {
+  auto d = make_driver(engine);
+  Sandbox s(*d, "berth/python:3.11");
+  // The program prints "first", then waits (up to 60 s) for a file that the test writes only once "first" has
+  // reached the output callback. If output were delivered at exit only, the program would print "late" instead.
+  std::mutex m;
+  std::condition_variable cv;
+  bool seen = false, done = false;
+  std::thread writer([&] {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return seen || done; });
+    if (seen) put(*d, s.handle, "go", "1");
+  });
+  auto o = run(*d, s.handle,
+               argv({"/bin/sh", "-c",
+                     "echo first; i=0; while [ ! -e go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+                     "[ -e go ] && echo second || echo late"},
+                    120s),
+               [&](std::string_view data) {
+                 if (data.find("first") != std::string_view::npos) {
+                   std::lock_guard lock(m);
+                   seen = true;
+                   cv.notify_all();
+                 }
+               });
+  {
+    std::lock_guard lock(m);
+    done = true;
+    cv.notify_all();
+  }
+  writer.join();
+  CHECK(o.out == "first\nsecond\n");
+}
+
+void process_tree_case(const std::string& engine) {
+  auto d = make_driver(engine);
+  Sandbox s(*d, "berth/python:3.11");
+  auto o = run(*d, s.handle,
+               argv({"/bin/sh", "-c",
+                     "setsid sleep 3101 & nohup sleep 3102 >/dev/null 2>&1 & (env -i sleep 3103 &); "
+                     "echo started"}));
+  CHECK(o.out == "started\n");
+  CHECK(o.result.exit_code == 0);
+  auto ps = run(*d, s.handle,
+                argv({"/bin/sh", "-c",
+                      "for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' <\"$f\"; echo; done 2>/dev/null | "
+                      "grep -c '^sleep 310[0-9]'"}));
+  CHECK(ps.out == "0\n");
+}
+
+void fallback_case(const std::string& engine) {
+  auto d = make_driver(engine, R"({"agent_path": "/nonexistent/berth-agent"})");
+  Sandbox s(*d, "berth/python:3.11");
+  auto o = run(*d, s.handle, argv({"/bin/sh", "-c", "echo via-engine; tr '\\000' ' ' </proc/1/cmdline"}));
+  CHECK(o.result.exit_code == 0);
+  CHECK(o.out.rfind("via-engine\n", 0) == 0);
+  CHECK(o.out.find("berth-agent") == std::string::npos);
+  CHECK(o.out.find("/.berth/agent") == std::string::npos);
+  put(*d, s.handle, "f.txt", "engine files");
+  CHECK(get(*d, s.handle, "f.txt") == "engine files");
+  // The same engine with the agent: PID 1 is the agent.
+  auto a = make_driver(engine);
+  Sandbox t(*a, "berth/python:3.11");
+  auto pid1 = run(*a, t.handle, argv({"/bin/sh", "-c", "tr '\\000' ' ' </proc/1/cmdline"}));
+  CHECK(pid1.out.find(" -- /.berth/agent --listen unix:/.berth/run/agent.sock") != std::string::npos);
+}
+
+void stopped_case(const std::string& engine) {
+  auto d = make_driver(engine);
+  Sandbox s(*d, "berth/python:3.11");
+  CHECK(run(*d, s.handle, argv({"/bin/echo", "up"})).out == "up\n");
+  // The sandbox user cannot kill PID 1 (the agent)...
+  run(*d, s.handle, argv({"/bin/sh", "-c", "kill -9 1"}));
+  CHECK(run(*d, s.handle, argv({"/bin/echo", "still"})).out == "still\n");
+  // ...but it can kill the agent (`kill -9 -1` spares only PID 1, the engine's init): the session ends with it, the
+  // running exec gets its result (killed), and the next call says the session is gone, and nothing ran.
+  auto killed = run(*d, s.handle, argv({"/bin/sh", "-c", "kill -9 -1; sleep 5"}));
+  CHECK(killed.result.exit_code != 0);
+  try {
+    run(*d, s.handle, argv({"/bin/echo", "never"}));
+    FAIL("an exec ran in a dead session");
+  } catch (const DriverError& e) {
+    CHECK(e.code() == DriverErrc::not_found);
+  }
+  // A stopped container too.
+  Sandbox t(*d, "berth/python:3.11");
+  CHECK(run(*d, t.handle, argv({"/bin/echo", "up"})).out == "up\n");
+  d->session_stop(t.handle, 1000ms);
+  try {
+    run(*d, t.handle, argv({"/bin/echo", "never"}));
+    FAIL("an exec ran in a stopped session");
+  } catch (const DriverError& e) {
+    CHECK(e.code() == DriverErrc::not_found);
+  }
+}
+
+}  // namespace
+
+#define BERTH_AGENT_CASES(engine)                                                                                   \
+  TEST_CASE(engine ": an image without /bin/sh runs execs and file operations through the agent", "[" engine "]") { \
+    shellless_case(engine);                                                                                         \
+  }                                                                                                                 \
+  TEST_CASE(engine ": code of 131072 and 1 MiB bytes goes in on stdin", "[" engine "]") {                           \
+    long_stdin_case(engine);                                                                                        \
+  }                                                                                                                 \
+  TEST_CASE(engine ": output streams while the process runs", "[" engine "]") {                                     \
+    streaming_case(engine);                                                                                         \
+  }                                                                                                                 \
+  TEST_CASE(engine ": an exec's detached processes are gone after it", "[" engine "]") {                            \
+    process_tree_case(engine);                                                                                      \
+  }                                                                                                                 \
+  TEST_CASE(engine ": a missing agent binary falls back to the engine exec", "[" engine "]") {                      \
+    fallback_case(engine);                                                                                          \
+  }                                                                                                                 \
+  TEST_CASE(engine ": a stopped session is gone on the next call", "[" engine "]") {                                \
+    stopped_case(engine);                                                                                           \
+  }
+
+BERTH_AGENT_CASES("docker")
+BERTH_AGENT_CASES("podman")
