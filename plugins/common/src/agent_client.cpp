@@ -205,6 +205,12 @@ std::optional<AgentEvent> AgentClient::next_event(AgentDeadline deadline) {
   return e;
 }
 
+bool AgentClient::has_event_for(std::uint32_t channel) const {
+  for (const auto& e : events_)
+    if (e.channel == channel) return true;
+  return false;
+}
+
 std::optional<AgentEvent> AgentClient::next_event_for(std::uint32_t channel, AgentDeadline deadline) {
   std::size_t scanned = 0;
   for (;;) {

@@ -33,6 +33,7 @@
 #include "berth/engine/agent_client.hpp"
 #include "berth/engine/client.hpp"
 #include "berth/engine/hijack.hpp"
+#include "process_watcher.hpp"
 #include "scripts.hpp"
 
 namespace berth::engine::compat {
@@ -186,6 +187,15 @@ struct Instance {
   std::string agent_binary;  // resolved at configure; "" = none (agent_missing says why)
   std::string agent_missing;
   std::mutex volume_mutex;  // makes volume_create's check-then-create atomic within this instance
+
+  /** The on_ready watcher of this instance's interactive processes, started on first use. Thread-safe. */
+  ProcessWatcher& process_watcher() {
+    std::lock_guard lock(watcher_mutex);
+    if (!watcher) watcher = std::make_unique<ProcessWatcher>();
+    return *watcher;
+  }
+  std::mutex watcher_mutex;
+  std::unique_ptr<ProcessWatcher> watcher;  // last member: destroyed (its thread joined) first
 };
 
 Instance* instance_of(berth_instance* inst) {
@@ -953,6 +963,80 @@ std::vector<std::string> program_candidates(const std::string& program, const st
   return out;
 }
 
+/** NOT_FOUND (nothing ran) unless `cwd_rel` ("" = the workspace) is a directory the session user reaches. Throws
+ *  AgentError(kProtocol) / AgentTimeout when the connection fails. */
+void require_agent_cwd(Instance& inst, AgentClient& client, const std::string& cwd_rel) {
+  if (cwd_rel.empty()) return;
+  agent::FileInfo info;
+  try {
+    info = client.stat(cwd_rel, agent::kKeepId, agent::kKeepId,
+                       AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+  } catch (const AgentError& e) {
+    if (e.code() == agent::ErrorCode::kProtocol) throw;
+    info.kind = agent::FileKind::kOther;
+  }
+  if (info.kind != agent::FileKind::kDirectory) {
+    throw Error(Errc::not_found, "the working directory '" + escape_word(cwd_rel) + "' does not exist");
+  }
+}
+
+/** What start_on_agent did: the channel of a started process, or why nothing started. */
+struct AgentStart {
+  bool started = false;
+  std::uint32_t channel = 0;
+  int sys_errno = 0;  // !started: ENOENT (not found anywhere), EACCES, ...
+  std::string error;  // !started: "not found" or strerror(sys_errno)
+};
+
+/**
+ * Starts `req` (argv[0] as given) on `client` as execvp would: a name without '/' is tried in each PATH directory
+ * (remembered per session), one START per candidate (a failed exec runs nothing). Throws AgentError / AgentTimeout
+ * when the connection fails, Error(internal) when the agent refuses the request itself.
+ */
+AgentStart start_on_agent(Instance& inst, SessionMeta& meta, AgentClient& client, agent::StartRequest req) {
+  AgentStart out;
+  const std::string program = req.argv[0];
+  int start_errno = ENOENT;
+  std::vector<std::string> candidates = program_candidates(program, req.env);
+  std::string cache_key;
+  if (program.find('/') == std::string::npos) {
+    for (const auto& e : req.env)
+      if (e.rfind("PATH=", 0) == 0) cache_key = e;
+    cache_key += '\0' + program;
+    std::lock_guard lock(meta.resolved_mutex);
+    if (auto it = meta.resolved.find(cache_key); it != meta.resolved.end()) {
+      candidates.insert(candidates.begin(), it->second);
+    }
+  }
+  for (const auto& candidate : candidates) {
+    req.argv[0] = candidate;
+    const std::uint32_t channel = client.start(req);
+    auto ev = client.next_event_for(channel, AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+    if (!ev) throw AgentTimeout("no answer to START");
+    if (ev->type == agent::MsgType::kStarted) {
+      if (!cache_key.empty()) {
+        std::lock_guard lock(meta.resolved_mutex);
+        if (meta.resolved.size() > 256) meta.resolved.clear();
+        meta.resolved[cache_key] = candidate;
+      }
+      out.started = true;
+      out.channel = channel;
+      return out;
+    }
+    if (ev->type == agent::MsgType::kError && ev->error.code == agent::ErrorCode::kExecFailed) {
+      const int n = static_cast<int>(ev->error.sys_errno);
+      if (n == ENOENT || n == ENOTDIR) continue;
+      start_errno = n;
+      if (n == EACCES) continue;  // execvp goes on too, and reports EACCES at the end
+      break;
+    }
+    throw Error(Errc::internal, "the agent refused the exec: " + ev->error.message);
+  }
+  out.sys_errno = start_errno;
+  out.error = start_errno == ENOENT ? std::string("not found") : std::string(std::strerror(start_errno));
+  return out;
+}
+
 /** One exec over the agent. */
 struct AgentExec {
   std::vector<std::string> argv;
@@ -974,75 +1058,23 @@ ExecOutcome agent_exec(Instance& inst, const std::string& container, SessionMeta
   ExecOutcome outcome;
   auto lease = lease_agent(inst, container, meta);
   AgentClient& client = *lease;
-  bool started = false;
   bool start_sent = false;  // a START went out: from here on a broken connection may follow a process that ran
   try {
-    if (!x.cwd_rel.empty()) {
-      agent::FileInfo info;
-      try {
-        info = client.stat(x.cwd_rel, agent::kKeepId, agent::kKeepId,
-                           AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
-      } catch (const AgentError& e) {
-        if (e.code() == agent::ErrorCode::kProtocol) throw;
-        info.kind = agent::FileKind::kOther;
-      }
-      if (info.kind != agent::FileKind::kDirectory) {
-        throw Error(Errc::not_found, "the working directory '" + escape_word(x.cwd_rel) + "' does not exist");
-      }
-    }
+    require_agent_cwd(inst, client, x.cwd_rel);
     agent::StartRequest req;
     req.argv = x.argv;
     req.env = merged_env(meta.env, x.env);
     req.cwd = x.cwd_rel;
     req.timeout_ms = static_cast<std::uint32_t>(std::min<std::uint64_t>(x.timeout_ms, UINT32_MAX));
     req.output_cap = UINT64_MAX;  // the host caps what it keeps
-    std::uint32_t channel = 0;
-    int start_errno = ENOENT;
-    std::string start_message;
-    std::vector<std::string> candidates = program_candidates(x.argv[0], req.env);
-    std::string cache_key;
-    if (x.argv[0].find('/') == std::string::npos) {
-      for (const auto& e : req.env)
-        if (e.rfind("PATH=", 0) == 0) cache_key = e;
-      cache_key += '\0' + x.argv[0];
-      std::lock_guard lock(meta.resolved_mutex);
-      if (auto it = meta.resolved.find(cache_key); it != meta.resolved.end()) {
-        candidates.insert(candidates.begin(), it->second);
-      }
-    }
-    for (const auto& candidate : candidates) {
-      req.argv[0] = candidate;
-      start_sent = true;
-      channel = client.start(req);
-      auto ev = client.next_event_for(channel, AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
-      if (!ev) throw AgentTimeout("no answer to START");
-      if (ev->type == agent::MsgType::kStarted) {
-        started = true;
-        if (!cache_key.empty()) {
-          std::lock_guard lock(meta.resolved_mutex);
-          if (meta.resolved.size() > 256) meta.resolved.clear();
-          meta.resolved[cache_key] = candidate;
-        }
-        break;
-      }
-      if (ev->type == agent::MsgType::kError && ev->error.code == agent::ErrorCode::kExecFailed) {
-        const int n = static_cast<int>(ev->error.sys_errno);
-        if (n == ENOENT || n == ENOTDIR) continue;
-        start_errno = n;
-        start_message = ev->error.message;
-        if (n == EACCES) continue;  // execvp goes on too, and reports EACCES at the end
-        break;
-      }
-      throw Error(Errc::internal, "the agent refused the exec: " + ev->error.message);
-    }
-    if (!started) {
+    start_sent = true;
+    const AgentStart st = start_on_agent(inst, meta, client, req);
+    if (!st.started) {
       outcome.never_started = true;
-      outcome.start_error =
-          escape_word(x.argv[0]) + ": " +
-          (start_errno == ENOENT ? std::string("not found") : std::string(std::strerror(start_errno)));
-      (void)start_message;
+      outcome.start_error = escape_word(x.argv[0]) + ": " + st.error;
       return outcome;
     }
+    const std::uint32_t channel = st.channel;
     if (x.stdin_data && x.stdin_size) {
       client.write_stdin(channel, std::string_view(reinterpret_cast<const char*>(x.stdin_data), x.stdin_size));
     }
@@ -2341,6 +2373,356 @@ berth_status path_remove(berth_instance* inst, const char* handle, const char* p
     run_files_script(self, h, "remove", workspace, rel);
     return BERTH_OK;
   });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Interactive processes (ABI 1.3, driver.h rule 11), on agent sessions only. Each process has an agent connection
+// of its own (the agent kills a connection's processes when it closes), so a slow reader never holds up another
+// process, and no thread is started per process: the host pulls with process_next_event, or waits on on_ready
+// notifications from the instance's one ProcessWatcher thread.
+
+namespace {
+
+/** The driver side of one berth_process. */
+struct AgentProcess {
+  Instance* inst = nullptr;
+  std::string container;
+  std::shared_ptr<SessionMeta> meta;
+  std::optional<AgentPool::Lease> lease;  // the dedicated connection (none for a process that never started)
+  std::uint32_t channel = 0;
+  bool pty = false;
+  bool watched = false;
+
+  // The AgentClient is not thread-safe: process_next_event holds client_mutex while it waits; the other calls take
+  // it when it is free, else queue their request in `pending`, which next_event sends between short waits.
+  std::mutex client_mutex;
+  std::mutex pending_mutex;
+  std::vector<std::function<void(AgentClient&)>> pending;
+  std::uint64_t pending_stdin = 0;  // bytes in `pending` (the 8 MiB promise of process_write_stdin)
+  bool stdin_closed = false;        // guarded by pending_mutex
+  std::atomic<bool> kill_requested{false};
+  bool broken = false;  // the connection failed: the next event is CONFLICT
+
+  // Used by process_next_event only (one call at a time per handle):
+  std::string data;                               // the bytes of the last OUTPUT event
+  std::deque<std::pair<int, std::string>> early;  // output produced here (a start failure's reason)
+  bool exited = false;
+  berth_process_event exit_event{};
+};
+
+/** The most unread stdin a process holds queued in the driver before write_stdin answers UNAVAILABLE. */
+constexpr std::uint64_t kMaxPendingStdin = 16ull << 20;
+
+AgentProcess* process_of(berth_process* p) {
+  if (!p) throw Error(Errc::invalid_argument, "process is NULL");
+  return reinterpret_cast<AgentProcess*>(p);
+}
+
+/** Sends what `p` has queued; the caller holds p.client_mutex. A broken connection marks `p` broken. */
+void drain_pending(AgentProcess& p) {
+  std::vector<std::function<void(AgentClient&)>> ops;
+  {
+    std::lock_guard lock(p.pending_mutex);
+    ops.swap(p.pending);
+    p.pending_stdin = 0;
+  }
+  if (p.broken || !p.lease) return;
+  try {
+    for (auto& op : ops)
+      op(**p.lease);
+    (*p.lease)->flush();
+  } catch (const AgentError&) {
+    p.broken = true;
+  }
+}
+
+/** Runs `op` on `p`'s connection now if no process_next_event holds it, else queues it for that call. */
+void submit(AgentProcess& p, std::function<void(AgentClient&)> op, std::uint64_t stdin_bytes = 0) {
+  {
+    std::lock_guard lock(p.pending_mutex);
+    if (stdin_bytes && p.pending_stdin + stdin_bytes > kMaxPendingStdin) {
+      throw Error(Errc::unavailable, "the process has 16 MiB of unread stdin queued: wait for an event, then retry");
+    }
+    p.pending.push_back(std::move(op));
+    p.pending_stdin += stdin_bytes;
+  }
+  // Whoever holds the client sends it: a next_event in progress does between waits and once more after unlocking.
+  std::unique_lock lock(p.client_mutex, std::try_to_lock);
+  if (lock.owns_lock()) drain_pending(p);
+}
+
+void fill_exit(AgentProcess& p, const agent::ExitInfo& x) {
+  p.exited = true;
+  p.exit_event = berth_process_event{};
+  p.exit_event.struct_size = sizeof(berth_process_event);
+  p.exit_event.type = BERTH_PROCESS_EVENT_EXIT;
+  p.exit_event.exit_code = x.signaled ? 128 + static_cast<int32_t>(x.code) : static_cast<int32_t>(x.code);
+  p.exit_event.signal = x.signaled ? static_cast<int32_t>(x.code) : 0;
+  p.exit_event.timed_out = x.timed_out ? 1 : 0;
+  p.exit_event.killed = !x.timed_out && p.kill_requested ? 1 : 0;
+  p.exit_event.output_dropped = x.output_dropped;
+}
+
+/** Copies the fields of `e` that the caller's struct (struct_size) has room for. */
+void deliver(berth_process_event* out, const berth_process_event& e) {
+  const std::uint32_t size = std::min<std::uint32_t>(out->struct_size, sizeof(berth_process_event));
+  berth_process_event copy = e;
+  copy.struct_size = out->struct_size;
+  std::memcpy(out, &copy, size);
+}
+
+}  // namespace
+
+uint64_t instance_capabilities(berth_instance* inst) {
+  if (!inst) return 0;
+  const Instance& self = *reinterpret_cast<Instance*>(inst);
+  // Processes need the agent: a driver configured without it (or without a binary to inject) offers none.
+  return self.agent_binary.empty() ? kCapabilities & ~(BERTH_CAP_PROCESS | BERTH_CAP_PROCESS_PTY) : kCapabilities;
+}
+
+berth_status process_start(berth_instance* inst, const char* handle, const berth_process_spec* spec,
+                           berth_process** out, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    Instance& self = *instance_of(inst);
+    std::string h = require_handle(handle);
+    if (!spec || !out) throw Error(Errc::invalid_argument, "spec or out is NULL");
+    berth_process_spec sp{};
+    std::memcpy(&sp, spec, std::min<size_t>(spec->struct_size, sizeof sp));
+    if (sp.flags & ~BERTH_PROCESS_PTY) throw Error(Errc::unsupported, "unknown process flags");
+    if (sp.argc == 0 || !sp.argv) throw Error(Errc::invalid_argument, "argv is empty");
+    std::vector<std::string> argv;
+    for (size_t i = 0; i < sp.argc; ++i) {
+      if (!sp.argv[i]) throw Error(Errc::invalid_argument, "argv[" + std::to_string(i) + "] is NULL");
+      argv.emplace_back(sp.argv[i]);
+    }
+    if (argv[0].empty()) throw Error(Errc::invalid_argument, "argv[0] is empty");
+    const std::vector<std::string> env = env_strings(sp.env, sp.env_count, "env");
+    const std::string cwd = relative_path(sp.cwd ? sp.cwd : "", true);
+    auto meta = self.meta_of(h);
+    if (!meta->agent) {
+      throw Error(Errc::unsupported,
+                  "this session runs without the agent (Engine exec fallback): no interactive "
+                  "processes");
+    }
+    auto p = std::make_unique<AgentProcess>();
+    p->inst = &self;
+    p->container = h;
+    p->meta = meta;
+    p->pty = (sp.flags & BERTH_PROCESS_PTY) != 0;
+    p->lease.emplace(lease_agent(self, h, *meta));
+    AgentClient& client = **p->lease;
+    bool start_sent = false;
+    try {
+      require_agent_cwd(self, client, cwd);
+      agent::StartRequest req;
+      req.argv = argv;
+      req.env = merged_env(meta->env, env);
+      req.cwd = cwd;
+      req.timeout_ms = sp.timeout_ms;
+      req.output_cap = UINT64_MAX;
+      if (p->pty) {
+        req.flags |= agent::kStartPty;
+        req.rows = sp.pty_rows ? sp.pty_rows : 24;
+        req.cols = sp.pty_cols ? sp.pty_cols : 80;
+      }
+      start_sent = true;
+      const AgentStart st = start_on_agent(self, *meta, client, req);
+      if (!st.started) {
+        // As a shell reports it: a started process that exits 127 (not found) or 126 (cannot run).
+        p->early.emplace_back(p->pty ? BERTH_STREAM_STDOUT : BERTH_STREAM_STDERR,
+                              escape_word(argv[0]) + ": " + st.error + "\n");
+        agent::ExitInfo x;
+        x.code = st.sys_errno == ENOENT ? 127 : 126;
+        fill_exit(*p, x);
+        p->lease.reset();
+      } else {
+        p->channel = st.channel;
+      }
+    } catch (const AgentError& e) {
+      p->lease->discard();
+      if (e.code() == agent::ErrorCode::kProtocol) agent_failed(self, h, *meta, e.what(), start_sent);
+      throw Error(Errc::internal, std::string("the agent refused the process: ") + e.what());
+    } catch (const AgentTimeout& e) {
+      p->lease->discard();
+      throw Error(Errc::internal, std::string("the session's agent stopped answering: ") + e.what());
+    }
+    if (sp.on_ready) {
+      p->watched = true;
+      self.process_watcher().watch(p.get(), p->lease ? (*p->lease)->fd() : -1, sp.on_ready, sp.ready_ctx);
+      if (!p->lease || (*p->lease)->has_event_for(p->channel)) sp.on_ready(sp.ready_ctx);
+    }
+    *out = reinterpret_cast<berth_process*>(p.release());
+    return BERTH_OK;
+  });
+}
+
+berth_status process_write_stdin(berth_instance* inst, berth_process* process, const uint8_t* data, size_t size,
+                                 berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    AgentProcess& p = *process_of(process);
+    if (size && !data) throw Error(Errc::invalid_argument, "data is NULL");
+    {
+      std::lock_guard lock(p.pending_mutex);
+      if (p.stdin_closed) throw Error(Errc::conflict, "stdin is closed");
+    }
+    if (!size || !p.lease) return BERTH_OK;  // nothing to send, or it never started: discarded
+    std::string bytes(reinterpret_cast<const char*>(data), size);
+    const std::uint32_t channel = p.channel;
+    submit(
+        p, [channel, bytes = std::move(bytes)](AgentClient& c) { c.write_stdin(channel, bytes); }, size);
+    return BERTH_OK;
+  });
+}
+
+berth_status process_close_stdin(berth_instance* inst, berth_process* process, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    AgentProcess& p = *process_of(process);
+    {
+      std::lock_guard lock(p.pending_mutex);
+      if (p.stdin_closed) return BERTH_OK;
+      p.stdin_closed = true;
+    }
+    if (!p.lease) return BERTH_OK;
+    const std::uint32_t channel = p.channel;
+    submit(p, [channel](AgentClient& c) { c.close_stdin(channel); });
+    return BERTH_OK;
+  });
+}
+
+berth_status process_signal(berth_instance* inst, berth_process* process, int32_t signo, int32_t to_group,
+                            berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    AgentProcess& p = *process_of(process);
+    if (signo < 1 || signo > 64)
+      throw Error(Errc::invalid_argument, "signal " + std::to_string(signo) + " is not 1-64");
+    if (!p.lease) return BERTH_OK;
+    const std::uint32_t channel = p.channel;
+    submit(p, [channel, signo, to_group](AgentClient& c) { c.signal(channel, signo, to_group != 0); });
+    return BERTH_OK;
+  });
+}
+
+berth_status process_resize(berth_instance* inst, berth_process* process, uint16_t rows, uint16_t cols,
+                            berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    AgentProcess& p = *process_of(process);
+    if (!p.pty) throw Error(Errc::invalid_argument, "the process has no terminal");
+    if (!rows || !cols) throw Error(Errc::invalid_argument, "rows and cols must be at least 1");
+    if (!p.lease) return BERTH_OK;
+    const std::uint32_t channel = p.channel;
+    submit(p, [channel, rows, cols](AgentClient& c) { c.resize(channel, rows, cols); });
+    return BERTH_OK;
+  });
+}
+
+berth_status process_kill(berth_instance* inst, berth_process* process, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    AgentProcess& p = *process_of(process);
+    if (p.kill_requested.exchange(true) || !p.lease) return BERTH_OK;
+    const std::uint32_t channel = p.channel;
+    submit(p, [channel](AgentClient& c) { c.kill(channel); });
+    return BERTH_OK;
+  });
+}
+
+berth_status process_next_event(berth_instance* inst, berth_process* process, uint32_t wait_ms,
+                                berth_process_event* event, berth_error* err) {
+  return guarded(inst, err, [&]() -> berth_status {
+    AgentProcess& p = *process_of(process);
+    if (!event || event->struct_size < offsetof(berth_process_event, exit_code)) {
+      throw Error(Errc::invalid_argument, "event is NULL or too small");
+    }
+    berth_process_event ev{};
+    ev.struct_size = sizeof ev;
+    auto rearm = [&] {
+      if (p.watched) p.inst->process_watcher().rearm(&p);
+    };
+    if (!p.early.empty()) {
+      p.data = std::move(p.early.front().second);
+      ev.type = BERTH_PROCESS_EVENT_OUTPUT;
+      ev.stream = p.early.front().first;
+      p.early.pop_front();
+      ev.data = reinterpret_cast<const std::uint8_t*>(p.data.data());
+      ev.size = p.data.size();
+      deliver(event, ev);
+      return BERTH_OK;
+    }
+    if (p.exited) {
+      deliver(event, p.exit_event);
+      return BERTH_OK;
+    }
+    const auto deadline = AgentClock::now() + milliseconds(wait_ms);
+    std::optional<AgentEvent> got;
+    {
+      std::unique_lock lock(p.client_mutex);
+      for (;;) {
+        drain_pending(p);
+        if (p.broken) break;
+        // Short waits, so that requests queued meanwhile (stdin, signals) go out within about 10 ms.
+        const auto slice = std::min(deadline, AgentClock::now() + milliseconds(10));
+        try {
+          got = (*p.lease)->next_event_for(p.channel, slice);
+        } catch (const AgentError&) {
+          p.broken = true;
+          break;
+        }
+        if (got || AgentClock::now() >= deadline) break;
+      }
+    }
+    // A request queued after the last drain above but before the unlock: send it now (see submit).
+    for (;;) {
+      {
+        std::lock_guard lock(p.pending_mutex);
+        if (p.pending.empty()) break;
+      }
+      std::unique_lock lock(p.client_mutex, std::try_to_lock);
+      if (!lock.owns_lock()) break;  // another caller holds it and drains
+      drain_pending(p);
+    }
+    if (p.broken) {
+      p.lease->discard();
+      p.lease.reset();
+      const bool gone = container_stops(*p.inst, p.container);
+      throw Error(Errc::conflict, gone ? "the session ended while the process ran"
+                                       : "the connection to the session's agent broke while the process ran");
+    }
+    if (!got) {
+      rearm();
+      ev.type = BERTH_PROCESS_EVENT_NONE;
+      deliver(event, ev);
+      return BERTH_OK;
+    }
+    if (got->type == agent::MsgType::kOutput) {
+      p.data = std::move(got->data);
+      ev.type = BERTH_PROCESS_EVENT_OUTPUT;
+      ev.stream = got->stream == 2 ? BERTH_STREAM_STDERR : BERTH_STREAM_STDOUT;
+      ev.data = reinterpret_cast<const std::uint8_t*>(p.data.data());
+      ev.size = p.data.size();
+    } else if (got->type == agent::MsgType::kExit) {
+      fill_exit(p, got->exit);
+      ev = p.exit_event;
+    } else if (got->type == agent::MsgType::kError) {
+      throw Error(Errc::internal, "the agent reported an error for the process: " + got->error.message);
+    } else {
+      ev.type = BERTH_PROCESS_EVENT_NONE;  // a message this driver does not use: skipped
+    }
+    if (ev.type == BERTH_PROCESS_EVENT_OUTPUT && ev.size == 0) ev.type = BERTH_PROCESS_EVENT_NONE;
+    rearm();
+    deliver(event, ev);
+    return BERTH_OK;
+  });
+}
+
+void process_release(berth_instance* inst, berth_process* process) {
+  if (!process) return;
+  std::unique_ptr<AgentProcess> p(reinterpret_cast<AgentProcess*>(process));
+  try {
+    if (p->watched && inst) reinterpret_cast<Instance*>(inst)->process_watcher().unwatch(p.get());
+    // Closing the process's own connection makes the agent kill its tree (docs/agent-protocol.md); never pooled
+    // again, so no event of this process can reach another caller.
+    if (p->lease) p->lease->discard();
+  } catch (...) {
+  }
 }
 
 }  // namespace berth::engine::compat

@@ -100,6 +100,11 @@ class AgentClient {
   void resize(std::uint32_t channel, std::uint16_t rows, std::uint16_t cols);
   /** Queues a cancel: the agent kills the process tree; EXIT follows. */
   void kill(std::uint32_t channel);
+  /** Writes what is queued as far as the socket takes it without blocking, and reads what already arrived (its
+   *  events stay queued for next_event*). Throws AgentError when the connection is broken. */
+  void flush() { pump(AgentDeadline{}); }
+  /** Whether an event of `channel` is already decoded and waiting (next_event_for would return it at once). */
+  bool has_event_for(std::uint32_t channel) const;
   /** Queues a raw frame (tests and future messages). */
   void send_raw(std::string bytes);
 

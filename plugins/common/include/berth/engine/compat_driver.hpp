@@ -68,9 +68,9 @@ struct Config {
  */
 berth_status parse_config(const Flavor& flavor, const char* json, Config* out, std::string* error);
 
-inline constexpr std::uint64_t kCapabilities = BERTH_CAP_EXEC | BERTH_CAP_EXEC_STREAM | BERTH_CAP_EXEC_CANCEL |
-                                               BERTH_CAP_FILES | BERTH_CAP_VOLUMES | BERTH_CAP_STATS |
-                                               BERTH_CAP_READONLY_ROOTFS | BERTH_CAP_NETWORK_POLICY;
+inline constexpr std::uint64_t kCapabilities =
+    BERTH_CAP_EXEC | BERTH_CAP_EXEC_STREAM | BERTH_CAP_EXEC_CANCEL | BERTH_CAP_FILES | BERTH_CAP_VOLUMES |
+    BERTH_CAP_STATS | BERTH_CAP_READONLY_ROOTFS | BERTH_CAP_NETWORK_POLICY | BERTH_CAP_PROCESS | BERTH_CAP_PROCESS_PTY;
 
 /** Labels this driver adds for itself (stripped from session_list results). */
 inline constexpr const char* kLabelPrefix = "io.berth.driver.";
@@ -100,6 +100,23 @@ berth_status session_remove(berth_instance* inst, const char* handle, berth_erro
 berth_status session_list(berth_instance* inst, const berth_kv* filter, size_t filter_count,
                           berth_session_list_fn on_item, void* ctx, berth_error* err);
 berth_status session_stats(berth_instance* inst, const char* handle, berth_session_stats* stats, berth_error* err);
+/** ABI 1.3 instance_capabilities: kCapabilities without the process bits when the instance has no agent to inject. */
+uint64_t instance_capabilities(berth_instance* inst);
+/** ABI 1.3 interactive processes, on sessions that run the agent (UNSUPPORTED on an Engine exec fallback session):
+ *  each process has an agent connection of its own; on_ready comes from one watcher thread per instance. */
+berth_status process_start(berth_instance* inst, const char* handle, const berth_process_spec* spec,
+                           berth_process** out, berth_error* err);
+berth_status process_write_stdin(berth_instance* inst, berth_process* process, const uint8_t* data, size_t size,
+                                 berth_error* err);
+berth_status process_close_stdin(berth_instance* inst, berth_process* process, berth_error* err);
+berth_status process_signal(berth_instance* inst, berth_process* process, int32_t signo, int32_t to_group,
+                            berth_error* err);
+berth_status process_resize(berth_instance* inst, berth_process* process, uint16_t rows, uint16_t cols,
+                            berth_error* err);
+berth_status process_kill(berth_instance* inst, berth_process* process, berth_error* err);
+berth_status process_next_event(berth_instance* inst, berth_process* process, uint32_t wait_ms,
+                                berth_process_event* event, berth_error* err);
+void process_release(berth_instance* inst, berth_process* process);
 /** ABI 1.2 image_exists: GET /images/{image}/json; 404 is "absent". Never pulls. */
 berth_status image_exists(berth_instance* inst, const char* image, int32_t* exists, berth_error* err);
 
@@ -129,11 +146,16 @@ bool normalize_relative_path(const char* path, std::string* out, std::string* er
 
 }  // namespace berth::engine::compat
 
-/** The slots after `configure` of a berth_driver_api table, in order (destroy ... image_exists). */
-#define BERTH_ENGINE_COMPAT_SLOTS                                                                              \
-  berth::engine::compat::destroy, berth::engine::compat::volume_create, berth::engine::compat::volume_remove,  \
-      berth::engine::compat::volume_exists, berth::engine::compat::session_create,                             \
-      berth::engine::compat::session_inspect, berth::engine::compat::session_stop,                             \
-      berth::engine::compat::session_remove, berth::engine::compat::session_list, berth::engine::compat::exec, \
-      berth::engine::compat::file_put, berth::engine::compat::file_get, berth::engine::compat::dir_list,       \
-      berth::engine::compat::path_remove, berth::engine::compat::session_stats, berth::engine::compat::image_exists
+/** The slots after `configure` of a berth_driver_api table, in order (destroy ... process_release). */
+#define BERTH_ENGINE_COMPAT_SLOTS                                                                                    \
+  berth::engine::compat::destroy, berth::engine::compat::volume_create, berth::engine::compat::volume_remove,        \
+      berth::engine::compat::volume_exists, berth::engine::compat::session_create,                                   \
+      berth::engine::compat::session_inspect, berth::engine::compat::session_stop,                                   \
+      berth::engine::compat::session_remove, berth::engine::compat::session_list, berth::engine::compat::exec,       \
+      berth::engine::compat::file_put, berth::engine::compat::file_get, berth::engine::compat::dir_list,             \
+      berth::engine::compat::path_remove, berth::engine::compat::session_stats, berth::engine::compat::image_exists, \
+      berth::engine::compat::instance_capabilities, berth::engine::compat::process_start,                            \
+      berth::engine::compat::process_write_stdin, berth::engine::compat::process_close_stdin,                        \
+      berth::engine::compat::process_signal, berth::engine::compat::process_resize,                                  \
+      berth::engine::compat::process_kill, berth::engine::compat::process_next_event,                                \
+      berth::engine::compat::process_release
