@@ -1812,6 +1812,14 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
         started = create_and_start(true);
       } catch (const AgentStartFailed& e) {
         fallback_reason = e.what();
+      } catch (const Error& e) {
+        // The engine refused the agent's container (an exotic image or runtime: a mount point it cannot create).
+        // Anything else (engine unavailable, a missing image or volume) fails the fallback the same way.
+        if (e.code() != Errc::internal) {
+          remove_agent_dir(agent_dir);
+          throw;
+        }
+        fallback_reason = std::string("the engine refused the agent's container: ") + e.what();
       } catch (const std::filesystem::filesystem_error& e) {
         fallback_reason = std::string("cannot prepare the agent directory: ") + e.what();
       }
