@@ -2,6 +2,8 @@
 """Two berthd processes (fake driver each) on one fresh MariaDB database: the key, Idempotency-Key and session
 compare-and-swap constraints hold across processes, and a sandbox created on one is visible, usable and deletable
 on the other. Run through scripts/require-service mariadb (tests/CMakeLists.txt). Usage: two_instances.py BERTHD FAKE
+[DOCKER]: with the docker driver given, the exec scenario runs once more with both instances on the real Docker
+Engine (one engine shared by both, as in production): exactly one session and one container.
 
 The database (berth_2i_<pid>) is created over the local `mysql` client (root over the unix socket, or
 $BERTH_TEST_MYSQL_ARGS) and dropped at the end; both berthd connect as $BERTH_TEST_MYSQL_URL's user (default root
@@ -16,8 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 BERTHD, FAKE = sys.argv[1], sys.argv[2]
+DOCKER = sys.argv[3] if len(sys.argv) > 3 else None
+DOCKER_SOCKET = os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock")
 DB = f"berth_2i_{os.getpid()}"
 MYSQL = ["mysql", *os.environ.get("BERTH_TEST_MYSQL_ARGS", "").split()]
 BASE_URL = os.environ.get("BERTH_TEST_MYSQL_URL", "mysql://root@localhost/mysql").rsplit("/", 1)[0]
@@ -57,9 +62,31 @@ def request(port, method, path, body=None, headers=None):
         return r.status, None
 
 
-def start_berthd(workdir, name):
+def docker_containers(label):
+    """Ids of the containers (running or not) carrying `label` ("key=value"), from the Engine API."""
+    conn = http.client.HTTPConnection("docker", timeout=60)
+    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.sock.connect(DOCKER_SOCKET)
+    filters = json.dumps({"label": [label]})
+    conn.request("GET", "/v1.41/containers/json?all=true&filters=" + urllib.parse.quote(filters))
+    return [c["Id"] for c in json.loads(conn.getresponse().read())]
+
+
+def docker_remove(container):
+    conn = http.client.HTTPConnection("docker", timeout=60)
+    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.sock.connect(DOCKER_SOCKET)
+    conn.request("DELETE", f"/v1.41/containers/{container}?force=true&v=true")
+    conn.getresponse().read()
+
+
+def start_berthd(workdir, name, driver=None):
     port = free_port()
     config = os.path.join(workdir, f"{name}.toml")
+    driver_toml = f'path = "{FAKE}"\ninstance_id = "{name}"\n'
+    if driver:
+        driver_toml = (f'path = "{driver}"\ninstance_id = "{name}"\n[driver.settings]\nsocket = "{DOCKER_SOCKET}"\n'
+                       '[profiles.default]\nimage = "berth/python:3.11"\nmemory = "256MiB"\npids = 128\ncpus = 1.0\n')
     with open(config, "w") as f:
         f.write(f"""[server]
 listen = "127.0.0.1:{port}"
@@ -68,12 +95,10 @@ threads = 64
 kind = "mysql"
 url = "{BASE_URL}/{DB}"
 pool_size = 8
-[driver]
-path = "{FAKE}"
-instance_id = "{name}"
 [cleanup]
 enabled = false
-""")
+[driver]
+{driver_toml}""")
     log = open(os.path.join(workdir, f"{name}.log"), "w")
     proc = subprocess.Popen([BERTHD, "--config", config], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -87,6 +112,41 @@ enabled = false
             break
         time.sleep(0.1)
     raise RuntimeError(f"berthd {name} did not come up; log: {open(log.name).read()[-2000:]}")
+
+
+def docker_exec_scenario(workdir, pool):
+    """Both instances on one Docker Engine: 100 concurrent execs on one idle sandbox, alternating between them."""
+    procs = []
+    try:
+        a, port_a = start_berthd(workdir, "berth-2i-docker-a", DOCKER)
+        procs.append(a)
+        b, port_b = start_berthd(workdir, "berth-2i-docker-b", DOCKER)
+        procs.append(b)
+        ports = [port_a, port_b]
+        s, sb = request(port_a, "POST", "/v1/sandboxes", {})
+        sid = sb["id"]
+        execs = list(pool.map(lambda i: request(ports[i % 2], "POST", f"/v1/sandboxes/{sid}/python/exec",
+                                                 {"code": "print(6*7)"}), range(100)))
+        ok = [body for st, body in execs if st == 200 and body.get("output", "").strip() == "42"]
+        codes = sorted({st for st, _ in execs})
+        sessions = sql(f"SELECT COUNT(*) FROM {DB}.sessions WHERE sandbox_id = '{sid}'").strip()
+        containers = docker_containers(f"berth.sandbox={sid}")
+        check(len(ok) == 100, f"docker: 100 execs across both instances all ran ({len(ok)} printed 42; {codes})")
+        check(sessions == "1", f"docker: exactly one session for the sandbox ({sessions})")
+        check(len(containers) == 1, f"docker: exactly one container for the sandbox ({len(containers)})")
+        deleted = request(port_b, "DELETE", f"/v1/sandboxes/{sid}")
+        check(deleted[0] in (200, 204), f"docker: created on A, deleted on B ({deleted[0]})")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for name in ("berth-2i-docker-a", "berth-2i-docker-b"):
+            for container in docker_containers(f"berth.instance={name}"):
+                docker_remove(container)
 
 
 def main():
@@ -142,6 +202,9 @@ def main():
         check(deleted[0] in (200, 204), f"created on A, deleted on B ({deleted[0]})")
         after = request(port_a, "GET", f"/v1/sandboxes/{sid}")
         check(after[0] == 404, f"deleted on B, gone on A ({after[0]})")
+
+        if DOCKER:
+            docker_exec_scenario(workdir, pool)
 
         # Nothing half-written: every session and sandbox points at an existing row.
         dangling = sql(f"SELECT (SELECT COUNT(*) FROM {DB}.sessions s LEFT JOIN {DB}.sandboxes x ON x.id = s.sandbox_id"
