@@ -1,6 +1,6 @@
 // Persistence of sandboxes, sessions, workspaces, executions and idempotency records. The interface is what the
-// core needs; SqliteStore implements it (a MySQL store will implement it a second time). Every mutation of a
-// sandbox is a compare-and-swap on its version column: that is what keeps one session per sandbox across threads
+// core needs; SqliteStore and MySqlStore (several berthd on one MySQL / MariaDB database) implement it. Every mutation
+// of a sandbox is a compare-and-swap on its version column: that is what keeps one session per sandbox across threads
 // and processes.
 #pragma once
 
