@@ -23,6 +23,7 @@
 #include "api/openapi.hpp"
 #include "api/request.hpp"
 #include "core/log.hpp"
+#include "store/store.hpp"
 
 namespace berth::api {
 
@@ -53,6 +54,7 @@ int http_status(ErrorCode code) {
     case ErrorCode::driver_unavailable:
     case ErrorCode::server_busy:
     case ErrorCode::shutting_down:
+    case ErrorCode::store_unavailable:
       return 503;
     case ErrorCode::internal:
       return 500;
@@ -365,6 +367,11 @@ void serve(ApiContext& ctx, Poco::Net::HTTPServerRequest& rq, Poco::Net::HTTPSer
       // Same Idempotency-Key, different request: unprocessable as sent (not a state conflict of the resource).
       if (e.details().count("reason") && e.details().at("reason") == "idempotency_mismatch") status = 422;
       send_error(ex, status, core::to_string(e.code()), e.what(), e.details(), e.retry_after());
+    } catch (const store::StoreUnavailable& e) {
+      // The database is down or restarting: retryable, and nothing was half-written (the server rolled back).
+      log::warn("store.unavailable", {{"request_id", request_id}, {"error", e.what()}});
+      send_error(ex, 503, core::to_string(ErrorCode::store_unavailable), "the database is unavailable; retry shortly",
+                 {}, std::chrono::seconds(2));
     } catch (const Poco::Exception& e) {
       // Client-side stream problems (reset connection, bad chunking) are not server errors.
       log::warn("http.exception", {{"request_id", request_id}, {"error", e.displayText()}});

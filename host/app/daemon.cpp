@@ -1,5 +1,6 @@
 #include "app/daemon.hpp"
 
+#include <Poco/Environment.h>
 #include <Poco/SHA1Engine.h>
 
 #include <csignal>
@@ -40,8 +41,32 @@ std::vector<std::filesystem::path> search_path(const config::DriverConfig& d) {
 std::string instance_id(const config::Config& cfg) {
   if (!cfg.driver.instance_id.empty()) return cfg.driver.instance_id;
   Poco::SHA1Engine sha;
-  sha.update(std::filesystem::absolute(cfg.store.path).lexically_normal().string());
+  if (cfg.store.kind == "mysql") {
+    // Several berthd share one database: the instance is this host and listen address on that database.
+    sha.update(Poco::Environment::nodeName() + "|" + cfg.server.host + ":" + std::to_string(cfg.server.port) + "|" +
+               store::parse_mysql_url(cfg.store.url).redacted_url());
+  } else {
+    sha.update(std::filesystem::absolute(cfg.store.path).lexically_normal().string());
+  }
   return "berth-" + Poco::DigestEngine::digestToHex(sha.digest()).substr(0, 12);
+}
+
+/** The configured store, opened and migrated; logs store.opened (a MySQL URL without its password). */
+std::unique_ptr<store::Store> open_store(const config::StoreConfig& cfg) {
+  if (cfg.kind == "mysql") {
+    auto options = store::parse_mysql_url(cfg.url);
+    options.password = cfg.password;
+    options.pool_size = cfg.pool_size;
+    options.connect_timeout = cfg.connect_timeout;
+    options.statement_timeout = cfg.statement_timeout;
+    auto opened = store::open_mysql_store(options);
+    log::info("store.opened",
+              {{"kind", cfg.kind}, {"url", options.redacted_url()}, {"pool_size", std::to_string(cfg.pool_size)}});
+    return opened;
+  }
+  auto opened = store::open_sqlite_store(cfg.path);
+  log::info("store.opened", {{"kind", cfg.kind}, {"path", cfg.path}});
+  return opened;
 }
 
 /** Profiles over the API and in the store are read by the config loader's own rules (config::profile_from_json). */
@@ -148,8 +173,7 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
   }
 
   try {
-    auto store = store::open_sqlite_store(cfg.store.path);
-    log::info("store.opened", {{"kind", cfg.store.kind}, {"path", cfg.store.path}});
+    auto store = open_store(cfg.store);
     // Metrics: the registry counts requests (HTTP layer), execs and cleanup passes (core) and driver calls (the
     // MeteredDriver around the plugin). Disabled, the core talks to the plugin directly and counts nothing.
     std::unique_ptr<metrics::PrometheusMetrics> registry;

@@ -1,6 +1,7 @@
 #include "config/config.hpp"
 
 #include "core/errors.hpp"
+#include "store/store.hpp"
 
 #include <Poco/Dynamic/Var.h>
 #include <Poco/Exception.h>
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -220,9 +222,46 @@ void read_server(TableReader r, ServerConfig& s) {
 
 void read_store(TableReader r, StoreConfig& s) {
   r.string("kind", s.kind);
-  if (s.kind != "sqlite") r.fail(*r.get("kind"), "kind", "unsupported store kind '" + s.kind + "' (sqlite)");
+  if (s.kind != "sqlite" && s.kind != "mysql") {
+    r.fail(*r.get("kind"), "kind", "unsupported store kind '" + s.kind + "' (sqlite | mysql)");
+  }
   r.string("path", s.path);
   if (s.path.empty()) r.fail(*r.get("path"), "path", "must not be empty");
+  r.string("url", s.url);
+  r.string("password_env", s.password_env);
+  r.string("password_file", s.password_file);
+  r.integer("pool_size", s.pool_size, 1, 1024);
+  r.duration("connect_timeout", s.connect_timeout, std::chrono::seconds(1));
+  r.duration("statement_timeout", s.statement_timeout, std::chrono::seconds(1));
+  if (s.kind == "mysql") {
+    const auto* url = r.get("url");
+    if (!url) r.fail(*r.get("kind"), "url", "kind = \"mysql\" needs url = \"mysql://user@host:port/database\"");
+    store::MySqlOptions parsed;
+    try {
+      parsed = store::parse_mysql_url(s.url);  // its messages never quote the password
+    } catch (const store::StoreError& e) {
+      r.fail(*url, "url", e.what());
+    }
+    const int sources = int(!parsed.password.empty()) + int(!s.password_env.empty()) + int(!s.password_file.empty());
+    if (sources > 1) r.fail(*url, "url", "give the password once: in url, password_env or password_file");
+    s.password = parsed.password;
+    if (!s.password_env.empty()) {
+      const char* value = std::getenv(s.password_env.c_str());
+      if (!value)
+        r.fail(*r.get("password_env"), "password_env", "environment variable " + s.password_env + " is not set");
+      s.password = value;
+    }
+    if (!s.password_file.empty()) {
+      std::ifstream in(s.password_file);
+      if (!in || !std::getline(in, s.password)) {
+        r.fail(*r.get("password_file"), "password_file", "cannot read " + s.password_file);
+      }
+      if (!s.password.empty() && s.password.back() == '\r') s.password.pop_back();
+    }
+    if (s.password.find(';') != std::string::npos) {
+      r.fail(*url, "url", "the password must not contain ';' (the MySQL client's option separator)");
+    }
+  }
   r.reject_unknown();
 }
 

@@ -49,8 +49,18 @@ struct ServerConfig {
 };
 
 struct StoreConfig {
-  std::string kind = "sqlite";  // "sqlite" (MySQL arrives with its own issue)
-  std::string path = "berth.db";
+  std::string kind = "sqlite";    // "sqlite" | "mysql"
+  std::string path = "berth.db";  // sqlite: the database file
+  // mysql: "mysql://user[:password]@host[:port]/database"; the password may instead come from password_env (the
+  // name of an environment variable) or password_file (a file's first line). `password` is the resolved secret:
+  // never logged, never part of an error message.
+  std::string url;
+  std::string password_env;
+  std::string password_file;
+  std::string password;
+  int pool_size = 16;                          // connections per berthd at most
+  std::chrono::seconds connect_timeout{5};     // one connection attempt
+  std::chrono::seconds statement_timeout{30};  // server-side cap of one statement and of a lock wait
 };
 
 struct DriverConfig {

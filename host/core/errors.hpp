@@ -28,6 +28,7 @@ enum class ErrorCode {
   quota_exceeded,            // the owner holds as many sandboxes as [limits] allows (429, Retry-After)
   rate_limited,              // the owner creates faster than [limits] allows (429, Retry-After)
   disk_quota_exceeded,       // the sandbox's disk use is over its profile's disk_limit_mb (409; free space)
+  store_unavailable,         // the database cannot be reached or stays in conflict (503, Retry-After; retryable)
   internal,                  // anything else
 };
 
@@ -48,6 +49,7 @@ inline constexpr ErrorCode kAllErrorCodes[] = {ErrorCode::invalid_request,
                                                ErrorCode::quota_exceeded,
                                                ErrorCode::rate_limited,
                                                ErrorCode::disk_quota_exceeded,
+                                               ErrorCode::store_unavailable,
                                                ErrorCode::internal};
 
 /** Stable wire name, e.g. "session_not_ready". */

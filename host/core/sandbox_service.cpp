@@ -95,6 +95,8 @@ std::string_view to_string(ErrorCode code) {
       return "server_busy";
     case ErrorCode::shutting_down:
       return "shutting_down";
+    case ErrorCode::store_unavailable:
+      return "store_unavailable";
     case ErrorCode::quota_exceeded:
       return "quota_exceeded";
     case ErrorCode::rate_limited:

@@ -213,3 +213,38 @@ TEST_CASE("[metrics]: on and open by default, a bearer token inline or from a fi
   CHECK(error_of(base + "[metrics]\nbearer_token_file = \"" + file.string() + "\"\n").find("cannot read") !=
         std::string::npos);
 }
+
+TEST_CASE("[store] kind = mysql: a URL, the password from the URL, an environment variable or a file, never logged") {
+  const std::string base = "[driver]\nname = \"fake\"\n[store]\nkind = \"mysql\"\n";
+  auto inline_pw = parse(base +
+                             "url = \"mysql://berth:pw%40x@db:3307/berth\"\npool_size = 4\n"
+                             "connect_timeout = \"3s\"\nstatement_timeout = 20\n",
+                         "t.toml");
+  CHECK(inline_pw.store.kind == "mysql");
+  CHECK(inline_pw.store.password == "pw@x");
+  CHECK(inline_pw.store.pool_size == 4);
+  CHECK(inline_pw.store.connect_timeout == std::chrono::seconds(3));
+  CHECK(inline_pw.store.statement_timeout == std::chrono::seconds(20));
+  CHECK(error_of(base).find("store.url: kind = \"mysql\" needs url") != std::string::npos);
+  CHECK(error_of(base + "url = \"postgres://a@b/c\"\n").find("mysql://") != std::string::npos);
+  CHECK(error_of("[driver]\nname = \"fake\"\n[store]\nkind = \"postgres\"\n").find("sqlite | mysql") !=
+        std::string::npos);
+
+  const std::string var = "BERTH_TEST_DB_PW_" + std::to_string(::getpid());
+  ::setenv(var.c_str(), "from-env-secret", 1);
+  auto from_env = parse(base + "url = \"mysql://berth@db/berth\"\npassword_env = \"" + var + "\"\n", "t.toml");
+  CHECK(from_env.store.password == "from-env-secret");
+  ::unsetenv(var.c_str());
+  CHECK(error_of(base + "url = \"mysql://berth@db/berth\"\npassword_env = \"" + var + "\"\n").find("is not set") !=
+        std::string::npos);
+  const std::string both = error_of(base + "url = \"mysql://berth:url-secret@db/berth\"\npassword_env = \"X\"\n");
+  CHECK(both.find("give the password once") != std::string::npos);
+  CHECK(both.find("url-secret") == std::string::npos);  // the error names the key, never the secret
+
+  auto file = std::filesystem::temp_directory_path() / ("berth-dbpw-" + std::to_string(::getpid()));
+  std::ofstream(file) << "file-secret\r\n";
+  auto from_file =
+      parse(base + "url = \"mysql://berth@db/berth\"\npassword_file = \"" + file.string() + "\"\n", "t.toml");
+  CHECK(from_file.store.password == "file-secret");
+  std::filesystem::remove(file);
+}

@@ -1,9 +1,14 @@
-// SqliteStore against real database files in a temporary directory: schema migrations, round trips, the
-// unique live key, the version compare-and-swap (threads and two stores on one file), paging, idempotency.
+// One store test definition, two backends: every case runs against SqliteStore on a file in a temporary directory
+// and, with BERTH_TEST_STORE=mysql, against MySqlStore on a fresh MariaDB/MySQL database (berth_test_<pid>_<n>,
+// dropped afterwards; the server from BERTH_TEST_MYSQL_URL, default root over the local unix socket). Cases tagged
+// [sqlite] or [mysql] are about one backend only. Schema migrations, round trips, the unique live key, the version
+// compare-and-swap (threads and two stores on one database), paging, idempotency.
 #include <catch2/catch.hpp>
 
+#include <Poco/Data/MySQL/Connector.h>
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/Session.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -49,6 +54,63 @@ Poco::Data::Session raw_session(const std::string& path) {
   Poco::Data::SQLite::Connector::registerConnector();
   return {Poco::Data::SQLite::Connector::KEY, path};
 }
+
+bool on_mysql() {
+  const char* backend = std::getenv("BERTH_TEST_STORE");
+  return backend && std::string(backend) == "mysql";
+}
+
+/** The server the MySQL run uses; its database part names where the admin connection logs in. */
+MySqlOptions mysql_admin_options() {
+  const char* url = std::getenv("BERTH_TEST_MYSQL_URL");
+  return parse_mysql_url(url ? url : "mysql://root@localhost/mysql");
+}
+
+Poco::Data::Session mysql_session(const MySqlOptions& o) {
+  Poco::Data::MySQL::Connector::registerConnector();
+  return {Poco::Data::MySQL::Connector::KEY, "host=" + o.host + ";port=" + std::to_string(o.port) + ";user=" + o.user +
+                                                 ";password=" + o.password + ";db=" + o.database};
+}
+
+/**
+ * The database one test case works on, on the backend under test: a file in a temporary directory (SQLite) or a
+ * fresh database on the server (MySQL), removed at the end. open() may be called several times: stores on one
+ * database, as several berthd processes are.
+ */
+class TestDb {
+ public:
+  TestDb() {
+    if (!on_mysql()) return;
+    static int counter = 0;
+    options_ = mysql_admin_options();
+    const std::string name = "berth_test_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
+    auto admin = mysql_session(options_);
+    admin << "DROP DATABASE IF EXISTS " + name, now;
+    admin << "CREATE DATABASE " + name + " CHARACTER SET utf8mb4", now;
+    options_.database = name;
+    options_.pool_size = 8;
+  }
+  TestDb(const TestDb&) = delete;
+  TestDb& operator=(const TestDb&) = delete;
+  ~TestDb() {
+    if (options_.database.empty()) return;
+    try {
+      auto admin = mysql_session(mysql_admin_options());
+      admin << "DROP DATABASE IF EXISTS " + options_.database, now;
+    } catch (...) {  // NOLINT(bugprone-empty-catch): a leftover test database is no reason to fail a test
+    }
+  }
+  std::unique_ptr<Store> open() const {
+    return on_mysql() ? open_mysql_store(options_) : open_sqlite_store(dir_.file("berth.db"));
+  }
+  /** A raw connection to the same database. */
+  Poco::Data::Session raw() const { return on_mysql() ? mysql_session(options_) : raw_session(dir_.file("berth.db")); }
+  const MySqlOptions& mysql() const { return options_; }
+
+ private:
+  TempDir dir_;
+  MySqlOptions options_;
+};
 
 // Millisecond-aligned times: the store keeps milliseconds.
 const TimePoint t0 = TimePoint{std::chrono::seconds{1'800'000'000}} + 123ms;
@@ -145,24 +207,23 @@ std::string error_of_open(const std::string& path) {
 // ---- schema ---------------------------------------------------------------------------------------------------
 
 TEST_CASE("migrations are applied once and data survives a re-open") {
-  TempDir dir;
-  const auto path = dir.file("berth.db");
+  TestDb db;
   {
-    auto store = open_sqlite_store(path);
+    auto store = db.open();
     store->insert_workspace(workspace("ws-1"));
     store->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k"));
   }
   Poco::Int64 migrations = 0;
   Poco::Int64 versions = 0;
   {
-    auto s = raw_session(path);
+    auto s = db.raw();
     s << "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations", into(migrations), into(versions), now;
   }
-  REQUIRE(migrations >= 1);
+  REQUIRE(migrations == 4);  // the same numbered migrations on both backends
   CHECK(versions == migrations);
 
   for (int i = 0; i < 2; ++i) {  // re-open = restart
-    auto store = open_sqlite_store(path);
+    auto store = db.open();
     auto row = store->get_sandbox("sandbox-1");
     REQUIRE(row);
     CHECK(row->key == "k");
@@ -170,15 +231,14 @@ TEST_CASE("migrations are applied once and data survives a re-open") {
   }
   Poco::Int64 after = 0;
   {
-    auto s = raw_session(path);
+    auto s = db.raw();
     s << "SELECT COUNT(*) FROM schema_migrations", into(after), now;
   }
   CHECK(after == migrations);
 }
 
-TEST_CASE("stores opening one new file at once apply each migration exactly once") {
-  TempDir dir;
-  const auto path = dir.file("berth.db");
+TEST_CASE("stores opening one new database at once apply each migration exactly once") {
+  TestDb db;
   constexpr std::size_t n = 6;
   std::vector<std::unique_ptr<Store>> stores(n);
   std::vector<std::string> errors(n);  // one slot per thread: Catch2 assertions are not thread-safe
@@ -187,7 +247,7 @@ TEST_CASE("stores opening one new file at once apply each migration exactly once
   for (std::size_t t = 0; t < n; ++t) {
     threads.emplace_back([&, t] {
       try {
-        stores[t] = open_sqlite_store(path);
+        stores[t] = db.open();
       } catch (const std::exception& e) {
         errors[t] = e.what();
       }
@@ -202,13 +262,14 @@ TEST_CASE("stores opening one new file at once apply each migration exactly once
   CHECK(stores[5]->get_workspace("ws-1"));
   Poco::Int64 rows = 0;
   Poco::Int64 versions = 0;
-  auto s = raw_session(path);
-  s << "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations", into(rows), into(versions), now;
-  CHECK(rows >= 1);
+  auto s = db.raw();
+  s << "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations WHERE applied_at IS NOT NULL", into(rows),
+      into(versions), now;
+  CHECK(rows == 4);
   CHECK(rows == versions);
 }
 
-TEST_CASE("the database is opened in WAL mode with foreign keys enforced") {
+TEST_CASE("the database is opened in WAL mode with foreign keys enforced", "[sqlite]") {
   TempDir dir;
   const auto path = dir.file("berth.db");
   auto store = open_sqlite_store(path);
@@ -224,22 +285,36 @@ TEST_CASE("the database is opened in WAL mode with foreign keys enforced") {
 }
 
 TEST_CASE("a database with a newer schema than the code knows is refused clearly") {
-  TempDir dir;
-  const auto path = dir.file("berth.db");
-  open_sqlite_store(path);
+  TestDb db;
+  db.open();
   {
-    auto s = raw_session(path);
+    auto s = db.raw();
     s << "INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 'the future')", now;
   }
-  const auto error = error_of_open(path);
+  std::string error;
+  try {
+    db.open();
+  } catch (const StoreError& e) {
+    error = e.what();
+  }
   CHECK_THAT(error, Catch::Contains("schema version 9999") && Catch::Contains("newer"));
 }
 
+TEST_CASE("foreign keys are enforced on every connection") {
+  TestDb db;
+  auto store = db.open();
+  CHECK_THROWS_AS(store->insert_sandbox(sandbox("sandbox-1", "ws-missing")), StoreError);
+  CHECK_FALSE(store->get_sandbox("sandbox-1"));
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  CHECK_THROWS_AS(store->insert_session(session_row("sess-1", "sandbox-missing", SessionState::starting)), StoreError);
+  CHECK_FALSE(store->get_session("sess-1"));
+}
+
 TEST_CASE("sessions record their starter, and a schema-1 database gains the column with existing rows kept") {
-  TempDir dir;
-  const auto path = dir.file("berth.db");
+  TestDb db;
   {
-    auto store = open_sqlite_store(path);
+    auto store = db.open();
     store->insert_workspace(workspace("ws-1"));
     store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
     auto row = session_row("sess-1", "sandbox-1", SessionState::starting);
@@ -255,14 +330,18 @@ TEST_CASE("sessions record their starter, and a schema-1 database gains the colu
   }
   {
     // Roll the file back to schema 1 (as a berthd from before the starter column left it).
-    auto s = raw_session(path);
+    auto s = db.raw();
     s << "ALTER TABLE sessions DROP COLUMN starter", now;
     s << "ALTER TABLE executions DROP COLUMN truncated", now;  // schema 3
     s << "DROP TABLE profiles", now;                           // schema 4
-    s << "DROP INDEX sandboxes_live_profile", now;
+    if (on_mysql()) {
+      s << "ALTER TABLE sandboxes DROP COLUMN live_profile", now;  // its index goes with it
+    } else {
+      s << "DROP INDEX sandboxes_live_profile", now;
+    }
     s << "DELETE FROM schema_migrations WHERE version >= 2", now;
   }
-  auto store = open_sqlite_store(path);
+  auto store = db.open();
   auto old = store->get_session("sess-1");
   REQUIRE(old);
   CHECK(old->state == SessionState::ready);
@@ -273,7 +352,7 @@ TEST_CASE("sessions record their starter, and a schema-1 database gains the colu
   CHECK(store->get_session("sess-2")->starter == "berth-def");
 }
 
-TEST_CASE("a database that cannot be opened is a StoreError") {
+TEST_CASE("a database that cannot be opened is a StoreError", "[sqlite]") {
   TempDir dir;
   CHECK_THAT(error_of_open(dir.file("no-such-dir/berth.db")), Catch::Contains("no-such-dir"));
   {
@@ -285,7 +364,7 @@ TEST_CASE("a database that cannot be opened is a StoreError") {
   CHECK_FALSE(error_of_open(dir.file("garbage.db")).empty());
 }
 
-TEST_CASE("an in-memory database works (for tests of other layers)") {
+TEST_CASE("an in-memory database works (for tests of other layers)", "[sqlite]") {
   auto store = open_sqlite_store(":memory:");
   store->insert_workspace(workspace("ws-1"));
   CHECK(store->get_workspace("ws-1"));
@@ -294,8 +373,8 @@ TEST_CASE("an in-memory database works (for tests of other layers)") {
 // ---- round trips ------------------------------------------------------------------------------------------------
 
 TEST_CASE("workspaces round trip and deletion is marked once") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   auto w = workspace("ws-1", "bob");
   w.managed = false;
   store->insert_workspace(w);
@@ -328,8 +407,8 @@ TEST_CASE("workspaces round trip and deletion is marked once") {
 }
 
 TEST_CASE("count_live_sandboxes_using counts live rows only") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   store->insert_workspace(workspace("ws-2"));
   CHECK(store->count_live_sandboxes_using("ws-1") == 0);
@@ -345,8 +424,8 @@ TEST_CASE("count_live_sandboxes_using counts live rows only") {
 }
 
 TEST_CASE("abandoned managed workspaces: managed, not deleted, used only by deleted sandboxes") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-abandoned"));
   store->insert_workspace(workspace("ws-live"));
   store->insert_workspace(workspace("ws-fresh"));  // created, its sandbox row not inserted yet
@@ -369,8 +448,8 @@ TEST_CASE("abandoned managed workspaces: managed, not deleted, used only by dele
 }
 
 TEST_CASE("sandboxes round trip with every optional field and map") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
 
   auto full = sandbox("sandbox-full", "ws-1", "alice", "my-key");
@@ -418,8 +497,8 @@ TEST_CASE("sandboxes round trip with every optional field and map") {
 }
 
 TEST_CASE("times before the epoch and sub-millisecond times are kept to the millisecond") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   auto w = workspace("ws-1");
   w.created_at = TimePoint{} - 1500ms;
   store->insert_workspace(w);
@@ -432,8 +511,8 @@ TEST_CASE("times before the epoch and sub-millisecond times are kept to the mill
 }
 
 TEST_CASE("sessions round trip, update, delete and list the active ones") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
 
@@ -495,8 +574,8 @@ TEST_CASE("session states convert to and from text") {
 // ---- the unique live key ----------------------------------------------------------------------------------------
 
 TEST_CASE("one live sandbox per (owner, key) and the key is released by deletion") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   store->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k"));
 
@@ -534,8 +613,8 @@ TEST_CASE("one live sandbox per (owner, key) and the key is released by deletion
 }
 
 TEST_CASE("a duplicate id is a StoreError, not a key conflict") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   store->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k1"));
   try {
@@ -551,8 +630,8 @@ TEST_CASE("a duplicate id is a StoreError, not a key conflict") {
 // ---- compare-and-swap -----------------------------------------------------------------------------------------
 
 TEST_CASE("the CAS writes every mutable field and bumps the version and a stale version loses") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   auto original = sandbox("sandbox-1", "ws-1", "alice", "k");
   original.labels = {{"a", "1"}};
@@ -596,8 +675,8 @@ TEST_CASE("the CAS writes every mutable field and bumps the version and a stale 
 }
 
 TEST_CASE("8 threads CAS from the same seen version: exactly one wins") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
 
@@ -631,8 +710,8 @@ TEST_CASE("8 threads CAS from the same seen version: exactly one wins") {
 }
 
 TEST_CASE("touch bumps the version of a live row, invalidating a snapshot") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
   const auto snapshot = *store->get_sandbox("sandbox-1");
@@ -657,8 +736,8 @@ TEST_CASE("touch bumps the version of a live row, invalidating a snapshot") {
 // ---- listing ----------------------------------------------------------------------------------------------------
 
 TEST_CASE("list_sandboxes pages live rows of one owner by id") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   for (int i = 1; i <= 25; ++i)
     store->insert_sandbox(sandbox(sandbox_id(i), "ws-1", "alice"));
@@ -706,8 +785,8 @@ TEST_CASE("list_sandboxes pages live rows of one owner by id") {
 }
 
 TEST_CASE("list_sandboxes with a label keeps pages full across sparse matches") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   // 600 sandboxes; every 97th has env=prod (more than one internal batch between matches), others env=dev
   std::vector<std::string> prod;
@@ -751,8 +830,8 @@ TEST_CASE("list_sandboxes with a label keeps pages full across sparse matches") 
 }
 
 TEST_CASE("list_executions: newest first, paged, filtered by kind, with the total") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
   store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
   // exec-01..exec-10, one second apart; exec-05 and exec-06 share a timestamp (tie broken by id, descending)
@@ -788,8 +867,8 @@ TEST_CASE("list_executions: newest first, paged, filtered by kind, with the tota
 }
 
 TEST_CASE("executions round trip, including a missing exit code") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   auto e = execution("exec-1", "sandbox-1", "shell", t0);
   e.code = "echo 'hi' && exit 3";
   e.exit_code = 3;
@@ -828,8 +907,8 @@ TEST_CASE("executions round trip, including a missing exit code") {
 // ---- idempotency ------------------------------------------------------------------------------------------------
 
 TEST_CASE("idempotency: claim, replay, complete, release, purge") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
 
   auto claim = idem("alice", "req-1", "hash-a", t0);
   claim.status = 201;  // ignored: a claim is always in progress
@@ -869,10 +948,9 @@ TEST_CASE("idempotency: claim, replay, complete, release, purge") {
 }
 
 TEST_CASE("idempotency: concurrent claims of one key have exactly one winner") {
-  TempDir dir;
-  const auto path = dir.file("berth.db");
-  auto a = open_sqlite_store(path);
-  auto b = open_sqlite_store(path);
+  TestDb db;
+  auto a = db.open();
+  auto b = db.open();
   std::atomic<int> winners{0};
   std::atomic<int> errors{0};
   std::vector<std::thread> threads;
@@ -896,10 +974,9 @@ TEST_CASE("idempotency: concurrent claims of one key have exactly one winner") {
 // ---- two stores on one file (two processes) ---------------------------------------------------------------------
 
 TEST_CASE("two stores on one file see each other's writes and share one CAS") {
-  TempDir dir;
-  const auto path = dir.file("berth.db");
-  auto a = open_sqlite_store(path);
-  auto b = open_sqlite_store(path);
+  TestDb db;
+  auto a = db.open();
+  auto b = db.open();
 
   a->insert_workspace(workspace("ws-1"));
   a->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k"));
@@ -955,8 +1032,8 @@ TEST_CASE("two stores on one file see each other's writes and share one CAS") {
 }
 
 TEST_CASE("list_executions caps each field and the page bytes, and purge_executions expires by age and count") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   for (int i = 1; i <= 10; ++i) {
     auto e = execution("exec-" + std::string(i < 10 ? "0" : "") + std::to_string(i), "sandbox-1", "shell",
                        t0 + std::chrono::seconds(i));
@@ -996,8 +1073,8 @@ TEST_CASE("list_executions caps each field and the page bytes, and purge_executi
 }
 
 TEST_CASE("profiles: insert, unique names, list in order, update, delete, count live sandboxes per profile") {
-  TempDir dir;
-  auto store = open_sqlite_store(dir.file("berth.db"));
+  TestDb db;
+  auto store = db.open();
   const auto t0 = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
   ProfileRow b{"b", R"({"image":"x"})", t0, t0};
   ProfileRow a{"a", R"({"image":"y"})", t0, t0};
@@ -1030,4 +1107,113 @@ TEST_CASE("profiles: insert, unique names, list in order, update, delete, count 
   CHECK(store->delete_profile("b"));
   CHECK_FALSE(store->delete_profile("b"));
   CHECK(store->list_profiles().size() == 1);
+}
+
+// ---- bytes ------------------------------------------------------------------------------------------------------
+
+TEST_CASE("owners and keys are bytes: case, accents and invalid UTF-8 are distinct and kept exactly") {
+  TestDb db;
+  auto store = db.open();
+  store->insert_workspace(workspace("ws-1"));
+  const std::string odd_owner = std::string("al\xff\xfe", 4) + "ice";
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1", odd_owner, "key"));
+  store->insert_sandbox(sandbox("sandbox-2", "ws-1", odd_owner, "KEY"));         // another key (no case folding)
+  store->insert_sandbox(sandbox("sandbox-3", "ws-1", odd_owner, "k\xc3\xa9y"));  // é
+  store->insert_sandbox(sandbox("sandbox-4", "ws-1", odd_owner, "key "));        // trailing space is part of the key
+  CHECK_THROWS_AS(store->insert_sandbox(sandbox("sandbox-5", "ws-1", odd_owner, "key")), UniqueViolation);
+  auto row = store->get_sandbox("sandbox-1");
+  REQUIRE(row);
+  CHECK(row->owner == odd_owner);
+  CHECK(store->find_live_by_key(odd_owner, "KEY")->id == "sandbox-2");
+  CHECK(store->find_live_by_key(odd_owner, "key ")->id == "sandbox-4");
+  CHECK_FALSE(store->find_live_by_key("alice", "key"));
+  auto exec = execution("exec-1", "sandbox-1", "python", t0);
+  exec.output = "\xff\x80 bytes";
+  store->insert_execution(exec);
+  auto [page, total] = store->list_executions("sandbox-1", "", 10, 0);
+  REQUIRE(page.size() == 1);
+  CHECK(page[0].output == exec.output);
+}
+
+// ---- MySQL only -------------------------------------------------------------------------------------------------
+
+TEST_CASE("an unreachable MySQL server is StoreUnavailable and the password appears nowhere", "[mysql]") {
+  MySqlOptions o = parse_mysql_url("mysql://berth:s3cret-pw%40x@127.0.0.1:1/berth");
+  CHECK(o.password == "s3cret-pw@x");
+  CHECK_THROWS_AS(parse_mysql_url("mysql://berth:a%3Bb@127.0.0.1/berth"), StoreError);  // no ; for the client
+  o.password = "s3cret-pw";
+  o.connect_timeout = std::chrono::seconds(2);
+  CHECK(o.redacted_url() == "mysql://berth@127.0.0.1:1/berth");
+  std::string error;
+  try {
+    open_mysql_store(o);
+  } catch (const StoreUnavailable& e) {
+    error = e.what();
+  }
+  CHECK_THAT(error, Catch::Contains("mysql://berth@127.0.0.1:1/berth"));
+  CHECK_THAT(error, !Catch::Contains("s3cret"));
+  CHECK_THROWS_AS(parse_mysql_url("postgres://a@b/c"), StoreError);
+  CHECK_THROWS_AS(parse_mysql_url("mysql://a@b/"), StoreError);
+}
+
+TEST_CASE("a lock wait timeout is retried and counted, and the CAS then wins", "[mysql]") {
+  TestDb db;
+  MySqlOptions o = db.mysql();
+  o.statement_timeout = std::chrono::seconds(1);  // innodb_lock_wait_timeout = 1 s
+  auto setup = db.open();
+  setup->insert_workspace(workspace("ws-1"));
+  setup->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  auto store = open_mysql_store(o);
+  // Another connection holds the row lock until the store has lost at least one round against it.
+  auto holder = db.raw();
+  holder.begin();
+  holder << "UPDATE sandboxes SET last_error = 'held' WHERE id = 'sandbox-1'", now;
+  std::atomic<bool> won{false};
+  std::string failure;
+  std::thread cas([&] {
+    try {
+      auto row = *store->get_sandbox("sandbox-1");
+      row.current_session_id = "sess-1";
+      won = store->update_sandbox_cas(row, 1);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (store->transaction_retries() == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  const auto retries_seen = store->transaction_retries();
+  holder.rollback();
+  cas.join();
+  CHECK(retries_seen >= 1);
+  INFO(failure);
+  CHECK(failure.empty());
+  CHECK(won);
+  CHECK(store->get_sandbox("sandbox-1")->current_session_id == "sess-1");
+}
+
+TEST_CASE("connections killed by the server are replaced: a call fails at most with StoreUnavailable", "[mysql]") {
+  TestDb db;
+  auto store = db.open();
+  store->insert_workspace(workspace("ws-1"));
+  auto admin = db.raw();
+  std::vector<Poco::Int64> ids;
+  const std::string name = db.mysql().database;
+  admin << "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+      Poco::Data::Keywords::bind(name), into(ids), now;
+  REQUIRE_FALSE(ids.empty());
+  for (auto id : ids)
+    admin << "KILL CONNECTION " + std::to_string(id), now;
+  int unavailable = 0;
+  int found = 0;
+  for (int i = 0; i < 3; ++i) {
+    try {
+      if (store->get_workspace("ws-1")) ++found;
+    } catch (const StoreUnavailable&) {
+      ++unavailable;  // the lost connection is dropped; the next call opens a new one
+    }
+  }
+  CHECK(found + unavailable == 3);
+  CHECK(unavailable <= 1);
+  CHECK(store->get_workspace("ws-1"));
 }
