@@ -371,6 +371,7 @@ std::unique_ptr<toml::node> to_toml(const Poco::Dynamic::Var& v, const std::stri
   }
   if (v.isNumeric()) return std::make_unique<toml::value<double>>(v.convert<double>());
   refuse("unsupported JSON value");
+  return nullptr;  // not reached: refuse throws
 }
 
 void read_cleanup(TableReader r, CleanupConfig& c) {
