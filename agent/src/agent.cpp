@@ -234,6 +234,9 @@ void Agent::add_connection(int rfd, int wfd, bool is_stdio) {
   Connection* raw = c.get();
   conns_.push_back(std::move(c));
   watch(rfd, EPOLLIN, [this, raw](std::uint32_t ev) {
+    // The peer hung up while reading is paused (a process's stdin backlog) or the connection is closing: nobody is
+    // left to read or answer, so close it now (its processes are killed) instead of spinning on EPOLLHUP.
+    if ((ev & (EPOLLHUP | EPOLLERR)) && (raw->read_paused || raw->closing)) return close_connection(raw);
     if (ev & EPOLLOUT) on_conn_writable(raw);
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_conn_readable(raw);
   });

@@ -1126,11 +1126,12 @@ TEST_CASE("process: a timeout kills a fork bomb and leaves nothing", "[conforman
   auto d = make_driver();
   if (!d->supports_processes() || !real_processes()) return;  // the fake has no processes to fork
   Sandbox sb(*d);
-  // Under the session's pids limit a bomb can burn out on its own (every fork fails, every shell returns): the
-  // outer loop lights it again, so only the timeout ends it.
-  auto bomb =
-      start(*d, sb.handle,
-            {"/bin/sh", "-c", "echo started; b() { b & b & wait; }; while :; do b; done", "bomb-marker-4711"}, 3000ms);
+  // The main process never forks (it execs sleep), so the session's pids limit cannot end it: only the timeout can.
+  // The bomb runs below it; each of its shells keeps forking in a loop, so it does not burn out at the limit either.
+  auto bomb = start(*d, sb.handle,
+                    {"/bin/sh", "-c", "echo started; b() { while :; do b & b & wait; done; }; b & exec sleep 3600",
+                     "bomb-marker-4711"},
+                    3000ms);
   const auto exit = bomb.wait_exit();
   INFO("exit_code " << exit.exit_code << " signal " << exit.signal);
   CHECK(exit.timed_out);

@@ -315,6 +315,38 @@ void stopped_case(const std::string& engine) {
   }
 }
 
+void tenant_limits_case(const std::string& engine) {
+  auto d = make_driver(engine);
+  Sandbox s(*d, "berth/python:3.11");
+  // Once the agent listens, its socket directory belongs to berthd: the sandbox user can neither list it nor plant a
+  // symlink there that berthd would follow to a host socket.
+  auto o = run(*d, s.handle,
+               argv({"/bin/sh", "-c",
+                     "ls /.berth/run >/dev/null 2>&1 && echo listable; "
+                     "ln -s /etc/passwd /.berth/run/x 2>/dev/null && echo writable; echo checked"}));
+  CHECK(o.out == "checked\n");
+  // A 64 GiB sparse file streams through in chunks and stops where the sink stops: the driver holds none of it.
+  CHECK(run(*d, s.handle, argv({"/usr/bin/truncate", "-s", "64G", "huge"})).result.exit_code == 0);
+  std::uint64_t got = 0;
+  std::size_t largest = 0;
+  try {
+    d->file_get(s.handle, "huge", [&](std::string_view data) {
+      got += data.size();
+      largest = std::max(largest, data.size());
+      return got < (8u << 20);
+    });
+    FAIL("the download did not stop where the sink stopped");
+  } catch (const DriverError& e) {
+    CHECK(e.code() == DriverErrc::cancelled);
+  }
+  CHECK(got >= (8u << 20));
+  CHECK(got < (64u << 20));
+  CHECK(largest <= (1u << 20));
+  // The half-read connection was closed, not handed to the next call.
+  put(*d, s.handle, "small", "after");
+  CHECK(get(*d, s.handle, "small") == "after");
+}
+
 }  // namespace
 
 #define BERTH_AGENT_CASES(engine)                                                                                   \
@@ -335,6 +367,9 @@ void stopped_case(const std::string& engine) {
   }                                                                                                                 \
   TEST_CASE(engine ": a stopped session is gone on the next call", "[" engine "]") {                                \
     stopped_case(engine);                                                                                           \
+  }                                                                                                                 \
+  TEST_CASE(engine ": the agent directory is closed to the tenant and downloads stream", "[" engine "]") {          \
+    tenant_limits_case(engine);                                                                                     \
   }
 
 BERTH_AGENT_CASES("docker")

@@ -302,13 +302,25 @@ std::chrono::nanoseconds AgentClient::ping(AgentDeadline deadline) {
 
 std::string AgentClient::read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid,
                                    AgentDeadline deadline) {
+  std::string data;
+  read_file(
+      path, uid, gid,
+      [&](std::string_view chunk) {
+        data.append(chunk);
+        return true;
+      },
+      deadline);
+  return data;
+}
+
+bool AgentClient::read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid,
+                            const std::function<bool(std::string_view)>& sink, AgentDeadline deadline) {
   const auto ch = next_channel();
   queue(MsgType::kFileRead, ch, agent::PayloadWriter().bytes(path).u32(uid).u32(gid).str());
-  std::string data;
   for (;;) {
     auto e = await(ch, deadline, "read_file");
-    if (e.type == MsgType::kFileData) data += e.data;
-    if (e.type == MsgType::kDone) return data;
+    if (e.type == MsgType::kFileData && !e.data.empty() && !sink(e.data)) return false;
+    if (e.type == MsgType::kDone) return true;
   }
 }
 
@@ -331,13 +343,28 @@ agent::FileInfo AgentClient::stat(const std::string& path, std::uint32_t uid, st
 
 std::vector<agent::FileInfo> AgentClient::list(const std::string& path, std::uint32_t uid, std::uint32_t gid,
                                                AgentDeadline deadline) {
+  std::vector<agent::FileInfo> out;
+  list(
+      path, uid, gid,
+      [&](const agent::FileInfo& e) {
+        out.push_back(e);
+        return true;
+      },
+      deadline);
+  return out;
+}
+
+bool AgentClient::list(const std::string& path, std::uint32_t uid, std::uint32_t gid,
+                       const std::function<bool(const agent::FileInfo&)>& on_entry, AgentDeadline deadline) {
   const auto ch = next_channel();
   queue(MsgType::kList, ch, agent::PayloadWriter().bytes(path).u32(uid).u32(gid).str());
-  std::vector<agent::FileInfo> out;
   for (;;) {
     auto e = await(ch, deadline, "list");
-    if (e.type == MsgType::kListEntries) out.insert(out.end(), e.entries.begin(), e.entries.end());
-    if (e.type == MsgType::kDone) return out;
+    if (e.type == MsgType::kListEntries) {
+      for (const auto& entry : e.entries)
+        if (!on_entry(entry)) return false;
+    }
+    if (e.type == MsgType::kDone) return true;
   }
 }
 

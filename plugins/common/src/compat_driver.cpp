@@ -917,7 +917,12 @@ auto with_agent_fs(Instance& inst, const std::string& container, SessionMeta& me
                    bool enotdir_is_type, F&& body) {
   auto lease = lease_agent(inst, container, meta);
   try {
-    return body(*lease, AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+    auto result = body(*lease, AgentClock::now() + milliseconds(inst.config.request_timeout_ms));
+    // A streaming body stopped by its consumer (false) leaves the reply half read: that connection is not reused.
+    if constexpr (std::is_same_v<decltype(result), bool>) {
+      if (!result) lease.discard();
+    }
+    return result;
   } catch (const AgentError& e) {
     if (e.code() == agent::ErrorCode::kProtocol) {
       lease.discard();
@@ -927,6 +932,9 @@ auto with_agent_fs(Instance& inst, const std::string& container, SessionMeta& me
   } catch (const AgentTimeout& e) {
     lease.discard();  // a request may still be answered later: the connection's state is unknown
     throw Error(Errc::timeout, std::string("the agent did not finish the file operation in time: ") + e.what());
+  } catch (...) {
+    lease.discard();  // e.g. a sink that threw mid-stream: the reply is half read
+    throw;
   }
 }
 
@@ -1556,7 +1564,8 @@ bool numeric_user(const std::string& user, unsigned* uid, unsigned* gid) {
   return number(std::string_view(user).substr(0, colon), uid) && number(std::string_view(user).substr(colon + 1), gid);
 }
 
-/** Creates the session's agent directory (0700, owned by uid:gid); the parent is created 0755 if missing. A stale
+/** Creates the session's agent directory (0700, owned by uid:gid until the agent has bound its socket, then by
+ *  berthd again); the parent is created 0755 if missing. A stale
  *  directory of the same name (a session removed while berthd was down) is replaced. Throws filesystem_error. */
 void make_agent_dir(const std::string& run_dir, const std::string& dir, unsigned uid, unsigned gid) {
   std::filesystem::create_directories(run_dir);
@@ -1793,7 +1802,14 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
           std::this_thread::sleep_for(milliseconds(delay_ms));
           delay_ms = std::min(delay_ms * 2, 50);
         }
-        if (use_agent) ready_connection = wait_for_agent(self, id, agent_dir + "/agent.sock");
+        if (use_agent) {
+          ready_connection = wait_for_agent(self, id, agent_dir + "/agent.sock");
+          // The agent has bound its socket: the directory goes back to berthd, so that the sandbox user can neither
+          // swap agent.sock for a symlink berthd would follow (to any host socket) nor fill the host's /run.
+          if (::chown(agent_dir.c_str(), ::geteuid(), ::getegid()) != 0 || ::chmod(agent_dir.c_str(), 0700) != 0) {
+            throw AgentStartFailed("cannot take the agent directory back: " + std::string(std::strerror(errno)));
+          }
+        }
       } catch (...) {
         try {
           self.client.call("DELETE", "/containers/" + id + "?force=true&v=false", {}, {404});
@@ -2239,17 +2255,21 @@ berth_status file_get(berth_instance* inst, const char* handle, const char* path
     if (rel.empty()) throw Error(Errc::invalid_argument, "the workspace is a directory, not a regular file");
     auto meta = self.meta_of(h);
     if (meta->agent) {
-      std::string data = with_agent_fs(self, h, *meta, rel, false, [&](AgentClient& c, AgentDeadline deadline) {
-        return c.read_file(rel, agent::kKeepId, agent::kKeepId, deadline);
+      // Streamed chunk by chunk: a tenant's 64 GiB sparse file must never be held in berthd (the host stops the
+      // download at its own size limit through the sink).
+      bool any = false;
+      const bool whole = with_agent_fs(self, h, *meta, rel, false, [&](AgentClient& c, AgentDeadline deadline) {
+        return c.read_file(
+            rel, agent::kKeepId, agent::kKeepId,
+            [&](std::string_view chunk) {
+              any = true;
+              return sink(sink_ctx, reinterpret_cast<const std::uint8_t*>(chunk.data()), chunk.size()) == 0;
+            },
+            deadline);
       });
-      size_t offset = 0;
-      do {
-        size_t n = std::min<size_t>(data.size() - offset, 64 * 1024);
-        if (sink(sink_ctx, reinterpret_cast<const std::uint8_t*>(data.data()) + offset, n) != 0) {
-          throw Error(Errc::cancelled, "the sink refused data");
-        }
-        offset += n;
-      } while (offset < data.size());
+      if (!whole) throw Error(Errc::cancelled, "the sink refused data");
+      static const std::uint8_t kNothing = 0;  // an empty file still reaches the sink once, as on the engine path
+      if (!any && sink(sink_ctx, &kNothing, 0) != 0) throw Error(Errc::cancelled, "the sink refused data");
       return BERTH_OK;
     }
     const std::string workspace = meta->workspace;
@@ -2269,11 +2289,9 @@ berth_status dir_list(berth_instance* inst, const char* handle, const char* path
     if (!on_entry) throw Error(Errc::invalid_argument, "on_entry is NULL");
     auto meta = self.meta_of(h);
     if (meta->agent) {
-      auto entries = with_agent_fs(self, h, *meta, rel, true, [&](AgentClient& c, AgentDeadline deadline) {
-        return c.list(rel, agent::kKeepId, agent::kKeepId, deadline);
-      });
-      for (const auto& e : entries) {
-        if (e.name.empty() || e.name == "." || e.name == "..") continue;
+      // Entries go to on_entry as they arrive: the driver's memory does not grow with the directory.
+      auto emit_entry = [&](const agent::FileInfo& e) -> bool {
+        if (e.name.empty() || e.name == "." || e.name == "..") return true;
         berth_dir_entry entry;
         std::memset(&entry, 0, sizeof entry);
         entry.struct_size = sizeof entry;
@@ -2284,8 +2302,12 @@ berth_status dir_list(berth_instance* inst, const char* handle, const char* path
         entry.size = e.size;
         entry.mode = e.mode & 07777;
         entry.name = e.name.c_str();
-        if (on_entry(ctx, &entry) != 0) break;
-      }
+        return on_entry(ctx, &entry) == 0;
+      };
+      // false: on_entry ended the listing early (BERTH_OK); with_agent_fs then closes the connection mid-reply.
+      with_agent_fs(self, h, *meta, rel, true, [&](AgentClient& c, AgentDeadline deadline) {
+        return c.list(rel, agent::kKeepId, agent::kKeepId, emit_entry, deadline);
+      });
       return BERTH_OK;
     }
     const std::string workspace = meta->workspace;
@@ -2396,67 +2418,42 @@ struct AgentProcess {
   Instance* inst = nullptr;
   std::string container;
   std::shared_ptr<SessionMeta> meta;
-  std::optional<AgentPool::Lease> lease;  // the dedicated connection (none for a process that never started)
+  std::optional<AgentPool::Lease> lease;  // the dedicated connection; touched only under client_mutex
   std::uint32_t channel = 0;
   bool pty = false;
   bool watched = false;
+  berth_process_ready_fn on_ready = nullptr;
+  void* ready_ctx = nullptr;
 
   // The AgentClient is not thread-safe: process_next_event holds client_mutex while it waits; the other calls take
-  // it when it is free, else queue their request in `pending`, which next_event sends between short waits.
+  // it when it is free, else queue their request in `pending`, which is sent between next_event's short waits. Whoever
+  // holds the lock re-checks `pending` after unlocking (send_pending), so no request is left behind.
   std::mutex client_mutex;
   std::mutex pending_mutex;
-  std::vector<std::function<void(AgentClient&)>> pending;
-  std::uint64_t pending_stdin = 0;  // bytes in `pending` (the 8 MiB promise of process_write_stdin)
-  bool stdin_closed = false;        // guarded by pending_mutex
+  std::vector<std::function<void(AgentProcess&)>> pending;  // run under client_mutex
+  std::uint64_t pending_stdin = 0;                          // stdin bytes in `pending`
+  bool stdin_closed = false;                                // guarded by pending_mutex
+  std::atomic<std::uint64_t> unsent{0};                     // stdin (and requests) the connection has not written yet
+  std::atomic<bool> connected{false};  // false once the connection is closed (exit, kill by close, broken)
   std::atomic<bool> kill_requested{false};
-  bool broken = false;  // the connection failed: the next event is CONFLICT
+
+  // Under client_mutex:
+  bool broken = false;  // the connection failed: every later next_event is CONFLICT (`broken_reason`)
+  std::string broken_reason;
+  bool exited = false;
+  berth_process_event exit_event{};
 
   // Used by process_next_event only (one call at a time per handle):
   std::string data;                               // the bytes of the last OUTPUT event
   std::deque<std::pair<int, std::string>> early;  // output produced here (a start failure's reason)
-  bool exited = false;
-  berth_process_event exit_event{};
 };
 
-/** The most unread stdin a process holds queued in the driver before write_stdin answers UNAVAILABLE. */
+/** The most stdin a process may have waiting in the driver (queued or unsent) before write_stdin is UNAVAILABLE. */
 constexpr std::uint64_t kMaxPendingStdin = 16ull << 20;
 
 AgentProcess* process_of(berth_process* p) {
   if (!p) throw Error(Errc::invalid_argument, "process is NULL");
   return reinterpret_cast<AgentProcess*>(p);
-}
-
-/** Sends what `p` has queued; the caller holds p.client_mutex. A broken connection marks `p` broken. */
-void drain_pending(AgentProcess& p) {
-  std::vector<std::function<void(AgentClient&)>> ops;
-  {
-    std::lock_guard lock(p.pending_mutex);
-    ops.swap(p.pending);
-    p.pending_stdin = 0;
-  }
-  if (p.broken || !p.lease) return;
-  try {
-    for (auto& op : ops)
-      op(**p.lease);
-    (*p.lease)->flush();
-  } catch (const AgentError&) {
-    p.broken = true;
-  }
-}
-
-/** Runs `op` on `p`'s connection now if no process_next_event holds it, else queues it for that call. */
-void submit(AgentProcess& p, std::function<void(AgentClient&)> op, std::uint64_t stdin_bytes = 0) {
-  {
-    std::lock_guard lock(p.pending_mutex);
-    if (stdin_bytes && p.pending_stdin + stdin_bytes > kMaxPendingStdin) {
-      throw Error(Errc::unavailable, "the process has 16 MiB of unread stdin queued: wait for an event, then retry");
-    }
-    p.pending.push_back(std::move(op));
-    p.pending_stdin += stdin_bytes;
-  }
-  // Whoever holds the client sends it: a next_event in progress does between waits and once more after unlocking.
-  std::unique_lock lock(p.client_mutex, std::try_to_lock);
-  if (lock.owns_lock()) drain_pending(p);
 }
 
 void fill_exit(AgentProcess& p, const agent::ExitInfo& x) {
@@ -2469,6 +2466,72 @@ void fill_exit(AgentProcess& p, const agent::ExitInfo& x) {
   p.exit_event.timed_out = x.timed_out ? 1 : 0;
   p.exit_event.killed = !x.timed_out && p.kill_requested ? 1 : 0;
   p.exit_event.output_dropped = x.output_dropped;
+}
+
+/** Closes `p`'s connection (the agent then kills what runs on it); under client_mutex. */
+void close_process_connection(AgentProcess& p) {
+  if (p.watched) p.inst->process_watcher().unwatch(&p);  // before the fd number can be reused
+  p.watched = false;
+  if (p.lease) p.lease->discard();
+  p.lease.reset();
+  p.connected = false;
+  p.unsent = 0;
+}
+
+/** Sends what `p` has queued; the caller holds p.client_mutex. A broken connection marks `p` broken. */
+void drain_pending(AgentProcess& p) {
+  std::vector<std::function<void(AgentProcess&)>> ops;
+  {
+    std::lock_guard lock(p.pending_mutex);
+    ops.swap(p.pending);
+    p.pending_stdin = 0;
+  }
+  for (auto& op : ops) {
+    if (p.broken || !p.lease) return;
+    try {
+      op(p);
+    } catch (const AgentError& e) {
+      p.broken = true;
+      p.broken_reason = e.what();
+    }
+  }
+  if (p.broken || !p.lease) return;
+  try {
+    (*p.lease)->flush();
+    p.unsent = (*p.lease)->unsent();
+    // flush() may have read this process's next events: the fd then looks idle to the watcher, so say it here.
+    if (p.on_ready && (*p.lease)->has_event_for(p.channel)) p.on_ready(p.ready_ctx);
+  } catch (const AgentError& e) {
+    p.broken = true;
+    p.broken_reason = e.what();
+  }
+}
+
+/** Sends `p`'s queued requests unless another caller holds the connection (that caller sends them: it re-checks
+ *  `pending` after unlocking, in this same function). */
+void send_pending(AgentProcess& p) {
+  for (;;) {
+    {
+      std::unique_lock lock(p.client_mutex, std::try_to_lock);
+      if (!lock.owns_lock()) return;
+      drain_pending(p);
+    }
+    std::lock_guard lock(p.pending_mutex);
+    if (p.pending.empty()) return;
+  }
+}
+
+/** Queues `op` for `p`'s connection and sends it now if no process_next_event holds the connection. */
+void submit(AgentProcess& p, std::function<void(AgentProcess&)> op, std::uint64_t stdin_bytes = 0) {
+  {
+    std::lock_guard lock(p.pending_mutex);
+    if (stdin_bytes && p.pending_stdin + p.unsent + stdin_bytes > kMaxPendingStdin) {
+      throw Error(Errc::unavailable, "the process has 16 MiB of unread stdin waiting: wait for an event, then retry");
+    }
+    p.pending.push_back(std::move(op));
+    p.pending_stdin += stdin_bytes;
+  }
+  send_pending(p);
 }
 
 /** Copies the fields of `e` that the caller's struct (struct_size) has room for. */
@@ -2509,14 +2572,15 @@ berth_status process_start(berth_instance* inst, const char* handle, const berth
     auto meta = self.meta_of(h);
     if (!meta->agent) {
       throw Error(Errc::unsupported,
-                  "this session runs without the agent (Engine exec fallback): no interactive "
-                  "processes");
+                  "this session runs without the agent (Engine exec fallback): no interactive processes");
     }
     auto p = std::make_unique<AgentProcess>();
     p->inst = &self;
     p->container = h;
     p->meta = meta;
     p->pty = (sp.flags & BERTH_PROCESS_PTY) != 0;
+    p->on_ready = sp.on_ready;
+    p->ready_ctx = sp.ready_ctx;
     p->lease.emplace(lease_agent(self, h, *meta));
     AgentClient& client = **p->lease;
     bool start_sent = false;
@@ -2542,9 +2606,10 @@ berth_status process_start(berth_instance* inst, const char* handle, const berth
         agent::ExitInfo x;
         x.code = st.sys_errno == ENOENT ? 127 : 126;
         fill_exit(*p, x);
-        p->lease.reset();
+        p->lease.reset();  // nothing runs on it: back to the pool
       } else {
         p->channel = st.channel;
+        p->connected = true;
       }
     } catch (const AgentError& e) {
       p->lease->discard();
@@ -2553,10 +2618,15 @@ berth_status process_start(berth_instance* inst, const char* handle, const berth
     } catch (const AgentTimeout& e) {
       p->lease->discard();
       throw Error(Errc::internal, std::string("the session's agent stopped answering: ") + e.what());
+    } catch (...) {
+      p->lease->discard();  // e.g. NOT_FOUND for the cwd: the connection is fine but simpler closed than reasoned about
+      throw;
     }
     if (sp.on_ready) {
-      p->watched = true;
-      self.process_watcher().watch(p.get(), p->lease ? (*p->lease)->fd() : -1, sp.on_ready, sp.ready_ctx);
+      if (p->lease) {
+        p->watched = true;
+        self.process_watcher().watch(p.get(), (*p->lease)->fd(), sp.on_ready, sp.ready_ctx);
+      }
       if (!p->lease || (*p->lease)->has_event_for(p->channel)) sp.on_ready(sp.ready_ctx);
     }
     *out = reinterpret_cast<berth_process*>(p.release());
@@ -2573,11 +2643,10 @@ berth_status process_write_stdin(berth_instance* inst, berth_process* process, c
       std::lock_guard lock(p.pending_mutex);
       if (p.stdin_closed) throw Error(Errc::conflict, "stdin is closed");
     }
-    if (!size || !p.lease) return BERTH_OK;  // nothing to send, or it never started: discarded
+    if (!size || !p.connected) return BERTH_OK;  // nothing to send, or the process is gone: discarded
     std::string bytes(reinterpret_cast<const char*>(data), size);
-    const std::uint32_t channel = p.channel;
     submit(
-        p, [channel, bytes = std::move(bytes)](AgentClient& c) { c.write_stdin(channel, bytes); }, size);
+        p, [bytes = std::move(bytes)](AgentProcess& q) { (*q.lease)->write_stdin(q.channel, bytes); }, size);
     return BERTH_OK;
   });
 }
@@ -2590,9 +2659,8 @@ berth_status process_close_stdin(berth_instance* inst, berth_process* process, b
       if (p.stdin_closed) return BERTH_OK;
       p.stdin_closed = true;
     }
-    if (!p.lease) return BERTH_OK;
-    const std::uint32_t channel = p.channel;
-    submit(p, [channel](AgentClient& c) { c.close_stdin(channel); });
+    if (!p.connected) return BERTH_OK;
+    submit(p, [](AgentProcess& q) { (*q.lease)->close_stdin(q.channel); });
     return BERTH_OK;
   });
 }
@@ -2603,9 +2671,8 @@ berth_status process_signal(berth_instance* inst, berth_process* process, int32_
     AgentProcess& p = *process_of(process);
     if (signo < 1 || signo > 64)
       throw Error(Errc::invalid_argument, "signal " + std::to_string(signo) + " is not 1-64");
-    if (!p.lease) return BERTH_OK;
-    const std::uint32_t channel = p.channel;
-    submit(p, [channel, signo, to_group](AgentClient& c) { c.signal(channel, signo, to_group != 0); });
+    if (!p.connected) return BERTH_OK;
+    submit(p, [signo, to_group](AgentProcess& q) { (*q.lease)->signal(q.channel, signo, to_group != 0); });
     return BERTH_OK;
   });
 }
@@ -2616,9 +2683,8 @@ berth_status process_resize(berth_instance* inst, berth_process* process, uint16
     AgentProcess& p = *process_of(process);
     if (!p.pty) throw Error(Errc::invalid_argument, "the process has no terminal");
     if (!rows || !cols) throw Error(Errc::invalid_argument, "rows and cols must be at least 1");
-    if (!p.lease) return BERTH_OK;
-    const std::uint32_t channel = p.channel;
-    submit(p, [channel, rows, cols](AgentClient& c) { c.resize(channel, rows, cols); });
+    if (!p.connected) return BERTH_OK;
+    submit(p, [rows, cols](AgentProcess& q) { (*q.lease)->resize(q.channel, rows, cols); });
     return BERTH_OK;
   });
 }
@@ -2626,9 +2692,20 @@ berth_status process_resize(berth_instance* inst, berth_process* process, uint16
 berth_status process_kill(berth_instance* inst, berth_process* process, berth_error* err) {
   return guarded(inst, err, [&]() -> berth_status {
     AgentProcess& p = *process_of(process);
-    if (p.kill_requested.exchange(true) || !p.lease) return BERTH_OK;
-    const std::uint32_t channel = p.channel;
-    submit(p, [channel](AgentClient& c) { c.kill(channel); });
+    if (p.kill_requested.exchange(true) || !p.connected) return BERTH_OK;
+    submit(p, [](AgentProcess& q) {
+      if (q.unsent == 0) {
+        (*q.lease)->kill(q.channel);
+        return;
+      }
+      // Stdin the agent is not reading is queued ahead of a KILL frame, which would never arrive: close the
+      // connection instead (the agent kills every process of a connection that goes away) and report the kill.
+      close_process_connection(q);
+      agent::ExitInfo x;
+      x.signaled = true;
+      x.code = SIGKILL;
+      fill_exit(q, x);
+    });
     return BERTH_OK;
   });
 }
@@ -2642,9 +2719,6 @@ berth_status process_next_event(berth_instance* inst, berth_process* process, ui
     }
     berth_process_event ev{};
     ev.struct_size = sizeof ev;
-    auto rearm = [&] {
-      if (p.watched) p.inst->process_watcher().rearm(&p);
-    };
     if (!p.early.empty()) {
       p.data = std::move(p.early.front().second);
       ev.type = BERTH_PROCESS_EVENT_OUTPUT;
@@ -2655,67 +2729,71 @@ berth_status process_next_event(berth_instance* inst, berth_process* process, ui
       deliver(event, ev);
       return BERTH_OK;
     }
-    if (p.exited) {
-      deliver(event, p.exit_event);
-      return BERTH_OK;
-    }
     const auto deadline = AgentClock::now() + milliseconds(wait_ms);
     std::optional<AgentEvent> got;
+    bool more = false;  // another event of this process is already decoded
     {
       std::unique_lock lock(p.client_mutex);
       for (;;) {
         drain_pending(p);
-        if (p.broken) break;
+        if (p.exited || p.broken || !p.lease) break;
         // Short waits, so that requests queued meanwhile (stdin, signals) go out within about 10 ms.
         const auto slice = std::min(deadline, AgentClock::now() + milliseconds(10));
         try {
           got = (*p.lease)->next_event_for(p.channel, slice);
-        } catch (const AgentError&) {
+          p.unsent = (*p.lease)->unsent();
+        } catch (const AgentError& e) {
           p.broken = true;
+          p.broken_reason = e.what();
           break;
         }
         if (got || AgentClock::now() >= deadline) break;
       }
-    }
-    // A request queued after the last drain above but before the unlock: send it now (see submit).
-    for (;;) {
-      {
-        std::lock_guard lock(p.pending_mutex);
-        if (p.pending.empty()) break;
+      if (p.broken && p.lease) {
+        close_process_connection(p);
+        // Once, without waiting: was it the session that ended?
+        bool running = true;
+        try {
+          running = container_running(*p.inst, p.container);
+        } catch (const std::exception&) {
+        }
+        p.broken_reason = running
+                              ? "the connection to the session's agent broke while the process ran: " + p.broken_reason
+                              : "the session ended while the process ran";
       }
-      std::unique_lock lock(p.client_mutex, std::try_to_lock);
-      if (!lock.owns_lock()) break;  // another caller holds it and drains
-      drain_pending(p);
+      if (p.broken) throw Error(Errc::conflict, p.broken_reason);
+      if (!got && p.exited) {
+        deliver(event, p.exit_event);
+        return BERTH_OK;
+      }
+      if (got && got->type == agent::MsgType::kExit) {
+        fill_exit(p, got->exit);
+        close_process_connection(p);  // nothing more will come on it
+      }
+      more = p.lease && (*p.lease)->has_event_for(p.channel);
+      if (p.watched) p.inst->process_watcher().rearm(&p);
     }
-    if (p.broken) {
-      p.lease->discard();
-      p.lease.reset();
-      const bool gone = container_stops(*p.inst, p.container);
-      throw Error(Errc::conflict, gone ? "the session ended while the process ran"
-                                       : "the connection to the session's agent broke while the process ran");
-    }
+    send_pending(p);                                  // a request queued after the last drain above
+    if (more && p.on_ready) p.on_ready(p.ready_ctx);  // already read from the fd: the watcher cannot see it
     if (!got) {
-      rearm();
       ev.type = BERTH_PROCESS_EVENT_NONE;
-      deliver(event, ev);
-      return BERTH_OK;
-    }
-    if (got->type == agent::MsgType::kOutput) {
+    } else if (got->type == agent::MsgType::kOutput && !got->data.empty()) {
       p.data = std::move(got->data);
       ev.type = BERTH_PROCESS_EVENT_OUTPUT;
       ev.stream = got->stream == 2 ? BERTH_STREAM_STDERR : BERTH_STREAM_STDOUT;
       ev.data = reinterpret_cast<const std::uint8_t*>(p.data.data());
       ev.size = p.data.size();
     } else if (got->type == agent::MsgType::kExit) {
-      fill_exit(p, got->exit);
       ev = p.exit_event;
     } else if (got->type == agent::MsgType::kError) {
-      throw Error(Errc::internal, "the agent reported an error for the process: " + got->error.message);
+      // An ERROR about a SIGNAL, RESIZE or stdin request (the process had just exited, say) leaves the process
+      // running: logged, not fatal. Only an ERROR about the process itself ends it.
+      p.inst->log(BERTH_LOG_WARN, p.inst->event("process.request_refused").c_str(),
+                  {{"container", p.container}, {"error", got->error.message}});
+      ev.type = BERTH_PROCESS_EVENT_NONE;
     } else {
       ev.type = BERTH_PROCESS_EVENT_NONE;  // a message this driver does not use: skipped
     }
-    if (ev.type == BERTH_PROCESS_EVENT_OUTPUT && ev.size == 0) ev.type = BERTH_PROCESS_EVENT_NONE;
-    rearm();
     deliver(event, ev);
     return BERTH_OK;
   });
@@ -2724,11 +2802,12 @@ berth_status process_next_event(berth_instance* inst, berth_process* process, ui
 void process_release(berth_instance* inst, berth_process* process) {
   if (!process) return;
   std::unique_ptr<AgentProcess> p(reinterpret_cast<AgentProcess*>(process));
+  (void)inst;
   try {
-    if (p->watched && inst) reinterpret_cast<Instance*>(inst)->process_watcher().unwatch(p.get());
-    // Closing the process's own connection makes the agent kill its tree (docs/agent-protocol.md); never pooled
-    // again, so no event of this process can reach another caller.
-    if (p->lease) p->lease->discard();
+    // Closing the process's own connection makes the agent kill its tree (docs/agent-protocol.md); it is never
+    // pooled again, so no event of this process can reach another caller.
+    std::lock_guard lock(p->client_mutex);
+    close_process_connection(*p);
   } catch (...) {
   }
 }

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -103,6 +104,8 @@ class AgentClient {
   /** Writes what is queued as far as the socket takes it without blocking, and reads what already arrived (its
    *  events stay queued for next_event*). Throws AgentError when the connection is broken. */
   void flush() { pump(AgentDeadline{}); }
+  /** Bytes queued but not yet written to the agent (stdin the agent is not reading piles up here). */
+  std::size_t unsent() const { return out_.size() - out_pos_; }
   /** Whether an event of `channel` is already decoded and waiting (next_event_for would return it at once). */
   bool has_event_for(std::uint32_t channel) const;
   /** Queues a raw frame (tests and future messages). */
@@ -122,11 +125,20 @@ class AgentClient {
 
   /** File operations as uid/gid (agent::kKeepId = the agent's own), paths relative to the workspace root. */
   std::string read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid, AgentDeadline deadline);
+  /** Streams the file to `sink` chunk by chunk (at most agent::kMaxChunk bytes each) as it arrives, so nothing is
+   *  buffered whole. `sink` returns false to stop: read_file then returns false and the connection is mid-reply (the
+   *  caller must discard it). True once the whole file went to `sink`. */
+  bool read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid,
+                 const std::function<bool(std::string_view)>& sink, AgentDeadline deadline);
   std::uint64_t write_file(const std::string& path, std::string_view data, std::uint32_t uid, std::uint32_t gid,
                            std::uint32_t mode, AgentDeadline deadline);
   agent::FileInfo stat(const std::string& path, std::uint32_t uid, std::uint32_t gid, AgentDeadline deadline);
   std::vector<agent::FileInfo> list(const std::string& path, std::uint32_t uid, std::uint32_t gid,
                                     AgentDeadline deadline);
+  /** Streams the directory's entries to `on_entry` as they arrive; returns false when `on_entry` returned false
+   *  (the connection is then mid-reply and must be discarded), true once every entry went out. */
+  bool list(const std::string& path, std::uint32_t uid, std::uint32_t gid,
+            const std::function<bool(const agent::FileInfo&)>& on_entry, AgentDeadline deadline);
   void remove(const std::string& path, bool recursive, std::uint32_t uid, std::uint32_t gid, AgentDeadline deadline);
   void mkdir(const std::string& path, std::uint32_t mode, bool parents, std::uint32_t uid, std::uint32_t gid,
              AgentDeadline deadline);
