@@ -1054,8 +1054,8 @@ class MySqlStore final : public Store {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
         continue;
       }
-      const auto next =
-          std::find_if(kMigrations.begin(), kMigrations.end(), [&](const Migration& m) { return m.version > applied; });
+      const auto next = std::find_if(kMigrations.begin(), kMigrations.end(),
+                                     [newest = applied](const Migration& m) { return m.version > newest; });
       if (next == kMigrations.end()) return;
       const bool won = run("migrate", [&](Session& s) {
         try {

@@ -319,11 +319,15 @@ TEST_CASE("a timeout kills a fork bomb and setsid, nohup and env -i children, le
   // The bomb is bounded by RLIMIT_NPROC (as nobody when root, else a margin over this user's processes) so that
   // the shared machine survives it; it keeps forking until the agent kills the tree.
   std::string limit = "120";
-  auto req =
-      sh("setsid /bin/sleep 1001 & nohup /bin/sleep 1002 >/dev/null 2>&1 & env -i /bin/sleep 1003 & "
-         "(/bin/sleep 1004 &) ; echo spawned; read go; "
-         // dash spells the process limit -p, bash -u; without a limit there is no bomb (exit 99 fails the test).
-         "{ ulimit -p \"$LIMIT\" || ulimit -u \"$LIMIT\"; } 2>/dev/null || exit 99; b() { b | b & }; b; wait");
+  // Markers unique to this run (sleep takes fractional seconds): another run of this test on the machine, under the
+  // sanitizers say, has sleeps of its own that are not this agent's.
+  const std::string tag = "." + std::to_string(::getpid());
+  const std::vector<std::string> markers{"1001" + tag, "1002" + tag, "1003" + tag, "1004" + tag};
+  auto req = sh("setsid /bin/sleep " + markers[0] + " & nohup /bin/sleep " + markers[1] +
+                " >/dev/null 2>&1 & env -i /bin/sleep " + markers[2] + " & (/bin/sleep " + markers[3] +
+                " &) ; echo spawned; read go; "
+                // dash spells the process limit -p, bash -u; without a limit there is no bomb (exit 99 fails the test).
+                "{ ulimit -p \"$LIMIT\" || ulimit -u \"$LIMIT\"; } 2>/dev/null || exit 99; b() { b | b & }; b; wait");
   if (::geteuid() == 0) {
     req.uid = req.gid = 65534;
   } else {
@@ -341,13 +345,13 @@ TEST_CASE("a timeout kills a fork bomb and setsid, nohup and env -i children, le
   const auto ch = c.start(req);
   std::string out;
   wait_output(c, ch, out, "spawned\n");
-  for (const char* m : {"1001", "1002", "1003", "1004"})
+  for (const auto& m : markers)
     CHECK(await_process(m) == 1);
   c.write_stdin(ch, "go\n");  // the bomb starts only now: the checks above never race the timeout
   const auto x = wait_exit(c, ch, out);
   CHECK(x.timed_out);
   CHECK(x.signaled);
-  for (const char* m : {"1001", "1002", "1003", "1004"})
+  for (const auto& m : markers)
     CHECK(processes_with_arg(m).empty());
   CHECK(descendants(a.pid()).empty());
   // The agent still serves.

@@ -130,13 +130,18 @@ max_sandboxes_per_owner = 0
         def worker():
             while not stop.is_set():
                 t0 = time.monotonic()
+                started_in = phase[0]
                 status, body, retry_after = request(port, "POST", "/v1/sandboxes", {"labels": {"load": "1"}})
                 code = body["error"]["code"] if body and "error" in body else None
                 if status == 201:
                     status, body, retry_after = request(port, "GET", f"/v1/sandboxes/{body['id']}")
                     code = body["error"]["code"] if body and "error" in body else None
                 with lock:
-                    answers.append((phase[0], status, code, retry_after, time.monotonic() - t0))
+                    # A request that straddles a phase change (sent before the kill, answered after it) belongs to
+                    # neither phase: only one sent and answered within a phase is judged by that phase's rule.
+                    ended_in = phase[0]
+                    answers.append((started_in if started_in == ended_in else "between", status, code, retry_after,
+                                    time.monotonic() - t0))
                 time.sleep(0.02)
 
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)

@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -93,14 +95,30 @@ AgentClient::~AgentClient() {
 }
 
 AgentClient AgentClient::connect_unix(const std::string& path, AgentDeadline deadline) {
+  // The socket's directory may be writable from inside the sandbox (a root session user keeps CAP_DAC_OVERRIDE):
+  // never follow a symlink planted in place of the socket to some other host socket. The socket file is opened
+  // O_PATH|O_NOFOLLOW, checked to be a socket, and connected to through its /proc/self/fd link.
+  const int node = ::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (node < 0) broken(errno, "open " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(node, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    ::close(node);
+    broken(ENOTSOCK, path + " is not a socket");
+  }
+  const std::string via = "/proc/self/fd/" + std::to_string(node);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) broken(ENAMETOOLONG, "socket path too long: " + path);
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  std::memcpy(addr.sun_path, via.c_str(), via.size() + 1);
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) broken(errno, "socket");
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+  if (fd < 0) {
     const int e = errno;
+    ::close(node);
+    broken(e, "socket");
+  }
+  const int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int e = errno;
+  ::close(node);
+  if (rc != 0) {
     ::close(fd);
     broken(e, "connect " + path + ": " + std::strerror(e));
   }
@@ -300,6 +318,12 @@ std::chrono::nanoseconds AgentClient::ping(AgentDeadline deadline) {
   return Clock::now() - t0;
 }
 
+/** What is left of `deadline`, as the per-frame wait of a streaming call (at least 1 ms). */
+std::chrono::milliseconds idle_until(AgentDeadline deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  return std::max(left, std::chrono::milliseconds(1));
+}
+
 std::string AgentClient::read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid,
                                    AgentDeadline deadline) {
   std::string data;
@@ -309,16 +333,16 @@ std::string AgentClient::read_file(const std::string& path, std::uint32_t uid, s
         data.append(chunk);
         return true;
       },
-      deadline);
+      idle_until(deadline));
   return data;
 }
 
 bool AgentClient::read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid,
-                            const std::function<bool(std::string_view)>& sink, AgentDeadline deadline) {
+                            const std::function<bool(std::string_view)>& sink, std::chrono::milliseconds idle_timeout) {
   const auto ch = next_channel();
   queue(MsgType::kFileRead, ch, agent::PayloadWriter().bytes(path).u32(uid).u32(gid).str());
   for (;;) {
-    auto e = await(ch, deadline, "read_file");
+    auto e = await(ch, Clock::now() + idle_timeout, "read_file");
     if (e.type == MsgType::kFileData && !e.data.empty() && !sink(e.data)) return false;
     if (e.type == MsgType::kDone) return true;
   }
@@ -350,16 +374,17 @@ std::vector<agent::FileInfo> AgentClient::list(const std::string& path, std::uin
         out.push_back(e);
         return true;
       },
-      deadline);
+      idle_until(deadline));
   return out;
 }
 
 bool AgentClient::list(const std::string& path, std::uint32_t uid, std::uint32_t gid,
-                       const std::function<bool(const agent::FileInfo&)>& on_entry, AgentDeadline deadline) {
+                       const std::function<bool(const agent::FileInfo&)>& on_entry,
+                       std::chrono::milliseconds idle_timeout) {
   const auto ch = next_channel();
   queue(MsgType::kList, ch, agent::PayloadWriter().bytes(path).u32(uid).u32(gid).str());
   for (;;) {
-    auto e = await(ch, deadline, "list");
+    auto e = await(ch, Clock::now() + idle_timeout, "list");
     if (e.type == MsgType::kListEntries) {
       for (const auto& entry : e.entries)
         if (!on_entry(entry)) return false;

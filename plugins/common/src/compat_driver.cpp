@@ -2258,14 +2258,14 @@ berth_status file_get(berth_instance* inst, const char* handle, const char* path
       // Streamed chunk by chunk: a tenant's 64 GiB sparse file must never be held in berthd (the host stops the
       // download at its own size limit through the sink).
       bool any = false;
-      const bool whole = with_agent_fs(self, h, *meta, rel, false, [&](AgentClient& c, AgentDeadline deadline) {
+      const bool whole = with_agent_fs(self, h, *meta, rel, false, [&](AgentClient& c, AgentDeadline) {
         return c.read_file(
             rel, agent::kKeepId, agent::kKeepId,
             [&](std::string_view chunk) {
               any = true;
               return sink(sink_ctx, reinterpret_cast<const std::uint8_t*>(chunk.data()), chunk.size()) == 0;
             },
-            deadline);
+            milliseconds(self.config.request_timeout_ms));  // per chunk: a slow client may take longer
       });
       if (!whole) throw Error(Errc::cancelled, "the sink refused data");
       static const std::uint8_t kNothing = 0;  // an empty file still reaches the sink once, as on the engine path
@@ -2305,8 +2305,8 @@ berth_status dir_list(berth_instance* inst, const char* handle, const char* path
         return on_entry(ctx, &entry) == 0;
       };
       // false: on_entry ended the listing early (BERTH_OK); with_agent_fs then closes the connection mid-reply.
-      with_agent_fs(self, h, *meta, rel, true, [&](AgentClient& c, AgentDeadline deadline) {
-        return c.list(rel, agent::kKeepId, agent::kKeepId, emit_entry, deadline);
+      with_agent_fs(self, h, *meta, rel, true, [&](AgentClient& c, AgentDeadline) {
+        return c.list(rel, agent::kKeepId, agent::kKeepId, emit_entry, milliseconds(self.config.request_timeout_ms));
       });
       return BERTH_OK;
     }
@@ -2443,6 +2443,12 @@ struct AgentProcess {
   bool exited = false;
   berth_process_event exit_event{};
 
+  /** However it goes away (even a failed process_start), its connection is closed, never pooled with a process on
+   *  it. */
+  ~AgentProcess() {
+    if (lease) lease->discard();
+  }
+
   // Used by process_next_event only (one call at a time per handle):
   std::string data;                               // the bytes of the last OUTPUT event
   std::deque<std::pair<int, std::string>> early;  // output produced here (a start failure's reason)
@@ -2481,11 +2487,21 @@ void close_process_connection(AgentProcess& p) {
 /** Sends what `p` has queued; the caller holds p.client_mutex. A broken connection marks `p` broken. */
 void drain_pending(AgentProcess& p) {
   std::vector<std::function<void(AgentProcess&)>> ops;
+  std::uint64_t drained_stdin = 0;
   {
     std::lock_guard lock(p.pending_mutex);
     ops.swap(p.pending);
-    p.pending_stdin = 0;
+    drained_stdin = p.pending_stdin;
   }
+  // Counted as pending until `unsent` holds them (so a concurrent write_stdin never sees them in neither).
+  struct Uncount {
+    AgentProcess& p;
+    std::uint64_t n;
+    ~Uncount() {
+      std::lock_guard lock(p.pending_mutex);
+      p.pending_stdin -= std::min(p.pending_stdin, n);
+    }
+  } uncount{p, drained_stdin};
   for (auto& op : ops) {
     if (p.broken || !p.lease) return;
     try {
@@ -2693,13 +2709,9 @@ berth_status process_kill(berth_instance* inst, berth_process* process, berth_er
   return guarded(inst, err, [&]() -> berth_status {
     AgentProcess& p = *process_of(process);
     if (p.kill_requested.exchange(true) || !p.connected) return BERTH_OK;
+    // By closing the process's connection: the agent kills every process of a connection that goes away, and nothing
+    // queued ahead on it (stdin the process does not read, in berthd or in the socket) can hold a KILL frame back.
     submit(p, [](AgentProcess& q) {
-      if (q.unsent == 0) {
-        (*q.lease)->kill(q.channel);
-        return;
-      }
-      // Stdin the agent is not reading is queued ahead of a KILL frame, which would never arrive: close the
-      // connection instead (the agent kills every process of a connection that goes away) and report the kill.
       close_process_connection(q);
       agent::ExitInfo x;
       x.signaled = true;

@@ -127,18 +127,20 @@ class AgentClient {
   std::string read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid, AgentDeadline deadline);
   /** Streams the file to `sink` chunk by chunk (at most agent::kMaxChunk bytes each) as it arrives, so nothing is
    *  buffered whole. `sink` returns false to stop: read_file then returns false and the connection is mid-reply (the
-   *  caller must discard it). True once the whole file went to `sink`. */
+   *  caller must discard it). True once the whole file went to `sink`. `idle_timeout` bounds the wait for each
+   *  frame (not the whole transfer, which a slow sink may stretch): AgentTimeout when it passes. */
   bool read_file(const std::string& path, std::uint32_t uid, std::uint32_t gid,
-                 const std::function<bool(std::string_view)>& sink, AgentDeadline deadline);
+                 const std::function<bool(std::string_view)>& sink, std::chrono::milliseconds idle_timeout);
   std::uint64_t write_file(const std::string& path, std::string_view data, std::uint32_t uid, std::uint32_t gid,
                            std::uint32_t mode, AgentDeadline deadline);
   agent::FileInfo stat(const std::string& path, std::uint32_t uid, std::uint32_t gid, AgentDeadline deadline);
   std::vector<agent::FileInfo> list(const std::string& path, std::uint32_t uid, std::uint32_t gid,
                                     AgentDeadline deadline);
   /** Streams the directory's entries to `on_entry` as they arrive; returns false when `on_entry` returned false
-   *  (the connection is then mid-reply and must be discarded), true once every entry went out. */
+   *  (the connection is then mid-reply and must be discarded), true once every entry went out. `idle_timeout` as for
+   *  the streaming read_file. */
   bool list(const std::string& path, std::uint32_t uid, std::uint32_t gid,
-            const std::function<bool(const agent::FileInfo&)>& on_entry, AgentDeadline deadline);
+            const std::function<bool(const agent::FileInfo&)>& on_entry, std::chrono::milliseconds idle_timeout);
   void remove(const std::string& path, bool recursive, std::uint32_t uid, std::uint32_t gid, AgentDeadline deadline);
   void mkdir(const std::string& path, std::uint32_t mode, bool parents, std::uint32_t uid, std::uint32_t gid,
              AgentDeadline deadline);
