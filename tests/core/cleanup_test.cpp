@@ -8,6 +8,7 @@
 #include <optional>
 #include <thread>
 
+#include "core/forwarding_driver.hpp"
 #include "core/service_fixture.hpp"
 
 using namespace berth;
@@ -256,9 +257,9 @@ TEST_CASE("idle cleanup never stops a session with a call running and a call tou
 namespace {
 
 /** Forwards to a real driver, but session_stop on one handle blocks until release() (a stuck engine call). */
-class StallingDriver final : public core::Driver {
+class StallingDriver final : public test::ForwardingDriver {
  public:
-  explicit StallingDriver(core::Driver& inner) : inner_(inner) {}
+  explicit StallingDriver(core::Driver& inner) : ForwardingDriver(inner) {}
   void stall(const std::string& handle) {
     std::lock_guard lock(m_);
     stalled_ = handle;
@@ -272,12 +273,6 @@ class StallingDriver final : public core::Driver {
   }
   std::atomic<int> stalls{0};
 
-  const core::DriverIdentity& identity() const override { return inner_.identity(); }
-  void volume_create(const std::string& n, const core::Labels& l) override { inner_.volume_create(n, l); }
-  void volume_remove(const std::string& n) override { inner_.volume_remove(n); }
-  bool volume_exists(const std::string& n) override { return inner_.volume_exists(n); }
-  core::SessionInfo session_create(const core::SessionSpec& s) override { return inner_.session_create(s); }
-  core::SessionInfo session_inspect(const std::string& h) override { return inner_.session_inspect(h); }
   void session_stop(const std::string& h, std::chrono::milliseconds g) override {
     std::unique_lock lock(m_);
     if (h == stalled_) {
@@ -287,28 +282,8 @@ class StallingDriver final : public core::Driver {
     lock.unlock();
     inner_.session_stop(h, g);
   }
-  void session_remove(const std::string& h) override { inner_.session_remove(h); }
-  std::vector<core::SessionListing> session_list(const core::Labels& f) override { return inner_.session_list(f); }
-  core::SessionStats session_stats(const std::string& h) override { return inner_.session_stats(h); }
-  std::optional<bool> image_exists(const std::string& i) override { return inner_.image_exists(i); }
-  core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
-                        const core::CancelToken* c) override {
-    return inner_.exec(h, r, o, c);
-  }
-  void file_put(const std::string& h, const std::string& p, std::uint32_t m, std::uint64_t s,
-                const core::ByteSource& src) override {
-    inner_.file_put(h, p, m, s, src);
-  }
-  void file_get(const std::string& h, const std::string& p, const core::ByteSink& s) override {
-    inner_.file_get(h, p, s);
-  }
-  void dir_scan(const std::string& h, const std::string& p, const core::DirEntrySink& s) override {
-    inner_.dir_scan(h, p, s);
-  }
-  void path_remove(const std::string& h, const std::string& p) override { inner_.path_remove(h, p); }
 
  private:
-  core::Driver& inner_;
   std::mutex m_;
   std::condition_variable cv_;
   std::string stalled_;

@@ -6,6 +6,7 @@
 #include <set>
 #include <thread>
 
+#include "core/forwarding_driver.hpp"
 #include "core/service_fixture.hpp"
 
 using namespace berth;
@@ -309,23 +310,12 @@ TEST_CASE("listing pages with a cursor and filters by label and status") {
 namespace {
 
 /** Forwards to a real driver and counts the calls that can run user code or consume input. */
-class CountingDriver final : public core::Driver {
+class CountingDriver final : public test::ForwardingDriver {
  public:
-  explicit CountingDriver(core::Driver& inner) : inner_(inner) {}
+  explicit CountingDriver(core::Driver& inner) : ForwardingDriver(inner) {}
   std::atomic<int> execs{0};
   std::atomic<int> file_puts{0};
 
-  const core::DriverIdentity& identity() const override { return inner_.identity(); }
-  void volume_create(const std::string& n, const core::Labels& l) override { inner_.volume_create(n, l); }
-  void volume_remove(const std::string& n) override { inner_.volume_remove(n); }
-  bool volume_exists(const std::string& n) override { return inner_.volume_exists(n); }
-  core::SessionInfo session_create(const core::SessionSpec& s) override { return inner_.session_create(s); }
-  core::SessionInfo session_inspect(const std::string& h) override { return inner_.session_inspect(h); }
-  void session_stop(const std::string& h, std::chrono::milliseconds g) override { inner_.session_stop(h, g); }
-  void session_remove(const std::string& h) override { inner_.session_remove(h); }
-  std::vector<core::SessionListing> session_list(const core::Labels& f) override { return inner_.session_list(f); }
-  core::SessionStats session_stats(const std::string& h) override { return inner_.session_stats(h); }
-  std::optional<bool> image_exists(const std::string& i) override { return inner_.image_exists(i); }
   core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
                         const core::CancelToken* c) override {
     ++execs;
@@ -336,16 +326,6 @@ class CountingDriver final : public core::Driver {
     ++file_puts;
     inner_.file_put(h, p, m, s, src);
   }
-  void file_get(const std::string& h, const std::string& p, const core::ByteSink& s) override {
-    inner_.file_get(h, p, s);
-  }
-  void dir_scan(const std::string& h, const std::string& p, const core::DirEntrySink& s) override {
-    inner_.dir_scan(h, p, s);
-  }
-  void path_remove(const std::string& h, const std::string& p) override { inner_.path_remove(h, p); }
-
- private:
-  core::Driver& inner_;
 };
 
 /** The driver handle of the sandbox's current session ("" when it has none). */
@@ -651,22 +631,16 @@ namespace {
 
 /** Forwards to a real driver, but reports the handles in `unknown` as SessionState::unknown: a state a newer driver
  *  names and this host cannot (driver.h rule 12). */
-class UnknownStateDriver final : public core::Driver {
+class UnknownStateDriver final : public test::ForwardingDriver {
  public:
-  explicit UnknownStateDriver(core::Driver& inner) : inner_(inner) {}
+  explicit UnknownStateDriver(core::Driver& inner) : ForwardingDriver(inner) {}
   std::set<std::string> unknown;
 
-  const core::DriverIdentity& identity() const override { return inner_.identity(); }
-  void volume_create(const std::string& n, const core::Labels& l) override { inner_.volume_create(n, l); }
-  void volume_remove(const std::string& n) override { inner_.volume_remove(n); }
-  bool volume_exists(const std::string& n) override { return inner_.volume_exists(n); }
-  core::SessionInfo session_create(const core::SessionSpec& s) override { return inner_.session_create(s); }
   core::SessionInfo session_inspect(const std::string& h) override {
     auto info = inner_.session_inspect(h);
     if (unknown.count(h)) info.state = core::SessionState::unknown;
     return info;
   }
-  void session_stop(const std::string& h, std::chrono::milliseconds g) override { inner_.session_stop(h, g); }
   void session_remove(const std::string& h) override {
     ++removes;
     inner_.session_remove(h);
@@ -677,28 +651,12 @@ class UnknownStateDriver final : public core::Driver {
       if (unknown.count(l.handle)) l.state = core::SessionState::unknown;
     return all;
   }
-  core::SessionStats session_stats(const std::string& h) override { return inner_.session_stats(h); }
-  std::optional<bool> image_exists(const std::string& i) override { return inner_.image_exists(i); }
   core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
                         const core::CancelToken* c) override {
     ++execs;
     return inner_.exec(h, r, o, c);
   }
-  void file_put(const std::string& h, const std::string& p, std::uint32_t m, std::uint64_t s,
-                const core::ByteSource& src) override {
-    inner_.file_put(h, p, m, s, src);
-  }
-  void file_get(const std::string& h, const std::string& p, const core::ByteSink& s) override {
-    inner_.file_get(h, p, s);
-  }
-  void dir_scan(const std::string& h, const std::string& p, const core::DirEntrySink& s) override {
-    inner_.dir_scan(h, p, s);
-  }
-  void path_remove(const std::string& h, const std::string& p) override { inner_.path_remove(h, p); }
   std::atomic<int> execs{0}, removes{0};
-
- private:
-  core::Driver& inner_;
 };
 
 }  // namespace
