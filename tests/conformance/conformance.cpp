@@ -161,6 +161,19 @@ bool real_processes() {
   return g_library->identity().name != "fake";
 }
 
+/** Whether CI=true: there every in-tree driver offers every optional feature, so a skipped case is a hole. */
+bool in_ci() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::string(ci) == "true";
+}
+
+/** Whether the driver offers interactive processes (optional for a third-party driver; FAILs under CI=true). */
+bool offers_processes(core::Driver& d) {
+  if (d.supports_processes()) return true;
+  if (in_ci()) FAIL("CI=true: the driver offers no interactive processes (is berth-agent found?)");
+  return false;
+}
+
 /** Waits (bounded) until the session is no longer running; true if it stopped. Not a timing assertion. */
 bool wait_not_running(core::Driver& d, const std::string& h) {
   for (int i = 0; i < 200; ++i) {
@@ -495,8 +508,7 @@ TEST_CASE("stats: a driver that reports disk usage sees the workspace grow after
   const auto after = d->session_stats(sb.handle);
   if (before.workspace_bytes == 0 && after.workspace_bytes == 0) {
     // Optional for a third-party driver; in CI (the in-tree drivers, which all report it) a silent pass is a hole.
-    const char* ci = std::getenv("CI");
-    if (ci != nullptr && std::string(ci) == "true") FAIL("CI=true: the driver reports no workspace usage");
+    if (in_ci()) FAIL("CI=true: the driver reports no workspace usage");
     WARN("the driver reports no workspace usage (ABI 1.2 disk fields): disk limits cannot be enforced with it");
     return;
   }
@@ -988,7 +1000,7 @@ std::string survivors_of(core::Driver& d, const std::string& handle, const std::
 
 TEST_CASE("process: stdin streams in and output streams out while it runs", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes()) return;
+  if (!offers_processes(*d)) return;
   Sandbox sb(*d);
   auto p = start(*d, sb.handle, {"cat"});
   p.process->write_stdin("one\n");
@@ -1006,7 +1018,7 @@ TEST_CASE("process: stdin streams in and output streams out while it runs", "[co
 
 TEST_CASE("process: close_stdin delivers EOF and the program goes on", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes()) return;
+  if (!offers_processes(*d)) return;
   Sandbox sb(*d);
   auto p = start(*d, sb.handle, {"/bin/sh", "-c", "cat; echo eof-seen"});
   p.process->write_stdin("x");
@@ -1020,7 +1032,7 @@ TEST_CASE("process: close_stdin delivers EOF and the program goes on", "[conform
 TEST_CASE("process: signals end it, to the process or its whole group, and exit codes come through",
           "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes()) return;
+  if (!offers_processes(*d)) return;
   Sandbox sb(*d);
   auto sleeper = start(*d, sb.handle, {"sleep", "300"});
   sleeper.process->signal(15, false);
@@ -1046,7 +1058,7 @@ TEST_CASE("process: signals end it, to the process or its whole group, and exit 
 
 TEST_CASE("process: kill and timeout end it and say why", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes()) return;
+  if (!offers_processes(*d)) return;
   Sandbox sb(*d);
   auto killed = start(*d, sb.handle, {"sleep", "300"});
   killed.process->kill();
@@ -1062,7 +1074,7 @@ TEST_CASE("process: kill and timeout end it and say why", "[conformance][process
 
 TEST_CASE("process: a flood of output is delivered in order and bounded by the puller", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes()) return;
+  if (!offers_processes(*d)) return;
   Sandbox sb(*d);
   auto flood = start(*d, sb.handle, {"yes", "flood-line"});
   CHECK(flood.wait_until([&] { return flood.out.size() >= (4u << 20); }));  // 4 MiB pulled at the host's pace
@@ -1073,7 +1085,7 @@ TEST_CASE("process: a flood of output is delivered in order and bounded by the p
 
 TEST_CASE("process: 1 MiB of code on stdin runs", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes()) return;
+  if (!offers_processes(*d)) return;
   Sandbox sb(*d);
   std::string script;
   const std::string padding = "# " + std::string(1000, 'x') + "\n";
@@ -1092,7 +1104,7 @@ TEST_CASE("process: 1 MiB of code on stdin runs", "[conformance][process]") {
 
 TEST_CASE("process: a PTY echoes input and reports its size after a resize", "[conformance][process][pty]") {
   auto d = make_driver();
-  if (!d->supports_processes() || !d->has_capability(BERTH_CAP_PROCESS_PTY)) return;
+  if (!offers_processes(*d) || !d->has_capability(BERTH_CAP_PROCESS_PTY)) return;
   Sandbox sb(*d);
   auto echo = start(*d, sb.handle, {"cat"}, 60s, true);
   echo.process->write_stdin("hello\n");
@@ -1115,7 +1127,7 @@ TEST_CASE("process: a PTY echoes input and reports its size after a resize", "[c
 
 TEST_CASE("process: a session that is not running starts nothing (NOT_FOUND)", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes()) return;
+  if (!offers_processes(*d)) return;
   Sandbox sb(*d);
   d->session_stop(sb.handle, 1000ms);
   REQUIRE(wait_not_running(*d, sb.handle));
@@ -1124,7 +1136,7 @@ TEST_CASE("process: a session that is not running starts nothing (NOT_FOUND)", "
 
 TEST_CASE("process: a timeout kills a fork bomb and leaves nothing", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes() || !real_processes()) return;  // the fake has no processes to fork
+  if (!offers_processes(*d) || !real_processes()) return;  // the fake has no processes to fork
   Sandbox sb(*d);
   // The main process never forks (it execs sleep), so the session's pids limit cannot end it: only the timeout can.
   // The bomb runs below it; each of its shells keeps forking in a loop, so it does not burn out at the limit either.
@@ -1142,7 +1154,7 @@ TEST_CASE("process: a timeout kills a fork bomb and leaves nothing", "[conforman
 
 TEST_CASE("process: setsid, nohup and env -i children die with it on timeout and on kill", "[conformance][process]") {
   auto d = make_driver();
-  if (!d->supports_processes() || !real_processes()) return;  // the fake has no processes to leave behind
+  if (!offers_processes(*d) || !real_processes()) return;  // the fake has no processes to leave behind
   Sandbox sb(*d);
   const std::string detach =
       "env -i sleep 4001 & setsid sleep 4002 & nohup sleep 4003 >/dev/null 2>&1 & (sleep 4004 &); "
