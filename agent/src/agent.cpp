@@ -472,13 +472,16 @@ void Agent::pump_reads() {
   char buf[kMaxChunk];
   for (auto& cu : conns_) {
     Connection* c = cu.get();
-    for (auto it = c->reads.begin(); it != c->reads.end() && !c->congested;) {
+    // send() may find the peer gone and close the connection, which clears c->reads under this loop: stop then
+    // (a client hanging up mid-download used to crash the agent here, and the session with it).
+    for (auto it = c->reads.begin(); c->rfd >= 0 && it != c->reads.end() && !c->congested;) {
       const ssize_t n = ::read(it->second.fd, buf, sizeof buf);
       if (n < 0 && errno == EINTR) continue;
       if (n > 0) {
         it->second.sent += static_cast<std::uint64_t>(n);
-        send(c, MsgType::kFileData, it->first, std::string_view(buf, static_cast<std::size_t>(n)));
-        ++it;
+        const auto ch = it->first;
+        ++it;  // before send(): a close erases every read of the connection
+        send(c, MsgType::kFileData, ch, std::string_view(buf, static_cast<std::size_t>(n)));
         continue;
       }
       const int e = n < 0 ? errno : 0;
