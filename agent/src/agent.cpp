@@ -70,6 +70,7 @@ struct Options {
   bool use_openat2 = true;
   std::uint64_t output_cap = 64ull << 20;
   int grace_ms = 10000;
+  mode_t socket_mode = 0600;  ///< --socket-mode: 0666 when the host side is another, unprivileged uid
 };
 
 struct Connection;
@@ -751,12 +752,13 @@ int Agent::run() {
       return std::fprintf(stderr, "berth-agent: socket path too long\n"), 1;
     std::memcpy(addr.sun_path, opt_.listen_path.c_str(), opt_.listen_path.size() + 1);
     ::unlink(opt_.listen_path.c_str());
-    const mode_t old = ::umask(077);
+    const mode_t old = ::umask(0777 & ~opt_.socket_mode);  // the socket is created with its final mode
     const int rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     ::umask(old);
     if (rc != 0 || ::listen(listen_fd_, 128) != 0) return std::perror("berth-agent: bind/listen"), 1;
     // The socket belongs to whoever owns its directory (the host side), mode 0600: the sandbox's own user cannot
-    // connect unless it owns that directory.
+    // connect unless it owns that directory. An unprivileged host side (which can chown neither the directory nor
+    // the socket) asks for --socket-mode 0666 and guards the socket with its directory's mode instead.
     const auto slash = opt_.listen_path.rfind('/');
     const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : opt_.listen_path.substr(0, slash));
     struct stat st {};
@@ -824,7 +826,7 @@ int Agent::run() {
 int usage() {
   std::fprintf(stderr,
                "usage: berth-agent [--listen unix:PATH] [--stdio] [--root DIR] [--no-openat2]\n"
-               "                   [--output-cap BYTES] [--grace-ms MS]\n");
+               "                   [--output-cap BYTES] [--grace-ms MS] [--socket-mode 0600|0660|0666]\n");
   return 2;
 }
 
@@ -851,6 +853,10 @@ int main(int argc, char** argv) {
       o.output_cap = std::stoull(value());
     } else if (a == "--grace-ms") {
       o.grace_ms = std::stoi(value());
+    } else if (a == "--socket-mode") {
+      const std::string v = value();
+      if (v != "0600" && v != "0660" && v != "0666") return usage();
+      o.socket_mode = static_cast<mode_t>(std::stoul(v, nullptr, 8));
     } else {
       return usage();
     }

@@ -221,6 +221,34 @@ TEST_CASE("echo round trip and ping") {
   CHECK(r2.err == "err\n");
 }
 
+TEST_CASE("the socket is created 0600 unless --socket-mode asks for 0666 (an unprivileged host side)") {
+  struct stat st {};
+  {
+    AgentProcess agent;
+    REQUIRE(::stat(agent.socket().c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0600);
+  }
+  AgentProcess lent({"--socket-mode", "0666"});
+  REQUIRE(::stat(lent.socket().c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0666);
+  auto c = lent.connect();
+  c.ping(in(60s));
+  // Any other mode is refused at start-up with the usage text (exit 2), before anything listens.
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 2);
+    ::execl(BERTH_AGENT_PATH, BERTH_AGENT_PATH, "--listen", "unix:/tmp/berth-never.sock", "--socket-mode", "0777",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 2);
+}
+
 TEST_CASE("1 MiB on stdin comes back byte for byte") {
   AgentProcess a;
   auto c = a.connect();

@@ -1564,15 +1564,28 @@ bool numeric_user(const std::string& user, unsigned* uid, unsigned* gid) {
   return number(std::string_view(user).substr(0, colon), uid) && number(std::string_view(user).substr(colon + 1), gid);
 }
 
-/** Creates the session's agent directory (0700, owned by uid:gid until the agent has bound its socket, then by
- *  berthd again); the parent is created 0755 if missing. A stale
- *  directory of the same name (a session removed while berthd was down) is replaced. Throws filesystem_error. */
+/** Creates the session's agent directory and lends it to the agent until it has bound its socket (then berthd
+ *  takes it back, 0700). Privileged berthd: 0700, owned by the session's uid:gid. Unprivileged berthd (the packaged
+ *  unit, which can chown nothing): 0777 and owned by berthd; the agent then creates its socket 0666
+ *  (agent_socket_mode()). Either way the parent stays closed to other host users: it is created 0750 if missing, and
+ *  the packaged unit's RuntimeDirectory is 0750 berth:berth. A stale directory of the same name (a session removed
+ *  while berthd was down) is replaced. Throws filesystem_error. */
 void make_agent_dir(const std::string& run_dir, const std::string& dir, unsigned uid, unsigned gid) {
-  std::filesystem::create_directories(run_dir);
+  if (!std::filesystem::exists(run_dir)) {
+    std::filesystem::create_directories(run_dir);
+    ::chmod(run_dir.c_str(), 0750);  // best effort: an operator's own mode on an existing directory is kept
+  }
   std::filesystem::remove_all(dir);
-  if (::mkdir(dir.c_str(), 0700) != 0 || ::chown(dir.c_str(), uid, gid) != 0) {
+  const bool privileged = ::geteuid() == 0;
+  if (::mkdir(dir.c_str(), 0700) != 0 ||
+      (privileged ? ::chown(dir.c_str(), uid, gid) : ::chmod(dir.c_str(), 0777)) != 0) {
     throw std::filesystem::filesystem_error("mkdir/chown", dir, std::error_code(errno, std::generic_category()));
   }
+}
+
+/** The agent's --socket-mode: 0600 when berthd is root (the agent chowns the socket to berthd), 0666 otherwise. */
+const char* agent_socket_mode() {
+  return ::geteuid() == 0 ? "0600" : "0666";
 }
 
 /** Best effort: the directory holds only the agent's socket. */
@@ -1743,7 +1756,7 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
       if (use_agent) {
         body->set("Entrypoint", string_array({kAgentPathInside}));
         body->set("Cmd", string_array({"--listen", std::string("unix:") + kAgentRunInside + "/agent.sock", "--root",
-                                       workspace}));
+                                       workspace, "--socket-mode", agent_socket_mode()}));
       } else {
         if (self.flavor.reaper) {
           body->set("Cmd", string_array({"/bin/sh", "-c", scripts::kReaper, "berth-reaper"}));
