@@ -48,6 +48,11 @@ Object sandbox_json(const core::SandboxView& v) {
     caps.add(c);
   o.set("capabilities", caps);
   o.set("session_id", v.session ? Poco::Dynamic::Var(v.session->id) : Poco::Dynamic::Var());
+  // How berthd reaches the session (driver.h: berth_session_info.endpoint, "<transport>:<address>"), e.g. "agent",
+  // or "engine-exec" for a docker/podman session that fell back; null without a session or a driver that says none.
+  const auto colon = v.session ? v.session->endpoint.find(':') : std::string::npos;
+  o.set("transport", colon != std::string::npos && colon > 0 ? Poco::Dynamic::Var(v.session->endpoint.substr(0, colon))
+                                                             : Poco::Dynamic::Var());
   o.set("created_at", rfc3339(v.row.created_at));
   o.set("expires_at", opt_time(v.row.expires_at));
   o.set("idle_expires_at", opt_time(v.row.idle_expires_at));

@@ -333,6 +333,7 @@ class Engine {
     berth_session_info info{};
     info.state = BERTH_SESSION_RUNNING;
     sdk::copy_string(info.handle, session->handle);
+    sdk::copy_string(info.endpoint, "in-process:" + session->handle);  // driver.h: "<transport>:<address>"
     return info;
   }
 
@@ -347,6 +348,7 @@ class Engine {
     info.state = it->second->state;
     info.exit_code = it->second->exit_code;
     sdk::copy_string(info.handle, it->second->handle);
+    sdk::copy_string(info.endpoint, "in-process:" + it->second->handle);
     return info;
   }
 

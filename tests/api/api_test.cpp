@@ -292,6 +292,7 @@ TEST_CASE("sandbox lifecycle: lazy create then get, start, stop and delete", "[s
   CHECK(std::regex_match(str(created, "workspace_id"), kWorkspaceId));
   CHECK(is_null(created, "key"));
   CHECK(is_null(created, "session_id"));
+  CHECK(is_null(created, "transport"));
   CHECK(is_null(created, "expires_at"));
   CHECK(is_null(created, "idle_expires_at"));
   CHECK(std::regex_match(str(created, "created_at"), kRfc3339));
@@ -314,6 +315,7 @@ TEST_CASE("sandbox lifecycle: lazy create then get, start, stop and delete", "[s
   CHECK(str(started, "id") == id);
   CHECK(str(started, "status") == "ready");
   CHECK(std::regex_match(str(started, "session_id"), kSessionId));
+  CHECK(str(started, "transport") == "in-process");  // the fake driver's endpoint "in-process:<handle>"
   CHECK(!is_null(started, "idle_expires_at"));
   CHECK(str(get_sandbox(c, id), "status") == "ready");
   // Starting a ready sandbox keeps its session.

@@ -80,6 +80,7 @@ struct Sandbox {
   core::Driver& driver;
   std::string volume;
   std::string handle;
+  std::string endpoint;  ///< session_create's berth_session_info.endpoint
 
   Sandbox(core::Driver& d, const std::string& image) : driver(d) {
     volume = unique("berth-inject-vol");
@@ -93,7 +94,9 @@ struct Sandbox {
     spec.memory_bytes = 256ll << 20;
     spec.pids_limit = 128;
     spec.user = "1000:1000";
-    handle = driver.session_create(spec).handle;
+    const auto info = driver.session_create(spec);
+    handle = info.handle;
+    endpoint = info.endpoint;
     REQUIRE_FALSE(handle.empty());
   }
   ~Sandbox() {
@@ -279,11 +282,18 @@ void fallback_case(const std::string& engine) {
   CHECK(o.out.find("/.berth/agent") == std::string::npos);
   put(*d, s.handle, "f.txt", "engine files");
   CHECK(get(*d, s.handle, "f.txt") == "engine files");
+  // The endpoint names the transport (berthd shows it as the sandbox's `transport`), at create and on inspect.
+  CHECK(s.endpoint == "engine-exec:" + s.handle);
+  CHECK(d->session_inspect(s.handle).endpoint == s.endpoint);
   // The same engine with the agent: PID 1 is the agent.
   auto a = make_driver(engine);
   Sandbox t(*a, "berth/python:3.11");
   auto pid1 = run(*a, t.handle, argv({"/bin/sh", "-c", "tr '\\000' ' ' </proc/1/cmdline"}));
   CHECK(pid1.out.find(" -- /.berth/agent --listen unix:/.berth/run/agent.sock") != std::string::npos);
+  CHECK(t.endpoint.rfind("agent:unix:/", 0) == 0);
+  CHECK(t.endpoint.size() > std::string("/agent.sock").size());
+  CHECK(t.endpoint.substr(t.endpoint.size() - std::string("/agent.sock").size()) == "/agent.sock");
+  CHECK(a->session_inspect(t.handle).endpoint == t.endpoint);
 }
 
 void stopped_case(const std::string& engine) {

@@ -133,6 +133,12 @@ struct Instance {
     std::unordered_map<std::string, std::string> resolved;
   };
 
+  /** berth_session_info.endpoint of a session, "<transport>:<address>": `agent:unix:<agent_dir>/agent.sock` or
+   *  `engine-exec:<container id>` (the Engine exec fallback). */
+  static std::string endpoint_of(bool agent, const std::string& agent_dir, const std::string& container) {
+    return agent ? "agent:unix:" + agent_dir + "/agent.sock" : "engine-exec:" + container;
+  }
+
   static std::shared_ptr<SessionMeta> meta_from_inspect(const Object::Ptr& object) {
     auto meta = std::make_shared<SessionMeta>();
     if (auto cfg = object->getObject("Config"); cfg) {
@@ -1870,6 +1876,7 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     out.struct_size = sizeof out;
     out.state = BERTH_SESSION_RUNNING;
     copy_string(out.handle, sizeof out.handle, id);
+    copy_string(out.endpoint, sizeof out.endpoint, Instance::endpoint_of(meta->agent, meta->agent_dir, id));
     copy_out(info, out);
     const std::uint64_t t1 = self.now_ns();
     self.log(BERTH_LOG_INFO, self.event("session.created").c_str(),
@@ -1902,7 +1909,15 @@ berth_status session_inspect(berth_instance* inst, const char* handle, berth_ses
     std::string status = state ? state->optValue<std::string>("Status", "") : "";
     out.state = state_from_status(status);
     if (out.state == BERTH_SESSION_EXITED && state) out.exit_code = state->optValue<int>("ExitCode", 0);
-    copy_string(out.handle, sizeof out.handle, object->optValue<std::string>("Id", h));
+    const std::string id = object->optValue<std::string>("Id", h);
+    copy_string(out.handle, sizeof out.handle, id);
+    std::string agent_dir;
+    if (auto cfg = object->getObject("Config"); cfg) {
+      if (auto labels = cfg->getObject("Labels");
+          labels && labels->optValue<std::string>(kLabelTransport, "") == "agent")
+        agent_dir = labels->optValue<std::string>(kLabelAgentDir, "");
+    }
+    copy_string(out.endpoint, sizeof out.endpoint, Instance::endpoint_of(!agent_dir.empty(), agent_dir, id));
     copy_out(info, out);
     return BERTH_OK;
   });

@@ -230,7 +230,10 @@ typedef struct berth_session_info {
   int32_t exit_code; /* valid when state == EXITED */
   int32_t reserved0;
   char handle[BERTH_HANDLE_MAX];     /* driver's id for the session (e.g. container id) */
-  char endpoint[BERTH_ENDPOINT_MAX]; /* optional: how to reach the session, "" if none */
+  /* optional: how the host side reaches the session, "" if none. By convention "<transport>:<address>": berthd
+   * reports the part before the first ':' as the session's transport (docker/podman: "agent:unix:<socket path>" or
+   * "engine-exec:<container id>"). */
+  char endpoint[BERTH_ENDPOINT_MAX];
 } berth_session_info;
 
 /** One item of session_list. Valid only during the callback. */
