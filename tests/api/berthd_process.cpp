@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -99,6 +100,7 @@ BerthdProcess::BerthdProcess(BerthdConfig config) : config_(std::move(config)), 
 
 BerthdProcess::~BerthdProcess() {
   if (pid_ > 0) kill9();
+  remove_engine_leftovers();
   if (!std::getenv("BERTH_TEST_KEEP_DIRS")) {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
@@ -295,6 +297,33 @@ bool BerthdProcess::running() {
     return false;
   }
   return true;
+}
+
+void BerthdProcess::remove_engine_leftovers() const {
+  std::string cli;
+  if (config_.driver_path.find("berth_driver_docker") != std::string::npos) cli = "docker";
+  if (config_.driver_path.find("berth_driver_podman") != std::string::npos) cli = "podman";
+  if (cli.empty() || std::getenv("BERTH_TEST_KEEP_DIRS")) return;
+  // The instance id every start logged ("berthd.started ... instance=<id>"); ids are [A-Za-z0-9._-].
+  std::set<std::string> instances;
+  std::istringstream in(log());
+  for (std::string line; std::getline(in, line);) {
+    const auto at = line.find("berthd.started");
+    const auto key = at == std::string::npos ? at : line.find(" instance=", at);
+    if (key == std::string::npos) continue;
+    std::string id = line.substr(key + 10, line.find(' ', key + 10) - key - 10);
+    if (!id.empty() &&
+        id.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == std::string::npos)
+      instances.insert(id);
+  }
+  for (const auto& id : instances) {
+    const std::string filter = " --filter label=berth.instance=" + id;
+    const std::string cmd = cli + " ps -aq" + filter + " | xargs -r " + cli + " rm -f >/dev/null 2>&1; " + cli +
+                            " volume ls -q" + filter + " | xargs -r " + cli + " volume rm -f >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) {
+      // best effort: the engine may be the thing a test took away
+    }
+  }
 }
 
 std::string BerthdProcess::log() const {

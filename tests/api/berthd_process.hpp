@@ -28,7 +28,8 @@ struct BerthdConfig {
  * 127.0.0.1 port 0, berth.db in the directory, the fake driver), starts berthd, learns the port it bound from its
  * "berthd.started" log line, pins that port in the config (restarts reuse it) and waits for GET /health.
  * stdout and stderr of every start are appended to log_path(). The destructor kills berthd (SIGKILL) if it still
- * runs and removes the directory (kept when BERTH_TEST_KEEP_DIRS is set).
+ * runs, removes what it left in a real engine (remove_engine_leftovers) and removes the directory (both kept when
+ * BERTH_TEST_KEEP_DIRS is set).
  */
 class BerthdProcess {
  public:
@@ -54,6 +55,10 @@ class BerthdProcess {
   std::filesystem::path log_path() const { return dir_ / "berthd.log"; }
   std::filesystem::path config_path() const { return dir_ / "berth.toml"; }
 
+  /** docker/podman drivers only: removes the containers and volumes labelled with an instance id this berthd logged
+   *  at start (`berth.instance`). Tests end with SIGKILL, and sandboxes a test did not delete kept running: 259 of
+   *  them had piled up on this machine's Podman. Uses the engines' CLIs on their default sockets; best effort. */
+  void remove_engine_leftovers() const;
   /** The whole log file as written so far. */
   std::string log() const;
   /** How many lines of the log contain `needle`. */
