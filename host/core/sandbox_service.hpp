@@ -26,7 +26,7 @@
 #include "core/metrics.hpp"
 #include "core/profile.hpp"
 #include "core/profile_catalog.hpp"
-#include "store/store.hpp"
+#include "core/store.hpp"
 
 namespace berth::core {
 
