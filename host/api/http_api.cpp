@@ -23,7 +23,7 @@
 #include "api/openapi.hpp"
 #include "api/request.hpp"
 #include "core/log.hpp"
-#include "store/store.hpp"
+#include "core/store.hpp"
 
 namespace berth::api {
 

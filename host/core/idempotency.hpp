@@ -9,7 +9,7 @@
 #include <string>
 
 #include "core/clock.hpp"
-#include "store/store.hpp"
+#include "core/store.hpp"
 
 namespace berth::core {
 

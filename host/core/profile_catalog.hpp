@@ -16,7 +16,7 @@
 #include "core/clock.hpp"
 #include "core/driver.hpp"
 #include "core/profile.hpp"
-#include "store/store.hpp"
+#include "core/store.hpp"
 
 namespace berth::core {
 

@@ -1,5 +1,7 @@
 // The lifecycle core: sandboxes, their one session, workspaces, executions and files. Knows nothing of HTTP,
-// TOML or a particular driver; every failure is a core::Error with a stable code.
+// TOML or a particular driver; every failure is a core::Error with a stable code. The class is implemented in one
+// unit per concern: sandbox_service.cpp (create/get/list/delete/TTL), session_start.cpp, session_recovery.cpp,
+// exec_files.cpp, workspaces.cpp, cleanup_passes.cpp and disk_limits.cpp (shared names: sandbox_service_internal.hpp).
 #pragma once
 
 #include <atomic>
@@ -24,7 +26,7 @@
 #include "core/metrics.hpp"
 #include "core/profile.hpp"
 #include "core/profile_catalog.hpp"
-#include "store/store.hpp"
+#include "core/store.hpp"
 
 namespace berth::core {
 

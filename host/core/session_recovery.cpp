@@ -6,36 +6,10 @@
 
 #include "core/log.hpp"
 #include "core/sandbox_service.hpp"
+#include "core/sandbox_service_internal.hpp"
 
 namespace berth::core {
-namespace {
-
-using store::SessionRow;
-using SS = store::SessionState;
-using RuntimeState = core::SessionState;
-
-std::string ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::to_string(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
-}
-
-}  // namespace
-
-SandboxService::StartingHere::StartingHere(SandboxService& service, std::string session_id)
-    : service_(service), session_id_(std::move(session_id)) {
-  std::lock_guard lock(service_.starting_mutex_);
-  service_.starting_here_.insert(session_id_);
-}
-
-SandboxService::StartingHere::~StartingHere() {
-  std::lock_guard lock(service_.starting_mutex_);
-  service_.starting_here_.erase(session_id_);
-}
-
-bool SandboxService::started_here(const std::string& session_id) {
-  std::lock_guard lock(starting_mutex_);
-  return starting_here_.count(session_id) != 0;
-}
+using namespace service_internal;
 
 RecoveryReport SandboxService::recover() {
   RecoveryReport report;

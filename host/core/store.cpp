@@ -1,4 +1,4 @@
-#include "store/store.hpp"
+#include "core/store.hpp"
 
 namespace berth::store {
 

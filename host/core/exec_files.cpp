@@ -1,0 +1,363 @@
+// Exec and files: every call that runs inside a sandbox's session (with_session: in-use marking, one replacement
+// of a dead session when nothing ran), the execution history, and the file operations.
+#include <algorithm>
+
+#include "core/ids.hpp"
+#include "core/log.hpp"
+#include "core/paths.hpp"
+#include "core/sandbox_service.hpp"
+#include "core/sandbox_service_internal.hpp"
+
+namespace berth::core {
+
+using namespace service_internal;
+using namespace std::chrono_literals;
+
+namespace {
+
+/** Appends to `out` up to `cap` bytes; remembers whether anything was dropped. */
+struct CappedBuffer {
+  std::string data;
+  std::size_t cap;
+  bool truncated = false;
+  void append(std::string_view chunk) {
+    if (data.size() >= cap) {
+      truncated = truncated || !chunk.empty();
+      return;
+    }
+    std::size_t room = cap - data.size();
+    if (chunk.size() > room) truncated = true;
+    data.append(chunk.substr(0, room));
+  }
+  std::string finish() {
+    if (truncated) data += "\n[output truncated]";
+    return std::move(data);
+  }
+};
+
+/** The longest prefix of `s` of at most `cap` bytes that does not end inside a UTF-8 sequence. */
+std::size_t utf8_prefix_length(const std::string& s, std::size_t cap) {
+  if (s.size() <= cap) return s.size();
+  std::size_t n = cap;
+  // Step back over at most three continuation bytes (10xxxxxx) to the lead byte, and cut before it.
+  for (int i = 0; i < 3 && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80; ++i)
+    --n;
+  return (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80 ? cap : n;
+}
+
+}  // namespace
+
+// ---- exec and files -----------------------------------------------------------------------------------------------
+
+template <typename Fn>
+auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>& started, Fn&& fn) {
+  const std::string& id = row.id;
+  auto in_use = in_flight_.enter(id);  // from here on, idle cleanup leaves this sandbox alone
+  touch(row);                          // a long call must not look idle from its start
+  for (int attempt = 0;; ++attempt) {
+    auto session = ensure_running(row.owner, id);
+    try {
+      auto result = fn(session, in_use.token());
+      touch(row);
+      return result;
+    } catch (const DriverError& e) {
+      if (e.code() != DriverErrc::not_found && e.code() != DriverErrc::conflict) throw;
+      // not_found may be about a path rather than the container: only the session's state tells them apart.
+      auto original = std::current_exception();
+      RuntimeState state = RuntimeState::missing;
+      try {
+        state = driver_.session_inspect(session.handle).state;
+      } catch (const DriverError&) {
+        std::rethrow_exception(original);
+      }
+      if (alive(state)) throw;
+      retire_dead_session(session, "container " + std::string(to_string(state)));
+      // By the driver contract not_found means nothing ran; `started` covers what the driver cannot know (an
+      // upload's source already read, output already delivered). Anything else may have run: never run it twice.
+      bool untouched = e.code() == DriverErrc::not_found && !started.load();
+      if (untouched && attempt == 0) {
+        log::info("session.replaced", {{"sandbox", id}, {"session", session.id}, {"reason", e.what()}});
+        continue;
+      }
+      log::warn(
+          "session.lost_mid_call",
+          {{"sandbox", id}, {"session", session.id}, {"attempt", std::to_string(attempt + 1)}, {"error", e.what()}});
+      throw Error(ErrorCode::conflict,
+                  "the session of sandbox '" + id + "' ended during the call (" + e.what() +
+                      "); it was not repeated, so it may have run in part. The next call starts a new session",
+                  {{"sandbox_id", id}, {"session_id", session.id}});
+    }
+  }
+}
+
+ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id, ExecKind kind,
+                                 const std::string& code, std::optional<std::chrono::seconds> timeout,
+                                 const std::string& cwd) {
+  auto to = timeout.value_or(settings_.default_exec_timeout);
+  if (to.count() < 1 || to > settings_.max_exec_timeout) {
+    throw Error(ErrorCode::validation_error,
+                "timeout must be between 1 and " + std::to_string(settings_.max_exec_timeout.count()) + " seconds");
+  }
+  if (code.empty())
+    throw Error(ErrorCode::validation_error, kind == ExecKind::python ? "code is empty" : "command is empty");
+  std::string capability = kind == ExecKind::python ? "python" : "shell";
+  auto row = load_live(owner, id);
+  require_capability(row, capability);
+  require_disk_space(owner, id);
+  std::string dir = cwd.empty() ? "" : workspace_path(cwd, true);
+  if (dir == ".") dir.clear();
+
+  ExecRequest rq;
+  // The code travels on stdin, never in argv (the kernel caps one argument at 128 KiB): `python3 -` reads its
+  // program from stdin; the shell form reads the whole command with `cat` first, so the user's program sees EOF.
+  // /bin/cat by absolute path: the session's PATH is the tenant's, and a planted `cat` must not replace the command.
+  rq.argv = kind == ExecKind::python ? std::vector<std::string>{"python3", "-"}
+                                     : std::vector<std::string>{"/bin/sh", "-c", "eval \"$(/bin/cat)\""};
+  rq.stdin_data = code;
+  rq.cwd = dir;
+  rq.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(to);
+  log::info(kind == ExecKind::python ? "capability.python.exec" : "capability.shell.exec",
+            {{"sandbox", id}, {"code_len", std::to_string(code.size())}});
+
+  // Refused once shutdown began; an exec already running is cancelled through its in-flight token.
+  if (shutting_down_.load()) {
+    throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
+  }
+
+  ExecOutcome out;
+  std::string session_id;
+  auto t0 = std::chrono::steady_clock::now();
+  // Reported however the exec ends from here on: an exception leaves `end` at error.
+  ExecEnd end = ExecEnd::error;
+  struct ReportExec {
+    Metrics& metrics;
+    std::string_view kind;
+    const ExecEnd& end;
+    std::chrono::steady_clock::time_point t0;
+    ~ReportExec() {
+      metrics.exec_done(kind, end, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  } report_exec{metrics_, kind == ExecKind::python ? "python" : "shell", end, t0};
+  ExecResult result;
+  CappedBuffer stdout_buf{{}, settings_.exec_output_cap};
+  CappedBuffer stderr_buf{{}, settings_.exec_output_cap};
+  std::atomic<bool> started{false};  // output arrived: the program ran, so it must never be run again
+  std::string handle;
+  try {
+    result = with_session(row, started, [&](const store::SessionRow& session, const CancelToken& token) {
+      session_id = session.id;
+      handle = session.handle;
+      return driver_.exec(
+          session.handle, rq,
+          [&](Stream s, std::string_view chunk) {
+            started = true;
+            (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
+            return true;
+          },
+          &token);  // registered in in_flight_: begin_shutdown() cancels it
+    });
+  } catch (const DriverError& e) {
+    if (e.code() == DriverErrc::cancelled && shutting_down_.load()) {
+      throw Error(ErrorCode::shutting_down, "berthd is shutting down; the exec was cancelled", {{"sandbox_id", id}})
+          .with_retry_after(5s);
+    }
+    rethrow_driver_error(e, "exec in sandbox '" + id + "'");
+  }
+  out.duration_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  out.output = stdout_buf.finish();
+  out.error = stderr_buf.finish();
+  out.timed_out = result.timed_out;
+  end = result.timed_out ? ExecEnd::timeout : result.exit_code == 0 ? ExecEnd::success : ExecEnd::nonzero_exit;
+  if (result.timed_out) {
+    if (!out.error.empty() && out.error.back() != '\n') out.error += '\n';
+    out.error += "execution timed out after " + std::to_string(to.count()) + "s";
+    out.success = false;
+  } else {
+    out.exit_code = result.exit_code;
+    out.success = result.exit_code == 0;
+  }
+  if (!result.timed_out && result.exit_code >= 128) {
+    // Killed by a signal: maybe with its whole container (`kill -9 -1`, the OOM killer). Find out now, so that GET
+    // stops saying ready and the next call starts a new session instead of failing on a dead one.
+    try {
+      if (auto info = driver_.session_inspect(handle); !alive(info.state)) {
+        if (auto session = store_.get_session(session_id)) {
+          retire_dead_session(*session, "container " + std::string(to_string(info.state)) + " after exit code " +
+                                            std::to_string(result.exit_code));
+        }
+      }
+    } catch (const DriverError& e) {
+      log::warn("session.inspect_failed", {{"sandbox", id}, {"session", session_id}, {"error", e.what()}});
+    }
+  }
+
+  store::ExecutionRow record;
+  record.id = new_id("exec");
+  record.sandbox_id = id;
+  record.session_id = session_id;
+  record.kind = capability;
+  record.code = code;
+  record.exit_code = out.exit_code;
+  record.success = out.success;
+  // The stored record is capped apart from the response (history keeps far less than one exec may return), so
+  // what a tenant stores, and what a history page costs to read, is bounded by configuration.
+  record.output = out.output;
+  record.error = out.error;
+  for (std::string* field : {&record.code, &record.output, &record.error}) {
+    if (field->size() > settings_.history_field_cap) {
+      field->resize(utf8_prefix_length(*field, settings_.history_field_cap));
+      record.truncated = true;
+    }
+  }
+  record.duration_ms = out.duration_ms;
+  record.created_at = clock_->now();
+  store_.insert_execution(record);
+  out.execution_id = record.id;
+  schedule_disk_check(row);  // what the code wrote is measured in the background (docs/security.md)
+  return out;
+}
+
+HistoryPage SandboxService::history(const std::string& owner, const std::string& id, const std::string& kind, int limit,
+                                    int offset) {
+  load_live(owner, id);
+  if (!kind.empty() && kind != "python" && kind != "shell") {
+    throw Error(ErrorCode::validation_error, "exec_type must be 'python' or 'shell'");
+  }
+  if (limit < 1 || limit > 500) throw Error(ErrorCode::validation_error, "limit must be between 1 and 500");
+  if (offset < 0) throw Error(ErrorCode::validation_error, "offset must not be negative");
+  store::ExecutionPageLimits bounds;
+  bounds.field_cap = static_cast<std::int64_t>(settings_.history_field_cap);
+  bounds.byte_budget = static_cast<std::int64_t>(settings_.history_response_bytes);
+  HistoryPage page;
+  std::tie(page.entries, page.total) = store_.list_executions(id, kind, limit, offset, bounds);
+  page.bytes_capped = page.entries.size() < static_cast<std::size_t>(limit) &&
+                      static_cast<std::size_t>(offset) + page.entries.size() < static_cast<std::size_t>(page.total);
+  return page;
+}
+
+std::string SandboxService::read_file(const std::string& owner, const std::string& id, const std::string& path,
+                                      std::size_t max_bytes) {
+  std::string out;
+  download(owner, id, path, [&](std::string_view chunk) {
+    if (out.size() + chunk.size() > max_bytes) {
+      throw Error(ErrorCode::payload_too_large,
+                  "file is larger than " + std::to_string(max_bytes) + " bytes; use filesystem/download");
+    }
+    out.append(chunk);
+    return true;
+  });
+  return out;
+}
+
+void SandboxService::download(const std::string& owner, const std::string& id, const std::string& path,
+                              const ByteSink& sink) {
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
+  auto p = workspace_path(path, false);
+  std::atomic<bool> started{false};  // bytes reached the sink: a repeat would send them twice
+  try {
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
+      driver_.file_get(s.handle, p, [&](std::string_view chunk) {
+        started = true;
+        return sink(chunk);
+      });
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "reading '" + p + "'");
+  }
+}
+
+void SandboxService::write_file(const std::string& owner, const std::string& id, const std::string& path,
+                                std::uint64_t size, const ByteSource& source, std::uint32_t mode) {
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
+  auto p = workspace_path(path, false);
+  if (size > settings_.max_file_size) {
+    throw Error(ErrorCode::payload_too_large,
+                "file is larger than the limit of " + std::to_string(settings_.max_file_size) + " bytes");
+  }
+  if (const std::uint64_t limit = profile_of(row)->disk_limit_bytes; limit != 0 && size > limit) {
+    throw Error(ErrorCode::disk_quota_exceeded,
+                "file of " + std::to_string(size) + " bytes is larger than the sandbox's disk limit of " +
+                    std::to_string(limit) + " bytes",
+                {{"sandbox_id", id}, {"limit_bytes", std::to_string(limit)}});
+  }
+  require_disk_space(owner, id);
+  try {
+    std::atomic<bool> started{false};  // the source was read from: it cannot be replayed from its start
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
+      driver_.file_put(s.handle, p, mode, size, [&](std::uint8_t* buffer, std::size_t capacity) {
+        started = true;
+        return source(buffer, capacity);
+      });
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "writing '" + p + "'");
+  }
+  if (write_may_exceed(row, size)) schedule_disk_check(row);
+}
+
+void SandboxService::remove_path(const std::string& owner, const std::string& id, const std::string& path) {
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
+  auto p = workspace_path(path, false);
+  const std::atomic<bool> started{false};  // by the driver contract, not_found from a dead session means not run
+  try {
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
+      driver_.path_remove(s.handle, p);
+      recheck_disk_after_delete(row, s.handle);
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "removing '" + p + "'");
+  }
+}
+
+DirPage SandboxService::list_dir(const std::string& owner, const std::string& id, const std::string& path,
+                                 const std::string& after, std::size_t limit) {
+  if (limit < 1 || limit > settings_.dir_page_max) {
+    throw Error(ErrorCode::validation_error, "limit must be between 1 and " + std::to_string(settings_.dir_page_max),
+                {{"field", "limit"}});
+  }
+  auto row = load_live(owner, id);
+  require_capability(row, "filesystem");
+  auto p = workspace_path(path, true);
+  const std::atomic<bool> started{false};  // a listing has no effect: repeating it is always safe
+  // A max-heap of the limit + 1 smallest names after the cursor (one more than the page tells whether more follow).
+  const auto by_name = [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; };  // raw bytes
+  std::vector<DirEntry> heap;
+  try {
+    with_session(row, started, [&](const store::SessionRow& s, const CancelToken&) {
+      heap.clear();  // a repeated attempt starts over
+      heap.reserve(limit + 1);
+      driver_.dir_scan(s.handle, p, [&](const DirEntry& e) {
+        if (!after.empty() && !(after < e.name)) return true;
+        if (heap.size() <= limit) {
+          heap.push_back(e);
+          std::push_heap(heap.begin(), heap.end(), by_name);
+        } else if (e.name < heap.front().name) {
+          std::pop_heap(heap.begin(), heap.end(), by_name);
+          heap.back() = e;
+          std::push_heap(heap.begin(), heap.end(), by_name);
+        }
+        return true;
+      });
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    rethrow_driver_error(e, "listing '" + p + "'");
+  }
+  std::sort_heap(heap.begin(), heap.end(), by_name);
+  DirPage page;
+  if (heap.size() > limit) {
+    heap.pop_back();
+    page.next_cursor = heap.back().name;
+  }
+  page.entries = std::move(heap);
+  return page;
+}
+
+}  // namespace berth::core
