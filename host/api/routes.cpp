@@ -50,9 +50,8 @@ Object sandbox_json(const core::SandboxView& v) {
   o.set("session_id", v.session ? Poco::Dynamic::Var(v.session->id) : Poco::Dynamic::Var());
   // How berthd reaches the session (driver.h: berth_session_info.endpoint, "<transport>:<address>"), e.g. "agent",
   // or "engine-exec" for a docker/podman session that fell back; null without a session or a driver that says none.
-  const auto colon = v.session ? v.session->endpoint.find(':') : std::string::npos;
-  o.set("transport", colon != std::string::npos && colon > 0 ? Poco::Dynamic::Var(v.session->endpoint.substr(0, colon))
-                                                             : Poco::Dynamic::Var());
+  const auto transport = v.session ? core::transport_of(v.session->endpoint) : std::nullopt;
+  o.set("transport", transport ? Poco::Dynamic::Var(*transport) : Poco::Dynamic::Var());
   o.set("created_at", rfc3339(v.row.created_at));
   o.set("expires_at", opt_time(v.row.expires_at));
   o.set("idle_expires_at", opt_time(v.row.idle_expires_at));
@@ -192,6 +191,14 @@ void meta(Exchange& ex) {
   o.set("driver", driver);
   o.set("capabilities", caps);
   o.set("profiles", profiles_json(ex.ctx.service));
+  // Running sessions by transport: how many fell back to the Engine exec path (each logs <engine>.agent.fallback).
+  const auto snapshot = ex.ctx.service.lifecycle_snapshot();
+  Object sessions, by_transport;
+  sessions.set("running", snapshot.sessions_running);
+  for (const auto& [transport, n] : snapshot.sessions_running_by_transport)
+    by_transport.set(transport, n);
+  sessions.set("by_transport", by_transport);
+  o.set("sessions", sessions);
   ex.send_json(200, o);
 }
 

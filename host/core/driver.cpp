@@ -71,4 +71,13 @@ std::unique_ptr<Process> Driver::process_start(const std::string&, const Process
                                                  " has no interactive processes (ABI 1.3, BERTH_CAP_PROCESS)");
 }
 
+std::optional<std::string> transport_of(const std::string& endpoint) {
+  const auto colon = endpoint.find(':');
+  if (colon == std::string::npos || colon == 0) return std::nullopt;
+  std::string scheme = endpoint.substr(0, colon);
+  const bool plain =
+      scheme.size() <= 32 && scheme.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789+.-") == std::string::npos;
+  return plain ? scheme : "other";
+}
+
 }  // namespace berth::core

@@ -85,8 +85,15 @@ struct SessionInfo {
   SessionState state = SessionState::missing;
   int exit_code = 0;
   std::string handle;
-  std::string endpoint;
+  std::string endpoint;  ///< "<transport>:<address>" by convention (driver.h), or ""
 };
+
+/**
+ * The transport named by a session endpoint (driver.h, berth_session_info.endpoint: "<transport>:<address>"): the
+ * part before the first ':', e.g. "agent", "engine-exec", "in-process". nullopt for "" or an endpoint without a
+ * scheme. A scheme that is not 1-32 of [a-z0-9+.-] is "other", so that a driver cannot grow label cardinality.
+ */
+std::optional<std::string> transport_of(const std::string& endpoint);
 
 struct SessionListing {
   std::string handle;

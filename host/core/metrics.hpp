@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -85,6 +87,8 @@ struct LifecycleSnapshot {
   std::vector<std::pair<std::string_view, std::int64_t>> sandboxes_by_status;
   std::int64_t sessions_starting = 0;
   std::int64_t sessions_running = 0;  // sessions in state ready: their container runs
+  /** Running (ready) sessions by transport (core::transport_of their endpoint; "none" without one). */
+  std::map<std::string, std::int64_t> sessions_running_by_transport;
   std::uint64_t store_transaction_retries = 0;
 };
 

@@ -489,7 +489,10 @@ LifecycleSnapshot SandboxService::lifecycle_snapshot() {
   std::map<std::string, SS> session_state;
   for (auto& s : store_.list_active_sessions()) {
     if (s.state == SS::starting) ++snap.sessions_starting;
-    if (s.state == SS::ready) ++snap.sessions_running;
+    if (s.state == SS::ready) {
+      ++snap.sessions_running;
+      ++snap.sessions_running_by_transport[transport_of(s.endpoint).value_or("none")];
+    }
     session_state.emplace(std::move(s.id), s.state);
   }
   // The same rule as view(), over one listing of each table instead of a session read per sandbox.

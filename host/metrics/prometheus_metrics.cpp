@@ -9,6 +9,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <sstream>
 
@@ -112,6 +113,12 @@ struct PrometheusMetrics::Impl {
                                 .Name("berth_sessions")
                                 .Help("Sessions by state (starting, running), when scraped.")
                                 .Register(*registry);
+  Family<Gauge>& sessions_transport =
+      prometheus::BuildGauge()
+          .Name("berth_sessions_running_by_transport")
+          .Help("Running sessions by how berthd reaches them (agent, engine-exec, ...), when scraped.")
+          .Register(*registry);
+  std::map<std::string, Gauge*> sessions_by_transport;  // guarded like the rest of render()
   Family<Gauge>& uptime = prometheus::BuildGauge()
                               .Name("berth_uptime_seconds")
                               .Help("Seconds since the metrics registry (berthd) started.")
@@ -267,6 +274,13 @@ std::string PrometheusMetrics::render(const core::LifecycleSnapshot& snapshot) {
     m.sandboxes.Add({{"status", std::string(status)}}).Set(static_cast<double>(n));
   m.sessions.Add({{"state", "starting"}}).Set(static_cast<double>(snapshot.sessions_starting));
   m.sessions.Add({{"state", "running"}}).Set(static_cast<double>(snapshot.sessions_running));
+  for (auto& [transport, metric] : m.sessions_by_transport)  // a transport no longer seen reads 0, not stale
+    if (!snapshot.sessions_running_by_transport.count(transport)) metric->Set(0);
+  for (const auto& [transport, n] : snapshot.sessions_running_by_transport) {
+    auto& metric = m.sessions_by_transport[transport];
+    if (!metric) metric = &m.sessions_transport.Add({{"transport", transport}});
+    metric->Set(static_cast<double>(n));
+  }
   sync_counter(*m.store_retry_counter, static_cast<double>(snapshot.store_transaction_retries));
   m.uptime.Add({}).Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - m.started).count());
 

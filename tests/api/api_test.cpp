@@ -254,6 +254,16 @@ TEST_CASE("health, meta and profiles describe the server and the fake driver", "
   CHECK(caps.count("volumes"));
   REQUIRE(meta->getArray("profiles")->size() == 1);
   CHECK(meta->getArray("profiles")->getObject(0)->getValue<std::string>("name") == "default");
+  // Running sessions by transport: a sandbox started just now counts under the fake driver's "in-process".
+  auto counted = [&](const std::string& transport) {
+    auto by = require_json(c.get("/meta"), 200)->getObject("sessions")->getObject("by_transport");
+    return by->has(transport) ? by->getValue<int>(transport) : 0;
+  };
+  const int before = counted("in-process");
+  auto sandbox = require_json(c.post("/v1/sandboxes", "{}"), 201);
+  require_json(c.post("/v1/sandboxes/" + str(sandbox, "id") + "/start"), 200);
+  CHECK(counted("in-process") >= before + 1);
+  REQUIRE(c.del("/v1/sandboxes/" + str(sandbox, "id")).status == 204);
 
   auto profiles = require_json(c.get("/v1/profiles"), 200);
   auto items = profiles->getArray("items");

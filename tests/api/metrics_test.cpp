@@ -85,6 +85,7 @@ TEST_CASE("metrics: requests and execs and replays and gauges move with the traf
   CHECK(sample(text, R"(berth_driver_call_duration_seconds_count{call="exec",status="ok"})") == 2.0);
   CHECK(sample(text, R"(berth_sandboxes{status="ready"})") == 1.0);
   CHECK(sample(text, R"(berth_sessions{state="running"})") == 1.0);
+  CHECK(sample(text, R"(berth_sessions_running_by_transport{transport="in-process"})") == 1.0);
   CHECK(sample(text, "process_open_fds").value_or(0) > 0);
   CHECK(sample(text, "process_threads").value_or(0) > 0);
 
@@ -96,6 +97,7 @@ TEST_CASE("metrics: requests and execs and replays and gauges move with the traf
   auto after = scrape(c).body;
   CHECK(sample(after, R"(berth_sandboxes{status="ready"})") == 0.0);
   CHECK(sample(after, R"(berth_sessions{state="running"})") == 0.0);
+  CHECK(sample(after, R"(berth_sessions_running_by_transport{transport="in-process"})") == 0.0);  // not stale
 }
 
 TEST_CASE("metrics: with a bearer token only that token may scrape", "[metrics]") {

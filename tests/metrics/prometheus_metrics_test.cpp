@@ -125,7 +125,10 @@ TEST_CASE("scrape-time gauges and the store's retry total follow the snapshot") 
   s.sessions_starting = 1;
   s.sessions_running = 2;
   s.store_transaction_retries = 3;
+  s.sessions_running_by_transport = {{"agent", 1}, {"engine-exec", 1}};
   auto text = m.render(s);
+  CHECK(sample(text, R"(berth_sessions_running_by_transport{transport="agent"})") == 1.0);
+  CHECK(sample(text, R"(berth_sessions_running_by_transport{transport="engine-exec"})") == 1.0);
   CHECK(sample(text, R"(berth_sandboxes{status="idle"})") == 3.0);
   CHECK(sample(text, R"(berth_sandboxes{status="expired"})") == 4.0);
   CHECK(sample(text, R"(berth_sessions{state="starting"})") == 1.0);
