@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/log.hpp"
 #include "store/rows.hpp"
 #include "store/store.hpp"
 
@@ -804,7 +805,13 @@ class MySqlStore final : public Store {
           if (attempt >= kMaxAttempts) {
             throw StoreUnavailable(text + " (still conflicting after " + std::to_string(attempt) + " attempts)");
           }
-          ++retries_;
+          const auto total = ++retries_;
+          // One line per retried conflict: on Galera, mostly certification failures of racing nodes.
+          log::info("store.retry", {{"op", what},
+                                    {"error", std::to_string(n)},
+                                    {"attempt", std::to_string(attempt)},
+                                    {"galera", galera_.load() ? "true" : "false"},
+                                    {"retries_total", std::to_string(total)}});
           backoff(attempt);
           continue;
         }
