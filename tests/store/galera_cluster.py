@@ -127,12 +127,26 @@ max_sandboxes_per_owner = 0
 
 
 def retried_conflicts(workdir):
-    total = 0
+    """(total, {op: count}) of the `store.retry` lines in the three berthd logs."""
+    ops = {}
     for name in NAMES:
         path = os.path.join(workdir, f"{name}.log")
         if os.path.exists(path):
-            total += sum(1 for line in open(path, errors="replace") if "store.retry" in line)
-    return total
+            for line in open(path, errors="replace"):
+                if " store.retry " in line:
+                    op = line.split(" op=", 1)[1].split(" ", 1)[0]
+                    ops[op] = ops.get(op, 0) + 1
+    return sum(ops.values()), ops
+
+
+def unavailable_lines(workdir, names):
+    """The log lines of `names` that explain a 503 (what the store reported), for a failure's diagnosis."""
+    out = []
+    for name in names:
+        path = os.path.join(workdir, f"{name}.log")
+        out += [f"{name}: {line.rstrip()}" for line in open(path, errors="replace")
+                if "store_unavailable" in line or "unavailable" in line.lower() and "store" in line]
+    return out
 
 
 def instances(ports, pool):
@@ -205,12 +219,13 @@ def outage(ports, workdir):
                 status, parsed, retry_after = request(port, method, path, body, timeout=60)
             except OSError:  # a timeout: a hang
                 status, parsed, retry_after = 0, None, None
-            code = parsed["error"]["code"] if isinstance(parsed, dict) and "error" in parsed else None
+            error = parsed.get("error") if isinstance(parsed, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
             with lock:
                 # Judged by a phase only if sent and answered within it (as in mariadb_restart.py).
                 ended_in = phase[0]
                 answers.append((i, started_in if started_in == ended_in else "between", status, code, retry_after,
-                                time.monotonic() - t0))
+                                time.monotonic() - t0, method + " " + path.split("/")[-1]))
             if status not in (200, 201, 204):
                 return
             if step == 0:
@@ -233,9 +248,7 @@ def outage(ports, workdir):
         return None
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(ports))
-    for i, port in enumerate(ports):
-        for _ in range(2):
-            pool.submit(worker, i, port)
+    workers = [pool.submit(worker, i, port) for i, port in enumerate(ports) for _ in range(2)]
     survivors = list(range(len(ports) - 1))
     down_node = len(ports)
     log = os.path.join(os.environ.get("BERTH_GALERA_DIR", "/var/lib/berth-galera"), f"node{down_node}", "error.log")
@@ -262,6 +275,8 @@ def outage(ports, workdir):
         pool.shutdown(wait=True)
         if phase[0] in ("killing", "down", "settled", "restarting"):
             subprocess.run([GALERA, "start-node", str(down_node)])  # never leave the shared cluster short of a node
+    for w in workers:
+        w.result()  # a worker that crashed is a bug of this test: raise it
 
     def judged(pred):
         return [a for a in answers if pred(a)]
@@ -276,6 +291,9 @@ def outage(ports, workdir):
           f"nodes 1 and 2 while the cluster settles: 2xx or 503 store_unavailable "
           f"({sorted({(a[2], a[3]) for a in unsettled}, key=str)})")
     settled = judged(lambda a: a[0] in survivors and a[1] in ("settled", "restarting"))
+    if any(a[2] not in (200, 201, 204) for a in settled):
+        print("  not served:", [a for a in settled if a[2] not in (200, 201, 204)][:10])
+        print("\n".join(unavailable_lines(workdir, NAMES[:-1])[-20:]))
     check(settled and all(a[2] in (200, 201, 204) for a in settled),
           f"nodes 1 and 2 after the settle, node 3 down: 100 % served ({len(settled)} requests; "
           f"{sorted({a[2] for a in settled})})")
@@ -313,6 +331,7 @@ def outage(ports, workdir):
 
 def main():
     workdir = tempfile.mkdtemp(prefix="berth-galera-")
+    print(f"logs in {workdir}")
     sql(1, f"DROP DATABASE IF EXISTS {DB}")
     sql(1, f"CREATE DATABASE {DB} CHARACTER SET utf8mb4")
     procs = []
@@ -327,7 +346,8 @@ def main():
                 instances(ports, pool)
         else:
             outage(ports, workdir)
-        print(f"galera {MODE}: {retried_conflicts(workdir)} conflicts retried (store.retry lines in the berthd logs)")
+        total, ops = retried_conflicts(workdir)
+        print(f"galera {MODE}: {total} conflicts retried (store.retry lines in the berthd logs; by op: {ops})")
     finally:
         for p in procs:
             p.terminate()
@@ -346,7 +366,8 @@ def main():
                 if os.path.exists(path):
                     print(f"---- {name} log (tail) ----\n" + open(path, errors="replace").read()[-3000:])
         sql(1, f"DROP DATABASE IF EXISTS {DB}")
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not os.environ.get("BERTH_TEST_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
     if failures:
         print(f"{len(failures)} check(s) failed", file=sys.stderr)
         sys.exit(1)
