@@ -183,6 +183,9 @@ def instances(ports, pool):
     check(len(ok) == 60, f"60 execs through 3 nodes all ran ({len(ok)} printed 42; {codes})")
     sessions = sql(1, f"SELECT COUNT(*) FROM {DB}.sessions WHERE sandbox_id = '{sid}'").strip()
     check(sessions == "1", f"exactly one session for the sandbox ({sessions})")
+    if sessions != "1":
+        print(sql(1, f"SELECT id, state, handle, LEFT(error, 300), created_at FROM {DB}.sessions"
+                     f" WHERE sandbox_id = '{sid}'"))
     containers = docker_containers(f"berth.sandbox={sid}")
     check(len(containers) == 1, f"exactly one container for the sandbox ({len(containers)})")
 
