@@ -13,7 +13,8 @@ and samples berthd's /proc/<pid>/status (Threads, VmRSS) and open fds every 50 m
 Asserted (exit 1 on failure): every exec answers 200 with output "done\\n" and exit code 0; every /health probe
 answers 200; berthd's peak thread count stays below `threads` + 64 and its peak RSS below 1 GiB (bounds that tell
 "bounded by the configuration" from "grows with the load" generously). Reported, never asserted: /health p50/p99,
-the wall time of the burst, peak threads, RSS and fds. --json writes those numbers for bench/run-all (row P12).
+the wall time of the burst, how much of each exec was spent in the driver, berthd's CPU seconds during the burst, peak
+threads, RSS and fds. --json writes those numbers for bench/run-all (row P12).
 Everything the run created (sandboxes, containers, volumes) is deleted at the end, also after a failure.
 """
 import argparse
@@ -91,6 +92,13 @@ def proc_status(pid):
                 out[key] = int(value.split()[0])
     out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
     return out
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a live process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(samples, p):
@@ -209,10 +217,12 @@ def main():
         for t in watchers:
             t.start()
         t0 = time.perf_counter()
+        cpu0 = cpu_seconds(proc.pid)
         barrier.wait()
         for t in clients:
             t.join()
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid) - cpu0
         stop.set()
         for t in watchers:
             t.join()
@@ -244,6 +254,7 @@ def main():
             "health": {"n": len(health), "ok": h_ok, "p50_ms": round(pct(h_lat, .5) * 1000, 1),
                        "p90_ms": round(pct(h_lat, .9) * 1000, 1), "p99_ms": round(pct(h_lat, .99) * 1000, 1),
                        "max_ms": round(max(h_lat) * 1000, 1) if h_lat else None},
+            "berthd_cpu_s": round(cpu, 1),
             "peak": {"threads": peaks["Threads"], "rss_mib": round(peaks["VmRSS"] / 1024, 1), "fds": peaks["fds"]},
         })
         # Measured, not asserted.
@@ -251,7 +262,8 @@ def main():
               f"answered after {wall:.1f} s (exec p50 {result['exec_ms']['p50']} ms, p99 {result['exec_ms']['p99']} "
               f"ms; of which in the driver p50 {result['exec_ms']['in_driver_p50']} ms, p99 "
               f"{result['exec_ms']['in_driver_p99']} ms); /health during the burst: n={len(health)} p50 {result['health']['p50_ms']} ms p99 "
-              f"{result['health']['p99_ms']} ms max {result['health']['max_ms']} ms; berthd idle: "
+              f"{result['health']['p99_ms']} ms max {result['health']['max_ms']} ms; berthd CPU during the burst {cpu:.1f} s; "
+              f"berthd idle: "
               f"{base['Threads']} threads, {base['VmRSS'] // 1024} MiB RSS, {base['fds']} fds; peak: "
               f"{peaks['Threads']} threads, {peaks['VmRSS'] // 1024} MiB RSS, {peaks['fds']} fds", flush=True)
     except Exception as e:  # noqa: BLE001  reported as a failure, cleanup still runs
