@@ -752,7 +752,9 @@ void HttpApi::start() {
   // not silently share the port.
   Poco::Net::ServerSocket socket;
   socket.bind(Poco::Net::SocketAddress(ctx_->settings.host, ctx_->settings.port), true, false);
-  socket.listen(256);
+  // The kernel caps the backlog at net.core.somaxconn (4096 by default). 256 overflowed when 1,000 clients connected
+  // at once (capacity.docker): a dropped SYN costs its client a 1-second retransmit before berthd even sees it.
+  socket.listen(4096);
   const auto& s = ctx_->settings;
   // Every request being handled holds one worker thread (a request queued for admission simply parks it); idle and
   // half-received connections hold none. Small stacks keep 1,024 threads cheap.

@@ -3,7 +3,7 @@
 //
 // Config (JSON, every key optional; unknown keys are refused):
 //   {"socket": "/run/podman/podman.sock", "api_version": "1.41" (pin; default: negotiated), "connect_timeout_ms": 2000,
-//    "request_timeout_ms": 60000, "default_user": "1000:1000", "ulimit_nofile": 1024, "ulimit_nproc": 1024,
+//    "request_timeout_ms": 60000, "default_user": "1000:1000", "ulimit_nofile": 1024, "ulimit_nproc": 8192,
 //    "stop_timeout_s": 2, "tmp_size_mb": 256 (sized tmpfs at /tmp; 0 = none)}
 // Podman on some kernels needs explicit nofile/nproc ulimits on every container: the engine driver always sets them.
 #include <berth/driver.h>

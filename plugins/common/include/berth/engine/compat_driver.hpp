@@ -42,7 +42,12 @@ struct Config {
   std::uint32_t request_timeout_ms = 60000;
   std::string default_user = "1000:1000";
   std::int64_t ulimit_nofile = 1024;
-  std::int64_t ulimit_nproc = 1024;
+  // RLIMIT_NPROC counts every process of the container's uid on the whole host, not per container: all sessions run
+  // as one uid (default_user), so this is one ceiling shared by every sandbox, and 1,024 let a few sandboxes at their
+  // pids limit (or 1,000 concurrent execs across 100 sandboxes) starve all the others' forks (EAGAIN). The
+  // per-sandbox bound is the profile's `pids` (PidsLimit); this only has to stay within the engine's own hard limit
+  // (runc cannot raise it without capabilities: Podman then fails the start with "error setting rlimit type 6").
+  std::int64_t ulimit_nproc = 8192;
   std::uint32_t stop_timeout_s = 2;
   // Size of the tmpfs every container gets at /tmp, in MiB (counted against the container's memory limit): writes
   // beyond it fail with ENOSPC instead of filling the host disk. 0 = no tmpfs (the image's /tmp, on the writable
