@@ -173,6 +173,7 @@ const std::vector<Migration> kMigrations = {
          "  pid BIGINT NOT NULL,"
          "  started_at BIGINT NOT NULL,"
          "  heartbeat_at BIGINT NOT NULL,"
+         "  beats BIGINT NOT NULL DEFAULT 0,"
          "  stopped_at BIGINT NULL"
          ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
          // One row per candidate being acted on; a row whose lease_expires_at passed is free to claim.
@@ -180,6 +181,7 @@ const std::vector<Migration> kMigrations = {
          "  lease_key VARBINARY(255) NOT NULL PRIMARY KEY,"
          "  claimed_by VARBINARY(255) NOT NULL,"
          "  lease_expires_at BIGINT NOT NULL,"
+         "  claims BIGINT NOT NULL DEFAULT 1,"
          "  KEY cleanup_leases_claimed_by (claimed_by)"
          ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
          "ALTER TABLE sessions ADD KEY sessions_starter (starter)",
@@ -662,8 +664,8 @@ class MySqlStore final : public Store, public core::InstanceStore {
   std::uint64_t transaction_retries() const override { return retries_.load(std::memory_order_relaxed); }
 
   // ---- instances and cleanup leases (core::InstanceStore) ----
-  // Affected-row counts are not used where a write may leave the row unchanged (MySQL then reports 0 rows): such
-  // methods read the row back inside the same transaction instead.
+  // MySQL counts only changed rows as affected: where a write may leave a row as it was, a counter column (beats,
+  // claims) changes with it, so the count still says whether the row matched.
   void register_instance(const core::InstanceRecord& row) override {
     run("register_instance", [&](Session& s) {
       s << "INSERT INTO instances (" << kInstanceColumns
@@ -675,11 +677,12 @@ class MySqlStore final : public Store, public core::InstanceStore {
   }
 
   bool heartbeat_instance(const std::string& id, TimePoint at) override {
-    return transact("heartbeat_instance", [&](Session& s) {
-      s << "UPDATE instances SET heartbeat_at = ? WHERE id = ? AND stopped_at IS NULL", bind(to_ms(at)), bind(id), now;
-      Int64 live = 0;
-      s << "SELECT COUNT(*) FROM instances WHERE id = ? AND stopped_at IS NULL", bind(id), into(live), now;
-      return live == 1;
+    return run("heartbeat_instance", [&](Session& s) {
+      // beats always changes, so a live row always counts as affected (MySQL does not count an unchanged row).
+      Statement st(s);
+      st << "UPDATE instances SET heartbeat_at = ?, beats = beats + 1 WHERE id = ? AND stopped_at IS NULL",
+          bind(to_ms(at)), bind(id);
+      return st.execute() == 1;
     });
   }
 
@@ -716,20 +719,20 @@ class MySqlStore final : public Store, public core::InstanceStore {
   }
 
   bool claim_lease(const std::string& key, const std::string& holder, TimePoint now_at, TimePoint expires_at) override {
-    return transact("claim_lease", [&](Session& s) {
-      // One upsert decides: claimed_by changes only if the lease is ours or expired (assignments apply left to
-      // right, so lease_expires_at follows claimed_by). Racers on other Galera nodes fail certification and are
-      // retried, then find the lease taken. The read-back in the same transaction sees this upsert's outcome.
-      s << "INSERT INTO cleanup_leases (lease_key, claimed_by, lease_expires_at) VALUES (?, ?, ?)"
-           " ON DUPLICATE KEY UPDATE"
-           " claimed_by = IF(claimed_by = VALUES(claimed_by) OR lease_expires_at <= ?, VALUES(claimed_by), claimed_by),"
-           " lease_expires_at = IF(claimed_by = VALUES(claimed_by), VALUES(lease_expires_at), lease_expires_at)",
-          bind(key), bind(holder), bind(to_ms(expires_at)), bind(to_ms(now_at)), now;
-      Statement read(s);
-      read << "SELECT claimed_by FROM cleanup_leases WHERE lease_key = ?", bind(key);
-      read.execute();
-      RecordSet rs(read);  // VARBINARY arrives as a BLOB, which Var converts
-      return rs.rowCount() == 1 && rs.value(0, 0).convert<std::string>() == holder;
+    return run("claim_lease", [&](Session& s) {
+      // One statement decides, no transaction: the row changes only if the lease is free, expired or ours, and then
+      // claims always changes with it, so "affected" (1 inserted, 2 updated; 0 unchanged) says who won. Assignments
+      // apply left to right: claims and claimed_by test the old row, lease_expires_at follows the new claimed_by.
+      // Racers on other Galera nodes fail certification (1213), are retried, and then find the lease taken.
+      Statement st(s);
+      st << "INSERT INTO cleanup_leases (lease_key, claimed_by, lease_expires_at) VALUES (?, ?, ?)"
+            " ON DUPLICATE KEY UPDATE"
+            " claims = IF(claimed_by = VALUES(claimed_by) OR lease_expires_at <= ?, claims + 1, claims),"
+            " claimed_by = IF(claimed_by = VALUES(claimed_by) OR lease_expires_at <= ?, VALUES(claimed_by),"
+            " claimed_by),"
+            " lease_expires_at = IF(claimed_by = VALUES(claimed_by), VALUES(lease_expires_at), lease_expires_at)",
+          bind(key), bind(holder), bind(to_ms(expires_at)), bind(to_ms(now_at)), bind(to_ms(now_at));
+      return st.execute() > 0;
     });
   }
 

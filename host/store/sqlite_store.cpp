@@ -151,12 +151,14 @@ const std::vector<Migration> kMigrations = {
          "  pid INTEGER NOT NULL,"
          "  started_at INTEGER NOT NULL,"
          "  heartbeat_at INTEGER NOT NULL,"
+         "  beats INTEGER NOT NULL DEFAULT 0,"
          "  stopped_at INTEGER)",
          // One row per candidate being acted on; a row whose lease_expires_at passed is free to claim.
          "CREATE TABLE cleanup_leases ("
          "  lease_key TEXT NOT NULL PRIMARY KEY,"
          "  claimed_by TEXT NOT NULL,"
-         "  lease_expires_at INTEGER NOT NULL)",
+         "  lease_expires_at INTEGER NOT NULL,"
+         "  claims INTEGER NOT NULL DEFAULT 1)",
          "CREATE INDEX cleanup_leases_claimed_by ON cleanup_leases (claimed_by)",
          "CREATE INDEX sessions_starter ON sessions (starter)",
      }},
@@ -574,7 +576,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
   bool heartbeat_instance(const std::string& id, TimePoint at) override {
     return locked("heartbeat_instance", [&] {
       Statement st(session_);
-      st << "UPDATE instances SET heartbeat_at = ? WHERE id = ? AND stopped_at IS NULL", bind(to_ms(at)), bind(id);
+      st << "UPDATE instances SET heartbeat_at = ?, beats = beats + 1 WHERE id = ? AND stopped_at IS NULL",
+          bind(to_ms(at)), bind(id);
       return st.execute() == 1;
     });
   }
@@ -617,7 +620,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
       Statement st(session_);
       st << "INSERT INTO cleanup_leases (lease_key, claimed_by, lease_expires_at) VALUES (?, ?, ?)"
             " ON CONFLICT (lease_key) DO UPDATE SET claimed_by = excluded.claimed_by,"
-            " lease_expires_at = excluded.lease_expires_at"
+            " lease_expires_at = excluded.lease_expires_at, claims = cleanup_leases.claims + 1"
             " WHERE cleanup_leases.claimed_by = excluded.claimed_by OR cleanup_leases.lease_expires_at <= ?",
           bind(key), bind(holder), bind(to_ms(expires_at)), bind(to_ms(now_at));
       return st.execute() == 1;
