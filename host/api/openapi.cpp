@@ -176,6 +176,7 @@ constexpr const char* kSchemas = R"json({
       "dead_sessions": {"$ref": "#/components/schemas/IdList"},
       "skipped_stale": {"$ref": "#/components/schemas/IdList"},
       "skipped_in_use": {"$ref": "#/components/schemas/IdList"},
+      "skipped_leased": {"$ref": "#/components/schemas/IdList"},
       "failed": {"$ref": "#/components/schemas/IdList"}}}
 })json";
 

@@ -640,6 +640,7 @@ void run_gc(Exchange& ex) {
   o.set("dead_sessions", list(report.dead_sessions));
   o.set("skipped_stale", list(report.skipped_stale));
   o.set("skipped_in_use", list(report.skipped_in_use));
+  o.set("skipped_leased", list(report.skipped_leased));
   o.set("disk_stopped", list(report.disk_stopped));
   o.set("failed", list(report.failed));
   ex.send_json(200, o);

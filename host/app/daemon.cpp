@@ -3,6 +3,8 @@
 #include <Poco/Environment.h>
 #include <Poco/SHA1Engine.h>
 
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +16,7 @@
 #include "core/cleanup_task.hpp"
 #include "core/clock.hpp"
 #include "core/idempotency.hpp"
+#include "core/instance_registry.hpp"
 #include "core/log.hpp"
 #include "core/metered_driver.hpp"
 #include "core/sandbox_service.hpp"
@@ -101,6 +104,15 @@ core::Settings core_settings(const config::Config& cfg) {
   s.history_max_records = static_cast<std::size_t>(cfg.history.max_records);
   s.cleanup_call_deadline = cfg.cleanup.call_deadline;
   return s;
+}
+
+core::ClusterSettings cluster_settings(const config::Config& cfg) {
+  core::ClusterSettings c;
+  c.heartbeat_interval = cfg.cluster.heartbeat_interval;
+  c.instance_timeout = cfg.cluster.instance_timeout;
+  c.orphan_grace = cfg.cluster.orphan_grace;
+  c.lease_ttl = cfg.cluster.lease_ttl;
+  return c;
 }
 
 api::ApiSettings api_settings(const config::Config& cfg) {
@@ -191,7 +203,19 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
     core::IdempotencyRegistry idempotency(*store, clock);
     core::CleanupTask cleanup(service, cfg.cleanup.interval);
     api::HttpApi server(api_settings(cfg), service, idempotency, clock, registry.get());
+    // Both SQL stores keep instance rows and cleanup leases (core::InstanceStore): several berthd on one database
+    // hand over each other's sessions and never clean one sandbox twice.
+    std::unique_ptr<core::InstanceRegistry> instances;
+    if (auto* instance_store = dynamic_cast<core::InstanceStore*>(store.get())) {
+      core::InstanceRecord self;
+      self.id = service.settings().instance_id;
+      self.host = Poco::Environment::nodeName();
+      self.pid = ::getpid();
+      instances = std::make_unique<core::InstanceRegistry>(*instance_store, service, clock, cluster_settings(cfg),
+                                                           std::move(self));
+    }
     service.recover();  // before serving: sessions a killed predecessor left starting are settled at once
+    if (instances) instances->start();
     server.start();
     if (cfg.cleanup.enabled) cleanup.start();
     log::info("berthd.started", {{"listen", cfg.server.host + ":" + std::to_string(server.port())},
@@ -216,6 +240,7 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
       log::flush();
       std::_Exit(0);
     }
+    if (instances) instances->stop();  // no handler runs any more: the others may adopt what is left at once
     server.close();
   } catch (const std::exception& e) {
     std::cerr << "berthd: " << e.what() << "\n";

@@ -382,6 +382,20 @@ void read_cleanup(TableReader r, CleanupConfig& c) {
   r.reject_unknown();
 }
 
+void read_cluster(TableReader r, ClusterConfig& c, const std::string& source) {
+  r.duration("heartbeat_interval", c.heartbeat_interval, std::chrono::seconds(1));
+  r.duration("instance_timeout", c.instance_timeout, std::chrono::seconds(1));
+  r.duration("orphan_grace", c.orphan_grace, std::chrono::seconds(0));
+  r.duration("lease_ttl", c.lease_ttl, std::chrono::seconds(1));
+  if (c.instance_timeout <= c.heartbeat_interval) {
+    throw ConfigError(source +
+                          ": cluster.instance_timeout: must be longer than heartbeat_interval (a live instance "
+                          "would look dead)",
+                      "instance_timeout");
+  }
+  r.reject_unknown();
+}
+
 void read_history(TableReader r, HistoryConfig& h) {
   r.size("output_cap", h.output_cap, 1024);
   r.size("response_max_bytes", h.response_max_bytes, 64 << 10);
@@ -512,6 +526,7 @@ Config parse(const std::string& text, const std::string& source) {
   if (const auto* t = top.table("store")) read_store(TableReader(*t, "store", source), cfg.store);
   if (const auto* t = top.table("driver")) read_driver(TableReader(*t, "driver", source), cfg.driver);
   if (const auto* t = top.table("cleanup")) read_cleanup(TableReader(*t, "cleanup", source), cfg.cleanup);
+  if (const auto* t = top.table("cluster")) read_cluster(TableReader(*t, "cluster", source), cfg.cluster, source);
   if (const auto* t = top.table("history")) read_history(TableReader(*t, "history", source), cfg.history);
   if (const auto* t = top.table("listing")) read_listing(TableReader(*t, "listing", source), cfg.listing);
   if (const auto* t = top.table("auth")) read_auth(TableReader(*t, "auth", source), cfg.auth);

@@ -100,6 +100,14 @@ struct AuthConfig {
   std::map<std::string, std::string> admin_keys;
 };
 
+/** [cluster]: instances as rows in the store (issue 11): heartbeat, dead-instance hand-over, cleanup leases. */
+struct ClusterConfig {
+  std::chrono::seconds heartbeat_interval{5};  // how often this berthd writes its heartbeat row
+  std::chrono::seconds instance_timeout{30};   // an instance without a heartbeat this long is dead
+  std::chrono::seconds orphan_grace{300};      // a dead instance's containers are swept this long after its death
+  std::chrono::seconds lease_ttl{120};         // a cleanup lease of a crashed holder is free after this long
+};
+
 /** [metrics]: GET /metrics (Prometheus text format; docs/api.md lists every series). */
 struct MetricsConfig {
   bool enabled = true;       // false: nothing is counted and GET /metrics answers 404
@@ -120,6 +128,7 @@ struct Config {
   std::map<std::string, core::Profile> profiles;  // at least one; "default" is used when a request names none
   std::string default_profile = "default";
   CleanupConfig cleanup;
+  ClusterConfig cluster;
   HistoryConfig history;
   ListingConfig listing;
   AuthConfig auth;

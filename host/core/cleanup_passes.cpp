@@ -41,6 +41,7 @@ CleanupReport SandboxService::run_cleanup() {
   cleanup_abandoned_workspaces(report);
   cleanup_history(report);
   cleanup_disk(report);
+  if (leases_) leases_->release_leases(lease_holder("cleanup"));
   metrics_.cleanup_pass_done(cleanup_action_counts(report),
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   log::info("cleanup.run", {{"idle_stopped", std::to_string(report.idle_stopped.size())},
@@ -50,6 +51,7 @@ CleanupReport SandboxService::run_cleanup() {
                             {"dead_sessions", std::to_string(report.dead_sessions.size())},
                             {"skipped_stale", std::to_string(report.skipped_stale.size())},
                             {"skipped_in_use", std::to_string(report.skipped_in_use.size())},
+                            {"skipped_leased", std::to_string(report.skipped_leased.size())},
                             {"failed", std::to_string(report.failed.size())},
                             {"executions_expired", std::to_string(report.executions_expired)},
                             {"disk_stopped", std::to_string(report.disk_stopped.size())},
@@ -231,6 +233,11 @@ void SandboxService::cleanup_abandoned_workspaces(CleanupReport& report) {
 
 bool SandboxService::cleanup_call(CleanupReport& report, const std::string& candidate, const std::string& key,
                                   const char* action, std::function<void()> work) {
+  if (!claim_lease(candidate, lease_holder("cleanup"))) {  // another instance acts on it right now
+    report.skipped_leased.push_back(candidate);
+    log::info("cleanup.lease_busy", {{"candidate", candidate}, {"action", action}});
+    return false;
+  }
   const auto outcome = cleanup_calls_.run(key, settings_.cleanup_call_deadline, std::move(work));
   if (outcome == DeadlineRunner::Outcome::done) return true;
   // This candidate's driver call is stuck (for instance behind an engine lock a slow client holds): report it and

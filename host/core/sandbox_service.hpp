@@ -22,6 +22,7 @@
 #include "core/driver.hpp"
 #include "core/errors.hpp"
 #include "core/in_flight.hpp"
+#include "core/instance_store.hpp"
 #include "core/limits.hpp"
 #include "core/metrics.hpp"
 #include "core/profile.hpp"
@@ -114,6 +115,7 @@ struct CleanupReport {
   std::vector<std::string> failed;              // sandbox ids or handles whose driver call failed or overran
   std::vector<std::string> disk_stopped;        // sandbox ids stopped for being over their disk limit
   int executions_expired = 0;                   // history records deleted (age or per-sandbox count)
+  std::vector<std::string> skipped_leased;      // candidates another instance holds the cleanup lease of
 };
 
 /** What SandboxService::recover() did with the sessions this instance had starting or running. */
@@ -225,6 +227,32 @@ class SandboxService {
   RecoveryReport recover();
 
   /**
+   * Several berthd on one store (InstanceRegistry): from now on every cleanup_call claims the cleanup lease of its
+   * candidate (holder "<instance_id>#cleanup", until now + `ttl`) before acting, and skips the candidate when another
+   * holder has it (CleanupReport::skipped_leased, log cleanup.lease_busy); a pass releases its leases when it ends.
+   * `leases` is borrowed and must outlive the service. Call once, before the cleanup task starts.
+   */
+  void use_cleanup_leases(InstanceStore& leases, std::chrono::milliseconds ttl);
+
+  /**
+   * Hand-over from a dead instance (InstanceRegistry): every session `dead_instance` left `starting` or `ready` is
+   * reconciled at once, as recover() does for this instance's own: per session the lease on its sandbox is claimed
+   * (holder "<instance_id>#reconcile") and the session taken over (sessions.starter, a CAS), then it is adopted if
+   * its container (labelled with the dead instance) runs, else cleared and its container removed. A session whose
+   * lease or take-over another instance won is left to it. Needs use_cleanup_leases(). Never throws a DriverError
+   * (a failed listing reports every session failed; the next call retries); throws store::StoreError.
+   */
+  RecoveryReport adopt_sessions_of(const std::string& dead_instance);
+
+  /**
+   * After the grace period (InstanceRegistry): the containers labelled with `dead_instance` are settled through the
+   * database, never guessed from the engine: one whose session is live and wanted by its sandbox is kept (and its
+   * session taken over if still the dead instance's), every other one is stopped and removed, each under the lease
+   * of its sandbox. Returns the removed handles. Needs use_cleanup_leases(). Throws DriverError, store::StoreError.
+   */
+  std::vector<std::string> sweep_containers_of(const std::string& dead_instance);
+
+  /**
    * Shutdown hook: cancels every exec in flight (each then fails with ErrorCode::shutting_down) and refuses new
    * execs the same way. Thread-safe and idempotent; called by the daemon on SIGTERM once the shutdown grace has run
    * out.
@@ -312,6 +340,16 @@ class SandboxService {
    */
   bool cleanup_call(CleanupReport& report, const std::string& candidate, const std::string& key, const char* action,
                     std::function<void()> work);
+  /**
+   * The per-session half of recover() and adopt_sessions_of(): adopts `s` if its container in `containers` (keyed by
+   * the berth.session label) runs and its sandbox still wants it, else clears it and removes the container. `step`
+   * names the caller in the log. Records the outcome in `report`; never throws a DriverError.
+   */
+  void reconcile_session(store::SessionRow s, const std::map<std::string, SessionListing>& containers,
+                         RecoveryReport& report, const char* step);
+  /** The cleanup lease of `key` for `holder` (see use_cleanup_leases); true without leases. */
+  bool claim_lease(const std::string& key, const std::string& holder);
+  std::string lease_holder(const char* role) const { return settings_.instance_id + "#" + role; }
 
   store::Store& store_;
   Driver& driver_;
@@ -346,6 +384,8 @@ class SandboxService {
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
   std::mutex disk_mutex_;
   std::map<std::string, DiskUsage> disk_;  // sandbox id -> last measurement (erased on delete)
+  InstanceStore* leases_ = nullptr;        // set once by use_cleanup_leases(), before the cleanup task starts
+  std::chrono::milliseconds lease_ttl_{120'000};
   // Destroyed before the members above, it waits for overrunning cleanup work, which uses them.
   DeadlineRunner cleanup_calls_;
   // Last member: destroyed first, it waits for the running disk check, which uses the members above.

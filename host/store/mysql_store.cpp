@@ -165,6 +165,28 @@ const std::vector<Migration> kMigrations = {
          "  AS (CASE WHEN deleted_at IS NULL THEN profile END) VIRTUAL,"
          "  ADD KEY sandboxes_live_profile (live_profile)",
      }},
+    {5,
+     "instances and cleanup leases: several berthd on one database (issue 11)",
+     {
+         "CREATE TABLE instances ("
+         "  id VARBINARY(255) NOT NULL PRIMARY KEY,"
+         "  host VARBINARY(255) NOT NULL,"
+         "  pid BIGINT NOT NULL,"
+         "  started_at BIGINT NOT NULL,"
+         "  heartbeat_at BIGINT NOT NULL,"
+         "  beats BIGINT NOT NULL DEFAULT 0,"
+         "  stopped_at BIGINT NULL"
+         ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+         // One row per candidate being acted on; a row whose lease_expires_at passed is free to claim.
+         "CREATE TABLE cleanup_leases ("
+         "  lease_key VARBINARY(255) NOT NULL PRIMARY KEY,"
+         "  claimed_by VARBINARY(255) NOT NULL,"
+         "  lease_expires_at BIGINT NOT NULL,"
+         "  claims BIGINT NOT NULL DEFAULT 1,"
+         "  KEY cleanup_leases_claimed_by (claimed_by)"
+         ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+         "ALTER TABLE sessions ADD KEY sessions_starter (starter)",
+     }},
 };
 
 // Poco 1.11's MySQL result buffers are sized by each column's declared length (4 GiB for LONGBLOB, which breaks the
@@ -192,6 +214,7 @@ constexpr const char* kIdempotencyColumns = "owner, `key`, request_hash, status,
 constexpr const char* kIdempotencySelect = "owner, `key`, request_hash, status, LEFT(body, 1048576), created_at";
 constexpr const char* kProfileColumns = "name, spec, created_at, updated_at";
 constexpr const char* kProfileSelect = "name, LEFT(spec, 1048576), created_at, updated_at";
+constexpr const char* kInstanceColumns = "id, host, pid, started_at, heartbeat_at, stopped_at";
 
 constexpr int kMaxAttempts = 10;        // a conflicting transaction runs at most this often
 constexpr int kMaxAttemptsGalera = 20;  // on Galera: certification conflicts are frequent and cheap (see execute)
@@ -291,7 +314,7 @@ struct Connection {
 
 // ---- the store --------------------------------------------------------------------------------------------------
 
-class MySqlStore final : public Store {
+class MySqlStore final : public Store, public core::InstanceStore {
  public:
   explicit MySqlStore(MySqlOptions options) : options_(std::move(options)) {
     register_connector();
@@ -641,6 +664,95 @@ class MySqlStore final : public Store {
   }
 
   std::uint64_t transaction_retries() const override { return retries_.load(std::memory_order_relaxed); }
+
+  // ---- instances and cleanup leases (core::InstanceStore) ----
+  // MySQL counts only changed rows as affected: where a write may leave a row as it was, a counter column (beats,
+  // claims) changes with it, so the count still says whether the row matched.
+  void register_instance(const core::InstanceRecord& row) override {
+    run("register_instance", [&](Session& s) {
+      s << "INSERT INTO instances (" << kInstanceColumns
+        << ") VALUES (?, ?, ?, ?, ?, NULL) ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid),"
+           " started_at = VALUES(started_at), heartbeat_at = VALUES(heartbeat_at), stopped_at = NULL",
+          bind(row.id), bind(row.host), bind(Int64(row.pid)), bind(to_ms(row.started_at)),
+          bind(to_ms(row.heartbeat_at)), now;
+    });
+  }
+
+  bool heartbeat_instance(const std::string& id, TimePoint at) override {
+    return run("heartbeat_instance", [&](Session& s) {
+      // beats always changes, so a live row always counts as affected (MySQL does not count an unchanged row).
+      Statement st(s);
+      st << "UPDATE instances SET heartbeat_at = ?, beats = beats + 1 WHERE id = ? AND stopped_at IS NULL",
+          bind(to_ms(at)), bind(id);
+      return st.execute() == 1;
+    });
+  }
+
+  void mark_instance_stopped(const std::string& id, TimePoint at) override {
+    run("mark_instance_stopped",
+        [&](Session& s) { s << "UPDATE instances SET stopped_at = ? WHERE id = ?", bind(to_ms(at)), bind(id), now; });
+  }
+
+  std::vector<core::InstanceRecord> list_instances() override {
+    return run("list_instances", [&](Session& s) {
+      Statement st(s);
+      st << "SELECT " << kInstanceColumns << " FROM instances ORDER BY id";
+      return read_all(st, read_instance);
+    });
+  }
+
+  std::vector<core::InstanceRecord> list_dead_instances(TimePoint heartbeat_before) override {
+    return run("list_dead_instances", [&](Session& s) {
+      Statement st(s);
+      st << "SELECT " << kInstanceColumns
+         << " FROM instances WHERE stopped_at IS NOT NULL OR heartbeat_at < ? ORDER BY id",
+          bind(to_ms(heartbeat_before));
+      return read_all(st, read_instance);
+    });
+  }
+
+  bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to) override {
+    return run("take_over_session", [&](Session& s) {
+      // from != to, so a matching row always changes and counts as affected.
+      Statement st(s);
+      st << "UPDATE sessions SET starter = ? WHERE id = ? AND starter = ?", bind(to), bind(session_id), bind(from);
+      return st.execute() == 1;
+    });
+  }
+
+  bool claim_lease(const std::string& key, const std::string& holder, TimePoint now_at, TimePoint expires_at) override {
+    return run("claim_lease", [&](Session& s) {
+      // One statement decides, no transaction: the row changes only if the lease is free, expired or ours, and then
+      // claims always changes with it, so "affected" (1 inserted, 2 updated; 0 unchanged) says who won. Assignments
+      // apply left to right: claims and claimed_by test the old row, lease_expires_at follows the new claimed_by.
+      // Racers on other Galera nodes fail certification (1213), are retried, and then find the lease taken.
+      Statement st(s);
+      st << "INSERT INTO cleanup_leases (lease_key, claimed_by, lease_expires_at) VALUES (?, ?, ?)"
+            " ON DUPLICATE KEY UPDATE"
+            " claims = IF(claimed_by = VALUES(claimed_by) OR lease_expires_at <= ?, claims + 1, claims),"
+            " claimed_by = IF(claimed_by = VALUES(claimed_by) OR lease_expires_at <= ?, VALUES(claimed_by),"
+            " claimed_by),"
+            " lease_expires_at = IF(claimed_by = VALUES(claimed_by), VALUES(lease_expires_at), lease_expires_at)",
+          bind(key), bind(holder), bind(to_ms(expires_at)), bind(to_ms(now_at)), bind(to_ms(now_at));
+      return st.execute() > 0;
+    });
+  }
+
+  bool release_lease(const std::string& key, const std::string& holder) override {
+    return run("release_lease", [&](Session& s) {
+      Statement st(s);
+      st << "DELETE FROM cleanup_leases WHERE lease_key = ? AND claimed_by = ?", bind(key), bind(holder);
+      return st.execute() == 1;
+    });
+  }
+
+  int release_leases(const std::string& holder) override {
+    return run("release_leases", [&](Session& s) {
+      Statement st(s);
+      st << "DELETE FROM cleanup_leases WHERE claimed_by = ?", bind(holder);
+      return static_cast<int>(st.execute());
+    });
+  }
 
  private:
   // ---- connections ----

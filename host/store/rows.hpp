@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/instance_store.hpp"
 #include "store/store.hpp"
 
 namespace berth::store::rows {
@@ -186,6 +187,18 @@ inline IdempotencyRow read_idempotency(const RecordSet& rs, std::size_t i) {
   row.status = static_cast<int>(r.integer());
   row.body = r.text();
   row.created_at = r.time();
+  return row;
+}
+
+inline core::InstanceRecord read_instance(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  core::InstanceRecord row;
+  row.id = r.text();
+  row.host = r.text();
+  row.pid = r.integer();
+  row.started_at = r.time();
+  row.heartbeat_at = r.time();
+  row.stopped_at = r.optional_time();
   return row;
 }
 

@@ -142,6 +142,26 @@ const std::vector<Migration> kMigrations = {
          "  updated_at INTEGER NOT NULL)",
          "CREATE INDEX sandboxes_live_profile ON sandboxes (profile) WHERE deleted_at IS NULL",
      }},
+    {5,
+     "instances and cleanup leases: several berthd on one database (issue 11)",
+     {
+         "CREATE TABLE instances ("
+         "  id TEXT NOT NULL PRIMARY KEY,"
+         "  host TEXT NOT NULL,"
+         "  pid INTEGER NOT NULL,"
+         "  started_at INTEGER NOT NULL,"
+         "  heartbeat_at INTEGER NOT NULL,"
+         "  beats INTEGER NOT NULL DEFAULT 0,"
+         "  stopped_at INTEGER)",
+         // One row per candidate being acted on; a row whose lease_expires_at passed is free to claim.
+         "CREATE TABLE cleanup_leases ("
+         "  lease_key TEXT NOT NULL PRIMARY KEY,"
+         "  claimed_by TEXT NOT NULL,"
+         "  lease_expires_at INTEGER NOT NULL,"
+         "  claims INTEGER NOT NULL DEFAULT 1)",
+         "CREATE INDEX cleanup_leases_claimed_by ON cleanup_leases (claimed_by)",
+         "CREATE INDEX sessions_starter ON sessions (starter)",
+     }},
 };
 
 constexpr int kBusyTimeoutMs = 5000;
@@ -156,6 +176,7 @@ constexpr const char* kExecutionColumns =
     "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at, truncated";
 constexpr const char* kIdempotencyColumns = "owner, key, request_hash, status, body, created_at";
 constexpr const char* kProfileColumns = "name, spec, created_at, updated_at";
+constexpr const char* kInstanceColumns = "id, host, pid, started_at, heartbeat_at, stopped_at";
 
 using namespace rows;  // conversions and row readers shared with mysql_store.cpp
 
@@ -201,7 +222,7 @@ void register_connector() {
 
 // ---- the store --------------------------------------------------------------------------------------------------
 
-class SqliteStore final : public Store {
+class SqliteStore final : public Store, public core::InstanceStore {
  public:
   explicit SqliteStore(const std::string& path) : path_(path), session_(open_session(path)) {
     configure();
@@ -539,6 +560,88 @@ class SqliteStore final : public Store {
     });
   }
   std::uint64_t transaction_retries() const override { return retries_.load(std::memory_order_relaxed); }
+
+  // ---- instances and cleanup leases (core::InstanceStore) ----
+  void register_instance(const core::InstanceRecord& row) override {
+    locked("register_instance", [&] {
+      session_ << "INSERT INTO instances (" << kInstanceColumns
+               << ") VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (id) DO UPDATE SET host = excluded.host,"
+                  " pid = excluded.pid, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,"
+                  " stopped_at = NULL",
+          bind(row.id), bind(row.host), bind(Int64(row.pid)), bind(to_ms(row.started_at)),
+          bind(to_ms(row.heartbeat_at)), now;
+    });
+  }
+
+  bool heartbeat_instance(const std::string& id, TimePoint at) override {
+    return locked("heartbeat_instance", [&] {
+      Statement st(session_);
+      st << "UPDATE instances SET heartbeat_at = ?, beats = beats + 1 WHERE id = ? AND stopped_at IS NULL",
+          bind(to_ms(at)), bind(id);
+      return st.execute() == 1;
+    });
+  }
+
+  void mark_instance_stopped(const std::string& id, TimePoint at) override {
+    locked("mark_instance_stopped",
+           [&] { session_ << "UPDATE instances SET stopped_at = ? WHERE id = ?", bind(to_ms(at)), bind(id), now; });
+  }
+
+  std::vector<core::InstanceRecord> list_instances() override {
+    return locked("list_instances", [&] {
+      Statement st(session_);
+      st << "SELECT " << kInstanceColumns << " FROM instances ORDER BY id";
+      return read_all(st, read_instance);
+    });
+  }
+
+  std::vector<core::InstanceRecord> list_dead_instances(TimePoint heartbeat_before) override {
+    return locked("list_dead_instances", [&] {
+      Statement st(session_);
+      st << "SELECT " << kInstanceColumns
+         << " FROM instances WHERE stopped_at IS NOT NULL OR heartbeat_at < ? ORDER BY id",
+          bind(to_ms(heartbeat_before));
+      return read_all(st, read_instance);
+    });
+  }
+
+  bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to) override {
+    return locked("take_over_session", [&] {
+      Statement st(session_);
+      st << "UPDATE sessions SET starter = ? WHERE id = ? AND starter = ?", bind(to), bind(session_id), bind(from);
+      return st.execute() == 1;
+    });
+  }
+
+  bool claim_lease(const std::string& key, const std::string& holder, TimePoint now_at, TimePoint expires_at) override {
+    return locked("claim_lease", [&] {
+      // One upsert: the conflict branch writes only when the lease is ours or expired, so exactly one claimant of a
+      // free lease changes the row.
+      Statement st(session_);
+      st << "INSERT INTO cleanup_leases (lease_key, claimed_by, lease_expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (lease_key) DO UPDATE SET claimed_by = excluded.claimed_by,"
+            " lease_expires_at = excluded.lease_expires_at, claims = cleanup_leases.claims + 1"
+            " WHERE cleanup_leases.claimed_by = excluded.claimed_by OR cleanup_leases.lease_expires_at <= ?",
+          bind(key), bind(holder), bind(to_ms(expires_at)), bind(to_ms(now_at));
+      return st.execute() == 1;
+    });
+  }
+
+  bool release_lease(const std::string& key, const std::string& holder) override {
+    return locked("release_lease", [&] {
+      Statement st(session_);
+      st << "DELETE FROM cleanup_leases WHERE lease_key = ? AND claimed_by = ?", bind(key), bind(holder);
+      return st.execute() == 1;
+    });
+  }
+
+  int release_leases(const std::string& holder) override {
+    return locked("release_leases", [&] {
+      Statement st(session_);
+      st << "DELETE FROM cleanup_leases WHERE claimed_by = ?", bind(holder);
+      return static_cast<int>(st.execute());
+    });
+  }
 
  private:
   static Session open_session(const std::string& path) {

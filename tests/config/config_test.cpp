@@ -248,3 +248,22 @@ TEST_CASE("[store] kind = mysql: a URL, the password from the URL, an environmen
   CHECK(from_file.store.password == "file-secret");
   std::filesystem::remove(file);
 }
+
+TEST_CASE("[cluster]: defaults, explicit values, and a timeout that must outlast the heartbeat") {
+  const std::string d = "[driver]\nname = \"fake\"\n";
+  auto defaults = parse(d, "t.toml");
+  CHECK(defaults.cluster.heartbeat_interval == std::chrono::seconds(5));
+  CHECK(defaults.cluster.instance_timeout == std::chrono::seconds(30));
+  CHECK(defaults.cluster.orphan_grace == std::chrono::seconds(300));
+  CHECK(defaults.cluster.lease_ttl == std::chrono::seconds(120));
+  auto set = parse(d + "[cluster]\nheartbeat_interval = \"1s\"\ninstance_timeout = \"3s\"\norphan_grace = \"0\"\n"
+                       "lease_ttl = \"10m\"\n",
+                   "t.toml");
+  CHECK(set.cluster.heartbeat_interval == std::chrono::seconds(1));
+  CHECK(set.cluster.instance_timeout == std::chrono::seconds(3));
+  CHECK(set.cluster.orphan_grace == std::chrono::seconds(0));
+  CHECK(set.cluster.lease_ttl == std::chrono::seconds(600));
+  CHECK_THAT(error_of(d + "[cluster]\nheartbeat_interval = \"10s\"\ninstance_timeout = \"10s\"\n"),
+             Catch::Contains("cluster.instance_timeout") && Catch::Contains("longer than heartbeat_interval"));
+  CHECK_THAT(error_of(d + "[cluster]\nbeat = \"1s\"\n"), Catch::Contains("cluster.beat"));
+}

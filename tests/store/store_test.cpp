@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/instance_store.hpp"
 #include "store/store.hpp"
 
 using namespace berth::store;
@@ -219,7 +220,7 @@ TEST_CASE("migrations are applied once and data survives a re-open") {
     auto s = db.raw();
     s << "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations", into(migrations), into(versions), now;
   }
-  REQUIRE(migrations == 4);  // the same numbered migrations on both backends
+  REQUIRE(migrations == 5);  // the same numbered migrations on both backends
   CHECK(versions == migrations);
 
   for (int i = 0; i < 2; ++i) {  // re-open = restart
@@ -265,7 +266,7 @@ TEST_CASE("stores opening one new database at once apply each migration exactly 
   auto s = db.raw();
   s << "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations WHERE applied_at IS NOT NULL", into(rows),
       into(versions), now;
-  CHECK(rows == 4);
+  CHECK(rows == 5);
   CHECK(rows == versions);
 }
 
@@ -331,6 +332,9 @@ TEST_CASE("sessions record their starter, and a schema-1 database gains the colu
   {
     // Roll the file back to schema 1 (as a berthd from before the starter column left it).
     auto s = db.raw();
+    s << "DROP TABLE instances", now;                          // schema 5
+    s << "DROP TABLE cleanup_leases", now;                     // schema 5
+    if (!on_mysql()) s << "DROP INDEX sessions_starter", now;  // MySQL drops it with its column
     s << "ALTER TABLE sessions DROP COLUMN starter", now;
     s << "ALTER TABLE executions DROP COLUMN truncated", now;  // schema 3
     s << "DROP TABLE profiles", now;                           // schema 4
@@ -1216,4 +1220,166 @@ TEST_CASE("connections killed by the server are replaced: a call fails at most w
   CHECK(found + unavailable == 3);
   CHECK(unavailable <= 1);
   CHECK(store->get_workspace("ws-1"));
+}
+
+// ---- instances and cleanup leases (core::InstanceStore, schema 5) -----------------------------------------------
+
+namespace {
+
+/** Both SQL stores implement the core's instance port next to Store (the daemon reaches it the same way). */
+berth::core::InstanceStore& instances(Store& store) {
+  return dynamic_cast<berth::core::InstanceStore&>(store);
+}
+
+berth::core::InstanceRecord instance(const std::string& id, TimePoint at, std::int64_t pid = 100) {
+  berth::core::InstanceRecord r;
+  r.id = id;
+  r.host = "node-" + id;
+  r.pid = pid;
+  r.started_at = at;
+  r.heartbeat_at = at;
+  return r;
+}
+
+std::vector<std::string> ids_of(const std::vector<berth::core::InstanceRecord>& rows) {
+  std::vector<std::string> ids;
+  ids.reserve(rows.size());
+  for (const auto& r : rows)
+    ids.push_back(r.id);
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("instances register, heartbeat, die by a stale heartbeat or a stop, and come back by re-registering") {
+  TestDb db;
+  auto store = db.open();
+  auto& inst = instances(*store);
+  inst.register_instance(instance("berth-a", t0));
+  inst.register_instance(instance("berth-b", t0));
+  auto all = inst.list_instances();
+  REQUIRE(ids_of(all) == std::vector<std::string>{"berth-a", "berth-b"});
+  CHECK(all[0].host == "node-berth-a");
+  CHECK(all[0].pid == 100);
+  CHECK(all[0].started_at == t0);
+  CHECK_FALSE(all[0].stopped_at);
+
+  // a beats at t0+10s, b stays at t0: with a 5 s timeout at t0+12s only b is dead
+  CHECK(inst.heartbeat_instance("berth-a", t0 + 10s));
+  CHECK(ids_of(inst.list_dead_instances(t0 + 12s - 5s)) == std::vector<std::string>{"berth-b"});
+  CHECK(inst.list_dead_instances(t0).empty());  // a heartbeat exactly at the cutoff is alive
+  CHECK(inst.list_instances()[0].heartbeat_at == t0 + 10s);
+
+  // an unknown instance cannot beat: it has to register
+  CHECK_FALSE(inst.heartbeat_instance("berth-nobody", t0 + 10s));
+
+  // a clean stop is dead at once, whatever its heartbeat, and cannot beat until it registers again
+  inst.mark_instance_stopped("berth-a", t0 + 11s);
+  CHECK(ids_of(inst.list_dead_instances(t0)) == std::vector<std::string>{"berth-a"});
+  CHECK_FALSE(inst.heartbeat_instance("berth-a", t0 + 12s));
+  CHECK(inst.list_instances()[0].stopped_at == t0 + 11s);
+
+  // a restart with the same id replaces pid and times and clears the stop
+  inst.register_instance(instance("berth-a", t0 + 20s, 200));
+  auto again = inst.list_instances();
+  REQUIRE(again.size() == 2);
+  CHECK(again[0].pid == 200);
+  CHECK(again[0].started_at == t0 + 20s);
+  CHECK_FALSE(again[0].stopped_at);
+  CHECK(inst.heartbeat_instance("berth-a", t0 + 21s));
+  CHECK(ids_of(inst.list_dead_instances(t0 + 15s)) == std::vector<std::string>{"berth-b"});
+}
+
+TEST_CASE("a heartbeat with an unchanged time still reports the instance alive") {
+  // MySQL reports 0 affected rows for an UPDATE that changes nothing: the store must not read that as "unknown".
+  TestDb db;
+  auto store = db.open();
+  auto& inst = instances(*store);
+  inst.register_instance(instance("berth-a", t0));
+  CHECK(inst.heartbeat_instance("berth-a", t0));
+  CHECK(inst.heartbeat_instance("berth-a", t0));
+}
+
+TEST_CASE("take_over_session hands a session to one new starter only") {
+  TestDb db;
+  auto a = db.open();
+  auto b = db.open();
+  a->insert_workspace(workspace("ws-1"));
+  a->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  auto row = session_row("sess-1", "sandbox-1", SessionState::starting);
+  row.starter = "berth-dead";
+  a->insert_session(row);
+
+  CHECK(instances(*a).take_over_session("sess-1", "berth-dead", "berth-a"));
+  CHECK_FALSE(instances(*b).take_over_session("sess-1", "berth-dead", "berth-b"));  // a was first
+  CHECK(b->get_session("sess-1")->starter == "berth-a");
+  CHECK_FALSE(instances(*b).take_over_session("sess-missing", "berth-dead", "berth-b"));
+  CHECK(instances(*b).take_over_session("sess-1", "berth-a", "berth-b"));  // from the current starter it works
+  CHECK(a->get_session("sess-1")->starter == "berth-b");
+}
+
+TEST_CASE("a cleanup lease has one holder until it is released or expires") {
+  TestDb db;
+  auto a = db.open();
+  auto b = db.open();
+  auto& la = instances(*a);
+  auto& lb = instances(*b);
+
+  REQUIRE(la.claim_lease("sandbox-1", "berth-a", t0, t0 + 30s));
+  CHECK_FALSE(lb.claim_lease("sandbox-1", "berth-b", t0 + 1s, t0 + 31s));
+  CHECK(lb.claim_lease("sandbox-2", "berth-b", t0, t0 + 30s));       // leases are per candidate
+  CHECK(la.claim_lease("sandbox-1", "berth-a", t0 + 2s, t0 + 32s));  // the holder renews
+  CHECK(la.claim_lease("sandbox-1", "berth-a", t0 + 2s, t0 + 32s));  // an identical renewal is still held
+  // the renewal moved the expiry: at t0+31s (after the first expiry, before the second) b still loses
+  CHECK_FALSE(lb.claim_lease("sandbox-1", "berth-b", t0 + 31s, t0 + 61s));
+
+  // only the holder releases
+  CHECK_FALSE(lb.release_lease("sandbox-1", "berth-b"));
+  CHECK(la.release_lease("sandbox-1", "berth-a"));
+  CHECK_FALSE(la.release_lease("sandbox-1", "berth-a"));
+  CHECK(lb.claim_lease("sandbox-1", "berth-b", t0 + 3s, t0 + 33s));
+
+  // a crashed holder's lease is free once it expires (the expiry instant counts as expired)
+  CHECK_FALSE(la.claim_lease("sandbox-1", "berth-a", t0 + 32s, t0 + 62s));
+  CHECK(la.claim_lease("sandbox-1", "berth-a", t0 + 33s, t0 + 63s));
+  CHECK_FALSE(lb.claim_lease("sandbox-1", "berth-b", t0 + 34s, t0 + 64s));
+
+  // release_leases frees everything one holder has, nothing of the others
+  CHECK(la.claim_lease("sandbox-3", "berth-a", t0 + 34s, t0 + 64s));
+  CHECK(la.release_leases("berth-a") == 2);
+  CHECK(lb.claim_lease("sandbox-1", "berth-b", t0 + 35s, t0 + 65s));
+  CHECK(lb.claim_lease("sandbox-3", "berth-b", t0 + 35s, t0 + 65s));
+  CHECK_FALSE(la.claim_lease("sandbox-2", "berth-a", t0 + 29s, t0 + 59s));  // b's own, held until t0+30s
+}
+
+TEST_CASE("threads on two stores race for free and expired leases: exactly one wins each") {
+  TestDb db;
+  auto a = db.open();
+  auto b = db.open();
+  instances(*a).claim_lease("expired", "berth-crashed", t0, t0 + 1s);
+  for (const std::string key : {"free", "expired"}) {
+    std::atomic<int> wins{0};
+    std::atomic<int> errors{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    threads.reserve(8);
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        while (!go.load())
+          std::this_thread::yield();
+        try {
+          auto& store = instances(t % 2 ? *a : *b);
+          if (store.claim_lease(key, "berth-" + std::to_string(t), t0 + 10s, t0 + 40s)) ++wins;
+        } catch (...) {
+          ++errors;
+        }
+      });
+    }
+    go = true;
+    for (auto& th : threads)
+      th.join();
+    INFO(key);
+    CHECK(errors == 0);
+    CHECK(wins == 1);
+  }
 }

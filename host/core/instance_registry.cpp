@@ -1,0 +1,105 @@
+#include "core/instance_registry.hpp"
+
+#include <exception>
+#include <string>
+
+#include "core/log.hpp"
+
+namespace berth::core {
+namespace {
+
+std::string ms(std::chrono::milliseconds d) {
+  return std::to_string(d.count());
+}
+
+}  // namespace
+
+InstanceRegistry::InstanceRegistry(InstanceStore& store, SandboxService& service, std::shared_ptr<const Clock> clock,
+                                   ClusterSettings settings, InstanceRecord self)
+    : store_(store), service_(service), clock_(std::move(clock)), settings_(settings), self_(std::move(self)) {}
+
+InstanceRegistry::~InstanceRegistry() {
+  stop();
+}
+
+void InstanceRegistry::start() {
+  std::lock_guard lock(mutex_);
+  if (thread_.joinable()) return;
+  self_.started_at = clock_->now();
+  self_.heartbeat_at = self_.started_at;
+  self_.stopped_at.reset();
+  store_.register_instance(self_);
+  registered_ = true;
+  service_.use_cleanup_leases(store_, settings_.lease_ttl);
+  log::info("instance.registered", {{"instance", self_.id},
+                                    {"host", self_.host},
+                                    {"pid", std::to_string(self_.pid)},
+                                    {"heartbeat_interval_ms", ms(settings_.heartbeat_interval)},
+                                    {"instance_timeout_ms", ms(settings_.instance_timeout)}});
+  stopping_ = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+void InstanceRegistry::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  std::lock_guard lock(mutex_);
+  if (!registered_) return;
+  registered_ = false;
+  try {
+    store_.mark_instance_stopped(self_.id, clock_->now());
+    store_.release_leases(self_.id + "#cleanup");
+    store_.release_leases(self_.id + "#reconcile");
+    log::info("instance.stopped", {{"instance", self_.id}});
+  } catch (const std::exception& e) {
+    // The others find this instance dead by its heartbeat instead, and its leases expire.
+    log::warn("instance.stop_failed", {{"instance", self_.id}, {"error", e.what()}});
+  }
+}
+
+int InstanceRegistry::tick() {
+  const auto now = clock_->now();
+  int looked_at = 0;
+  try {
+    if (!store_.heartbeat_instance(self_.id, now)) {
+      // Our row was deleted, or marked stopped by someone: register again, so the others stop adopting from us.
+      self_.heartbeat_at = now;
+      self_.stopped_at.reset();
+      store_.register_instance(self_);
+      log::warn("instance.reregistered", {{"instance", self_.id}});
+    }
+    for (const auto& dead : store_.list_dead_instances(now - settings_.instance_timeout)) {
+      if (dead.id == self_.id) continue;
+      ++looked_at;
+      service_.adopt_sessions_of(dead.id);
+      // The containers wait out the grace: a berthd that was only slow (or is restarting with the same id) gets
+      // the chance to settle its own. Swept once per death (heartbeat_at), not every round.
+      const auto died = dead.stopped_at ? *dead.stopped_at : dead.heartbeat_at;
+      if (now - died < settings_.orphan_grace) continue;
+      auto swept = swept_.find(dead.id);
+      if (swept != swept_.end() && swept->second == dead.heartbeat_at) continue;
+      auto removed = service_.sweep_containers_of(dead.id);
+      swept_[dead.id] = dead.heartbeat_at;
+      log::info("instance.swept", {{"instance", dead.id}, {"containers_removed", std::to_string(removed.size())}});
+    }
+  } catch (const std::exception& e) {
+    log::warn("instance.heartbeat_failed", {{"instance", self_.id}, {"error", e.what()}});
+  }
+  return looked_at;
+}
+
+void InstanceRegistry::loop() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    lock.unlock();
+    tick();
+    lock.lock();
+    wake_.wait_for(lock, settings_.heartbeat_interval, [this] { return stopping_; });
+  }
+}
+
+}  // namespace berth::core
