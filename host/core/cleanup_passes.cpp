@@ -112,6 +112,8 @@ void SandboxService::cleanup_idle(CleanupReport& report) {
       log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "in use"}});
       continue;
     }
+    // The lease first: the row is changed only by the instance that will also stop the container.
+    if (!cleanup_lease(report, snap.id, "idle_stop")) continue;
     // Re-check under CAS: the row must still be exactly the snapshot we judged.
     auto cleared = snap;
     cleared.current_session_id.reset();
@@ -141,6 +143,8 @@ void SandboxService::cleanup_expired(CleanupReport& report) {
   auto now = clock_->now();
   for (const auto& snap : store_.list_live_sandboxes()) {
     if (!snap.expires_at || *snap.expires_at > now) continue;  // the boundary counts as expired
+    // The lease first: the row is deleted only by the instance that will also remove its resources.
+    if (!cleanup_lease(report, snap.id, "expired_delete")) continue;
     auto deleted = snap;
     deleted.deleted_at = now;
     deleted.current_session_id.reset();
@@ -231,13 +235,16 @@ void SandboxService::cleanup_abandoned_workspaces(CleanupReport& report) {
   }
 }
 
+bool SandboxService::cleanup_lease(CleanupReport& report, const std::string& candidate, const char* action) {
+  if (claim_lease(candidate, lease_holder("cleanup"))) return true;  // free, expired, or already this pass's
+  report.skipped_leased.push_back(candidate);                        // another instance acts on it right now
+  log::info("cleanup.lease_busy", {{"candidate", candidate}, {"action", action}});
+  return false;
+}
+
 bool SandboxService::cleanup_call(CleanupReport& report, const std::string& candidate, const std::string& key,
                                   const char* action, std::function<void()> work) {
-  if (!claim_lease(candidate, lease_holder("cleanup"))) {  // another instance acts on it right now
-    report.skipped_leased.push_back(candidate);
-    log::info("cleanup.lease_busy", {{"candidate", candidate}, {"action", action}});
-    return false;
-  }
+  if (!cleanup_lease(report, candidate, action)) return false;
   const auto outcome = cleanup_calls_.run(key, settings_.cleanup_call_deadline, std::move(work));
   if (outcome == DeadlineRunner::Outcome::done) return true;
   // This candidate's driver call is stuck (for instance behind an engine lock a slow client holds): report it and

@@ -37,7 +37,8 @@ void InstanceRegistry::start() {
                                     {"heartbeat_interval_ms", ms(settings_.heartbeat_interval)},
                                     {"instance_timeout_ms", ms(settings_.instance_timeout)}});
   stopping_ = false;
-  thread_ = std::thread([this] { loop(); });
+  heartbeat_thread_ = std::thread([this] { loop(&InstanceRegistry::beat_round); });
+  thread_ = std::thread([this] { loop(&InstanceRegistry::hand_over_round); });
 }
 
 void InstanceRegistry::stop() {
@@ -46,6 +47,7 @@ void InstanceRegistry::stop() {
     stopping_ = true;
   }
   wake_.notify_all();
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
   if (thread_.joinable()) thread_.join();
   std::lock_guard lock(mutex_);
   if (!registered_) return;
@@ -62,20 +64,37 @@ void InstanceRegistry::stop() {
 }
 
 int InstanceRegistry::tick() {
+  beat();
+  return hand_over();
+}
+
+void InstanceRegistry::beat() {
   const auto now = clock_->now();
-  int looked_at = 0;
   try {
     if (!store_.heartbeat_instance(self_.id, now)) {
       // Our row was deleted, or marked stopped by someone: register again, so the others stop adopting from us.
-      self_.heartbeat_at = now;
-      self_.stopped_at.reset();
-      store_.register_instance(self_);
+      InstanceRecord again = self_;
+      again.heartbeat_at = now;
+      again.stopped_at.reset();
+      store_.register_instance(again);
       log::warn("instance.reregistered", {{"instance", self_.id}});
     }
+  } catch (const std::exception& e) {
+    log::warn("instance.heartbeat_failed", {{"instance", self_.id}, {"error", e.what()}});
+  }
+}
+
+int InstanceRegistry::hand_over() {
+  const auto now = clock_->now();
+  int looked_at = 0;
+  try {
     for (const auto& dead : store_.list_dead_instances(now - settings_.instance_timeout)) {
       if (dead.id == self_.id) continue;
       ++looked_at;
-      service_.adopt_sessions_of(dead.id);
+      // A holder that died mid-pass keeps its sandboxes leased until lease_ttl: free them first.
+      store_.release_leases(dead.id + "#cleanup");
+      store_.release_leases(dead.id + "#reconcile");
+      service_.adopt_sessions_of(dead.id, now - settings_.instance_timeout);
       // The containers wait out the grace: a berthd that was only slow (or is restarting with the same id) gets
       // the chance to settle its own. Swept once per death (heartbeat_at), not every round.
       const auto died = dead.stopped_at ? *dead.stopped_at : dead.heartbeat_at;
@@ -87,16 +106,16 @@ int InstanceRegistry::tick() {
       log::info("instance.swept", {{"instance", dead.id}, {"containers_removed", std::to_string(removed.size())}});
     }
   } catch (const std::exception& e) {
-    log::warn("instance.heartbeat_failed", {{"instance", self_.id}, {"error", e.what()}});
+    log::warn("instance.handover_failed", {{"instance", self_.id}, {"error", e.what()}});
   }
   return looked_at;
 }
 
-void InstanceRegistry::loop() {
+void InstanceRegistry::loop(void (InstanceRegistry::*round)()) {
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     lock.unlock();
-    tick();
+    (this->*round)();
     lock.lock();
     wake_.wait_for(lock, settings_.heartbeat_interval, [this] { return stopping_; });
   }

@@ -26,8 +26,10 @@ struct ClusterSettings {
 };
 
 /**
- * Runs the heartbeat thread. `store`, `service` and `clock` are borrowed and must outlive the registry. start() and
- * stop() are for the daemon's thread; tick() may be called by tests instead of start().
+ * Runs two threads: the heartbeat (beat() every heartbeat_interval, nothing else, so that no slow hand-over or driver
+ * call can make this live instance look dead to the others) and the hand-over (hand_over() at the same interval).
+ * `store`, `service` and `clock` are borrowed and must outlive the registry. start() and stop() are for the daemon's
+ * thread; tick() may be called by tests instead of start().
  */
 class InstanceRegistry {
  public:
@@ -46,15 +48,23 @@ class InstanceRegistry {
   /** Stops the thread and, if start() ran, marks this instance stopped and frees its leases. Idempotent; never throws.
    */
   void stop();
-  /**
-   * One round: the heartbeat (re-registering if the row went missing or was marked stopped), then the hand-over
-   * from every dead instance. Store failures are logged (instance.heartbeat_failed) and retried next round; returns
-   * how many dead instances were looked at.
-   */
+  /** One round of both: beat(), then hand_over(). Returns how many dead instances were looked at. */
   int tick();
+  /** The heartbeat, re-registering if the row went missing or was marked stopped. Store failures are logged
+   *  (instance.heartbeat_failed) and retried next round. */
+  void beat();
+  /**
+   * The hand-over from every dead instance: its leases are freed (a holder that died mid-pass would otherwise block
+   * its sandboxes for lease_ttl), its sessions adopted or cleared, and after orphan_grace its containers swept once.
+   * Store failures are logged (instance.handover_failed) and retried next round; returns how many dead instances
+   * were looked at.
+   */
+  int hand_over();
 
  private:
-  void loop();
+  void loop(void (InstanceRegistry::*round)());
+  void beat_round() { beat(); }
+  void hand_over_round() { hand_over(); }
 
   InstanceStore& store_;
   SandboxService& service_;
@@ -66,7 +76,8 @@ class InstanceRegistry {
   std::condition_variable wake_;
   bool stopping_ = false;
   bool registered_ = false;
-  std::thread thread_;
+  std::thread heartbeat_thread_;
+  std::thread thread_;  // the hand-over
 };
 
 }  // namespace berth::core

@@ -43,10 +43,14 @@ class InstanceStore {
   virtual std::vector<InstanceRecord> list_dead_instances(std::chrono::system_clock::time_point heartbeat_before) = 0;
 
   /**
-   * The hand-over of one session: sets sessions.starter to `to` only if it is still `from` (`from` != `to`). True if
-   * this call won; of several instances adopting one dead instance's session exactly one does.
+   * The hand-over of one session: sets sessions.starter to `to` only if it is still `from` (`from` != `to`) and `from`
+   * is still dead in the same statement (no instances row for it that is not stopped and beat at or after
+   * `heartbeat_before`), so an instance that came back (a restart with the same id, a heartbeat that was only late)
+   * keeps its sessions. True if this call won; of several instances adopting one dead instance's session exactly one
+   * does.
    */
-  virtual bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to) = 0;
+  virtual bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to,
+                                 std::chrono::system_clock::time_point heartbeat_before) = 0;
 
   /**
    * Claims the cleanup lease on `key` (a sandbox id, or the handle / workspace id a pass acts on) for `holder` until

@@ -239,10 +239,13 @@ class SandboxService {
    * reconciled at once, as recover() does for this instance's own: per session the lease on its sandbox is claimed
    * (holder "<instance_id>#reconcile") and the session taken over (sessions.starter, a CAS), then it is adopted if
    * its container (labelled with the dead instance) runs, else cleared and its container removed. A session whose
-   * lease or take-over another instance won is left to it. Needs use_cleanup_leases(). Never throws a DriverError
-   * (a failed listing reports every session failed; the next call retries); throws store::StoreError.
+   * lease or take-over another instance won is left to it, and so is every session if `dead_instance` beat at or
+   * after `heartbeat_before` in the meantime (InstanceStore::take_over_session). Needs use_cleanup_leases(). Never
+   * throws a DriverError (a failed listing reports every session failed; the next call retries); throws
+   * store::StoreError.
    */
-  RecoveryReport adopt_sessions_of(const std::string& dead_instance);
+  RecoveryReport adopt_sessions_of(const std::string& dead_instance,
+                                   std::chrono::system_clock::time_point heartbeat_before);
 
   /**
    * After the grace period (InstanceRegistry): the containers labelled with `dead_instance` are settled through the
@@ -332,6 +335,9 @@ class SandboxService {
    */
   bool write_may_exceed(const store::SandboxRow& row, std::uint64_t size);
   [[noreturn]] void throw_disk_quota(const std::string& sandbox_id, const DiskUsage& usage);
+  /** The cleanup lease on `candidate` for this pass (claim_lease, holder "<instance_id>#cleanup"); false, reported
+   *  in skipped_leased and logged (cleanup.lease_busy), while another instance holds it. */
+  bool cleanup_lease(CleanupReport& report, const std::string& candidate, const char* action);
   /**
    * Runs one candidate's driver work within Settings::cleanup_call_deadline (see DeadlineRunner). `key` names what
    * the work touches (a container handle when there is one, so every step of a pass shares it). Returns true when

@@ -125,13 +125,33 @@ void SandboxService::use_cleanup_leases(InstanceStore& leases, std::chrono::mill
   lease_ttl_ = ttl;
 }
 
+namespace {
+
+/** Releases a claimed lease when its scope ends, whatever ends it (a StoreError included): a leaked lease would keep
+ *  every instance, this one's cleanup too, off the sandbox for lease_ttl. */
+struct LeaseRelease {
+  InstanceStore* leases;
+  std::string key, holder;
+  ~LeaseRelease() {
+    if (!leases) return;
+    try {
+      leases->release_lease(key, holder);
+    } catch (const std::exception& e) {
+      log::warn("cleanup.lease_release_failed", {{"candidate", key}, {"holder", holder}, {"error", e.what()}});
+    }
+  }
+};
+
+}  // namespace
+
 bool SandboxService::claim_lease(const std::string& key, const std::string& holder) {
   if (!leases_) return true;
   const auto now = clock_->now();
   return leases_->claim_lease(key, holder, now, now + lease_ttl_);
 }
 
-RecoveryReport SandboxService::adopt_sessions_of(const std::string& dead_instance) {
+RecoveryReport SandboxService::adopt_sessions_of(const std::string& dead_instance,
+                                                 std::chrono::system_clock::time_point heartbeat_before) {
   RecoveryReport report;
   if (dead_instance == settings_.instance_id) return report;  // our own are recover()'s
   auto t0 = std::chrono::steady_clock::now();
@@ -160,13 +180,13 @@ RecoveryReport SandboxService::adopt_sessions_of(const std::string& dead_instanc
       log::info("cleanup.lease_busy", {{"candidate", sandbox_id}, {"action", "adopt"}});
       continue;
     }
-    if (!leases_ || leases_->take_over_session(s.id, dead_instance, settings_.instance_id)) {
+    LeaseRelease release{leases_, sandbox_id, holder};
+    if (!leases_ || leases_->take_over_session(s.id, dead_instance, settings_.instance_id, heartbeat_before)) {
       s.starter = settings_.instance_id;
       reconcile_session(std::move(s), containers, report, "adoption");
     } else {
       ++skipped;
     }
-    if (leases_) leases_->release_lease(sandbox_id, holder);
   }
   notify_sessions_changed();
   log::info("instance.adopted", {{"instance", dead_instance},
@@ -190,6 +210,7 @@ std::vector<std::string> SandboxService::sweep_containers_of(const std::string& 
     auto sandbox_label = c.labels.find("berth.sandbox");
     const std::string key = sandbox_label != c.labels.end() ? sandbox_label->second : c.handle;
     if (!claim_lease(key, holder)) continue;  // another instance settles it
+    LeaseRelease release{leases_, key, holder};
     bool keep = false;
     if (label != c.labels.end()) {
       auto session = store_.get_session(label->second);
@@ -220,7 +241,6 @@ std::vector<std::string> SandboxService::sweep_containers_of(const std::string& 
         }
       }
     }
-    if (leases_) leases_->release_lease(key, holder);
   }
   return removed;
 }

@@ -711,11 +711,14 @@ class MySqlStore final : public Store, public core::InstanceStore {
     });
   }
 
-  bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to) override {
+  bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to,
+                         TimePoint heartbeat_before) override {
     return run("take_over_session", [&](Session& s) {
       // from != to, so a matching row always changes and counts as affected.
       Statement st(s);
-      st << "UPDATE sessions SET starter = ? WHERE id = ? AND starter = ?", bind(to), bind(session_id), bind(from);
+      st << "UPDATE sessions SET starter = ? WHERE id = ? AND starter = ? AND NOT EXISTS (SELECT 1 FROM instances i"
+            " WHERE i.id = ? AND i.stopped_at IS NULL AND i.heartbeat_at >= ?)",
+          bind(to), bind(session_id), bind(from), bind(from), bind(to_ms(heartbeat_before));
       return st.execute() == 1;
     });
   }

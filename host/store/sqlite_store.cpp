@@ -605,10 +605,13 @@ class SqliteStore final : public Store, public core::InstanceStore {
     });
   }
 
-  bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to) override {
+  bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to,
+                         TimePoint heartbeat_before) override {
     return locked("take_over_session", [&] {
       Statement st(session_);
-      st << "UPDATE sessions SET starter = ? WHERE id = ? AND starter = ?", bind(to), bind(session_id), bind(from);
+      st << "UPDATE sessions SET starter = ? WHERE id = ? AND starter = ? AND NOT EXISTS (SELECT 1 FROM instances i"
+            " WHERE i.id = ? AND i.stopped_at IS NULL AND i.heartbeat_at >= ?)",
+          bind(to), bind(session_id), bind(from), bind(from), bind(to_ms(heartbeat_before));
       return st.execute() == 1;
     });
   }

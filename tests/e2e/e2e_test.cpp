@@ -345,7 +345,8 @@ TEST_CASE("e2e: every container is hardened", "[e2e]") {
   // /run/podman-init on Podman), and runs as the session user: nothing runs as root.
   const std::string init = on_podman() ? "/run/podman-init" : "/sbin/docker-init";
   CHECK(shell(c, id, "cat /proc/1/cmdline | tr '\\0' ' '")->getValue<std::string>("output") ==
-        init + " -- /.berth/agent --listen unix:/.berth/run/agent.sock --root /workspace ");
+        init + " -- /.berth/agent --listen unix:/.berth/run/agent.sock --root /workspace --socket-mode " +
+            (::geteuid() == 0 ? "0600 " : "0666 "));  // berthd (this test's uid) root: the agent's socket stays 0600
   CHECK(shell(c, id, "cat /proc/[0-9]*/status 2>/dev/null | grep '^Uid:' | grep -vc '^Uid:\t1000\t'")
             ->getValue<std::string>("output") == "0\n");
   CHECK(shell(c, id, "cat /proc/self/status | grep -E 'Cap(Eff|Bnd)'")->getValue<std::string>("output") ==

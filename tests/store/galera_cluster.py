@@ -44,8 +44,10 @@ def check(ok, what):
 
 
 def sql(node, statement):
-    """One statement as root over node `node`'s socket (1-based); its tab-separated output."""
-    return subprocess.run([GALERA, "sql", str(node), statement], check=True, capture_output=True, text=True).stdout
+    """One statement as root over node `node`'s socket (1-based); its tab-separated output. The read waits for
+    every write the cluster has committed (wsrep_sync_wait), so nodes are compared, not their replication lag."""
+    return subprocess.run([GALERA, "sql", str(node), "SET SESSION wsrep_sync_wait = 1; " + statement], check=True,
+                          capture_output=True, text=True).stdout
 
 
 def free_port():

@@ -1310,12 +1310,21 @@ TEST_CASE("take_over_session hands a session to one new starter only") {
   row.starter = "berth-dead";
   a->insert_session(row);
 
-  CHECK(instances(*a).take_over_session("sess-1", "berth-dead", "berth-a"));
-  CHECK_FALSE(instances(*b).take_over_session("sess-1", "berth-dead", "berth-b"));  // a was first
+  CHECK(instances(*a).take_over_session("sess-1", "berth-dead", "berth-a", t0));
+  CHECK_FALSE(instances(*b).take_over_session("sess-1", "berth-dead", "berth-b", t0));  // a was first
   CHECK(b->get_session("sess-1")->starter == "berth-a");
-  CHECK_FALSE(instances(*b).take_over_session("sess-missing", "berth-dead", "berth-b"));
-  CHECK(instances(*b).take_over_session("sess-1", "berth-a", "berth-b"));  // from the current starter it works
+  CHECK_FALSE(instances(*b).take_over_session("sess-missing", "berth-dead", "berth-b", t0));
+  CHECK(instances(*b).take_over_session("sess-1", "berth-a", "berth-b", t0));  // from the current starter it works
   CHECK(a->get_session("sess-1")->starter == "berth-b");
+  // The death is checked again in the same statement: an instance that beat at or after the cutoff (it came back,
+  // or was only late) keeps its session; one that stopped loses it whatever its last beat.
+  instances(*a).register_instance(instance("berth-b", t0 + 10s));
+  CHECK_FALSE(instances(*a).take_over_session("sess-1", "berth-b", "berth-a", t0 + 5s));
+  CHECK(a->get_session("sess-1")->starter == "berth-b");
+  CHECK(instances(*a).take_over_session("sess-1", "berth-b", "berth-a", t0 + 20s));
+  instances(*a).register_instance(instance("berth-a", t0 + 30s));
+  instances(*a).mark_instance_stopped("berth-a", t0 + 31s);
+  CHECK(instances(*b).take_over_session("sess-1", "berth-a", "berth-b", t0 + 5s));
 }
 
 TEST_CASE("a cleanup lease has one holder until it is released or expires") {
