@@ -229,7 +229,7 @@ typedef struct berth_session_info {
   berth_session_state state;
   int32_t exit_code; /* valid when state == EXITED */
   int32_t reserved0;
-  char handle[BERTH_HANDLE_MAX];     /* driver's id for the session (e.g. container id) */
+  char handle[BERTH_HANDLE_MAX]; /* driver's id for the session (e.g. container id) */
   /* optional: how the host side reaches the session, "" if none. By convention "<transport>:<address>": berthd
    * reports the part before the first ':' as the session's transport (docker/podman: "agent:unix:<socket path>" or
    * "engine-exec:<container id>"). */
