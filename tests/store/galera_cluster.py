@@ -27,6 +27,9 @@ import threading
 import time
 import urllib.parse
 
+from berthtest import check, failures, free_port
+from berthtest import request_full as request
+
 MODE, BERTHD, DRIVER = sys.argv[1], sys.argv[2], sys.argv[3]
 GALERA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "galera")
 USER = os.environ.get("BERTH_TEST_GALERA_USER", "berth:berth")
@@ -34,13 +37,6 @@ PORTS = [int(p) for p in os.environ.get("BERTH_TEST_GALERA_PORTS", "3311,3312,33
 DOCKER_SOCKET = os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock")
 DB = f"berth_galera_{MODE}_{os.getpid()}"
 NAMES = [f"berth-galera-{MODE}-{i + 1}" for i in range(len(PORTS))]
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def sql(node, statement):
@@ -48,29 +44,6 @@ def sql(node, statement):
     every write the cluster has committed (wsrep_sync_wait), so nodes are compared, not their replication lag."""
     return subprocess.run([GALERA, "sql", str(node), "SET SESSION wsrep_sync_wait = 1; " + statement], check=True,
                           capture_output=True, text=True).stdout
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(port, method, path, body=None, headers=None, timeout=120):
-    """(status, parsed JSON or None, Retry-After) of one request to berthd on 127.0.0.1:port."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    h = dict(headers or {})
-    if body is not None:
-        h["Content-Type"] = "application/json"
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    try:
-        parsed = json.loads(data) if data else None
-    except ValueError:
-        parsed = None
-    return r.status, parsed, r.getheader("Retry-After")
 
 
 def docker(method, path):

@@ -9,53 +9,22 @@ sandbox no longer starting, as seen over B's API). Usage: instance_failover.py B
 scripts/require-service mariadb (tests/CMakeLists.txt). The database (berth_fo_<pid>) is created and dropped over the
 local `mysql` client (root over the unix socket, or $BERTH_TEST_MYSQL_ARGS); berthd connects as
 $BERTH_TEST_MYSQL_URL's user (default root over localhost's socket)."""
-import http.client
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from berthtest import check, failures, free_port, request
+from berthtest import mysql as sql
+
 BERTHD, FAKE = sys.argv[1], sys.argv[2]
 DB = f"berth_fo_{os.getpid()}"
-MYSQL = ["mysql", *os.environ.get("BERTH_TEST_MYSQL_ARGS", "").split()]
 BASE_URL = os.environ.get("BERTH_TEST_MYSQL_URL", "mysql://root@localhost/mysql").rsplit("/", 1)[0]
 BOUND_S = 60  # "eventually" vs "never": A's own start would take 30 s, its start deadline 60 s
-failures = []
-
-
-def sql(statement):
-    return subprocess.run(MYSQL + ["-N", "-B", "-e", statement], check=True, capture_output=True, text=True).stdout
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(port, method, path, body=None, timeout=120):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    h = {"Content-Type": "application/json"} if body is not None else {}
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    try:
-        return r.status, json.loads(data) if data else None
-    except ValueError:
-        return r.status, None
 
 
 def start_berthd(workdir, name, driver_settings):

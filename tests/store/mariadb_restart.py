@@ -4,46 +4,19 @@ database is gone, never hangs, and serves again by itself once it is back; nothi
 Starts its OWN mariadbd (--no-defaults, a temporary datadir, a free port on 127.0.0.1) so that the shared server is
 never disturbed. Usage: mariadb_restart.py BERTHD FAKE (through scripts/require-service mariadb)."""
 import concurrent.futures
-import http.client
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from berthtest import check, failures, free_port
+from berthtest import request_full as request
+
 BERTHD, FAKE = sys.argv[1], sys.argv[2]
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(port, method, path, body=None, timeout=120):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    h = {"Content-Type": "application/json"} if body is not None else {}
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    try:
-        parsed = json.loads(data) if data else None
-    except ValueError:
-        parsed = None
-    return r.status, parsed, r.getheader("Retry-After")
 
 
 class MariaDB:

@@ -20,46 +20,14 @@ import tempfile
 import time
 import urllib.parse
 
+from berthtest import check, failures, free_port, request
+from berthtest import mysql as sql
+
 BERTHD, FAKE = sys.argv[1], sys.argv[2]
 DOCKER = sys.argv[3] if len(sys.argv) > 3 else None
 DOCKER_SOCKET = os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock")
 DB = f"berth_2i_{os.getpid()}"
-MYSQL = ["mysql", *os.environ.get("BERTH_TEST_MYSQL_ARGS", "").split()]
 BASE_URL = os.environ.get("BERTH_TEST_MYSQL_URL", "mysql://root@localhost/mysql").rsplit("/", 1)[0]
-failures = []
-
-
-def sql(statement):
-    """Runs one statement with the mysql client; its tab-separated output without the header."""
-    return subprocess.run(MYSQL + ["-N", "-B", "-e", statement], check=True, capture_output=True, text=True).stdout
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(port, method, path, body=None, headers=None):
-    """(status, parsed JSON or None) of one request to berthd on 127.0.0.1:port."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    h = dict(headers or {})
-    if body is not None:
-        h["Content-Type"] = "application/json"
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    try:
-        return r.status, json.loads(data) if data else None
-    except ValueError:
-        return r.status, None
 
 
 def docker_containers(label):
