@@ -95,6 +95,8 @@
  *        version negotiation through the new exported `berth_driver_negotiate` (rule 2; `berth_driver_entry`
  *        stays for older hosts, and older drivers keep using it alone). Defines how unknown enum values are read
  *        (rule 12) and adds BERTH_SESSION_UNKNOWN as the fallback session state.
+ *        Later, documentation only (no layout or version change): berth_session_info.endpoint's convention
+ *        "<transport>:<address>", whose scheme berthd reports as the session's transport.
  */
 #ifndef BERTH_DRIVER_H
 #define BERTH_DRIVER_H
