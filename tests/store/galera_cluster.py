@@ -15,6 +15,7 @@
 
 Both print the number of conflicts the stores retried (`store.retry` lines in the berthd logs)."""
 import concurrent.futures
+import faulthandler
 import http.client
 import json
 import os
@@ -37,13 +38,65 @@ PORTS = [int(p) for p in os.environ.get("BERTH_TEST_GALERA_PORTS", "3311,3312,33
 DOCKER_SOCKET = os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock")
 DB = f"berth_galera_{MODE}_{os.getpid()}"
 NAMES = [f"berth-galera-{MODE}-{i + 1}" for i in range(len(PORTS))]
+# Below the ctest TIMEOUT (420 s): past it the watchdog prints where every thread is and what the cluster and the
+# three berthd logged, then fails the test, so that a hang on a CI machine is diagnosed from its output alone.
+WATCHDOG_S = float(os.environ.get("BERTH_TEST_WATCHDOG", "330"))
+T0 = time.monotonic()
+WORKDIR = [None]
+PROCS = []  # the berthd processes, for the watchdog to stop
+
+
+def progress(what):
+    """One flushed line with the seconds since the start: where the test was when it stopped is in its output."""
+    print(f"[{time.monotonic() - T0:6.1f} s] {what}", flush=True)
+
+
+def galera(*args, timeout=240):
+    """scripts/galera with a bound; its output goes to ours (it says what it starts and waits for)."""
+    progress("galera " + " ".join(args))
+    subprocess.run([GALERA, *args], check=True, timeout=timeout)
+    progress("galera " + " ".join(args) + ": done")
+
+
+def diagnose(why):
+    """What a hang or a failure needs: node states, the tail of each node's error log and of each berthd log."""
+    print(f"---- diagnosis: {why} ----", flush=True)
+    base = os.environ.get("BERTH_GALERA_DIR", "/var/lib/berth-galera")
+    for node in range(1, len(PORTS) + 1):
+        try:
+            state = subprocess.run([GALERA, "sql", str(node), "SHOW GLOBAL STATUS WHERE Variable_name IN "
+                                    "('wsrep_local_state_comment','wsrep_cluster_size','wsrep_cluster_status')"],
+                                   capture_output=True, text=True, timeout=10).stdout.replace("\n", "; ")
+        except subprocess.TimeoutExpired:
+            state = "(no answer in 10 s)"
+        print(f"node {node}: {state}", flush=True)
+        path = os.path.join(base, f"node{node}", "error.log")
+        if os.path.exists(path):
+            print(f"---- node {node} error.log (tail) ----\n" + open(path, errors="replace").read()[-2500:], flush=True)
+    for name in NAMES:
+        path = os.path.join(WORKDIR[0] or "/nonexistent", f"{name}.log")
+        if os.path.exists(path):
+            print(f"---- {name} log (tail) ----\n" + open(path, errors="replace").read()[-3000:], flush=True)
+
+
+def watchdog():
+    faulthandler.dump_traceback(all_threads=True)
+    diagnose(f"still running after {WATCHDOG_S:.0f} s")
+    for p in PROCS:
+        p.kill()
+    try:  # never leave the shared cluster short of a node (start starts only the nodes that do not answer)
+        subprocess.run([GALERA, "start"], timeout=60)
+    except subprocess.TimeoutExpired:
+        print("galera start: no answer in 60 s", flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def sql(node, statement):
     """One statement as root over node `node`'s socket (1-based); its tab-separated output. The read waits for
     every write the cluster has committed (wsrep_sync_wait), so nodes are compared, not their replication lag."""
     return subprocess.run([GALERA, "sql", str(node), "SET SESSION wsrep_sync_wait = 1; " + statement], check=True,
-                          capture_output=True, text=True).stdout
+                          capture_output=True, text=True, timeout=120).stdout
 
 
 def docker(method, path):
@@ -91,7 +144,7 @@ max_sandboxes_per_owner = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if request(port, "GET", "/health")[0] == 200:
+            if request(port, "GET", "/health", timeout=10)[0] == 200:
                 return proc, port
         except OSError:
             pass
@@ -233,26 +286,30 @@ def outage(ports, workdir):
     try:
         time.sleep(3)
         phase[0] = "killing"
-        subprocess.run([GALERA, "kill-node", str(down_node)], check=True)
+        galera("kill-node", str(down_node))
         killed_at = time.monotonic()
         phase[0] = "down"
         # The survivors serve again once the cluster has evicted the node (expected: a few seconds).
         settle = first_success(survivors, "down", 60)
+        progress(f"nodes 1-2 settled: {settle}")
         phase[0] = "settled"
         time.sleep(4)
         phase[0] = "restarting"
         log_offset = os.path.getsize(log)
         down_for = time.monotonic() - killed_at
-        subprocess.run([GALERA, "start-node", str(down_node)], check=True)
+        galera("start-node", str(down_node))
         phase[0] = "back"
         recovered = first_success([down_node - 1], "back", 60)
+        progress(f"node 3's instance recovered: {recovered}")
         phase[0] = "recovered"
         time.sleep(3)
     finally:
         stop.set()
+        progress("stopping the load")
         pool.shutdown(wait=True)
+        progress(f"load stopped: {len(answers)} answers")
         if phase[0] in ("killing", "down", "settled", "restarting"):
-            subprocess.run([GALERA, "start-node", str(down_node)])  # never leave the shared cluster short of a node
+            galera("start-node", str(down_node))  # never leave the shared cluster short of a node
     for w in workers:
         w.result()  # a worker that crashed is a bug of this test: raise it
 
@@ -308,15 +365,20 @@ def outage(ports, workdir):
 
 
 def main():
+    timer = threading.Timer(WATCHDOG_S, watchdog)
+    timer.daemon = True
+    timer.start()
     workdir = tempfile.mkdtemp(prefix="berth-galera-")
-    print(f"logs in {workdir}")
+    WORKDIR[0] = workdir
+    progress(f"logs in {workdir}")
     sql(1, f"DROP DATABASE IF EXISTS {DB}")
     sql(1, f"CREATE DATABASE {DB} CHARACTER SET utf8mb4")
-    procs = []
+    procs = PROCS
     try:
         ports = []
         for i in range(len(PORTS)):
             proc, port = start_berthd(workdir, i)
+            progress(f"berthd {NAMES[i]} serves on {port}")
             procs.append(proc)
             ports.append(port)
         if MODE == "instances":
@@ -327,6 +389,7 @@ def main():
         total, ops = retried_conflicts(workdir)
         print(f"galera {MODE}: {total} conflicts retried (store.retry lines in the berthd logs; by op: {ops})")
     finally:
+        progress("stopping the three berthd")
         for p in procs:
             p.terminate()
         for p in procs:
@@ -339,10 +402,7 @@ def main():
                 for container in docker_containers(f"berth.instance={name}"):
                     docker("DELETE", f"/containers/{container}?force=true&v=true")
         if failures:
-            for name in NAMES:
-                path = os.path.join(workdir, f"{name}.log")
-                if os.path.exists(path):
-                    print(f"---- {name} log (tail) ----\n" + open(path, errors="replace").read()[-3000:])
+            diagnose(f"{len(failures)} check(s) failed")
         sql(1, f"DROP DATABASE IF EXISTS {DB}")
         if not os.environ.get("BERTH_TEST_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
