@@ -886,15 +886,18 @@ class MySqlStore final : public Store, public core::InstanceStore {
     for (int attempt = 1;; ++attempt) {
       auto session = acquire();
       try {
-        if (transactional) session->begin();
+        // Not Session::begin(): Poco's MySQL begin() is mysql_autocommit(0), and neither its commit() nor its
+        // rollback() turns autocommit back on, so the pooled connection would run every later statement inside an
+        // open transaction that nothing commits. START TRANSACTION ... COMMIT leaves the connection in autocommit.
+        if (transactional) *session << "START TRANSACTION", now;
         if constexpr (std::is_void_v<std::invoke_result_t<Fn&, Session&>>) {
           fn(*session);
-          if (transactional) session->commit();
+          if (transactional) *session << "COMMIT", now;
           release(std::move(session));
           return;
         } else {
           auto result = fn(*session);
-          if (transactional) session->commit();
+          if (transactional) *session << "COMMIT", now;
           release(std::move(session));
           return result;
         }
@@ -948,7 +951,7 @@ class MySqlStore final : public Store, public core::InstanceStore {
   void rollback_and_release(std::unique_ptr<Session> session, bool transactional) {
     if (transactional) {
       try {
-        if (session->isTransaction()) session->rollback();
+        *session << "ROLLBACK", now;  // a no-op when the server already rolled the transaction back
       } catch (const Poco::Exception&) {
         session.reset();  // a connection that cannot roll back is not handed out again
         discard();

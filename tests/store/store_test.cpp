@@ -1035,6 +1035,33 @@ TEST_CASE("two stores on one file see each other's writes and share one CAS") {
   CHECK(a->find_live_by_key("alice", "k")->id == "sandbox-2");
 }
 
+TEST_CASE("a connection that ran a transaction commits the writes after it: other stores see them at once") {
+  // Found by two berthd racing execs on MariaDB: Poco's MySQL begin() is mysql_autocommit(0) and its commit()
+  // never turns autocommit back on, so every later single statement on that pooled connection joined an open
+  // transaction that nothing committed. Its writes stayed invisible to other connections and its row locks held
+  // every other writer of the row until the connection's next transaction, a deadlock once the pool ran dry.
+  TestDb db;
+  auto a = db.open();
+  auto b = db.open();
+  a->insert_workspace(workspace("ws-1"));
+  a->insert_sandbox(sandbox("sandbox-1", "ws-1", "alice", "k"));
+  // Both transactional calls of the store, each on the connection a one-connection-at-a-time caller gets back.
+  for (int round = 0; round < 2; ++round) {
+    if (round == 0) {
+      (void)a->list_executions("sandbox-1", "", 10, 0);
+    } else {
+      (void)a->purge_executions(t0, 100);
+    }
+    const std::string id = "sandbox-after-" + std::to_string(round);
+    a->insert_sandbox(sandbox(id, "ws-1", "alice", "k" + std::to_string(round + 1)));
+    INFO("round " << round);
+    REQUIRE(b->get_sandbox(id));  // committed, not waiting in an open transaction of a's connection
+    auto row = *b->get_sandbox("sandbox-1");
+    row.current_session_id = "sess-b-" + std::to_string(round);
+    REQUIRE(b->update_sandbox_cas(row, row.version));  // no row lock left behind by a's connection
+  }
+}
+
 TEST_CASE("list_executions caps each field and the page bytes, and purge_executions expires by age and count") {
   TestDb db;
   auto store = db.open();
