@@ -102,6 +102,7 @@ void SandboxService::cleanup_dead_sessions(CleanupReport& report) {
 }
 
 void SandboxService::cleanup_idle(CleanupReport& report) {
+  recorder_.flush();  // the idle timers that finished calls set must be in the rows judged below
   auto now = clock_->now();
   for (const auto& snap : store_.list_live_sandboxes()) {
     if (!snap.current_session_id || !snap.idle_expires_at || *snap.idle_expires_at > now) continue;

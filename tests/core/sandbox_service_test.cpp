@@ -321,6 +321,11 @@ class CountingDriver final : public test::ForwardingDriver {
     ++execs;
     return inner_.exec(h, r, o, c);
   }
+  // The core runs execs as processes when the driver has them: each start is one run of the code.
+  std::unique_ptr<core::Process> process_start(const std::string& h, const core::ProcessSpec& s) override {
+    ++execs;
+    return inner_.process_start(h, s);
+  }
   void file_put(const std::string& h, const std::string& p, std::uint32_t m, std::uint64_t s,
                 const core::ByteSource& src) override {
     ++file_puts;
@@ -655,6 +660,11 @@ class UnknownStateDriver final : public test::ForwardingDriver {
                         const core::CancelToken* c) override {
     ++execs;
     return inner_.exec(h, r, o, c);
+  }
+  // The core runs execs as processes when the driver has them: each start is one run of the code.
+  std::unique_ptr<core::Process> process_start(const std::string& h, const core::ProcessSpec& s) override {
+    ++execs;
+    return inner_.process_start(h, s);
   }
   std::atomic<int> execs{0}, removes{0};
 };
