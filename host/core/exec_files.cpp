@@ -158,7 +158,21 @@ std::optional<ExecResult> SandboxService::exec_as_process(const std::string& han
                           ? 10ms
                           : std::min<std::chrono::milliseconds>(
                                 250ms, std::chrono::duration_cast<std::chrono::milliseconds>(backstop - now) + 1ms);
-    ProcessEvent event = process->next_event(wait);
+    ProcessEvent event;
+    try {
+      event = process->next_event(wait);
+    } catch (const DriverError& e) {
+      if (e.code() != DriverErrc::conflict) throw;
+      // The process's connection broke. A session that ended is with_session's case (conflict, never run again).
+      // A session still running lost its agent (the program's own `kill -9 -1`, the OOM killer): the agent kills
+      // what it started when its connection closes, so the program was killed — its result, as Driver::exec gives
+      // it on that path (137), and the next call finds the session's state.
+      if (!alive(driver_.session_inspect(handle).state)) throw;
+      log::warn("exec.process_connection_lost", {{"session", handle}, {"error", e.what()}});
+      ExecResult killed;
+      killed.exit_code = 128 + 9;
+      return killed;
+    }
     if (event.kind == ProcessEvent::Kind::output) {
       if (!on_output(event.stream, event.data)) {
         process->kill();
