@@ -163,11 +163,9 @@ std::optional<ExecResult> SandboxService::exec_as_process(const std::string& han
       event = process->next_event(wait);
     } catch (const DriverError& e) {
       if (e.code() != DriverErrc::conflict) throw;
-      // The process's connection broke. A session that ended is with_session's case (conflict, never run again).
-      // A session still running lost its agent (the program's own `kill -9 -1`, the OOM killer): the agent kills
-      // what it started when its connection closes, so the program was killed — its result, as Driver::exec gives
-      // it on that path (137), and the next call finds the session's state.
-      if (!alive(driver_.session_inspect(handle).state)) throw;
+      // The process's connection broke, or its session ended, after it started: the program was killed (the agent
+      // kills what it started when its connection closes). That is its result, as Driver::exec reports it on the
+      // agent path (137), never a second run; the exit-code check below retires a session that died with it.
       log::warn("exec.process_connection_lost", {{"session", handle}, {"error", e.what()}});
       ExecResult killed;
       killed.exit_code = 128 + 9;

@@ -418,3 +418,25 @@ TEST_CASE("a store outage loses no record: the failed batch is retried in order"
   CHECK(recorder.stats().failures == 2);
   CHECK(recorder.stats().pending == 0);
 }
+
+TEST_CASE("a process whose session is stopped mid-call ends as killed (137), is not run again, and the session goes") {
+  ServiceFixture f(R"({"killed_exec_conflict": true})", test::test_settings(), std::make_shared<core::SystemClock>());
+  RouteCountingDriver routes(*f.driver);
+  core::SandboxService service(*f.store, routes, f.clock, test::test_settings());
+  auto id = f.create();
+  service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
+  auto handle = handle_of(f, id);
+  std::optional<core::ExecOutcome> outcome;
+  std::thread caller(
+      [&] { outcome = service.exec(f.owner, id, core::ExecKind::shell, "echo started; hang", 30s, ""); });
+  wait_for_running(f, handle, 1);
+  service.stop(f.owner, id);
+  caller.join();
+  REQUIRE(outcome);
+  CHECK(outcome->exit_code == 137);
+  CHECK(outcome->output == "started\n");
+  CHECK(routes.process_starts == 2);  // "true", then the interrupted one, never a repeat
+  CHECK(routes.execs == 0);
+  CHECK(f.containers_of(id) == 0);
+  CHECK(service.exec(f.owner, id, core::ExecKind::shell, "echo next", 30s, "").output == "next\n");
+}

@@ -349,9 +349,12 @@ void wait_for_running_execs(ServiceFixture& f, const std::string& handle, std::u
 
 TEST_CASE("an exec whose session is stopped mid-call is not run a second time on a new session") {
   // The engine reports the broken exec as CONFLICT (as Docker does when the container goes away under an exec).
+  // Driver::exec's contract (the path of sessions without processes); the process path: exec_process_test.cpp.
   ServiceFixture f(R"({"killed_exec_conflict": true})", test::test_settings(), std::make_shared<core::SystemClock>());
   CountingDriver counting(*f.driver);
-  core::SandboxService service(*f.store, counting, f.clock, test::test_settings());
+  auto settings = test::test_settings();
+  settings.exec_via_processes = false;
+  core::SandboxService service(*f.store, counting, f.clock, settings);
   auto id = f.create();
   service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
   auto handle = handle_of(f, id);
