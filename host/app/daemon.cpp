@@ -246,6 +246,13 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
       log::flush();
       std::_Exit(0);
     }
+    // The last execution records and idle timers first: once this instance is marked stopped, the others adopt its
+    // sessions and judge their idleness from the rows.
+    try {
+      service.flush_records(kCancelWait);
+    } catch (const std::exception& e) {
+      log::error("exec_recorder.flush_failed", {{"error", e.what()}});
+    }
     if (instances) instances->stop();  // no handler runs any more: the others may adopt what is left at once
     server.close();
   } catch (const std::exception& e) {

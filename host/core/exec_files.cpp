@@ -164,9 +164,19 @@ std::optional<ExecResult> SandboxService::exec_as_process(const std::string& han
     } catch (const DriverError& e) {
       if (e.code() != DriverErrc::conflict) throw;
       // The process's connection broke, or its session ended, after it started: the program was killed (the agent
-      // kills what it started when its connection closes). That is its result, as Driver::exec reports it on the
-      // agent path (137), never a second run; the exit-code check below retires a session that died with it.
+      // kills what it started when its connection closes), never run a second time. As on Driver::exec's agent
+      // path: with its session gone that is the program's result (137; the exit-code check below retires the
+      // session); in a session that still runs only berthd's connection to the agent broke, an internal error.
       log::warn("exec.process_connection_lost", {{"session", handle}, {"error", e.what()}});
+      RuntimeState state = RuntimeState::missing;
+      try {
+        state = driver_.session_inspect(handle).state;
+      } catch (const DriverError&) {  // NOLINT(bugprone-empty-catch): unknown counts as gone, as before
+      }
+      if (alive(state)) {
+        throw DriverError(DriverErrc::internal,
+                          std::string("the connection to the session's agent broke during the exec: ") + e.what());
+      }
       ExecResult killed;
       killed.exit_code = 128 + 9;
       return killed;

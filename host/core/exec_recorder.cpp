@@ -125,28 +125,67 @@ void ExecRecorder::loop() {
     lock.unlock();
 
     std::string error;
+    bool unavailable = false;
     try {
       store_.write_batch(rows, touches);
+    } catch (const store::StoreUnavailable& e) {
+      error = e.what();
+      unavailable = true;
     } catch (const std::exception& e) {
       error = e.what();
     }
+    // What is left to write: all of the batch after an unavailable database, nothing after a success.
+    std::vector<std::size_t> kept_rows;
+    std::map<std::string, PendingTouch> kept_touches;
+    std::size_t dropped = 0;
+    if (unavailable) {
+      for (std::size_t i = 0; i < n; ++i)
+        kept_rows.push_back(i);
+      kept_touches = taken_touches;
+    } else if (!error.empty()) {
+      // The database refused the batch itself (a constraint, a privilege, a full disk): one item by one, so that a
+      // bad row costs only itself and cannot hold every record behind it forever. An item refused again is dropped
+      // and logged; one that meets an unavailable database waits in the queue with the rest.
+      for (std::size_t i = 0; i < n; ++i) {
+        try {
+          store_.write_batch({rows[i]}, {});
+        } catch (const store::StoreUnavailable&) {
+          kept_rows.push_back(i);
+        } catch (const std::exception& e) {
+          ++dropped;
+          log::error("exec_recorder.dropped",
+                     {{"execution", rows[i].id}, {"sandbox", rows[i].sandbox_id}, {"error", e.what()}});
+        }
+      }
+      for (const auto& [id, t] : taken_touches) {
+        try {
+          store_.write_batch({}, {store::SandboxTouch{id, t.at}});
+        } catch (const store::StoreUnavailable&) {
+          kept_touches.emplace(id, t);
+        } catch (const std::exception& e) {
+          log::error("exec_recorder.dropped", {{"touch", id}, {"error", e.what()}});
+        }
+      }
+    }
 
     lock.lock();
-    if (error.empty()) {
+    stats_.dropped += dropped;
+    if (kept_rows.empty() && kept_touches.empty()) {
       written_seq_ = std::max(written_seq_, done_upto);
       occupied_ -= n;
       ++stats_.batches;
-      stats_.records += n;
+      stats_.records += n - dropped;
       stats_.touches += touches.size();
       last_error_.clear();
       backoff = std::chrono::milliseconds(100);
       progress_.notify_all();
       continue;
     }
-    // Put the batch back as it was: its records in front (older first), its touches unless a newer one came.
-    for (std::size_t i = n; i-- > 0;)
-      records_.push_front({seqs[i], std::move(rows[i])});
-    for (auto& [id, t] : taken_touches)
+    // Put back what is left as it was: its records in front (older first), its touches unless a newer one came.
+    occupied_ -= n - kept_rows.size();
+    for (std::size_t k = kept_rows.size(); k-- > 0;)
+      records_.push_front({seqs[kept_rows[k]], std::move(rows[kept_rows[k]])});
+    for (auto& [id, t] : kept_touches)
       touches_.try_emplace(id, t);
     ++stats_.failures;
     last_error_ = error;
@@ -164,7 +203,9 @@ void ExecRecorder::loop() {
       touches_.clear();
       break;
     }
-    work_.wait_for(lock, backoff);
+    // Only a stop cuts the backoff short: new records must not turn an outage into a retry per request.
+    const bool was_stopping = stopping_;
+    work_.wait_for(lock, backoff, [&] { return stopping_ != was_stopping; });
     backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::milliseconds(2000));
   }
 }

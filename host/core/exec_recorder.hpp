@@ -68,6 +68,7 @@ class ExecRecorder {
     std::uint64_t records = 0;    // records written
     std::uint64_t touches = 0;    // touches written (after coalescing)
     std::uint64_t failures = 0;   // failed write_batch calls
+    std::uint64_t dropped = 0;    // records the database refused on their own (logged as exec_recorder.dropped)
     std::size_t pending = 0;      // records queued or reserved now
     std::size_t max_pending = 0;  // the most records queued or reserved at once
   };

@@ -199,6 +199,8 @@ class Store {
   /**
    * The exec recorder's write (core/exec_recorder.hpp): inserts every execution and applies every touch (as
    * touch_sandbox: live rows only, version bumped) in ONE transaction, so a batch is written whole or not at all.
+   * A touch never moves a timer backwards: one not later than the stored idle_expires_at changes nothing (a batch
+   * that waited or was retried must not undo another instance's newer keepalive).
    * Executions whose id already exists are skipped (a batch retried after a lost commit acknowledgement does not
    * fail). The default runs the single-row calls one by one (not atomic); SqliteStore and MySqlStore override it.
    * Throws StoreError / StoreUnavailable; then nothing of the batch was written by an overriding store.

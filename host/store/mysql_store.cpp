@@ -507,8 +507,10 @@ class MySqlStore final : public Store, public core::InstanceStore {
       for (const auto& row : executions)
         insert_execution_row(s, row, " ON DUPLICATE KEY UPDATE id = id");
       for (const auto& t : touches) {
-        s << "UPDATE sandboxes SET idle_expires_at = ?, version = version + 1 WHERE id = ? AND deleted_at IS NULL",
-            bind(to_ms(t.idle_expires_at)), bind(t.sandbox_id), now;
+        // Never backwards: a delayed or retried batch must not undo a newer timer (another instance's keepalive).
+        s << "UPDATE sandboxes SET idle_expires_at = ?, version = version + 1 WHERE id = ? AND deleted_at IS NULL"
+             " AND (idle_expires_at IS NULL OR idle_expires_at < ?)",
+            bind(to_ms(t.idle_expires_at)), bind(t.sandbox_id), bind(to_ms(t.idle_expires_at)), now;
       }
     });
   }

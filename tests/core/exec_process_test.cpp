@@ -85,6 +85,9 @@ class GatedStore final : public store::Store {
       --failures_left_;
       throw store::StoreUnavailable("database restarting (test)");
     }
+    for (const auto& row : e) {
+      if (row.id == refused_id_) throw store::StoreError("the database refuses " + row.id + " (test)");
+    }
     batch_sizes_.push_back(e.size());
     lock.unlock();
     inner_.write_batch(e, t);
@@ -99,6 +102,11 @@ class GatedStore final : public store::Store {
       open_ = true;
     }
     changed_.notify_all();
+  }
+  /** Every batch that holds the execution `id` fails with StoreError, as a row a constraint refuses would. */
+  void refuse(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    refused_id_ = id;
   }
   void fail_next(int n) {
     std::lock_guard lock(mutex_);
@@ -172,6 +180,7 @@ class GatedStore final : public store::Store {
   bool open_ = true;
   int entered_ = 0;
   int failures_left_ = 0;
+  std::string refused_id_;
   std::vector<std::size_t> batch_sizes_;
 };
 
@@ -339,8 +348,10 @@ TEST_CASE("the recorder writes what is pending when it is destroyed (berthd's SI
   ServiceFixture f("{}", settings);
   auto id = f.create();
   std::vector<std::string> ids;
-  for (int i = 0; i < 5; ++i)
+  for (int i = 0; i < 5; ++i) {
+    f.fake_clock().advance(1s);  // each end-of-call timer is later than the last (a touch never goes backwards)
     ids.push_back(f.shell(id, "echo " + std::to_string(i)).execution_id);
+  }
   const auto before = f.store->get_sandbox(id)->version;
   CHECK(f.store->list_executions(id, "", 10, 0).second == 0);
   f.service.reset();  // the daemon's shutdown destroys the service before it closes the store
@@ -417,6 +428,36 @@ TEST_CASE("a store outage loses no record: the failed batch is retried in order"
   CHECK(total == 10);
   CHECK(recorder.stats().failures == 2);
   CHECK(recorder.stats().pending == 0);
+}
+
+TEST_CASE("a row the database refuses costs only itself: the rest of its batch is written, it is dropped and counted") {
+  ServiceFixture f;
+  seed_sandbox(*f.store, "sandbox-ok");
+  GatedStore gated(*f.store);
+  core::ExecRecorder::Options options;
+  options.linger = 0ms;
+  core::ExecRecorder recorder(gated, options);
+  gated.close_gate();  // one batch: the good rows and the bad one together
+  recorder.record(recorder.reserve(), record_row("exec-ok0", "sandbox-ok"));
+  // A row the database refuses (a StoreError, not an outage), as a constraint would refuse it on every retry.
+  gated.refuse("exec-orphan");
+  recorder.record(recorder.reserve(), record_row("exec-orphan", "sandbox-ok"));
+  recorder.record(recorder.reserve(), record_row("exec-ok1", "sandbox-ok"));
+  const auto timer = std::chrono::system_clock::time_point(std::chrono::seconds(1'800'000'000)) + 30min;
+  recorder.touch("sandbox-ok", timer);
+  gated.open_gate();
+  recorder.flush(60s);  // returns: nothing is stuck behind the refused row
+  auto [page, total] = f.store->list_executions("sandbox-ok", "", 10, 0);
+  CHECK(total == 2);
+  for (const auto& row : page)
+    CHECK(row.id != "exec-orphan");
+  CHECK(f.store->get_sandbox("sandbox-ok")->idle_expires_at == timer);
+  const auto stats = recorder.stats();
+  CHECK(stats.dropped == 1);
+  CHECK(stats.pending == 0);
+  recorder.record(recorder.reserve(), record_row("exec-ok2", "sandbox-ok"));  // later records go on as before
+  recorder.flush(60s);
+  CHECK(f.store->list_executions("sandbox-ok", "", 10, 0).second == 3);
 }
 
 TEST_CASE("a process whose session is stopped mid-call ends as killed (137), is not run again, and the session goes") {

@@ -765,6 +765,15 @@ TEST_CASE("write_batch inserts executions and applies touches in one transaction
   CHECK(after.version == before.version + 1);
   CHECK(store->get_sandbox("sandbox-2")->idle_expires_at != t0 + 20min);  // deleted: not touched
 
+  // A touch never moves the timer backwards (a batch that waited behind a newer keepalive of another instance),
+  // and one that changes nothing leaves the version, so no snapshot is invalidated for nothing.
+  store->write_batch({}, {{"sandbox-1", t0 + 5min}});
+  CHECK(store->get_sandbox("sandbox-1")->idle_expires_at == t0 + 20min);
+  CHECK(store->get_sandbox("sandbox-1")->version == after.version);
+  store->write_batch({}, {{"sandbox-1", t0 + 40min}});
+  CHECK(store->get_sandbox("sandbox-1")->idle_expires_at == t0 + 40min);
+  CHECK(store->get_sandbox("sandbox-1")->version == after.version + 1);
+
   // The same batch again (its commit acknowledgement was lost): the rows are there once, no error.
   CHECK_NOTHROW(store->write_batch(rows, {}));
   CHECK(store->list_executions("sandbox-1", "", 100, 0).second == 30);
