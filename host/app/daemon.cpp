@@ -235,10 +235,23 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
     }
     if (left > 0) {
       // Closing the store (or freeing the service) under a running handler is a use after close: leave instead.
-      // SQLite's journal keeps the database consistent; the next start reconciles sessions.
+      // SQLite's journal keeps the database consistent; the next start reconciles sessions. The execution records
+      // the recorder still holds are written first (the store is still open).
+      try {
+        service.flush_records(kCancelWait);
+      } catch (const std::exception& e) {
+        log::error("exec_recorder.flush_failed", {{"error", e.what()}});
+      }
       log::warn("berthd.shutdown_forced", {{"handlers_running", std::to_string(left)}});
       log::flush();
       std::_Exit(0);
+    }
+    // The last execution records and idle timers first: once this instance is marked stopped, the others adopt its
+    // sessions and judge their idleness from the rows.
+    try {
+      service.flush_records(kCancelWait);
+    } catch (const std::exception& e) {
+      log::error("exec_recorder.flush_failed", {{"error", e.what()}});
     }
     if (instances) instances->stop();  // no handler runs any more: the others may adopt what is left at once
     server.close();

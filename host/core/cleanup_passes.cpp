@@ -102,6 +102,14 @@ void SandboxService::cleanup_dead_sessions(CleanupReport& report) {
 }
 
 void SandboxService::cleanup_idle(CleanupReport& report) {
+  try {
+    recorder_.flush();  // the idle timers that finished calls set must be in the rows judged below
+  } catch (const store::StoreUnavailable& e) {
+    // Judging idleness from rows that lack the newest timers could stop a sandbox in use: skip this pass only, the
+    // other passes (expiry, orphans, history) do not depend on the timers.
+    log::warn("cleanup.idle_skipped", {{"reason", "execution records not written"}, {"error", e.what()}});
+    return;
+  }
   auto now = clock_->now();
   for (const auto& snap : store_.list_live_sandboxes()) {
     if (!snap.current_session_id || !snap.idle_expires_at || *snap.idle_expires_at > now) continue;
@@ -110,6 +118,12 @@ void SandboxService::cleanup_idle(CleanupReport& report) {
       // entering after this check touches the row first, which makes the CAS below fail.
       report.skipped_in_use.push_back(snap.id);
       log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "in use"}});
+      continue;
+    }
+    if (auto queued = recorder_.pending_touch(snap.id); queued && *queued > now) {
+      // A call ended after the flush above and its timer still waits in the recorder: the sandbox was just used.
+      report.skipped_in_use.push_back(snap.id);
+      log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "touch queued"}});
       continue;
     }
     // The lease first: the row is changed only by the instance that will also stop the container.

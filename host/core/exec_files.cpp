@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/ids.hpp"
+#include "core/limits.hpp"
 #include "core/log.hpp"
 #include "core/paths.hpp"
 #include "core/sandbox_service.hpp"
@@ -52,13 +53,21 @@ std::size_t utf8_prefix_length(const std::string& s, std::size_t cap) {
 template <typename Fn>
 auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>& started, Fn&& fn) {
   const std::string& id = row.id;
-  auto in_use = in_flight_.enter(id);  // from here on, idle cleanup leaves this sandbox alone
-  touch(row);                          // a long call must not look idle from its start
+  auto in_use = in_flight_.enter(id);  // from here on, idle cleanup in this process leaves this sandbox alone
+  // A long call must not look idle from its start. A timer within half its length of running out is written now,
+  // so that idle cleanup (also another berthd's) sees the call before it could judge the sandbox idle; a timer far
+  // from it rides the recorder's next batch (milliseconds), off the request path.
+  const auto idle = profile_of(row)->idle_timeout;
+  if (!row.idle_expires_at || *row.idle_expires_at <= saturating_add(clock_->now(), idle / 2)) {
+    touch(row);
+  } else {
+    touch_later(row);
+  }
   for (int attempt = 0;; ++attempt) {
     auto session = ensure_running(row.owner, id);
     try {
       auto result = fn(session, in_use.token());
-      touch(row);
+      touch_later(row);
       return result;
     } catch (const DriverError& e) {
       if (e.code() != DriverErrc::not_found && e.code() != DriverErrc::conflict) throw;
@@ -90,9 +99,120 @@ auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>
   }
 }
 
+std::optional<ExecResult> SandboxService::exec_as_process(const std::string& handle, const ExecRequest& rq,
+                                                          const OutputSink& on_output, const CancelToken& token) {
+  ProcessSpec spec;
+  spec.argv = rq.argv;
+  spec.env = rq.env;
+  spec.cwd = rq.cwd;
+  spec.timeout = rq.timeout;
+  std::unique_ptr<Process> process;
+  try {
+    process = driver_.process_start(handle, spec);
+  } catch (const DriverError& e) {
+    if (e.code() == DriverErrc::unsupported) return std::nullopt;  // e.g. an engine session without the agent
+    throw;
+  }
+  // The driver kills the process tree at spec.timeout and reports it; this backstop only guards against a driver
+  // that never sends the exit event.
+  const auto backstop = std::chrono::steady_clock::now() + rq.timeout + 30s;
+  const std::string_view input = rq.stdin_data;
+  std::size_t fed = 0;
+  bool stdin_open = true;
+  constexpr std::size_t kStdinChunk = 1 << 20;
+  for (;;) {
+    // Feed stdin as far as the driver takes it; a full buffer (unavailable) is retried after the next event.
+    while (stdin_open) {
+      if (fed == input.size()) {
+        process->close_stdin();
+        stdin_open = false;
+        break;
+      }
+      const auto chunk = input.substr(fed, kStdinChunk);
+      try {
+        process->write_stdin(chunk);
+        fed += chunk.size();
+      } catch (const DriverError& e) {
+        if (e.code() == DriverErrc::unavailable) break;
+        if (e.code() == DriverErrc::cancelled || e.code() == DriverErrc::internal) throw;
+        // The process no longer reads (it exited or closed stdin): its exit event tells the rest.
+        log::debug("exec.stdin_refused", {{"session", handle}, {"error", e.what()}});
+        stdin_open = false;
+      }
+    }
+    if (token.cancelled()) {
+      process->kill();
+      throw DriverError(DriverErrc::cancelled, "the exec was cancelled");
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= backstop) {
+      process->kill();
+      log::warn("exec.process_backstop", {{"session", handle}});
+      ExecResult late;
+      late.timed_out = true;
+      return late;
+    }
+    // Short waits while stdin is still being fed (room comes with events or time); otherwise wake up for the cancel
+    // token a few times a second. The pull runs on this (the request's) thread: no thread per exec.
+    const auto wait = stdin_open
+                          ? 10ms
+                          : std::min<std::chrono::milliseconds>(
+                                250ms, std::chrono::duration_cast<std::chrono::milliseconds>(backstop - now) + 1ms);
+    ProcessEvent event;
+    try {
+      event = process->next_event(wait);
+    } catch (const DriverError& e) {
+      if (e.code() != DriverErrc::conflict) throw;
+      // The process's connection broke, or its session ended, after it started: the program was killed (the agent
+      // kills what it started when its connection closes), never run a second time. As on Driver::exec's agent
+      // path: with its session gone that is the program's result (137; the exit-code check below retires the
+      // session); in a session that still runs only berthd's connection to the agent broke, an internal error.
+      log::warn("exec.process_connection_lost", {{"session", handle}, {"error", e.what()}});
+      RuntimeState state = RuntimeState::missing;
+      try {
+        state = driver_.session_inspect(handle).state;
+      } catch (const DriverError&) {  // NOLINT(bugprone-empty-catch): unknown counts as gone, as before
+      }
+      if (alive(state)) {
+        throw DriverError(DriverErrc::internal,
+                          std::string("the connection to the session's agent broke during the exec: ") + e.what());
+      }
+      ExecResult killed;
+      killed.exit_code = 128 + 9;
+      return killed;
+    }
+    if (event.kind == ProcessEvent::Kind::output) {
+      if (!on_output(event.stream, event.data)) {
+        process->kill();
+        throw DriverError(DriverErrc::cancelled, "the output consumer ended the exec");
+      }
+    } else if (event.kind == ProcessEvent::Kind::exit) {
+      if (event.exit.output_dropped > 0) {
+        log::warn("exec.output_dropped", {{"session", handle}, {"bytes", std::to_string(event.exit.output_dropped)}});
+      }
+      ExecResult result;
+      result.exit_code = event.exit.exit_code;
+      result.timed_out = event.exit.timed_out;
+      return result;
+    }
+  }
+}
+
+bool SandboxService::engine_exec_only(const std::string& session_id) {
+  std::lock_guard lock(engine_exec_mutex_);
+  return engine_exec_sessions_.count(session_id) != 0;
+}
+
+void SandboxService::remember_engine_exec_only(const std::string& session_id) {
+  std::lock_guard lock(engine_exec_mutex_);
+  // Bounded: forgetting costs one process_start that answers unsupported again.
+  if (engine_exec_sessions_.size() >= 10'000) engine_exec_sessions_.clear();
+  engine_exec_sessions_.insert(session_id);
+}
+
 ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id, ExecKind kind,
                                  const std::string& code, std::optional<std::chrono::seconds> timeout,
-                                 const std::string& cwd) {
+                                 const std::string& cwd, const ExecChunkSink& on_chunk) {
   auto to = timeout.value_or(settings_.default_exec_timeout);
   if (to.count() < 1 || to > settings_.max_exec_timeout) {
     throw Error(ErrorCode::validation_error,
@@ -123,6 +243,9 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   if (shutting_down_.load()) {
     throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
   }
+  // Room for the record before the code runs: a slow or absent database answers store_unavailable now, never
+  // after the code ran (then the answer would be lost).
+  auto record_slot = recorder_.reserve();
 
   ExecOutcome out;
   std::string session_id;
@@ -143,18 +266,25 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   CappedBuffer stderr_buf{{}, settings_.exec_output_cap};
   std::atomic<bool> started{false};  // output arrived: the program ran, so it must never be run again
   std::string handle;
+  std::uint64_t sequence = 0;
+  const OutputSink on_output = [&](Stream s, std::string_view chunk) {
+    started = true;
+    (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
+    if (!on_chunk) return true;
+    return on_chunk(ExecChunk{s, sequence++, clock_->now(), chunk});
+  };
+  const bool via_process = settings_.exec_via_processes && driver_.supports_processes();
   try {
     result = with_session(row, started, [&](const store::SessionRow& session, const CancelToken& token) {
       session_id = session.id;
       handle = session.handle;
-      return driver_.exec(
-          session.handle, rq,
-          [&](Stream s, std::string_view chunk) {
-            started = true;
-            (s == Stream::out ? stdout_buf : stderr_buf).append(chunk);
-            return true;
-          },
-          &token);  // registered in in_flight_: begin_shutdown() cancels it
+      // The token is registered in in_flight_: begin_shutdown() cancels it.
+      if (via_process && !engine_exec_only(session.id)) {
+        if (auto done = exec_as_process(session.handle, rq, on_output, token)) return *done;
+        remember_engine_exec_only(session.id);
+        log::info("exec.process_unsupported", {{"sandbox", id}, {"session", session.id}});
+      }
+      return driver_.exec(session.handle, rq, on_output, &token);
     });
   } catch (const DriverError& e) {
     if (e.code() == DriverErrc::cancelled && shutting_down_.load()) {
@@ -212,8 +342,8 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   }
   record.duration_ms = out.duration_ms;
   record.created_at = clock_->now();
-  store_.insert_execution(record);
   out.execution_id = record.id;
+  recorder_.record(std::move(record_slot), std::move(record));
   schedule_disk_check(row);  // what the code wrote is measured in the background (docs/security.md)
   return out;
 }
@@ -229,6 +359,7 @@ HistoryPage SandboxService::history(const std::string& owner, const std::string&
   store::ExecutionPageLimits bounds;
   bounds.field_cap = static_cast<std::int64_t>(settings_.history_field_cap);
   bounds.byte_budget = static_cast<std::int64_t>(settings_.history_response_bytes);
+  recorder_.flush();  // the execs that already answered are in the page
   HistoryPage page;
   std::tie(page.entries, page.total) = store_.list_executions(id, kind, limit, offset, bounds);
   page.bytes_capped = page.entries.size() < static_cast<std::size_t>(limit) &&

@@ -142,6 +142,10 @@ SandboxView SandboxService::view(SandboxRow row) {
     std::lock_guard lock(disk_mutex_);
     if (auto it = disk_.find(row.id); it != disk_.end()) v.disk = it->second;
   }
+  // An idle-timer touch still queued in the recorder is what the row will say in a few milliseconds.
+  if (row.current_session_id && !row.deleted_at) {
+    if (auto pending = recorder_.pending_touch(row.id)) row.idle_expires_at = *pending;
+  }
   v.row = std::move(row);
   return v;
 }
@@ -361,7 +365,17 @@ ListResult SandboxService::list_sandboxes(const std::string& owner, const std::o
 }
 
 void SandboxService::touch(const SandboxRow& row) {
-  store_.touch_sandbox(row.id, saturating_add(clock_->now(), profile_of(row)->idle_timeout));
+  // Through the recorder, so that an older touch still pending cannot land after this one and shorten the timer.
+  touch_later(row);
+  recorder_.flush();
+}
+
+void SandboxService::touch_later(const SandboxRow& row) {
+  recorder_.touch(row.id, saturating_add(clock_->now(), profile_of(row)->idle_timeout));
+}
+
+void SandboxService::flush_records(std::chrono::milliseconds wait) {
+  recorder_.flush(wait);
 }
 
 // ---- lifecycle calls ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@
 #include "core/deadline_runner.hpp"
 #include "core/driver.hpp"
 #include "core/errors.hpp"
+#include "core/exec_recorder.hpp"
 #include "core/in_flight.hpp"
 #include "core/instance_store.hpp"
 #include "core/limits.hpp"
@@ -49,6 +50,8 @@ struct Settings {
   std::chrono::seconds history_max_age{7 * 24 * 3600};  // the cleanup task deletes older records; 0 = keep
   std::size_t history_max_records = 1000;               // newest records kept per sandbox; 0 = no limit
   std::chrono::milliseconds cleanup_call_deadline{30'000};  // one sandbox's driver work inside a cleanup pass
+  ExecRecorder::Options exec_recorder;  // how execution records and idle-timer touches are batched (exec_recorder.hpp)
+  bool exec_via_processes = true;       // run execs through Driver::process_start when the driver supports it
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -93,6 +96,24 @@ struct CreateSandboxResult {
 };
 
 enum class ExecKind { python, shell };
+
+/**
+ * One output chunk of a running exec, as the driver produced it (ExecChunkSink). `data` is borrowed for the call.
+ * `sequence` counts the exec's chunks from 0 over both streams, so a consumer can restore the interleaving.
+ */
+struct ExecChunk {
+  Stream stream = Stream::out;
+  std::uint64_t sequence = 0;
+  std::chrono::system_clock::time_point at;  // when berthd received it (the service's clock)
+  std::string_view data;
+};
+
+/**
+ * Receives an exec's output as it arrives, on the thread that runs the exec (the request's worker), before it is
+ * capped for the result: a streaming route (SSE/WebSocket) forwards it. Returns false to cancel the exec (it then
+ * fails like a cancelled one). Must not call back into the service for the same sandbox.
+ */
+using ExecChunkSink = std::function<bool(const ExecChunk&)>;
 
 struct ExecOutcome {
   std::string execution_id;
@@ -184,9 +205,22 @@ class SandboxService {
    */
   SandboxView extend_ttl(const std::string& owner, const std::string& id, std::chrono::seconds by);
 
-  /** Runs code; starts the sandbox if it is idle. */
+  /**
+   * Runs code; starts the sandbox if it is idle. The code goes in on stdin. With a driver that supports processes
+   * (Settings::exec_via_processes) it runs as a Process whose events this thread pulls; a session whose driver
+   * answers process_start with unsupported (an engine session without the agent) falls back to Driver::exec, and
+   * is remembered so later execs go there directly. `on_chunk` (optional) sees every output chunk as it arrives.
+   * The execution record is written by the ExecRecorder after the answer (history() and cleanup flush it first);
+   * a full record queue (the database is slow or down) answers store_unavailable before the code runs.
+   */
   ExecOutcome exec(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
-                   std::optional<std::chrono::seconds> timeout, const std::string& cwd);
+                   std::optional<std::chrono::seconds> timeout, const std::string& cwd,
+                   const ExecChunkSink& on_chunk = {});
+  /**
+   * Writes every pending execution record and idle-timer touch now (the daemon calls it on SIGTERM before a forced
+   * exit; tests before reading the store). Throws store::StoreUnavailable when the store did not take them in time.
+   */
+  void flush_records(std::chrono::milliseconds wait = std::chrono::milliseconds(10'000));
   /**
    * A page of the sandbox's executions, newest first, `limit` 1..500 after `offset`. Memory is bounded by
    * configuration: every text field is at most Settings::history_field_cap bytes (older, longer rows are cut and
@@ -284,7 +318,20 @@ class SandboxService {
                      const std::string& error);
   void destroy_session(const store::SessionRow& session);
   void delete_row_and_resources(const store::SandboxRow& row);
+  /** Sets the idle timer now (through the recorder, then flushed): keepalive's write. */
   void touch(const store::SandboxRow& row);
+  /** Queues an idle-timer touch on the recorder (written within a batch linger). */
+  void touch_later(const store::SandboxRow& row);
+  /**
+   * Runs an exec as a Process: stdin fed in chunks as the driver takes it, then closed; events pulled on this thread
+   * until the exit (output to `on_output`; false from it, or `token`, kills the process and throws
+   * DriverError(cancelled)). nullopt when process_start answered unsupported (nothing ran).
+   */
+  std::optional<ExecResult> exec_as_process(const std::string& handle, const ExecRequest& rq,
+                                            const OutputSink& on_output, const CancelToken& token);
+  /** Whether a session's process_start answered unsupported before (its execs go to Driver::exec). */
+  bool engine_exec_only(const std::string& session_id);
+  void remember_engine_exec_only(const std::string& session_id);
   /**
    * Runs `fn(session, cancel_token)` on the sandbox's ready session while the sandbox counts as in use (idle cleanup
    * skips it; the idle timer is touched when the call starts and when it ends). A session found dead after a
@@ -392,6 +439,10 @@ class SandboxService {
   std::map<std::string, DiskUsage> disk_;  // sandbox id -> last measurement (erased on delete)
   InstanceStore* leases_ = nullptr;        // set once by use_cleanup_leases(), before the cleanup task starts
   std::chrono::milliseconds lease_ttl_{120'000};
+  std::mutex engine_exec_mutex_;
+  std::set<std::string> engine_exec_sessions_;  // session ids whose process_start said unsupported (bounded, see .cpp)
+  // Destroyed before the members above (and before the store): drains what is pending into the store.
+  ExecRecorder recorder_{store_, settings_.exec_recorder};
   // Destroyed before the members above, it waits for overrunning cleanup work, which uses them.
   DeadlineRunner cleanup_calls_;
   // Last member: destroyed first, it waits for the running disk check, which uses the members above.

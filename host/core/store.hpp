@@ -126,6 +126,12 @@ struct ProfileRow {
   TimePoint updated_at;
 };
 
+/** A deferred idle-timer write: touch_sandbox(sandbox_id, idle_expires_at) as part of a batch (Store::write_batch). */
+struct SandboxTouch {
+  std::string sandbox_id;
+  TimePoint idle_expires_at;
+};
+
 struct SandboxFilter {
   std::string owner;
   std::optional<std::pair<std::string, std::string>> label;  // label key=value must match
@@ -190,6 +196,21 @@ class Store {
   virtual std::pair<std::vector<ExecutionRow>, int> list_executions(const std::string& sandbox_id,
                                                                     const std::string& kind, int limit, int offset,
                                                                     const ExecutionPageLimits& bounds = {}) = 0;
+  /**
+   * The exec recorder's write (core/exec_recorder.hpp): inserts every execution and applies every touch (as
+   * touch_sandbox: live rows only, version bumped) in ONE transaction, so a batch is written whole or not at all.
+   * A touch never moves a timer backwards: one not later than the stored idle_expires_at changes nothing (a batch
+   * that waited or was retried must not undo another instance's newer keepalive).
+   * Executions whose id already exists are skipped (a batch retried after a lost commit acknowledgement does not
+   * fail). The default runs the single-row calls one by one (not atomic); SqliteStore and MySqlStore override it.
+   * Throws StoreError / StoreUnavailable; then nothing of the batch was written by an overriding store.
+   */
+  virtual void write_batch(const std::vector<ExecutionRow>& executions, const std::vector<SandboxTouch>& touches) {
+    for (const auto& e : executions)
+      insert_execution(e);
+    for (const auto& t : touches)
+      touch_sandbox(t.sandbox_id, t.idle_expires_at);
+  }
   /**
    * Expiry: deletes executions created before `cutoff` and, per sandbox, all but the newest `keep_per_sandbox`
    * (0 = no count limit). Returns how many were deleted.

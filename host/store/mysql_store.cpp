@@ -497,13 +497,21 @@ class MySqlStore final : public Store, public core::InstanceStore {
 
   // ---- executions ----
   void insert_execution(const ExecutionRow& row) override {
-    run("insert_execution", [&](Session& s) {
-      const Poco::Nullable<Int64> exit_code =
-          row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();
-      s << "INSERT INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-          bind(row.id), bind(row.sandbox_id), bind(row.session_id), bind(row.kind), bind(row.code), bind(exit_code),
-          bind(Int64(row.success ? 1 : 0)), bind(row.output), bind(row.error), bind(Int64(row.duration_ms)),
-          bind(to_ms(row.created_at)), bind(Int64(row.truncated ? 1 : 0)), now;
+    run("insert_execution", [&](Session& s) { insert_execution_row(s, row, ""); });
+  }
+
+  void write_batch(const std::vector<ExecutionRow>& executions, const std::vector<SandboxTouch>& touches) override {
+    if (executions.empty() && touches.empty()) return;
+    transact("write_batch", [&](Session& s) {
+      // A retried batch (its commit acknowledgement was lost) finds its rows: the duplicate id is a no-op.
+      for (const auto& row : executions)
+        insert_execution_row(s, row, " ON DUPLICATE KEY UPDATE id = id");
+      for (const auto& t : touches) {
+        // Never backwards: a delayed or retried batch must not undo a newer timer (another instance's keepalive).
+        s << "UPDATE sandboxes SET idle_expires_at = ?, version = version + 1 WHERE id = ? AND deleted_at IS NULL"
+             " AND (idle_expires_at IS NULL OR idle_expires_at < ?)",
+            bind(to_ms(t.idle_expires_at)), bind(t.sandbox_id), bind(to_ms(t.idle_expires_at)), now;
+      }
     });
   }
 
@@ -959,6 +967,16 @@ class MySqlStore final : public Store, public core::InstanceStore {
       }
     }
     release(std::move(session));
+  }
+
+  /** One INSERT of an execution on `s`, followed by `suffix` (empty, or an ON DUPLICATE KEY clause). */
+  static void insert_execution_row(Session& s, const ExecutionRow& row, const char* suffix) {
+    const Poco::Nullable<Int64> exit_code =
+        row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();
+    s << "INSERT INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" << suffix,
+        bind(row.id), bind(row.sandbox_id), bind(row.session_id), bind(row.kind), bind(row.code), bind(exit_code),
+        bind(Int64(row.success ? 1 : 0)), bind(row.output), bind(row.error), bind(Int64(row.duration_ms)),
+        bind(to_ms(row.created_at)), bind(Int64(row.truncated ? 1 : 0)), now;
   }
 
   template <typename Fn>

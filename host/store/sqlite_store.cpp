@@ -406,13 +406,23 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   // ---- executions ----
   void insert_execution(const ExecutionRow& row) override {
-    locked("insert_execution", [&] {
-      const Poco::Nullable<Int64> exit_code =
-          row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();
-      session_ << "INSERT INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-          bind(row.id), bind(row.sandbox_id), bind(row.session_id), bind(row.kind), bind(row.code), bind(exit_code),
-          bind(Int64(row.success ? 1 : 0)), bind(row.output), bind(row.error), bind(Int64(row.duration_ms)),
-          bind(to_ms(row.created_at)), bind(Int64(row.truncated ? 1 : 0)), now;
+    locked("insert_execution", [&] { insert_execution_row(row, "INSERT"); });
+  }
+
+  void write_batch(const std::vector<ExecutionRow>& executions, const std::vector<SandboxTouch>& touches) override {
+    if (executions.empty() && touches.empty()) return;
+    locked("write_batch", [&] {
+      Transaction tx(session_, "BEGIN IMMEDIATE");
+      for (const auto& row : executions)
+        insert_execution_row(row, "INSERT OR IGNORE");
+      for (const auto& t : touches) {
+        // Never backwards: a delayed or retried batch must not undo a newer timer (another instance's keepalive).
+        session_
+            << "UPDATE sandboxes SET idle_expires_at = ?, version = version + 1 WHERE id = ? AND deleted_at IS NULL"
+               " AND (idle_expires_at IS NULL OR idle_expires_at < ?)",
+            bind(to_ms(t.idle_expires_at)), bind(t.sandbox_id), bind(to_ms(t.idle_expires_at)), now;
+      }
+      tx.commit();
     });
   }
 
@@ -659,6 +669,16 @@ class SqliteStore final : public Store, public core::InstanceStore {
   }
 
   /** Runs `fn` under the mutex; Poco (and any other library) failures become StoreError. */
+  /** One INSERT of an execution; `verb` is "INSERT" or "INSERT OR IGNORE" (a batch retried after its commit). */
+  void insert_execution_row(const ExecutionRow& row, const char* verb) {
+    const Poco::Nullable<Int64> exit_code =
+        row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();
+    session_ << verb << " INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        bind(row.id), bind(row.sandbox_id), bind(row.session_id), bind(row.kind), bind(row.code), bind(exit_code),
+        bind(Int64(row.success ? 1 : 0)), bind(row.output), bind(row.error), bind(Int64(row.duration_ms)),
+        bind(to_ms(row.created_at)), bind(Int64(row.truncated ? 1 : 0)), now;
+  }
+
   template <typename Fn>
   std::invoke_result_t<Fn&> locked(const char* what, Fn&& fn) {
     std::lock_guard lock(mutex_);

@@ -301,6 +301,7 @@ TEST_CASE("a driver call stuck on one sandbox is reported failed and the pass go
   f.shell(stuck, "true");
   f.shell(other, "true");
   const auto stuck_handle = f.service->get_sandbox(f.owner, stuck).session->handle;
+  f.service->flush_records();  // the second service below sees the first one's idle timers once they are written
   StallingDriver stalling(*f.driver);
   stalling.stall(stuck_handle);
   // A service over the same store and the stalling driver; declared after `stalling`, so it is gone first.

@@ -321,6 +321,11 @@ class CountingDriver final : public test::ForwardingDriver {
     ++execs;
     return inner_.exec(h, r, o, c);
   }
+  // The core runs execs as processes when the driver has them: each start is one run of the code.
+  std::unique_ptr<core::Process> process_start(const std::string& h, const core::ProcessSpec& s) override {
+    ++execs;
+    return inner_.process_start(h, s);
+  }
   void file_put(const std::string& h, const std::string& p, std::uint32_t m, std::uint64_t s,
                 const core::ByteSource& src) override {
     ++file_puts;
@@ -344,9 +349,12 @@ void wait_for_running_execs(ServiceFixture& f, const std::string& handle, std::u
 
 TEST_CASE("an exec whose session is stopped mid-call is not run a second time on a new session") {
   // The engine reports the broken exec as CONFLICT (as Docker does when the container goes away under an exec).
+  // Driver::exec's contract (the path of sessions without processes); the process path: exec_process_test.cpp.
   ServiceFixture f(R"({"killed_exec_conflict": true})", test::test_settings(), std::make_shared<core::SystemClock>());
   CountingDriver counting(*f.driver);
-  core::SandboxService service(*f.store, counting, f.clock, test::test_settings());
+  auto settings = test::test_settings();
+  settings.exec_via_processes = false;
+  core::SandboxService service(*f.store, counting, f.clock, settings);
   auto id = f.create();
   service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
   auto handle = handle_of(f, id);
@@ -655,6 +663,11 @@ class UnknownStateDriver final : public test::ForwardingDriver {
                         const core::CancelToken* c) override {
     ++execs;
     return inner_.exec(h, r, o, c);
+  }
+  // The core runs execs as processes when the driver has them: each start is one run of the code.
+  std::unique_ptr<core::Process> process_start(const std::string& h, const core::ProcessSpec& s) override {
+    ++execs;
+    return inner_.process_start(h, s);
   }
   std::atomic<int> execs{0}, removes{0};
 };

@@ -737,6 +737,49 @@ TEST_CASE("touch bumps the version of a live row, invalidating a snapshot") {
   CHECK_FALSE(store->touch_sandbox("sandbox-none", t0));
 }
 
+TEST_CASE("write_batch inserts executions and applies touches in one transaction, and a retried batch is a no-op") {
+  TestDb db;
+  auto store = db.open();
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  store->insert_sandbox(sandbox("sandbox-2", "ws-1"));
+  auto gone = *store->get_sandbox("sandbox-2");
+  gone.deleted_at = t0 + 1h;
+  REQUIRE(store->update_sandbox_cas(gone, gone.version));
+  const auto before = *store->get_sandbox("sandbox-1");
+
+  std::vector<ExecutionRow> rows;
+  for (int i = 0; i < 30; ++i)
+    rows.push_back(execution("exec-b" + std::to_string(100 + i), "sandbox-1", i % 2 ? "python" : "shell",
+                             t0 + std::chrono::seconds(i)));
+  const std::vector<SandboxTouch> touches{{"sandbox-1", t0 + 20min}, {"sandbox-2", t0 + 20min}};
+  store->write_batch(rows, touches);
+
+  auto [page, total] = store->list_executions("sandbox-1", "", 100, 0);
+  CHECK(total == 30);
+  REQUIRE(page.size() == 30);
+  CHECK(page.front().id == "exec-b129");
+  CHECK(page.front().kind == "python");
+  const auto after = *store->get_sandbox("sandbox-1");
+  CHECK(after.idle_expires_at == t0 + 20min);
+  CHECK(after.version == before.version + 1);
+  CHECK(store->get_sandbox("sandbox-2")->idle_expires_at != t0 + 20min);  // deleted: not touched
+
+  // A touch never moves the timer backwards (a batch that waited behind a newer keepalive of another instance),
+  // and one that changes nothing leaves the version, so no snapshot is invalidated for nothing.
+  store->write_batch({}, {{"sandbox-1", t0 + 5min}});
+  CHECK(store->get_sandbox("sandbox-1")->idle_expires_at == t0 + 20min);
+  CHECK(store->get_sandbox("sandbox-1")->version == after.version);
+  store->write_batch({}, {{"sandbox-1", t0 + 40min}});
+  CHECK(store->get_sandbox("sandbox-1")->idle_expires_at == t0 + 40min);
+  CHECK(store->get_sandbox("sandbox-1")->version == after.version + 1);
+
+  // The same batch again (its commit acknowledgement was lost): the rows are there once, no error.
+  CHECK_NOTHROW(store->write_batch(rows, {}));
+  CHECK(store->list_executions("sandbox-1", "", 100, 0).second == 30);
+  CHECK_NOTHROW(store->write_batch({}, {}));
+}
+
 // ---- listing ----------------------------------------------------------------------------------------------------
 
 TEST_CASE("list_sandboxes pages live rows of one owner by id") {
