@@ -140,7 +140,7 @@ namespace {
  * closes (e.g. 413 decided from Content-Length), the answer is still read from the socket, as curl does.
  */
 void perform(const Poco::URI& uri, HTTPRequest& rq, const std::function<void(std::ostream&)>& write_body,
-             const std::function<void(int, const std::string&, std::istream&)>& read) {
+             const std::function<void(const HTTPResponse&, std::istream&)>& read) {
   try {
     Poco::Net::HTTPClientSession session(uri.getHost(), uri.getPort());
     session.setTimeout(kConnectTimeout, kIoTimeout, kIoTimeout);
@@ -153,11 +153,11 @@ void perform(const Poco::URI& uri, HTTPRequest& rq, const std::function<void(std
     if (session.networkException() || out.bad()) {
       Poco::Net::SocketInputStream in(session.socket());
       rs.read(in);
-      read(static_cast<int>(rs.getStatus()), rs.getReason(), in);
+      read(rs, in);
       return;
     }
     auto& in = session.receiveResponse(rs);
-    read(static_cast<int>(rs.getStatus()), rs.getReason(), in);
+    read(rs, in);
   } catch (const Poco::TimeoutException&) {
     throw ConnectionError("no answer within " + std::to_string(kIoTimeout.totalSeconds()) + " s");
   } catch (const Poco::Net::NoMessageException&) {
@@ -188,9 +188,9 @@ Reply ApiClient::call(const std::string& method, const std::string& path, const 
 Reply ApiClient::exchange(HTTPRequest& rq, const std::function<void(std::ostream&)>& write_body) {
   Reply reply;
   std::string reason;
-  perform(uri_, rq, write_body, [&](int status, const std::string& why, std::istream& in) {
-    reply.status = status;
-    reason = why;
+  perform(uri_, rq, write_body, [&](const HTTPResponse& rs, std::istream& in) {
+    reply.status = static_cast<int>(rs.getStatus());
+    reason = rs.getReason();
     reply.body = read_all(in);
   });
   if (!is_success(reply.status)) throw error_from(reply.status, reason, reply.body);
@@ -198,14 +198,70 @@ Reply ApiClient::exchange(HTTPRequest& rq, const std::function<void(std::ostream
 }
 
 ExecResult ApiClient::exec(const std::string& path, const std::string& body, ExecSink& sink) {
-  Reply reply = call(HTTPRequest::HTTP_POST, path, body);
+  HTTPRequest rq(HTTPRequest::HTTP_POST, target(path), HTTPMessage::HTTP_1_1);
+  rq.setKeepAlive(false);
+  if (!api_key_.empty()) rq.set("Authorization", "Bearer " + api_key_);
+  rq.set("Accept", "text/event-stream, application/json");  // docs/api.md, "Streaming output"
+  rq.setContentType("application/json");
+  rq.setContentLength(static_cast<std::streamsize>(body.size()));
+  Reply reply;
+  std::string reason;
+  bool streamed = false;
+  std::string streamed_err;  // stderr as the events gave it
+  perform(
+      uri_, rq, [&](std::ostream& out) { out.write(body.data(), static_cast<std::streamsize>(body.size())); },
+      [&](const HTTPResponse& rs, std::istream& in) {
+        reply.status = static_cast<int>(rs.getStatus());
+        reason = rs.getReason();
+        if (!is_success(reply.status) || rs.getContentType().rfind("text/event-stream", 0) != 0) {
+          reply.body = read_all(in);
+          return;
+        }
+        // Server-Sent Events: output as it comes, then `result` (the JSON answer) or `error` (the envelope).
+        streamed = true;
+        std::string event;
+        std::string data;
+        std::string line;
+        while (std::getline(in, line)) {
+          if (!line.empty() && line.back() == '\r') line.pop_back();
+          if (!line.empty()) {
+            if (line.rfind("event:", 0) == 0) event = line.substr(line.size() > 6 && line[6] == ' ' ? 7 : 6);
+            if (line.rfind("data:", 0) == 0) data += line.substr(line.size() > 5 && line[5] == ' ' ? 6 : 5);
+            continue;
+          }
+          if (event == "stdout" || event == "stderr") {
+            Reply chunk{200, data};
+            const auto text = chunk.json()->optValue<std::string>("data", "");
+            if (event == "stdout") {
+              sink.on_stdout(text);
+            } else {
+              sink.on_stderr(text);
+              streamed_err += text;
+            }
+          } else if (event == "result") {
+            reply.body = data;
+          } else if (event == "error") {
+            reply.status = 500;  // the exec failed after its output began: the envelope says why
+            reply.body = data;
+          }
+          event.clear();
+          data.clear();
+        }
+      });
+  if (!is_success(reply.status)) throw error_from(reply.status, reason, reply.body);
+  if (streamed && reply.body.empty()) throw ConnectionError("the event stream ended without a result");
   auto json = reply.json();
   ExecResult result;
   result.body = reply.body;
   result.timed_out = json->optValue<bool>("timed_out", false);
   if (json->has("exit_code") && !json->isNull("exit_code")) result.exit_code = json->getValue<int>("exit_code");
-  sink.on_stdout(json->optValue<std::string>("output", ""));
-  sink.on_stderr(json->optValue<std::string>("error", ""));
+  const auto error = json->optValue<std::string>("error", "");
+  if (!streamed) {  // a server without streaming: the whole output at the end
+    sink.on_stdout(json->optValue<std::string>("output", ""));
+    sink.on_stderr(error);
+  } else if (error.size() > streamed_err.size() && error.compare(0, streamed_err.size(), streamed_err) == 0) {
+    sink.on_stderr(error.substr(streamed_err.size()));  // what the server added: "execution timed out after <n>s"
+  }
   return result;
 }
 
@@ -238,10 +294,10 @@ std::uint64_t ApiClient::download(const std::string& sandbox_path, const std::st
   std::uint64_t bytes = 0;
   int status = 0;
   std::string reason, error_body;
-  perform(uri_, rq, nullptr, [&](int st, const std::string& why, std::istream& in) {
-    status = st;
-    reason = why;
-    if (!is_success(st)) {
+  perform(uri_, rq, nullptr, [&](const HTTPResponse& rs, std::istream& in) {
+    status = static_cast<int>(rs.getStatus());
+    reason = rs.getReason();
+    if (!is_success(status)) {
       error_body = read_all(in);
       return;
     }

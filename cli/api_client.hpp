@@ -83,9 +83,12 @@ class ApiClient {
   Reply call(const std::string& method, const std::string& path, const std::optional<std::string>& body = {});
 
   /**
-   * Runs one exec route (`python/exec` or `shell/exec`) and hands its output to `sink`. Today berthd answers
-   * with one JSON object once the program ends, so the sink gets stdout then stderr, each once; when the server
-   * streams (an `exec_stream` route), chunks go to the same sink as they arrive and callers do not change.
+   * Runs one exec route (`python/exec` or `shell/exec`) and hands its output to `sink` as it arrives: the request
+   * asks for Server-Sent Events (docs/api.md, "Streaming output"), so each stdout/stderr chunk reaches the sink
+   * while the program runs, in the order produced, and the `result` event gives the answer's JSON (plus, on
+   * stderr, what the server appended to the program's stderr, e.g. the timeout note). A server that answers plain
+   * JSON instead gives stdout then stderr once, at the end. An `error` event (a failure after the output began)
+   * throws ServerError like an error status; a stream that ends without a result throws ConnectionError.
    */
   ExecResult exec(const std::string& path, const std::string& body, ExecSink& sink);
 

@@ -377,6 +377,16 @@ Object::Ptr operation(const Route& route, const RouteDoc& doc) {
       r->set("content", json_content(component_ref("schemas/" + r->getValue<std::string>("schema"))));
       r->remove("schema");
     }
+    if (r->has("events")) {
+      // `"events": true`: the same call also answers `Accept: text/event-stream` (docs/api.md, Streaming).
+      auto media = parse_object(
+          "{\"schema\": {\"type\": \"string\", \"description\": \"Server-Sent Events: stdout and stderr events (id ="
+          " seq; data {seq, stream, time, data}), then one result event whose data is the JSON answer, or one error"
+          " event with the error envelope\"}}",
+          "text/event-stream");
+      r->getObject("content")->set("text/event-stream", media);
+      r->remove("events");
+    }
     auto headers = r->getObject("headers");
     if (!headers) headers = new Object;
     headers->set("X-Request-Id", component_ref("headers/X-Request-Id"));
@@ -608,14 +618,16 @@ const std::vector<RouteDoc>& route_docs() {
           "404": "not_found", "409": "sandbox_ttl_infinite (no TTL), sandbox_expired"}})json"},
       {"POST /v1/sandboxes/{}/python/exec", {"id"}, R"json({"operationId": "execPython", "tags": ["exec"],
         "summary": "run python3 -c <code>; starts the session if needed", "body": "PythonExecRequest",
-        "responses": {"200": {"description": "the program ran (whatever its exit code)", "schema": "ExecResult"},
+        "responses": {"200": {"description": "the program ran (whatever its exit code); streamed as events on request",
+          "schema": "ExecResult", "events": true},
           "400": "invalid_request, validation_error, capability_not_supported (no python in the profile)",
           "404": "not_found", "409": "sandbox_expired; conflict (the session ended during the call); disk_quota_exceeded",
           "500": "internal: the session could not be started",
           "503": "driver_unavailable, session_not_ready, server_busy, shutting_down"}})json"},
       {"POST /v1/sandboxes/{}/shell/exec", {"id"}, R"json({"operationId": "execShell", "tags": ["exec"],
         "summary": "run /bin/sh -c <command>; starts the session if needed", "body": "ShellExecRequest",
-        "responses": {"200": {"description": "the program ran (whatever its exit code)", "schema": "ExecResult"},
+        "responses": {"200": {"description": "the program ran (whatever its exit code); streamed as events on request",
+          "schema": "ExecResult", "events": true},
           "400": "invalid_request, validation_error (also a bad cwd), capability_not_supported",
           "404": "not_found", "409": "sandbox_expired; conflict (the session ended during the call); disk_quota_exceeded",
           "500": "internal: the session could not be started",

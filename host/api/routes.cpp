@@ -10,10 +10,13 @@
 #include <Poco/TemporaryFile.h>
 
 #include <fstream>
+#include <sstream>
+#include <utility>
 
 #include "api/openapi.hpp"
 #include "api/request.hpp"
 #include "core/ids.hpp"
+#include "core/log.hpp"
 #include "metrics/prometheus_metrics.hpp"
 
 namespace berth::api {
@@ -343,7 +346,8 @@ void extend_ttl(Exchange& ex) {
 
 // ---- exec -----------------------------------------------------------------------------------------------------------
 
-void send_exec(Exchange& ex, const core::ExecOutcome& r) {
+/** The JSON body of an exec's answer (python/exec, shell/exec; also the `result` event of their event stream). */
+Object exec_json(const core::ExecOutcome& r) {
   Object o;
   o.set("success", r.success);
   o.set("output", to_utf8_lossy(r.output));
@@ -352,7 +356,146 @@ void send_exec(Exchange& ex, const core::ExecOutcome& r) {
   o.set("timed_out", r.timed_out);
   o.set("execution_id", r.execution_id);
   o.set("execution_time_ms", r.duration_ms);
-  ex.send_json(200, o);
+  return o;
+}
+
+void send_exec(Exchange& ex, const core::ExecOutcome& r) {
+  ex.send_json(200, exec_json(r));
+}
+
+/** Whether the client asked for Server-Sent Events: `Accept` names `text/event-stream` (anywhere in its list). */
+bool wants_event_stream(const Exchange& ex) {
+  return Poco::toLower(ex.request.get("Accept", "")).find("text/event-stream") != std::string::npos;
+}
+
+/**
+ * The bytes at the end of `text` that begin a UTF-8 sequence the text does not complete (0-3): an output chunk can
+ * end inside a character, whose rest comes with the next chunk of the same stream.
+ */
+std::size_t incomplete_utf8_tail(std::string_view text) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  for (std::size_t back = 1; back <= 3 && back <= text.size(); ++back) {
+    const unsigned char b = bytes[text.size() - back];
+    if ((b & 0xC0) == 0x80) continue;  // a continuation byte: the sequence starts further back
+    // The lead byte says the sequence's length (RFC 3629): 110xxxxx 2, 1110xxxx 3, 11110xxx 4; ASCII or an invalid
+    // byte stands alone (to_utf8_lossy replaces what is invalid).
+    const std::size_t length = (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 1;
+    return length > back ? back : 0;
+  }
+  return 0;
+}
+
+/**
+ * One exec answered as Server-Sent Events (the WHATWG HTML standard, "Server-sent events"; `curl -N`, EventSource):
+ * `stdout` and `stderr` events while the program runs, each `id: <seq>` and `data: {"seq", "stream", "time", "data"}`
+ * (seq counts the exec's chunks over both streams from 0; time is when berthd received the chunk, RFC 3339 with
+ * milliseconds; data is the chunk as UTF-8, a character split between chunks sent whole with the next one), then
+ * one `result` event whose data is exactly the JSON the same call answers without streaming, or one `error` event
+ * with the error envelope, then the response ends. The response (200, chunked) starts with the first event, so a
+ * call refused before any output (404, 409, 400 ...) is an ordinary JSON error with its status. A client that goes
+ * away cancels the exec at its next output. Used on the request's worker thread only.
+ */
+class ExecEventStream {
+ public:
+  explicit ExecEventStream(Exchange& ex) : ex_(ex) {}
+
+  /** The exec's ExecChunkSink: false (cancel the exec) once the client is gone. */
+  bool chunk(const core::ExecChunk& c) {
+    const bool err = c.stream == core::Stream::err;
+    std::string& carry = err ? err_carry_ : out_carry_;
+    std::string text = carry;
+    text.append(c.data);
+    const std::size_t keep = incomplete_utf8_tail(text);
+    carry = text.substr(text.size() - keep);
+    text.resize(text.size() - keep);
+    next_seq_ = std::max(next_seq_, c.sequence + 1);
+    if (text.empty()) return true;
+    return output(err ? "stderr" : "stdout", c.sequence, c.at, text);
+  }
+
+  /** The final event: the non-streaming answer's JSON. Sends what is left of a split character first. */
+  void result(const Object& body) {
+    const auto now = std::chrono::system_clock::now();
+    if (!out_carry_.empty()) output("stdout", next_seq_++, now, std::exchange(out_carry_, {}));
+    if (!err_carry_.empty()) output("stderr", next_seq_++, now, std::exchange(err_carry_, {}));
+    event("result", "", body);
+  }
+
+  /** The final event after a failure once the stream started: the error envelope, as a JSON answer carries it. */
+  void error(const std::string& code, const std::string& message) {
+    Object err;
+    err.set("code", code);
+    err.set("message", to_utf8_lossy(message));
+    err.set("request_id", ex_.request_id);
+    err.set("details", Object());
+    Object body;
+    body.set("error", err);
+    event("error", "", body);
+  }
+
+  bool started() const { return out_ != nullptr; }
+
+ private:
+  bool output(const char* stream, std::uint64_t seq, std::chrono::system_clock::time_point at,
+              const std::string& text) {
+    Object o;
+    o.set("seq", seq);
+    o.set("stream", stream);
+    o.set("time", rfc3339(at));
+    o.set("data", to_utf8_lossy(text));
+    return event(stream, std::to_string(seq), o);
+  }
+
+  bool event(const char* name, const std::string& id, const Object& data) {
+    if (out_ == nullptr) {
+      ex_.response.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
+      ex_.response.setContentType("text/event-stream; charset=utf-8");
+      ex_.response.set("Cache-Control", "no-cache");
+      ex_.response.set("X-Accel-Buffering", "no");  // a proxy in front (nginx) must not hold the events back
+      ex_.response.setChunkedTransferEncoding(true);
+      out_ = &ex_.response.send();
+    }
+    std::ostringstream frame;
+    frame << "event: " << name << "\n";
+    if (!id.empty()) frame << "id: " << id << "\n";
+    frame << "data: ";
+    data.stringify(frame);  // one line: JSON strings escape their line breaks
+    frame << "\n\n";
+    *out_ << frame.str();
+    out_->flush();  // one chunk per event, on the wire now
+    return static_cast<bool>(*out_);
+  }
+
+  Exchange& ex_;
+  std::ostream* out_ = nullptr;
+  std::string out_carry_;
+  std::string err_carry_;
+  std::uint64_t next_seq_ = 0;
+};
+
+/** Runs an exec and answers it as JSON, or as Server-Sent Events when the client asks for them. */
+void answer_exec(Exchange& ex, core::ExecKind kind, const std::string& code,
+                 std::optional<std::chrono::seconds> timeout, const std::string& cwd) {
+  if (!wants_event_stream(ex)) {
+    send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), kind, code, timeout, cwd));
+    return;
+  }
+  ExecEventStream events(ex);
+  core::ExecOutcome outcome;
+  try {
+    outcome = ex.ctx.service.exec(ex.owner, sandbox_id(ex), kind, code, timeout, cwd,
+                                  [&](const core::ExecChunk& c) { return events.chunk(c); });
+  } catch (const Error& e) {
+    if (!events.started()) throw;  // nothing sent yet: the ordinary JSON error with its status
+    events.error(std::string(core::to_string(e.code())), e.what());
+    return;
+  } catch (const std::exception& e) {
+    if (!events.started()) throw;
+    log::error("api.exec_stream_failed", {{"request_id", ex.request_id}, {"error", e.what()}});
+    events.error("internal", "the exec failed after its output began; see the server log for request " + ex.request_id);
+    return;
+  }
+  events.result(exec_json(outcome));
 }
 
 std::optional<std::chrono::seconds> exec_timeout(const Object::Ptr& body) {
@@ -364,8 +507,7 @@ std::optional<std::chrono::seconds> exec_timeout(const Object::Ptr& body) {
 void python_exec(Exchange& ex) {
   auto body = ex.json_body();
   only_fields(body, {"code", "timeout"});
-  send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::python, req_string(body, "code"),
-                                    exec_timeout(body), ""));
+  answer_exec(ex, core::ExecKind::python, req_string(body, "code"), exec_timeout(body), "");
 }
 
 void shell_exec(Exchange& ex) {
@@ -377,8 +519,7 @@ void shell_exec(Exchange& ex) {
       throw Error(ErrorCode::validation_error, "give either 'cwd' or 'cwd_b64', not both", {{"field", "cwd_b64"}});
     cwd = base64_decode(req_string(body, "cwd_b64"), "cwd_b64");
   }
-  send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::shell, req_string(body, "command"),
-                                    exec_timeout(body), cwd.value_or("")));
+  answer_exec(ex, core::ExecKind::shell, req_string(body, "command"), exec_timeout(body), cwd.value_or(""));
 }
 
 void history(Exchange& ex) {

@@ -36,6 +36,7 @@
 #include <berth/driver.h>
 
 #include "api/berthd_process.hpp"
+#include "api/sse_client.hpp"
 
 using namespace berth::test;
 using namespace std::chrono_literals;
@@ -529,6 +530,106 @@ TEST_CASE("python and shell exec return output, exit codes, stderr, cwd and env"
   auto a = require_json(python(c, id, "print(1)"), 200);
   auto b = require_json(python(c, id, "print(1)"), 200);
   CHECK(str(a, "execution_id") != str(b, "execution_id"));
+}
+
+namespace {
+Object::Ptr parse_object(const std::string& text) {
+  return Poco::JSON::Parser().parse(text).extract<Object::Ptr>();
+}
+}  // namespace
+
+TEST_CASE("Accept: text/event-stream streams an exec's output as events, then the same JSON as a result event",
+          "[exec][streaming]") {
+  auto c = shared_client();
+  const auto port = shared_berthd().port();
+  std::string id = create_id(c);
+  const std::string command = R"(echo one; echo two >&2; seq 3; exit 4)";
+  std::ostringstream body;
+  Object request;
+  request.set("command", command);
+  request.stringify(body);
+
+  std::vector<SseEvent> seen_live;
+  auto reply = post_events(port, "/v1/sandboxes/" + id + "/shell/exec", body.str(),
+                           [&](const SseEvent& e) { seen_live.push_back(e); });
+  REQUIRE(reply.status == 200);
+  CHECK(reply.content_type.rfind("text/event-stream", 0) == 0);
+  REQUIRE(reply.events.size() >= 3);
+  CHECK(seen_live.size() == reply.events.size());  // handed over one by one as they arrived
+
+  // Output events first, numbered in order over both streams, each with its stream, time and id = seq.
+  std::string out;
+  std::string err;
+  std::int64_t last_seq = -1;
+  for (std::size_t i = 0; i + 1 < reply.events.size(); ++i) {
+    const auto& e = reply.events[i];
+    INFO(e.event << " " << e.data);
+    REQUIRE((e.event == "stdout" || e.event == "stderr"));
+    auto o = parse_object(e.data);
+    const auto seq = o->getValue<std::int64_t>("seq");
+    CHECK(seq > last_seq);
+    last_seq = seq;
+    CHECK(e.id == std::to_string(seq));
+    CHECK(o->getValue<std::string>("stream") == e.event);
+    CHECK(std::regex_match(o->getValue<std::string>("time"), std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")));
+    (e.event == "stdout" ? out : err) += o->getValue<std::string>("data");
+  }
+  CHECK(out == "one\n1\n2\n3\n");
+  CHECK(err == "two\n");
+
+  // The last event is the result: exactly what the same call answers without streaming (but its own execution).
+  const auto& last = reply.events.back();
+  REQUIRE(last.event == "result");
+  auto streamed = parse_object(last.data);
+  auto plain = require_json(shell(c, id, command), 200);
+  std::vector<std::string> keys;
+  streamed->getNames(keys);
+  std::vector<std::string> plain_keys;
+  plain->getNames(plain_keys);
+  CHECK(keys == plain_keys);
+  for (const auto* key : {"output", "error", "exit_code", "success", "timed_out"}) {
+    INFO(key);
+    CHECK(streamed->get(key).toString() == plain->get(key).toString());
+  }
+  CHECK(streamed->getValue<int>("exit_code") == 4);
+  CHECK(std::regex_match(str(streamed, "execution_id"), kExecId));
+  CHECK(str(streamed, "execution_id") != str(plain, "execution_id"));
+
+  // python/exec streams too.
+  Object py;
+  py.set("code", "print('a')\nprint('b', file=sys.stderr)");
+  std::ostringstream py_body;
+  py.stringify(py_body);
+  auto py_reply = post_events(port, "/v1/sandboxes/" + id + "/python/exec", py_body.str());
+  REQUIRE(py_reply.status == 200);
+  REQUIRE_FALSE(py_reply.events.empty());
+  REQUIRE(py_reply.events.back().event == "result");
+  auto py_result = parse_object(py_reply.events.back().data);
+  CHECK(str(py_result, "output") == "a\n");
+  CHECK(str(py_result, "error") == "b\n");
+
+  // The history has both streamed executions, as any other.
+  auto history = require_json(c.get("/v1/sandboxes/" + id + "/history?limit=500"), 200);
+  std::set<std::string> ids;
+  auto entries = history->getArray("entries");
+  for (std::size_t i = 0; i < entries->size(); ++i)
+    ids.insert(entries->getObject(i)->getValue<std::string>("id"));
+  CHECK(ids.count(str(streamed, "execution_id")) == 1);
+  CHECK(ids.count(str(py_result, "execution_id")) == 1);
+}
+
+TEST_CASE("a streamed exec refused before any output is an ordinary JSON error with its status", "[exec][streaming]") {
+  auto c = shared_client();
+  const auto port = shared_berthd().port();
+  auto missing = post_events(port, "/v1/sandboxes/sandbox-000000000000/shell/exec", R"({"command":"echo hi"})");
+  CHECK(missing.status == 404);
+  CHECK(missing.content_type.rfind("application/json", 0) == 0);
+  CHECK(parse_object(missing.body)->getObject("error")->getValue<std::string>("code") == "not_found");
+
+  std::string id = create_id(c);
+  auto invalid = post_events(port, "/v1/sandboxes/" + id + "/shell/exec", R"({"command": 5})");
+  CHECK(invalid.status == 400);
+  CHECK(parse_object(invalid.body)->getObject("error")->getValue<std::string>("code") == "validation_error");
 }
 
 TEST_CASE("exec validates its request", "[exec][errors]") {

@@ -32,6 +32,7 @@
 #include <thread>
 
 #include "api/berthd_process.hpp"
+#include "api/sse_client.hpp"
 
 using namespace berth::test;
 using namespace std::chrono_literals;
@@ -229,6 +230,50 @@ TEST_CASE("e2e: lifecycle end to end", "[e2e]") {
   CHECK(c.get(sb(id)).status == 404);
   CHECK(containers_with("berth.sandbox=" + id)->size() == 0);
   CHECK_FALSE(volume_exists("berth-ws-" + ws));
+}
+
+TEST_CASE("e2e: a streamed exec delivers its output while it runs, and a split character whole", "[e2e]") {
+  BerthdProcess berthd(engine_config());
+  HttpClient c(berthd.port());
+  const auto id = create(c);
+  shell(c, id, "rm -f go");  // starts the session: the streamed call below measures nothing of a cold start
+
+  // The program prints, then waits for a file that the client writes only after it received that first line: if
+  // the output were held until the end, the program would wait out its 60 s and print "never released".
+  const std::string code =
+      "import os, sys, time\n"
+      "print('first', flush=True)\n"
+      "end = time.time() + 60\n"
+      "while not os.path.exists('/workspace/go') and time.time() < end:\n"
+      "    time.sleep(0.02)\n"
+      "print('second' if os.path.exists('/workspace/go') else 'never released', flush=True)\n"
+      "sys.stdout.buffer.write(b'caf\\xc3'); sys.stdout.flush(); time.sleep(0.3)\n"  // 'é' split over two chunks
+      "sys.stdout.buffer.write(b'\\xa9\\n'); sys.stdout.flush()\n";
+  Poco::JSON::Object body;
+  body.set("code", code);
+  body.set("timeout", 120);
+  std::ostringstream os;
+  body.stringify(os);
+  bool released = false;
+  std::string streamed;
+  auto reply = post_events(berthd.port(), sb(id) + "/python/exec", os.str(), [&](const SseEvent& e) {
+    if (e.event != "stdout") return;
+    auto chunk = Poco::JSON::Parser().parse(e.data).extract<Poco::JSON::Object::Ptr>()->getValue<std::string>("data");
+    streamed += chunk;
+    if (!released && streamed.find("first\n") != std::string::npos) {
+      released = true;
+      HttpClient other(berthd.port());
+      CHECK(other.put(sb(id) + "/filesystem/files", R"({"path": "go", "content": "go"})").status == 200);
+    }
+  });
+  REQUIRE(reply.status == 200);
+  CHECK(released);
+  CHECK(streamed == "first\nsecond\ncaf\u00e9\n");  // no U+FFFD where the chunk boundary cut the character
+  REQUIRE_FALSE(reply.events.empty());
+  REQUIRE(reply.events.back().event == "result");
+  auto result = Poco::JSON::Parser().parse(reply.events.back().data).extract<Poco::JSON::Object::Ptr>();
+  CHECK(result->getValue<std::string>("output") == "first\nsecond\ncaf\u00e9\n");
+  CHECK(result->getValue<bool>("success"));
 }
 
 TEST_CASE("e2e: an external workspace survives its sandbox", "[e2e]") {
