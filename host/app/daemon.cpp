@@ -111,6 +111,7 @@ core::ClusterSettings cluster_settings(const config::Config& cfg) {
   c.heartbeat_interval = cfg.cluster.heartbeat_interval;
   c.instance_timeout = cfg.cluster.instance_timeout;
   c.orphan_grace = cfg.cluster.orphan_grace;
+  c.instance_retention = cfg.cluster.instance_retention;
   c.lease_ttl = cfg.cluster.lease_ttl;
   return c;
 }

@@ -386,6 +386,7 @@ void read_cluster(TableReader r, ClusterConfig& c, const std::string& source) {
   r.duration("heartbeat_interval", c.heartbeat_interval, std::chrono::seconds(1));
   r.duration("instance_timeout", c.instance_timeout, std::chrono::seconds(1));
   r.duration("orphan_grace", c.orphan_grace, std::chrono::seconds(0));
+  r.duration("instance_retention", c.instance_retention, std::chrono::seconds(0));
   r.duration("lease_ttl", c.lease_ttl, std::chrono::seconds(1));
   if (c.instance_timeout <= c.heartbeat_interval) {
     throw ConfigError(source +

@@ -102,10 +102,11 @@ struct AuthConfig {
 
 /** [cluster]: instances as rows in the store (issue 11): heartbeat, dead-instance hand-over, cleanup leases. */
 struct ClusterConfig {
-  std::chrono::seconds heartbeat_interval{5};  // how often this berthd writes its heartbeat row
-  std::chrono::seconds instance_timeout{30};   // an instance without a heartbeat this long is dead
-  std::chrono::seconds orphan_grace{300};      // a dead instance's containers are swept this long after its death
-  std::chrono::seconds lease_ttl{120};         // a cleanup lease of a crashed holder is free after this long
+  std::chrono::seconds heartbeat_interval{5};       // how often this berthd writes its heartbeat row
+  std::chrono::seconds instance_timeout{30};        // an instance without a heartbeat this long is dead
+  std::chrono::seconds orphan_grace{300};           // a dead instance's containers are swept this long after its death
+  std::chrono::seconds instance_retention{86'400};  // and its row is deleted this long after that
+  std::chrono::seconds lease_ttl{120};              // a cleanup lease of a crashed holder is free after this long
 };
 
 /** [metrics]: GET /metrics (Prometheus text format; docs/api.md lists every series). */

@@ -56,9 +56,10 @@ auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>
   auto in_use = in_flight_.enter(id);  // from here on, idle cleanup in this process leaves this sandbox alone
   // A long call must not look idle from its start. A timer within half its length of running out is written now,
   // so that idle cleanup (also another berthd's) sees the call before it could judge the sandbox idle; a timer far
-  // from it rides the recorder's next batch (milliseconds), off the request path.
+  // from it rides the recorder's next batch (milliseconds), off the request path — unless the recorder's last
+  // write failed: then other instances might not see a queued timer in time, and the call writes its own.
   const auto idle = profile_of(row)->idle_timeout;
-  if (!row.idle_expires_at || *row.idle_expires_at <= saturating_add(clock_->now(), idle / 2)) {
+  if (!row.idle_expires_at || *row.idle_expires_at <= saturating_add(clock_->now(), idle / 2) || !recorder_.writing()) {
     touch(row);
   } else {
     touch_later(row);
@@ -164,19 +165,10 @@ std::optional<ExecResult> SandboxService::exec_as_process(const std::string& han
     } catch (const DriverError& e) {
       if (e.code() != DriverErrc::conflict) throw;
       // The process's connection broke, or its session ended, after it started: the program was killed (the agent
-      // kills what it started when its connection closes), never run a second time. As on Driver::exec's agent
-      // path: with its session gone that is the program's result (137; the exit-code check below retires the
-      // session); in a session that still runs only berthd's connection to the agent broke, an internal error.
+      // kills what it started when its connection closes). That is its result (137), never a second run; the
+      // exit-code check below retires a session that died with it. A program's own `kill -9 -1` ends this way with
+      // the container still running (engine.*: "kill -9 -1 then exec again succeeds").
       log::warn("exec.process_connection_lost", {{"session", handle}, {"error", e.what()}});
-      RuntimeState state = RuntimeState::missing;
-      try {
-        state = driver_.session_inspect(handle).state;
-      } catch (const DriverError&) {  // NOLINT(bugprone-empty-catch): unknown counts as gone, as before
-      }
-      if (alive(state)) {
-        throw DriverError(DriverErrc::internal,
-                          std::string("the connection to the session's agent broke during the exec: ") + e.what());
-      }
       ExecResult killed;
       killed.exit_code = 128 + 9;
       return killed;

@@ -83,6 +83,11 @@ void ExecRecorder::flush(std::chrono::milliseconds wait) {
   }
 }
 
+bool ExecRecorder::writing() const {
+  std::lock_guard lock(mutex_);
+  return last_error_.empty();
+}
+
 ExecRecorder::Stats ExecRecorder::stats() const {
   std::lock_guard lock(mutex_);
   Stats s = stats_;

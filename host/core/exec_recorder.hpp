@@ -87,6 +87,8 @@ class ExecRecorder {
   void touch(const std::string& sandbox_id, store::TimePoint idle_expires_at);
   /** The pending touch of a sandbox, if one is not yet written (reads overlay it on the stored row). */
   std::optional<store::TimePoint> pending_touch(const std::string& sandbox_id) const;
+  /** False while the last write failed (the database is down or refusing): queued items may wait long. */
+  bool writing() const;
   /**
    * Returns once everything queued before the call is written. Throws store::StoreUnavailable (naming the last
    * store error) when that did not happen within `wait`.

@@ -100,7 +100,16 @@ int InstanceRegistry::hand_over() {
       const auto died = dead.stopped_at ? *dead.stopped_at : dead.heartbeat_at;
       if (now - died < settings_.orphan_grace) continue;
       auto swept = swept_.find(dead.id);
-      if (swept != swept_.end() && swept->second == dead.heartbeat_at) continue;
+      if (swept != swept_.end() && swept->second == dead.heartbeat_at) {
+        // Swept by this process; after the retention the row goes, so that rows of instances long gone (every
+        // restart with a fresh id leaves one) do not grow every round's work without end.
+        const auto dead_before = now - settings_.orphan_grace - settings_.instance_retention;
+        if (died < dead_before && store_.delete_dead_instance(dead.id, dead_before)) {
+          swept_.erase(swept);
+          log::info("instance.forgotten", {{"instance", dead.id}});
+        }
+        continue;
+      }
       auto removed = service_.sweep_containers_of(dead.id);
       swept_[dead.id] = dead.heartbeat_at;
       log::info("instance.swept", {{"instance", dead.id}, {"containers_removed", std::to_string(removed.size())}});

@@ -22,7 +22,8 @@ struct ClusterSettings {
   std::chrono::milliseconds heartbeat_interval{5'000};
   std::chrono::milliseconds instance_timeout{30'000};  // longer than heartbeat_interval
   std::chrono::milliseconds orphan_grace{300'000};     // after death, before a dead instance's containers are swept
-  std::chrono::milliseconds lease_ttl{120'000};        // a cleanup lease of a crashed holder is free after this
+  std::chrono::milliseconds instance_retention{86'400'000};  // after the sweep, before a dead instance's row is deleted
+  std::chrono::milliseconds lease_ttl{120'000};              // a cleanup lease of a crashed holder is free after this
 };
 
 /**

@@ -41,6 +41,12 @@ class InstanceStore {
   virtual std::vector<InstanceRecord> list_instances() = 0;
   /** Instances that stopped, or whose last heartbeat is older than `heartbeat_before`; ordered by id. */
   virtual std::vector<InstanceRecord> list_dead_instances(std::chrono::system_clock::time_point heartbeat_before) = 0;
+  /**
+   * Forgets a long-dead instance: deletes its row, in one statement, only if it died before `dead_before` (stopped
+   * then, or its last heartbeat older) and no starting or ready session still names it as starter (those are still
+   * to be adopted). True if the row was deleted. An instance that comes back later simply registers again.
+   */
+  virtual bool delete_dead_instance(const std::string& id, std::chrono::system_clock::time_point dead_before) = 0;
 
   /**
    * The hand-over of one session: sets sessions.starter to `to` only if it is still `from` (`from` != `to`) and `from`

@@ -719,6 +719,16 @@ class MySqlStore final : public Store, public core::InstanceStore {
     });
   }
 
+  bool delete_dead_instance(const std::string& id, TimePoint dead_before) override {
+    return run("delete_dead_instance", [&](Session& s) {
+      Statement st(s);
+      st << "DELETE FROM instances WHERE id = ? AND COALESCE(stopped_at, heartbeat_at) < ? AND NOT EXISTS (SELECT 1"
+            " FROM sessions WHERE starter = ? AND state IN ('starting', 'ready'))",
+          bind(id), bind(to_ms(dead_before)), bind(id);
+      return st.execute() == 1;
+    });
+  }
+
   bool take_over_session(const std::string& session_id, const std::string& from, const std::string& to,
                          TimePoint heartbeat_before) override {
     return run("take_over_session", [&](Session& s) {

@@ -82,8 +82,7 @@ TEST_CASE("metrics: requests and execs and replays and gauges move with the traf
   CHECK(sample(text, "berth_idempotency_replays_total") == 1.0);
   CHECK(sample(text, R"(berth_exec_total{kind="shell",outcome="success"})") == 1.0);
   CHECK(sample(text, R"(berth_exec_total{kind="shell",outcome="nonzero_exit"})") == 1.0);
-  // The fake offers interactive processes: each exec is one process_start (then events pulled on the worker).
-  CHECK(sample(text, R"(berth_driver_call_duration_seconds_count{call="process_start",status="ok"})") == 2.0);
+  CHECK(sample(text, R"(berth_driver_call_duration_seconds_count{call="exec",status="ok"})") == 2.0);
   CHECK(sample(text, R"(berth_sandboxes{status="ready"})") == 1.0);
   CHECK(sample(text, R"(berth_sessions{state="running"})") == 1.0);
   CHECK(sample(text, R"(berth_sessions_running_by_transport{transport="in-process"})") == 1.0);

@@ -256,13 +256,15 @@ TEST_CASE("[cluster]: defaults, explicit values, and a timeout that must outlast
   CHECK(defaults.cluster.instance_timeout == std::chrono::seconds(30));
   CHECK(defaults.cluster.orphan_grace == std::chrono::seconds(300));
   CHECK(defaults.cluster.lease_ttl == std::chrono::seconds(120));
+  CHECK(defaults.cluster.instance_retention == std::chrono::hours(24));
   auto set = parse(d + "[cluster]\nheartbeat_interval = \"1s\"\ninstance_timeout = \"3s\"\norphan_grace = \"0\"\n"
-                       "lease_ttl = \"10m\"\n",
+                       "lease_ttl = \"10m\"\ninstance_retention = \"1h\"\n",
                    "t.toml");
   CHECK(set.cluster.heartbeat_interval == std::chrono::seconds(1));
   CHECK(set.cluster.instance_timeout == std::chrono::seconds(3));
   CHECK(set.cluster.orphan_grace == std::chrono::seconds(0));
   CHECK(set.cluster.lease_ttl == std::chrono::seconds(600));
+  CHECK(set.cluster.instance_retention == std::chrono::hours(1));
   CHECK_THAT(error_of(d + "[cluster]\nheartbeat_interval = \"10s\"\ninstance_timeout = \"10s\"\n"),
              Catch::Contains("cluster.instance_timeout") && Catch::Contains("longer than heartbeat_interval"));
   CHECK_THAT(error_of(d + "[cluster]\nbeat = \"1s\"\n"), Catch::Contains("cluster.beat"));

@@ -22,6 +22,13 @@ using test::ServiceFixture;
 namespace {
 
 /** Counts how execs reach the driver; `refuse_processes` answers process_start as an engine session without agent. */
+/** The service settings of these tests: execs through processes (off by default, see core::Settings). */
+core::Settings process_settings() {
+  auto s = test::test_settings();
+  s.exec_via_processes = true;
+  return s;
+}
+
 class RouteCountingDriver final : public test::ForwardingDriver {
  public:
   explicit RouteCountingDriver(core::Driver& inner, bool refuse_processes = false)
@@ -204,9 +211,9 @@ void seed_sandbox(store::Store& s, const std::string& id) {
 // ---- execs through processes ----------------------------------------------------------------------------------
 
 TEST_CASE("exec sends 1 MiB of code on stdin through a process, shell and python") {
-  ServiceFixture f;
+  ServiceFixture f("{}", process_settings());
   RouteCountingDriver routes(*f.driver);
-  core::SandboxService service(*f.store, routes, f.clock, test::test_settings());
+  core::SandboxService service(*f.store, routes, f.clock, process_settings());
   auto id = f.create();
   const std::string padding(1 << 20, 'x');
 
@@ -226,7 +233,7 @@ TEST_CASE("exec sends 1 MiB of code on stdin through a process, shell and python
 }
 
 TEST_CASE("exec output reaches the chunk sink in the order produced, numbered over both streams") {
-  ServiceFixture f;
+  ServiceFixture f("{}", process_settings());
   auto id = f.create();
   std::vector<core::ExecChunk> chunks;
   std::vector<std::string> data;
@@ -250,16 +257,23 @@ TEST_CASE("exec output reaches the chunk sink in the order produced, numbered ov
 }
 
 TEST_CASE("an exec through a process times out like before: a result, no exit code, the process gone") {
-  ServiceFixture f;  // fake clock: the process's timeout passes when the test advances it
+  ServiceFixture f("{}", process_settings());  // fake clock: the process's timeout passes when the test advances it
   RouteCountingDriver routes(*f.driver);
-  core::SandboxService service(*f.store, routes, f.clock, test::test_settings());
+  core::SandboxService service(*f.store, routes, f.clock, process_settings());
   auto id = f.create();
   service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
   auto handle = handle_of(f, id);
   std::optional<core::ExecOutcome> outcome;
-  std::thread caller([&] {
-    outcome = service.exec(f.owner, id, core::ExecKind::shell, "echo partial; hang", std::chrono::seconds(5), "");
+  std::promise<void> printed;
+  std::thread caller([&, printed_once = std::make_shared<std::once_flag>()] {
+    outcome = service.exec(f.owner, id, core::ExecKind::shell, "echo partial; hang", std::chrono::seconds(5), "",
+                           [&](const core::ExecChunk&) {
+                             std::call_once(*printed_once, [&] { printed.set_value(); });
+                             return true;
+                           });
   });
+  // The timeout passes only once the program printed (advancing earlier could stop it before its echo).
+  printed.get_future().wait();
   wait_for_running(f, handle, 1);
   f.fake_clock().advance(6s);
   caller.join();
@@ -275,7 +289,7 @@ TEST_CASE("an exec through a process times out like before: a result, no exit co
 }
 
 TEST_CASE("an exec through a process is cancelled by shutdown and by a sink that refuses output") {
-  ServiceFixture f("{}", test::test_settings(), std::make_shared<core::SystemClock>());
+  ServiceFixture f("{}", process_settings(), std::make_shared<core::SystemClock>());
   auto id = f.create();
   f.shell(id, "true");
   auto handle = handle_of(f, id);
@@ -303,9 +317,9 @@ TEST_CASE("an exec through a process is cancelled by shutdown and by a sink that
 }
 
 TEST_CASE("a session whose process_start is unsupported falls back to Driver::exec, and stays there") {
-  ServiceFixture f;
+  ServiceFixture f("{}", process_settings());
   RouteCountingDriver routes(*f.driver, /*refuse_processes=*/true);
-  core::SandboxService service(*f.store, routes, f.clock, test::test_settings());
+  core::SandboxService service(*f.store, routes, f.clock, process_settings());
   auto id = f.create();
   std::vector<std::string> chunks;
   auto first = service.exec(f.owner, id, core::ExecKind::shell, "echo one; echo two >&2", 30s, "",
@@ -330,7 +344,7 @@ TEST_CASE("a session whose process_start is unsupported falls back to Driver::ex
 // ---- the exec recorder ---------------------------------------------------------------------------------------
 
 TEST_CASE("history sees an exec right after its answer although the recorder has not written it yet") {
-  auto settings = test::test_settings();
+  auto settings = process_settings();
   settings.exec_recorder.linger = 1h;  // only a flush writes: the history read must ask for it
   ServiceFixture f("{}", settings);
   auto id = f.create();
@@ -343,7 +357,7 @@ TEST_CASE("history sees an exec right after its answer although the recorder has
 }
 
 TEST_CASE("the recorder writes what is pending when it is destroyed (berthd's SIGTERM)") {
-  auto settings = test::test_settings();
+  auto settings = process_settings();
   settings.exec_recorder.linger = 1h;
   ServiceFixture f("{}", settings);
   auto id = f.create();
@@ -363,7 +377,7 @@ TEST_CASE("the recorder writes what is pending when it is destroyed (berthd's SI
 }
 
 TEST_CASE("the recorder batches records that arrive while a write runs into one transaction") {
-  ServiceFixture f;
+  ServiceFixture f("{}", process_settings());
   seed_sandbox(*f.store, "sandbox-batch");
   GatedStore gated(*f.store);
   core::ExecRecorder::Options options;
@@ -389,7 +403,7 @@ TEST_CASE("the recorder batches records that arrive while a write runs into one 
 }
 
 TEST_CASE("the recorder's queue is bounded: a stalled store turns into store_unavailable, never more memory") {
-  ServiceFixture f;
+  ServiceFixture f("{}", process_settings());
   seed_sandbox(*f.store, "sandbox-bp");
   GatedStore gated(*f.store);
   core::ExecRecorder::Options options;
@@ -414,7 +428,7 @@ TEST_CASE("the recorder's queue is bounded: a stalled store turns into store_una
 }
 
 TEST_CASE("a store outage loses no record: the failed batch is retried in order") {
-  ServiceFixture f;
+  ServiceFixture f("{}", process_settings());
   seed_sandbox(*f.store, "sandbox-out");
   GatedStore gated(*f.store);
   core::ExecRecorder::Options options;
@@ -431,7 +445,7 @@ TEST_CASE("a store outage loses no record: the failed batch is retried in order"
 }
 
 TEST_CASE("a row the database refuses costs only itself: the rest of its batch is written, it is dropped and counted") {
-  ServiceFixture f;
+  ServiceFixture f("{}", process_settings());
   seed_sandbox(*f.store, "sandbox-ok");
   GatedStore gated(*f.store);
   core::ExecRecorder::Options options;
@@ -461,9 +475,9 @@ TEST_CASE("a row the database refuses costs only itself: the rest of its batch i
 }
 
 TEST_CASE("a process whose session is stopped mid-call ends as killed (137), is not run again, and the session goes") {
-  ServiceFixture f(R"({"killed_exec_conflict": true})", test::test_settings(), std::make_shared<core::SystemClock>());
+  ServiceFixture f(R"({"killed_exec_conflict": true})", process_settings(), std::make_shared<core::SystemClock>());
   RouteCountingDriver routes(*f.driver);
-  core::SandboxService service(*f.store, routes, f.clock, test::test_settings());
+  core::SandboxService service(*f.store, routes, f.clock, process_settings());
   auto id = f.create();
   service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
   auto handle = handle_of(f, id);

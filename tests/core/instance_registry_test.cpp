@@ -222,4 +222,19 @@ TEST_CASE("a dead instance's containers are swept through the database after the
   // Swept once per death: the next round lists nothing again.
   CHECK(reg_b.tick() == 1);
   CHECK(b.driver.calls("remove", orphan) == 1);
+
+  // A day (instance_retention) after the sweep, A's row is forgotten: none of its sessions is left to adopt.
+  f.fake_clock().advance(23h);
+  reg_b.tick();
+  auto has = [&](const std::string& id) {
+    for (const auto& r : b.instances().list_instances())
+      if (r.id == id) return true;
+    return false;
+  };
+  CHECK(has("berth-a"));  // not yet: the retention runs from the sweep's time, grace included
+  f.fake_clock().advance(2h);
+  reg_b.tick();
+  CHECK_FALSE(has("berth-a"));
+  CHECK(has("berth-b"));  // the live one stays
+  CHECK(f.driver->session_inspect(kept_handle).state == core::SessionState::running);
 }

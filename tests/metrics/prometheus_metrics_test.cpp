@@ -210,8 +210,7 @@ TEST_CASE("the core reports execs and driver calls and cleanup passes of a real 
   CHECK(sample(text, R"(berth_exec_total{kind="shell",outcome="nonzero_exit"})") == 1.0);
   CHECK(sample(text, R"(berth_exec_total{kind="shell",outcome="timeout"})") == 1.0);
   CHECK(sample(text, R"(berth_exec_duration_seconds_count{kind="shell"})") == 4.0);
-  // Each exec is one process_start (the fake offers interactive processes).
-  CHECK(sample(text, R"(berth_driver_call_duration_seconds_count{call="process_start",status="ok"})") == 3.0);
+  CHECK(sample(text, R"(berth_driver_call_duration_seconds_count{call="exec",status="ok"})") == 3.0);
   CHECK(sample(text, R"(berth_driver_call_duration_seconds_count{call="session_create",status="ok"})") == 1.0);
   CHECK(sample(text, R"(berth_driver_call_duration_seconds_count{call="volume_create",status="ok"})") == 1.0);
   CHECK(sample(text, "berth_cleanup_passes_total") == 1.0);

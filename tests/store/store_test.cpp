@@ -1321,6 +1321,36 @@ std::vector<std::string> ids_of(const std::vector<berth::core::InstanceRecord>& 
 
 }  // namespace
 
+TEST_CASE("a dead instance's row is deleted only once it died long enough ago and names no live session") {
+  TestDb db;
+  auto store = db.open();
+  auto& inst = instances(*store);
+  inst.register_instance(instance("berth-live", t0 + 1h));
+  inst.register_instance(instance("berth-old", t0));              // last beat at t0
+  inst.register_instance(instance("berth-stopped", t0 + 10min));  // beat late, but stopped early
+  inst.mark_instance_stopped("berth-stopped", t0 + 1min);
+  inst.register_instance(instance("berth-starter", t0));  // dead, but still starter of a live session
+  store->insert_workspace(workspace("ws-1"));
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  auto s = session_row("sess-1", "sandbox-1", SessionState::ready);
+  s.starter = "berth-starter";
+  store->insert_session(s);
+
+  CHECK_FALSE(inst.delete_dead_instance("berth-old", t0));  // died exactly at the cutoff: not before it
+  CHECK_FALSE(inst.delete_dead_instance("berth-live", t0 + 30min));
+  CHECK_FALSE(inst.delete_dead_instance("berth-starter", t0 + 30min));
+  CHECK(inst.delete_dead_instance("berth-old", t0 + 30min));
+  CHECK(inst.delete_dead_instance("berth-stopped", t0 + 30min));  // died by its stop, not its later heartbeat
+  CHECK_FALSE(inst.delete_dead_instance("berth-nobody", t0 + 30min));
+  CHECK(ids_of(inst.list_instances()) == std::vector<std::string>{"berth-live", "berth-starter"});
+
+  // Once its session ended (or was taken over) the starter's row goes too.
+  auto ended = *store->get_session("sess-1");
+  ended.state = SessionState::stopped;
+  store->update_session(ended);
+  CHECK(inst.delete_dead_instance("berth-starter", t0 + 30min));
+}
+
 TEST_CASE("instances register, heartbeat, die by a stale heartbeat or a stop, and come back by re-registering") {
   TestDb db;
   auto store = db.open();
