@@ -226,7 +226,9 @@ ExecResult ApiClient::exec(const std::string& path, const std::string& body, Exe
           if (!line.empty() && line.back() == '\r') line.pop_back();
           if (!line.empty()) {
             if (line.rfind("event:", 0) == 0) event = line.substr(line.size() > 6 && line[6] == ' ' ? 7 : 6);
-            if (line.rfind("data:", 0) == 0) data += line.substr(line.size() > 5 && line[5] == ' ' ? 6 : 5);
+            if (line.rfind("data:", 0) == 0) {
+              data += (data.empty() ? "" : "\n") + line.substr(line.size() > 5 && line[5] == ' ' ? 6 : 5);
+            }
             continue;
           }
           if (event == "stdout" || event == "stderr") {
@@ -261,6 +263,11 @@ ExecResult ApiClient::exec(const std::string& path, const std::string& body, Exe
     sink.on_stderr(error);
   } else if (error.size() > streamed_err.size() && error.compare(0, streamed_err.size(), streamed_err) == 0) {
     sink.on_stderr(error.substr(streamed_err.size()));  // what the server added: "execution timed out after <n>s"
+  } else if (result.timed_out) {
+    // The streamed stderr was longer than the capped `error`: print the server's note on its own.
+    if (auto at = error.rfind("execution timed out"); at != std::string::npos) {
+      sink.on_stderr(std::string(streamed_err.empty() || streamed_err.back() == '\n' ? "" : "\n") + error.substr(at));
+    }
   }
   return result;
 }

@@ -363,9 +363,14 @@ void send_exec(Exchange& ex, const core::ExecOutcome& r) {
   ex.send_json(200, exec_json(r));
 }
 
-/** Whether the client asked for Server-Sent Events: `Accept` names `text/event-stream` (anywhere in its list). */
+/**
+ * Whether the exec answers as Server-Sent Events: `Accept` names `text/event-stream` (anywhere in its list), the
+ * request is HTTP/1.1 (a stream needs chunked framing, which HTTP/1.0 does not have: RFC 9112, section 6.1), and it
+ * has no Idempotency-Key (its answer is stored and replayed whole, as JSON). Otherwise the ordinary JSON answer.
+ */
 bool wants_event_stream(const Exchange& ex) {
-  return Poco::toLower(ex.request.get("Accept", "")).find("text/event-stream") != std::string::npos;
+  return Poco::toLower(ex.request.get("Accept", "")).find("text/event-stream") != std::string::npos &&
+         ex.request.getVersion() == Poco::Net::HTTPMessage::HTTP_1_1 && !ex.request.has("Idempotency-Key");
 }
 
 /**
@@ -488,6 +493,10 @@ void answer_exec(Exchange& ex, core::ExecKind kind, const std::string& code,
   } catch (const Error& e) {
     if (!events.started()) throw;  // nothing sent yet: the ordinary JSON error with its status
     events.error(std::string(core::to_string(e.code())), e.what());
+    return;
+  } catch (const store::StoreUnavailable& e) {
+    if (!events.started()) throw;
+    events.error("store_unavailable", e.what());
     return;
   } catch (const std::exception& e) {
     if (!events.started()) throw;

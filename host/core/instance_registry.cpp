@@ -1,5 +1,6 @@
 #include "core/instance_registry.hpp"
 
+#include <algorithm>
 #include <exception>
 #include <string>
 
@@ -88,7 +89,13 @@ int InstanceRegistry::hand_over() {
   const auto now = clock_->now();
   int looked_at = 0;
   try {
-    for (const auto& dead : store_.list_dead_instances(now - settings_.instance_timeout)) {
+    const auto dead_instances = store_.list_dead_instances(now - settings_.instance_timeout);
+    // Forget what this process swept of instances no longer listed (deleted by another instance, or back alive).
+    std::erase_if(swept_, [&](const auto& entry) {
+      return std::none_of(dead_instances.begin(), dead_instances.end(),
+                          [&](const InstanceRecord& d) { return d.id == entry.first; });
+    });
+    for (const auto& dead : dead_instances) {
       if (dead.id == self_.id) continue;
       ++looked_at;
       // A holder that died mid-pass keeps its sandboxes leased until lease_ttl: free them first.

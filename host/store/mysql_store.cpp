@@ -904,18 +904,19 @@ class MySqlStore final : public Store, public core::InstanceStore {
     for (int attempt = 1;; ++attempt) {
       auto session = acquire();
       try {
-        // Not Session::begin(): Poco's MySQL begin() is mysql_autocommit(0), and neither its commit() nor its
-        // rollback() turns autocommit back on, so the pooled connection would run every later statement inside an
-        // open transaction that nothing commits. START TRANSACTION ... COMMIT leaves the connection in autocommit.
-        if (transactional) *session << "START TRANSACTION", now;
+        // Poco's MySQL begin() is mysql_autocommit(0), and neither its commit() nor its rollback() turns autocommit
+        // back on: end_transaction() does, or the pooled connection would run every later statement inside an open
+        // transaction that nothing commits. (Not START TRANSACTION/COMMIT statements: Poco prepares every
+        // statement, and MySQL 8 and MariaDB before 10.6 refuse those in the prepared-statement protocol.)
+        if (transactional) session->begin();
         if constexpr (std::is_void_v<std::invoke_result_t<Fn&, Session&>>) {
           fn(*session);
-          if (transactional) *session << "COMMIT", now;
+          if (transactional) end_transaction(*session, true);
           release(std::move(session));
           return;
         } else {
           auto result = fn(*session);
-          if (transactional) *session << "COMMIT", now;
+          if (transactional) end_transaction(*session, true);
           release(std::move(session));
           return result;
         }
@@ -966,10 +967,20 @@ class MySqlStore final : public Store, public core::InstanceStore {
     }
   }
 
+  /** Commits or rolls back through the client library (mysql_commit / mysql_rollback), then autocommit on again. */
+  static void end_transaction(Session& s, bool commit) {
+    if (commit) {
+      s.commit();
+    } else {
+      s.rollback();  // also when the server already rolled the transaction back (a deadlock): then a no-op
+    }
+    s.setFeature("autoCommit", true);
+  }
+
   void rollback_and_release(std::unique_ptr<Session> session, bool transactional) {
     if (transactional) {
       try {
-        *session << "ROLLBACK", now;  // a no-op when the server already rolled the transaction back
+        end_transaction(*session, false);
       } catch (const Poco::Exception&) {
         session.reset();  // a connection that cannot roll back is not handed out again
         discard();

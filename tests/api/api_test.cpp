@@ -630,6 +630,17 @@ TEST_CASE("a streamed exec refused before any output is an ordinary JSON error w
   auto invalid = post_events(port, "/v1/sandboxes/" + id + "/shell/exec", R"({"command": 5})");
   CHECK(invalid.status == 400);
   CHECK(parse_object(invalid.body)->getObject("error")->getValue<std::string>("code") == "validation_error");
+
+  // With an Idempotency-Key the answer is stored and replayed whole: JSON, both the first time and on the replay.
+  for (int round = 0; round < 2; ++round) {
+    auto keyed = post_events(port, "/v1/sandboxes/" + id + "/shell/exec", R"({"command":"echo keyed"})", {}, 120,
+                             {{"Idempotency-Key", "sse-keyed-exec"}});
+    INFO("round " << round << ": " << keyed.body);
+    CHECK(keyed.status == 200);
+    CHECK(keyed.content_type.rfind("application/json", 0) == 0);
+    CHECK(keyed.events.empty());
+    CHECK(str(parse_object(keyed.body), "output") == "keyed\n");
+  }
 }
 
 TEST_CASE("exec validates its request", "[exec][errors]") {

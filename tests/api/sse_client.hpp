@@ -11,6 +11,7 @@
 #include <functional>
 #include <istream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace berth::test {
@@ -34,13 +35,17 @@ struct SseReply {
  * POSTs `body` (JSON) to 127.0.0.1:`port` `uri` with `Accept: text/event-stream` and reads the answer. For an event
  * stream, `on_event` (optional) sees each event the moment its blank line arrives, before the next is read; the
  * call returns when the server ends the response. Timeout per read: `timeout_s` seconds (a hang fails the test).
+ * `headers` are added to the request.
  */
 inline SseReply post_events(std::uint16_t port, const std::string& uri, const std::string& body,
-                            const std::function<void(const SseEvent&)>& on_event = {}, int timeout_s = 120) {
+                            const std::function<void(const SseEvent&)>& on_event = {}, int timeout_s = 120,
+                            const std::vector<std::pair<std::string, std::string>>& headers = {}) {
   Poco::Net::HTTPClientSession session("127.0.0.1", port);
   session.setTimeout(Poco::Timespan(timeout_s, 0));
   Poco::Net::HTTPRequest rq(Poco::Net::HTTPRequest::HTTP_POST, uri, Poco::Net::HTTPMessage::HTTP_1_1);
   rq.set("Accept", "text/event-stream");
+  for (const auto& [name, value] : headers)
+    rq.set(name, value);
   rq.setContentType("application/json");
   rq.setContentLength(static_cast<std::streamsize>(body.size()));
   session.sendRequest(rq) << body;

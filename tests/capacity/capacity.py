@@ -115,6 +115,8 @@ def main():
     ap.add_argument("--per-sandbox", type=int, default=10)
     ap.add_argument("--image", default="berth/python:3.11")
     ap.add_argument("--json", help="write the measurements here (for bench/run-all)")
+    ap.add_argument("--exec-via-processes", action="store_true",
+                    help="[server] exec_via_processes = true: the execs run as interactive processes (ABI 1.3)")
     args = ap.parse_args()
     sock = SOCKETS[args.engine]
     total = args.sandboxes * args.per_sandbox
@@ -128,6 +130,7 @@ def main():
         f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nmax_connections_per_client = 0\n'
                 f'threads = {CONFIG["threads"]}\nwork_slots = {CONFIG["work_slots"]}\n'
                 f'work_queue = {CONFIG["work_queue"]}\n'
+                f'exec_via_processes = {"true" if args.exec_via_processes else "false"}\n'
                 f'[store]\nkind = "sqlite"\npath = "{work}/berth.db"\n'
                 f'[driver]\npath = "{os.path.abspath(args.driver)}"\ninstance_id = "{instance}"\n'
                 f'[driver.settings]\nsocket = "{sock}"\n'

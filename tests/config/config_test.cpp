@@ -28,6 +28,7 @@ listen = "0.0.0.0:9000"
 threads = 8
 max_body = "2MiB"
 shutdown_grace = "5s"
+exec_via_processes = true
 [driver]
 name = "fake"
 [driver.settings]
@@ -50,6 +51,8 @@ interval = 30
   CHECK(cfg.server.threads == 8);
   CHECK(cfg.server.max_body == 2u << 20);
   CHECK(cfg.server.shutdown_grace == std::chrono::seconds(5));
+  CHECK(cfg.server.exec_via_processes);
+  CHECK_FALSE(ServerConfig{}.exec_via_processes);  // off unless asked for
   CHECK(cfg.driver.name == "fake");
   CHECK(cfg.driver.settings_json.find("\"exec\" : 5") != std::string::npos);
   const auto& p = cfg.profiles.at("py");

@@ -81,6 +81,7 @@ AgentClient::AgentClient(int rfd, int wfd) : rfd_(rfd), wfd_(wfd) {
 AgentClient::AgentClient(AgentClient&& o) noexcept
     : rfd_(std::exchange(o.rfd_, -1)),
       wfd_(std::exchange(o.wfd_, -1)),
+      wake_fd_(std::exchange(o.wake_fd_, -1)),
       out_(std::move(o.out_)),
       out_pos_(o.out_pos_),
       decoder_(std::move(o.decoder_)),
@@ -169,7 +170,7 @@ bool AgentClient::pump(AgentDeadline deadline) {
     }
     if (out_pos_ == out_.size()) out_.clear(), out_pos_ = 0;
 
-    pollfd p[2]{};
+    pollfd p[3]{};
     p[0].fd = rfd_;
     p[0].events = POLLIN;
     int n = 1;
@@ -179,12 +180,21 @@ bool AgentClient::pump(AgentDeadline deadline) {
       else
         p[1].fd = wfd_, p[1].events = POLLOUT, n = 2;
     }
+    int wake = -1;
+    if (wake_fd_ >= 0) {
+      wake = n;
+      p[n].fd = wake_fd_;
+      p[n].events = POLLIN;
+      ++n;
+    }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     const int rc =
         ::poll(p, static_cast<nfds_t>(n), left <= 0 ? 0 : static_cast<int>(std::min<long long>(left, 1 << 30)));
     if (rc < 0 && errno == EINTR) continue;
     if (rc < 0) broken(errno, "poll");
     if (rc == 0) return false;
+    // Woken: the waiter's owner has something to send. Frames that arrived too are read on the next call.
+    if (wake >= 0 && (p[wake].revents & POLLIN) && !(p[0].revents & (POLLIN | POLLHUP | POLLERR))) return false;
     if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
       char buf[65536];
       const ssize_t r = ::read(rfd_, buf, sizeof buf);

@@ -88,6 +88,12 @@ class AgentClient {
   std::uint32_t agent_pid() const { return agent_pid_; }
   /** The fd to poll for readability (frames from the agent). */
   int fd() const { return rfd_; }
+  /**
+   * An extra fd (not owned; -1 = none, the default) that the waits of next_event* also watch: once it is readable
+   * the wait ends early with nothing (as if its deadline passed), so another thread can make a waiter send what it
+   * queued meanwhile without the waiter polling in short slices. The caller drains it (an eventfd read).
+   */
+  void set_wake_fd(int fd) { wake_fd_ = fd; }
 
   /** Queues START on a fresh channel and returns the channel. STARTED or ERROR follows as an event. */
   std::uint32_t start(const agent::StartRequest& req);
@@ -155,6 +161,7 @@ class AgentClient {
   [[noreturn]] static void raise(const AgentEvent& e);
 
   int rfd_ = -1, wfd_ = -1;
+  int wake_fd_ = -1;  // not owned
   std::string out_;
   std::size_t out_pos_ = 0;
   agent::FrameDecoder decoder_;
