@@ -66,9 +66,9 @@ void ExecRecorder::touch(const std::string& sandbox_id, store::TimePoint idle_ex
 
 std::optional<store::TimePoint> ExecRecorder::pending_touch(const std::string& sandbox_id) const {
   std::lock_guard lock(mutex_);
-  auto it = touches_.find(sandbox_id);
-  if (it == touches_.end()) return std::nullopt;
-  return it->second.at;
+  if (auto it = touches_.find(sandbox_id); it != touches_.end()) return it->second.at;  // the newest
+  if (auto it = writing_touches_.find(sandbox_id); it != writing_touches_.end()) return it->second.at;
+  return std::nullopt;
 }
 
 void ExecRecorder::flush(std::chrono::milliseconds wait) {
@@ -121,6 +121,7 @@ void ExecRecorder::loop() {
     }
     std::map<std::string, PendingTouch> taken_touches;
     taken_touches.swap(touches_);
+    writing_touches_ = taken_touches;  // still visible to pending_touch() until the write's outcome is known
     // Every item up to here is in this batch, except the records left queued (all newer than the ones taken).
     const std::uint64_t done_upto = records_.empty() ? enqueued_seq_ : records_.front().seq - 1;
     std::vector<store::SandboxTouch> touches;
@@ -174,6 +175,7 @@ void ExecRecorder::loop() {
     }
 
     lock.lock();
+    writing_touches_.clear();  // written, dropped, or put back into touches_ below
     stats_.dropped += dropped;
     if (kept_rows.empty() && kept_touches.empty()) {
       written_seq_ = std::max(written_seq_, done_upto);

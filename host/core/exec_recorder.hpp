@@ -85,7 +85,8 @@ class ExecRecorder {
   void record(Slot slot, store::ExecutionRow row);
   /** Queues an idle-timer write (Store::touch_sandbox), replacing one still pending for the sandbox. Never waits. */
   void touch(const std::string& sandbox_id, store::TimePoint idle_expires_at);
-  /** The pending touch of a sandbox, if one is not yet written (reads overlay it on the stored row). */
+  /** The pending touch of a sandbox, if one is not yet known written: queued, or in the batch being written now (reads
+   *  overlay it on the stored row, so no read sees the older stored timer in between). */
   std::optional<store::TimePoint> pending_touch(const std::string& sandbox_id) const;
   /** False while the last write failed (the database is down or refusing): queued items may wait long. */
   bool writing() const;
@@ -115,6 +116,7 @@ class ExecRecorder {
   std::condition_variable progress_;  // reserve() and flush() wait here
   std::deque<Pending> records_;
   std::map<std::string, PendingTouch> touches_;
+  std::map<std::string, PendingTouch> writing_touches_;  // taken by the writer, not yet known to be written
   std::size_t occupied_ = 0;        // records queued, being written or reserved
   std::uint64_t enqueued_seq_ = 0;  // the sequence number of the newest queued item
   std::uint64_t written_seq_ = 0;   // every item with seq <= this is written

@@ -351,6 +351,25 @@ TEST_CASE("the recorder batches records that arrive while a write runs into one 
   CHECK(stats.pending == 0);
 }
 
+TEST_CASE("a touch the writer is writing stays visible until it is written: no read sees the older timer between") {
+  ServiceFixture f("{}", process_settings());
+  seed_sandbox(*f.store, "sandbox-inflight");
+  GatedStore gated(*f.store);
+  core::ExecRecorder::Options options;
+  options.linger = 0ms;
+  core::ExecRecorder recorder(gated, options);
+  const store::TimePoint at(std::chrono::seconds(1'900'000'000));
+  gated.close_gate();
+  recorder.touch("sandbox-inflight", at);
+  gated.wait_entered(1);  // taken off the queue, not yet in the database (CI's sanitizer run failed in this window)
+  CHECK_FALSE(f.store->get_sandbox("sandbox-inflight")->idle_expires_at);
+  CHECK(recorder.pending_touch("sandbox-inflight") == at);
+  gated.open_gate();
+  recorder.flush(60s);
+  CHECK(f.store->get_sandbox("sandbox-inflight")->idle_expires_at == at);
+  CHECK_FALSE(recorder.pending_touch("sandbox-inflight"));
+}
+
 TEST_CASE("the recorder's queue is bounded: a stalled store turns into store_unavailable, never more memory") {
   ServiceFixture f("{}", process_settings());
   seed_sandbox(*f.store, "sandbox-bp");
