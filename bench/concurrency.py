@@ -139,7 +139,8 @@ def burst(b, targets, code):
 
     def one(sb):
         barrier.wait()
-        return call(b.port, "POST", f"/v1/sandboxes/{sb}/python/exec", {"code": code, "timeout": 120})
+        return call(b.port, "POST", f"/v1/sandboxes/{sb}/python/exec",
+                    {"code": code, "timeout": 120, "stateless": True})  # side by side, not one cell at a time
 
     with cf.ThreadPoolExecutor(max_workers=len(targets)) as pool:
         results = list(pool.map(one, targets))

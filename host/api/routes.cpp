@@ -356,6 +356,29 @@ Object exec_json(const core::ExecOutcome& r) {
   o.set("timed_out", r.timed_out);
   o.set("execution_id", r.execution_id);
   o.set("execution_time_ms", r.duration_ms);
+  if (r.cell) {
+    const auto& c = *r.cell;
+    const auto parse = [](const std::string& json) -> Poco::Dynamic::Var {
+      // Any JSON value: Poco's parser takes an object or an array at the top only (a handler may return "ping").
+      Poco::JSON::Parser parser;
+      return parser.parse("[" + json + "]").extract<Poco::JSON::Array::Ptr>()->get(0);
+    };
+    o.set("context_id", c.context_id.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(c.context_id));
+    o.set("execution_count", c.execution_count);
+    o.set("context_restarted", c.context_restarted);
+    o.set("restart_reason", c.restart_reason.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(c.restart_reason));
+    o.set("data", c.data_json.empty() ? Poco::Dynamic::Var() : parse(c.data_json));
+    if (!c.result_json.empty()) o.set("result", parse(c.result_json));
+    if (c.error_name.empty()) {
+      o.set("exception", Poco::Dynamic::Var());
+    } else {
+      Object e;
+      e.set("name", to_utf8_lossy(c.error_name));
+      e.set("value", to_utf8_lossy(c.error_value));
+      e.set("traceback", to_utf8_lossy(c.traceback));
+      o.set("exception", e);
+    }
+  }
   return o;
 }
 
@@ -478,18 +501,17 @@ class ExecEventStream {
   std::uint64_t next_seq_ = 0;
 };
 
-/** Runs an exec and answers it as JSON, or as Server-Sent Events when the client asks for them. */
-void answer_exec(Exchange& ex, core::ExecKind kind, const std::string& code,
-                 std::optional<std::chrono::seconds> timeout, const std::string& cwd) {
+/** Runs an exec (`run`, given the chunk sink or none) and answers it as JSON, or as Server-Sent Events when the
+ *  client asks for them. */
+void answer_exec(Exchange& ex, const std::function<core::ExecOutcome(const core::ExecChunkSink&)>& run) {
   if (!wants_event_stream(ex)) {
-    send_exec(ex, ex.ctx.service.exec(ex.owner, sandbox_id(ex), kind, code, timeout, cwd));
+    send_exec(ex, run({}));
     return;
   }
   ExecEventStream events(ex);
   core::ExecOutcome outcome;
   try {
-    outcome = ex.ctx.service.exec(ex.owner, sandbox_id(ex), kind, code, timeout, cwd,
-                                  [&](const core::ExecChunk& c) { return events.chunk(c); });
+    outcome = run([&](const core::ExecChunk& c) { return events.chunk(c); });
   } catch (const Error& e) {
     if (!events.started()) throw;  // nothing sent yet: the ordinary JSON error with its status
     events.error(std::string(core::to_string(e.code())), e.what());
@@ -515,8 +537,71 @@ std::optional<std::chrono::seconds> exec_timeout(const Object::Ptr& body) {
 
 void python_exec(Exchange& ex) {
   auto body = ex.json_body();
-  only_fields(body, {"code", "timeout"});
-  answer_exec(ex, core::ExecKind::python, req_string(body, "code"), exec_timeout(body), "");
+  only_fields(body, {"code", "timeout", "context_id", "stateless", "event"});
+  core::PythonExecOptions opts;
+  if (auto c = opt_string(body, "context_id")) opts.context_id = *c;
+  if (body->has("stateless") && !body->isNull("stateless")) {
+    auto v = body->get("stateless");
+    if (v.type() != typeid(bool))
+      throw Error(ErrorCode::validation_error, "'stateless' must be a boolean", {{"field", "stateless"}});
+    opts.stateless = v.extract<bool>();
+  }
+  if (opts.stateless && body->has("context_id") && !body->isNull("context_id")) {
+    throw Error(ErrorCode::validation_error, "give either 'stateless' or 'context_id', not both",
+                {{"field", "context_id"}});
+  }
+  if (body->has("event") && !body->isNull("event")) {
+    std::ostringstream event;
+    Poco::JSON::Stringifier::condense(body->get("event"), event);
+    opts.event_json = event.str();
+  }
+  const std::string code = opts.event_json ? opt_string(body, "code").value_or("") : req_string(body, "code");
+  const auto timeout = exec_timeout(body);
+  answer_exec(ex, [&](const core::ExecChunkSink& sink) {
+    return ex.ctx.service.run_python(ex.owner, sandbox_id(ex), code, timeout, opts, sink);
+  });
+}
+
+Object context_json(const core::ContextView& v) {
+  Object o;
+  o.set("id", v.id);
+  o.set("sandbox_id", v.sandbox_id);
+  o.set("cwd", to_utf8_lossy(v.cwd));
+  o.set("env", string_map(v.env));
+  o.set("created_at", rfc3339(v.created_at));
+  o.set("last_used_at", opt_time(v.last_used_at));
+  o.set("execution_count", v.execution_count);
+  o.set("running", v.running);
+  o.set("busy", v.busy);
+  o.set("python_version", v.python_version.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(v.python_version));
+  return o;
+}
+
+void create_context(Exchange& ex) {
+  core::ContextSpec spec;
+  auto body = ex.json_body();  // an empty body is {}
+  only_fields(body, {"cwd", "env"});
+  spec.cwd = opt_string(body, "cwd").value_or("");
+  spec.env = opt_string_map(body, "env");  // names, values and counts: checked by the core (core/limits.hpp)
+  ex.send_json(201, context_json(ex.ctx.service.create_context(ex.owner, sandbox_id(ex), spec)));
+}
+
+void list_contexts(Exchange& ex) {
+  Array items;
+  for (const auto& v : ex.ctx.service.list_contexts(ex.owner, sandbox_id(ex)))
+    items.add(context_json(v));
+  Object o;
+  o.set("items", items);
+  ex.send_json(200, o);
+}
+
+void get_context(Exchange& ex) {
+  ex.send_json(200, context_json(ex.ctx.service.get_context(ex.owner, sandbox_id(ex), ex.params.at(1))));
+}
+
+void delete_context(Exchange& ex) {
+  ex.ctx.service.delete_context(ex.owner, sandbox_id(ex), ex.params.at(1));
+  ex.send_empty(204);
 }
 
 void shell_exec(Exchange& ex) {
@@ -528,7 +613,12 @@ void shell_exec(Exchange& ex) {
       throw Error(ErrorCode::validation_error, "give either 'cwd' or 'cwd_b64', not both", {{"field", "cwd_b64"}});
     cwd = base64_decode(req_string(body, "cwd_b64"), "cwd_b64");
   }
-  answer_exec(ex, core::ExecKind::shell, req_string(body, "command"), exec_timeout(body), cwd.value_or(""));
+  const std::string command = req_string(body, "command");
+  const auto timeout = exec_timeout(body);
+  answer_exec(ex, [&](const core::ExecChunkSink& sink) {
+    return ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::shell, command, timeout, cwd.value_or(""),
+                               sink);
+  });
 }
 
 void history(Exchange& ex) {
@@ -821,6 +911,10 @@ const std::vector<Route>& routes() {
       {"POST", "/v1/sandboxes/{}/keepalive", keepalive, false, false, I::replay},
       {"POST", "/v1/sandboxes/{}/extend_ttl", extend_ttl, false, false, I::replay},
       {"POST", "/v1/sandboxes/{}/python/exec", python_exec, true, false, I::replay},
+      {"POST", "/v1/sandboxes/{}/contexts", create_context, true, false, I::replay},
+      {"GET", "/v1/sandboxes/{}/contexts", list_contexts},
+      {"GET", "/v1/sandboxes/{}/contexts/{}", get_context},
+      {"DELETE", "/v1/sandboxes/{}/contexts/{}", delete_context},
       {"POST", "/v1/sandboxes/{}/shell/exec", shell_exec, true, false, I::replay},
       {"GET", "/v1/sandboxes/{}/history", history},
       {"GET", "/v1/sandboxes/{}/filesystem/files", read_file, true},

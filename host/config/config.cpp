@@ -190,6 +190,7 @@ void read_server(TableReader r, ServerConfig& s) {
   r.integer("threads", s.threads, 2, 16384);
   r.integer("queue", s.queue, 1, 65536);
   r.boolean("exec_via_processes", s.exec_via_processes);
+  r.integer("max_contexts_per_sandbox", s.max_contexts_per_sandbox, 1, 256);
   // Every queued heavy request parks a server thread, so slots + queue + headroom must fit in the thread pool.
   // Keys left out shrink to fit a smaller pool (threads = 64 alone still starts); keys given must fit as given.
   const bool slots_given = r.get("work_slots") != nullptr;

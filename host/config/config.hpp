@@ -46,7 +46,8 @@ struct ServerConfig {
   std::uint64_t min_transfer_rate = 1024;         // bytes/s while berthd waits on a client; 0 disables
   std::chrono::seconds transfer_rate_window{10};  // the window that rate is measured over
   int max_connections_per_client = 64;            // open connections per client IP; 0 = no cap
-  bool exec_via_processes = false;  // run execs as interactive processes (ABI 1.3) where the driver offers them
+  bool exec_via_processes = false;   // run execs as interactive processes (ABI 1.3) where the driver offers them
+  int max_contexts_per_sandbox = 8;  // Python contexts (interpreters) per sandbox, "default" included
 };
 
 struct StoreConfig {

@@ -205,12 +205,25 @@ void SandboxService::remember_engine_exec_only(const std::string& session_id) {
 ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id, ExecKind kind,
                                  const std::string& code, std::optional<std::chrono::seconds> timeout,
                                  const std::string& cwd, const ExecChunkSink& on_chunk) {
+  return exec_code(owner, id, kind, code, timeout, cwd, nullptr, on_chunk);
+}
+
+ExecOutcome SandboxService::run_python(const std::string& owner, const std::string& id, const std::string& code,
+                                       std::optional<std::chrono::seconds> timeout, const PythonExecOptions& opts,
+                                       const ExecChunkSink& on_chunk) {
+  return exec_code(owner, id, ExecKind::python, code, timeout, "", &opts, on_chunk);
+}
+
+ExecOutcome SandboxService::exec_code(const std::string& owner, const std::string& id, ExecKind kind,
+                                      const std::string& code, std::optional<std::chrono::seconds> timeout,
+                                      const std::string& cwd, const PythonExecOptions* py,
+                                      const ExecChunkSink& on_chunk) {
   auto to = timeout.value_or(settings_.default_exec_timeout);
   if (to.count() < 1 || to > settings_.max_exec_timeout) {
     throw Error(ErrorCode::validation_error,
                 "timeout must be between 1 and " + std::to_string(settings_.max_exec_timeout.count()) + " seconds");
   }
-  if (code.empty())
+  if (code.empty() && !(py && py->event_json))  // a handler call may reuse what earlier cells defined
     throw Error(ErrorCode::validation_error, kind == ExecKind::python ? "code is empty" : "command is empty");
   std::string capability = kind == ExecKind::python ? "python" : "shell";
   auto row = load_live(owner, id);
@@ -238,6 +251,65 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   // Room for the record before the code runs: a slow or absent database answers store_unavailable now, never
   // after the code ran (then the answer would be lost).
   auto record_slot = recorder_.reserve();
+
+  // python/exec in a context: the context's entry, its cell lock held for the whole call (one cell at a time; later
+  // callers wait up to their own timeout). Stateless with an event: a one-off kernel, killed at the end.
+  std::shared_ptr<PythonContexts::Entry> entry;
+  std::unique_lock<std::timed_mutex> cell_lock;
+  if (py && (!py->stateless || py->event_json)) {
+    if (!driver_.supports_processes()) {
+      if (py->event_json) {
+        throw Error(ErrorCode::capability_not_supported,
+                    "handler(event) needs interactive processes, which this driver does not offer",
+                    {{"sandbox_id", id}});
+      }
+      if (py->context_id != "default") {
+        throw Error(ErrorCode::capability_not_supported,
+                    "contexts need interactive processes, which this driver does not offer", {{"sandbox_id", id}});
+      }
+    } else if (py->stateless) {
+      entry = std::make_shared<PythonContexts::Entry>();
+      entry->sandbox_id = id;
+      entry->created_at = clock_->now();
+    } else {
+      entry = contexts_.find(id, py->context_id, true, clock_->now());
+      if (!entry) {
+        throw Error(ErrorCode::not_found, "no context '" + py->context_id + "' in sandbox '" + id + "'",
+                    {{"sandbox_id", id}, {"context_id", py->context_id}});
+      }
+    }
+    if (entry) {
+      cell_lock = std::unique_lock(entry->cell, std::defer_lock);
+      const auto wait_until = std::chrono::steady_clock::now() + to;
+      while (!cell_lock.try_lock_for(100ms) && std::chrono::steady_clock::now() < wait_until) {
+        if (shutting_down_.load()) {
+          throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
+        }
+      }
+      if (!cell_lock.owns_lock()) {
+        throw Error(ErrorCode::conflict,
+                    "context '" + entry->id + "' of sandbox '" + id +
+                        "' ran another cell for longer than this call's " + std::to_string(to.count()) + "s timeout",
+                    {{"sandbox_id", id}, {"context_id", entry->id}});
+      }
+      contexts_.locked([&] { entry->busy = true; });
+    }
+  }
+  struct CellDone {
+    PythonContexts& contexts;
+    const std::shared_ptr<PythonContexts::Entry>& entry;
+    ~CellDone() {
+      if (!entry) return;
+      std::shared_ptr<PythonKernel> one_off;
+      contexts.locked([&] {
+        entry->busy = false;
+        if (entry->id.empty()) one_off = std::move(entry->kernel);
+      });
+      if (one_off) one_off->kill();
+    }
+  } cell_done{contexts_, entry};
+  CellInfo cell;
+  bool in_kernel = false;  // the code ran as a cell (else as a process: no context, or a driver without processes)
 
   ExecOutcome out;
   std::string session_id;
@@ -271,6 +343,22 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
       session_id = session.id;
       handle = session.handle;
       // The token is registered in in_flight_: begin_shutdown() cancels it.
+      if (entry && !engine_exec_only(session.id)) {
+        try {
+          auto r = run_cell(*entry, session, code, py->event_json, rq.timeout, on_output, token, started, cell);
+          in_kernel = true;
+          return r;
+        } catch (const DriverError& e) {
+          if (e.code() != DriverErrc::unsupported) throw;
+          remember_engine_exec_only(session.id);
+          log::info("exec.process_unsupported", {{"sandbox", id}, {"session", session.id}});
+        }
+      }
+      if (entry && py->event_json) {
+        throw Error(ErrorCode::capability_not_supported,
+                    "handler(event) needs interactive processes, which this sandbox's session does not offer",
+                    {{"sandbox_id", id}});
+      }
       if (via_process && !engine_exec_only(session.id)) {
         if (auto done = exec_as_process(session.handle, rq, on_output, token)) return *done;
         remember_engine_exec_only(session.id);
@@ -290,6 +378,7 @@ ExecOutcome SandboxService::exec(const std::string& owner, const std::string& id
   out.output = stdout_buf.finish();
   out.error = stderr_buf.finish();
   out.timed_out = result.timed_out;
+  if (in_kernel) out.cell = cell;
   end = result.timed_out ? ExecEnd::timeout : result.exit_code == 0 ? ExecEnd::success : ExecEnd::nonzero_exit;
   if (result.timed_out) {
     if (!out.error.empty() && out.error.back() != '\n') out.error += '\n';
@@ -481,6 +570,56 @@ DirPage SandboxService::list_dir(const std::string& owner, const std::string& id
   }
   page.entries = std::move(heap);
   return page;
+}
+
+// A context starts its kernel through with_session (defined in this unit); its other calls are in python_exec.cpp.
+ContextView SandboxService::create_context(const std::string& owner, const std::string& id, const ContextSpec& spec) {
+  auto row = load_live(owner, id);
+  require_capability(row, "python");
+  ContextSpec clean = spec;
+  clean.cwd = spec.cwd.empty() ? "" : workspace_path(spec.cwd, true);
+  if (clean.cwd == ".") clean.cwd.clear();
+  validate_env(clean.env, settings_.limits);
+  if (!driver_.supports_processes()) {
+    throw Error(ErrorCode::capability_not_supported,
+                "contexts need interactive processes, which this driver does not offer (stateless python/exec works)",
+                {{"sandbox_id", id}});
+  }
+  if (shutting_down_.load()) throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
+  auto entry = contexts_.add(id, clean, settings_.max_contexts_per_sandbox, clock_->now());
+  if (!entry) {
+    throw Error(ErrorCode::conflict,
+                "sandbox '" + id + "' has " + std::to_string(settings_.max_contexts_per_sandbox) +
+                    " contexts, the most it may hold; delete one first",
+                {{"sandbox_id", id}, {"limit", std::to_string(settings_.max_contexts_per_sandbox)}});
+  }
+  std::unique_lock cell_lock(entry->cell);
+  try {
+    std::atomic<bool> started{false};  // starting a kernel runs no user code: a retry on a new session is safe
+    with_session(row, started, [&](const store::SessionRow& session, const CancelToken&) {
+      if (engine_exec_only(session.id)) {
+        throw Error(ErrorCode::capability_not_supported,
+                    "contexts need interactive processes, which this sandbox's session does not offer");
+      }
+      CellInfo ignored;
+      kernel_for(*entry, session, ignored);
+      return 0;
+    });
+  } catch (const DriverError& e) {
+    cell_lock.unlock();
+    contexts_.remove(id, entry->id);
+    if (e.code() == DriverErrc::unsupported) {
+      throw Error(ErrorCode::capability_not_supported,
+                  "contexts need interactive processes, which this sandbox's session does not offer");
+    }
+    rethrow_driver_error(e, "starting a context in sandbox '" + id + "'");
+  } catch (...) {
+    cell_lock.unlock();
+    contexts_.remove(id, entry->id);
+    throw;
+  }
+  log::info("context.create", {{"sandbox", id}, {"context", entry->id}, {"cwd", clean.cwd}});
+  return contexts_.locked([&] { return contexts_.view(*entry); });
 }
 
 }  // namespace berth::core

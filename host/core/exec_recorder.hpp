@@ -117,9 +117,9 @@ class ExecRecorder {
   std::deque<Pending> records_;
   std::map<std::string, PendingTouch> touches_;
   std::map<std::string, PendingTouch> writing_touches_;  // taken by the writer, not yet known to be written
-  std::size_t occupied_ = 0;        // records queued, being written or reserved
-  std::uint64_t enqueued_seq_ = 0;  // the sequence number of the newest queued item
-  std::uint64_t written_seq_ = 0;   // every item with seq <= this is written
+  std::size_t occupied_ = 0;                             // records queued, being written or reserved
+  std::uint64_t enqueued_seq_ = 0;                       // the sequence number of the newest queued item
+  std::uint64_t written_seq_ = 0;                        // every item with seq <= this is written
   std::uint64_t flush_wanted_ = 0;  // a flush() waits for this sequence: the writer skips its linger
   bool stopping_ = false;
   std::string last_error_;

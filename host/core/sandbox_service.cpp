@@ -410,6 +410,7 @@ void SandboxService::stop(const std::string& owner, const std::string& id) {
 }
 
 void SandboxService::delete_row_and_resources(const SandboxRow& row) {
+  contexts_.drop_sandbox(row.id);
   if (row.current_session_id) {
     if (auto session = store_.get_session(*row.current_session_id)) {
       try {

@@ -28,6 +28,7 @@
 #include "core/metrics.hpp"
 #include "core/profile.hpp"
 #include "core/profile_catalog.hpp"
+#include "core/python_context.hpp"
 #include "core/store.hpp"
 
 namespace berth::core {
@@ -55,6 +56,9 @@ struct Settings {
   // docker and podman agents (capacity.*) most processes never reported their exit (backstop after timeout + 30 s)
   // where Driver::exec's agent path ran all 1,000; on until that is found, the process path only serves tests.
   bool exec_via_processes = false;
+  std::size_t max_contexts_per_sandbox = 8;               // Python contexts per sandbox, "default" included
+  std::chrono::milliseconds context_start_wait{30'000};   // for a kernel's ready frame after process_start
+  std::chrono::milliseconds cell_interrupt_grace{2'000};  // after a cell's SIGINT, before its kernel is killed
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -118,6 +122,26 @@ struct ExecChunk {
  */
 using ExecChunkSink = std::function<bool(const ExecChunk&)>;
 
+/** What a python/exec run in a context (a kernel) adds to its outcome (docs/python-contexts.md). */
+struct CellInfo {
+  std::string context_id;          // "default", "ctx-...", or "" for a one-off kernel (stateless with an event)
+  int execution_count = 0;         // the context's cell counter (0 when no result came)
+  bool context_restarted = false;  // the state of the context is gone: this cell runs on (or left) a fresh kernel
+  std::string restart_reason;      // why: "session_ended", "timeout", "cancelled", "the interpreter exited (code 3)"
+  std::string data_json;           // the kernel's "data" object (text, html, images, display), JSON text; "" none
+  std::string result_json;         // handler(event)'s return value as JSON text; "" when no event was given
+  std::string error_name;          // exception class name ("" on success)
+  std::string error_value;
+  std::string traceback;
+};
+
+/** How python/exec runs its code. */
+struct PythonExecOptions {
+  std::string context_id = "default";     // the context whose kernel runs the cell
+  bool stateless = false;                 // a fresh `python3 -` (no context), as before contexts
+  std::optional<std::string> event_json;  // handler(event): the event as JSON text (validated by the caller)
+};
+
 struct ExecOutcome {
   std::string execution_id;
   bool success = false;
@@ -126,6 +150,7 @@ struct ExecOutcome {
   std::optional<int> exit_code;
   bool timed_out = false;
   std::int64_t duration_ms = 0;
+  std::optional<CellInfo> cell;  // python/exec in a context (or with an event); nullopt for a plain process
 };
 
 struct CleanupReport {
@@ -219,6 +244,28 @@ class SandboxService {
   ExecOutcome exec(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
                    std::optional<std::chrono::seconds> timeout, const std::string& cwd,
                    const ExecChunkSink& on_chunk = {});
+  /**
+   * python/exec: like exec(ExecKind::python), but in the sandbox's context `opts.context_id` (its kernel is started
+   * on first use, replaced when its session ended, and kept across calls), unless `opts.stateless`. With an event,
+   * a stateless call runs on a one-off kernel. A driver without interactive processes runs every call stateless (the
+   * outcome has no `cell`). Throws as exec() does, plus not_found for an unknown context and conflict when the
+   * context's running cell does not end within this call's timeout.
+   */
+  ExecOutcome run_python(const std::string& owner, const std::string& id, const std::string& code,
+                         std::optional<std::chrono::seconds> timeout, const PythonExecOptions& opts,
+                         const ExecChunkSink& on_chunk = {});
+  /**
+   * A named context with its own kernel, started now (in the sandbox's session, which is started if needed) in
+   * `spec.cwd` with `spec.env`. Throws Error: validation_error (cwd, env), conflict at
+   * Settings::max_contexts_per_sandbox, capability_not_supported (no processes or no python3), plus what starting a
+   * session throws.
+   */
+  ContextView create_context(const std::string& owner, const std::string& id, const ContextSpec& spec);
+  /** The sandbox's contexts (those this berthd holds), sorted by id. */
+  std::vector<ContextView> list_contexts(const std::string& owner, const std::string& id);
+  ContextView get_context(const std::string& owner, const std::string& id, const std::string& context_id);
+  /** Removes a context and kills its kernel (a cell running in it ends with its kernel lost). not_found if unknown. */
+  void delete_context(const std::string& owner, const std::string& id, const std::string& context_id);
   /**
    * Writes every pending execution record and idle-timer touch now (the daemon calls it on SIGTERM before a forced
    * exit; tests before reading the store). Throws store::StoreUnavailable when the store did not take them in time.
@@ -332,6 +379,21 @@ class SandboxService {
    */
   std::optional<ExecResult> exec_as_process(const std::string& handle, const ExecRequest& rq,
                                             const OutputSink& on_output, const CancelToken& token);
+  /** exec() and run_python(): `py` null for a plain process, else how python/exec runs the code. */
+  ExecOutcome exec_code(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
+                        std::optional<std::chrono::seconds> timeout, const std::string& cwd,
+                        const PythonExecOptions* py, const ExecChunkSink& on_chunk);
+  /**
+   * The kernel of `entry` for `session`: the running one, or a new one (the old one, from an ended session or dead,
+   * is killed and the reason kept for the answer). Throws what PythonKernel::start throws.
+   */
+  std::shared_ptr<PythonKernel> kernel_for(PythonContexts::Entry& entry, const store::SessionRow& session,
+                                           CellInfo& info);
+  /** Runs one cell on the session's kernel of `entry` (see run_python); fills `info`, sets `started` once sent. */
+  ExecResult run_cell(PythonContexts::Entry& entry, const store::SessionRow& session, const std::string& code,
+                      const std::optional<std::string>& event_json, std::chrono::milliseconds timeout,
+                      const OutputSink& on_output, const CancelToken& token, std::atomic<bool>& started,
+                      CellInfo& info);
   /** Whether a session's process_start answered unsupported before (its execs go to Driver::exec). */
   bool engine_exec_only(const std::string& session_id);
   void remember_engine_exec_only(const std::string& session_id);
@@ -444,6 +506,7 @@ class SandboxService {
   std::chrono::milliseconds lease_ttl_{120'000};
   std::mutex engine_exec_mutex_;
   std::set<std::string> engine_exec_sessions_;  // session ids whose process_start said unsupported (bounded, see .cpp)
+  PythonContexts contexts_;  // the kernels (processes): killed before the driver goes (the service's destructor)
   // Destroyed before the members above (and before the store): drains what is pending into the store.
   ExecRecorder recorder_{store_, settings_.exec_recorder};
   // Destroyed before the members above, it waits for overrunning cleanup work, which uses them.

@@ -184,6 +184,7 @@ void SandboxService::clear_session(const std::string& sandbox_id, const std::str
 }
 
 void SandboxService::destroy_session(const SessionRow& session) {
+  contexts_.drop_session(session.sandbox_id, session.id, "session_ended");  // the kernels go with the container
   if (session.handle.empty()) return;
   try {
     driver_.session_stop(session.handle, settings_.stop_grace);
@@ -207,6 +208,7 @@ void SandboxService::retire_dead_session(const SessionRow& session, const std::s
   // Only a session still active: one that stop, delete or another caller already ended keeps its final state.
   auto stored = store_.get_session(session.id);
   if (!stored || (stored->state != SS::ready && stored->state != SS::starting)) return;
+  contexts_.drop_session(session.sandbox_id, session.id, "session_ended");
   log::warn("session.dead",
             {{"sandbox", session.sandbox_id}, {"session", session.id}, {"handle", session.handle}, {"reason", why}});
   clear_session(session.sandbox_id, session.id, SS::dead, why);

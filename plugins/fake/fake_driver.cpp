@@ -861,7 +861,7 @@ class FakeProcess : public ProcessHost {
       std::unique_lock lock(mutex_);
       cv_.wait_for(lock, kPollInterval);
     }
-    notify_ready();
+    wake();  // next_event waits on cv_: without the notify it slept out its whole wait for every chunk
     return Interruption::kNone;
   }
 

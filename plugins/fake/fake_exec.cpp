@@ -5,11 +5,16 @@
 // leave this file, and the driver's call_guarded turns that into BERTH_INTERNAL.
 #include "fake_exec.h"
 
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
 
@@ -17,6 +22,7 @@ namespace berth::fake {
 namespace {
 
 constexpr berth_stream kStderr = BERTH_STREAM_STDERR;
+constexpr berth_stream kStdout = BERTH_STREAM_STDOUT;
 
 /** The process must stop now. */
 struct Interrupted {
@@ -199,10 +205,34 @@ class ScriptParser {
 
 // --- mini Python ---------------------------------------------------------------------------------------------
 
-/** Integer arithmetic with Python semantics: + - * // % unary +/-, parentheses. */
+/** A mini-Python value: an int or a str (what assignments hold). */
+struct PyValue {
+  bool is_str = false;
+  int64_t i = 0;
+  std::string s;
+  /** str() of the value (what print shows). */
+  std::string str() const { return is_str ? s : std::to_string(i); }
+  /** repr() of the value (what a notebook cell shows for a final expression). */
+  std::string repr() const {
+    if (!is_str) return std::to_string(i);
+    std::string out = "'";
+    for (char c : s) {
+      if (c == '\\' || c == '\'') out += '\\';
+      if (c == '\n') {
+        out += "\\n";
+        continue;
+      }
+      out += c;
+    }
+    return out + "'";
+  }
+};
+using Variables = std::map<std::string, PyValue, std::less<>>;
+
+/** Integer arithmetic with Python semantics: + - * // % unary +/-, parentheses, names of int variables. */
 class IntExpression {
  public:
-  explicit IntExpression(std::string_view text) : text_(text) {}
+  explicit IntExpression(std::string_view text, const Variables* vars = nullptr) : text_(text), vars_(vars) {}
 
   /** Throws Unsupported (bad syntax, overflow) or PythonError (division by zero). */
   int64_t evaluate() {
@@ -250,6 +280,15 @@ class IntExpression {
       return value;
     }
     const size_t start = pos_;
+    if (vars_ != nullptr && pos_ < text_.size() && is_name_char(text_[pos_], true)) {
+      while (pos_ < text_.size() && is_name_char(text_[pos_], false))
+        ++pos_;
+      const std::string_view name = text_.substr(start, pos_ - start);
+      const auto it = vars_->find(name);
+      if (it == vars_->end()) throw PythonError{"NameError", "name '" + std::string(name) + "' is not defined"};
+      if (it->second.is_str) throw Unsupported{};
+      return it->second.i;
+    }
     while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9')
       ++pos_;
     const std::optional<int64_t> literal = parse_number<int64_t>(text_.substr(start, pos_ - start));
@@ -300,6 +339,7 @@ class IntExpression {
   }
 
   std::string_view text_;
+  const Variables* vars_;
   size_t pos_ = 0;
 };
 
@@ -322,10 +362,22 @@ std::optional<std::string> string_literal(std::string_view text) {
   return std::nullopt;
 }
 
+/** A string literal, a variable, or an integer expression (over int variables). Throws Unsupported, PythonError. */
+PyValue evaluate(std::string_view expression, const Variables& vars) {
+  PyValue v;
+  if (std::optional<std::string> text = string_literal(expression)) {
+    v.is_str = true;
+    v.s = *text;
+    return v;
+  }
+  if (auto it = vars.find(expression); it != vars.end()) return it->second;
+  v.i = IntExpression(expression, &vars).evaluate();
+  return v;
+}
+
 /** A string literal's text or an integer expression's decimal value. */
-std::string python_value(std::string_view expression) {
-  if (std::optional<std::string> text = string_literal(expression)) return *text;
-  return std::to_string(IntExpression(expression).evaluate());
+std::string python_value(std::string_view expression, const Variables& vars = {}) {
+  return evaluate(expression, vars).str();
 }
 
 /** The text between the parentheses of `name(...)` when `line` is exactly such a call. */
@@ -396,6 +448,10 @@ class Interpreter {
 
  private:
   void emit(berth_stream stream, std::string_view data) {
+    if (kernel_) {  // a cell's output travels in frames
+      if (!data.empty()) frame(stream == kStderr ? "stderr" : "stdout", data);
+      return;
+    }
     if (const Interruption why = host_.write(stream, data); why != Interruption::kNone) throw Interrupted{why};
   }
 
@@ -657,7 +713,10 @@ class Interpreter {
   /** `python3 -c CODE`, `python3 -` or `python3` (code on stdin); one-letter flags such as -u are ignored. */
   int run_python(const std::vector<std::string>& args, berth_stream out) {
     for (size_t i = 0; i < args.size(); ++i) {
-      if (args[i] == "-c" && i + 1 < args.size()) return run_python_code(args[i + 1], "<string>", out);
+      if (args[i] == "-c" && i + 1 < args.size()) {
+        if (args[i + 1].starts_with("# berth python kernel bootstrap")) return run_kernel();  // docs/python-contexts.md
+        return run_python_code(args[i + 1], "<string>", out);
+      }
       if (args[i] == "-") break;
       if (args[i].size() == 2 && args[i][0] == '-' && args[i] != "-c") continue;
       emit(kStderr, "python3: can't open file '" + args[i] + "': [Errno 2] No such file or directory\n");
@@ -688,13 +747,17 @@ class Interpreter {
     try {
       if (run_python_statement(line, out)) return;
     } catch (const PythonError& e) {
-      emit(kStderr, "Traceback (most recent call last):\n  File \"" + std::string(file) + "\", line " +
-                        std::to_string(line_number) + ", in <module>\n" + e.type +
-                        (e.message.empty() ? "" : ": " + e.message) + "\n");
+      const std::string traceback = "Traceback (most recent call last):\n  File \"" + std::string(file) + "\", line " +
+                                    std::to_string(line_number) + ", in <module>\n" + e.type +
+                                    (e.message.empty() ? "" : ": " + e.message) + "\n";
+      error_ = {e.type, e.message, traceback};
+      emit(kStderr, traceback);
       throw Exited{1};
     } catch (const Unsupported&) {
     }
-    emit(kStderr, "SyntaxError: fake python cannot run: " + std::string(line) + "\n");
+    error_ = {"SyntaxError", "fake python cannot run: " + std::string(line),
+              "SyntaxError: fake python cannot run: " + std::string(line) + "\n"};
+    emit(kStderr, error_.traceback);
     throw Exited{1};
   }
 
@@ -708,7 +771,7 @@ class Interpreter {
           if (trim(arg.substr(5)) != "sys.stderr" && trim(arg.substr(5)) != "sys.stdout") throw Unsupported{};
           stream = trim(arg.substr(5)) == "sys.stderr" ? kStderr : out;
         } else {
-          text += (text.empty() ? "" : " ") + python_value(arg);
+          text += (text.empty() ? "" : " ") + python_value(arg, vars_);
         }
       }
       emit(stream, text + "\n");
@@ -741,15 +804,192 @@ class Interpreter {
       const std::string_view rest = raised.substr(name_end);
       if (type.empty() || (!rest.empty() && (rest.front() != '(' || rest.back() != ')'))) throw Unsupported{};
       const std::string_view value = rest.empty() ? rest : trim(rest.substr(1, rest.size() - 2));
-      throw PythonError{type, value.empty() ? "" : python_value(value)};
+      throw PythonError{type, value.empty() ? "" : python_value(value, vars_)};
+    }
+    if (line.starts_with("def handler(")) {  // `def handler(event): return EXPR`, one line (EXPR may use `event`)
+      constexpr std::string_view kForm = "def handler(event): return ";
+      if (!line.starts_with(kForm)) throw Unsupported{};
+      handler_ = std::string(trim(line.substr(kForm.size())));
+      return true;
+    }
+    // NAME = EXPR
+    size_t name_end = 0;
+    while (name_end < line.size() && is_name_char(line[name_end], name_end == 0))
+      ++name_end;
+    const std::string_view after = trim(line.substr(name_end));
+    if (name_end > 0 && after.size() > 1 && after[0] == '=' && after[1] != '=') {
+      vars_[std::string(line.substr(0, name_end))] = evaluate(trim(after.substr(1)), vars_);
+      return true;
     }
     return false;
   }
 
+  /** Whether a line is one of the statements the mini Python runs (else it may be an expression). */
+  static bool is_statement(std::string_view line) {
+    for (std::string_view start :
+         {"print(", "time.sleep(", "sys.exit(", "exit(", "quit(", "raise ", "def ", "import ", "from ", "pass"}) {
+      if (line.starts_with(start)) return true;
+    }
+    size_t name_end = 0;
+    while (name_end < line.size() && is_name_char(line[name_end], name_end == 0))
+      ++name_end;
+    const std::string_view after = trim(line.substr(name_end));
+    return name_end > 0 && after.size() > 1 && after[0] == '=' && after[1] != '=';
+  }
+
+  // --- the kernel (host/core/python_kernel.py's protocol; README.md, "Python contexts") ---
+
+  /** Writes one protocol frame to stdout. */
+  void frame(std::string_view type, std::string_view payload) {
+    std::string f = std::string(type) + " " + std::to_string(payload.size()) + "\n";
+    f.append(payload);
+    if (const Interruption why = host_.write(BERTH_STREAM_STDOUT, f); why != Interruption::kNone) {
+      throw Interrupted{why};
+    }
+  }
+
+ public:
+  /** Serves exec frames until stdin ends (exit 0); variables live as long as the process. */
+  int run_kernel() {
+    // The bootstrap's stdin: "<length>\n" and the kernel's source, which the mini Python does not run.
+    const std::optional<std::string> source_length = read_line();
+    const std::optional<size_t> skip = source_length ? parse_number<size_t>(*source_length) : std::nullopt;
+    if (!skip) return 3;
+    while (pending_.size() < *skip && read_more()) {
+    }
+    if (pending_.size() < *skip) return 3;
+    pending_.erase(0, *skip);
+    kernel_ = true;
+    frame("ready", R"({"protocol": 1, "python": "fake", "pid": 1})");
+    for (int count = 1;; ++count) {
+      const std::optional<std::string> header = read_line();
+      if (!header) return 0;
+      const size_t space = header->find(' ');
+      const std::optional<size_t> length =
+          space == std::string::npos ? std::nullopt : parse_number<size_t>(header->substr(space + 1));
+      if (!length) return 2;
+      while (pending_.size() < *length && read_more()) {
+      }
+      if (pending_.size() < *length) return 0;
+      const std::string payload = pending_.substr(0, *length);
+      pending_.erase(0, *length);
+      if (header->substr(0, space) != "exec") continue;
+      frame("result", run_cell(payload, count));
+    }
+  }
+
+ private:
+  /** One cell: its code line by line, a final expression's repr as data.text, then handler(event) if asked. */
+  std::string run_cell(const std::string& request_json, int count) {
+    Poco::JSON::Object result;
+    result.set("execution_count", count);
+    std::string code;
+    Poco::Dynamic::Var event;
+    bool has_event = false;
+    try {
+      Poco::JSON::Parser parser;
+      auto request = parser.parse(request_json).extract<Poco::JSON::Object::Ptr>();
+      code = request->optValue<std::string>("code", "");
+      has_event = request->has("event");
+      if (has_event) event = request->get("event");
+    } catch (const std::exception&) {
+      code = "raise ValueError('malformed exec frame')";
+    }
+    const std::string file = "<cell " + std::to_string(count) + ">";
+    int exit_code = 0;
+    error_ = {};
+    std::optional<PyValue> shown;
+    std::optional<Poco::Dynamic::Var> returned;
+    try {
+      std::vector<std::string_view> lines;
+      for (size_t start = 0; start <= code.size();) {
+        const size_t end = std::min(code.find('\n', start), code.size());
+        lines.push_back(trim(std::string_view(code).substr(start, end - start)));
+        start = end + 1;
+      }
+      size_t last = lines.size();
+      for (size_t i = lines.size(); i-- > 0;) {
+        if (!lines[i].empty() && lines[i][0] != '#') {
+          last = i;
+          break;
+        }
+      }
+      for (size_t i = 0; i < lines.size(); ++i) {
+        if (i == last && !is_statement(lines[i])) {  // the final expression
+          check();
+          try {
+            shown = evaluate(lines[i], vars_);
+            continue;
+          } catch (const Unsupported&) {
+            // not an expression the fake knows: run_python_line reports it
+          } catch (const PythonError& e) {
+            error_ = {e.type, e.message,
+                      "Traceback (most recent call last):\n  File \"" + file + "\", line " + std::to_string(i + 1) +
+                          ", in <module>\n" + e.type + (e.message.empty() ? "" : ": " + e.message) + "\n"};
+            emit(kStderr, error_.traceback);
+            throw Exited{1};
+          }
+        }
+        run_python_line(lines[i], file, static_cast<int>(i + 1), kStdout);
+      }
+      if (has_event) {
+        if (!handler_) {
+          error_ = {"NameError", "an event was given but the code defines no handler(event) function"};
+          emit(kStderr, error_.type + ": " + error_.message + "\n");
+          throw Exited{1};
+        }
+        if (*handler_ == "event") {
+          returned = event;
+        } else {
+          const PyValue v = evaluate(*handler_, vars_);
+          returned = v.is_str ? Poco::Dynamic::Var(v.s) : Poco::Dynamic::Var(v.i);
+        }
+      }
+    } catch (const Exited& e) {
+      exit_code = e.code;
+    } catch (const PythonError& e) {  // in the handler's expression
+      error_ = {e.type, e.message};
+      emit(kStderr, e.type + ": " + e.message + "\n");
+      exit_code = 1;
+    } catch (const Unsupported&) {
+      error_ = {"SyntaxError", "fake python cannot run: def handler(event): return " + handler_.value_or("")};
+      emit(kStderr, error_.type + ": " + error_.message + "\n");
+      exit_code = 1;
+    }
+    result.set("success", exit_code == 0);
+    result.set("exit_code", exit_code);
+    if (shown && exit_code == 0) {
+      Poco::JSON::Object data;
+      data.set("text", shown->repr());
+      result.set("data", data);
+    }
+    if (returned && exit_code == 0) result.set("result", *returned);
+    if (exit_code != 0) {
+      Poco::JSON::Object error;
+      error.set("ename", error_.type.empty() ? "SystemExit" : error_.type);
+      error.set("evalue", error_.type.empty() ? std::to_string(exit_code) : error_.message);
+      error.set("traceback", error_.traceback);
+      result.set("error", error);
+    }
+    result.set("cwd", process_.pwd);
+    std::ostringstream out;
+    result.stringify(out);
+    return out.str();
+  }
+
+  struct CellError {
+    std::string type;
+    std::string message;
+    std::string traceback;
+  };
   const Process& process_;
   ProcessHost& host_;
-  std::string pending_;     // stdin read from the host that nothing has consumed yet
-  bool stdin_eof_ = false;  // the host said stdin ended
+  Variables vars_;                      // assignments (a kernel keeps them across cells)
+  std::optional<std::string> handler_;  // `def handler(event): return EXPR`: EXPR
+  bool kernel_ = false;                 // serving the kernel protocol: output goes out in frames
+  CellError error_;                     // the last uncaught error (for the kernel's result)
+  std::string pending_;                 // stdin read from the host that nothing has consumed yet
+  bool stdin_eof_ = false;              // the host said stdin ended
 };
 
 }  // namespace

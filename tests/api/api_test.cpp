@@ -1458,8 +1458,11 @@ TEST_CASE("capacity: 100 concurrent sleeping python execs on one sandbox all ans
   BerthdProcess berthd({.server = "max_connections_per_client = 0\n"});
   HttpClient c(berthd.port());
   std::string id = create_id(c);
-  auto results = in_parallel(
-      100, [&](int i) { return python(c, id, "import time\ntime.sleep(1)\nprint(" + std::to_string(i) + ")"); });
+  // Stateless: independent programs side by side (the default context runs one cell at a time, as a notebook).
+  auto results = in_parallel(100, [&](int i) {
+    return c.post(sb(id) + "/python/exec", "{\"stateless\":true,\"code\":" +
+                                               q("import time\ntime.sleep(1)\nprint(" + std::to_string(i) + ")") + "}");
+  });
   std::set<std::string> exec_ids;
   for (std::size_t i = 0; i < results.size(); ++i) {
     INFO("request " << i << ": " << describe(results[i]));
@@ -1816,4 +1819,230 @@ TEST_CASE("an encoded '/' stays inside its path segment: x%2Fhistory is an unkno
   CHECK(c.get("/v1/sandboxes/" + id + "/history").status == 200);
   CHECK(c.get("/v1/sandboxes/%73andbox-" + id.substr(8)).status == 200);  // other escapes still decode
   CHECK(c.del("/v1/sandboxes/" + id).status == 204);
+}
+
+// ---- issue 10: Python contexts (the fake driver's kernel: host/core/python_kernel.py's protocol, mini Python) ----
+
+namespace {
+
+HttpResponse cell(const HttpClient& c, const std::string& id, const std::string& body) {
+  return c.post(sb(id) + "/python/exec", body);
+}
+
+/** A cell that must answer 200; its body. */
+Object::Ptr run_cell(const HttpClient& c, const std::string& id, const std::string& code,
+                     const std::string& extra = "") {
+  return require_json(cell(c, id, "{\"code\":" + q(code) + extra + "}"), 200);
+}
+
+Object::Ptr parse_json(const std::string& text) {
+  Poco::JSON::Parser parser;
+  return parser.parse(text).extract<Object::Ptr>();
+}
+
+std::string data_text(const Object::Ptr& r) {
+  auto data = r->getObject("data");
+  return data && data->has("text") ? str(data, "text") : "";
+}
+
+}  // namespace
+
+TEST_CASE("python/exec keeps state in the default context: variables, a final expression's value, the counter") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  auto first = run_cell(c, id, "x = 5");
+  CHECK(first->getValue<bool>("success"));
+  CHECK(str(first, "context_id") == "default");
+  CHECK(first->getValue<int>("execution_count") == 1);
+  CHECK_FALSE(first->getValue<bool>("context_restarted"));
+  CHECK(is_null(first, "data"));
+  CHECK(is_null(first, "exception"));
+  auto second = run_cell(c, id, "print(x)\nx * 2");
+  CHECK(str(second, "output") == "5\n");
+  CHECK(data_text(second) == "10");
+  CHECK(second->getValue<int>("execution_count") == 2);
+  CHECK(second->getValue<int>("exit_code") == 0);
+
+  // An exception fails the cell, says what it was, and keeps the state.
+  auto failed = run_cell(c, id, "raise ValueError('boom')");
+  CHECK_FALSE(failed->getValue<bool>("success"));
+  CHECK(failed->getValue<int>("exit_code") == 1);
+  auto exception = failed->getObject("exception");
+  REQUIRE(exception);
+  CHECK(str(exception, "name") == "ValueError");
+  CHECK(str(exception, "value") == "boom");
+  CHECK_THAT(str(failed, "error"), Catch::Contains("ValueError: boom"));
+  CHECK(data_text(run_cell(c, id, "x")) == "5");
+
+  // sys.exit(n) ends the cell with that exit code, not the context.
+  auto exited = run_cell(c, id, "sys.exit(3)");
+  CHECK(exited->getValue<int>("exit_code") == 3);
+  CHECK_FALSE(exited->getValue<bool>("success"));
+  CHECK(data_text(run_cell(c, id, "x + 1")) == "6");
+
+  // Stateless: a fresh interpreter that knows nothing of the context, and no context fields.
+  auto stateless = require_json(cell(c, id, R"J({"code":"print(x)","stateless":true})J"), 200);
+  CHECK_FALSE(stateless->getValue<bool>("success"));
+  CHECK_THAT(str(stateless, "error"), Catch::Contains("NameError"));
+  CHECK_FALSE(stateless->has("context_id"));
+  CHECK(data_text(run_cell(c, id, "x")) == "5");  // and the context is untouched
+
+  // History records every cell as a python execution.
+  auto history = require_json(c.get(sb(id) + "/history?exec_type=python&limit=500"), 200);
+  CHECK(history->getValue<int>("total") == 8);
+}
+
+TEST_CASE("named contexts: their own state, listed, fetched, deleted, unknown ones 404, a limit per sandbox") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  run_cell(c, id, "x = 1");
+  auto created = require_json(c.post(sb(id) + "/contexts", R"J({"env":{"GREETING":"hi"}})J"), 201);
+  const std::string ctx = str(created, "id");
+  CHECK_THAT(ctx, Catch::Matches("ctx-.+"));
+  CHECK(created->getValue<bool>("running"));
+  CHECK(created->getValue<int>("execution_count") == 0);
+  CHECK(str(created->getObject("env"), "GREETING") == "hi");
+
+  auto in_ctx = require_json(cell(c, id, "{\"code\":\"x\",\"context_id\":" + q(ctx) + "}"), 200);
+  CHECK_FALSE(in_ctx->getValue<bool>("success"));  // x lives in the default context only
+  CHECK(str(in_ctx->getObject("exception"), "name") == "NameError");
+  CHECK(str(in_ctx, "context_id") == ctx);
+  require_json(cell(c, id, "{\"code\":\"x = 2\",\"context_id\":" + q(ctx) + "}"), 200);
+  CHECK(data_text(require_json(cell(c, id, "{\"code\":\"x\",\"context_id\":" + q(ctx) + "}"), 200)) == "2");
+  CHECK(data_text(run_cell(c, id, "x")) == "1");
+
+  auto list = require_json(c.get(sb(id) + "/contexts"), 200);
+  auto items = list->getArray("items");
+  REQUIRE(items->size() == 2);
+  CHECK(ids_of(items) == std::vector<std::string>{ctx, "default"});
+  auto one = require_json(c.get(sb(id) + "/contexts/" + ctx), 200);
+  CHECK(one->getValue<int>("execution_count") == 3);
+  CHECK_FALSE(one->getValue<bool>("busy"));
+  CHECK_FALSE(is_null(one, "last_used_at"));
+
+  auto del = c.del(sb(id) + "/contexts/" + ctx);
+  CHECK(del.status == 204);
+  require_error(c.get(sb(id) + "/contexts/" + ctx), 404, "not_found");
+  require_error(c.del(sb(id) + "/contexts/" + ctx), 404, "not_found");
+  auto gone = require_error(cell(c, id, "{\"code\":\"1\",\"context_id\":" + q(ctx) + "}"), 404, "not_found");
+  CHECK(str(gone->getObject("details"), "context_id") == ctx);
+  require_error(cell(c, id, R"J({"code":"1","context_id":"ctx-nope"})J"), 404, "not_found");
+
+  // At most 8 per sandbox, the default one included.
+  for (int i = 0; i < 7; ++i)
+    require_json(c.post(sb(id) + "/contexts", ""), 201);
+  auto full = require_error(c.post(sb(id) + "/contexts", "{}"), 409, "conflict");
+  CHECK(str(full->getObject("details"), "limit") == "8");
+
+  require_error(c.post(sb(id) + "/contexts", R"J({"cwd":"../etc"})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/contexts", R"J({"env":{"LD_PRELOAD":"/x"}})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/contexts", R"J({"shell":"bash"})J"), 400, "validation_error");
+  require_error(c.get(sb("sbx-nope") + "/contexts"), 404, "not_found");
+
+  // A deleted sandbox takes its contexts with it.
+  CHECK(c.del(sb(id)).status == 204);
+  require_error(c.get(sb(id) + "/contexts"), 404, "not_found");
+}
+
+TEST_CASE("python/exec with an event calls handler(event) and returns its value as result") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  auto r =
+      require_json(cell(c, id, R"J({"code":"def handler(event): return event","event":{"a":[1,2,"three"]}})J"), 200);
+  CHECK(r->getValue<bool>("success"));
+  auto result = r->getObject("result");
+  REQUIRE(result);
+  CHECK(result->getArray("a")->size() == 3);
+  // The handler stays defined: an event alone (no code) calls it again.
+  auto again = require_json(cell(c, id, R"J({"event":"ping"})J"), 200);
+  CHECK(again->getValue<std::string>("result") == "ping");
+  // Stateless with an event: a one-off interpreter that has no handler unless the code defines one.
+  auto none = require_json(cell(c, id, R"J({"code":"x = 1","event":1,"stateless":true})J"), 200);
+  CHECK_FALSE(none->getValue<bool>("success"));
+  CHECK(str(none->getObject("exception"), "name") == "NameError");
+  CHECK(is_null(none, "context_id"));
+  auto own = require_json(cell(c, id, R"J({"code":"def handler(event): return 7","event":{},"stateless":true})J"), 200);
+  CHECK(own->getValue<int>("result") == 7);
+
+  require_error(cell(c, id, "{}"), 400, "validation_error");  // neither code nor event
+  require_error(cell(c, id, R"J({"code":"1","stateless":true,"context_id":"default"})J"), 400, "validation_error");
+  require_error(cell(c, id, R"J({"code":"1","stateless":"yes"})J"), 400, "validation_error");
+  require_error(cell(c, id, R"J({"code":"1","context_id":7})J"), 400, "validation_error");
+}
+
+TEST_CASE("a cell past its timeout loses its interpreter and says so, and a stopped session restarts the context") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  run_cell(c, id, "x = 5");
+  // The fake's interpreter ends at SIGINT (a real one raises KeyboardInterrupt: e2e), so the context restarts.
+  auto late = run_cell(c, id, "time.sleep(30)", ",\"timeout\":1");
+  CHECK(late->getValue<bool>("timed_out"));
+  CHECK_FALSE(late->getValue<bool>("success"));
+  CHECK(late->getValue<bool>("context_restarted"));
+  CHECK_THAT(str(late, "error"), Catch::Contains("execution timed out after 1s"));
+  auto fresh = run_cell(c, id, "x");
+  CHECK(str(fresh->getObject("exception"), "name") == "NameError");  // the state went with it
+  CHECK_FALSE(fresh->getValue<bool>("context_restarted"));           // already said
+  CHECK(fresh->getValue<int>("execution_count") == 1);
+
+  run_cell(c, id, "y = 1");
+  require_json(c.post(sb(id) + "/stop", ""), 200);
+  auto after_stop = run_cell(c, id, "y");
+  CHECK(after_stop->getValue<bool>("context_restarted"));
+  CHECK(str(after_stop, "restart_reason") == "session_ended");
+  CHECK(str(after_stop->getObject("exception"), "name") == "NameError");
+  auto list = require_json(c.get(sb(id) + "/contexts"), 200)->getArray("items");
+  REQUIRE(list->size() == 1);
+  CHECK(list->getObject(0)->getValue<bool>("running"));
+}
+
+TEST_CASE("a cell streams its output as events and ends with the same result the JSON call gives") {
+  auto port = shared_berthd().port();
+  auto c = shared_client();
+  auto id = create_id(c);
+  run_cell(c, id, "n = 3");
+  auto reply = post_events(port, "/v1/sandboxes/" + id + "/python/exec", R"J({"code":"print('a')\nprint(n)\nn"})J");
+  REQUIRE(reply.status == 200);
+  REQUIRE(reply.events.size() >= 2);
+  std::string out;
+  for (std::size_t i = 0; i + 1 < reply.events.size(); ++i) {
+    CHECK(reply.events[i].event == "stdout");
+    out += str(parse_json(reply.events[i].data), "data");
+  }
+  CHECK(out == "a\n3\n");
+  CHECK(reply.events.back().event == "result");
+  auto result = parse_json(reply.events.back().data);
+  CHECK(data_text(result) == "3");
+  CHECK(result->getValue<int>("execution_count") == 2);
+  CHECK(str(result, "output") == "a\n3\n");
+}
+
+TEST_CASE("a driver without interactive processes runs python/exec stateless and refuses contexts") {
+  BerthdProcess berthd(BerthdConfig{"", "processes = false\n", ""});
+  HttpClient c(berthd.port());
+  auto id = create_id(c);
+  auto r = run_cell(c, id, "print(1)");
+  CHECK(str(r, "output") == "1\n");
+  CHECK_FALSE(r->has("context_id"));
+  require_error(c.post(sb(id) + "/contexts", "{}"), 400, "capability_not_supported");
+  require_error(cell(c, id, R"J({"code":"1","context_id":"ctx-x"})J"), 400, "capability_not_supported");
+  require_error(cell(c, id, R"J({"event":1})J"), 400, "capability_not_supported");
+}
+
+TEST_CASE("concurrent cells on one context run one at a time: none is lost, each sees the one before") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  run_cell(c, id, "x = 0");
+  auto results = in_parallel(20, [&](int) { return cell(c, id, R"J({"code":"x = x + 1\nx"})J"); });
+  std::set<int> counts;
+  std::set<std::string> values;
+  for (auto& r : results) {
+    auto o = require_json(r, 200);
+    counts.insert(o->getValue<int>("execution_count"));
+    values.insert(data_text(o));
+  }
+  CHECK(counts.size() == 20);  // each cell its own turn
+  CHECK(*counts.begin() == 2);
+  CHECK(values.size() == 20);  // 1..20, each once
+  CHECK(data_text(run_cell(c, id, "x")) == "20");
 }

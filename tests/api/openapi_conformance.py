@@ -341,6 +341,25 @@ def drive(b):
     b.request("POST", f"{SB}/{none}/shell/exec", {"command": "true"}, expect=404)
     b.request("POST", f"{SB}/{s1}/shell/exec", {"command": "x" * (MAX_BODY + 1)}, expect=413)
 
+    # Python contexts (the fake driver's kernel)
+    CX = f"{SB}/{{id}}/contexts"
+    b.request("POST", f"{SB}/{s1}/python/exec", good_body("POST", PY, {"code": "x = 1", "context_id": "default"}),
+              expect=200)
+    b.request("POST", f"{SB}/{s1}/python/exec", good_body("POST", PY, {"event": {"a": 1}, "stateless": True}),
+              expect=200)
+    b.request("POST", f"{SB}/{s1}/python/exec", {"code": "1", "context_id": "ctx-none"}, expect=404)
+    _, _, created = b.request("POST", f"{SB}/{s1}/contexts", good_body("POST", CX, {"cwd": "", "env": {"A": "b"}}),
+                              expect=201)
+    ctx = j(created)["id"]
+    b.request("POST", f"{SB}/{s1}/contexts", {"cwd": "../up"}, expect=400)
+    b.request("POST", f"{SB}/{none}/contexts", {}, expect=404)
+    b.request("GET", f"{SB}/{s1}/contexts", expect=200)
+    b.request("GET", f"{SB}/{none}/contexts", expect=404)
+    b.request("GET", f"{SB}/{s1}/contexts/{ctx}", expect=200)
+    b.request("GET", f"{SB}/{s1}/contexts/ctx-none", expect=404)
+    b.request("DELETE", f"{SB}/{s1}/contexts/{ctx}", expect=204)
+    b.request("DELETE", f"{SB}/{s1}/contexts/{ctx}", expect=404)
+
     # history
     b.request("GET", f"{SB}/{s1}/history", expect=200)
     b.request("GET", f"{SB}/{s1}/history?exec_type=shell&limit=1&offset=1", expect=200)

@@ -717,3 +717,171 @@ TEST_CASE("e2e: an engine gone mid-run gives 503 driver_unavailable and recovers
   purge_instance(instance_of(berthd));
   std::filesystem::remove_all(dir);
 }
+
+// ---- issue 10: Python contexts on the real interpreter
+// ---------------------------------------------------------------
+
+namespace {
+
+/** A python/exec body: `code`, and the extra members given as raw JSON text (e.g. "\"timeout\": 2"). */
+Poco::JSON::Object::Ptr cell(const HttpClient& c, const std::string& id, const std::string& code,
+                             const std::string& extra = "") {
+  Poco::JSON::Object body;
+  body.set("code", code);
+  std::ostringstream os;
+  body.stringify(os);
+  std::string text = os.str();
+  if (!extra.empty()) text.insert(text.size() - 1, "," + extra);
+  auto r = c.post(sb(id) + "/python/exec", text);
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  return r.json();
+}
+
+std::string text_of(const Poco::JSON::Object::Ptr& r) {
+  auto data = r->getObject("data");
+  return data && data->has("text") ? data->getValue<std::string>("text") : "";
+}
+
+std::string exception_of(const Poco::JSON::Object::Ptr& r) {
+  auto e = r->getObject("exception");
+  return e ? e->getValue<std::string>("name") : "";
+}
+
+}  // namespace
+
+TEST_CASE("e2e: a Python context keeps state across 100 cells, survives exceptions, and a timeout interrupts a cell",
+          "[e2e]") {
+  BerthdProcess berthd(engine_config());
+  HttpClient c(berthd.port());
+  const auto id = create(c);
+  CHECK(text_of(cell(c, id, "x = 0\nimport os\nos.getpid() > 0")) == "True");
+  for (int i = 1; i <= 100; ++i) {
+    auto r = cell(c, id, "x += 1\nx");
+    REQUIRE(text_of(r) == std::to_string(i));
+    REQUIRE(r->getValue<int>("execution_count") == i + 1);
+  }
+  // Functions, imports and the working directory persist too; subprocesses' output is the cell's output.
+  cell(c, id, "def twice(v):\n    return 2 * v\nos.makedirs('sub', exist_ok=True)\nos.chdir('sub')");
+  CHECK(text_of(cell(c, id, "twice(x), os.getcwd()")) == "(200, '/workspace/sub')");
+  auto sub = cell(c, id,
+                  "import subprocess\nsubprocess.run(['sh', '-c', 'echo from-child; echo err-child >&2'])\n"
+                  "print('after', flush=True)\nNone");
+  CHECK(sub->getValue<std::string>("output") == "from-child\nafter\n");
+  CHECK(sub->getValue<std::string>("error") == "err-child\n");
+
+  // An exception fails the cell with its traceback; the state stays.
+  auto boom = cell(c, id, "def f():\n    return 1 / 0\nf()");
+  CHECK_FALSE(boom->getValue<bool>("success"));
+  CHECK(boom->getValue<int>("exit_code") == 1);
+  CHECK(exception_of(boom) == "ZeroDivisionError");
+  CHECK_THAT(boom->getValue<std::string>("error"), Catch::Contains("return 1 / 0"));  // the cell's own line
+  CHECK_THAT(boom->getValue<std::string>("error"), Catch::Contains("ZeroDivisionError: division by zero"));
+  CHECK(text_of(cell(c, id, "x")) == "100");
+
+  // A timeout interrupts the cell (KeyboardInterrupt); the context keeps its state.
+  auto t0 = std::chrono::steady_clock::now();
+  auto slow = cell(c, id, "import time\ntime.sleep(120)", "\"timeout\": 2");
+  CHECK(slow->getValue<bool>("timed_out"));
+  CHECK_FALSE(slow->getValue<bool>("context_restarted"));
+  CHECK(exception_of(slow) == "KeyboardInterrupt");
+  CHECK(std::chrono::steady_clock::now() - t0 < 60s);
+  CHECK(text_of(cell(c, id, "x")) == "100");
+
+  // A cell that ignores SIGINT is killed with its interpreter: the context restarts and says so.
+  auto stubborn = cell(c, id, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(120)",
+                       "\"timeout\": 2");
+  CHECK(stubborn->getValue<bool>("timed_out"));
+  CHECK(stubborn->getValue<bool>("context_restarted"));
+  CHECK(stubborn->getValue<std::string>("restart_reason") == "timeout");
+  auto fresh = cell(c, id, "x");
+  CHECK(exception_of(fresh) == "NameError");
+  CHECK(fresh->getValue<int>("execution_count") == 1);
+
+  // An interpreter that exits mid-cell: the cell says so, the next one runs on a fresh interpreter.
+  auto exited = cell(c, id, "import os\nos._exit(3)");
+  CHECK(exited->getValue<bool>("context_restarted"));
+  CHECK_THAT(exited->getValue<std::string>("restart_reason"), Catch::Contains("exited (code 3)"));
+  CHECK(cell(c, id, "1 + 1")->getValue<int>("execution_count") == 1);
+
+  // sys.exit(n) ends the cell with n, not the context.
+  cell(c, id, "y = 7");
+  CHECK(cell(c, id, "import sys\nsys.exit(4)")->getValue<int>("exit_code") == 4);
+  CHECK(text_of(cell(c, id, "y")) == "7");
+  // input() sees end of input (the protocol's stdin is not the cell's).
+  CHECK(exception_of(cell(c, id, "input()")) == "EOFError");
+
+  // A stopped session takes the interpreter with it; the next cell says why its state is gone.
+  CHECK(c.post(sb(id) + "/stop").status == 200);
+  auto after = cell(c, id, "y");
+  CHECK(after->getValue<bool>("context_restarted"));
+  CHECK(after->getValue<std::string>("restart_reason") == "session_ended");
+  CHECK(exception_of(after) == "NameError");
+}
+
+TEST_CASE("e2e: named contexts, handler(event), rich results and a streamed cell", "[e2e]") {
+  BerthdProcess berthd(engine_config());
+  HttpClient c(berthd.port());
+  const auto id = create(c);
+  shell(c, id, "mkdir -p proj");
+  auto created = c.post(sb(id) + "/contexts", R"({"cwd": "proj", "env": {"ROLE": "worker"}})");
+  INFO(created.body);
+  REQUIRE(created.status == 201);
+  const auto ctx = created.json()->getValue<std::string>("id");
+  CHECK(created.json()->getValue<std::string>("python_version").rfind("3.", 0) == 0);
+  const std::string in_ctx = "\"context_id\": \"" + ctx + "\"";
+  CHECK(text_of(cell(c, id, "import os\nos.getcwd(), os.environ['ROLE'], os.environ['FROM_PROFILE']", in_ctx)) ==
+        "('/workspace/proj', 'worker', 'p')");
+  cell(c, id, "z = 'named'", in_ctx);
+  CHECK(exception_of(cell(c, id, "z")) == "NameError");  // the default context is another interpreter
+  CHECK(text_of(cell(c, id, "z", in_ctx)) == "'named'");
+
+  // handler(event): the return value comes back as JSON; a value JSON cannot carry is a clear error.
+  auto handled = cell(c, id, "def handler(event):\n    return {'sum': sum(event['n']), 'who': event['who']}",
+                      R"("event": {"n": [1, 2, 3], "who": "caf\u00e9"})");
+  REQUIRE(handled->getObject("result"));
+  CHECK(handled->getObject("result")->getValue<int>("sum") == 6);
+  CHECK(handled->getObject("result")->getValue<std::string>("who") == "caf\u00e9");
+  auto bad = cell(c, id, "def handler(event):\n    return {1, 2}", R"("event": null, "stateless": true)");
+  CHECK(bad->getValue<bool>("success"));  // "event": null is no event: the code ran, nothing was called
+  bad = cell(c, id, "def handler(event):\n    return {1, 2}", R"("event": {}, "stateless": true)");
+  CHECK_FALSE(bad->getValue<bool>("success"));
+  CHECK(exception_of(bad) == "TypeError");
+  CHECK_THAT(bad->getObject("exception")->getValue<std::string>("value"), Catch::Contains("not JSON-serialisable"));
+
+  // Rich results: _repr_html_ of the final value, display() of several.
+  auto rich = cell(c, id,
+                   "class T:\n    def _repr_html_(self):\n        return '<b>t</b>'\n    def __repr__(self):\n"
+                   "        return 'T()'\ndisplay(1, T())\nT()");
+  auto data = rich->getObject("data");
+  REQUIRE(data);
+  CHECK(data->getValue<std::string>("text") == "T()");
+  CHECK(data->getValue<std::string>("html") == "<b>t</b>");
+  REQUIRE(data->getArray("display"));
+  CHECK(data->getArray("display")->size() == 2);
+  CHECK(data->getArray("display")->getObject(1)->getValue<std::string>("html") == "<b>t</b>");
+
+  // A streamed cell: its output as events, then a result equal in shape to the JSON answer.
+  auto reply = post_events(
+      berthd.port(), sb(id) + "/python/exec",
+      R"({"code": "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.2)\ni * 10"})");
+  REQUIRE(reply.status == 200);
+  REQUIRE(reply.events.size() >= 2);
+  std::string streamed;
+  for (std::size_t i = 0; i + 1 < reply.events.size(); ++i) {
+    CHECK(reply.events[i].event == "stdout");
+    streamed += Poco::JSON::Parser()
+                    .parse(reply.events[i].data)
+                    .extract<Poco::JSON::Object::Ptr>()
+                    ->getValue<std::string>("data");
+  }
+  CHECK(streamed == "0\n1\n2\n");
+  REQUIRE(reply.events.back().event == "result");
+  auto result = Poco::JSON::Parser().parse(reply.events.back().data).extract<Poco::JSON::Object::Ptr>();
+  CHECK(text_of(result) == "20");
+  CHECK(result->getValue<std::string>("output") == "0\n1\n2\n");
+  CHECK(result->getValue<std::string>("context_id") == "default");
+
+  CHECK(c.del(sb(id) + "/contexts/" + ctx).status == 204);
+  CHECK(c.post(sb(id) + "/python/exec", "{\"code\": \"z\", " + in_ctx + "}").status == 404);
+}
