@@ -9,6 +9,7 @@
 #include <Poco/String.h>
 #include <Poco/TemporaryFile.h>
 
+#include <charconv>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -463,6 +464,14 @@ class ExecEventStream {
 
   bool started() const { return out_ != nullptr; }
 
+  /** An SSE comment line (ignored by clients): keeps the connection alive; false once the client is gone. */
+  bool keepalive() {
+    if (out_ == nullptr) begin();
+    *out_ << ": keepalive\n\n";
+    out_->flush();
+    return static_cast<bool>(*out_);
+  }
+
  private:
   bool output(const char* stream, std::uint64_t seq, std::chrono::system_clock::time_point at,
               const std::string& text) {
@@ -474,15 +483,17 @@ class ExecEventStream {
     return event(stream, std::to_string(seq), o);
   }
 
+  void begin() {
+    ex_.response.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
+    ex_.response.setContentType("text/event-stream; charset=utf-8");
+    ex_.response.set("Cache-Control", "no-cache");
+    ex_.response.set("X-Accel-Buffering", "no");  // a proxy in front (nginx) must not hold the events back
+    ex_.response.setChunkedTransferEncoding(true);
+    out_ = &ex_.response.send();
+  }
+
   bool event(const char* name, const std::string& id, const Object& data) {
-    if (out_ == nullptr) {
-      ex_.response.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
-      ex_.response.setContentType("text/event-stream; charset=utf-8");
-      ex_.response.set("Cache-Control", "no-cache");
-      ex_.response.set("X-Accel-Buffering", "no");  // a proxy in front (nginx) must not hold the events back
-      ex_.response.setChunkedTransferEncoding(true);
-      out_ = &ex_.response.send();
-    }
+    if (out_ == nullptr) begin();
     std::ostringstream frame;
     frame << "event: " << name << "\n";
     if (!id.empty()) frame << "id: " << id << "\n";
@@ -535,17 +546,43 @@ std::optional<std::chrono::seconds> exec_timeout(const Object::Ptr& body) {
   return std::chrono::seconds(*t);
 }
 
+/** A boolean field; false when absent or null. validation_error for any other type. */
+bool opt_bool(const Object::Ptr& body, const std::string& field) {
+  if (!body->has(field) || body->isNull(field)) return false;
+  auto v = body->get(field);
+  if (v.type() != typeid(bool))
+    throw Error(ErrorCode::validation_error, "'" + field + "' must be a boolean", {{"field", field}});
+  return v.extract<bool>();
+}
+
+/** An execution as GET .../executions/{id} answers it (docs/api.md, "Async executions"). */
+Object execution_json(const core::ExecutionView& v) {
+  Object o;
+  o.set("id", v.id);
+  o.set("sandbox_id", v.sandbox_id);
+  o.set("exec_type", v.kind);
+  o.set("status", std::string(core::to_string(v.status)));
+  o.set("async", v.async);
+  o.set("created_at", rfc3339(v.created_at));
+  o.set("finished_at", opt_time(v.finished_at));
+  o.set("reason", v.reason.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(to_utf8_lossy(v.reason)));
+  o.set("error_code", v.error_code.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(v.error_code));
+  o.set("result", v.outcome ? Poco::Dynamic::Var(exec_json(*v.outcome)) : Poco::Dynamic::Var());
+  return o;
+}
+
+/** 202 for an async start: the execution (status running) and where to find it. */
+void send_started(Exchange& ex, const core::ExecutionView& v) {
+  ex.response.set("Location", "/v1/sandboxes/" + v.sandbox_id + "/executions/" + v.id);
+  ex.send_json(202, execution_json(v));
+}
+
 void python_exec(Exchange& ex) {
   auto body = ex.json_body();
-  only_fields(body, {"code", "timeout", "context_id", "stateless", "event"});
+  only_fields(body, {"code", "timeout", "context_id", "stateless", "event", "async"});
   core::PythonExecOptions opts;
   if (auto c = opt_string(body, "context_id")) opts.context_id = *c;
-  if (body->has("stateless") && !body->isNull("stateless")) {
-    auto v = body->get("stateless");
-    if (v.type() != typeid(bool))
-      throw Error(ErrorCode::validation_error, "'stateless' must be a boolean", {{"field", "stateless"}});
-    opts.stateless = v.extract<bool>();
-  }
+  opts.stateless = opt_bool(body, "stateless");
   if (opts.stateless && body->has("context_id") && !body->isNull("context_id")) {
     throw Error(ErrorCode::validation_error, "give either 'stateless' or 'context_id', not both",
                 {{"field", "context_id"}});
@@ -557,6 +594,11 @@ void python_exec(Exchange& ex) {
   }
   const std::string code = opts.event_json ? opt_string(body, "code").value_or("") : req_string(body, "code");
   const auto timeout = exec_timeout(body);
+  if (opt_bool(body, "async")) {
+    send_started(
+        ex, ex.ctx.service.start_async(ex.owner, sandbox_id(ex), core::ExecKind::python, code, timeout, "", &opts));
+    return;
+  }
   answer_exec(ex, [&](const core::ExecChunkSink& sink) {
     return ex.ctx.service.run_python(ex.owner, sandbox_id(ex), code, timeout, opts, sink);
   });
@@ -606,7 +648,7 @@ void delete_context(Exchange& ex) {
 
 void shell_exec(Exchange& ex) {
   auto body = ex.json_body();
-  only_fields(body, {"command", "timeout", "cwd", "cwd_b64"});
+  only_fields(body, {"command", "timeout", "cwd", "cwd_b64", "async"});
   auto cwd = opt_string(body, "cwd");
   if (body->has("cwd_b64")) {
     if (cwd)
@@ -615,10 +657,70 @@ void shell_exec(Exchange& ex) {
   }
   const std::string command = req_string(body, "command");
   const auto timeout = exec_timeout(body);
+  if (opt_bool(body, "async")) {
+    send_started(ex, ex.ctx.service.start_async(ex.owner, sandbox_id(ex), core::ExecKind::shell, command, timeout,
+                                                cwd.value_or(""), nullptr));
+    return;
+  }
   answer_exec(ex, [&](const core::ExecChunkSink& sink) {
     return ex.ctx.service.exec(ex.owner, sandbox_id(ex), core::ExecKind::shell, command, timeout, cwd.value_or(""),
                                sink);
   });
+}
+
+void get_execution(Exchange& ex) {
+  ex.send_json(200, execution_json(ex.ctx.service.execution(ex.owner, sandbox_id(ex), ex.params.at(1))));
+}
+
+void cancel_execution(Exchange& ex) {
+  ex.json_body();  // read whatever came (an empty body is {}), so that the connection stays in step
+  ex.send_json(200, execution_json(ex.ctx.service.cancel_execution(ex.owner, sandbox_id(ex), ex.params.at(1))));
+}
+
+/**
+ * GET .../executions/{id}/events: the execution's output as Server-Sent Events (as a streamed exec: `stdout` and
+ * `stderr` events with `id: <seq>`), from the sequence number after `Last-Event-ID` (or `?after=`; from the start
+ * without either), live until it ends, then its `result` event, or an `error` event when it ended without a result.
+ * Chunks dropped from the bounded buffer are skipped (the seq numbers show the gap). A comment every 15 s keeps the
+ * connection alive and finds a client that left. HTTP/1.0 (no chunked framing) gets the execution's JSON instead.
+ */
+void execution_events(Exchange& ex) {
+  const std::string eid = ex.params.at(1);
+  std::optional<std::uint64_t> after;
+  std::string last = ex.request.get("Last-Event-ID", "");
+  if (last.empty()) last = ex.query("after").value_or("");
+  if (!last.empty()) {
+    std::uint64_t n = 0;
+    const auto [end, ec] = std::from_chars(last.data(), last.data() + last.size(), n);
+    if (ec != std::errc() || end != last.data() + last.size()) {
+      throw Error(ErrorCode::validation_error, "Last-Event-ID (or after) must be a sequence number",
+                  {{"field", "Last-Event-ID"}});
+    }
+    after = n;
+  }
+  auto& service = ex.ctx.service;
+  auto first = service.execution_events(ex.owner, sandbox_id(ex), eid, after, std::chrono::milliseconds(0));
+  if (ex.request.getVersion() != Poco::Net::HTTPMessage::HTTP_1_1) {
+    ex.send_json(200, execution_json(service.execution(ex.owner, sandbox_id(ex), eid)));
+    return;
+  }
+  ExecEventStream events(ex);
+  auto page = std::move(first);
+  for (;;) {
+    for (const auto& c : page.chunks) {
+      if (!events.chunk(core::ExecChunk{c.stream, c.seq, c.at, c.data})) return;  // the client left
+      after = c.seq;
+    }
+    if (page.finished) break;
+    if (page.chunks.empty() && !events.keepalive()) return;
+    page = service.execution_events(ex.owner, sandbox_id(ex), eid, after, std::chrono::seconds(15));
+  }
+  const auto v = service.execution(ex.owner, sandbox_id(ex), eid);
+  if (v.outcome) {
+    events.result(exec_json(*v.outcome));
+  } else {
+    events.error(v.error_code.empty() ? std::string(core::to_string(v.status)) : v.error_code, v.reason);
+  }
 }
 
 void history(Exchange& ex) {
@@ -628,7 +730,8 @@ void history(Exchange& ex) {
   for (const auto& r : page.entries) {
     Object o;
     o.set("id", r.id);
-    o.set("session_id", r.session_id);
+    // null: an async execution that has no session yet (running) or ended before it had one
+    o.set("session_id", r.session_id.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(r.session_id));
     o.set("exec_type", r.kind);
     o.set("code", to_utf8_lossy(r.code));
     o.set("success", r.success);
@@ -916,6 +1019,9 @@ const std::vector<Route>& routes() {
       {"GET", "/v1/sandboxes/{}/contexts/{}", get_context},
       {"DELETE", "/v1/sandboxes/{}/contexts/{}", delete_context},
       {"POST", "/v1/sandboxes/{}/shell/exec", shell_exec, true, false, I::replay},
+      {"GET", "/v1/sandboxes/{}/executions/{}", get_execution},
+      {"GET", "/v1/sandboxes/{}/executions/{}/events", execution_events},
+      {"POST", "/v1/sandboxes/{}/executions/{}/cancel", cancel_execution, false, false, I::replay},
       {"GET", "/v1/sandboxes/{}/history", history},
       {"GET", "/v1/sandboxes/{}/filesystem/files", read_file, true},
       {"PUT", "/v1/sandboxes/{}/filesystem/files", write_file, true},

@@ -41,6 +41,7 @@ CleanupReport SandboxService::run_cleanup() {
   cleanup_abandoned_workspaces(report);
   cleanup_history(report);
   cleanup_disk(report);
+  sweep_contexts();
   if (leases_) leases_->release_leases(lease_holder("cleanup"));
   metrics_.cleanup_pass_done(cleanup_action_counts(report),
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

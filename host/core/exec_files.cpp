@@ -51,9 +51,10 @@ std::size_t utf8_prefix_length(const std::string& s, std::size_t cap) {
 // ---- exec and files -----------------------------------------------------------------------------------------------
 
 template <typename Fn>
-auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>& started, Fn&& fn) {
+auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>& started, Fn&& fn,
+                                  const std::string& tag) {
   const std::string& id = row.id;
-  auto in_use = in_flight_.enter(id);  // from here on, idle cleanup in this process leaves this sandbox alone
+  auto in_use = in_flight_.enter(id, tag);  // from here on, idle cleanup in this process leaves this sandbox alone
   // A long call must not look idle from its start. A timer within half its length of running out is written now,
   // so that idle cleanup (also another berthd's) sees the call before it could judge the sandbox idle; a timer far
   // from it rides the recorder's next batch (milliseconds), off the request path — unless the recorder's last
@@ -217,7 +218,8 @@ ExecOutcome SandboxService::run_python(const std::string& owner, const std::stri
 ExecOutcome SandboxService::exec_code(const std::string& owner, const std::string& id, ExecKind kind,
                                       const std::string& code, std::optional<std::chrono::seconds> timeout,
                                       const std::string& cwd, const PythonExecOptions* py,
-                                      const ExecChunkSink& on_chunk) {
+                                      const ExecChunkSink& on_chunk, const std::string& execution_id,
+                                      const std::atomic<bool>* cancel) {
   auto to = timeout.value_or(settings_.default_exec_timeout);
   if (to.count() < 1 || to > settings_.max_exec_timeout) {
     throw Error(ErrorCode::validation_error,
@@ -285,6 +287,8 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
         if (shutting_down_.load()) {
           throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
         }
+        if (cancel != nullptr && cancel->load())
+          throw DriverError(DriverErrc::cancelled, "the execution was cancelled");
       }
       if (!cell_lock.owns_lock()) {
         throw Error(ErrorCode::conflict,
@@ -339,33 +343,36 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
   };
   const bool via_process = settings_.exec_via_processes && driver_.supports_processes();
   try {
-    result = with_session(row, started, [&](const store::SessionRow& session, const CancelToken& token) {
-      session_id = session.id;
-      handle = session.handle;
-      // The token is registered in in_flight_: begin_shutdown() cancels it.
-      if (entry && !engine_exec_only(session.id)) {
-        try {
-          auto r = run_cell(*entry, session, code, py->event_json, rq.timeout, on_output, token, started, cell);
-          in_kernel = true;
-          return r;
-        } catch (const DriverError& e) {
-          if (e.code() != DriverErrc::unsupported) throw;
-          remember_engine_exec_only(session.id);
-          log::info("exec.process_unsupported", {{"sandbox", id}, {"session", session.id}});
-        }
-      }
-      if (entry && py->event_json) {
-        throw Error(ErrorCode::capability_not_supported,
-                    "handler(event) needs interactive processes, which this sandbox's session does not offer",
-                    {{"sandbox_id", id}});
-      }
-      if (via_process && !engine_exec_only(session.id)) {
-        if (auto done = exec_as_process(session.handle, rq, on_output, token)) return *done;
-        remember_engine_exec_only(session.id);
-        log::info("exec.process_unsupported", {{"sandbox", id}, {"session", session.id}});
-      }
-      return driver_.exec(session.handle, rq, on_output, &token);
-    });
+    result = with_session(
+        row, started,
+        [&](const store::SessionRow& session, const CancelToken& token) {
+          session_id = session.id;
+          handle = session.handle;
+          // The token is registered in in_flight_: begin_shutdown() cancels it.
+          if (entry && !engine_exec_only(session.id)) {
+            try {
+              auto r = run_cell(*entry, session, code, py->event_json, rq.timeout, on_output, token, started, cell);
+              in_kernel = true;
+              return r;
+            } catch (const DriverError& e) {
+              if (e.code() != DriverErrc::unsupported) throw;
+              remember_engine_exec_only(session.id);
+              log::info("exec.process_unsupported", {{"sandbox", id}, {"session", session.id}});
+            }
+          }
+          if (entry && py->event_json) {
+            throw Error(ErrorCode::capability_not_supported,
+                        "handler(event) needs interactive processes, which this sandbox's session does not offer",
+                        {{"sandbox_id", id}});
+          }
+          if (via_process && !engine_exec_only(session.id)) {
+            if (auto done = exec_as_process(session.handle, rq, on_output, token)) return *done;
+            remember_engine_exec_only(session.id);
+            log::info("exec.process_unsupported", {{"sandbox", id}, {"session", session.id}});
+          }
+          return driver_.exec(session.handle, rq, on_output, &token);
+        },
+        execution_id);
   } catch (const DriverError& e) {
     if (e.code() == DriverErrc::cancelled && shutting_down_.load()) {
       throw Error(ErrorCode::shutting_down, "berthd is shutting down; the exec was cancelled", {{"sandbox_id", id}})
@@ -404,7 +411,7 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
   }
 
   store::ExecutionRow record;
-  record.id = new_id("exec");
+  record.id = execution_id.empty() ? new_id("exec") : execution_id;
   record.sandbox_id = id;
   record.session_id = session_id;
   record.kind = capability;
@@ -596,13 +603,13 @@ ContextView SandboxService::create_context(const std::string& owner, const std::
   std::unique_lock cell_lock(entry->cell);
   try {
     std::atomic<bool> started{false};  // starting a kernel runs no user code: a retry on a new session is safe
-    with_session(row, started, [&](const store::SessionRow& session, const CancelToken&) {
+    with_session(row, started, [&](const store::SessionRow& session, const CancelToken& token) {
       if (engine_exec_only(session.id)) {
         throw Error(ErrorCode::capability_not_supported,
                     "contexts need interactive processes, which this sandbox's session does not offer");
       }
       CellInfo ignored;
-      kernel_for(*entry, session, ignored);
+      kernel_for(*entry, session, ignored, &token);
       return 0;
     });
   } catch (const DriverError& e) {

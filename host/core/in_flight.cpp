@@ -14,17 +14,32 @@ InFlightCalls::Guard::~Guard() {
   if (owner_ != nullptr) owner_->leave(sandbox_id_, token_.get());
 }
 
-InFlightCalls::Guard InFlightCalls::enter(const std::string& sandbox_id) {
+InFlightCalls::Guard InFlightCalls::enter(const std::string& sandbox_id, const std::string& tag) {
   Guard guard(*this, sandbox_id);
   std::lock_guard lock(mutex_);
   ++per_sandbox_[sandbox_id];
   tokens_.insert(guard.token_.get());
+  if (!tag.empty()) tagged_[tag] = guard.token_.get();
   return guard;
+}
+
+bool InFlightCalls::cancel_tagged(const std::string& tag) {
+  std::lock_guard lock(mutex_);
+  auto it = tagged_.find(tag);
+  if (it == tagged_.end()) return false;
+  it->second->cancel();
+  return true;
 }
 
 void InFlightCalls::leave(const std::string& sandbox_id, CancelToken* token) {
   std::lock_guard lock(mutex_);
   tokens_.erase(token);
+  for (auto it = tagged_.begin(); it != tagged_.end(); ++it) {
+    if (it->second == token) {
+      tagged_.erase(it);
+      break;
+    }
+  }
   auto it = per_sandbox_.find(sandbox_id);
   if (it != per_sandbox_.end() && --it->second <= 0) per_sandbox_.erase(it);
 }

@@ -44,8 +44,13 @@ class InFlightCalls {
     std::unique_ptr<CancelToken> token_;
   };
 
-  /** Registers a call on `sandbox_id`; the call counts as in use until the guard is destroyed. */
-  [[nodiscard]] Guard enter(const std::string& sandbox_id);
+  /**
+   * Registers a call on `sandbox_id`; the call counts as in use until the guard is destroyed. A non-empty `tag` (an
+   * async execution's id) lets cancel_tagged() cancel this call alone.
+   */
+  [[nodiscard]] Guard enter(const std::string& sandbox_id, const std::string& tag = "");
+  /** Cancels the token of the running call entered with `tag`; false if none runs now. */
+  bool cancel_tagged(const std::string& tag);
   /** True while at least one call on the sandbox runs. */
   bool in_use(const std::string& sandbox_id) const;
   /** Calls running now, over all sandboxes. */
@@ -60,8 +65,9 @@ class InFlightCalls {
   void leave(const std::string& sandbox_id, CancelToken* token);
 
   mutable std::mutex mutex_;
-  std::map<std::string, int> per_sandbox_;  // sandbox id -> running calls (entries > 0 only)
-  std::set<CancelToken*> tokens_;           // owned by the live guards
+  std::map<std::string, int> per_sandbox_;      // sandbox id -> running calls (entries > 0 only)
+  std::set<CancelToken*> tokens_;               // owned by the live guards
+  std::map<std::string, CancelToken*> tagged_;  // tag -> token of a live guard entered with that tag
 };
 
 }  // namespace berth::core

@@ -46,6 +46,7 @@ std::optional<KernelFrame> KernelFrameParser::next() {
   pos_ = nl + 1 + length;
   if (pos_ == buffer_.size()) {
     buffer_.clear();
+    if (buffer_.capacity() > (1u << 20)) buffer_.shrink_to_fit();  // a big result does not pin its memory
     pos_ = 0;
   } else if (pos_ > (1u << 16) && pos_ * 2 > buffer_.size()) {
     buffer_.erase(0, pos_);  // keep memory to what is unread
@@ -64,6 +65,9 @@ constexpr int kKernelProtocol = 1;  // docs/python-contexts.md, "Versioning"
 /** argv[3] of the kernel: reads "<length>\n<source>" from fd 0 unbuffered (the frames that follow stay on fd 0). */
 constexpr const char* kBootstrap =
     "# berth python kernel bootstrap (docs/python-contexts.md)\n"
+    "import sys\n"
+    "if sys.path and sys.path[0] == '':\n"  // no workspace file may stand in for a module the kernel imports
+    "    del sys.path[0]\n"
     "import os\n"
     "def _berth_read(n):\n"
     "    b = b''\n"
@@ -97,8 +101,11 @@ std::string stringify(const Poco::Dynamic::Var& v) {
   return s.str();
 }
 
-/** Fills `out` from a result frame's JSON; throws std::runtime_error when it is not the protocol's object. */
-void parse_result(const std::string& payload, CellOutcome& out) {
+/**
+ * Fills `out` from a result frame's JSON and returns the cell number it echoes (0 without one); throws
+ * std::runtime_error when it is not the protocol's object.
+ */
+std::uint64_t parse_result(const std::string& payload, CellOutcome& out) {
   Poco::JSON::Parser parser;
   Poco::JSON::Object::Ptr o;
   try {
@@ -123,13 +130,14 @@ void parse_result(const std::string& payload, CellOutcome& out) {
     throw std::runtime_error("kernel result has a field of the wrong type: " + e.displayText());
   }
   out.finished = true;
+  return o->has("cell") && o->get("cell").isInteger() ? o->getValue<std::uint64_t>("cell") : 0;
 }
 
 }  // namespace
 
 std::unique_ptr<PythonKernel> PythonKernel::start(Driver& driver, const std::string& handle,
                                                   const std::map<std::string, std::string>& env, const std::string& cwd,
-                                                  std::chrono::milliseconds wait) {
+                                                  std::chrono::milliseconds wait, const CancelToken* cancel) {
   ProcessSpec spec;
   // A small bootstrap in argv reads the kernel from stdin: argv stays short (and tenant-visible in ps), like code.
   spec.argv = {"python3", "-u", "-c", kBootstrap};
@@ -150,6 +158,10 @@ std::unique_ptr<PythonKernel> PythonKernel::start(Driver& driver, const std::str
   const auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     const auto now = std::chrono::steady_clock::now();
+    if (cancel != nullptr && cancel->cancelled()) {
+      kernel->kill();
+      throw DriverError(DriverErrc::cancelled, "the kernel's start was cancelled");
+    }
     if (now >= deadline) {
       kernel->kill();
       throw Error(ErrorCode::session_not_ready,
@@ -164,7 +176,11 @@ std::unique_ptr<PythonKernel> PythonKernel::start(Driver& driver, const std::str
       std::string why = kernel->kernel_stderr_;
       while (!why.empty() && (why.back() == '\n' || why.back() == '\r'))
         why.pop_back();
-      throw Error(ErrorCode::capability_not_supported,
+      // 127 (or 126): no python3 to run in the image, which will not change; anything else (an OOM kill, a crash) is
+      // this start's failure.
+      const bool missing = !ev.exit.killed && !ev.exit.timed_out && ev.exit.signal == 0 &&
+                           (ev.exit.exit_code == 127 || ev.exit.exit_code == 126);
+      throw Error(missing ? ErrorCode::capability_not_supported : ErrorCode::internal,
                   "python3 did not start in the sandbox (" + describe_exit(ev.exit) + ")" +
                       (why.empty() ? std::string() : ": " + why),
                   {{"exit_code", std::to_string(ev.exit.exit_code)}});
@@ -217,6 +233,25 @@ PythonKernel::~PythonKernel() {
   }
 }
 
+bool PythonKernel::alive() {
+  if (dead_) return false;
+  for (;;) {  // what came since the last cell: stray output stays in the parser for the next one
+    ProcessEvent ev;
+    try {
+      ev = process_->next_event(std::chrono::milliseconds(0));
+    } catch (const DriverError&) {
+      dead_ = true;  // its connection or session is gone
+      return false;
+    }
+    if (ev.kind == ProcessEvent::Kind::exit) {
+      dead_ = true;
+      return false;
+    }
+    if (ev.kind == ProcessEvent::Kind::none) return true;
+    if (ev.kind == ProcessEvent::Kind::output && ev.stream == Stream::out) parser_.feed(ev.data);
+  }
+}
+
 void PythonKernel::kill() {
   dead_ = true;
   try {
@@ -230,7 +265,11 @@ CellOutcome PythonKernel::run(const std::string& request_json, std::chrono::mill
                               std::chrono::milliseconds interrupt_grace, const OutputSink& on_output,
                               const CancelToken& cancel) {
   CellOutcome out;
-  const std::string frame = "exec " + std::to_string(request_json.size()) + "\n" + request_json;
+  // The request object gets this cell's number, which its result echoes ({"code": ...} -> {"cell": N, "code": ...}).
+  const std::uint64_t cell_id = ++cells_;
+  std::string request = request_json;
+  request.insert(1, "\"cell\":" + std::to_string(cell_id) + (request.size() > 2 ? "," : ""));
+  const std::string frame = "exec " + std::to_string(request.size()) + "\n" + request;
   std::size_t fed = 0;
   constexpr std::size_t kStdinChunk = 1 << 20;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -262,7 +301,9 @@ CellOutcome PythonKernel::run(const std::string& request_json, std::chrono::mill
       out.timed_out = true;
       kill_at = now + interrupt_grace;
       try {
-        process_->signal(SIGINT, true);  // KeyboardInterrupt in the cell; its children get it as from a terminal
+        // To the interpreter only, as Jupyter does: KeyboardInterrupt in the cell (subprocess.run kills its child on
+        // it); servers the context started in the background (Popen) are not its to end.
+        process_->signal(SIGINT, false);
       } catch (const DriverError&) {
         // gone already: the exit event follows
       }
@@ -309,12 +350,16 @@ CellOutcome PythonKernel::run(const std::string& request_json, std::chrono::mill
           throw DriverError(DriverErrc::cancelled, "the output consumer ended the cell");
         }
       } else if (f->type == "result") {
+        CellOutcome parsed;
+        std::uint64_t cell = 0;
         try {
-          parse_result(f->payload, out);
+          cell = parse_result(f->payload, parsed);
         } catch (const std::exception& e) {
           return lose(std::string("kernel protocol error: ") + e.what());
         }
-        return out;
+        if (cell != cell_id) continue;  // a result of an earlier cell (one that was cut short): not this one's
+        parsed.timed_out = out.timed_out;
+        return parsed;
       } else {
         return lose("kernel protocol error: unexpected frame '" + f->type + "'");
       }
@@ -348,7 +393,8 @@ std::shared_ptr<PythonContexts::Entry> PythonContexts::add(const std::string& sa
                                                            std::chrono::system_clock::time_point now) {
   std::lock_guard lock(mutex_);
   auto& contexts = by_sandbox_[sandbox_id];
-  if (contexts.size() >= limit) return nullptr;
+  // "default" counts whether it exists yet or not: it must always fit.
+  if (contexts.size() + (contexts.count("default") ? 0 : 1) >= limit) return nullptr;
   auto e = std::make_shared<Entry>();
   e->id = new_id("ctx");
   e->sandbox_id = sandbox_id;
@@ -379,6 +425,17 @@ std::vector<ContextView> PythonContexts::list(const std::string& sandbox_id) {
   if (auto it = by_sandbox_.find(sandbox_id); it != by_sandbox_.end()) {
     for (const auto& [id, e] : it->second)
       out.push_back(view(*e));
+  }
+  return out;
+}
+
+std::map<std::string, std::set<std::string>> PythonContexts::kernel_sessions() {
+  std::lock_guard lock(mutex_);
+  std::map<std::string, std::set<std::string>> out;
+  for (const auto& [sandbox, contexts] : by_sandbox_) {
+    auto& sessions = out[sandbox];  // a sandbox with contexts but no kernel is listed too (it may be gone)
+    for (const auto& [id, e] : contexts)
+      if (e->kernel) sessions.insert(e->session_id);
   }
   return out;
 }
@@ -432,25 +489,6 @@ void PythonContexts::drop_session(const std::string& sandbox_id, const std::stri
   }
   for (auto& k : kernels)
     k->kill();
-}
-
-void PythonContexts::clear() {
-  std::map<std::string, std::map<std::string, std::shared_ptr<Entry>>> all;
-  {
-    std::lock_guard lock(mutex_);
-    all.swap(by_sandbox_);
-  }
-  for (auto& [sandbox, contexts] : all) {
-    for (auto& [id, e] : contexts) {
-      std::shared_ptr<PythonKernel> k;
-      {
-        std::lock_guard lock(mutex_);
-        e->deleted = true;
-        k = std::move(e->kernel);
-      }
-      if (k) k->kill();
-    }
-  }
 }
 
 }  // namespace berth::core

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -80,7 +81,7 @@ class PythonKernel {
    */
   static std::unique_ptr<PythonKernel> start(Driver& driver, const std::string& handle,
                                              const std::map<std::string, std::string>& env, const std::string& cwd,
-                                             std::chrono::milliseconds wait);
+                                             std::chrono::milliseconds wait, const CancelToken* cancel = nullptr);
   ~PythonKernel();
   PythonKernel(const PythonKernel&) = delete;
   PythonKernel& operator=(const PythonKernel&) = delete;
@@ -95,6 +96,11 @@ class PythonKernel {
    */
   CellOutcome run(const std::string& request_json, std::chrono::milliseconds timeout,
                   std::chrono::milliseconds interrupt_grace, const OutputSink& on_output, const CancelToken& cancel);
+  /**
+   * Whether the kernel can take a cell: takes what the process sent since the last cell without waiting; false once
+   * it exited or its session (connection) is gone. Same thread rule as run().
+   */
+  bool alive();
   /** Kills the kernel's process tree (any thread). Idempotent. */
   void kill();
   /** Whether the kernel is known dead (it exited, was killed or broke the protocol): it must be replaced. */
@@ -108,6 +114,7 @@ class PythonKernel {
   KernelFrameParser parser_;
   std::string python_version_;
   std::string kernel_stderr_;      // what the process itself wrote to stderr before it was ready (bounded)
+  std::uint64_t cells_ = 0;        // cells sent; each exec frame carries its number, its result echoes it
   std::atomic<bool> dead_{false};  // kill() may come from another thread
 };
 
@@ -158,7 +165,7 @@ class PythonContexts {
   /** The entry of (sandbox, context), creating "default" on first use; nullptr for an unknown named context. */
   std::shared_ptr<Entry> find(const std::string& sandbox_id, const std::string& context_id, bool create_default,
                               std::chrono::system_clock::time_point now);
-  /** Adds a named context; nullopt when the sandbox holds `limit` contexts already. */
+  /** Adds a named context; nullptr when the sandbox holds `limit` contexts already ("default" counts always). */
   std::shared_ptr<Entry> add(const std::string& sandbox_id, ContextSpec spec, std::size_t limit,
                              std::chrono::system_clock::time_point now);
   std::vector<ContextView> list(const std::string& sandbox_id);
@@ -169,14 +176,14 @@ class PythonContexts {
   void drop_sandbox(const std::string& sandbox_id);
   /** The session ended: its kernels are dropped (killed) and the next cell of each context says it restarted. */
   void drop_session(const std::string& sandbox_id, const std::string& session_id, const std::string& reason);
+  /** Per sandbox, the sessions its live kernels run in (for the cleanup pass's sweep). */
+  std::map<std::string, std::set<std::string>> kernel_sessions();
   /** Runs `fn(entry)` under the map's mutex (the guarded fields of an entry). */
   template <typename Fn>
   auto locked(Fn&& fn) {
     std::lock_guard lock(mutex_);
     return fn();
   }
-  /** Every kernel killed and forgotten (shutdown, before the driver goes). */
-  void clear();
 
  private:
   std::mutex mutex_;

@@ -25,7 +25,7 @@ std::string cell_request(const std::string& code, const std::optional<std::strin
 }  // namespace
 
 std::shared_ptr<PythonKernel> SandboxService::kernel_for(PythonContexts::Entry& entry, const store::SessionRow& session,
-                                                         CellInfo& info) {
+                                                         CellInfo& info, const CancelToken* cancel) {
   std::shared_ptr<PythonKernel> kernel;
   std::shared_ptr<PythonKernel> old;
   contexts_.locked([&] {
@@ -42,7 +42,7 @@ std::shared_ptr<PythonKernel> SandboxService::kernel_for(PythonContexts::Entry& 
 
   std::map<std::string, std::string> env = entry.spec.env;
   std::unique_ptr<PythonKernel> started =
-      PythonKernel::start(driver_, session.handle, env, entry.spec.cwd, settings_.context_start_wait);
+      PythonKernel::start(driver_, session.handle, env, entry.spec.cwd, settings_.context_start_wait, cancel);
   kernel = std::shared_ptr<PythonKernel>(std::move(started));
   bool deleted = false;
   contexts_.locked([&] {
@@ -76,31 +76,45 @@ ExecResult SandboxService::run_cell(PythonContexts::Entry& entry, const store::S
                                     std::chrono::milliseconds timeout, const OutputSink& on_output,
                                     const CancelToken& token, std::atomic<bool>& started, CellInfo& info) {
   info.context_id = entry.id;
-  auto kernel = kernel_for(entry, session, info);
-  // Forget this kernel in the entry (if it is still the entry's) and say why on the next cell, or on this one.
-  const auto forget = [&](const std::string& reason, bool tell_next) {
-    kernel->kill();
+  auto kernel = kernel_for(entry, session, info, &token);
+  // Forget `k` in the entry (if it is still the entry's) and say why on the next cell (tell_next), or on this one.
+  const auto forget = [&](const std::shared_ptr<PythonKernel>& k, const std::string& reason, bool tell_next) {
+    k->kill();
     contexts_.locked([&] {
-      if (entry.kernel != kernel) return;
-      entry.kernel.reset();
-      entry.execution_count = 0;
-      if (tell_next && entry.restart_reason.empty()) entry.restart_reason = reason;
+      if (entry.kernel == k) {
+        entry.kernel.reset();
+        entry.execution_count = 0;
+      }
+      if (tell_next) {
+        if (entry.restart_reason.empty()) entry.restart_reason = reason;
+      } else if (!entry.kernel) {
+        entry.restart_reason.clear();  // this cell says it (a session end seen meanwhile must not say it twice)
+      }
     });
   };
+  if (!kernel->alive()) {
+    // It died since its last cell, unseen (its session ended, a thread of the cell called os._exit): nothing ran yet,
+    // so a fresh kernel takes this cell, and the answer says the state is gone.
+    forget(kernel, "the interpreter exited", true);
+    kernel = kernel_for(entry, session, info, &token);
+  }
   const std::string request = cell_request(code, event_json);
   started = true;  // the cell may run from here on: never run it twice
   CellOutcome c;
   try {
     c = kernel->run(request, timeout, settings_.cell_interrupt_grace, on_output, token);
   } catch (const DriverError& e) {
-    forget(e.code() == DriverErrc::cancelled ? "cancelled" : "session_ended", true);
+    forget(kernel, e.code() == DriverErrc::cancelled ? "cancelled" : "session_ended", true);
+    throw;
+  } catch (...) {  // mid-cell (memory, the output consumer): the kernel may still run it, so it is not used again
+    forget(kernel, "the cell's call failed in berthd", true);
     throw;
   }
   contexts_.locked([&] { entry.last_used_at = clock_->now(); });
   ExecResult result;
   result.timed_out = c.timed_out;
   if (c.kernel_lost) {
-    forget(c.lost_reason, false);
+    forget(kernel, c.lost_reason, false);
     info.context_restarted = true;
     info.restart_reason = c.lost_reason;
     const std::string note = "\n[berth] the context's interpreter is gone (" + c.lost_reason +
@@ -121,6 +135,28 @@ ExecResult SandboxService::run_cell(PythonContexts::Entry& entry, const store::S
   info.traceback = std::move(c.traceback);
   result.exit_code = c.exit_code;
   return result;
+}
+
+void SandboxService::sweep_contexts() {
+  // Contexts whose sandbox is gone (deleted or expired by another instance) or whose kernel runs in a session that is
+  // no longer the sandbox's: their kernels are killed and the registry forgets them.
+  for (const auto& [sandbox_id, sessions] : contexts_.kernel_sessions()) {
+    std::optional<store::SandboxRow> row;
+    try {
+      row = store_.get_sandbox(sandbox_id);
+    } catch (const store::StoreError&) {
+      return;  // the next pass
+    }
+    if (!row || row->deleted_at) {
+      contexts_.drop_sandbox(sandbox_id);
+      continue;
+    }
+    for (const auto& session_id : sessions) {
+      if (!row->current_session_id || *row->current_session_id != session_id) {
+        contexts_.drop_session(sandbox_id, session_id, "session_ended");
+      }
+    }
+  }
 }
 
 // ---- the context routes' calls

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/async_executions.hpp"
 #include "core/background_queue.hpp"
 #include "core/clock.hpp"
 #include "core/deadline_runner.hpp"
@@ -59,6 +60,9 @@ struct Settings {
   std::size_t max_contexts_per_sandbox = 8;               // Python contexts per sandbox, "default" included
   std::chrono::milliseconds context_start_wait{30'000};   // for a kernel's ready frame after process_start
   std::chrono::milliseconds cell_interrupt_grace{2'000};  // after a cell's SIGINT, before its kernel is killed
+  std::size_t max_async_executions = 256;                 // running at once on this berthd (server_busy beyond)
+  std::size_t async_output_buffer = 1 << 20;              // bytes of output kept per async execution for replay
+  std::chrono::seconds async_retention{3600};             // a finished one stays in memory this long (then: history)
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -267,6 +271,29 @@ class SandboxService {
   /** Removes a context and kills its kernel (a cell running in it ends with its kernel lost). not_found if unknown. */
   void delete_context(const std::string& owner, const std::string& id, const std::string& context_id);
   /**
+   * Starts an exec (exec() or run_python() when `py` is given) that runs on after this call returns: the checks an
+   * exec makes before it runs throw here (validation_error, not_found, capability_not_supported, ...), then the
+   * execution is registered, its history record written as running, and the view (status running) returned.
+   * server_busy (Retry-After) when Settings::max_async_executions run already. Its output is buffered
+   * (Settings::async_output_buffer bytes, oldest first out) for execution_events(); its result lands in the history.
+   */
+  ExecutionView start_async(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
+                            std::optional<std::chrono::seconds> timeout, const std::string& cwd,
+                            const PythonExecOptions* py);
+  /**
+   * An execution of the sandbox: an async one this berthd holds, else its history record (a synchronous exec, an
+   * async one past retention; one whose berthd restarted while it ran reports failed). not_found otherwise.
+   */
+  ExecutionView execution(const std::string& owner, const std::string& id, const std::string& execution_id);
+  /**
+   * The buffered output after sequence number `after` (all with nullopt), waiting up to `wait` for more or the end.
+   * An execution not held in memory (history) has no chunks and is finished. not_found for an unknown one.
+   */
+  ExecutionEvents execution_events(const std::string& owner, const std::string& id, const std::string& execution_id,
+                                   std::optional<std::uint64_t> after, std::chrono::milliseconds wait);
+  /** Cancels a running async execution and waits up to 10 s for its end; conflict if it has ended, not_found. */
+  ExecutionView cancel_execution(const std::string& owner, const std::string& id, const std::string& execution_id);
+  /**
    * Writes every pending execution record and idle-timer touch now (the daemon calls it on SIGTERM before a forced
    * exit; tests before reading the store). Throws store::StoreUnavailable when the store did not take them in time.
    */
@@ -379,16 +406,27 @@ class SandboxService {
    */
   std::optional<ExecResult> exec_as_process(const std::string& handle, const ExecRequest& rq,
                                             const OutputSink& on_output, const CancelToken& token);
-  /** exec() and run_python(): `py` null for a plain process, else how python/exec runs the code. */
+  /**
+   * exec() and run_python(): `py` null for a plain process, else how python/exec runs the code. `execution_id` names
+   * the record (empty: a new id); `cancel` (an async execution's flag, may be null) stops a wait for a busy context.
+   */
   ExecOutcome exec_code(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
                         std::optional<std::chrono::seconds> timeout, const std::string& cwd,
-                        const PythonExecOptions* py, const ExecChunkSink& on_chunk);
+                        const PythonExecOptions* py, const ExecChunkSink& on_chunk,
+                        const std::string& execution_id = "", const std::atomic<bool>* cancel = nullptr);
+  /** The checks an exec makes before it runs (timeout, code, capability, cwd, context), for an async start. */
+  void validate_exec(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
+                     std::optional<std::chrono::seconds> timeout, const std::string& cwd, const PythonExecOptions* py);
+  /** Writes an async execution's record without a result (running, or ended before it had one). */
+  void record_async(const ExecutionView& view, const std::string& code, const std::string& error);
   /**
    * The kernel of `entry` for `session`: the running one, or a new one (the old one, from an ended session or dead,
    * is killed and the reason kept for the answer). Throws what PythonKernel::start throws.
    */
   std::shared_ptr<PythonKernel> kernel_for(PythonContexts::Entry& entry, const store::SessionRow& session,
-                                           CellInfo& info);
+                                           CellInfo& info, const CancelToken* cancel = nullptr);
+  /** The cleanup pass's sweep of the context registry: contexts of gone sandboxes, kernels of ended sessions. */
+  void sweep_contexts();
   /** Runs one cell on the session's kernel of `entry` (see run_python); fills `info`, sets `started` once sent. */
   ExecResult run_cell(PythonContexts::Entry& entry, const store::SessionRow& session, const std::string& code,
                       const std::optional<std::string>& event_json, std::chrono::milliseconds timeout,
@@ -406,7 +444,8 @@ class SandboxService {
    * checked).
    */
   template <typename Fn>
-  auto with_session(const store::SandboxRow& row, const std::atomic<bool>& started, Fn&& fn);
+  auto with_session(const store::SandboxRow& row, const std::atomic<bool>& started, Fn&& fn,
+                    const std::string& tag = "");
   /** Clears a session known dead (CAS, state dead) and removes its container; GET stops saying ready. */
   void retire_dead_session(const store::SessionRow& session, const std::string& why);
   void notify_sessions_changed();
@@ -511,8 +550,12 @@ class SandboxService {
   ExecRecorder recorder_{store_, settings_.exec_recorder};
   // Destroyed before the members above, it waits for overrunning cleanup work, which uses them.
   DeadlineRunner cleanup_calls_;
-  // Last member: destroyed first, it waits for the running disk check, which uses the members above.
+  // Destroyed before the members above, it waits for the running disk check, which uses them.
   BackgroundQueue disk_checks_;
+  // Last member: destroyed first, it cancels the running async executions and joins their threads (they use all of
+  // the above).
+  AsyncExecutions async_{settings_.max_async_executions, 1000, settings_.async_retention,
+                         [this](const std::string& id) { in_flight_.cancel_tagged(id); }};
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

@@ -196,14 +196,17 @@ class Store {
   virtual std::pair<std::vector<ExecutionRow>, int> list_executions(const std::string& sandbox_id,
                                                                     const std::string& kind, int limit, int offset,
                                                                     const ExecutionPageLimits& bounds = {}) = 0;
+  /** One execution by id, its code/output/error each cut to `field_cap` bytes (truncated set), or nullopt. */
+  virtual std::optional<ExecutionRow> get_execution(const std::string& id, std::int64_t field_cap) = 0;
   /**
    * The exec recorder's write (core/exec_recorder.hpp): inserts every execution and applies every touch (as
    * touch_sandbox: live rows only, version bumped) in ONE transaction, so a batch is written whole or not at all.
    * A touch never moves a timer backwards: one not later than the stored idle_expires_at changes nothing (a batch
    * that waited or was retried must not undo another instance's newer keepalive).
-   * Executions whose id already exists are skipped (a batch retried after a lost commit acknowledgement does not
-   * fail). The default runs the single-row calls one by one (not atomic); SqliteStore and MySqlStore override it.
-   * Throws StoreError / StoreUnavailable; then nothing of the batch was written by an overriding store.
+   * An execution whose id already exists is replaced by the batch's row (an async execution's "running" row by its
+   * result; a batch retried after a lost commit acknowledgement writes the same values again). The default runs the
+   * single-row calls one by one (not atomic); SqliteStore and MySqlStore override it. Throws StoreError /
+   * StoreUnavailable; then nothing of the batch was written by an overriding store.
    */
   virtual void write_batch(const std::vector<ExecutionRow>& executions, const std::vector<SandboxTouch>& touches) {
     for (const auto& e : executions)

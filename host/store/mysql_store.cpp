@@ -503,9 +503,15 @@ class MySqlStore final : public Store, public core::InstanceStore {
   void write_batch(const std::vector<ExecutionRow>& executions, const std::vector<SandboxTouch>& touches) override {
     if (executions.empty() && touches.empty()) return;
     transact("write_batch", [&](Session& s) {
-      // A retried batch (its commit acknowledgement was lost) finds its rows: the duplicate id is a no-op.
-      for (const auto& row : executions)
-        insert_execution_row(s, row, " ON DUPLICATE KEY UPDATE id = id");
+      // A duplicate id is replaced: an async execution's result replaces its running row, and a retried batch (its
+      // commit acknowledgement was lost) writes the same values again.
+      for (const auto& row : executions) {
+        insert_execution_row(s, row,
+                             " ON DUPLICATE KEY UPDATE session_id = VALUES(session_id), exit_code = VALUES(exit_code),"
+                             " success = VALUES(success), output = VALUES(output), error = VALUES(error),"
+                             " duration_ms = VALUES(duration_ms), created_at = VALUES(created_at),"
+                             " truncated = VALUES(truncated)");
+      }
       for (const auto& t : touches) {
         // Never backwards: a delayed or retried batch must not undo a newer timer (another instance's keepalive).
         s << "UPDATE sandboxes SET idle_expires_at = ?, version = version + 1 WHERE id = ? AND deleted_at IS NULL"
@@ -554,6 +560,23 @@ class MySqlStore final : public Store, public core::InstanceStore {
         }
       }
       return std::make_pair(std::move(page), static_cast<int>(total));
+    });
+  }
+
+  std::optional<ExecutionRow> get_execution(const std::string& id, std::int64_t field_cap) override {
+    return run("get_execution", [&](Session& s) -> std::optional<ExecutionRow> {
+      const Int64 cap = std::clamp<std::int64_t>(field_cap, 0, kExecFieldCap);
+      const std::string c = std::to_string(cap);
+      Statement st(s);
+      st << "SELECT id, sandbox_id, session_id, kind, LEFT(code, " << c << "), exit_code, success, LEFT(output, " << c
+         << "), LEFT(error, " << c
+         << "), duration_ms, created_at,"
+            " (truncated <> 0 OR LENGTH(code) > ? OR LENGTH(output) > ? OR LENGTH(error) > ?)"
+            " FROM executions WHERE id = ?",
+          bind(cap), bind(cap), bind(cap), bind(id);
+      auto rows = read_all(st, read_execution);
+      if (rows.empty()) return std::nullopt;
+      return rows.front();
     });
   }
 

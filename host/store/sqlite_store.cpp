@@ -414,7 +414,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
     locked("write_batch", [&] {
       Transaction tx(session_, "BEGIN IMMEDIATE");
       for (const auto& row : executions)
-        insert_execution_row(row, "INSERT OR IGNORE");
+        insert_execution_row(row, "INSERT OR REPLACE");  // an async execution's result replaces its running row
       for (const auto& t : touches) {
         // Never backwards: a delayed or retried batch must not undo a newer timer (another instance's keepalive).
         session_
@@ -423,6 +423,22 @@ class SqliteStore final : public Store, public core::InstanceStore {
             bind(to_ms(t.idle_expires_at)), bind(t.sandbox_id), bind(to_ms(t.idle_expires_at)), now;
       }
       tx.commit();
+    });
+  }
+
+  std::optional<ExecutionRow> get_execution(const std::string& id, std::int64_t field_cap) override {
+    return locked("get_execution", [&]() -> std::optional<ExecutionRow> {
+      Statement st(session_);
+      st << "SELECT id, sandbox_id, session_id, kind, CAST(substr(CAST(code AS BLOB), 1, ?2) AS TEXT), exit_code,"
+            " success, CAST(substr(CAST(output AS BLOB), 1, ?2) AS TEXT),"
+            " CAST(substr(CAST(error AS BLOB), 1, ?2) AS TEXT), duration_ms, created_at,"
+            " (truncated OR length(CAST(code AS BLOB)) > ?2 OR length(CAST(output AS BLOB)) > ?2"
+            "  OR length(CAST(error AS BLOB)) > ?2)"
+            " FROM executions WHERE id = ?1",
+          bind(id), bind(Int64(std::clamp<std::int64_t>(field_cap, 0, ExecutionPageLimits::kMaxFieldCap)));
+      auto rows = read_all(st, read_execution);
+      if (rows.empty()) return std::nullopt;
+      return rows.front();
     });
   }
 
@@ -679,7 +695,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
   }
 
   /** Runs `fn` under the mutex; Poco (and any other library) failures become StoreError. */
-  /** One INSERT of an execution; `verb` is "INSERT" or "INSERT OR IGNORE" (a batch retried after its commit). */
+  /** One INSERT of an execution; `verb` is "INSERT" or "INSERT OR REPLACE" (write_batch). */
   void insert_execution_row(const ExecutionRow& row, const char* verb) {
     const Poco::Nullable<Int64> exit_code =
         row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();

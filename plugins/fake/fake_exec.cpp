@@ -890,6 +890,7 @@ class Interpreter {
       Poco::JSON::Parser parser;
       auto request = parser.parse(request_json).extract<Poco::JSON::Object::Ptr>();
       code = request->optValue<std::string>("code", "");
+      if (request->has("cell")) result.set("cell", request->get("cell"));  // echoed: the host matches the result
       has_event = request->has("event");
       if (has_event) event = request->get("event");
     } catch (const std::exception&) {

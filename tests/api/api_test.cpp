@@ -2046,3 +2046,140 @@ TEST_CASE("concurrent cells on one context run one at a time: none is lost, each
   CHECK(values.size() == 20);  // 1..20, each once
   CHECK(data_text(run_cell(c, id, "x")) == "20");
 }
+
+// ---- issue 10: async executions ---------------------------------------------------------------------------------
+
+namespace {
+
+Object::Ptr wait_status(const HttpClient& c, const std::string& id, const std::string& eid, const std::string& status) {
+  Object::Ptr last;
+  eventually(
+      [&] {
+        last = require_json(c.get(sb(id) + "/executions/" + eid), 200);
+        return str(last, "status") == status;
+      },
+      30s);
+  return last;
+}
+
+}  // namespace
+
+TEST_CASE("async: 202 at once, status while it runs, the result when done, and the record in the history") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  auto started = c.post(sb(id) + "/shell/exec", R"J({"command":"seq 3; sleep 1; echo done","async":true})J");
+  auto v = require_json(started, 202);
+  const std::string eid = str(v, "id");
+  CHECK_THAT(eid, Catch::Matches("exec-[0-9a-f]{12}"));
+  CHECK(str(v, "status") == "running");
+  CHECK(v->getValue<bool>("async"));
+  CHECK(is_null(v, "result"));
+  CHECK(started.header("Location") == sb(id) + "/executions/" + eid);
+  // Running: the history already lists it (without a session or result yet).
+  auto done = wait_status(c, id, eid, "succeeded");
+  REQUIRE(str(done, "status") == "succeeded");
+  auto result = done->getObject("result");
+  REQUIRE(result);
+  CHECK(str(result, "output") == "1\n2\n3\ndone\n");
+  CHECK(str(result, "execution_id") == eid);
+  CHECK_FALSE(is_null(done, "finished_at"));
+  auto history = require_json(c.get(sb(id) + "/history?limit=5"), 200)->getArray("entries");
+  REQUIRE(history->size() == 1);
+  CHECK(str(history->getObject(0), "id") == eid);
+  CHECK(str(history->getObject(0), "output") == "1\n2\n3\ndone\n");
+  // A synchronous exec is an execution too (read from the history).
+  auto sync = require_json(shell(c, id, "echo sync; exit 2"), 200);
+  auto sv = require_json(c.get(sb(id) + "/executions/" + str(sync, "execution_id")), 200);
+  CHECK(str(sv, "status") == "failed");
+  CHECK_FALSE(sv->getValue<bool>("async"));
+  CHECK(sv->getObject("result")->getValue<int>("exit_code") == 2);
+  // Python, timed out.
+  auto py =
+      require_json(c.post(sb(id) + "/python/exec", R"J({"code":"time.sleep(5)","timeout":1,"async":true})J"), 202);
+  auto to = wait_status(c, id, str(py, "id"), "timed_out");
+  CHECK(to->getObject("result")->getValue<bool>("timed_out"));
+
+  require_error(c.get(sb(id) + "/executions/exec-000000000000"), 404, "not_found");
+  require_error(c.get(sb(id) + "/executions/nope"), 404, "not_found");
+  require_error(c.get(sb(create_id(c)) + "/executions/" + eid), 404, "not_found");  // another sandbox's
+  require_error(c.post(sb(id) + "/shell/exec", R"J({"command":"true","async":"yes"})J"), 400, "validation_error");
+  require_error(c.post(sb(id) + "/shell/exec", R"J({"command":"true","async":true,"timeout":0})J"), 400,
+                "validation_error");
+  require_error(c.post(sb(id) + "/python/exec", R"J({"code":"1","async":true,"context_id":"ctx-none"})J"), 404,
+                "not_found");
+  require_error(c.post(sb("sandbox-000000000000") + "/shell/exec", R"J({"command":"true","async":true})J"), 404,
+                "not_found");
+}
+
+TEST_CASE(
+    "async: events replay from Last-Event-ID and follow live, a cancel ends it, and a cancel after the end is 409") {
+  auto port = shared_berthd().port();
+  auto c = shared_client();
+  auto id = create_id(c);
+  auto v =
+      require_json(c.post(sb(id) + "/shell/exec", R"J({"command":"seq 5; sleep 1; echo tail","async":true})J"), 202);
+  const std::string eid = str(v, "id");
+  const std::string events_uri = "/v1/sandboxes/" + id + "/executions/" + eid + "/events";
+  // From the start, live until the result (the client attached while it ran).
+  auto all = get_events(port, events_uri);
+  REQUIRE(all.status == 200);
+  REQUIRE(all.events.size() == 7);
+  for (int i = 0; i < 6; ++i) {
+    CHECK(all.events[static_cast<std::size_t>(i)].event == "stdout");
+    CHECK(all.events[static_cast<std::size_t>(i)].id == std::to_string(i));
+  }
+  CHECK(all.events.back().event == "result");
+  CHECK(str(parse_json(all.events.back().data), "output") == "1\n2\n3\n4\n5\ntail\n");
+  // Re-attached after seq 3: only what followed, then the same result.
+  auto rest = get_events(port, events_uri, {{"Last-Event-ID", "3"}});
+  REQUIRE(rest.events.size() == 3);
+  CHECK(rest.events[0].id == "4");
+  CHECK(rest.events[1].id == "5");
+  CHECK(rest.events[2].event == "result");
+  CHECK(get_events(port, events_uri + "?after=4").events.size() == 2);
+  auto bad = c.get(sb(id) + "/executions/" + eid + "/events", {{"Last-Event-ID", "x1"}});
+  require_error(bad, 400, "validation_error");
+  auto conflict = require_error(c.post(sb(id) + "/executions/" + eid + "/cancel"), 409, "conflict");
+  CHECK(str(conflict->getObject("details"), "status") == "succeeded");
+
+  // Cancel: a running one ends as cancelled, its events stream ends with an error event, the history says so.
+  auto hang = require_json(c.post(sb(id) + "/shell/exec", R"J({"command":"echo before; hang","async":true})J"), 202);
+  const std::string hid = str(hang, "id");
+  CHECK(wait_status(c, id, hid, "running"));  // started (and still running: `hang` ends only by a cancel)
+  auto cancelled = require_json(c.post(sb(id) + "/executions/" + hid + "/cancel"), 200);
+  CHECK(str(cancelled, "status") == "cancelled");
+  CHECK(is_null(cancelled, "result"));
+  auto ended = get_events(port, "/v1/sandboxes/" + id + "/executions/" + hid + "/events");
+  REQUIRE_FALSE(ended.events.empty());
+  CHECK(ended.events.back().event == "error");
+  require_error(c.post(sb(id) + "/executions/" + hid + "/cancel"), 409, "conflict");
+  require_error(c.post(sb(id) + "/executions/exec-000000000000/cancel"), 404, "not_found");
+  auto history = require_json(c.get(sb(id) + "/history?limit=1"), 200)->getArray("entries")->getObject(0);
+  CHECK(str(history, "id") == hid);
+  CHECK_THAT(str(history, "error"), Catch::StartsWith("[berth] cancelled"));
+}
+
+TEST_CASE("async: an execution survives its client, keeps the sandbox from idling, and is failed by a restart") {
+  BerthdProcess berthd(BerthdConfig{"", "", "[cleanup]\nenabled = false\n"});
+  HttpClient c(berthd.port());
+  auto id = create_id(c);
+  auto v = require_json(c.post(sb(id) + "/shell/exec", R"J({"command":"sleep 1; echo survived","async":true})J"), 202);
+  // The client that started it is gone (this request's connection closed); it runs on.
+  auto done = wait_status(c, id, str(v, "id"), "succeeded");
+  CHECK(str(done->getObject("result"), "output") == "survived\n");
+
+  auto long_one =
+      require_json(c.post(sb(id) + "/shell/exec", R"J({"command":"hang","timeout":300,"async":true})J"), 202);
+  const std::string eid = str(long_one, "id");
+  auto gc = require_json(c.post("/v1/admin/gc/run"), 200);
+  CHECK(gc->getArray("idle_stopped")->size() == 0);
+  berthd.kill9();
+  berthd.start();
+  auto after = require_json(c.get(sb(id) + "/executions/" + eid), 200);
+  CHECK(str(after, "status") == "failed");
+  CHECK_THAT(str(after, "reason"), Catch::Contains("restarted"));
+  CHECK(after->getValue<bool>("async"));
+  auto events = get_events(berthd.port(), "/v1/sandboxes/" + id + "/executions/" + eid + "/events");
+  REQUIRE(events.events.size() == 1);
+  CHECK(events.events[0].event == "error");
+}

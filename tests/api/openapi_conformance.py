@@ -360,6 +360,25 @@ def drive(b):
     b.request("DELETE", f"{SB}/{s1}/contexts/{ctx}", expect=204)
     b.request("DELETE", f"{SB}/{s1}/contexts/{ctx}", expect=404)
 
+    # async executions
+    _, _, started = b.request("POST", f"{SB}/{s1}/shell/exec",
+                              good_body("POST", SH, {"command": "echo a; sleep 1", "async": True}), expect=202)
+    eid = j(started)["id"]
+    b.request("GET", f"{SB}/{s1}/executions/{eid}", expect=200)
+    b.request("GET", f"{SB}/{s1}/executions/exec-000000000000", expect=404)
+    b.request("GET", f"{SB}/{s1}/executions/{eid}/events?after=x", expect=400)
+    b.request("GET", f"{SB}/{none}/executions/{eid}/events", expect=404)
+    b.request("POST", f"{SB}/{s1}/executions/exec-000000000000/cancel", expect=404)
+    b.request("POST", f"{SB}/{s1}/executions/{eid}/cancel", expect=200)
+    b.request("POST", f"{SB}/{s1}/executions/{eid}/cancel", expect=409)
+    b.request("POST", f"{SB}/{s1}/python/exec", good_body("POST", PY, {"code": "1", "async": True}), expect=202)
+    _, _, done = b.request("POST", f"{SB}/{s1}/shell/exec", {"command": "echo b", "async": True}, expect=202)
+    for _ in range(100):
+        if j(b.request("GET", f"{SB}/{s1}/executions/{j(done)['id']}", expect=200)[2])["status"] != "running":
+            break
+        time.sleep(0.05)
+    b.request("GET", f"{SB}/{s1}/executions/{j(done)['id']}/events", expect=200)
+
     # history
     b.request("GET", f"{SB}/{s1}/history", expect=200)
     b.request("GET", f"{SB}/{s1}/history?exec_type=shell&limit=1&offset=1", expect=200)

@@ -32,23 +32,28 @@ struct SseReply {
 };
 
 /**
- * POSTs `body` (JSON) to 127.0.0.1:`port` `uri` with `Accept: text/event-stream` and reads the answer. For an event
+ * Sends `method` (POST with `body` as JSON, or GET) to 127.0.0.1:`port` `uri` with `Accept: text/event-stream` and
+ * reads the answer. For an event
  * stream, `on_event` (optional) sees each event the moment its blank line arrives, before the next is read; the
  * call returns when the server ends the response. Timeout per read: `timeout_s` seconds (a hang fails the test).
  * `headers` are added to the request.
  */
-inline SseReply post_events(std::uint16_t port, const std::string& uri, const std::string& body,
-                            const std::function<void(const SseEvent&)>& on_event = {}, int timeout_s = 120,
-                            const std::vector<std::pair<std::string, std::string>>& headers = {}) {
+inline SseReply request_events(const std::string& method, std::uint16_t port, const std::string& uri,
+                               const std::string& body, const std::function<void(const SseEvent&)>& on_event,
+                               int timeout_s, const std::vector<std::pair<std::string, std::string>>& headers) {
   Poco::Net::HTTPClientSession session("127.0.0.1", port);
   session.setTimeout(Poco::Timespan(timeout_s, 0));
-  Poco::Net::HTTPRequest rq(Poco::Net::HTTPRequest::HTTP_POST, uri, Poco::Net::HTTPMessage::HTTP_1_1);
+  Poco::Net::HTTPRequest rq(method, uri, Poco::Net::HTTPMessage::HTTP_1_1);
   rq.set("Accept", "text/event-stream");
   for (const auto& [name, value] : headers)
     rq.set(name, value);
-  rq.setContentType("application/json");
-  rq.setContentLength(static_cast<std::streamsize>(body.size()));
-  session.sendRequest(rq) << body;
+  if (method == Poco::Net::HTTPRequest::HTTP_GET) {
+    session.sendRequest(rq);
+  } else {
+    rq.setContentType("application/json");
+    rq.setContentLength(static_cast<std::streamsize>(body.size()));
+    session.sendRequest(rq) << body;
+  }
   Poco::Net::HTTPResponse rs;
   std::istream& in = session.receiveResponse(rs);
   SseReply reply;
@@ -87,6 +92,19 @@ inline SseReply post_events(std::uint16_t port, const std::string& uri, const st
     any = true;
   }
   return reply;
+}
+
+inline SseReply post_events(std::uint16_t port, const std::string& uri, const std::string& body,
+                            const std::function<void(const SseEvent&)>& on_event = {}, int timeout_s = 120,
+                            const std::vector<std::pair<std::string, std::string>>& headers = {}) {
+  return request_events(Poco::Net::HTTPRequest::HTTP_POST, port, uri, body, on_event, timeout_s, headers);
+}
+
+/** GET `uri` as an event stream (an execution's events): as post_events, with `headers` (e.g. Last-Event-ID). */
+inline SseReply get_events(std::uint16_t port, const std::string& uri,
+                           const std::vector<std::pair<std::string, std::string>>& headers = {}, int timeout_s = 120,
+                           const std::function<void(const SseEvent&)>& on_event = {}) {
+  return request_events(Poco::Net::HTTPRequest::HTTP_GET, port, uri, "", on_event, timeout_s, headers);
 }
 
 }  // namespace berth::test

@@ -53,6 +53,9 @@ class ForwardingStore : public store::Store {
                                                                    const store::ExecutionPageLimits& b) override {
     return inner_.list_executions(s, k, l, o, b);
   }
+  std::optional<store::ExecutionRow> get_execution(const std::string& id, std::int64_t cap) override {
+    return inner_.get_execution(id, cap);
+  }
   void write_batch(const std::vector<store::ExecutionRow>& e, const std::vector<store::SandboxTouch>& t) override {
     inner_.write_batch(e, t);
   }

@@ -12,6 +12,7 @@
 // socket is closed, so the shared dockerd and Podman service keep running for everyone else.
 #include <catch2/catch.hpp>
 
+#include <Poco/Base64Decoder.h>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/HTTPClientSession.h>
@@ -743,6 +744,11 @@ std::string text_of(const Poco::JSON::Object::Ptr& r) {
   return data && data->has("text") ? data->getValue<std::string>("text") : "";
 }
 
+bool is_null_data_images(const Poco::JSON::Object::Ptr& r) {
+  auto data = r->getObject("data");
+  return !data || !data->has("images");
+}
+
 std::string exception_of(const Poco::JSON::Object::Ptr& r) {
   auto e = r->getObject("exception");
   return e ? e->getValue<std::string>("name") : "";
@@ -884,4 +890,129 @@ TEST_CASE("e2e: named contexts, handler(event), rich results and a streamed cell
 
   CHECK(c.del(sb(id) + "/contexts/" + ctx).status == 204);
   CHECK(c.post(sb(id) + "/python/exec", "{\"code\": \"z\", " + in_ctx + "}").status == 404);
+}
+
+TEST_CASE("e2e: an async execution runs on after its client leaves, and its events resume from Last-Event-ID",
+          "[e2e]") {
+  BerthdProcess berthd(engine_config());
+  HttpClient c(berthd.port());
+  const auto id = create(c);
+  auto started =
+      c.post(sb(id) + "/python/exec",
+             R"({"code": "import time\nfor i in range(6):\n    print(i, flush=True)\n    time.sleep(0.3)\n'done'",
+                            "async": true, "timeout": 60})");
+  INFO(started.body);
+  REQUIRE(started.status == 202);
+  const auto eid = started.json()->getValue<std::string>("id");
+  const std::string events = sb(id) + "/executions/" + eid + "/events";
+  // A client that reads two chunks and goes away (the stream is dropped mid-way).
+  std::string last_id;
+  try {
+    get_events(berthd.port(), events, {}, 120, [&](const SseEvent& e) {
+      last_id = e.id;
+      if (e.id == "1") throw std::runtime_error("client leaves");
+    });
+  } catch (const std::runtime_error&) {
+  }
+  REQUIRE(last_id == "1");
+  // Another client re-attaches after seq 1: the rest, no repeat, then the result with the final value.
+  auto rest = get_events(berthd.port(), events, {{"Last-Event-ID", last_id}});
+  REQUIRE(rest.status == 200);
+  std::string out;
+  for (const auto& e : rest.events) {
+    if (e.event == "stdout")
+      out += Poco::JSON::Parser().parse(e.data).extract<Poco::JSON::Object::Ptr>()->getValue<std::string>("data");
+  }
+  CHECK(out == "2\n3\n4\n5\n");
+  REQUIRE(rest.events.back().event == "result");
+  auto result = Poco::JSON::Parser().parse(rest.events.back().data).extract<Poco::JSON::Object::Ptr>();
+  CHECK(result->getValue<std::string>("output") == "0\n1\n2\n3\n4\n5\n");
+  CHECK(text_of(result) == "'done'");
+  auto view = c.get(sb(id) + "/executions/" + eid).json();
+  CHECK(view->getValue<std::string>("status") == "succeeded");
+}
+
+TEST_CASE("e2e: a context survives what notebook code does to it", "[e2e]") {
+  BerthdProcess berthd(engine_config());
+  HttpClient c(berthd.port());
+  const auto id = create(c);
+  // A workspace module named like one the kernel imports does not stop the kernel from starting.
+  shell(c, id, "echo 'raise SystemExit(9)' > json.py");
+  CHECK(text_of(cell(c, id, "x = 1\nx")) == "1");
+  shell(c, id, "rm json.py; echo 'VALUE = 7' > mymod.py");
+  CHECK(text_of(cell(c, id, "import mymod\nmymod.VALUE")) == "7");  // cells import from their working directory
+
+  // An exception whose __str__ raises; a cell that removes its own working directory.
+  auto odd = cell(c, id, "class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\nraise E()");
+  CHECK(exception_of(odd) == "E");
+  CHECK(
+      cell(c, id, "import os, tempfile\nd = tempfile.mkdtemp()\nos.chdir(d)\nos.rmdir(d)")->getValue<bool>("success"));
+  CHECK(text_of(cell(c, id, "os.chdir('/workspace')\nx")) == "1");
+
+  // What a cell defines lives in a real __main__: pickle finds it.
+  CHECK(text_of(cell(c, id, "import pickle\nclass C:\n    pass\nlen(pickle.dumps(C())) > 0")) == "True");
+
+  // A cell that points fd 1 elsewhere: the next cell's output comes back, and no marker lands in the file.
+  cell(c, id,
+       "f = os.open('/workspace/sink.txt', os.O_WRONLY | os.O_CREAT)\nos.dup2(f, 1)\nprint('to the file', flush=True)");
+  auto back = cell(c, id, "print('back')");
+  CHECK(back->getValue<std::string>("output") == "back\n");
+  CHECK(shell(c, id, "cat sink.txt")->getValue<std::string>("output") == "to the file\n");
+
+  // A fork whose child returns to the kernel ends there; the parent's result is the cell's.
+  auto forked = cell(c, id,
+                     "pid = os.fork()\nif pid == 0:\n    print('child', flush=True)\nelse:\n    os.waitpid(pid, 0)\n"
+                     "'parent' if pid else 'child'");
+  CHECK(text_of(forked) == "'parent'");
+  CHECK(forked->getValue<std::string>("output") == "child\n");
+  auto after_fork = cell(c, id, "x + 1");
+  CHECK(text_of(after_fork) == "2");
+  CHECK(after_fork->getValue<int>("execution_count") == forked->getValue<int>("execution_count") + 1);
+
+  // A huge value is cut, not fatal; a handler's value JSON parsers cannot hold is a TypeError.
+  auto huge = cell(c, id, "'x' * (3 << 20)");
+  CHECK(huge->getValue<bool>("success"));
+  CHECK_THAT(text_of(huge), Catch::EndsWith("bytes of 3145730]"));
+  auto big = cell(c, id, "def handler(e):\n    return 2 ** 70", "\"event\": 1");
+  CHECK(exception_of(big) == "TypeError");
+  CHECK_FALSE(big->getValue<bool>("context_restarted"));
+  CHECK(text_of(cell(c, id, "x")) == "1");
+}
+
+TEST_CASE("e2e: on the data image a plot comes back as a PNG and a DataFrame as HTML", "[e2e]") {
+  BerthdProcess berthd(
+      engine_config("[profiles.data]\nimage = \"berth/python-data:3.11\"\nmemory = \"1GiB\"\npids = 256\n"
+                    "[profiles.data.env]\nMPLCONFIGDIR = \"/tmp/matplotlib\"\n"));
+  HttpClient c(berthd.port());
+  const auto id = create(c, R"({"profile": "data"})");
+  auto plot = cell(c, id,
+                   "import matplotlib.pyplot as plt\nimport numpy as np\nx = np.linspace(0, 6.3, 50)\n"
+                   "plt.plot(x, np.sin(x))\nplt.title('sin')\nNone",
+                   "\"timeout\": 120");
+  INFO(plot->getValue<std::string>("error"));
+  REQUIRE(plot->getValue<bool>("success"));
+  auto images = plot->getObject("data")->getArray("images");
+  REQUIRE(images);
+  REQUIRE(images->size() == 1);
+  CHECK(images->getObject(0)->getValue<std::string>("format") == "png");
+  std::istringstream encoded(images->getObject(0)->getValue<std::string>("data"));
+  Poco::Base64Decoder decoder(encoded);
+  std::string png((std::istreambuf_iterator<char>(decoder)), std::istreambuf_iterator<char>());
+  REQUIRE(png.size() > 1000);
+  CHECK(png.substr(0, 8) == std::string("\x89PNG\r\n\x1a\n", 8));
+  CHECK(png.substr(12, 4) == "IHDR");
+  const auto be32 = [&](std::size_t at) {
+    return (static_cast<unsigned char>(png[at]) << 24) | (static_cast<unsigned char>(png[at + 1]) << 16) |
+           (static_cast<unsigned char>(png[at + 2]) << 8) | static_cast<unsigned char>(png[at + 3]);
+  };
+  CHECK(be32(16) > 100);  // width
+  CHECK(be32(20) > 100);  // height
+  // The figure was closed: the next cell returns no image.
+  CHECK(is_null_data_images(cell(c, id, "1")));
+
+  auto frame = cell(c, id, "import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})");
+  auto data = frame->getObject("data");
+  REQUIRE(data);
+  CHECK_THAT(data->getValue<std::string>("text"), Catch::Contains("a  b"));
+  CHECK_THAT(data->getValue<std::string>("html"), Catch::Contains("<table"));
 }

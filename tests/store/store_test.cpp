@@ -737,7 +737,9 @@ TEST_CASE("touch bumps the version of a live row, invalidating a snapshot") {
   CHECK_FALSE(store->touch_sandbox("sandbox-none", t0));
 }
 
-TEST_CASE("write_batch inserts executions and applies touches in one transaction, and a retried batch is a no-op") {
+TEST_CASE(
+    "write_batch inserts executions and applies touches in one transaction, a retried batch changes nothing, a newer "
+    "row replaces") {
   TestDb db;
   auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
@@ -778,6 +780,24 @@ TEST_CASE("write_batch inserts executions and applies touches in one transaction
   CHECK_NOTHROW(store->write_batch(rows, {}));
   CHECK(store->list_executions("sandbox-1", "", 100, 0).second == 30);
   CHECK_NOTHROW(store->write_batch({}, {}));
+
+  // A row with an id already written replaces it: an async execution's result over its "running" row.
+  auto running = *store->get_execution("exec-b105", 1 << 20);
+  CHECK(running.output == rows[5].output);
+  auto done = rows[5];
+  done.output = "finished\n";
+  done.exit_code = 4;
+  done.success = false;
+  store->write_batch({done}, {});
+  auto got = store->get_execution("exec-b105", 1 << 20);
+  REQUIRE(got);
+  CHECK(got->output == "finished\n");
+  CHECK(got->exit_code == 4);
+  CHECK(store->list_executions("sandbox-1", "", 100, 0).second == 30);
+  auto cut = store->get_execution("exec-b105", 3);
+  CHECK(cut->output == "fin");
+  CHECK(cut->truncated);
+  CHECK_FALSE(store->get_execution("exec-none", 10));
 }
 
 // ---- listing ----------------------------------------------------------------------------------------------------
