@@ -109,7 +109,7 @@ def main():
     print(f"{'path':55} {'n':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
     for name, s in rows:
         print(f"{name:55} {len(s):6d} {pct(s, 50):8.2f} {pct(s, 90):8.2f} {pct(s, 99):8.2f}")
-    print(f"request sent -> first event (includes python3 start in the sandbox): median "
+    print(f"request sent -> first event (a cell in the sandbox's warm default context): median "
           f"{statistics.median(firsts) * 1000:.1f} ms over {len(firsts)} calls")
 
 

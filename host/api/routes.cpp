@@ -705,21 +705,33 @@ void execution_events(Exchange& ex) {
     return;
   }
   ExecEventStream events(ex);
-  auto page = std::move(first);
-  for (;;) {
-    for (const auto& c : page.chunks) {
-      if (!events.chunk(core::ExecChunk{c.stream, c.seq, c.at, c.data})) return;  // the client left
-      after = c.seq;
+  try {
+    auto page = std::move(first);
+    for (;;) {
+      for (const auto& c : page.chunks) {
+        if (!events.chunk(core::ExecChunk{c.stream, c.seq, c.at, c.data})) return;  // the client left
+        after = c.seq;
+      }
+      if (page.finished) break;
+      if (ex.ctx.shutting_down.load()) {
+        events.error("shutting_down", "berthd is shutting down; re-attach with Last-Event-ID to another instance");
+        return;
+      }
+      if (page.chunks.empty() && !events.keepalive()) return;
+      page = service.execution_events(ex.owner, sandbox_id(ex), eid, after, std::chrono::seconds(15));
     }
-    if (page.finished) break;
-    if (page.chunks.empty() && !events.keepalive()) return;
-    page = service.execution_events(ex.owner, sandbox_id(ex), eid, after, std::chrono::seconds(15));
-  }
-  const auto v = service.execution(ex.owner, sandbox_id(ex), eid);
-  if (v.outcome) {
-    events.result(exec_json(*v.outcome));
-  } else {
-    events.error(v.error_code.empty() ? std::string(core::to_string(v.status)) : v.error_code, v.reason);
+    const auto v = service.execution(ex.owner, sandbox_id(ex), eid);
+    if (v.outcome) {
+      events.result(exec_json(*v.outcome));
+    } else {
+      events.error(v.error_code.empty() ? std::string(core::to_string(v.status)) : v.error_code, v.reason);
+    }
+  } catch (const Error& e) {  // the sandbox went away, the store failed: the stream ends with what happened
+    if (!events.started()) throw;
+    events.error(std::string(core::to_string(e.code())), e.what());
+  } catch (const store::StoreUnavailable& e) {
+    if (!events.started()) throw;
+    events.error("store_unavailable", e.what());
   }
 }
 

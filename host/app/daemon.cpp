@@ -231,11 +231,16 @@ int run_daemon(const std::string& config_path, bool check_only, const std::funct
     log::info("berthd.stopping", {{"grace_s", std::to_string(cfg.server.shutdown_grace.count())}});
     server.begin_shutdown();
     cleanup.stop();
+    const auto shutdown_started = std::chrono::steady_clock::now();
     int left = server.wait_for_handlers(cfg.server.shutdown_grace);
     if (left > 0) {
       service.begin_shutdown();  // cancelled execs answer 503 shutting_down
       left = server.wait_for_handlers(kCancelWait);
     }
+    // Async executions run on without a handler: what is left of the grace, then cancelled (failed, in the history).
+    const auto grace_left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        cfg.server.shutdown_grace - (std::chrono::steady_clock::now() - shutdown_started));
+    left += static_cast<int>(service.stop_async(std::max(grace_left, std::chrono::milliseconds(0)), kCancelWait));
     if (left > 0) {
       // Closing the store (or freeing the service) under a running handler is a use after close: leave instead.
       // SQLite's journal keeps the database consistent; the next start reconciles sessions. The execution records

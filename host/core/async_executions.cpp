@@ -23,14 +23,19 @@ std::string_view to_string(ExecutionStatus s) {
 // ---- one execution
 // ---------------------------------------------------------------------------------------------------
 
+/** What a buffered chunk costs: its bytes and its bookkeeping (a flood of 1-byte chunks counts too). */
+std::size_t cost(const BufferedChunk& c) {
+  return sizeof(BufferedChunk) + c.data.size();
+}
+
 bool AsyncExecution::append(const BufferedChunk& chunk) {
   {
     std::lock_guard lock(mutex_);
-    bytes_ += chunk.data.size();
+    bytes_ += cost(chunk);
     chunks_.push_back(chunk);
     // Bounded: the oldest chunks go first; the newest one always stays (a replay starts at first_kept).
     while (bytes_ > cap_ && chunks_.size() > 1) {
-      bytes_ -= chunks_.front().data.size();
+      bytes_ -= cost(chunks_.front());
       dropped_upto_ = chunks_.front().seq + 1;
       chunks_.pop_front();
     }
@@ -115,21 +120,52 @@ std::shared_ptr<AsyncExecution> AsyncExecutions::add(ExecutionView view, std::si
   return e;
 }
 
+void AsyncExecutions::abandon(const std::shared_ptr<AsyncExecution>& execution,
+                              std::chrono::system_clock::time_point at) {
+  execution->finish(ExecutionStatus::failed, nullptr, "internal", "the execution could not be started", at);
+  std::lock_guard lock(mutex_);
+  --running_;
+  finished_.emplace_back(std::chrono::steady_clock::now(), execution->id());
+}
+
+std::size_t AsyncExecutions::cancel_all() {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, e] : by_id_) {
+      if (e->request_cancel()) ids.push_back(id);
+    }
+  }
+  for (const auto& id : ids)
+    on_cancel_(id);
+  return ids.size();
+}
+
 void AsyncExecutions::start(const std::shared_ptr<AsyncExecution>& execution, std::function<void()> body) {
   auto done = std::make_shared<std::atomic<bool>>(false);
-  std::thread t([this, execution, body = std::move(body), done] {
-    try {
-      body();
-    } catch (const std::exception& e) {  // the body reports its own failures; this is the last guard
-      log::error("exec.async_failed", {{"execution", execution->id()}, {"error", e.what()}});
-    }
-    {
-      std::lock_guard lock(mutex_);
-      --running_;
-      finished_.emplace_back(std::chrono::steady_clock::now(), execution->id());
-    }
-    *done = true;
-  });
+  {
+    std::lock_guard lock(mutex_);
+    workers_.reserve(workers_.size() + 1);  // the push_back below cannot throw once the thread runs
+  }
+  std::thread t;
+  try {
+    t = std::thread([this, execution, body = std::move(body), done] {
+      try {
+        body();
+      } catch (const std::exception& e) {  // the body reports its own failures; this is the last guard
+        log::error("exec.async_failed", {{"execution", execution->id()}, {"error", e.what()}});
+      }
+      {
+        std::lock_guard lock(mutex_);
+        --running_;
+        finished_.emplace_back(std::chrono::steady_clock::now(), execution->id());
+      }
+      *done = true;
+    });
+  } catch (...) {  // no thread (EAGAIN under a pids limit): it never ran
+    abandon(execution, std::chrono::system_clock::now());
+    throw;
+  }
   std::lock_guard lock(mutex_);
   workers_.push_back({std::move(t), done});
 }

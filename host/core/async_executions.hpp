@@ -109,6 +109,10 @@ class AsyncExecutions {
   /** Runs `body` on a thread of its own for `execution` (registered by add). */
   void start(const std::shared_ptr<AsyncExecution>& execution, std::function<void()> body);
   std::shared_ptr<AsyncExecution> find(const std::string& id);
+  /** For an execution add() registered whose start failed: finished as failed, its running slot given back. */
+  void abandon(const std::shared_ptr<AsyncExecution>& execution, std::chrono::system_clock::time_point at);
+  /** Cancels every running one (shutdown); returns how many. */
+  std::size_t cancel_all();
   /** Cancels `id` (flag + on_cancel); false if unknown or ended. */
   bool cancel(const std::string& id);
   std::size_t running() const;

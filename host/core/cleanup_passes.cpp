@@ -112,6 +112,7 @@ void SandboxService::cleanup_idle(CleanupReport& report) {
     return;
   }
   auto now = clock_->now();
+  const auto touched_before = recorder_.pending_touches();  // before the read: one written meanwhile is still seen
   for (const auto& snap : store_.list_live_sandboxes()) {
     if (!snap.current_session_id || !snap.idle_expires_at || *snap.idle_expires_at > now) continue;
     if (in_flight_.in_use(snap.id)) {
@@ -121,7 +122,11 @@ void SandboxService::cleanup_idle(CleanupReport& report) {
       log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "in use"}});
       continue;
     }
-    if (auto queued = recorder_.pending_touch(snap.id); queued && *queued > now) {
+    auto queued = recorder_.pending_touch(snap.id);
+    if (auto it = touched_before.find(snap.id); it != touched_before.end() && (!queued || it->second > *queued)) {
+      queued = it->second;
+    }
+    if (queued && *queued > now) {
       // A call ended after the flush above and its timer still waits in the recorder: the sandbox was just used.
       report.skipped_in_use.push_back(snap.id);
       log::info("sandbox_clean_skipped", {{"sandbox", snap.id}, {"reason", "touch queued"}});

@@ -69,7 +69,7 @@ ExecutionView SandboxService::start_async(const std::string& owner, const std::s
                 {{"reason", "async_executions"}})
         .with_retry_after(5s);
   }
-  {
+  try {
     store::ExecutionRow row;
     row.id = view.id;
     row.sandbox_id = id;
@@ -79,8 +79,11 @@ ExecutionView SandboxService::start_async(const std::string& owner, const std::s
     row.error = std::string(kRunningMarker) + settings_.instance_id;
     row.created_at = view.created_at;
     recorder_.record(std::move(slot), std::move(row));
+    log::info("exec.async_start", {{"sandbox", id}, {"execution", view.id}, {"kind", view.kind}});
+  } catch (...) {
+    async_.abandon(execution, clock_->now());  // registered but never started: its slot is given back
+    throw;
   }
-  log::info("exec.async_start", {{"sandbox", id}, {"execution", view.id}, {"kind", view.kind}});
   const bool has_py = py != nullptr;
   const PythonExecOptions opts = has_py ? *py : PythonExecOptions{};
   async_.start(execution, [this, execution, owner, id, kind, code, timeout, cwd, opts, has_py, view] {
@@ -101,10 +104,10 @@ ExecutionView SandboxService::start_async(const std::string& owner, const std::s
     try {
       auto out = std::make_shared<ExecOutcome>(exec_code(owner, id, kind, code, timeout, cwd, has_py ? &opts : nullptr,
                                                          sink, view.id, &execution->cancel_flag()));
-      const auto status = execution->cancel_requested() ? ExecutionStatus::cancelled
-                          : out->timed_out              ? ExecutionStatus::timed_out
-                          : out->success                ? ExecutionStatus::succeeded
-                                                        : ExecutionStatus::failed;
+      // A result is what happened, even when a cancel came too late to stop it (the history says the same).
+      const auto status = out->timed_out ? ExecutionStatus::timed_out
+                          : out->success ? ExecutionStatus::succeeded
+                                         : ExecutionStatus::failed;
       execution->finish(status, out, "", "", clock_->now());
       log::info("exec.async_end", {{"execution", view.id}, {"status", std::string(to_string(status))}});
     } catch (const Error& e) {
@@ -138,7 +141,10 @@ ExecutionView SandboxService::execution(const std::string& owner, const std::str
   v.kind = row->kind;
   v.created_at = row->created_at;
   v.async = false;
-  if (row->error.rfind(kRunningMarker, 0) == 0) {
+  // The markers are berthd's only on rows without a session (a running async execution, or one that ended before it
+  // had a result): a program's own stderr that starts the same way is its output, whatever it says.
+  const bool marked = row->session_id.empty() && !row->exit_code && !row->success;
+  if (marked && row->error.rfind(kRunningMarker, 0) == 0) {
     v.async = true;
     const std::string instance = row->error.substr(kRunningMarker.size());
     if (instance == settings_.instance_id) {
@@ -150,7 +156,7 @@ ExecutionView SandboxService::execution(const std::string& owner, const std::str
     }
     return v;
   }
-  if (row->error.rfind(kEndedMarker, 0) == 0 && !row->exit_code && !row->success) {
+  if (marked && row->error.rfind(kEndedMarker, 0) == 0) {
     v.async = true;
     const std::string text = row->error.substr(kEndedMarker.size());
     v.status = text.rfind("cancelled", 0) == 0 ? ExecutionStatus::cancelled : ExecutionStatus::failed;
@@ -180,10 +186,26 @@ ExecutionEvents SandboxService::execution_events(const std::string& owner, const
   load_live(owner, id);
   if (auto e = async_.find(execution_id); e && e->view().sandbox_id == id) return e->events_after(after, wait);
   auto v = execution(owner, id, execution_id);  // throws not_found
+  if (v.status == ExecutionStatus::running) {
+    // Held by another berthd (its output is there): answered once, never polled here.
+    throw Error(ErrorCode::conflict, "execution '" + execution_id + "' " + v.reason,
+                {{"execution_id", execution_id}, {"status", "running"}});
+  }
   ExecutionEvents out;
-  out.finished = v.status != ExecutionStatus::running;
-  if (!out.finished) std::this_thread::sleep_for(std::min(wait, std::chrono::milliseconds(1000)));
+  out.finished = true;
   return out;
+}
+
+std::size_t SandboxService::stop_async(std::chrono::milliseconds grace, std::chrono::milliseconds cancel_wait) {
+  const auto wait_until = [&](std::chrono::steady_clock::time_point deadline) {
+    while (async_.running() > 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(50ms);
+    return async_.running();
+  };
+  if (wait_until(std::chrono::steady_clock::now() + grace) == 0) return 0;
+  const auto cancelled = async_.cancel_all();
+  log::info("exec.async_cancelled_for_shutdown", {{"executions", std::to_string(cancelled)}});
+  return wait_until(std::chrono::steady_clock::now() + cancel_wait);
 }
 
 ExecutionView SandboxService::cancel_execution(const std::string& owner, const std::string& id,

@@ -52,9 +52,13 @@ std::size_t utf8_prefix_length(const std::string& s, std::size_t cap) {
 
 template <typename Fn>
 auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>& started, Fn&& fn,
-                                  const std::string& tag) {
+                                  const std::string& tag, const std::atomic<bool>* cancelled) {
   const std::string& id = row.id;
-  auto in_use = in_flight_.enter(id, tag);  // from here on, idle cleanup in this process leaves this sandbox alone
+  auto in_use = in_flight_.enter(id, tag);
+  // An async execution cancelled before it got here: its tag was not registered then (cancel_tagged found none), so
+  // its token is cancelled now. The flag is set before cancel_tagged looks, the tag registered before this reads it.
+  if (cancelled != nullptr && cancelled->load())
+    in_flight_.cancel_tagged(tag);  // from here on, idle cleanup in this process leaves this sandbox alone
   // A long call must not look idle from its start. A timer within half its length of running out is written now,
   // so that idle cleanup (also another berthd's) sees the call before it could judge the sandbox idle; a timer far
   // from it rides the recorder's next batch (milliseconds), off the request path — unless the recorder's last
@@ -103,6 +107,7 @@ auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>
 
 std::optional<ExecResult> SandboxService::exec_as_process(const std::string& handle, const ExecRequest& rq,
                                                           const OutputSink& on_output, const CancelToken& token) {
+  if (token.cancelled()) throw DriverError(DriverErrc::cancelled, "the exec was cancelled");
   ProcessSpec spec;
   spec.argv = rq.argv;
   spec.env = rq.env;
@@ -372,7 +377,7 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
           }
           return driver_.exec(session.handle, rq, on_output, &token);
         },
-        execution_id);
+        execution_id, cancel);
   } catch (const DriverError& e) {
     if (e.code() == DriverErrc::cancelled && shutting_down_.load()) {
       throw Error(ErrorCode::shutting_down, "berthd is shutting down; the exec was cancelled", {{"sandbox_id", id}})

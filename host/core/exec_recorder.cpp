@@ -71,6 +71,16 @@ std::optional<store::TimePoint> ExecRecorder::pending_touch(const std::string& s
   return std::nullopt;
 }
 
+std::map<std::string, store::TimePoint> ExecRecorder::pending_touches() const {
+  std::lock_guard lock(mutex_);
+  std::map<std::string, store::TimePoint> out;
+  for (const auto& [id, t] : writing_touches_)
+    out[id] = t.at;
+  for (const auto& [id, t] : touches_)
+    out[id] = t.at;  // the newer one
+  return out;
+}
+
 void ExecRecorder::flush(std::chrono::milliseconds wait) {
   std::unique_lock lock(mutex_);
   const std::uint64_t target = enqueued_seq_;
@@ -152,10 +162,17 @@ void ExecRecorder::loop() {
       // The database refused the batch itself (a constraint, a privilege, a full disk): one item by one, so that a
       // bad row costs only itself and cannot hold every record behind it forever. An item refused again is dropped
       // and logged; one that meets an unavailable database waits in the queue with the rest.
+      bool outage = false;  // once one row meets an outage, it and every row after it wait, in order (a later row of
+                            // the same execution must never be written before an earlier one: rows replace by id)
       for (std::size_t i = 0; i < n; ++i) {
+        if (outage) {
+          kept_rows.push_back(i);
+          continue;
+        }
         try {
           store_.write_batch({rows[i]}, {});
         } catch (const store::StoreUnavailable&) {
+          outage = true;
           kept_rows.push_back(i);
         } catch (const std::exception& e) {
           ++dropped;

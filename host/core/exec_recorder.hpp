@@ -88,6 +88,8 @@ class ExecRecorder {
   /** The pending touch of a sandbox, if one is not yet known written: queued, or in the batch being written now (reads
    *  overlay it on the stored row, so no read sees the older stored timer in between). */
   std::optional<store::TimePoint> pending_touch(const std::string& sandbox_id) const;
+  /** Every pending touch (as pending_touch), copied: a list reads it before its rows (see SandboxService::view). */
+  std::map<std::string, store::TimePoint> pending_touches() const;
   /** False while the last write failed (the database is down or refusing): queued items may wait long. */
   bool writing() const;
   /**

@@ -274,6 +274,7 @@ CellOutcome PythonKernel::run(const std::string& request_json, std::chrono::mill
   constexpr std::size_t kStdinChunk = 1 << 20;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   std::optional<std::chrono::steady_clock::time_point> kill_at;
+  if (cancel.cancelled()) throw DriverError(DriverErrc::cancelled, "the cell was cancelled");  // before it is sent
   const auto lose = [&](std::string why) {
     kill();
     out.kernel_lost = true;

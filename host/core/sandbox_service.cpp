@@ -120,7 +120,13 @@ std::shared_ptr<const Profile> SandboxService::profile_of(const SandboxRow& row)
   return p ? p : profiles_.default_profile();
 }
 
-SandboxView SandboxService::view(SandboxRow row) {
+SandboxView SandboxService::view_live(const std::string& owner, const std::string& id) {
+  std::map<std::string, store::TimePoint> before;
+  if (auto t = recorder_.pending_touch(id)) before.emplace(id, *t);
+  return view(load_live(owner, id), &before);
+}
+
+SandboxView SandboxService::view(SandboxRow row, const std::map<std::string, store::TimePoint>* touched_before) {
   SandboxView v;
   v.capabilities = profile_of(row)->capabilities;
   if (!driver_.has_capability(cap::files)) v.capabilities.erase("filesystem");
@@ -142,9 +148,16 @@ SandboxView SandboxService::view(SandboxRow row) {
     std::lock_guard lock(disk_mutex_);
     if (auto it = disk_.find(row.id); it != disk_.end()) v.disk = it->second;
   }
-  // An idle-timer touch still queued in the recorder is what the row will say in a few milliseconds.
+  // An idle-timer touch still queued in the recorder is what the row will say in a few milliseconds; one that was
+  // pending before the row was read may have been written since (the row predates it). Touches never go backwards.
   if (row.current_session_id && !row.deleted_at) {
-    if (auto pending = recorder_.pending_touch(row.id)) row.idle_expires_at = *pending;
+    std::optional<store::TimePoint> touch = recorder_.pending_touch(row.id);
+    if (touched_before != nullptr) {
+      if (auto it = touched_before->find(row.id); it != touched_before->end() && (!touch || it->second > *touch)) {
+        touch = it->second;
+      }
+    }
+    if (touch && (!row.idle_expires_at || *touch > *row.idle_expires_at)) row.idle_expires_at = *touch;
   }
   v.row = std::move(row);
   return v;
@@ -334,7 +347,7 @@ CreateSandboxResult SandboxService::create_sandbox(const std::string& owner, con
 }
 
 SandboxView SandboxService::get_sandbox(const std::string& owner, const std::string& id) {
-  return view(load_live(owner, id));
+  return view_live(owner, id);
 }
 
 ListResult SandboxService::list_sandboxes(const std::string& owner, const std::optional<SandboxStatus>& status,
@@ -348,10 +361,11 @@ ListResult SandboxService::list_sandboxes(const std::string& owner, const std::o
   f.limit = limit;
   // Status is derived, so filter after reading; keep reading pages until the page is full or rows run out.
   while (static_cast<int>(out.items.size()) < limit) {
+    const auto touched_before = recorder_.pending_touches();
     auto rows = store_.list_sandboxes(f);
     for (auto& r : rows) {
       f.after_id = r.id;
-      auto v = view(std::move(r));
+      auto v = view(std::move(r), &touched_before);
       if (!status || v.status == *status) out.items.push_back(std::move(v));
       if (static_cast<int>(out.items.size()) == limit) break;
     }
@@ -382,7 +396,7 @@ void SandboxService::flush_records(std::chrono::milliseconds wait) {
 
 SandboxView SandboxService::start(const std::string& owner, const std::string& id) {
   ensure_running(owner, id);
-  return view(load_live(owner, id));
+  return view_live(owner, id);
 }
 
 void SandboxService::stop(const std::string& owner, const std::string& id) {

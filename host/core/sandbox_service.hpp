@@ -291,6 +291,11 @@ class SandboxService {
    */
   ExecutionEvents execution_events(const std::string& owner, const std::string& id, const std::string& execution_id,
                                    std::optional<std::uint64_t> after, std::chrono::milliseconds wait);
+  /**
+   * Shutdown: waits up to `grace` for the running async executions to end, then cancels the rest and waits up to
+   * `cancel_wait` for them. Returns how many still run (the daemon then exits without closing the store).
+   */
+  std::size_t stop_async(std::chrono::milliseconds grace, std::chrono::milliseconds cancel_wait);
   /** Cancels a running async execution and waits up to 10 s for its end; conflict if it has ended, not_found. */
   ExecutionView cancel_execution(const std::string& owner, const std::string& id, const std::string& execution_id);
   /**
@@ -383,7 +388,14 @@ class SandboxService {
   LifecycleSnapshot lifecycle_snapshot();
 
  private:
-  SandboxView view(store::SandboxRow row);
+  /**
+   * The client's view of a row. `touched_before` holds pending idle-timer touches taken BEFORE the row was read: a
+   * touch the recorder writes between the read and this call is then still seen (the row is older than the touch,
+   * and pending_touch no longer has it). The timer shown is the latest of the row's and the touches'.
+   */
+  SandboxView view(store::SandboxRow row, const std::map<std::string, store::TimePoint>* touched_before = nullptr);
+  /** view() of the live row of (owner, id), with the pending touch taken before the read. */
+  SandboxView view_live(const std::string& owner, const std::string& id);
   store::SandboxRow load_live(const std::string& owner, const std::string& id);
   /** The sandbox's profile; the default one if its profile is gone (deleted from the config file). Never null. */
   std::shared_ptr<const Profile> profile_of(const store::SandboxRow& row) const;
@@ -445,7 +457,7 @@ class SandboxService {
    */
   template <typename Fn>
   auto with_session(const store::SandboxRow& row, const std::atomic<bool>& started, Fn&& fn,
-                    const std::string& tag = "");
+                    const std::string& tag = "", const std::atomic<bool>* cancelled = nullptr);
   /** Clears a session known dead (CAS, state dead) and removes its container; GET stops saying ready. */
   void retire_dead_session(const store::SessionRow& session, const std::string& why);
   void notify_sessions_changed();
@@ -554,7 +566,7 @@ class SandboxService {
   BackgroundQueue disk_checks_;
   // Last member: destroyed first, it cancels the running async executions and joins their threads (they use all of
   // the above).
-  AsyncExecutions async_{settings_.max_async_executions, 1000, settings_.async_retention,
+  AsyncExecutions async_{settings_.max_async_executions, 100, settings_.async_retention,
                          [this](const std::string& id) { in_flight_.cancel_tagged(id); }};
 };
 

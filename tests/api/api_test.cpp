@@ -2183,3 +2183,20 @@ TEST_CASE("async: an execution survives its client, keeps the sandbox from idlin
   REQUIRE(events.events.size() == 1);
   CHECK(events.events[0].event == "error");
 }
+
+TEST_CASE("async: a cancel reaches an execution still waiting for its context, and a result beats a late cancel") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  auto busy = require_json(c.post(sb(id) + "/python/exec", R"J({"code":"time.sleep(2)\nx = 1","async":true})J"), 202);
+  auto waiting = require_json(c.post(sb(id) + "/python/exec", R"J({"code":"y = 2","async":true})J"), 202);
+  auto cancelled = require_json(c.post(sb(id) + "/executions/" + str(waiting, "id") + "/cancel"), 200);
+  CHECK(str(cancelled, "status") == "cancelled");  // it never ran: the context was busy
+  auto first = wait_status(c, id, str(busy, "id"), "succeeded");
+  CHECK(str(first, "status") == "succeeded");  // the first one was not touched
+  auto y = run_cell(c, id, "y");
+  CHECK(str(y->getObject("exception"), "name") == "NameError");  // the cancelled cell did not run
+  CHECK(data_text(run_cell(c, id, "x")) == "1");
+  // History: the cancelled one says so, without a session.
+  auto h = require_json(c.get(sb(id) + "/executions/" + str(waiting, "id")), 200);
+  CHECK(str(h, "status") == "cancelled");
+}
