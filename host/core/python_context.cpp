@@ -101,11 +101,9 @@ std::string stringify(const Poco::Dynamic::Var& v) {
   return s.str();
 }
 
-/**
- * Fills `out` from a result frame's JSON and returns the cell number it echoes (0 without one); throws
- * std::runtime_error when it is not the protocol's object.
- */
-std::uint64_t parse_result(const std::string& payload, CellOutcome& out) {
+}  // namespace
+
+std::uint64_t parse_kernel_result(const std::string& payload, CellOutcome& out) {
   Poco::JSON::Parser parser;
   Poco::JSON::Object::Ptr o;
   try {
@@ -130,10 +128,12 @@ std::uint64_t parse_result(const std::string& payload, CellOutcome& out) {
     throw std::runtime_error("kernel result has a field of the wrong type: " + e.displayText());
   }
   out.finished = true;
-  return o->has("cell") && o->get("cell").isInteger() ? o->getValue<std::uint64_t>("cell") : 0;
+  try {
+    return o->has("cell") && o->get("cell").isInteger() ? o->getValue<std::uint64_t>("cell") : 0;
+  } catch (const Poco::Exception&) {
+    return 0;  // a negative or huge number: no cell of this kernel
+  }
 }
-
-}  // namespace
 
 std::unique_ptr<PythonKernel> PythonKernel::start(Driver& driver, const std::string& handle,
                                                   const std::map<std::string, std::string>& env, const std::string& cwd,
@@ -354,7 +354,7 @@ CellOutcome PythonKernel::run(const std::string& request_json, std::chrono::mill
         CellOutcome parsed;
         std::uint64_t cell = 0;
         try {
-          cell = parse_result(f->payload, parsed);
+          cell = parse_kernel_result(f->payload, parsed);
         } catch (const std::exception& e) {
           return lose(std::string("kernel protocol error: ") + e.what());
         }

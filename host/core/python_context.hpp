@@ -67,6 +67,12 @@ struct CellOutcome {
 };
 
 /**
+ * Fills `out` from a kernel's `result` frame payload and returns the cell number it echoes (0 without one). Throws
+ * std::runtime_error when the payload is not the protocol's object (a field of the wrong type included). Pure.
+ */
+std::uint64_t parse_kernel_result(const std::string& payload, CellOutcome& out);
+
+/**
  * One running kernel (RAII: destroying it kills the process). Threading: run() from one thread at a time (the
  * context's cell lock); kill() from any thread. Every driver failure is a DriverError.
  */
