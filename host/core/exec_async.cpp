@@ -39,16 +39,21 @@ void SandboxService::validate_exec(const std::string& owner, const std::string& 
   }
 }
 
-void SandboxService::record_async(const ExecutionView& view, const std::string& code, const std::string& error) {
+store::ExecutionRow SandboxService::async_row(const ExecutionView& view, const std::string& code,
+                                              std::string error) const {
   store::ExecutionRow row;
   row.id = view.id;
   row.sandbox_id = view.sandbox_id;
   row.kind = view.kind;
-  row.code = code.size() > settings_.history_field_cap ? code.substr(0, settings_.history_field_cap) : code;
+  row.code = code.substr(0, utf8_prefix_length(code, settings_.history_field_cap));
   row.truncated = row.code.size() < code.size();
-  row.error = error;
+  row.error = std::move(error);
   row.created_at = view.created_at;
-  recorder_.record(recorder_.reserve(), std::move(row));
+  return row;
+}
+
+void SandboxService::record_async(const ExecutionView& view, const std::string& code, const std::string& error) {
+  recorder_.record(recorder_.reserve(), async_row(view, code, error));
 }
 
 ExecutionView SandboxService::start_async(const std::string& owner, const std::string& id, ExecKind kind,
@@ -70,15 +75,7 @@ ExecutionView SandboxService::start_async(const std::string& owner, const std::s
         .with_retry_after(5s);
   }
   try {
-    store::ExecutionRow row;
-    row.id = view.id;
-    row.sandbox_id = id;
-    row.kind = view.kind;
-    row.code = code.size() > settings_.history_field_cap ? code.substr(0, settings_.history_field_cap) : code;
-    row.truncated = row.code.size() < code.size();
-    row.error = std::string(kRunningMarker) + settings_.instance_id;
-    row.created_at = view.created_at;
-    recorder_.record(std::move(slot), std::move(row));
+    recorder_.record(std::move(slot), async_row(view, code, std::string(kRunningMarker) + settings_.instance_id));
     log::info("exec.async_start", {{"sandbox", id}, {"execution", view.id}, {"kind", view.kind}});
   } catch (...) {
     async_.abandon(execution, clock_->now());  // registered but never started: its slot is given back

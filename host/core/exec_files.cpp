@@ -36,16 +36,6 @@ struct CappedBuffer {
   }
 };
 
-/** The longest prefix of `s` of at most `cap` bytes that does not end inside a UTF-8 sequence. */
-std::size_t utf8_prefix_length(const std::string& s, std::size_t cap) {
-  if (s.size() <= cap) return s.size();
-  std::size_t n = cap;
-  // Step back over at most three continuation bytes (10xxxxxx) to the lead byte, and cut before it.
-  for (int i = 0; i < 3 && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80; ++i)
-    --n;
-  return (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80 ? cap : n;
-}
-
 }  // namespace
 
 // ---- exec and files -----------------------------------------------------------------------------------------------

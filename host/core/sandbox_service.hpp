@@ -429,7 +429,9 @@ class SandboxService {
   /** The checks an exec makes before it runs (timeout, code, capability, cwd, context), for an async start. */
   void validate_exec(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
                      std::optional<std::chrono::seconds> timeout, const std::string& cwd, const PythonExecOptions* py);
-  /** Writes an async execution's record without a result (running, or ended before it had one). */
+  /** An async execution's record without a result (running, or ended before it had one): code cut as history's. */
+  store::ExecutionRow async_row(const ExecutionView& view, const std::string& code, std::string error) const;
+  /** Writes async_row(view, code, error) through the recorder. */
   void record_async(const ExecutionView& view, const std::string& code, const std::string& error);
   /**
    * The kernel of `entry` for `session`: the running one, or a new one (the old one, from an ended session or dead,
