@@ -19,16 +19,23 @@ constexpr std::string_view kEndedMarker = "[berth] ";
 
 }  // namespace
 
-void SandboxService::validate_exec(const std::string& owner, const std::string& id, ExecKind kind,
-                                   const std::string& code, std::optional<std::chrono::seconds> timeout,
-                                   const std::string& cwd, const PythonExecOptions* py) {
+std::chrono::seconds SandboxService::checked_exec_request(ExecKind kind, const std::string& code,
+                                                          std::optional<std::chrono::seconds> timeout,
+                                                          const PythonExecOptions* py) const {
   const auto to = timeout.value_or(settings_.default_exec_timeout);
   if (to.count() < 1 || to > settings_.max_exec_timeout) {
     throw Error(ErrorCode::validation_error,
                 "timeout must be between 1 and " + std::to_string(settings_.max_exec_timeout.count()) + " seconds");
   }
-  if (code.empty() && !(py && py->event_json))
+  if (code.empty() && !(py && py->event_json))  // a handler call may reuse what earlier cells defined
     throw Error(ErrorCode::validation_error, kind == ExecKind::python ? "code is empty" : "command is empty");
+  return to;
+}
+
+void SandboxService::validate_exec(const std::string& owner, const std::string& id, ExecKind kind,
+                                   const std::string& code, std::optional<std::chrono::seconds> timeout,
+                                   const std::string& cwd, const PythonExecOptions* py) {
+  checked_exec_request(kind, code, timeout, py);
   auto row = load_live(owner, id);
   require_capability(row, kind == ExecKind::python ? "python" : "shell");
   if (!cwd.empty()) workspace_path(cwd, true);

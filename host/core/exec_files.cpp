@@ -215,13 +215,7 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
                                       const std::string& cwd, const PythonExecOptions* py,
                                       const ExecChunkSink& on_chunk, const std::string& execution_id,
                                       const std::atomic<bool>* cancel) {
-  auto to = timeout.value_or(settings_.default_exec_timeout);
-  if (to.count() < 1 || to > settings_.max_exec_timeout) {
-    throw Error(ErrorCode::validation_error,
-                "timeout must be between 1 and " + std::to_string(settings_.max_exec_timeout.count()) + " seconds");
-  }
-  if (code.empty() && !(py && py->event_json))  // a handler call may reuse what earlier cells defined
-    throw Error(ErrorCode::validation_error, kind == ExecKind::python ? "code is empty" : "command is empty");
+  const auto to = checked_exec_request(kind, code, timeout, py);
   std::string capability = kind == ExecKind::python ? "python" : "shell";
   auto row = load_live(owner, id);
   require_capability(row, capability);

@@ -426,6 +426,10 @@ class SandboxService {
                         std::optional<std::chrono::seconds> timeout, const std::string& cwd,
                         const PythonExecOptions* py, const ExecChunkSink& on_chunk,
                         const std::string& execution_id = "", const std::atomic<bool>* cancel = nullptr);
+  /** The request's own checks (timeout range, code present): the timeout to use. validation_error otherwise. */
+  std::chrono::seconds checked_exec_request(ExecKind kind, const std::string& code,
+                                            std::optional<std::chrono::seconds> timeout,
+                                            const PythonExecOptions* py) const;
   /** The checks an exec makes before it runs (timeout, code, capability, cwd, context), for an async start. */
   void validate_exec(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
                      std::optional<std::chrono::seconds> timeout, const std::string& cwd, const PythonExecOptions* py);

@@ -62,6 +62,12 @@ def pct(samples, p):
     return s[min(len(s) - 1, max(0, int(round(p * (len(s) - 1)))))] if s else float("nan")
 
 
+def summary(lat, wall):
+    """p50/p90/p99 in ms and the throughput of one phase."""
+    return {"p50_ms": round(pct(lat, 0.5) * 1e3, 2), "p90_ms": round(pct(lat, 0.9) * 1e3, 2),
+            "p99_ms": round(pct(lat, 0.99) * 1e3, 2), "cells_per_s": round(len(lat) / wall)}
+
+
 def run_cells(port, sandbox, context, count, start_count):
     """Runs `count` cells in `context`; returns (latencies in s, list of problems)."""
     c = Client(port)
@@ -134,8 +140,7 @@ def main():
         lat, problems = run_cells(port, sandbox, "default", args.cells, 1)
         wall = time.perf_counter() - t0
         failures += problems
-        result["sequential"] = {"p50_ms": round(pct(lat, 0.5) * 1e3, 2), "p90_ms": round(pct(lat, 0.9) * 1e3, 2),
-                                "p99_ms": round(pct(lat, 0.99) * 1e3, 2), "cells_per_s": round(len(lat) / wall)}
+        result["sequential"] = summary(lat, wall)
         print(f"sequential: {len(lat)} cells in {wall:.1f} s; p50 {result['sequential']['p50_ms']} ms, "
               f"p90 {result['sequential']['p90_ms']} ms, p99 {result['sequential']['p99_ms']} ms; "
               f"{len(problems)} problems", flush=True)
@@ -157,8 +162,7 @@ def main():
         lat = [x for l, _ in outcomes for x in l]
         for _, p in outcomes:
             failures += p
-        result["parallel"] = {"p50_ms": round(pct(lat, 0.5) * 1e3, 2), "p90_ms": round(pct(lat, 0.9) * 1e3, 2),
-                              "p99_ms": round(pct(lat, 0.99) * 1e3, 2), "cells_per_s": round(len(lat) / wall)}
+        result["parallel"] = summary(lat, wall)
         print(f"parallel: {len(lat)} cells over {args.contexts} contexts in {wall:.1f} s "
               f"({result['parallel']['cells_per_s']}/s); p50 {result['parallel']['p50_ms']} ms, "
               f"p90 {result['parallel']['p90_ms']} ms; {sum(len(p) for _, p in outcomes)} problems", flush=True)
