@@ -54,6 +54,11 @@ class ConnSocketImpl final : public Poco::Net::StreamSocketImpl {
   std::atomic<std::uint64_t> bytes{0};
   std::atomic<std::int64_t> waiting_since{0};  // ns on the steady clock; 0 = not blocked
   std::atomic<std::int64_t> waited{0};         // ns blocked since the watchdog last looked
+  /**
+   * A 101 Switching Protocols response was sent (a WebSocket): the handler owns the connection until it returns, the
+   * watchdog no longer judges its transfer rate (an idle terminal is not a slow client), and it is never kept alive.
+   */
+  std::atomic<bool> upgraded{false};
 
   /**
    * The next `head_bytes` are a request head with a chunked body after it: Poco gets the head, then the decoded
@@ -328,11 +333,13 @@ void lingering_close(Poco::Net::StreamSocket& s) {
 /** Poco's response, made to always say HTTP/1.1 with the standard reason, and to settle the request body first. */
 class Response final : public Poco::Net::HTTPServerResponseImpl {
  public:
-  Response(Session& s, std::uint64_t drain_limit) : HTTPServerResponseImpl(s), drain_limit_(drain_limit) {}
+  Response(Session& s, ConnSocketImpl& socket, std::uint64_t drain_limit)
+      : HTTPServerResponseImpl(s), socket_(socket), drain_limit_(drain_limit) {}
   void attach(Poco::Net::HTTPServerRequest* rq) { request_ = rq; }
 
   std::ostream& send() override {
     prepare();
+    if (getStatus() == HTTP_SWITCHING_PROTOCOLS) socket_.upgraded = true;  // before the client can see the 101
     return HTTPServerResponseImpl::send();
   }
   void sendBuffer(const void* buffer, std::size_t length) override {
@@ -382,6 +389,7 @@ class Response final : public Poco::Net::HTTPServerResponseImpl {
     if (!settle_body()) setKeepAlive(false);
   }
   Poco::Net::HTTPServerRequest* request_ = nullptr;
+  ConnSocketImpl& socket_;
   std::uint64_t drain_limit_;
   bool body_settled_ = false;
   bool body_ok_ = true;
@@ -752,6 +760,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
     if (limits.min_transfer_rate == 0) return;
     std::lock_guard lk(m);
     for (auto& c : busy) {
+      if (c->impl->upgraded.load()) continue;  // a WebSocket: its handler keeps its own liveness rules
       if (c->window_start == Clock::time_point{}) {
         c->window_start = now;
         c->window_bytes = c->impl->bytes.load();
@@ -902,7 +911,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
         {
           // The response must be destroyed before the socket is detached: its stream writes the rest of the body
           // (and a chunked body's last chunk) when it goes.
-          Response response(session, limits.drain_limit);
+          Response response(session, impl, limits.drain_limit);
           try {
             Poco::Net::HTTPServerRequestImpl request(response, session, params.get());
             response.attach(&request);
@@ -911,7 +920,8 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
             response.setKeepAlive(http11 && request.getKeepAlive() && !stopping.load());
             if (request.getExpectContinue()) response.sendContinue();
             handler(request, response);
-            keep = response.sent() && response.getKeepAlive() && response.settle_body() && !stopping.load();
+            keep = response.sent() && response.getKeepAlive() && response.settle_body() && !stopping.load() &&
+                   !impl.upgraded.load();  // an upgraded connection spoke another protocol: never HTTP again
             response.attach(nullptr);
             if (keep && impl.in_chunked_body()) keep = drain_chunked(impl);
           } catch (const Poco::Exception& e) {

@@ -64,7 +64,9 @@ std::string error_envelope(std::string_view code, const std::string& message, co
  * Serves HTTP/1.1 on a bound, listening socket. `handler` runs on a worker thread once per request, with Poco's
  * request and response objects (the response's status line is always HTTP/1.1 with the standard reason phrase; an
  * unread request body is drained up to drain_limit or the connection is closed). `next_request_id` names refusals
- * made before a handler runs. All methods are for one owner thread; the handler must be thread-safe.
+ * made before a handler runs. A handler that answers 101 Switching Protocols (a WebSocket, through Poco's
+ * WebSocket(request, response)) owns the connection until it returns: the slow-client watchdog leaves it alone and
+ * it is closed afterwards, never kept alive. All methods are for one owner thread; the handler must be thread-safe.
  */
 class HttpServer {
  public:

@@ -16,6 +16,7 @@
 
 #include "api/openapi.hpp"
 #include "api/request.hpp"
+#include "api/terminal.hpp"
 #include "core/ids.hpp"
 #include "core/log.hpp"
 #include "metrics/prometheus_metrics.hpp"
@@ -152,6 +153,7 @@ Object profile_json(const core::SandboxService& service, const core::ProfileEntr
   for (const auto& c : p.capabilities)
     caps.add(c);
   o.set("capabilities", caps);
+  o.set("shell", p.shell);
   o.set("created_at", opt_time(e.created_at));
   o.set("updated_at", opt_time(e.updated_at));
   if (with_spec) {
@@ -1034,6 +1036,7 @@ const std::vector<Route>& routes() {
       {"GET", "/v1/sandboxes/{}/executions/{}", get_execution},
       {"GET", "/v1/sandboxes/{}/executions/{}/events", execution_events},
       {"POST", "/v1/sandboxes/{}/executions/{}/cancel", cancel_execution, false, false, I::replay},
+      {"GET", "/v1/sandboxes/{}/terminal", terminal},
       {"GET", "/v1/sandboxes/{}/history", history},
       {"GET", "/v1/sandboxes/{}/filesystem/files", read_file, true},
       {"PUT", "/v1/sandboxes/{}/filesystem/files", write_file, true},

@@ -191,6 +191,14 @@ void read_server(TableReader r, ServerConfig& s) {
   r.integer("queue", s.queue, 1, 65536);
   r.boolean("exec_via_processes", s.exec_via_processes);
   r.integer("max_contexts_per_sandbox", s.max_contexts_per_sandbox, 1, 256);
+  // An open terminal holds a server thread for as long as its WebSocket is open: they may take at most half of the
+  // pool; left out, an eighth of it (at most 64), so that terminals never starve ordinary requests.
+  if (r.get("max_terminals")) {
+    r.integer("max_terminals", s.max_terminals, 0, std::max(0, s.threads / 2));
+  } else {
+    s.max_terminals = std::min(s.max_terminals, std::max(1, s.threads / 8));
+  }
+  r.integer("max_terminals_per_sandbox", s.max_terminals_per_sandbox, 1, 1024);
   // Every queued heavy request parks a server thread, so slots + queue + headroom must fit in the thread pool.
   // Keys left out shrink to fit a smaller pool (threads = 64 alone still starts); keys given must fit as given.
   const bool slots_given = r.get("work_slots") != nullptr;
@@ -300,6 +308,10 @@ void read_profile(TableReader r, core::Profile& p, std::chrono::seconds default_
   std::int64_t disk_limit_mb = static_cast<std::int64_t>(p.disk_limit_bytes >> 20);
   r.integer("disk_limit_mb", disk_limit_mb, 0, std::int64_t{1} << 30);  // 0 = off
   p.disk_limit_bytes = static_cast<std::uint64_t>(disk_limit_mb) << 20;
+  r.string("shell", p.shell);
+  if (p.shell.empty() || p.shell.front() != '/' || p.shell.size() > 255 || p.shell.find('\0') != std::string::npos) {
+    r.fail(*r.get("shell"), "shell", "must be an absolute path in the image (at most 255 bytes), e.g. \"/bin/bash\"");
+  }
   r.string("user", p.user);
   if (p.user == "0" || p.user == "root" || p.user.rfind("0:", 0) == 0 || p.user.rfind("root:", 0) == 0) {
     r.fail(*r.get("user"), "user", "sandboxes never run as root");
@@ -608,6 +620,7 @@ std::string profile_to_json(const core::Profile& p) {
   o.set("network", p.network);
   o.set("read_only_rootfs", p.read_only_rootfs);
   o.set("user", p.user);
+  o.set("shell", p.shell);
   Poco::JSON::Object env;
   for (const auto& [k, v] : p.env)
     env.set(k, v);

@@ -48,6 +48,8 @@ struct ServerConfig {
   int max_connections_per_client = 64;            // open connections per client IP; 0 = no cap
   bool exec_via_processes = false;   // run execs as interactive processes (ABI 1.3) where the driver offers them
   int max_contexts_per_sandbox = 8;  // Python contexts (interpreters) per sandbox, "default" included
+  int max_terminals = 64;            // open terminals (WebSockets) on this berthd; default: min(64, threads / 8)
+  int max_terminals_per_sandbox = 4;
 };
 
 struct StoreConfig {

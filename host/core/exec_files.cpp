@@ -8,6 +8,7 @@
 #include "core/paths.hpp"
 #include "core/sandbox_service.hpp"
 #include "core/sandbox_service_internal.hpp"
+#include "core/with_session.hpp"
 
 namespace berth::core {
 
@@ -39,61 +40,6 @@ struct CappedBuffer {
 }  // namespace
 
 // ---- exec and files -----------------------------------------------------------------------------------------------
-
-template <typename Fn>
-auto SandboxService::with_session(const SandboxRow& row, const std::atomic<bool>& started, Fn&& fn,
-                                  const std::string& tag, const std::atomic<bool>* cancelled) {
-  const std::string& id = row.id;
-  auto in_use = in_flight_.enter(id, tag);
-  // An async execution cancelled before it got here: its tag was not registered then (cancel_tagged found none), so
-  // its token is cancelled now. The flag is set before cancel_tagged looks, the tag registered before this reads it.
-  if (cancelled != nullptr && cancelled->load())
-    in_flight_.cancel_tagged(tag);  // from here on, idle cleanup in this process leaves this sandbox alone
-  // A long call must not look idle from its start. A timer within half its length of running out is written now,
-  // so that idle cleanup (also another berthd's) sees the call before it could judge the sandbox idle; a timer far
-  // from it rides the recorder's next batch (milliseconds), off the request path — unless the recorder's last
-  // write failed: then other instances might not see a queued timer in time, and the call writes its own.
-  const auto idle = profile_of(row)->idle_timeout;
-  if (!row.idle_expires_at || *row.idle_expires_at <= saturating_add(clock_->now(), idle / 2) || !recorder_.writing()) {
-    touch(row);
-  } else {
-    touch_later(row);
-  }
-  for (int attempt = 0;; ++attempt) {
-    auto session = ensure_running(row.owner, id);
-    try {
-      auto result = fn(session, in_use.token());
-      touch_later(row);
-      return result;
-    } catch (const DriverError& e) {
-      if (e.code() != DriverErrc::not_found && e.code() != DriverErrc::conflict) throw;
-      // not_found may be about a path rather than the container: only the session's state tells them apart.
-      auto original = std::current_exception();
-      RuntimeState state = RuntimeState::missing;
-      try {
-        state = driver_.session_inspect(session.handle).state;
-      } catch (const DriverError&) {
-        std::rethrow_exception(original);
-      }
-      if (alive(state)) throw;
-      retire_dead_session(session, "container " + std::string(to_string(state)));
-      // By the driver contract not_found means nothing ran; `started` covers what the driver cannot know (an
-      // upload's source already read, output already delivered). Anything else may have run: never run it twice.
-      bool untouched = e.code() == DriverErrc::not_found && !started.load();
-      if (untouched && attempt == 0) {
-        log::info("session.replaced", {{"sandbox", id}, {"session", session.id}, {"reason", e.what()}});
-        continue;
-      }
-      log::warn(
-          "session.lost_mid_call",
-          {{"sandbox", id}, {"session", session.id}, {"attempt", std::to_string(attempt + 1)}, {"error", e.what()}});
-      throw Error(ErrorCode::conflict,
-                  "the session of sandbox '" + id + "' ended during the call (" + e.what() +
-                      "); it was not repeated, so it may have run in part. The next call starts a new session",
-                  {{"sandbox_id", id}, {"session_id", session.id}});
-    }
-  }
-}
 
 std::optional<ExecResult> SandboxService::exec_as_process(const std::string& handle, const ExecRequest& rq,
                                                           const OutputSink& on_output, const CancelToken& token) {
@@ -568,7 +514,7 @@ DirPage SandboxService::list_dir(const std::string& owner, const std::string& id
   return page;
 }
 
-// A context starts its kernel through with_session (defined in this unit); its other calls are in python_exec.cpp.
+// A context starts its kernel through with_session; its other calls are in python_exec.cpp.
 ContextView SandboxService::create_context(const std::string& owner, const std::string& id, const ContextSpec& spec) {
   auto row = load_live(owner, id);
   require_capability(row, "python");

@@ -25,6 +25,8 @@ struct Profile {
   std::optional<std::chrono::seconds> ttl;
   std::chrono::seconds idle_timeout{1800};  // [cleanup].idle_timeout when the profile sets none
   std::set<std::string> capabilities{"python", "shell", "filesystem"};
+  /** The program a terminal (GET /v1/sandboxes/{id}/terminal) runs on its PTY: an absolute path in the image. */
+  std::string shell = "/bin/bash";
   /** Disk a session may hold, workspace plus the container's writable layer, in bytes; 0 = no limit. Measured
    *  (driver session_stats), not a hard engine limit: see SandboxService::exec and docs/security.md. */
   std::uint64_t disk_limit_bytes = 1024ull << 20;

@@ -31,6 +31,7 @@
 #include "core/profile_catalog.hpp"
 #include "core/python_context.hpp"
 #include "core/store.hpp"
+#include "core/terminal.hpp"
 
 namespace berth::core {
 
@@ -63,6 +64,8 @@ struct Settings {
   std::size_t max_async_executions = 256;                 // running at once on this berthd (server_busy beyond)
   std::size_t async_output_buffer = 1 << 20;              // bytes of output kept per async execution for replay
   std::chrono::seconds async_retention{3600};             // a finished one stays in memory this long (then: history)
+  std::size_t max_terminals = 64;                         // terminals open at once on this berthd (server_busy beyond)
+  std::size_t max_terminals_per_sandbox = 4;              // terminals open at once on one sandbox (conflict beyond)
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -298,6 +301,17 @@ class SandboxService {
   std::size_t stop_async(std::chrono::milliseconds grace, std::chrono::milliseconds cancel_wait);
   /** Cancels a running async execution and waits up to 10 s for its end; conflict if it has ended, not_found. */
   ExecutionView cancel_execution(const std::string& owner, const std::string& id, const std::string& execution_id);
+  /**
+   * A terminal: the profile's shell (Profile::shell) on a pseudo-terminal in the sandbox's session, started now (the
+   * session too, if the sandbox is idle), with TERM=`spec.term`. The caller owns it; while it lives the sandbox counts
+   * as in use (see Terminal). Throws Error: validation_error (rows, cols, term), not_found, capability_not_supported
+   * (the profile lacks "shell", or the driver or session has no PTY processes), conflict at
+   * Settings::max_terminals_per_sandbox, server_busy (Retry-After) at Settings::max_terminals, shutting_down, plus
+   * what starting a session throws.
+   */
+  std::unique_ptr<Terminal> open_terminal(const std::string& owner, const std::string& id, const TerminalSpec& spec);
+  /** Terminals open now on this berthd. */
+  std::size_t terminals_open() const;
   /**
    * Writes every pending execution record and idle-timer touch now (the daemon calls it on SIGTERM before a forced
    * exit; tests before reading the store). Throws store::StoreUnavailable when the store did not take them in time.
@@ -563,6 +577,9 @@ class SandboxService {
   std::chrono::milliseconds lease_ttl_{120'000};
   std::mutex engine_exec_mutex_;
   std::set<std::string> engine_exec_sessions_;  // session ids whose process_start said unsupported (bounded, see .cpp)
+  mutable std::mutex terminals_mutex_;
+  std::map<std::string, std::size_t> terminals_;  // sandbox id -> open terminals (entries > 0 only)
+  std::size_t terminals_open_ = 0;
   PythonContexts contexts_;  // the kernels (processes): killed before the driver goes (the service's destructor)
   // Destroyed before the members above (and before the store): drains what is pending into the store.
   ExecRecorder recorder_{store_, settings_.exec_recorder};

@@ -733,7 +733,8 @@ class ExecRun final : public ProcessHost {
  * One interactive process (ABI 1.3): the interpreter runs on a thread of its own (the fake is a test double; a
  * real driver multiplexes its processes over its engine connection) and talks to the host through queues: stdin
  * in, events out. The host pulls events with next_event (driver.h rule 11). A fake PTY echoes stdin, turns "\n"
- * into "\r\n" and merges stderr into stdout, and answers `stty size`.
+ * into "\r\n" (and a typed "\r" into "\n"), merges stderr into stdout, and answers `stty size`; `sh` with no script on
+ * a PTY is an interactive shell (a "$ " prompt, one line at a time).
  */
 class FakeProcess : public ProcessHost {
  public:
@@ -770,7 +771,8 @@ class FakeProcess : public ProcessHost {
 
   void write_stdin(const uint8_t* data, size_t size) {
     if (data == nullptr && size != 0) throw Error(BERTH_INVALID_ARGUMENT, "NULL stdin data");
-    const std::string bytes(reinterpret_cast<const char*>(data), size);
+    std::string bytes(reinterpret_cast<const char*>(data), size);
+    if (pty_) std::replace(bytes.begin(), bytes.end(), '\r', '\n');  // the line discipline's ICRNL: Enter is "\r"
     {
       std::lock_guard lock(mutex_);
       if (stdin_closed_) throw Error(BERTH_CONFLICT, "stdin is closed");

@@ -537,7 +537,21 @@ class Interpreter {
         return 2;
       }
     }
+    // On a terminal with no script to run, the shell is interactive: a prompt, then one line at a time.
+    if (args.empty() && host_.terminal_size()) return run_interactive(out);
     return run_script(take_stdin(), out);
+  }
+
+  /** An interactive shell: "$ ", one line, its output, until `exit` or the end of input (the terminal's ^D). */
+  int run_interactive(berth_stream out) {
+    int status = 0;
+    for (;;) {
+      emit(out, "$ ");
+      const std::optional<std::string> line = read_line();
+      if (!line || line->find('\x04') != std::string::npos) return status;
+      status = run_script(*line, out);
+      if (exited_) return status;
+    }
   }
 
   static constexpr std::string_view kEvalStdin = "eval \"$(/bin/cat)\"";
@@ -562,6 +576,7 @@ class Interpreter {
         status = run(statement.words, statement.to_stderr ? kStderr : out, status);
       }
     } catch (const Exited& e) {
+      exited_ = true;
       return e.code;
     }
     return status;
@@ -991,6 +1006,7 @@ class Interpreter {
   CellError error_;                     // the last uncaught error (for the kernel's result)
   std::string pending_;                 // stdin read from the host that nothing has consumed yet
   bool stdin_eof_ = false;              // the host said stdin ended
+  bool exited_ = false;                 // `exit` ran (an interactive shell then ends)
 };
 
 }  // namespace
