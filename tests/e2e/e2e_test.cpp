@@ -34,6 +34,7 @@
 
 #include "api/berthd_process.hpp"
 #include "api/sse_client.hpp"
+#include "api/ws_client.hpp"
 
 using namespace berth::test;
 using namespace std::chrono_literals;
@@ -1015,4 +1016,59 @@ TEST_CASE("e2e: on the data image a plot comes back as a PNG and a DataFrame as 
   REQUIRE(data);
   CHECK_THAT(data->getValue<std::string>("text"), Catch::Contains("a  b"));
   CHECK_THAT(data->getValue<std::string>("html"), Catch::Contains("<table"));
+}
+
+TEST_CASE("e2e: a WebSocket terminal types echo hi and reads hi back, resizes, and closes cleanly", "[e2e]") {
+  BerthdProcess berthd(engine_config());
+  HttpClient c(berthd.port());
+  const auto id = create(c);
+  {
+    TerminalClient t(berthd.port(), sb(id) + "/terminal?rows=30&cols=90");
+    REQUIRE(t.read_until([&] { return t.control("ready") != nullptr; }, 120s));
+    CHECK(t.control("ready")->getValue<std::string>("shell") == "/bin/bash");
+    // The typed line is echoed as typed; only the shell's own output has the computed value.
+    t.type("echo hi-$((6*7))\r");
+    REQUIRE(t.read_output("hi-42", 30s));
+    t.type("stty size\r");
+    REQUIRE(t.read_output("30 90", 30s));
+    t.resize(40, 100);
+    auto mark = t.output.size();
+    t.type("stty size\r");
+    REQUIRE(t.read_output("40 100", 30s, mark));
+    // The sandbox's user and directory, and its TERM.
+    mark = t.output.size();
+    t.type("echo \"u=$(id -u) d=$PWD t=$TERM\"\r");
+    REQUIRE(t.read_output("u=1000 d=/workspace t=xterm-256color", 30s, mark));
+    // Ctrl-C interrupts the foreground program; the shell stays.
+    t.type("sleep 100\r");
+    std::this_thread::sleep_for(500ms);
+    t.type("\x03");
+    mark = t.output.size();
+    t.type("echo after-$((1+1))\r");
+    REQUIRE(t.read_output("after-2", 30s, mark));
+    // A background program started from the terminal ends with it.
+    t.type("sleep 4242 &\r");
+    std::this_thread::sleep_for(500ms);
+    t.close();
+    REQUIRE(t.read_close(30s));
+    CHECK(t.close_code == 1000);
+  }
+  const std::string survivors =
+      "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 4242' || true";
+  bool gone = false;
+  for (int i = 0; i < 50 && !gone; ++i) {
+    gone = shell(c, id, survivors)->getValue<std::string>("output") == "0\n";
+    if (!gone) std::this_thread::sleep_for(200ms);
+  }
+  CHECK(gone);
+
+  // The shell's own exit: its code in the exit message, then a normal close.
+  TerminalClient t2(berthd.port(), sb(id) + "/terminal");
+  REQUIRE(t2.read_until([&] { return t2.control("ready") != nullptr; }, 60s));
+  t2.type("exit 7\r");
+  REQUIRE(t2.read_close(30s));
+  REQUIRE(t2.control("exit"));
+  CHECK(t2.control("exit")->getValue<int>("exit_code") == 7);
+  CHECK(t2.control("exit")->getValue<std::string>("reason") == "exited");
+  CHECK(t2.close_code == 1000);
 }
