@@ -10,10 +10,12 @@
 #include <Poco/Net/HTTPResponse.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SocketStream.h>
+#include <Poco/Net/WebSocket.h>
 #include <utf8.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <functional>
 #include <sstream>
 
@@ -168,6 +170,57 @@ void perform(const Poco::URI& uri, HTTPRequest& rq, const std::function<void(std
 }
 
 }  // namespace
+
+namespace {
+
+/** A client session that hands out the body of a refused WebSocket handshake (Poco's WebSocket keeps it unread). */
+class HandshakeSession final : public Poco::Net::HTTPClientSession {
+ public:
+  using HTTPClientSession::HTTPClientSession;
+  /** Up to `max` bytes of what follows the response head (until the connection ends). */
+  std::string rest(std::size_t max) {
+    std::string out;
+    char buf[4096];
+    while (out.size() < max) {
+      int n = read(buf, static_cast<std::streamsize>(std::min(sizeof buf, max - out.size())));
+      if (n <= 0) break;
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Poco::Net::WebSocket> ApiClient::open_terminal(const std::string& sandbox_path, int rows, int cols) {
+  std::string path = sandbox_path + "/terminal";
+  std::vector<std::pair<std::string, std::optional<std::string>>> q;
+  if (rows > 0) q.emplace_back("rows", std::to_string(rows));
+  if (cols > 0) q.emplace_back("cols", std::to_string(cols));
+  if (const char* term = std::getenv("TERM"); term && *term) q.emplace_back("term", std::string(term));
+  HTTPRequest rq(HTTPRequest::HTTP_GET, target(path + query_string(q)), HTTPMessage::HTTP_1_1);
+  if (!api_key_.empty()) rq.set("Authorization", "Bearer " + api_key_);
+  HandshakeSession session(uri_.getHost(), uri_.getPort());
+  session.setTimeout(kConnectTimeout, kIoTimeout, kIoTimeout);
+  HTTPResponse rs;
+  try {
+    return std::make_unique<Poco::Net::WebSocket>(session, rq, rs);
+  } catch (const Poco::Net::WebSocketException& e) {
+    if (rs.getStatus() == HTTPResponse::HTTP_SWITCHING_PROTOCOLS) throw ConnectionError(e.displayText());
+    std::string body;
+    try {
+      const auto length = rs.getContentLength64();
+      body = session.rest(length >= 0 ? static_cast<std::size_t>(std::min<Poco::Int64>(length, 1 << 20)) : 1 << 20);
+    } catch (const Poco::Exception&) {
+      // The envelope is lost; the status still says what happened.
+    }
+    throw error_from(static_cast<int>(rs.getStatus()), rs.getReason(), body);
+  } catch (const Poco::TimeoutException&) {
+    throw ConnectionError("no answer within " + std::to_string(kIoTimeout.totalSeconds()) + " s");
+  } catch (const Poco::Exception& e) {
+    throw ConnectionError(e.displayText());
+  }
+}
 
 Reply ApiClient::call(const std::string& method, const std::string& path, const std::optional<std::string>& body) {
   HTTPRequest rq(method, target(path), HTTPMessage::HTTP_1_1);

@@ -4,11 +4,13 @@
 
 #include <Poco/JSON/Object.h>
 #include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/WebSocket.h>
 #include <Poco/URI.h>
 
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <stdexcept>
@@ -101,6 +103,13 @@ class ApiClient {
 
   /** GET .../filesystem/download of `remote`, its bytes written to `out` as they arrive. Returns the byte count. */
   std::uint64_t download(const std::string& sandbox_path, const std::string& remote, std::ostream& out);
+
+  /**
+   * Opens GET .../terminal (docs/api.md, "Terminal") as a WebSocket of `rows` x `cols` (0: the server's default).
+   * The returned socket owns the connection. A refusal (no 101) throws ServerError with the server's envelope; no
+   * answer throws ConnectionError.
+   */
+  std::unique_ptr<Poco::Net::WebSocket> open_terminal(const std::string& sandbox_path, int rows, int cols);
 
   /** The URL as given (for messages). */
   const std::string& base_url() const { return base_url_; }

@@ -57,6 +57,11 @@ struct HistoryOptions {
   std::optional<int> limit, offset;
 };
 
+struct TerminalOptions {
+  std::string sandbox;
+  std::optional<int> rows, cols;  // unset: the local window's size (on a terminal), else the server's 24 x 80
+};
+
 int cmd_create(Context& ctx, const CreateOptions& o);
 int cmd_list(Context& ctx, const ListOptions& o);
 int cmd_get(Context& ctx, const std::string& sandbox);
@@ -70,6 +75,12 @@ int cmd_start(Context& ctx, const std::string& sandbox);
 int cmd_keepalive(Context& ctx, const std::string& sandbox);
 int cmd_extend(Context& ctx, const std::string& sandbox, const std::string& by);
 int cmd_history(Context& ctx, const HistoryOptions& o);
+/**
+ * An interactive shell in the sandbox (GET .../terminal): stdin typed into it (raw mode on a terminal, whose
+ * window size it follows; a pipe's end sends ^D), its output to stdout. Returns the shell's exit code, or
+ * kExitConnection when the connection ended without it. Defined in terminal.cpp.
+ */
+int cmd_terminal(Context& ctx, const TerminalOptions& o);
 int cmd_profiles(Context& ctx);
 int cmd_gc(Context& ctx);
 /** Prints the CLI's version, then the server's (GET /meta); exit 3 when the server cannot be reached. */

@@ -80,6 +80,13 @@ static int run_cli(int argc, char** argv) {
   p->add_option("--timeout", py.timeout, "kill it after this long (1s-300s; default 30s)")->check(kDuration);
   p->callback([&] { run = [&](Context& ctx) { return cmd_python(ctx, py); }; });
 
+  TerminalOptions term;
+  auto* tm = app.add_subcommand("terminal", "an interactive shell in the sandbox; exits with the shell's exit code");
+  tm->add_option("sandbox", term.sandbox, "sandbox id")->required();
+  tm->add_option("--rows", term.rows, "terminal rows (default: this window's, else 24)")->check(CLI::Range(1, 1000));
+  tm->add_option("--cols", term.cols, "terminal columns (default: this window's, else 80)")->check(CLI::Range(1, 1000));
+  tm->callback([&] { run = [&](Context& ctx) { return cmd_terminal(ctx, term); }; });
+
   CopyOptions copy;
   auto* cp = app.add_subcommand("cp", "copy a file: LOCAL SANDBOX:PATH or SANDBOX:PATH LOCAL (LOCAL - = stdout)");
   cp->add_option("from", copy.from, "source")->required();

@@ -772,7 +772,12 @@ class FakeProcess : public ProcessHost {
   void write_stdin(const uint8_t* data, size_t size) {
     if (data == nullptr && size != 0) throw Error(BERTH_INVALID_ARGUMENT, "NULL stdin data");
     std::string bytes(reinterpret_cast<const char*>(data), size);
-    if (pty_) std::replace(bytes.begin(), bytes.end(), '\r', '\n');  // the line discipline's ICRNL: Enter is "\r"
+    if (pty_) {
+      std::replace(bytes.begin(), bytes.end(), '\r', '\n');  // the line discipline's ICRNL: Enter is "\r"
+      // ^D (VEOF) hands over the line at once: the interactive shell takes a line holding it for the end of input.
+      for (auto at = bytes.find('\x04'); at != std::string::npos; at = bytes.find('\x04', at + 2))
+        bytes.insert(at + 1, "\n");
+    }
     {
       std::lock_guard lock(mutex_);
       if (stdin_closed_) throw Error(BERTH_CONFLICT, "stdin is closed");

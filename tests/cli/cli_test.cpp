@@ -428,6 +428,31 @@ TEST_CASE("history lists executions newest first") {
   CHECK(table.err.find("1 of 2") != std::string::npos);
 }
 
+TEST_CASE("terminal types piped input into the sandbox's shell and exits with the shell's code") {
+  BerthdProcess berthd;
+  Cli berth({{"BERTH_URL", url_of(berthd)}});
+  std::string id = created_id(berth({"create"}));
+
+  auto r = berth({"terminal", id, "--rows", "30", "--cols", "90"}, {}, "echo hi\nstty size\nexit 5\n");
+  INFO(r.out << r.err);
+  CHECK(r.code == 5);
+  CHECK(r.out.find("hi\r\n") != std::string::npos);
+  CHECK(r.out.find("30 90\r\n") != std::string::npos);
+  CHECK(r.err.empty());
+
+  // The end of piped input is the terminal's ^D: the shell ends with the last command's status.
+  auto eof = berth({"terminal", id}, {}, "echo bye\n");
+  INFO(eof.out << eof.err);
+  CHECK(eof.code == 0);
+  CHECK(eof.out.find("bye\r\n") != std::string::npos);
+
+  auto missing = berth({"terminal", "sandbox-000000000000"});
+  CHECK(missing.code == 2);
+  CHECK(missing.err.find("not_found") != std::string::npos);
+  auto bad = berth({"terminal", id, "--rows", "0"});
+  CHECK(bad.code == 1);
+}
+
 TEST_CASE("errors print the server's code and exit 2, usage errors 1, an unreachable server 3") {
   BerthdProcess berthd(BerthdConfig{.extra = auth_toml()});
   Cli berth({{"BERTH_URL", url_of(berthd)}, {"BERTH_API_KEY", kTenantKey}});
@@ -563,6 +588,13 @@ TEST_CASE("docker: exec, python and cp through the CLI", "[docker]") {
   CHECK(name.out == kOddName + "\n");
   REQUIRE(berth({"cp", id + ":d/" + kOddName, (berth.home() / "back.bin").string()}).code == 0);
   CHECK(read_file(berth.home() / "back.bin") == blob);
+
+  // A real bash on a PTY: piped keystrokes, the window size given, the exit code of the shell.
+  auto terminal = berth({"terminal", id, "--rows", "33", "--cols", "101"}, {}, "echo t-$((6*7))\nstty size\nexit 4\n");
+  INFO(terminal.out << terminal.err);
+  CHECK(terminal.code == 4);
+  CHECK(terminal.out.find("t-42") != std::string::npos);
+  CHECK(terminal.out.find("33 101") != std::string::npos);
 
   auto removed = berth({"rm", id});
   CHECK(removed.code == 0);
