@@ -36,7 +36,8 @@ struct ApiSettings {
   bool allow_anonymous = true;
   std::string anonymous_owner = "default";
   std::string version = BERTH_VERSION;
-  std::string metrics_bearer_token;  // [metrics] bearer_token: empty = GET /metrics is open like /health
+  std::vector<std::string> terminal_origins;  // [server] terminal_origins (api/terminal.hpp)
+  std::string metrics_bearer_token;           // [metrics] bearer_token: empty = GET /metrics is open like /health
 };
 
 /**

@@ -724,7 +724,7 @@ const std::vector<RouteDoc>& route_docs() {
           {"name": "cols", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 80}},
           {"name": "term", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9._+-]{1,64}$", "default": "xterm-256color"}}],
         "responses": {"101": {"description": "Switching Protocols: the WebSocket is open and the shell runs"},
-          "400": "invalid_request (details.reason websocket_upgrade_required, unsupported_websocket_version or missing_websocket_key); validation_error (rows, cols, term); capability_not_supported (no shell capability, or no PTY processes)",
+          "400": "invalid_request (details.reason websocket_upgrade_required, unsupported_websocket_version, missing_websocket_key, body_not_allowed, origin_not_allowed); validation_error (rows, cols, term); capability_not_supported (no shell capability, or no PTY processes)",
           "404": "not_found",
           "409": "conflict: the sandbox has [server] max_terminals_per_sandbox terminals open; sandbox_expired",
           "503": "server_busy: [server] max_terminals terminals open (Retry-After); session_not_ready, driver_unavailable, shutting_down"}})json"},

@@ -32,13 +32,26 @@ constexpr int kMaxClientMessage = 1 << 20;             // bytes of one client fr
 constexpr auto kPingEvery = std::chrono::seconds(30);  // the server pings an otherwise quiet client this often
 constexpr auto kClientSilence = std::chrono::seconds(90);  // no complete frame (a pong counts) for this long: gone
 constexpr auto kCloseWait = std::chrono::seconds(5);       // after the server's close frame, for the client's
+constexpr auto kCloseWaitShutdown = std::chrono::milliseconds(500);  // the same while berthd shuts down
+constexpr auto kEndWait = std::chrono::seconds(2);                   // after berthd ends the shell, for its exit event
 
 // Close codes (RFC 6455 section 7.4.1).
 constexpr std::uint16_t kNormal = 1000;
 constexpr std::uint16_t kGoingAway = 1001;
 constexpr std::uint16_t kProtocolError = 1002;
+constexpr std::uint16_t kInvalidData = 1007;
 constexpr std::uint16_t kTooBig = 1009;
 constexpr std::uint16_t kInternalError = 1011;
+
+constexpr int kRsvBits = 0x70;  // in the flags Poco returns: the frame's first byte
+constexpr int kPong = WebSocket::FRAME_FLAG_FIN | static_cast<int>(WebSocket::FRAME_OP_PONG);
+constexpr int kPing = WebSocket::FRAME_FLAG_FIN | static_cast<int>(WebSocket::FRAME_OP_PING);
+
+/** A close code a client may send (RFC 6455 7.4.1 and 7.4.2). */
+bool valid_close_code(std::uint16_t code) {
+  if (code >= 3000 && code <= 4999) return true;  // registered and private use
+  return code >= 1000 && code <= 1014 && code != 1004 && code != 1005 && code != 1006;
+}
 
 std::int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -61,14 +74,28 @@ class TerminalLink {
   void run(std::uint16_t rows, std::uint16_t cols) {
     Poco::JSON::Object ready;
     ready.set("type", "ready");
+    ready.set("request_id", request_id_);
     ready.set("sandbox_id", terminal_.sandbox_id());
     ready.set("session_id", terminal_.session_id());
     ready.set("shell", terminal_.shell());
     ready.set("rows", rows);
     ready.set("cols", cols);
     send_text(ready);
-    std::thread pump([this] { pump_loop(); });
-    read_loop();
+    std::thread pump;
+    try {
+      pump = std::thread([this] { pump_loop(); });
+    } catch (const std::system_error& e) {
+      log::error("terminal.no_thread", {{"request_id", request_id_}, {"error", e.what()}});
+      send_close(kInternalError, "no thread for the terminal");
+      return;  // the Terminal's owner ends the shell
+    }
+    try {
+      read_loop();
+    } catch (const std::exception& e) {
+      // Every frame is handled inside read_loop; this is a bug or an exhausted machine: end this terminal only.
+      log::error("terminal.reader_failed", {{"request_id", request_id_}, {"error", e.what()}});
+      send_close(kInternalError, "internal error");
+    }
     {
       std::lock_guard lock(state_mutex_);
       reader_done_ = true;
@@ -145,6 +172,11 @@ class TerminalLink {
         send_close(kGoingAway, "no frame from the client for " + std::to_string(kClientSilence.count()) + " s");
         return;
       } catch (const Poco::Net::WebSocketException& e) {
+        if (e.code() == WebSocket::WS_ERR_INCOMPLETE_FRAME) {  // the connection ended inside a frame
+          std::lock_guard lock(send_mutex_);
+          if (close_code_ == 0) close_reason_ = "the client disconnected";
+          return;
+        }
         const bool big = e.code() == WebSocket::WS_ERR_PAYLOAD_TOO_BIG;
         send_close(big ? kTooBig : kProtocolError,
                    big ? "a frame over " + std::to_string(kMaxClientMessage) + " bytes" : "malformed frame");
@@ -163,24 +195,35 @@ class TerminalLink {
         return;
       }
       const std::string_view payload(frame.begin(), frame.size());
+      if ((flags & kRsvBits) != 0) {  // no extension was negotiated (RFC 6455 5.2)
+        send_close(kProtocolError, "reserved bits set");
+        return;
+      }
+      if (op >= WebSocket::FRAME_OP_CLOSE && (!fin || payload.size() > 125)) {  // RFC 6455 5.5
+        send_close(kProtocolError, "a fragmented or oversized control frame");
+        return;
+      }
       if (op == WebSocket::FRAME_OP_CLOSE) {
         std::uint16_t code = kNormal;
         if (payload.size() >= 2) {
           code = static_cast<std::uint16_t>((static_cast<unsigned char>(payload[0]) << 8) |
                                             static_cast<unsigned char>(payload[1]));
         }
+        // RFC 6455 7.4: a one-byte body, a code that must not be sent, or a reason that is not UTF-8 is an error.
+        const bool valid = payload.size() != 1 && (payload.size() < 2 || valid_close_code(code)) &&
+                           is_utf8(payload.substr(std::min<std::size_t>(2, payload.size())));
         {
           std::lock_guard lock(send_mutex_);
           if (close_code_ == 0) {
             close_code_ = code;
-            close_reason_ = "closed by the client";
+            close_reason_ = valid ? "closed by the client" : "an invalid close frame";
           }
         }
-        send_close(kNormal, "");  // the reply to the client's close (no-op if ours went first)
+        send_close(valid ? kNormal : kProtocolError, "");  // the reply (no-op if ours went first)
         return;
       }
       if (op == WebSocket::FRAME_OP_PING) {
-        send(payload.data(), payload.size(), WebSocket::FRAME_FLAG_FIN | WebSocket::FRAME_OP_PONG);
+        send(payload.data(), payload.size(), kPong);
         continue;
       }
       if (op == WebSocket::FRAME_OP_PONG) continue;
@@ -206,7 +249,12 @@ class TerminalLink {
           return;
         }
         in_text = !fin;
-        if (fin) control(std::exchange(text, std::string()));
+        if (!fin) continue;
+        if (!is_utf8(text)) {
+          send_close(kInvalidData, "a text message that is not UTF-8");  // RFC 6455 8.1
+          return;
+        }
+        control(std::exchange(text, std::string()));
         continue;
       }
       send_close(kProtocolError, "unknown opcode " + std::to_string(op));
@@ -216,6 +264,14 @@ class TerminalLink {
 
   /** One JSON control message from the client. Mistakes are answered with an error message; the terminal stays. */
   void control(const std::string& text) {
+    try {
+      control_message(text);
+    } catch (const std::exception& e) {  // a value Poco refuses to convert, ...: the message is refused, not berthd
+      send_error("invalid_request", std::string("could not use the control message: ") + e.what());
+    }
+  }
+
+  void control_message(const std::string& text) {
     Poco::JSON::Object::Ptr o;
     try {
       o = Poco::JSON::Parser().parse(text).extract<Poco::JSON::Object::Ptr>();
@@ -235,10 +291,18 @@ class TerminalLink {
       return;
     }
     auto side = [&](const char* field) -> std::optional<std::uint16_t> {
-      if (!o->has(field) || !o->get(field).isInteger()) return std::nullopt;
-      const auto v = o->getValue<Poco::Int64>(field);
-      if (v < 1 || v > core::kMaxTerminalSide) return std::nullopt;
-      return static_cast<std::uint16_t>(v);
+      if (!o->has(field)) return std::nullopt;
+      const auto v = o->get(field);
+      if (!v.isInteger() || v.isBoolean()) return std::nullopt;
+      // Any integer JSON can spell, signed or not, without a conversion that could throw.
+      if (v.isSigned()) {
+        const auto x = v.extract<Poco::Int64>();
+        if (x < 1 || x > core::kMaxTerminalSide) return std::nullopt;
+        return static_cast<std::uint16_t>(x);
+      }
+      const auto x = v.extract<Poco::UInt64>();
+      if (x < 1 || x > core::kMaxTerminalSide) return std::nullopt;
+      return static_cast<std::uint16_t>(x);
     };
     const auto rows = side("rows");
     const auto cols = side("cols");
@@ -259,11 +323,35 @@ class TerminalLink {
   // ---- the pump (its own thread) ----
 
   void pump_loop() {
-    auto next_ping = std::chrono::steady_clock::now() + kPingEvery;
+    const auto started = std::chrono::steady_clock::now();
+    auto next_ping = started + kPingEvery;
+    std::optional<std::chrono::steady_clock::time_point> ending;  // since when the shell is being ended by us
+    std::string ending_why;
+    std::uint16_t ending_code = kGoingAway;
+    auto end_shell = [&](std::uint16_t code, std::string why) {
+      if (ending) return;
+      ending = std::chrono::steady_clock::now();
+      ending_code = code;
+      ending_why = std::move(why);
+      terminal_.close();  // its exit event follows: the client gets the exit message, then the close
+    };
     for (;;) {
-      if (ctx_.shutting_down.load()) {
-        send_close(kGoingAway, "berthd is shutting down");
-        terminal_.close();
+      // Checked on every round, output or not: a shell that floods output must not hide a silent client or a
+      // shutdown.
+      const auto now = std::chrono::steady_clock::now();
+      if (ctx_.shutting_down.load()) end_shell(kGoingAway, "berthd is shutting down");
+      if (now - std::chrono::steady_clock::time_point(std::chrono::nanoseconds(last_heard_ns_.load())) >
+          kClientSilence) {
+        // The reader may be blocked handing keystrokes to a shell that reads none: it cannot see the silence.
+        end_shell(kGoingAway, "no frame from the client for " + std::to_string(kClientSilence.count()) + " s");
+      }
+      if (ending && now - *ending > kEndWait) {  // the driver does not report the exit: close without it
+        send_close(ending_code, ending_why);
+        break;
+      }
+      if (now >= next_ping) {
+        next_ping = now + kPingEvery;
+        send("berth", 5, kPing);
       }
       core::ProcessEvent ev;
       try {
@@ -280,34 +368,33 @@ class TerminalLink {
         continue;
       }
       if (ev.kind == core::ProcessEvent::Kind::exit) {
+        const char* reason = ending                      ? "closed"
+                             : terminal_.session_ended() ? "session_ended"
+                             : terminal_.closing()       ? "closed"
+                                                         : "exited";
         Poco::JSON::Object exit;
         exit.set("type", "exit");
         exit.set("exit_code", ev.exit.exit_code);
         exit.set("signal", ev.exit.signal);
-        const bool shutdown = ctx_.shutting_down.load() || terminal_.closing();
-        exit.set("reason", !ev.exit.killed ? "exited" : shutdown ? "closed" : "session_ended");
+        exit.set("reason", reason);
         send_text(exit);
-        send_close(shutdown ? kGoingAway : kNormal, !ev.exit.killed ? "the shell exited"
-                                                    : shutdown      ? "closed"
-                                                                    : "the sandbox's session ended");
+        if (ending) {
+          send_close(ending_code, ending_why);
+        } else if (terminal_.session_ended()) {
+          send_close(kNormal, "the sandbox's session ended");
+        } else if (terminal_.closing()) {
+          send_close(kGoingAway, "berthd is shutting down");
+        } else {
+          send_close(kNormal, "the shell exited");
+        }
         break;
       }
-      const auto now = std::chrono::steady_clock::now();
-      if (now - std::chrono::steady_clock::time_point(std::chrono::nanoseconds(last_heard_ns_.load())) >
-          kClientSilence) {
-        // The reader may be blocked handing keystrokes to a shell that reads none: it cannot see the silence.
-        send_close(kGoingAway, "no frame from the client for " + std::to_string(kClientSilence.count()) + " s");
-        terminal_.close();
-        continue;  // the shell's exit follows
-      }
-      if (now >= next_ping) {
-        next_ping = now + kPingEvery;
-        send("berth", 5, WebSocket::FRAME_FLAG_FIN | WebSocket::FRAME_OP_PING);
-      }
     }
-    // Our close frame is out: give the client kCloseWait to answer with its own, then stop reading.
+    // Our close frame is out: give the client time to answer with its own (less while berthd shuts down), then
+    // stop reading.
     std::unique_lock lock(state_mutex_);
-    if (!state_changed_.wait_for(lock, kCloseWait, [&] { return reader_done_; })) {
+    const auto wait = ctx_.shutting_down.load() ? kCloseWaitShutdown : kCloseWait;
+    if (!state_changed_.wait_for(lock, wait, [&] { return reader_done_; })) {
       try {
         ws_.shutdownReceive();
       } catch (const Poco::Exception&) {
@@ -332,6 +419,17 @@ class TerminalLink {
   std::atomic<std::uint64_t> bytes_out_{0};
 };
 
+/** Whether a page of `origin` may open a terminal: berthd's own origin (the Host the request was sent to), or one
+ *  listed in [server] terminal_origins ("*": any). Compared without regard to case (RFC 6454 serialisation). */
+bool origin_allowed(const std::string& origin, const Poco::Net::HTTPServerRequest& rq, const ApiSettings& settings) {
+  const auto host = rq.get("Host", "");
+  for (const char* scheme : {"http://", "https://"})
+    if (!host.empty() && Poco::icompare(origin, scheme + host) == 0) return true;
+  for (const auto& allowed : settings.terminal_origins)
+    if (allowed == "*" || Poco::icompare(origin, allowed) == 0) return true;
+  return false;
+}
+
 }  // namespace
 
 void terminal(Exchange& ex) {
@@ -352,6 +450,18 @@ void terminal(Exchange& ex) {
   if (Poco::trim(rq.get("Sec-WebSocket-Key", "")).empty()) {
     throw Error(ErrorCode::invalid_request, "the WebSocket handshake has no Sec-WebSocket-Key",
                 {{"reason", "missing_websocket_key"}});
+  }
+  // A handshake has no body; one with a body would leave the connection's framing to guess (and berthd inserts
+  // Content-Length: 0 where none was sent, so anything else here is a body, or a chunked one of unknown length).
+  if (rq.getContentLength64() != 0) {
+    throw Error(ErrorCode::invalid_request, "a WebSocket handshake has no body", {{"reason", "body_not_allowed"}});
+  }
+  // A browser says which page opens the socket: only berthd's own origin and [server] terminal_origins may, so that
+  // a page elsewhere cannot drive a shell with the user's access (cross-site WebSocket hijacking).
+  if (const auto origin = rq.get("Origin", ""); !origin.empty() && !origin_allowed(origin, rq, ex.ctx.settings)) {
+    throw Error(ErrorCode::invalid_request,
+                "a page from origin '" + origin + "' may not open a terminal; add it to [server] terminal_origins",
+                {{"reason", "origin_not_allowed"}});
   }
   // Only a request read from a socket can be upgraded (handle_request's in-process requests cannot).
   if (dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&rq) == nullptr) {

@@ -130,6 +130,7 @@ api::ApiSettings api_settings(const config::Config& cfg) {
   a.admission.queue = cfg.server.work_queue;
   a.admission.queue_timeout = cfg.server.work_queue_timeout;
   a.max_body = cfg.server.max_body;
+  a.terminal_origins = cfg.server.terminal_origins;
   a.max_file_size = cfg.server.max_file_size;
   a.connection.header_timeout = cfg.server.header_timeout;
   a.connection.keep_alive_timeout = cfg.server.keep_alive_timeout;

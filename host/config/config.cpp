@@ -191,14 +191,21 @@ void read_server(TableReader r, ServerConfig& s) {
   r.integer("queue", s.queue, 1, 65536);
   r.boolean("exec_via_processes", s.exec_via_processes);
   r.integer("max_contexts_per_sandbox", s.max_contexts_per_sandbox, 1, 256);
-  // An open terminal holds a server thread for as long as its WebSocket is open: they may take at most half of the
-  // pool; left out, an eighth of it (at most 64), so that terminals never starve ordinary requests.
-  if (r.get("max_terminals")) {
-    r.integer("max_terminals", s.max_terminals, 0, std::max(0, s.threads / 2));
-  } else {
-    s.max_terminals = std::min(s.max_terminals, std::max(1, s.threads / 8));
-  }
+  // An open terminal holds a server thread for as long as its WebSocket is open, so terminals count in the thread
+  // budget below like work slots. Left out: an eighth of the pool (at most 64), less if given work keys need it.
+  const bool terminals_given = r.get("max_terminals") != nullptr;
+  if (terminals_given) r.integer("max_terminals", s.max_terminals, 0, std::max(0, s.threads / 2));
   r.integer("max_terminals_per_sandbox", s.max_terminals_per_sandbox, 1, 1024);
+  if (const auto* n = r.get("terminal_origins")) {
+    if (!n->is_array()) r.fail(*n, "terminal_origins", "expected an array such as [\"https://console.example.com\"]");
+    for (const auto& item : *n->as_array()) {
+      const std::string o = item.is_string() ? item.as_string()->get() : "";
+      const bool ok = o == "*" || ((o.rfind("http://", 0) == 0 || o.rfind("https://", 0) == 0) &&
+                                   o.find_first_of("/", o.find("//") + 2) == std::string::npos && o.size() <= 255);
+      if (!ok) r.fail(item, "terminal_origins", "an origin is \"*\" or scheme://host[:port] (no path)");
+      s.terminal_origins.push_back(o);
+    }
+  }
   // Every queued heavy request parks a server thread, so slots + queue + headroom must fit in the thread pool.
   // Keys left out shrink to fit a smaller pool (threads = 64 alone still starts); keys given must fit as given.
   const bool slots_given = r.get("work_slots") != nullptr;
@@ -208,12 +215,23 @@ void read_server(TableReader r, ServerConfig& s) {
   r.duration("work_queue_timeout", s.work_queue_timeout, std::chrono::seconds(1));
   const int headroom = thread_headroom(s.threads);
   const int room = s.threads - headroom;
-  if (!slots_given) s.work_slots = std::max(1, std::min(s.work_slots, room - (queue_given ? s.work_queue : 0)));
-  if (!queue_given) s.work_queue = std::max(0, std::min(s.work_queue, room - s.work_slots));
-  if (s.work_slots + s.work_queue > room) {
-    const auto* node = r.get(queue_given ? "work_queue" : slots_given ? "work_slots" : "threads");
-    r.fail(*(node ? node : r.get("threads")), queue_given ? "work_queue" : "work_slots",
+  const int terminals = terminals_given ? s.max_terminals : std::min(s.max_terminals, std::max(1, s.threads / 8));
+  if (!slots_given) {
+    s.work_slots = std::max(1, std::min(s.work_slots, room - terminals - (queue_given ? s.work_queue : 0)));
+  }
+  if (!queue_given) s.work_queue = std::max(0, std::min(s.work_queue, room - terminals - s.work_slots));
+  if (!terminals_given) s.max_terminals = std::max(0, std::min(terminals, room - s.work_slots - s.work_queue));
+  if (s.work_slots + s.work_queue + s.max_terminals > room) {
+    const auto* node = r.get(terminals_given ? "max_terminals"
+                             : queue_given   ? "work_queue"
+                             : slots_given   ? "work_slots"
+                                             : "threads");
+    r.fail(*(node ? node : r.get("threads")),
+           terminals_given ? "max_terminals"
+           : queue_given   ? "work_queue"
+                           : "work_slots",
            "work_slots (" + std::to_string(s.work_slots) + ") + work_queue (" + std::to_string(s.work_queue) + ") + " +
+               (s.max_terminals > 0 ? "max_terminals (" + std::to_string(s.max_terminals) + ") + " : "") +
                std::to_string(headroom) + " threads kept for cheap requests must not exceed threads (" +
                std::to_string(s.threads) + ")");
   }

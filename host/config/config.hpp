@@ -50,6 +50,9 @@ struct ServerConfig {
   int max_contexts_per_sandbox = 8;  // Python contexts (interpreters) per sandbox, "default" included
   int max_terminals = 64;            // open terminals (WebSockets) on this berthd; default: min(64, threads / 8)
   int max_terminals_per_sandbox = 4;
+  /** Origins (scheme://host[:port]) whose pages may open a terminal besides berthd's own; "*" = any. A handshake
+   *  with another Origin header is refused (cross-site WebSocket hijacking); one without (not a browser) is not. */
+  std::vector<std::string> terminal_origins;
 };
 
 struct StoreConfig {

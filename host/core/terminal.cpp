@@ -84,8 +84,25 @@ void Terminal::resize(std::uint16_t rows, std::uint16_t cols) {
 
 ProcessEvent Terminal::next_event(std::chrono::milliseconds wait) {
   if (closing()) close();
-  auto ev = process_->next_event(wait);
-  if (ev.kind == ProcessEvent::Kind::exit) ended_ = true;
+  if (ended_.load()) return last_exit_;
+  ProcessEvent ev;
+  try {
+    ev = process_->next_event(wait);
+  } catch (const DriverError& e) {
+    // The engine drivers report a process whose session went away as conflict/not_found, not as an exit.
+    if (e.code() != DriverErrc::conflict && e.code() != DriverErrc::not_found) throw;
+    ev.kind = ProcessEvent::Kind::exit;
+    ev.exit.killed = true;
+    session_ended_ = !closing();
+  }
+  if (ev.kind == ProcessEvent::Kind::exit) {
+    // Not ended by close() or a shutdown: either the shell exited, or its session ended under it (stop, delete,
+    // expiry, disk limit). Only the session's state tells them apart (a stopped container's shell may report a
+    // plain exit by SIGKILL/SIGTERM).
+    if (!session_ended_ && !closing() && hooks_.session_running) session_ended_ = !hooks_.session_running();
+    last_exit_ = ev;
+    ended_ = true;
+  }
   const auto now = std::chrono::steady_clock::now();
   if (hooks_.touch && now - last_touch_ >= hooks_.touch_every) {
     last_touch_ = now;
@@ -192,7 +209,15 @@ std::unique_ptr<Terminal> SandboxService::open_terminal(const std::string& owner
     }
   };
   hooks.release = std::exchange(slot.fn, nullptr);
-  hooks.touch_every = std::max<std::chrono::milliseconds>(1s, profile->idle_timeout / 4);
+  hooks.session_running = [this, id, session_id] {
+    try {
+      auto row = store_.get_sandbox(id);
+      return row && row->current_session_id && *row->current_session_id == session_id && !row->deleted_at;
+    } catch (const std::exception&) {
+      return true;  // cannot tell: the shell's own exit it is
+    }
+  };
+  hooks.touch_every = std::max<std::chrono::milliseconds>(200ms, profile->idle_timeout / 4);
   return std::make_unique<Terminal>(id, session_id, profile->shell, std::move(process), std::move(in_use),
                                     std::move(hooks));
 }

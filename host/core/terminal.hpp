@@ -45,8 +45,9 @@ class Terminal {
  public:
   /** How a Terminal reaches back into its service; each hook must be callable from any thread and never throw. */
   struct Hooks {
-    std::function<void()> touch;    // queues an idle-timer touch of the sandbox
-    std::function<void()> release;  // frees the terminal slot (called once, from the destructor)
+    std::function<void()> touch;            // queues an idle-timer touch of the sandbox
+    std::function<void()> release;          // frees the terminal slot (called once, from the destructor)
+    std::function<bool()> session_running;  // whether the terminal's session is still its sandbox's current one
     std::chrono::milliseconds touch_every{60'000};
   };
 
@@ -72,12 +73,18 @@ class Terminal {
   void resize(std::uint16_t rows, std::uint16_t cols);
   /**
    * The next output chunk or the exit (the last event, repeated on every later call), Kind::none after `wait`.
-   * A daemon shutdown (the in-use token is cancelled) kills the shell, so its exit follows. DriverError as
-   * Process::next_event throws it.
+   * A daemon shutdown (the in-use token is cancelled) kills the shell, so its exit follows; a driver that reports
+   * the session gone (conflict, not_found) is an exit too (killed, session_ended()). Other DriverErrors as
+   * Process::next_event throws them.
    */
   ProcessEvent next_event(std::chrono::milliseconds wait);
   /** Kills the shell and its process tree; its exit event follows. Idempotent. */
   void close();
+  /**
+   * After the exit event: true when the shell did not end by itself or by close() but with its session (the sandbox
+   * was stopped, deleted, expired or over its disk limit). next_event's thread only.
+   */
+  bool session_ended() const { return session_ended_; }
   /** True once close() was called or the daemon began shutting down (the in-use token was cancelled). */
   bool closing() const { return closed_.load() || in_use_.token().cancelled(); }
 
@@ -90,6 +97,8 @@ class Terminal {
   Hooks hooks_;
   std::atomic<bool> closed_{false};
   std::atomic<bool> ended_{false};
+  bool session_ended_ = false;                                                           // next_event's thread only
+  ProcessEvent last_exit_;                                                               // repeated once ended_
   std::chrono::steady_clock::time_point last_touch_ = std::chrono::steady_clock::now();  // next_event's thread only
 };
 

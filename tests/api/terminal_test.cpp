@@ -11,6 +11,7 @@
 #include <Poco/StreamCopier.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -58,7 +59,7 @@ Headers upgrade_headers(const std::string& version = "13") {
  * the handshake's Connection: Upgrade. For the refusals, which answer before any upgrade.
  */
 HttpResponse handshake(std::uint16_t port, const std::string& uri, const Headers& headers,
-                       const std::string& token = "") {
+                       const std::string& token = "", const std::string& body = "") {
   Poco::Net::HTTPClientSession session("127.0.0.1", port);
   session.setKeepAlive(true);
   session.setTimeout(Poco::Timespan(30, 0));
@@ -66,7 +67,7 @@ HttpResponse handshake(std::uint16_t port, const std::string& uri, const Headers
   if (!token.empty()) rq.set("Authorization", "Bearer " + token);
   for (const auto& [k, v] : headers)
     rq.set(k, v);
-  session.sendRequest(rq);
+  session.sendRequest(rq) << body;
   Poco::Net::HTTPResponse rs;
   auto& in = session.receiveResponse(rs);
   HttpResponse r;
@@ -135,7 +136,7 @@ TEST_CASE("terminal: types echo hi and reads hi back, resizes, and closes cleanl
   CHECK(t.control("error") == nullptr);
   // The shell was ended with the connection (core's terminal.close) and the connection logged how it ended.
   REQUIRE(berthd.wait_for_log("terminal.close sandbox=" + id, 10s));
-  REQUIRE(berthd.wait_for_log("terminal.closed request_id=", 10s));
+  REQUIRE(berthd.wait_for_log("terminal.closed request_id=" + ready->getValue<std::string>("request_id"), 10s));
 }
 
 TEST_CASE("terminal: the size and TERM come from the query", "[terminal]") {
@@ -191,12 +192,47 @@ TEST_CASE("terminal: control-message mistakes are answered and the terminal stay
   REQUIRE(t.read_until([&] { return errors().size() == 4; }, 10s));
   t.send_text(R"([1,2])");
   REQUIRE(t.read_until([&] { return errors().size() == 5; }, 10s));
+  // Numbers JSON can spell but no terminal has (once a crash of berthd: an unsigned 64-bit value), and a boolean.
+  t.send_text(R"({"type":"resize","rows":9223372036854775808,"cols":80})");
+  REQUIRE(t.read_until([&] { return errors().size() == 6; }, 10s));
+  t.send_text(R"({"type":"resize","rows":-9223372036854775808,"cols":1e400})");
+  REQUIRE(t.read_until([&] { return errors().size() == 7; }, 10s));
+  t.send_text(R"({"type":"resize","rows":true,"cols":80})");
+  REQUIRE(t.read_until([&] { return errors().size() == 8; }, 10s));
   CHECK(errors() == std::vector<std::string>{"invalid_request", "validation_error", "validation_error",
-                                             "validation_error", "invalid_request"});
+                                             "validation_error", "invalid_request", "validation_error",
+                                             "invalid_request", "validation_error"});  // 1e400: Poco refuses it
   t.type("stty size\r");  // the size did not change, and the shell still answers
   REQUIRE(t.read_output("24 80\r\n", 10s));
   t.close();
   CHECK(t.read_close(10s));
+}
+
+TEST_CASE("terminal: frames RFC 6455 forbids close the connection with the right code", "[terminal]") {
+  auto& berthd = terminal_berthd();
+  HttpClient c(berthd.port());
+  const auto id = create(c);
+  auto closes_with = [&](const std::function<void(TerminalClient&)>& send) {
+    TerminalClient t(berthd.port(), terminal_uri(id));
+    REQUIRE(t.read_output("$ ", 10s));
+    send(t);
+    REQUIRE(t.read_close(10s));
+    return t.close_code;
+  };
+  // A ping over 125 bytes; a text message that is not UTF-8; a close frame with a code no one may send (1005);
+  // a frame with RSV1 set although no extension was agreed.
+  CHECK(closes_with([](TerminalClient& t) { t.send_frame(std::string(200, 'p'), 0x89); }) == 1002);
+  CHECK(closes_with([](TerminalClient& t) { t.send_text("{\"type\":\"resize\",\"x\":\"\xff\"}"); }) == 1007);
+  CHECK(closes_with([](TerminalClient& t) { t.send_frame(std::string("\x03\xed", 2), 0x88); }) == 1002);
+  CHECK(closes_with([](TerminalClient& t) { t.send_frame("x", 0xc2); }) == 1002);
+  // A well-formed ping is answered with its payload, and the terminal goes on.
+  TerminalClient t(berthd.port(), terminal_uri(id));
+  REQUIRE(t.read_output("$ ", 10s));
+  t.send_frame("are-you-there", 0x89);
+  REQUIRE(t.read_until([&] { return t.pong == "are-you-there"; }, 10s));
+  t.close();
+  CHECK(t.read_close(10s));
+  CHECK(t.close_code == 1000);
 }
 
 TEST_CASE("terminal: refusals before the upgrade are ordinary error envelopes", "[terminal]") {
@@ -219,10 +255,24 @@ TEST_CASE("terminal: refusals before the upgrade are ordinary error envelopes", 
   require_error(handshake(berthd.port(), terminal_uri(id, "?cols=1001"), upgrade_headers()), 400, "validation_error");
   require_error(handshake(berthd.port(), terminal_uri(id, "?term=xterm%3Brm"), upgrade_headers()), 400,
                 "validation_error");
+  auto with_body = upgrade_headers();
+  with_body.emplace_back("Content-Length", "2");
+  require_error(handshake(berthd.port(), terminal_uri(id), with_body, "", "{}"), 400, "invalid_request",
+                "body_not_allowed");
+  // A page of another origin may not open a shell with the user's access; berthd's own origin may.
+  auto foreign = upgrade_headers();
+  foreign.emplace_back("Origin", "http://evil.example");
+  require_error(handshake(berthd.port(), terminal_uri(id), foreign), 400, "invalid_request", "origin_not_allowed");
   const auto noshell = create(c, R"({"profile":"noshell"})");
   require_error(handshake(berthd.port(), terminal_uri(noshell), upgrade_headers()), 400, "capability_not_supported");
   CHECK(status_of(c, noshell) == "idle");  // a refused terminal started nothing
   CHECK(status_of(c, id) == "idle");
+  {
+    TerminalClient same(berthd.port(), terminal_uri(id), "", "http://127.0.0.1:" + std::to_string(berthd.port()));
+    CHECK(same.read_output("$ ", 10s));
+    same.close();
+    CHECK(same.read_close(10s));
+  }
 
   // At most 2 terminals per sandbox here; closing one frees its slot.
   TerminalClient one(berthd.port(), terminal_uri(id));
@@ -336,10 +386,14 @@ TEST_CASE("terminal: berthd's shutdown closes open terminals with 1001 and exits
   const auto id = create(c);
   TerminalClient t(berthd.port(), terminal_uri(id));
   REQUIRE(t.read_output("$ ", 10s));
+  const auto t0 = std::chrono::steady_clock::now();
   std::thread stopper([&] { CHECK(berthd.stop(std::chrono::seconds(25)) == 0); });
-  // Well before the 30 s grace runs out: an open terminal does not hold the shutdown.
+  // Well before the 30 s grace runs out: an open terminal does not hold the shutdown. The shell's exit comes first.
   const bool closed = t.read_close(10s);
   stopper.join();
   REQUIRE(closed);
   CHECK(t.close_code == 1001);
+  REQUIRE(t.control("exit"));
+  CHECK(t.control("exit")->getValue<std::string>("reason") == "closed");
+  CHECK(std::chrono::steady_clock::now() - t0 < 10s);
 }

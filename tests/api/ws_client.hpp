@@ -29,10 +29,12 @@ class TerminalClient {
  public:
   /** Connects to 127.0.0.1:`port` `uri` (e.g. /v1/sandboxes/ID/terminal?rows=30). Throws Poco's exception when the
    *  server does not switch protocols (WebSocketException) or the connection fails. */
-  TerminalClient(std::uint16_t port, const std::string& uri, const std::string& bearer_token = "")
+  TerminalClient(std::uint16_t port, const std::string& uri, const std::string& bearer_token = "",
+                 const std::string& origin = "")
       : session_("127.0.0.1", port) {
     Poco::Net::HTTPRequest rq(Poco::Net::HTTPRequest::HTTP_GET, uri, Poco::Net::HTTPMessage::HTTP_1_1);
     if (!bearer_token.empty()) rq.set("Authorization", "Bearer " + bearer_token);
+    if (!origin.empty()) rq.set("Origin", origin);
     Poco::Net::HTTPResponse rs;
     ws_ = std::make_unique<Poco::Net::WebSocket>(session_, rq, rs);
     ws_->setMaxPayloadSize(16 << 20);
@@ -44,6 +46,7 @@ class TerminalClient {
   int close_code = 0;
   std::string close_reason;
   int pings = 0;
+  std::string pong;  // the payload of the last pong
 
   /** Sends keystrokes in one binary frame. */
   void type(const std::string& keys) { ws_->sendFrame(keys.data(), static_cast<int>(keys.size()), binary()); }
@@ -53,6 +56,10 @@ class TerminalClient {
   }
   void resize(int rows, int cols) {
     send_text("{\"type\":\"resize\",\"rows\":" + std::to_string(rows) + ",\"cols\":" + std::to_string(cols) + "}");
+  }
+  /** Sends one frame as given: `flags` is the first header byte (FIN, RSV bits, opcode). */
+  void send_frame(const std::string& payload, int flags) {
+    ws_->sendFrame(payload.data(), static_cast<int>(payload.size()), flags);
   }
   /** Sends a close frame with `code`. */
   void close(std::uint16_t code = 1000) { ws_->shutdown(code, "bye"); }
@@ -100,6 +107,8 @@ class TerminalClient {
         ++pings;
         ws_->sendFrame(payload.data(), static_cast<int>(payload.size()),
                        Poco::Net::WebSocket::FRAME_FLAG_FIN | Poco::Net::WebSocket::FRAME_OP_PONG);
+      } else if (op == Poco::Net::WebSocket::FRAME_OP_PONG) {
+        pong = payload;
       } else if (op == Poco::Net::WebSocket::FRAME_OP_CLOSE) {
         closed = true;
         if (payload.size() >= 2) {

@@ -1071,4 +1071,13 @@ TEST_CASE("e2e: a WebSocket terminal types echo hi and reads hi back, resizes, a
   CHECK(t2.control("exit")->getValue<int>("exit_code") == 7);
   CHECK(t2.control("exit")->getValue<std::string>("reason") == "exited");
   CHECK(t2.close_code == 1000);
+
+  // The sandbox stopped under an open terminal: the exit message says the session ended, then a normal close.
+  TerminalClient t3(berthd.port(), sb(id) + "/terminal");
+  REQUIRE(t3.read_until([&] { return t3.control("ready") != nullptr; }, 60s));
+  REQUIRE(c.post(sb(id) + "/stop").status == 200);
+  REQUIRE(t3.read_close(60s));
+  REQUIRE(t3.control("exit"));
+  CHECK(t3.control("exit")->getValue<std::string>("reason") == "session_ended");
+  CHECK(t3.close_code == 1000);
 }
