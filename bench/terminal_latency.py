@@ -5,7 +5,8 @@ baselines measured in the same run.
   bench/terminal_latency.py [--build build] [--engine docker|podman] [--keys 300] [--image IMAGE]
 
 Each path runs bash on a pseudo-terminal; one keystroke is sent, and the time until the terminal's echo of it
-arrives is one sample. Keys alternate between "x" and DEL (bash erases the x again), so the line never grows.
+arrives is one sample. Keys alternate between "x" and DEL (bash erases the x again), so the line never grows; a sample ends when the
+key's own echo has arrived (the x, or the backspace that erases it), not at the first byte.
 Interleaved by rounds (one key on each path per round, ten warm-up rounds not counted):
   berthd    GET /v1/sandboxes/{id}/terminal: a WebSocket (python3-websocket, a real client) -> berthd -> the driver
             -> the in-sandbox agent -> the PTY
@@ -37,6 +38,7 @@ _loader.exec_module(runall)
 
 SOCKETS = {"docker": "/var/run/docker.sock", "podman": "/run/podman/podman.sock"}
 KEYS = (b"x", b"\x7f")
+ECHO = {b"x": b"x", b"\x7f": b"\x08"}  # what the terminal shows for each key: the x, then a backspace erasing it
 
 
 class BerthdTerminal:
@@ -53,10 +55,12 @@ class BerthdTerminal:
     def key(self, k):
         t0 = time.perf_counter()
         self.ws.send_binary(k)
-        while True:
+        seen = b""
+        while ECHO[k] not in seen:
             op, data = self.ws.recv_data()
-            if op == websocket.ABNF.OPCODE_BINARY and data:
-                return time.perf_counter() - t0
+            if op == websocket.ABNF.OPCODE_BINARY:
+                seen += data
+        return time.perf_counter() - t0
 
     def close(self):
         self.ws.close()
@@ -86,8 +90,12 @@ class EngineTerminal:
     def key(self, k):
         t0 = time.perf_counter()
         self.s.sendall(k)
-        if not self.s.recv(4096):
-            raise RuntimeError("engine exec ended")
+        seen = b""
+        while ECHO[k] not in seen:
+            data = self.s.recv(4096)
+            if not data:
+                raise RuntimeError("engine exec ended")
+            seen += data
         return time.perf_counter() - t0
 
     def close(self):
@@ -108,8 +116,10 @@ class HostTerminal:
     def key(self, k):
         t0 = time.perf_counter()
         os.write(self.fd, k)
-        select.select([self.fd], [], [], 10)
-        os.read(self.fd, 4096)
+        seen = b""
+        while ECHO[k] not in seen:
+            select.select([self.fd], [], [], 10)
+            seen += os.read(self.fd, 4096)
         return time.perf_counter() - t0
 
     def close(self):

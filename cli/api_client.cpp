@@ -192,12 +192,13 @@ class HandshakeSession final : public Poco::Net::HTTPClientSession {
 
 }  // namespace
 
-std::unique_ptr<Poco::Net::WebSocket> ApiClient::open_terminal(const std::string& sandbox_path, int rows, int cols) {
+std::unique_ptr<Poco::Net::WebSocket> ApiClient::open_terminal(const std::string& sandbox_path, int rows, int cols,
+                                                               const std::string& term) {
   std::string path = sandbox_path + "/terminal";
   std::vector<std::pair<std::string, std::optional<std::string>>> q;
   if (rows > 0) q.emplace_back("rows", std::to_string(rows));
   if (cols > 0) q.emplace_back("cols", std::to_string(cols));
-  if (const char* term = std::getenv("TERM"); term && *term) q.emplace_back("term", std::string(term));
+  if (!term.empty()) q.emplace_back("term", term);
   HTTPRequest rq(HTTPRequest::HTTP_GET, target(path + query_string(q)), HTTPMessage::HTTP_1_1);
   if (!api_key_.empty()) rq.set("Authorization", "Bearer " + api_key_);
   HandshakeSession session(uri_.getHost(), uri_.getPort());

@@ -106,10 +106,11 @@ class ApiClient {
 
   /**
    * Opens GET .../terminal (docs/api.md, "Terminal") as a WebSocket of `rows` x `cols` (0: the server's default).
-   * The returned socket owns the connection. A refusal (no 101) throws ServerError with the server's envelope; no
-   * answer throws ConnectionError.
+   * `term` (may be empty: the server's default) is the shell's TERM. The returned socket owns the connection. A
+   * refusal (no 101) throws ServerError with the server's envelope; no answer throws ConnectionError.
    */
-  std::unique_ptr<Poco::Net::WebSocket> open_terminal(const std::string& sandbox_path, int rows, int cols);
+  std::unique_ptr<Poco::Net::WebSocket> open_terminal(const std::string& sandbox_path, int rows, int cols,
+                                                      const std::string& term);
 
   /** The URL as given (for messages). */
   const std::string& base_url() const { return base_url_; }

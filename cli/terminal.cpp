@@ -14,9 +14,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "commands.hpp"
@@ -77,6 +81,7 @@ struct Ending {
   std::atomic<bool> done{false};
   std::mutex m;
   std::optional<int> exit_code;  // from the exit message
+  std::string reason;            // its reason: exited, session_ended, closed
   std::string problem;           // the connection ended without one
 };
 
@@ -98,6 +103,7 @@ void read_frames(WebSocket& ws, Ending& end, std::mutex& send_mutex) {
         if (type == "exit") {
           std::lock_guard lock(end.m);
           end.exit_code = msg->optValue<int>("exit_code", 1);
+          end.reason = msg->optValue<std::string>("reason", "exited");
         } else if (type == "error") {
           std::cerr << "\r\nberth: " << msg->optValue<std::string>("code", "error") << ": "
                     << msg->optValue<std::string>("message", "") << "\r\n";
@@ -105,7 +111,7 @@ void read_frames(WebSocket& ws, Ending& end, std::mutex& send_mutex) {
       } else if (op == WebSocket::FRAME_OP_PING) {
         std::lock_guard lock(send_mutex);
         ws.sendFrame(frame.begin(), static_cast<int>(frame.size()),
-                     WebSocket::FRAME_FLAG_FIN | WebSocket::FRAME_OP_PONG);
+                     WebSocket::FRAME_FLAG_FIN | static_cast<int>(WebSocket::FRAME_OP_PONG));
       } else if (op == WebSocket::FRAME_OP_CLOSE) {
         std::lock_guard lock(end.m);
         if (!end.exit_code && frame.size() > 2) end.problem = std::string(frame.begin() + 2, frame.size() - 2);
@@ -119,33 +125,92 @@ void read_frames(WebSocket& ws, Ending& end, std::mutex& send_mutex) {
   end.done = true;
 }
 
+/** SIGTERM/SIGHUP while the terminal runs: leave cleanly (the local terminal restored), not mid-write. */
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop(int signo) {
+  g_stop_signal = signo;
+}
+
+/** A TERM the server takes (1-64 of [A-Za-z0-9._+-]), else none: the server's default then applies. */
+bool usable_term(const char* term) {
+  if (term == nullptr || *term == '\0' || std::strlen(term) > 64) return false;
+  for (const char* c = term; *c; ++c) {
+    if (!std::isalnum(static_cast<unsigned char>(*c)) && std::strchr("._+-", *c) == nullptr) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 int cmd_terminal(Context& ctx, const TerminalOptions& o) {
   const bool tty = ::isatty(STDIN_FILENO) == 1;
-  int rows = o.rows.value_or(0), cols = o.cols.value_or(0);
-  if (tty && !o.rows && !o.cols) window_size(STDIN_FILENO, rows, cols);
-  auto ws = ctx.client.open_terminal("/v1/sandboxes/" + encode_component(o.sandbox), rows, cols);
-  ws->setReceiveTimeout(Poco::Timespan(0));  // the server pings; a quiet shell is not an error
+  // The window's size unless the flags fix it; a side that is not given comes from the window.
+  const bool follow_window = tty && !o.rows && !o.cols;
+  int rows = 0, cols = 0;
+  if (tty) window_size(STDIN_FILENO, rows, cols);
+  if (o.rows) rows = *o.rows;
+  if (o.cols) cols = *o.cols;
+  auto ws = ctx.client.open_terminal("/v1/sandboxes/" + encode_component(o.sandbox), rows, cols,
+                                     usable_term(std::getenv("TERM")) ? std::getenv("TERM") : "");
+  // The server pings every 30 s: nothing for 100 s means the connection is gone, whatever TCP still believes.
+  ws->setReceiveTimeout(Poco::Timespan(100, 0));
+  ws->setSendTimeout(Poco::Timespan(100, 0));
   std::mutex send_mutex;
   auto send = [&](const char* data, std::size_t size, int flags) {
     std::lock_guard lock(send_mutex);
     ws->sendFrame(data, static_cast<int>(size), flags);
   };
 
+  // Signals: a write to a vanished server or a closed stdout must fail, not kill the CLI with the terminal raw.
+  struct SignalScope {
+    struct sigaction winch {
+    }, term{}, hup{}, pipe{};
+    SignalScope() {
+      struct sigaction sa {};
+      ::sigemptyset(&sa.sa_mask);
+      sa.sa_handler = on_winch;
+      ::sigaction(SIGWINCH, &sa, &winch);
+      sa.sa_handler = on_stop;
+      ::sigaction(SIGTERM, &sa, &term);
+      ::sigaction(SIGHUP, &sa, &hup);
+      sa.sa_handler = SIG_IGN;
+      ::sigaction(SIGPIPE, &sa, &pipe);
+    }
+    ~SignalScope() {
+      ::sigaction(SIGWINCH, &winch, nullptr);
+      ::sigaction(SIGTERM, &term, nullptr);
+      ::sigaction(SIGHUP, &hup, nullptr);
+      ::sigaction(SIGPIPE, &pipe, nullptr);
+    }
+  } signals;
   Ending end;
   std::optional<RawMode> raw;
   if (tty) raw.emplace(STDIN_FILENO);
-  struct sigaction sa {};
-  sa.sa_handler = on_winch;
-  ::sigemptyset(&sa.sa_mask);
-  struct sigaction old_winch {};
-  ::sigaction(SIGWINCH, &sa, &old_winch);
   std::thread reader([&] { read_frames(*ws, end, send_mutex); });
+  // Whatever happens below, the reader is stopped and joined before the terminal is restored (never terminate()):
+  // it gets a moment for the server's last frames (the exit message, the close), then its read is cut.
+  auto stop_reader = [&reader, &end, &ws] {
+    for (int i = 0; i < 40 && !end.done.load(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!end.done.load()) {
+      try {
+        ws->shutdownReceive();
+      } catch (const Poco::Exception&) {
+        // Already closed: the reader's read fails on its own.
+      }
+    }
+    if (reader.joinable()) reader.join();
+  };
+  struct Finally {
+    const decltype(stop_reader)& fn;
+    ~Finally() { fn(); }
+  } finally{stop_reader};
+
   bool stdin_open = true;
   try {
-    while (!end.done.load()) {
-      if (g_resized.exchange(false) && tty && window_size(STDIN_FILENO, rows, cols)) {
+    while (!end.done.load() && g_stop_signal.load() == 0) {
+      if (follow_window && g_resized.exchange(false) && window_size(STDIN_FILENO, rows, cols)) {
         const std::string msg =
             "{\"type\":\"resize\",\"rows\":" + std::to_string(rows) + ",\"cols\":" + std::to_string(cols) + "}";
         send(msg.data(), msg.size(), WebSocket::FRAME_TEXT);
@@ -159,7 +224,7 @@ int cmd_terminal(Context& ctx, const TerminalOptions& o) {
       if (ready <= 0) continue;  // timeout or EINTR (SIGWINCH): look at the flags again
       char buf[16384];
       ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
-      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n <= 0) {
         // The end of piped input: the terminal's EOF character, which ends the shell at an empty prompt.
         send("\x04", 1, WebSocket::FRAME_BINARY);
@@ -176,12 +241,18 @@ int cmd_terminal(Context& ctx, const TerminalOptions& o) {
     ws->shutdown();  // our close frame: answered by the server's, which ends the reader
   } catch (const Poco::Exception&) {
   }
-  if (!end.done.load()) ws->shutdownReceive();
-  reader.join();
-  ::sigaction(SIGWINCH, &old_winch, nullptr);
+  stop_reader();  // (then finally's call finds it joined)
   raw.reset();
   std::lock_guard lock(end.m);
-  if (end.exit_code) return *end.exit_code;
+  if (g_stop_signal.load() != 0) {
+    std::cerr << "berth: terminal left on signal " << g_stop_signal.load() << "\n";
+    return 128 + g_stop_signal.load();
+  }
+  if (end.exit_code && end.reason == "exited") return *end.exit_code;
+  if (end.exit_code) {
+    std::cerr << "berth: the shell did not exit by itself (" << end.reason << ")\n";
+    return kExitConnection;
+  }
   std::cerr << "berth: the terminal closed without the shell's exit" << (end.problem.empty() ? "" : ": ") << end.problem
             << "\n";
   return kExitConnection;

@@ -780,6 +780,7 @@ std::uint16_t HttpApi::port() const {
 
 void HttpApi::begin_shutdown() {
   ctx_->shutting_down.store(true);
+  ctx_->shutdown_hooks.run_all();
   ctx_->admission.shut_down();
   if (server_)
     server_->stop_accepting();  // stop accepting; open connections keep being served (with 503 shutting_down)

@@ -5,8 +5,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +43,36 @@ struct ApiSettings {
 };
 
 /**
+ * Callbacks that HttpApi::begin_shutdown runs once, after ApiContext::shutting_down is set: a handler that holds its
+ * connection for long (a terminal's WebSocket) registers one to abort what shutting_down alone cannot reach (a send
+ * blocked on a client that does not read). A hook must return at once and not throw. Thread-safe: remove() waits for
+ * a running hook, so what a hook uses may be destroyed once remove() returned.
+ */
+class ShutdownHooks {
+ public:
+  using Id = std::uint64_t;
+  Id add(std::function<void()> hook) {
+    std::lock_guard lock(mutex_);
+    hooks_.emplace(next_, std::move(hook));
+    return next_++;
+  }
+  void remove(Id id) {
+    std::lock_guard lock(mutex_);
+    hooks_.erase(id);
+  }
+  void run_all() {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, hook] : hooks_)
+      hook();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<Id, std::function<void()>> hooks_;
+  Id next_ = 1;
+};
+
+/**
  * Everything a request handler may use. Shared by all server threads; every member is thread-safe. The referenced
  * service and idempotency registry must outlive every request (the daemon guarantees it by waiting for handlers, or
  * by exiting without destroying them).
@@ -66,6 +98,7 @@ struct ApiContext {
   std::atomic<std::uint64_t> next_request{1};
   std::atomic<int> handlers_running{0};    // requests inside handle_request right now
   std::atomic<bool> shutting_down{false};  // set by HttpApi::begin_shutdown: new requests get 503 shutting_down
+  ShutdownHooks shutdown_hooks;            // run by HttpApi::begin_shutdown, after shutting_down is set
 };
 
 /**

@@ -10,7 +10,10 @@
 #include <Poco/Net/WebSocket.h>
 #include <Poco/String.h>
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <mutex>
 #include <sstream>
@@ -42,6 +45,8 @@ constexpr std::uint16_t kProtocolError = 1002;
 constexpr std::uint16_t kInvalidData = 1007;
 constexpr std::uint16_t kTooBig = 1009;
 constexpr std::uint16_t kInternalError = 1011;
+constexpr std::uint16_t kAbnormal = 1006;  // never sent: the log's code for a connection that ended without a close
+constexpr auto kShutdownSend = std::chrono::milliseconds(500);  // the longest a send may block once berthd stops
 
 constexpr int kRsvBits = 0x70;  // in the flags Poco returns: the frame's first byte
 constexpr int kPong = WebSocket::FRAME_FLAG_FIN | static_cast<int>(WebSocket::FRAME_OP_PONG);
@@ -72,6 +77,15 @@ class TerminalLink {
 
   /** Runs the connection to its end: the pump on its own thread, the reader on this one. Never throws. */
   void run(std::uint16_t rows, std::uint16_t cols) {
+    // A send the client does not read would keep the pump from seeing berthd's shutdown: the shutdown aborts it.
+    const auto hook = ctx_.shutdown_hooks.add([this] {
+      if (sending_.load()) ::shutdown(ws_.impl()->sockfd(), SHUT_RDWR);
+    });
+    struct Unhook {
+      ShutdownHooks& hooks;
+      ShutdownHooks::Id id;
+      ~Unhook() { hooks.remove(id); }
+    } unhook{ctx_.shutdown_hooks, hook};
     Poco::JSON::Object ready;
     ready.set("type", "ready");
     ready.set("request_id", request_id_);
@@ -83,7 +97,7 @@ class TerminalLink {
     send_text(ready);
     std::thread pump;
     try {
-      pump = std::thread([this] { pump_loop(); });
+      pump = std::thread([this] { pump_guarded(); });
     } catch (const std::system_error& e) {
       log::error("terminal.no_thread", {{"request_id", request_id_}, {"error", e.what()}});
       send_close(kInternalError, "no thread for the terminal");
@@ -112,14 +126,30 @@ class TerminalLink {
   }
 
  private:
-  /** Sends one frame unless the close frame went out already; false then, or when sending failed. */
+  /**
+   * Sends one frame unless the close frame went out already; false then, or when sending failed. Once berthd shuts
+   * down, a send may take at most kShutdownSend (the shutdown hook aborts one that was already blocked).
+   */
   bool send(const void* data, std::size_t size, int flags) {
     std::lock_guard lock(send_mutex_);
     if (close_sent_ || broken_) return false;
+    return send_locked(data, size, flags);
+  }
+
+  bool send_locked(const void* data, std::size_t size, int flags) {
+    // Dekker with the shutdown hook: sending_ is set before shutting_down is read, and the hook runs after
+    // shutting_down is set and reads sending_, so a send that starts after the hook ran sees the shutdown.
+    sending_.store(true);
     try {
+      if (ctx_.shutting_down.load() && !short_sends_) {
+        ws_.setSendTimeout(Poco::Timespan(0, static_cast<long>(kShutdownSend.count()) * 1000));
+        short_sends_ = true;
+      }
       ws_.sendFrame(data, static_cast<int>(size), flags);
+      sending_.store(false);
       return true;
     } catch (const Poco::Exception& e) {
+      sending_.store(false);
       broken_ = true;  // the client is gone, or did not read for kClientSilence (the send timeout)
       log::info("terminal.send_failed", {{"request_id", request_id_}, {"error", e.displayText()}});
     }
@@ -139,30 +169,48 @@ class TerminalLink {
     send_text(e);
   }
 
+  /** How the connection ended, for the log: the first reason wins. */
+  void note_end(std::uint16_t code, const std::string& reason) {
+    std::lock_guard lock(send_mutex_);
+    note_end_locked(code, reason);
+  }
+  void note_end_locked(std::uint16_t code, const std::string& reason) {
+    if (close_code_ != 0) return;
+    close_code_ = code;
+    close_reason_ = reason;
+  }
+
   /** The server's close frame (once); later frames are not sent. */
   void send_close(std::uint16_t code, const std::string& reason) {
     std::lock_guard lock(send_mutex_);
     if (close_sent_) return;
     close_sent_ = true;
-    if (close_code_ == 0) {
-      close_code_ = code;
-      close_reason_ = reason;
-    }
+    note_end_locked(code, reason);
     if (broken_) return;
-    try {
-      ws_.shutdown(code, reason);
-    } catch (const Poco::Exception&) {
-      broken_ = true;
-    }
+    // The close frame's body: the code, then the reason (UTF-8, at most 123 bytes: RFC 6455 5.5).
+    std::string body{static_cast<char>(code >> 8), static_cast<char>(code & 0xff)};
+    body += reason.substr(0, 123);
+    send_locked(body.data(), body.size(), WebSocket::FRAME_FLAG_FIN | static_cast<int>(WebSocket::FRAME_OP_CLOSE));
   }
 
+  /** The connection's end was seen by the reader: nothing is sent for it, but the log says so. */
+  void client_gone(const std::string& why) { note_end(kAbnormal, why); }
+
   // ---- the reader (the handler's thread) ----
+
+  /** Whether the peer has closed its side: a 0-byte read that is not an empty frame (Poco cannot tell them apart). */
+  bool peer_closed() {
+    char c;
+    const auto n = ::recv(ws_.impl()->sockfd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
 
   void read_loop() {
     Poco::Buffer<char> frame(0);
     std::string text;  // a fragmented text message being collected
     bool in_text = false, in_binary = false;
     for (;;) {
+      if (stop_reading_.load()) return;  // the shell has ended and our close went out: no more input is wanted
       int flags = 0;
       int n = 0;
       frame.resize(0);
@@ -173,8 +221,7 @@ class TerminalLink {
         return;
       } catch (const Poco::Net::WebSocketException& e) {
         if (e.code() == WebSocket::WS_ERR_INCOMPLETE_FRAME) {  // the connection ended inside a frame
-          std::lock_guard lock(send_mutex_);
-          if (close_code_ == 0) close_reason_ = "the client disconnected";
+          client_gone("the client disconnected");
           return;
         }
         const bool big = e.code() == WebSocket::WS_ERR_PAYLOAD_TOO_BIG;
@@ -182,16 +229,14 @@ class TerminalLink {
                    big ? "a frame over " + std::to_string(kMaxClientMessage) + " bytes" : "malformed frame");
         return;
       } catch (const Poco::Exception& e) {
-        std::lock_guard lock(send_mutex_);
-        if (close_code_ == 0) close_reason_ = "connection lost: " + e.displayText();
+        client_gone("connection lost: " + e.displayText());
         return;
       }
       last_heard_ns_ = steady_ns();
       const int op = flags & WebSocket::FRAME_OP_BITMASK;
       const bool fin = (flags & WebSocket::FRAME_FLAG_FIN) != 0;
-      if (n == 0 && flags == 0) {  // the TCP connection ended without a close frame
-        std::lock_guard lock(send_mutex_);
-        if (close_code_ == 0) close_reason_ = "the client disconnected";
+      if (n == 0 && flags == 0 && peer_closed()) {  // the TCP connection ended without a close frame
+        client_gone("the client disconnected");
         return;
       }
       const std::string_view payload(frame.begin(), frame.size());
@@ -212,13 +257,7 @@ class TerminalLink {
         // RFC 6455 7.4: a one-byte body, a code that must not be sent, or a reason that is not UTF-8 is an error.
         const bool valid = payload.size() != 1 && (payload.size() < 2 || valid_close_code(code)) &&
                            is_utf8(payload.substr(std::min<std::size_t>(2, payload.size())));
-        {
-          std::lock_guard lock(send_mutex_);
-          if (close_code_ == 0) {
-            close_code_ = code;
-            close_reason_ = valid ? "closed by the client" : "an invalid close frame";
-          }
-        }
+        note_end(code, valid ? "closed by the client" : "an invalid close frame");
         send_close(valid ? kNormal : kProtocolError, "");  // the reply (no-op if ours went first)
         return;
       }
@@ -316,16 +355,43 @@ class TerminalLink {
     } catch (const Error& e) {
       send_error(std::string(core::to_string(e.code())), e.what());
     } catch (const core::DriverError& e) {
-      send_error("driver_unavailable", std::string("resize failed: ") + e.what());
+      // The shell has just ended (its exit message follows), or the engine failed.
+      const bool gone = e.code() == core::DriverErrc::conflict || e.code() == core::DriverErrc::not_found;
+      send_error(gone ? "conflict" : "driver_unavailable", std::string("resize failed: ") + e.what());
     }
   }
 
   // ---- the pump (its own thread) ----
 
+  /** pump_loop, with a last guard: nothing that goes wrong on this thread may end the process. */
+  void pump_guarded() {
+    try {
+      pump_loop();
+    } catch (const std::exception& e) {
+      log::error("terminal.pump_failed", {{"request_id", request_id_}, {"error", e.what()}});
+      send_close(kInternalError, "internal error");
+      terminal_.close();
+      stop_reader();
+    }
+  }
+
+  /** After our close frame: the client gets kCloseWait (less on shutdown) to answer it, then reading stops. */
+  void stop_reader() {
+    std::unique_lock lock(state_mutex_);
+    const auto wait = ctx_.shutting_down.load() ? kCloseWaitShutdown : kCloseWait;
+    if (state_changed_.wait_for(lock, wait, [&] { return reader_done_; })) return;
+    stop_reading_ = true;  // a client that keeps sending: the reader stops after its next frame
+    try {
+      ws_.shutdownReceive();  // one that sends nothing: its read returns
+    } catch (const Poco::Exception&) {
+    }
+  }
+
   void pump_loop() {
-    const auto started = std::chrono::steady_clock::now();
-    auto next_ping = started + kPingEvery;
-    std::optional<std::chrono::steady_clock::time_point> ending;  // since when the shell is being ended by us
+    auto next_ping = std::chrono::steady_clock::now() + kPingEvery;
+    // Once the shell is being ended (by berthd, or because the client went), its exit event is awaited at most
+    // kEndWait: a driver that never reports it cannot hold the connection.
+    std::optional<std::chrono::steady_clock::time_point> ending;
     std::string ending_why;
     std::uint16_t ending_code = kGoingAway;
     auto end_shell = [&](std::uint16_t code, std::string why) {
@@ -335,16 +401,18 @@ class TerminalLink {
       ending_why = std::move(why);
       terminal_.close();  // its exit event follows: the client gets the exit message, then the close
     };
+    auto shutting_down = [&] { return ctx_.shutting_down.load() || terminal_.shutting_down(); };
     for (;;) {
       // Checked on every round, output or not: a shell that floods output must not hide a silent client or a
       // shutdown.
       const auto now = std::chrono::steady_clock::now();
-      if (ctx_.shutting_down.load()) end_shell(kGoingAway, "berthd is shutting down");
+      if (shutting_down()) end_shell(kGoingAway, "berthd is shutting down");
       if (now - std::chrono::steady_clock::time_point(std::chrono::nanoseconds(last_heard_ns_.load())) >
           kClientSilence) {
         // The reader may be blocked handing keystrokes to a shell that reads none: it cannot see the silence.
         end_shell(kGoingAway, "no frame from the client for " + std::to_string(kClientSilence.count()) + " s");
       }
+      if (terminal_.closing()) end_shell(kNormal, "the terminal was closed");  // by the reader: client gone/closed
       if (ending && now - *ending > kEndWait) {  // the driver does not report the exit: close without it
         send_close(ending_code, ending_why);
         break;
@@ -368,38 +436,25 @@ class TerminalLink {
         continue;
       }
       if (ev.kind == core::ProcessEvent::Kind::exit) {
-        const char* reason = ending                      ? "closed"
-                             : terminal_.session_ended() ? "session_ended"
-                             : terminal_.closing()       ? "closed"
-                                                         : "exited";
+        const bool session_ended = terminal_.session_ended();
+        const char* reason = session_ended ? "session_ended" : ending ? "closed" : "exited";
         Poco::JSON::Object exit;
         exit.set("type", "exit");
         exit.set("exit_code", ev.exit.exit_code);
         exit.set("signal", ev.exit.signal);
         exit.set("reason", reason);
         send_text(exit);
-        if (ending) {
-          send_close(ending_code, ending_why);
-        } else if (terminal_.session_ended()) {
+        if (session_ended) {
           send_close(kNormal, "the sandbox's session ended");
-        } else if (terminal_.closing()) {
-          send_close(kGoingAway, "berthd is shutting down");
+        } else if (ending) {
+          send_close(ending_code, ending_why);
         } else {
           send_close(kNormal, "the shell exited");
         }
         break;
       }
     }
-    // Our close frame is out: give the client time to answer with its own (less while berthd shuts down), then
-    // stop reading.
-    std::unique_lock lock(state_mutex_);
-    const auto wait = ctx_.shutting_down.load() ? kCloseWaitShutdown : kCloseWait;
-    if (!state_changed_.wait_for(lock, wait, [&] { return reader_done_; })) {
-      try {
-        ws_.shutdownReceive();
-      } catch (const Poco::Exception&) {
-      }
-    }
+    stop_reader();
   }
 
   ApiContext& ctx_;
@@ -409,8 +464,11 @@ class TerminalLink {
   std::mutex send_mutex_;  // guards the socket's sending side and the fields up to close_reason_
   bool close_sent_ = false;
   bool broken_ = false;
-  std::uint16_t close_code_ = 0;  // the first close: ours, or the client's
+  bool short_sends_ = false;
+  std::uint16_t close_code_ = 0;  // how it ended (for the log): ours, the client's, or kAbnormal (no close frame)
   std::string close_reason_;
+  std::atomic<bool> sending_{false};  // a frame is being written (read by the shutdown hook)
+  std::atomic<bool> stop_reading_{false};
   std::mutex state_mutex_;
   std::condition_variable state_changed_;
   bool reader_done_ = false;  // guarded by state_mutex_

@@ -99,6 +99,8 @@ core::Settings core_settings(const config::Config& cfg) {
   s.max_contexts_per_sandbox = static_cast<std::size_t>(cfg.server.max_contexts_per_sandbox);
   s.max_terminals = static_cast<std::size_t>(cfg.server.max_terminals);
   s.max_terminals_per_sandbox = static_cast<std::size_t>(cfg.server.max_terminals_per_sandbox);
+  s.max_terminals_per_owner = static_cast<std::size_t>(cfg.server.max_terminals_per_owner);
+  s.max_async_per_owner = static_cast<std::size_t>(cfg.server.max_async_per_owner);
   s.max_file_size = cfg.server.max_file_size;
   s.limits = cfg.limits;
   s.dir_page_max = static_cast<std::size_t>(cfg.listing.max_entries);

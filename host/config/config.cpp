@@ -192,10 +192,12 @@ void read_server(TableReader r, ServerConfig& s) {
   r.boolean("exec_via_processes", s.exec_via_processes);
   r.integer("max_contexts_per_sandbox", s.max_contexts_per_sandbox, 1, 256);
   // An open terminal holds a server thread for as long as its WebSocket is open, so terminals count in the thread
-  // budget below like work slots. Left out: an eighth of the pool (at most 64), less if given work keys need it.
+  // budget below like work slots. Left out: 64, or fewer when the work keys leave fewer threads.
   const bool terminals_given = r.get("max_terminals") != nullptr;
   if (terminals_given) r.integer("max_terminals", s.max_terminals, 0, std::max(0, s.threads / 2));
   r.integer("max_terminals_per_sandbox", s.max_terminals_per_sandbox, 1, 1024);
+  r.integer("max_terminals_per_owner", s.max_terminals_per_owner, 0, 16384);
+  r.integer("max_async_per_owner", s.max_async_per_owner, 0, 256);
   if (const auto* n = r.get("terminal_origins")) {
     if (!n->is_array()) r.fail(*n, "terminal_origins", "expected an array such as [\"https://console.example.com\"]");
     for (const auto& item : *n->as_array()) {
@@ -215,12 +217,14 @@ void read_server(TableReader r, ServerConfig& s) {
   r.duration("work_queue_timeout", s.work_queue_timeout, std::chrono::seconds(1));
   const int headroom = thread_headroom(s.threads);
   const int room = s.threads - headroom;
-  const int terminals = terminals_given ? s.max_terminals : std::min(s.max_terminals, std::max(1, s.threads / 8));
+  // Given terminals are sized first (omitted work keys shrink around them); omitted ones take what the work keys
+  // leave, so that a pool sized for execs keeps its slots (and then may have no thread left for terminals).
+  const int terminals = terminals_given ? s.max_terminals : 0;
   if (!slots_given) {
     s.work_slots = std::max(1, std::min(s.work_slots, room - terminals - (queue_given ? s.work_queue : 0)));
   }
   if (!queue_given) s.work_queue = std::max(0, std::min(s.work_queue, room - terminals - s.work_slots));
-  if (!terminals_given) s.max_terminals = std::max(0, std::min(terminals, room - s.work_slots - s.work_queue));
+  if (!terminals_given) s.max_terminals = std::max(0, std::min(s.max_terminals, room - s.work_slots - s.work_queue));
   if (s.work_slots + s.work_queue + s.max_terminals > room) {
     const auto* node = r.get(terminals_given ? "max_terminals"
                              : queue_given   ? "work_queue"

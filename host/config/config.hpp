@@ -48,8 +48,10 @@ struct ServerConfig {
   int max_connections_per_client = 64;            // open connections per client IP; 0 = no cap
   bool exec_via_processes = false;   // run execs as interactive processes (ABI 1.3) where the driver offers them
   int max_contexts_per_sandbox = 8;  // Python contexts (interpreters) per sandbox, "default" included
-  int max_terminals = 64;            // open terminals (WebSockets) on this berthd; default: min(64, threads / 8)
+  int max_terminals = 64;            // open terminals (WebSockets) on this berthd; default: 64 or what work keys leave
   int max_terminals_per_sandbox = 4;
+  int max_terminals_per_owner = 16;  // 0 = no cap below max_terminals
+  int max_async_per_owner = 64;      // async executions running at once for one owner (of 256); 0 = no cap
   /** Origins (scheme://host[:port]) whose pages may open a terminal besides berthd's own; "*" = any. A handshake
    *  with another Origin header is refused (cross-site WebSocket hijacking); one without (not a browser) is not. */
   std::vector<std::string> terminal_origins;

@@ -109,23 +109,38 @@ AsyncExecutions::~AsyncExecutions() {
     if (w.thread.joinable()) w.thread.join();
 }
 
-std::shared_ptr<AsyncExecution> AsyncExecutions::add(ExecutionView view, std::size_t buffer_bytes) {
+std::shared_ptr<AsyncExecution> AsyncExecutions::add(ExecutionView view, std::size_t buffer_bytes,
+                                                     const std::string& owner, Refusal* why) {
   std::lock_guard lock(mutex_);
   evict_locked(std::chrono::steady_clock::now());
   reap_threads_locked();
-  if (running_ >= max_running_) return nullptr;
-  auto e = std::make_shared<AsyncExecution>(view, buffer_bytes);
+  const auto mine = running_by_owner_.find(owner);
+  const auto why_not = running_ >= max_running_ ? Refusal::server_full
+                       : max_per_owner_ > 0 && mine != running_by_owner_.end() && mine->second >= max_per_owner_
+                           ? Refusal::owner_full
+                           : Refusal::none;
+  if (why) *why = why_not;
+  if (why_not != Refusal::none) return nullptr;
+  auto e = std::make_shared<AsyncExecution>(view, buffer_bytes, owner);
   by_id_[view.id] = e;
   ++running_;
+  ++running_by_owner_[owner];
   return e;
+}
+
+void AsyncExecutions::ended_locked(const AsyncExecution& e) {
+  --running_;
+  if (auto it = running_by_owner_.find(e.owner()); it != running_by_owner_.end() && --it->second == 0) {
+    running_by_owner_.erase(it);
+  }
+  finished_.emplace_back(std::chrono::steady_clock::now(), e.id());
 }
 
 void AsyncExecutions::abandon(const std::shared_ptr<AsyncExecution>& execution,
                               std::chrono::system_clock::time_point at) {
   execution->finish(ExecutionStatus::failed, nullptr, "internal", "the execution could not be started", at);
   std::lock_guard lock(mutex_);
-  --running_;
-  finished_.emplace_back(std::chrono::steady_clock::now(), execution->id());
+  ended_locked(*execution);
 }
 
 std::size_t AsyncExecutions::cancel_all() {
@@ -157,8 +172,7 @@ void AsyncExecutions::start(const std::shared_ptr<AsyncExecution>& execution, st
       }
       {
         std::lock_guard lock(mutex_);
-        --running_;
-        finished_.emplace_back(std::chrono::steady_clock::now(), execution->id());
+        ended_locked(*execution);
       }
       *done = true;
     });

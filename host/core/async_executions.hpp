@@ -63,7 +63,10 @@ struct ExecutionEvents {
  */
 class AsyncExecution {
  public:
-  AsyncExecution(ExecutionView view, std::size_t buffer_bytes) : view_(std::move(view)), cap_(buffer_bytes) {}
+  AsyncExecution(ExecutionView view, std::size_t buffer_bytes, std::string owner = "")
+      : owner_(std::move(owner)), view_(std::move(view)), cap_(buffer_bytes) {}
+  /** The tenant that started it (counted against AsyncExecutions' per-owner cap). */
+  const std::string& owner() const { return owner_; }
 
   /** Buffers a chunk (the oldest ones go when over the cap). Returns false once a cancel was asked for. */
   bool append(const BufferedChunk& chunk);
@@ -82,6 +85,7 @@ class AsyncExecution {
   const std::string& id() const { return view_.id; }
 
  private:
+  std::string owner_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   ExecutionView view_;
@@ -99,13 +103,24 @@ class AsyncExecution {
  */
 class AsyncExecutions {
  public:
+  /** `max_per_owner`: running at once for one owner (0: no cap below max_running). */
   AsyncExecutions(std::size_t max_running, std::size_t max_kept, std::chrono::seconds retention,
-                  std::function<void(const std::string&)> on_cancel)
-      : max_running_(max_running), max_kept_(max_kept), retention_(retention), on_cancel_(std::move(on_cancel)) {}
+                  std::function<void(const std::string&)> on_cancel, std::size_t max_per_owner = 0)
+      : max_running_(max_running),
+        max_per_owner_(max_per_owner),
+        max_kept_(max_kept),
+        retention_(retention),
+        on_cancel_(std::move(on_cancel)) {}
   ~AsyncExecutions();
 
-  /** Registers a new one; nullptr when `max_running` run already. */
-  std::shared_ptr<AsyncExecution> add(ExecutionView view, std::size_t buffer_bytes);
+  /** Why add() refused. */
+  enum class Refusal { none, server_full, owner_full };
+  /**
+   * Registers a new one for `owner`; nullptr (and `why`) when `max_running` run already on this berthd, or
+   * `max_per_owner` for this owner.
+   */
+  std::shared_ptr<AsyncExecution> add(ExecutionView view, std::size_t buffer_bytes, const std::string& owner,
+                                      Refusal* why = nullptr);
   /** Runs `body` on a thread of its own for `execution` (registered by add). */
   void start(const std::shared_ptr<AsyncExecution>& execution, std::function<void()> body);
   std::shared_ptr<AsyncExecution> find(const std::string& id);
@@ -119,9 +134,11 @@ class AsyncExecutions {
 
  private:
   void evict_locked(std::chrono::steady_clock::time_point now);
+  void ended_locked(const AsyncExecution& e);
   void reap_threads_locked();
 
   const std::size_t max_running_;
+  const std::size_t max_per_owner_;
   const std::size_t max_kept_;
   const std::chrono::seconds retention_;
   std::function<void(const std::string&)> on_cancel_;
@@ -129,6 +146,7 @@ class AsyncExecutions {
   std::map<std::string, std::shared_ptr<AsyncExecution>> by_id_;
   std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> finished_;  // eviction order
   std::size_t running_ = 0;
+  std::map<std::string, std::size_t> running_by_owner_;  // entries > 0 only
   struct Worker {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;

@@ -74,7 +74,15 @@ ExecutionView SandboxService::start_async(const std::string& owner, const std::s
   view.kind = kind == ExecKind::python ? "python" : "shell";
   view.created_at = clock_->now();
   auto slot = recorder_.reserve();  // a slow database answers store_unavailable now, before anything runs
-  auto execution = async_.add(view, settings_.async_output_buffer);
+  AsyncExecutions::Refusal refused = AsyncExecutions::Refusal::none;
+  auto execution = async_.add(view, settings_.async_output_buffer, owner, &refused);
+  if (refused == AsyncExecutions::Refusal::owner_full) {
+    throw Error(ErrorCode::rate_limited,
+                "you run " + std::to_string(settings_.max_async_per_owner) +
+                    " async executions on this berthd already, the most one owner may; wait for one to end",
+                {{"reason", "async_executions_per_owner"}, {"limit", std::to_string(settings_.max_async_per_owner)}})
+        .with_retry_after(5s);
+  }
   if (!execution) {
     throw Error(ErrorCode::server_busy,
                 std::to_string(settings_.max_async_executions) + " async executions run on this berthd already",
@@ -89,7 +97,14 @@ ExecutionView SandboxService::start_async(const std::string& owner, const std::s
     throw;
   }
   const bool has_py = py != nullptr;
-  const PythonExecOptions opts = has_py ? *py : PythonExecOptions{};
+  PythonExecOptions opts = has_py ? *py : PythonExecOptions{};
+  if (has_py && !opts.stateless && driver_.supports_processes()) {
+    // Its place in the context's cell queue now, in the order of the requests (its thread may start later).
+    if (auto entry = contexts_.find(id, opts.context_id, true, clock_->now())) {
+      opts.queued_in = entry;
+      opts.queued = std::make_shared<FifoMutex::Ticket>(entry->cell.take());
+    }
+  }
   async_.start(execution, [this, execution, owner, id, kind, code, timeout, cwd, opts, has_py, view] {
     const ExecChunkSink sink = [&](const ExecChunk& c) {
       return execution->append(BufferedChunk{c.sequence, c.stream, c.at, std::string(c.data)});

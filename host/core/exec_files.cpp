@@ -161,6 +161,14 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
                                       const std::string& cwd, const PythonExecOptions* py,
                                       const ExecChunkSink& on_chunk, const std::string& execution_id,
                                       const std::atomic<bool>* cancel) {
+  // An async cell's place in its context's queue is given up whichever way this call ends (else it would block the
+  // cells behind it until the execution's thread is gone).
+  struct LeaveQueue {
+    const PythonExecOptions* py;
+    ~LeaveQueue() {
+      if (py != nullptr && py->queued) py->queued->release();
+    }
+  } leave_queue{py};
   const auto to = checked_exec_request(kind, code, timeout, py);
   std::string capability = kind == ExecKind::python ? "python" : "shell";
   auto row = load_live(owner, id);
@@ -192,7 +200,7 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
   // python/exec in a context: the context's entry, its cell lock held for the whole call (one cell at a time; later
   // callers wait up to their own timeout). Stateless with an event: a one-off kernel, killed at the end.
   std::shared_ptr<PythonContexts::Entry> entry;
-  std::unique_lock<std::timed_mutex> cell_lock;
+  std::shared_ptr<FifoMutex::Ticket> cell_turn;  // held for the whole call once served
   if (py && (!py->stateless || py->event_json)) {
     if (!driver_.supports_processes()) {
       if (py->event_json) {
@@ -216,16 +224,18 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
       }
     }
     if (entry) {
-      cell_lock = std::unique_lock(entry->cell, std::defer_lock);
+      // An async cell took its place when it was started; any other call queues now.
+      cell_turn =
+          py->queued && py->queued_in == entry ? py->queued : std::make_shared<FifoMutex::Ticket>(entry->cell.take());
       const auto wait_until = std::chrono::steady_clock::now() + to;
-      while (!cell_lock.try_lock_for(100ms) && std::chrono::steady_clock::now() < wait_until) {
+      while (!cell_turn->wait(100ms) && std::chrono::steady_clock::now() < wait_until) {
         if (shutting_down_.load()) {
           throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
         }
         if (cancel != nullptr && cancel->load())
           throw DriverError(DriverErrc::cancelled, "the execution was cancelled");
       }
-      if (!cell_lock.owns_lock()) {
+      if (!cell_turn->holds()) {
         throw Error(ErrorCode::conflict,
                     "context '" + entry->id + "' of sandbox '" + id +
                         "' ran another cell for longer than this call's " + std::to_string(to.count()) + "s timeout",

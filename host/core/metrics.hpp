@@ -90,6 +90,8 @@ struct LifecycleSnapshot {
   /** Running (ready) sessions by transport (core::transport_of their endpoint; "none" without one). */
   std::map<std::string, std::int64_t> sessions_running_by_transport;
   std::uint64_t store_transaction_retries = 0;
+  std::int64_t terminals_open = 0;            // this berthd's open terminals (WebSockets)
+  std::int64_t async_executions_running = 0;  // this berthd's running async executions
 };
 
 }  // namespace berth::core

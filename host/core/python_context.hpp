@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/driver.hpp"
+#include "core/fifo_mutex.hpp"
 
 namespace berth::core {
 
@@ -157,7 +158,7 @@ class PythonContexts {
     ContextSpec spec;
     std::chrono::system_clock::time_point created_at;
     std::optional<std::chrono::system_clock::time_point> last_used_at;
-    std::timed_mutex cell;  // one cell at a time; later callers wait (up to their timeout)
+    FifoMutex cell;  // one cell at a time; later callers wait (up to their timeout), first come first served
     // Guarded by PythonContexts::mutex_ (read by list while a cell runs):
     std::shared_ptr<PythonKernel> kernel;
     std::string session_id;      // the session the kernel runs in

@@ -515,6 +515,8 @@ SandboxView SandboxService::extend_ttl(const std::string& owner, const std::stri
 
 LifecycleSnapshot SandboxService::lifecycle_snapshot() {
   LifecycleSnapshot snap;
+  snap.terminals_open = static_cast<std::int64_t>(terminals_open());
+  snap.async_executions_running = static_cast<std::int64_t>(async_.running());
   std::map<std::string, SS> session_state;
   for (auto& s : store_.list_active_sessions()) {
     if (s.state == SS::starting) ++snap.sessions_starting;

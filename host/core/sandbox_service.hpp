@@ -62,10 +62,12 @@ struct Settings {
   std::chrono::milliseconds context_start_wait{30'000};   // for a kernel's ready frame after process_start
   std::chrono::milliseconds cell_interrupt_grace{2'000};  // after a cell's SIGINT, before its kernel is killed
   std::size_t max_async_executions = 256;                 // running at once on this berthd (server_busy beyond)
-  std::size_t async_output_buffer = 1 << 20;              // bytes of output kept per async execution for replay
-  std::chrono::seconds async_retention{3600};             // a finished one stays in memory this long (then: history)
-  std::size_t max_terminals = 64;                         // terminals open at once on this berthd (server_busy beyond)
-  std::size_t max_terminals_per_sandbox = 4;              // terminals open at once on one sandbox (conflict beyond)
+  std::size_t max_async_per_owner = 64;        // running at once for one owner (rate_limited beyond); 0: no cap
+  std::size_t async_output_buffer = 1 << 20;   // bytes of output kept per async execution for replay
+  std::chrono::seconds async_retention{3600};  // a finished one stays in memory this long (then: history)
+  std::size_t max_terminals = 64;              // terminals open at once on this berthd (server_busy beyond)
+  std::size_t max_terminals_per_sandbox = 4;   // terminals open at once on one sandbox (conflict beyond)
+  std::size_t max_terminals_per_owner = 16;    // terminals open at once for one owner (rate_limited); 0: no cap
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -147,6 +149,10 @@ struct PythonExecOptions {
   std::string context_id = "default";     // the context whose kernel runs the cell
   bool stateless = false;                 // a fresh `python3 -` (no context), as before contexts
   std::optional<std::string> event_json;  // handler(event): the event as JSON text (validated by the caller)
+  // Internal (start_async): the context's place in its cell queue, taken when the async execution was started, so
+  // that async cells run in the order they were started. Used only if `queued_in` is still the context's entry.
+  std::shared_ptr<const void> queued_in;
+  std::shared_ptr<FifoMutex::Ticket> queued;
 };
 
 struct ExecOutcome {
@@ -277,7 +283,8 @@ class SandboxService {
    * Starts an exec (exec() or run_python() when `py` is given) that runs on after this call returns: the checks an
    * exec makes before it runs throw here (validation_error, not_found, capability_not_supported, ...), then the
    * execution is registered, its history record written as running, and the view (status running) returned.
-   * server_busy (Retry-After) when Settings::max_async_executions run already. Its output is buffered
+   * server_busy (Retry-After) when Settings::max_async_executions run already, rate_limited (Retry-After) when the
+   * owner runs Settings::max_async_per_owner. Its output is buffered
    * (Settings::async_output_buffer bytes, oldest first out) for execution_events(); its result lands in the history.
    */
   ExecutionView start_async(const std::string& owner, const std::string& id, ExecKind kind, const std::string& code,
@@ -306,8 +313,8 @@ class SandboxService {
    * session too, if the sandbox is idle), with TERM=`spec.term`. The caller owns it; while it lives the sandbox counts
    * as in use (see Terminal). Throws Error: validation_error (rows, cols, term), not_found, capability_not_supported
    * (the profile lacks "shell", or the driver or session has no PTY processes), conflict at
-   * Settings::max_terminals_per_sandbox, server_busy (Retry-After) at Settings::max_terminals, shutting_down, plus
-   * what starting a session throws.
+   * Settings::max_terminals_per_sandbox, rate_limited (Retry-After) at Settings::max_terminals_per_owner, server_busy
+   * (Retry-After) at Settings::max_terminals, shutting_down, plus what starting a session throws.
    */
   std::unique_ptr<Terminal> open_terminal(const std::string& owner, const std::string& id, const TerminalSpec& spec);
   /** Terminals open now on this berthd. */
@@ -578,7 +585,8 @@ class SandboxService {
   std::mutex engine_exec_mutex_;
   std::set<std::string> engine_exec_sessions_;  // session ids whose process_start said unsupported (bounded, see .cpp)
   mutable std::mutex terminals_mutex_;
-  std::map<std::string, std::size_t> terminals_;  // sandbox id -> open terminals (entries > 0 only)
+  std::map<std::string, std::size_t> terminals_;           // sandbox id -> open terminals (entries > 0 only)
+  std::map<std::string, std::size_t> terminals_by_owner_;  // owner -> open terminals (entries > 0 only)
   std::size_t terminals_open_ = 0;
   PythonContexts contexts_;  // the kernels (processes): killed before the driver goes (the service's destructor)
   // Destroyed before the members above (and before the store): drains what is pending into the store.
@@ -590,7 +598,8 @@ class SandboxService {
   // Last member: destroyed first, it cancels the running async executions and joins their threads (they use all of
   // the above).
   AsyncExecutions async_{settings_.max_async_executions, 100, settings_.async_retention,
-                         [this](const std::string& id) { in_flight_.cancel_tagged(id); }};
+                         [this](const std::string& id) { in_flight_.cancel_tagged(id); },
+                         settings_.max_async_per_owner};
 };
 
 /** Maps a driver failure to the core's vocabulary (unavailable -> driver_unavailable with Retry-After, ...). */

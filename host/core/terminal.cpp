@@ -83,7 +83,7 @@ void Terminal::resize(std::uint16_t rows, std::uint16_t cols) {
 }
 
 ProcessEvent Terminal::next_event(std::chrono::milliseconds wait) {
-  if (closing()) close();
+  if (shutting_down()) close();
   if (ended_.load()) return last_exit_;
   ProcessEvent ev;
   try {
@@ -93,13 +93,14 @@ ProcessEvent Terminal::next_event(std::chrono::milliseconds wait) {
     if (e.code() != DriverErrc::conflict && e.code() != DriverErrc::not_found) throw;
     ev.kind = ProcessEvent::Kind::exit;
     ev.exit.killed = true;
-    session_ended_ = !closing();
+    ev.exit.signal = 9;  // what ended it, as far as anyone can tell: the container's end
+    ev.exit.exit_code = 128 + 9;
   }
   if (ev.kind == ProcessEvent::Kind::exit) {
     // Not ended by close() or a shutdown: either the shell exited, or its session ended under it (stop, delete,
     // expiry, disk limit). Only the session's state tells them apart (a stopped container's shell may report a
     // plain exit by SIGKILL/SIGTERM).
-    if (!session_ended_ && !closing() && hooks_.session_running) session_ended_ = !hooks_.session_running();
+    if (!closing() && hooks_.session_running) session_ended_ = !hooks_.session_running();
     last_exit_ = ev;
     ended_ = true;
   }
@@ -113,6 +114,7 @@ ProcessEvent Terminal::next_event(std::chrono::milliseconds wait) {
 
 void Terminal::close() {
   closed_ = true;
+  if (killed_.exchange(true)) return;
   try {
     process_->kill();
   } catch (const DriverError&) {
@@ -144,6 +146,14 @@ std::unique_ptr<Terminal> SandboxService::open_terminal(const std::string& owner
                   {{"reason", "terminal_limit"}, {"limit", std::to_string(settings_.max_terminals)}})
           .with_retry_after(5s);
     }
+    if (settings_.max_terminals_per_owner > 0 && terminals_by_owner_.count(owner) &&
+        terminals_by_owner_[owner] >= settings_.max_terminals_per_owner) {
+      throw Error(ErrorCode::rate_limited,
+                  "you have " + std::to_string(settings_.max_terminals_per_owner) +
+                      " terminals open on this berthd, the most one owner may; close one first",
+                  {{"reason", "terminals_per_owner"}, {"limit", std::to_string(settings_.max_terminals_per_owner)}})
+          .with_retry_after(5s);
+    }
     auto& per_sandbox = terminals_[id];
     if (per_sandbox >= settings_.max_terminals_per_sandbox) {
       throw Error(ErrorCode::conflict,
@@ -152,11 +162,13 @@ std::unique_ptr<Terminal> SandboxService::open_terminal(const std::string& owner
                   {{"sandbox_id", id}, {"limit", std::to_string(settings_.max_terminals_per_sandbox)}});
     }
     ++per_sandbox;
+    ++terminals_by_owner_[owner];
     ++terminals_open_;
   }
-  auto release = [this, id] {
+  auto release = [this, id, owner] {
     std::lock_guard lock(terminals_mutex_);
     if (--terminals_[id] == 0) terminals_.erase(id);
+    if (--terminals_by_owner_[owner] == 0) terminals_by_owner_.erase(owner);
     --terminals_open_;
   };
   struct SlotGuard {

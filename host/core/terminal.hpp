@@ -86,7 +86,9 @@ class Terminal {
    */
   bool session_ended() const { return session_ended_; }
   /** True once close() was called or the daemon began shutting down (the in-use token was cancelled). */
-  bool closing() const { return closed_.load() || in_use_.token().cancelled(); }
+  bool closing() const { return closed_.load() || shutting_down(); }
+  /** True once the service began shutting down (SandboxService::begin_shutdown cancelled the in-use token). */
+  bool shutting_down() const { return in_use_.token().cancelled(); }
 
  private:
   std::string sandbox_id_;
@@ -96,6 +98,7 @@ class Terminal {
   InFlightCalls::Guard in_use_;
   Hooks hooks_;
   std::atomic<bool> closed_{false};
+  std::atomic<bool> killed_{false};  // Process::kill was called (once is enough)
   std::atomic<bool> ended_{false};
   bool session_ended_ = false;                                                           // next_event's thread only
   ProcessEvent last_exit_;                                                               // repeated once ended_

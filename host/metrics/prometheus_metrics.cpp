@@ -119,6 +119,14 @@ struct PrometheusMetrics::Impl {
           .Help("Running sessions by how berthd reaches them (agent, engine-exec, ...), when scraped.")
           .Register(*registry);
   std::map<std::string, Gauge*> sessions_by_transport;  // guarded like the rest of render()
+  Family<Gauge>& terminals = prometheus::BuildGauge()
+                                 .Name("berth_terminals_open")
+                                 .Help("Terminals (WebSockets) this berthd holds open, when scraped.")
+                                 .Register(*registry);
+  Family<Gauge>& async_running = prometheus::BuildGauge()
+                                     .Name("berth_async_executions_running")
+                                     .Help("Async executions running on this berthd, when scraped.")
+                                     .Register(*registry);
   Family<Gauge>& uptime = prometheus::BuildGauge()
                               .Name("berth_uptime_seconds")
                               .Help("Seconds since the metrics registry (berthd) started.")
@@ -282,6 +290,8 @@ std::string PrometheusMetrics::render(const core::LifecycleSnapshot& snapshot) {
     metric->Set(static_cast<double>(n));
   }
   sync_counter(*m.store_retry_counter, static_cast<double>(snapshot.store_transaction_retries));
+  m.terminals.Add({}).Set(static_cast<double>(snapshot.terminals_open));
+  m.async_running.Add({}).Set(static_cast<double>(snapshot.async_executions_running));
   m.uptime.Add({}).Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - m.started).count());
 
   auto p = read_process_stats();

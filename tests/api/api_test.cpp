@@ -2184,6 +2184,46 @@ TEST_CASE("async: an execution survives its client, keeps the sandbox from idlin
   CHECK(events.events[0].event == "error");
 }
 
+TEST_CASE("async: one owner cannot take every async slot of a berthd") {
+  BerthdProcess berthd(BerthdConfig{"max_async_per_owner = 2\n", "",
+                                    "[auth]\nallow_anonymous = false\n[auth.keys]\n"
+                                    "\"alice-key-0123456789\" = \"alice\"\n\"bob-key-0123456789\" = \"bob\"\n"
+                                    "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"});
+  HttpClient alice(berthd.port(), "alice-key-0123456789");
+  HttpClient bob(berthd.port(), "bob-key-0123456789");
+  const std::string sleep = R"J({"command":"sleep 3","async":true})J";
+  for (int i = 0; i < 2; ++i) {
+    const auto id = create_id(alice);
+    require_json(alice.post(sb(id) + "/shell/exec", sleep), 202);
+  }
+  const auto third = create_id(alice);
+  auto refused = require_error(alice.post(sb(third) + "/shell/exec", sleep), 429, "rate_limited");
+  CHECK(refused->getObject("details")->getValue<std::string>("reason") == "async_executions_per_owner");
+  CHECK(retry_after(alice.post(sb(third) + "/shell/exec", sleep)) == 5);
+  // Another tenant is not affected, and a synchronous exec of the same owner still runs.
+  const auto bobs = create_id(bob);
+  require_json(bob.post(sb(bobs) + "/shell/exec", sleep), 202);
+  CHECK(require_json(alice.post(sb(third) + "/shell/exec", R"J({"command":"echo sync"})J"), 200)
+            ->getValue<std::string>("output") == "sync\n");
+}
+
+TEST_CASE("async: cells of one context run in the order they were started, behind a busy one") {
+  auto c = shared_client();
+  auto id = create_id(c);
+  REQUIRE(data_text(run_cell(c, id, "x = 0\nx")) == "0");
+  // The first holds the context; the others queue behind it, each taking its place when its 202 is answered.
+  std::vector<std::string> ids;
+  ids.push_back(str(
+      require_json(c.post(sb(id) + "/python/exec", R"J({"code":"time.sleep(1)\nx = 1","async":true})J"), 202), "id"));
+  for (int i = 2; i <= 7; ++i) {
+    const std::string body = R"J({"code":"x = x * 10 + )J" + std::to_string(i) + R"J(","async":true})J";
+    ids.push_back(str(require_json(c.post(sb(id) + "/python/exec", body), 202), "id"));
+  }
+  for (const auto& e : ids)
+    CHECK(str(wait_status(c, id, e, "succeeded"), "status") == "succeeded");
+  CHECK(data_text(run_cell(c, id, "x")) == "1234567");
+}
+
 TEST_CASE("async: a cancel reaches an execution still waiting for its context, and a result beats a late cancel") {
   auto c = shared_client();
   auto id = create_id(c);

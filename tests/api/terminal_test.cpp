@@ -24,14 +24,27 @@ using Poco::JSON::Object;
 
 namespace {
 
+/** Waits until berthd holds no terminal open (a closed one frees its slot once its handler has finished). */
+bool no_terminals_open(const HttpClient& c) {
+  for (int i = 0; i < 200; ++i) {
+    if (c.get("/metrics").body.find("\nberth_terminals_open 0\n") != std::string::npos) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
 BerthdProcess& terminal_berthd() {
   // A short transfer-rate window: an idle terminal would be cut within seconds if the watchdog judged it.
   static BerthdProcess process(
-      BerthdConfig{"max_terminals_per_sandbox = 2\nmin_transfer_rate = 1024\ntransfer_rate_window = \"1s\"\n", "",
+      BerthdConfig{"max_terminals_per_sandbox = 2\nmax_terminals_per_owner = 3\nmin_transfer_rate = 1024\n"
+                   "transfer_rate_window = \"1s\"\n",
+                   "",
                    "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"
                    "[profiles.default]\n"
                    "[profiles.noshell]\ncapabilities = [\"python\"]\n"
                    "[profiles.brief]\nidle_timeout = \"1s\"\n"});
+  // Every case starts with no terminal open: the slots of the last case's terminals are free again.
+  REQUIRE(no_terminals_open(HttpClient(process.port())));
   return process;
 }
 
@@ -119,6 +132,7 @@ TEST_CASE("terminal: types echo hi and reads hi back, resizes, and closes cleanl
   CHECK(ready->getValue<std::string>("session_id") == sandbox->getValue<std::string>("session_id"));
 
   REQUIRE(t.read_output("$ ", 10s));
+  CHECK(c.get("/metrics").body.find("\nberth_terminals_open 1\n") != std::string::npos);
   t.type("echo hi\r");  // Enter is a carriage return, as a terminal sends it
   // The echo of what was typed, then the command's own line.
   REQUIRE(t.read_output("echo hi\r\nhi\r\n", 10s));
@@ -137,6 +151,7 @@ TEST_CASE("terminal: types echo hi and reads hi back, resizes, and closes cleanl
   // The shell was ended with the connection (core's terminal.close) and the connection logged how it ended.
   REQUIRE(berthd.wait_for_log("terminal.close sandbox=" + id, 10s));
   REQUIRE(berthd.wait_for_log("terminal.closed request_id=" + ready->getValue<std::string>("request_id"), 10s));
+  CHECK(no_terminals_open(c));
 }
 
 TEST_CASE("terminal: the size and TERM come from the query", "[terminal]") {
@@ -273,6 +288,7 @@ TEST_CASE("terminal: refusals before the upgrade are ordinary error envelopes", 
     same.close();
     CHECK(same.read_close(10s));
   }
+  REQUIRE(no_terminals_open(c));
 
   // At most 2 terminals per sandbox here; closing one frees its slot.
   TerminalClient one(berthd.port(), terminal_uri(id));
@@ -280,6 +296,17 @@ TEST_CASE("terminal: refusals before the upgrade are ordinary error envelopes", 
   REQUIRE(one.read_output("$ ", 10s));
   REQUIRE(two.read_output("$ ", 10s));
   require_error(handshake(berthd.port(), terminal_uri(id), upgrade_headers()), 409, "conflict");
+  {
+    // One owner may hold 3 terminals here, over all its sandboxes.
+    const auto other = create(c);
+    TerminalClient third(berthd.port(), terminal_uri(other));
+    REQUIRE(third.read_output("$ ", 10s));
+    auto over = handshake(berthd.port(), terminal_uri(other), upgrade_headers());
+    require_error(over, 429, "rate_limited", "terminals_per_owner");
+    CHECK(over.header("Retry-After") == "5");
+    third.close();
+    REQUIRE(third.read_close(10s));
+  }
   one.close();
   REQUIRE(one.read_close(10s));
   bool reopened = false;

@@ -106,7 +106,7 @@ class TerminalClient {
       } else if (op == Poco::Net::WebSocket::FRAME_OP_PING) {
         ++pings;
         ws_->sendFrame(payload.data(), static_cast<int>(payload.size()),
-                       Poco::Net::WebSocket::FRAME_FLAG_FIN | Poco::Net::WebSocket::FRAME_OP_PONG);
+                       Poco::Net::WebSocket::FRAME_FLAG_FIN | static_cast<int>(Poco::Net::WebSocket::FRAME_OP_PONG));
       } else if (op == Poco::Net::WebSocket::FRAME_OP_PONG) {
         pong = payload;
       } else if (op == Poco::Net::WebSocket::FRAME_OP_CLOSE) {

@@ -125,19 +125,22 @@ TEST_CASE("capacity keys: defaults, shrink-to-fit for small pools, and explicit 
   CHECK(defaults.server.work_queue_timeout == std::chrono::seconds(120));
 
   // A small pool without explicit work keys: slots and queue shrink so that headroom stays free.
-  // Terminals hold a thread each while open: an eighth of the pool is kept for them (at most 64).
+  // Terminals hold a thread each while open: left out, they take what the work keys leave (at most 64), so a
+  // pool sized for execs keeps its slots.
   CHECK(defaults.server.max_terminals == 64);
   auto small = parse(d + "[server]\nthreads = 64\n", "t.toml");
-  CHECK(small.server.work_slots == 40);
+  CHECK(small.server.work_slots == 48);
   CHECK(small.server.work_queue == 0);
-  CHECK(small.server.max_terminals == 8);
+  CHECK(small.server.max_terminals == 0);
   auto tiny = parse(d + "[server]\nthreads = 8\n", "t.toml");
-  CHECK(tiny.server.work_slots == 5);
+  CHECK(tiny.server.work_slots == 6);
   CHECK(tiny.server.work_queue == 0);
-  CHECK(tiny.server.max_terminals == 1);
-  // Given work keys keep their meaning: terminals shrink to what is left (here none).
-  auto full = parse(d + "[server]\nthreads = 32\nwork_slots = 4\nwork_queue = 20\n", "t.toml");
-  CHECK(full.server.max_terminals == 0);
+  auto room = parse(d + "[server]\nthreads = 32\nwork_slots = 4\nwork_queue = 12\n", "t.toml");
+  CHECK(room.server.max_terminals == 8);
+  // Given terminals come first: omitted work keys shrink around them.
+  auto given_terminals = parse(d + "[server]\nthreads = 64\nmax_terminals = 8\n", "t.toml");
+  CHECK(given_terminals.server.work_slots == 40);
+  CHECK(given_terminals.server.max_terminals == 8);
   // Given terminals count in the rule.
   CHECK(error_of(d + "[server]\nthreads = 32\nwork_slots = 4\nwork_queue = 12\nmax_terminals = 16\n")
             .find("server.max_terminals: work_slots (4) + work_queue (12) + max_terminals (16) + 8 threads kept for "

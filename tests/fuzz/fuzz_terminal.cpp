@@ -11,6 +11,7 @@
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/StreamSocket.h>
 #include <unistd.h>
+#include <utf8.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -37,11 +38,21 @@ const std::string* g_input = nullptr;
   std::abort();
 }
 
-std::string read_all(Poco::Net::StreamSocket& s, bool& timed_out) {
+/** Everything until the peer closes; `timed_out` when that takes longer than `limit` in all (not per read). */
+std::string read_all(Poco::Net::StreamSocket& s, bool& timed_out,
+                     std::chrono::seconds limit = std::chrono::seconds(20)) {
   std::string out;
   char buf[65536];
   timed_out = false;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
   for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    s.setReceiveTimeout(Poco::Timespan(left.count() / 1000, static_cast<long>(left.count() % 1000) * 1000));
     try {
       int n = s.receiveBytes(buf, sizeof buf);
       if (n <= 0) break;
@@ -71,6 +82,7 @@ void check_frames(const std::string& a, std::size_t pos) {
   static const std::set<std::string> kTypes{"ready", "error", "exit"};
   static const std::set<int> kCloseCodes{1000, 1001, 1002, 1007, 1009, 1011};
   bool first_text = true, closed = false;
+  auto utf8 = [](const std::string& t) { return utf8::is_valid(t.begin(), t.end()); };
   while (pos < a.size()) {
     if (closed) fail("a frame after the close frame", a);
     if (pos + 2 > a.size()) fail("truncated frame header", a);
@@ -95,6 +107,7 @@ void check_frames(const std::string& a, std::size_t pos) {
     if (op >= 8 && len > 125) fail("a control frame over 125 bytes", a);
     switch (op) {
       case 1: {  // text: a control message
+        if (!utf8(payload)) fail("a text frame that is not UTF-8", a);
         Poco::JSON::Object::Ptr o;
         try {
           o = Poco::JSON::Parser().parse(payload).extract<Poco::JSON::Object::Ptr>();
@@ -112,9 +125,11 @@ void check_frames(const std::string& a, std::size_t pos) {
       case 10:  // pong (the answer to the client's ping)
         break;
       case 8:
-        if (len >= 2) {
+        if (len < 2) fail("a close frame without a code", a);
+        {
           const int code = (static_cast<unsigned char>(payload[0]) << 8) | static_cast<unsigned char>(payload[1]);
           if (!kCloseCodes.count(code)) fail("close code " + std::to_string(code), a);
+          if (!utf8(payload.substr(2))) fail("a close reason that is not UTF-8", a);
         }
         closed = true;
         break;
@@ -122,6 +137,8 @@ void check_frames(const std::string& a, std::size_t pos) {
         fail("opcode " + std::to_string(op), a);
     }
   }
+  // The client half-closed (or sent its close): berthd always answers with a close frame before it hangs up.
+  if (!closed) fail("the connection ended without a close frame", a);
 }
 
 void stop_daemon() {
@@ -130,7 +147,7 @@ void stop_daemon() {
 
 void start_daemon() {
   g_daemon = new berth::fuzz::FuzzDaemon;
-  berth::fuzz::launch(*g_daemon, "fuzz-terminal", "max_connections_per_client = 0\nthreads = 64\n");
+  berth::fuzz::launch(*g_daemon, "fuzz-terminal", "max_connections_per_client = 0\nthreads = 64\nmax_terminals = 8\n");
   bool up = false;
   for (int i = 0; i < 200 && !up; ++i) {
     try {
@@ -167,7 +184,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   g_input = &input;
   Poco::Net::StreamSocket s;
   s.connect(Poco::Net::SocketAddress("127.0.0.1", g_daemon->port));
-  s.setReceiveTimeout(Poco::Timespan(30, 0));  // berthd closes within its 5 s close wait; 30 s is a hang
+  s.setReceiveTimeout(Poco::Timespan(20, 0));
   s.setSendTimeout(Poco::Timespan(30, 0));
   const std::string handshake = "GET /v1/sandboxes/" + g_sandbox +
                                 "/terminal HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -186,7 +203,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   bool timed_out = false;
   const std::string answer = read_all(s, timed_out);
-  if (timed_out) fail("berthd did not close the connection within 30 s", answer);
+  // berthd closes within its 2 s exit wait plus 5 s close wait: 20 s in all is a hang.
+  if (timed_out) fail("berthd did not close the connection within 20 s", answer);
   const auto head_end = answer.find("\r\n\r\n");
   if (answer.rfind("HTTP/1.1 101 Switching Protocols\r\n", 0) != 0 || head_end == std::string::npos) {
     fail("no 101 for a valid handshake", answer);
