@@ -4,8 +4,10 @@
 #pragma once
 
 #include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/StreamSocket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
@@ -55,6 +57,38 @@ inline void launch(FuzzDaemon& d, const std::string& name, const std::string& se
       d.cv.wait(lock, [&d] { return d.stop; });
     });
   });
+}
+
+/**
+ * Everything the peer sends on `s` until it closes (a reset after the answer ends it too); `timed_out` when that
+ * takes longer than `limit` in all, not per read (a peer that keeps sending but never closes is a hang).
+ */
+inline std::string read_until_closed(Poco::Net::StreamSocket& s, bool& timed_out,
+                                     std::chrono::seconds limit = std::chrono::seconds(20)) {
+  std::string out;
+  char buf[65536];
+  timed_out = false;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    s.setReceiveTimeout(Poco::Timespan(left.count() / 1000, static_cast<long>(left.count() % 1000) * 1000));
+    try {
+      int n = s.receiveBytes(buf, sizeof buf);
+      if (n <= 0) break;
+      out.append(buf, static_cast<std::size_t>(n));
+    } catch (const Poco::TimeoutException&) {
+      timed_out = true;
+      break;
+    } catch (const Poco::Exception&) {
+      break;  // reset after the answer
+    }
+  }
+  return out;
 }
 
 /** Lets run_daemon return, joins its thread and removes the directory. Safe to call twice. */

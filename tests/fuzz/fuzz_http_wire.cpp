@@ -67,21 +67,7 @@ std::string converse(const std::string& input, bool& timed_out) {
   } catch (const Poco::Exception&) {
     // berthd closed first (a refused head): read what it said
   }
-  std::string out;
-  char buf[65536];
-  for (;;) {
-    try {
-      int n = s.receiveBytes(buf, sizeof buf);
-      if (n <= 0) break;
-      out.append(buf, static_cast<std::size_t>(n));
-    } catch (const Poco::TimeoutException&) {
-      timed_out = true;
-      break;
-    } catch (const Poco::Exception&) {
-      break;  // reset after the answer
-    }
-  }
-  return out;
+  return berth::fuzz::read_until_closed(s, timed_out, std::chrono::seconds(30));
 }
 
 std::size_t count(std::string_view s, std::string_view what) {

@@ -38,35 +38,6 @@ const std::string* g_input = nullptr;
   std::abort();
 }
 
-/** Everything until the peer closes; `timed_out` when that takes longer than `limit` in all (not per read). */
-std::string read_all(Poco::Net::StreamSocket& s, bool& timed_out,
-                     std::chrono::seconds limit = std::chrono::seconds(20)) {
-  std::string out;
-  char buf[65536];
-  timed_out = false;
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      timed_out = true;
-      break;
-    }
-    s.setReceiveTimeout(Poco::Timespan(left.count() / 1000, static_cast<long>(left.count() % 1000) * 1000));
-    try {
-      int n = s.receiveBytes(buf, sizeof buf);
-      if (n <= 0) break;
-      out.append(buf, static_cast<std::size_t>(n));
-    } catch (const Poco::TimeoutException&) {
-      timed_out = true;
-      break;
-    } catch (const Poco::Exception&) {
-      break;  // reset after the answer
-    }
-  }
-  return out;
-}
-
 /** A plain HTTP exchange (Connection: close) for the set-up: the whole answer. */
 std::string http(const std::string& request) {
   Poco::Net::StreamSocket s;
@@ -74,7 +45,7 @@ std::string http(const std::string& request) {
   s.setReceiveTimeout(Poco::Timespan(30, 0));
   s.sendBytes(request.data(), static_cast<int>(request.size()));
   bool t = false;
-  return read_all(s, t);
+  return berth::fuzz::read_until_closed(s, t);
 }
 
 /** Checks everything berthd sent after the 101's head. */
@@ -202,7 +173,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // berthd closed first (a frame it refused): read what it said
   }
   bool timed_out = false;
-  const std::string answer = read_all(s, timed_out);
+  const std::string answer = berth::fuzz::read_until_closed(s, timed_out);
   // berthd closes within its 2 s exit wait plus 5 s close wait: 20 s in all is a hang.
   if (timed_out) fail("berthd did not close the connection within 20 s", answer);
   const auto head_end = answer.find("\r\n\r\n");
