@@ -151,6 +151,7 @@ class TerminalLink {
     } catch (const Poco::Exception& e) {
       sending_.store(false);
       broken_ = true;  // the client is gone, or did not read for kClientSilence (the send timeout)
+      note_end_locked(ctx_.shutting_down.load() ? kGoingAway : kAbnormal, "a send failed: " + e.displayText());
       log::info("terminal.send_failed", {{"request_id", request_id_}, {"error", e.displayText()}});
     }
     return false;

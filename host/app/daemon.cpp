@@ -99,8 +99,11 @@ core::Settings core_settings(const config::Config& cfg) {
   s.max_contexts_per_sandbox = static_cast<std::size_t>(cfg.server.max_contexts_per_sandbox);
   s.max_terminals = static_cast<std::size_t>(cfg.server.max_terminals);
   s.max_terminals_per_sandbox = static_cast<std::size_t>(cfg.server.max_terminals_per_sandbox);
-  s.max_terminals_per_owner = static_cast<std::size_t>(cfg.server.max_terminals_per_owner);
-  s.max_async_per_owner = static_cast<std::size_t>(cfg.server.max_async_per_owner);
+  // Per-owner caps share a berthd between tenants; without tenant keys every caller is the one anonymous owner,
+  // and a per-owner cap would only lower the server's own limits.
+  const bool tenants = !cfg.auth.keys.empty();
+  s.max_terminals_per_owner = tenants ? static_cast<std::size_t>(cfg.server.max_terminals_per_owner) : 0;
+  s.max_async_per_owner = tenants ? static_cast<std::size_t>(cfg.server.max_async_per_owner) : 0;
   s.max_file_size = cfg.server.max_file_size;
   s.limits = cfg.limits;
   s.dir_page_max = static_cast<std::size_t>(cfg.listing.max_entries);

@@ -217,14 +217,13 @@ void read_server(TableReader r, ServerConfig& s) {
   r.duration("work_queue_timeout", s.work_queue_timeout, std::chrono::seconds(1));
   const int headroom = thread_headroom(s.threads);
   const int room = s.threads - headroom;
-  // Given terminals are sized first (omitted work keys shrink around them); omitted ones take what the work keys
-  // leave, so that a pool sized for execs keeps its slots (and then may have no thread left for terminals).
-  const int terminals = terminals_given ? s.max_terminals : 0;
-  if (!slots_given) {
-    s.work_slots = std::max(1, std::min(s.work_slots, room - terminals - (queue_given ? s.work_queue : 0)));
-  }
-  if (!queue_given) s.work_queue = std::max(0, std::min(s.work_queue, room - terminals - s.work_slots));
-  if (!terminals_given) s.max_terminals = std::max(0, std::min(s.max_terminals, room - s.work_slots - s.work_queue));
+  // Keys left out are sized in the order slots, terminals, queue around the ones given: a pool sized for execs keeps
+  // its slots, terminals come before the (optional) queue, and the queue takes the rest.
+  const int given_terminals = terminals_given ? s.max_terminals : 0;
+  const int given_queue = queue_given ? s.work_queue : 0;
+  if (!slots_given) s.work_slots = std::max(1, std::min(s.work_slots, room - given_terminals - given_queue));
+  if (!terminals_given) s.max_terminals = std::max(0, std::min(s.max_terminals, room - s.work_slots - given_queue));
+  if (!queue_given) s.work_queue = std::max(0, std::min(s.work_queue, room - s.work_slots - s.max_terminals));
   if (s.work_slots + s.work_queue + s.max_terminals > room) {
     const auto* node = r.get(terminals_given ? "max_terminals"
                              : queue_given   ? "work_queue"

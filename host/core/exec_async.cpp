@@ -97,13 +97,19 @@ ExecutionView SandboxService::start_async(const std::string& owner, const std::s
     throw;
   }
   const bool has_py = py != nullptr;
-  PythonExecOptions opts = has_py ? *py : PythonExecOptions{};
-  if (has_py && !opts.stateless && driver_.supports_processes()) {
-    // Its place in the context's cell queue now, in the order of the requests (its thread may start later).
-    if (auto entry = contexts_.find(id, opts.context_id, true, clock_->now())) {
-      opts.queued_in = entry;
-      opts.queued = std::make_shared<FifoMutex::Ticket>(entry->cell.take());
+  PythonExecOptions opts;
+  try {
+    if (has_py) opts = *py;
+    if (has_py && !opts.stateless && driver_.supports_processes()) {
+      // Its place in the context's cell queue now, in the order of the requests (its thread may start later).
+      if (auto entry = contexts_.find(id, opts.context_id, true, clock_->now())) {
+        opts.queued_in = entry;
+        opts.queued = std::make_shared<FifoMutex::Ticket>(entry->cell.take());
+      }
     }
+  } catch (...) {
+    async_.abandon(execution, clock_->now());  // registered but never started: its slots are given back
+    throw;
   }
   async_.start(execution, [this, execution, owner, id, kind, code, timeout, cwd, opts, has_py, view] {
     const ExecChunkSink sink = [&](const ExecChunk& c) {

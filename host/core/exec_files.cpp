@@ -225,6 +225,7 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
     }
     if (entry) {
       // An async cell took its place when it was started; any other call queues now.
+      if (py->queued && py->queued_in != entry) py->queued->release();  // its context was replaced meanwhile
       cell_turn =
           py->queued && py->queued_in == entry ? py->queued : std::make_shared<FifoMutex::Ticket>(entry->cell.take());
       const auto wait_until = std::chrono::steady_clock::now() + to;

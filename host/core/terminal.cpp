@@ -91,6 +91,7 @@ ProcessEvent Terminal::next_event(std::chrono::milliseconds wait) {
   } catch (const DriverError& e) {
     // The engine drivers report a process whose session went away as conflict/not_found, not as an exit.
     if (e.code() != DriverErrc::conflict && e.code() != DriverErrc::not_found) throw;
+    session_ended_ = !closing();  // the driver says the session is gone (a stale store row cannot say otherwise)
     ev.kind = ProcessEvent::Kind::exit;
     ev.exit.killed = true;
     ev.exit.signal = 9;  // what ended it, as far as anyone can tell: the container's end
@@ -100,7 +101,7 @@ ProcessEvent Terminal::next_event(std::chrono::milliseconds wait) {
     // Not ended by close() or a shutdown: either the shell exited, or its session ended under it (stop, delete,
     // expiry, disk limit). Only the session's state tells them apart (a stopped container's shell may report a
     // plain exit by SIGKILL/SIGTERM).
-    if (!closing() && hooks_.session_running) session_ended_ = !hooks_.session_running();
+    if (!session_ended_ && !closing() && hooks_.session_running) session_ended_ = !hooks_.session_running();
     last_exit_ = ev;
     ended_ = true;
   }
@@ -136,6 +137,11 @@ std::unique_ptr<Terminal> SandboxService::open_terminal(const std::string& owner
                 {{"sandbox_id", id}});
   }
   if (shutting_down_.load()) throw Error(ErrorCode::shutting_down, "berthd is shutting down").with_retry_after(5s);
+  if (settings_.max_terminals == 0) {
+    throw Error(ErrorCode::capability_not_supported,
+                "terminals are off on this berthd ([server] max_terminals = 0, or no thread left for them)",
+                {{"reason", "terminals_disabled"}});
+  }
 
   // A slot first: refused requests cost no process.
   {

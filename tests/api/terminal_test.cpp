@@ -36,7 +36,7 @@ bool no_terminals_open(const HttpClient& c) {
 BerthdProcess& terminal_berthd() {
   // A short transfer-rate window: an idle terminal would be cut within seconds if the watchdog judged it.
   static BerthdProcess process(
-      BerthdConfig{"max_terminals_per_sandbox = 2\nmax_terminals_per_owner = 3\nmin_transfer_rate = 1024\n"
+      BerthdConfig{"max_terminals_per_sandbox = 2\nmin_transfer_rate = 1024\n"
                    "transfer_rate_window = \"1s\"\n",
                    "",
                    "[limits]\nmax_sandboxes_per_owner = 0\ncreate_rate_per_minute = 0\n"
@@ -296,17 +296,6 @@ TEST_CASE("terminal: refusals before the upgrade are ordinary error envelopes", 
   REQUIRE(one.read_output("$ ", 10s));
   REQUIRE(two.read_output("$ ", 10s));
   require_error(handshake(berthd.port(), terminal_uri(id), upgrade_headers()), 409, "conflict");
-  {
-    // One owner may hold 3 terminals here, over all its sandboxes.
-    const auto other = create(c);
-    TerminalClient third(berthd.port(), terminal_uri(other));
-    REQUIRE(third.read_output("$ ", 10s));
-    auto over = handshake(berthd.port(), terminal_uri(other), upgrade_headers());
-    require_error(over, 429, "rate_limited", "terminals_per_owner");
-    CHECK(over.header("Retry-After") == "5");
-    third.close();
-    REQUIRE(third.read_close(10s));
-  }
   one.close();
   REQUIRE(one.read_close(10s));
   bool reopened = false;
@@ -323,19 +312,33 @@ TEST_CASE("terminal: refusals before the upgrade are ordinary error envelopes", 
   CHECK(two.read_close(10s));
 }
 
-TEST_CASE("terminal: authentication is the same as for every /v1 route", "[terminal][auth]") {
-  BerthdProcess berthd(BerthdConfig{"", "",
+TEST_CASE("terminal: authentication is the same as for every /v1 route, and a tenant has its own cap",
+          "[terminal][auth]") {
+  BerthdProcess berthd(BerthdConfig{"max_terminals_per_owner = 2\n", "",
                                     "[auth]\nallow_anonymous = false\n[auth.keys]\n"
                                     "\"alice-key-0123456789\" = \"alice\"\n\"bob-key-0123456789\" = \"bob\"\n"});
-  HttpClient alice(berthd.port(), "alice-key-0123456789");
+  const std::string alice_key = "alice-key-0123456789", bob_key = "bob-key-0123456789";
+  HttpClient alice(berthd.port(), alice_key);
   const auto id = create(alice);
   require_error(handshake(berthd.port(), terminal_uri(id), upgrade_headers()), 401, "unauthorized");
-  require_error(handshake(berthd.port(), terminal_uri(id), upgrade_headers(), "bob-key-0123456789"), 404, "not_found");
+  require_error(handshake(berthd.port(), terminal_uri(id), upgrade_headers(), bob_key), 404, "not_found");
   CHECK_THROWS_AS(TerminalClient(berthd.port(), terminal_uri(id)), Poco::Net::WebSocketException);
-  TerminalClient t(berthd.port(), terminal_uri(id), "alice-key-0123456789");
+  TerminalClient t(berthd.port(), terminal_uri(id), alice_key);
   REQUIRE(t.read_output("$ ", 10s));
-  t.close();
-  CHECK(t.read_close(10s));
+  // Two terminals per tenant here, over all of its sandboxes; another tenant is not affected.
+  const auto other = create(alice);
+  TerminalClient t2(berthd.port(), terminal_uri(other), alice_key);
+  REQUIRE(t2.read_output("$ ", 10s));
+  auto over = handshake(berthd.port(), terminal_uri(other), upgrade_headers(), alice_key);
+  require_error(over, 429, "rate_limited", "terminals_per_owner");
+  CHECK(over.header("Retry-After") == "5");
+  HttpClient bob(berthd.port(), bob_key);
+  TerminalClient bobs(berthd.port(), terminal_uri(create(bob)), bob_key);
+  CHECK(bobs.read_output("$ ", 10s));
+  for (auto* c : {&t, &t2, &bobs}) {
+    c->close();
+    CHECK(c->read_close(10s));
+  }
 }
 
 TEST_CASE("terminal: a client that vanishes without a close frame ends the shell and frees the slot", "[terminal]") {

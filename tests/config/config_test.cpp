@@ -125,8 +125,13 @@ TEST_CASE("capacity keys: defaults, shrink-to-fit for small pools, and explicit 
   CHECK(defaults.server.work_queue_timeout == std::chrono::seconds(120));
 
   // A small pool without explicit work keys: slots and queue shrink so that headroom stays free.
-  // Terminals hold a thread each while open: left out, they take what the work keys leave (at most 64), so a
-  // pool sized for execs keeps its slots.
+  // Terminals hold a thread each while open: left out, they come after the slots and before the queue (at most
+  // 64), so a pool sized for execs keeps its slots.
+  auto mid = parse(d + "[server]\nthreads = 512\n", "t.toml");
+  CHECK(mid.server.work_slots == 64);
+  CHECK(mid.server.max_terminals == 64);
+  CHECK(mid.server.work_queue == 512 - 16 - 64 - 64);
+  CHECK(defaults.server.work_queue == 512);
   CHECK(defaults.server.max_terminals == 64);
   auto small = parse(d + "[server]\nthreads = 64\n", "t.toml");
   CHECK(small.server.work_slots == 48);
