@@ -58,7 +58,7 @@ def start_berthd(workdir, name, driver=None):
     with open(config, "w") as f:
         f.write(f"""[server]
 listen = "127.0.0.1:{port}"
-threads = 64
+threads = 256
 [store]
 kind = "mysql"
 url = "{BASE_URL}/{DB}"
@@ -99,7 +99,11 @@ def docker_exec_scenario(workdir, pool):
         codes = sorted({st for st, _ in execs})
         sessions = sql(f"SELECT COUNT(*) FROM {DB}.sessions WHERE sandbox_id = '{sid}'").strip()
         containers = docker_containers(f"berth.sandbox={sid}")
-        check(len(ok) == 100, f"docker: 100 execs across both instances all ran ({len(ok)} printed 42; {codes})")
+        refused = sorted({(st, ((body or {}).get("error") or {}).get("code", ""),
+                           ((body or {}).get("error") or {}).get("message", "")[:120])
+                          for st, body in execs if st != 200})
+        check(len(ok) == 100,
+              f"docker: 100 execs across both instances all ran ({len(ok)} printed 42; {codes}; refused: {refused})")
         check(sessions == "1", f"docker: exactly one session for the sandbox ({sessions})")
         check(len(containers) == 1, f"docker: exactly one container for the sandbox ({len(containers)})")
         deleted = request(port_b, "DELETE", f"/v1/sandboxes/{sid}")
