@@ -10,6 +10,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -89,6 +91,33 @@ inline std::string read_until_closed(Poco::Net::StreamSocket& s, bool& timed_out
     }
   }
   return out;
+}
+
+/**
+ * Sends one raw HTTP request to d's berthd on a fresh connection and returns everything it answers until it closes
+ * (send `Connection: close`). Throws Poco exceptions when it cannot connect.
+ */
+inline std::string raw_exchange(const FuzzDaemon& d, const std::string& request) {
+  Poco::Net::StreamSocket s;
+  s.connect(Poco::Net::SocketAddress("127.0.0.1", d.port));
+  s.sendBytes(request.data(), static_cast<int>(request.size()));
+  bool timed_out = false;
+  return read_until_closed(s, timed_out, std::chrono::seconds(30));
+}
+
+/** Polls GET /health for up to 10 s; aborts the fuzz target (naming `target` and the log) when berthd never answers. */
+inline void wait_healthy(const FuzzDaemon& d, const char* target) {
+  for (int i = 0; i < 200; ++i) {
+    try {
+      if (raw_exchange(d, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").rfind("HTTP/1.1 200", 0) == 0)
+        return;
+    } catch (const Poco::Exception&) {
+      // not listening yet
+    }
+    ::usleep(50'000);
+  }
+  std::fprintf(stderr, "%s: berthd did not come up (see %s)\n", target, (d.dir / "berthd.log").c_str());
+  std::abort();
 }
 
 /** Lets run_daemon return, joins its thread and removes the directory. Safe to call twice. */

@@ -154,19 +154,7 @@ void stop_daemon() {
 void start_daemon() {
   g_daemon = new Daemon;
   berth::fuzz::launch(*g_daemon, "fuzz-wire", "max_connections_per_client = 0\nthreads = 64\n");
-  bool up = false;
-  for (int i = 0; i < 200 && !up; ++i) {
-    try {
-      bool t = false;
-      up = converse("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", t).rfind("HTTP/1.1 200", 0) == 0;
-    } catch (const Poco::Exception&) {
-    }
-    if (!up) ::usleep(50'000);
-  }
-  if (!up) {
-    std::fprintf(stderr, "fuzz_http_wire: berthd did not come up (see %s)\n", (g_daemon->dir / "berthd.log").c_str());
-    std::abort();
-  }
+  berth::fuzz::wait_healthy(*g_daemon, "fuzz_http_wire");
   std::atexit(stop_daemon);
 }
 

@@ -38,16 +38,6 @@ const std::string* g_input = nullptr;
   std::abort();
 }
 
-/** A plain HTTP exchange (Connection: close) for the set-up: the whole answer. */
-std::string http(const std::string& request) {
-  Poco::Net::StreamSocket s;
-  s.connect(Poco::Net::SocketAddress("127.0.0.1", g_daemon->port));
-  s.setReceiveTimeout(Poco::Timespan(30, 0));
-  s.sendBytes(request.data(), static_cast<int>(request.size()));
-  bool t = false;
-  return berth::fuzz::read_until_closed(s, t);
-}
-
 /** Checks everything berthd sent after the 101's head. */
 void check_frames(const std::string& a, std::size_t pos) {
   static const std::set<std::string> kTypes{"ready", "error", "exit"};
@@ -119,20 +109,10 @@ void stop_daemon() {
 void start_daemon() {
   g_daemon = new berth::fuzz::FuzzDaemon;
   berth::fuzz::launch(*g_daemon, "fuzz-terminal", "max_connections_per_client = 0\nthreads = 64\nmax_terminals = 8\n");
-  bool up = false;
-  for (int i = 0; i < 200 && !up; ++i) {
-    try {
-      up = http("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").rfind("HTTP/1.1 200", 0) == 0;
-    } catch (const Poco::Exception&) {
-    }
-    if (!up) ::usleep(50'000);
-  }
-  if (!up) {
-    std::fprintf(stderr, "fuzz_terminal: berthd did not come up (see %s)\n", (g_daemon->dir / "berthd.log").c_str());
-    std::abort();
-  }
+  berth::fuzz::wait_healthy(*g_daemon, "fuzz_terminal");
   std::atexit(stop_daemon);
-  const auto created = http(
+  const auto created = berth::fuzz::raw_exchange(
+      *g_daemon,
       "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
       "Content-Length: 2\r\n\r\n{}");
   const auto at = created.find("\"id\":\"");
