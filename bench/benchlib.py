@@ -43,3 +43,15 @@ def berthd_request(port, method, path, body=None, key=None, timeout=600):
     data = r.read()
     c.close()
     return r.status, data
+
+
+def load_run_all():
+    """bench/run-all as a module (it has no .py name): its Berthd, call, pct and engine helpers for single benches."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run-all")
+    loader = importlib.machinery.SourceFileLoader("runall", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("runall", loader))
+    loader.exec_module(module)
+    return module

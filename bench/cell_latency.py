@@ -12,18 +12,13 @@ of each per round, two warm-up rounds not counted), timed whole from the client 
 Prints n, p50, p90, p99 in ms. Uses bench/run-all's helpers; Python standard library only.
 """
 import argparse
-import importlib.machinery
-import importlib.util
-import os
 import sys
 import time
 
 sys.dont_write_bytecode = True
-HERE = os.path.dirname(os.path.abspath(__file__))
-_loader = importlib.machinery.SourceFileLoader("runall", os.path.join(HERE, "run-all"))
-_spec = importlib.util.spec_from_loader("runall", _loader)
-runall = importlib.util.module_from_spec(_spec)
-_loader.exec_module(runall)
+import benchlib  # noqa: E402  (after dont_write_bytecode) bench/benchlib.py
+
+runall = benchlib.load_run_all()
 
 SOCKETS = {"docker": "/var/run/docker.sock", "podman": "/run/podman/podman.sock"}
 

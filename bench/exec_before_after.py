@@ -10,19 +10,15 @@ sandbox each, requests alternating between the builds on persistent connections.
 bench/run-all's helpers (Berthd, wrk, Conn); needs wrk and Docker with the sandbox image.
 """
 import argparse
-import importlib.machinery
-import importlib.util
 import os
 import shutil
 import statistics
 import sys
 
 sys.dont_write_bytecode = True
-HERE = os.path.dirname(os.path.abspath(__file__))
-_loader = importlib.machinery.SourceFileLoader("runall", os.path.join(HERE, "run-all"))
-_spec = importlib.util.spec_from_loader("runall", _loader)
-runall = importlib.util.module_from_spec(_spec)
-_loader.exec_module(runall)
+import benchlib  # noqa: E402  (after dont_write_bytecode) bench/benchlib.py
+
+runall = benchlib.load_run_all()
 
 
 def pct(samples, p):

@@ -13,21 +13,16 @@ Uses bench/run-all's Berthd; needs the engine and the sandbox image. Python stan
 """
 import argparse
 import http.client
-import importlib.machinery
-import importlib.util
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 
 sys.dont_write_bytecode = True
-HERE = os.path.dirname(os.path.abspath(__file__))
-_loader = importlib.machinery.SourceFileLoader("runall", os.path.join(HERE, "run-all"))
-_spec = importlib.util.spec_from_loader("runall", _loader)
-runall = importlib.util.module_from_spec(_spec)
-_loader.exec_module(runall)
+import benchlib  # noqa: E402  (after dont_write_bytecode) bench/benchlib.py
+
+runall = benchlib.load_run_all()
 
 PROGRAM = "import time\nfor i in range({lines}):\n    print(repr(time.time()), flush=True)\n    time.sleep({interval})\n"
 

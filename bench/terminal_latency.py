@@ -17,8 +17,6 @@ Also prints the time from the WebSocket handshake to the shell's first prompt on
 engine, the sandbox image and Debian's python3-websocket (scripts/install-deps --with-engines).
 """
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import pty
@@ -30,11 +28,9 @@ import time
 import websocket  # python3-websocket (websocket-client)
 
 sys.dont_write_bytecode = True
-HERE = os.path.dirname(os.path.abspath(__file__))
-_loader = importlib.machinery.SourceFileLoader("runall", os.path.join(HERE, "run-all"))
-_spec = importlib.util.spec_from_loader("runall", _loader)
-runall = importlib.util.module_from_spec(_spec)
-_loader.exec_module(runall)
+import benchlib  # noqa: E402  (after dont_write_bytecode) bench/benchlib.py
+
+runall = benchlib.load_run_all()
 
 SOCKETS = {"docker": "/var/run/docker.sock", "podman": "/run/podman/podman.sock"}
 KEYS = (b"x", b"\x7f")
