@@ -614,6 +614,11 @@ std::optional<std::int64_t> opt_int(const Poco::JSON::Object::Ptr& o, const std:
     }
     throw Error(ErrorCode::validation_error, "'" + field + "' must be an integer", {{"field", field}});
   }
+  // JSON spells integers up to 2^64 - 1 (Poco holds those above 2^63 - 1 unsigned): out of range is the client's
+  // mistake, not a conversion that throws.
+  if (!v.isSigned() && v.convert<Poco::UInt64>() > static_cast<Poco::UInt64>(INT64_MAX)) {
+    throw Error(ErrorCode::validation_error, "'" + field + "' is out of range", {{"field", field}});
+  }
   return v.convert<std::int64_t>();
 }
 

@@ -331,18 +331,14 @@ class TerminalLink {
       return;
     }
     auto side = [&](const char* field) -> std::optional<std::uint16_t> {
-      if (!o->has(field)) return std::nullopt;
-      const auto v = o->get(field);
-      if (!v.isInteger() || v.isBoolean()) return std::nullopt;
-      // Any integer JSON can spell, signed or not, without a conversion that could throw.
-      if (v.isSigned()) {
-        const auto x = v.extract<Poco::Int64>();
-        if (x < 1 || x > core::kMaxTerminalSide) return std::nullopt;
-        return static_cast<std::uint16_t>(x);
+      std::optional<std::int64_t> x;
+      try {
+        x = opt_int(o, field);  // the API's one reading of an integer field (any JSON integer, never a throw)
+      } catch (const Error&) {
+        return std::nullopt;
       }
-      const auto x = v.extract<Poco::UInt64>();
-      if (x < 1 || x > core::kMaxTerminalSide) return std::nullopt;
-      return static_cast<std::uint16_t>(x);
+      if (!x || *x < 1 || *x > core::kMaxTerminalSide) return std::nullopt;
+      return static_cast<std::uint16_t>(*x);
     };
     const auto rows = side("rows");
     const auto cols = side("cols");

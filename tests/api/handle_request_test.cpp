@@ -97,6 +97,11 @@ TEST_CASE("handle_request runs a request through routing, errors and idempotency
   CHECK(api.call("PATCH", "/v1/sandboxes").status == 405);
   CHECK(api.call("GET", "/v1/sandboxes/" + id + "/filesystem/files?path_b64=%%%").status == 400);
   CHECK(api.call("POST", "/v1/sandboxes", "{}", {{"Content-Length", "nope"}}).status == 400);
+  // An integer JSON can spell but int64 cannot hold is the client's mistake, named as such.
+  auto huge = api.call("POST", "/v1/sandboxes", R"({"ttl": 9223372036854775808})");
+  CHECK(huge.status == 400);
+  CHECK(json(huge)->getObject("error")->getValue<std::string>("code") == "validation_error");
+  CHECK(json(huge)->getObject("error")->getObject("details")->getValue<std::string>("field") == "ttl");
 
   // A download's body comes back whole; a shut-down context answers 503 shutting_down.
   REQUIRE(api.call("PUT", "/v1/sandboxes/" + id + "/filesystem/files", R"({"path":"a.txt","content":"abc"})").status ==
