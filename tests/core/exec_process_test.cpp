@@ -450,8 +450,16 @@ TEST_CASE("a process whose session is stopped mid-call ends as killed (137), is 
   service.exec(f.owner, id, core::ExecKind::shell, "true", std::nullopt, "");
   auto handle = handle_of(f, id);
   std::optional<core::ExecOutcome> outcome;
-  std::thread caller(
-      [&] { outcome = service.exec(f.owner, id, core::ExecKind::shell, "echo started; hang", 30s, ""); });
+  std::promise<void> printed;
+  std::thread caller([&, printed_once = std::make_shared<std::once_flag>()] {
+    outcome = service.exec(f.owner, id, core::ExecKind::shell, "echo started; hang", 30s, "",
+                           [&](const core::ExecChunk&) {
+                             std::call_once(*printed_once, [&] { printed.set_value(); });
+                             return true;
+                           });
+  });
+  // Stop only once the host holds the echo: output still in the driver when its session ends is not promised.
+  printed.get_future().wait();
   wait_for_running(f, handle, 1);
   service.stop(f.owner, id);
   caller.join();
