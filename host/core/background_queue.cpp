@@ -14,11 +14,11 @@ BackgroundQueue::~BackgroundQueue() {
   worker_.join();
 }
 
-bool BackgroundQueue::post(const std::string& key, std::function<void()> work) {
+bool BackgroundQueue::post(const std::string& key, std::function<void()> work, TimePoint not_before) {
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || queued_.count(key)) return false;
-    queued_.emplace(key, std::move(work));
+    queued_.emplace(key, Item{std::move(work), not_before});
   }
   wake_.notify_one();
   return true;
@@ -29,8 +29,15 @@ void BackgroundQueue::loop() {
   for (;;) {
     wake_.wait(lock, [this] { return stopping_ || !queued_.empty(); });
     if (stopping_) return;
+    // The earliest due item; a linear scan, as the queue holds one item per sandbox at most.
     auto next = queued_.begin();
-    std::function<void()> work = std::move(next->second);
+    for (auto it = queued_.begin(); it != queued_.end(); ++it)
+      if (it->second.not_before < next->second.not_before) next = it;
+    if (next->second.not_before > std::chrono::steady_clock::now()) {
+      wake_.wait_until(lock, next->second.not_before);  // or a post (maybe due earlier) or the destructor
+      continue;
+    }
+    std::function<void()> work = std::move(next->second.work);
     queued_.erase(next);
     lock.unlock();
     try {

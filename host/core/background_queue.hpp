@@ -2,6 +2,7 @@
 // and file writes), so that a request never waits for work it only triggers.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -12,10 +13,12 @@
 namespace berth::core {
 
 /**
- * post(key, work) queues `work` unless work for `key` is already queued (then the call is dropped: the queued work
- * will see the newer state anyway). One worker thread runs the queue in key order; work for a key that is running
- * may be queued again. `work` must not throw (what it throws is swallowed) and must own what it uses beyond the
- * queue's lifetime. Thread-safe. The destructor drops what is still queued and waits for the running work.
+ * post(key, work, not_before) queues `work` to run no earlier than `not_before` (steady clock; the default: at once)
+ * unless work for `key` is already queued (then the call is dropped: the queued work will see the newer state
+ * anyway). One worker thread runs what is due, earliest `not_before` first (then key order); work for a key that is
+ * running may be queued again. `work` must not throw (what it throws is swallowed) and must own what it uses beyond
+ * the queue's lifetime. Thread-safe. The destructor drops what is still queued (due or not) and waits for the
+ * running work.
  */
 class BackgroundQueue {
  public:
@@ -24,15 +27,21 @@ class BackgroundQueue {
   BackgroundQueue(const BackgroundQueue&) = delete;
   BackgroundQueue& operator=(const BackgroundQueue&) = delete;
 
+  using TimePoint = std::chrono::steady_clock::time_point;
+
   /** Returns false when work for `key` was already queued (nothing added) or the queue is stopping. */
-  bool post(const std::string& key, std::function<void()> work);
+  bool post(const std::string& key, std::function<void()> work, TimePoint not_before = {});
 
  private:
   void loop();
 
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::map<std::string, std::function<void()>> queued_;
+  struct Item {
+    std::function<void()> work;
+    TimePoint not_before;
+  };
+  std::map<std::string, Item> queued_;
   bool stopping_ = false;
   std::thread worker_;  // last: started once the members above exist
 };

@@ -127,17 +127,30 @@ bool SandboxService::write_may_exceed(const SandboxRow& row, std::uint64_t size)
 
 void SandboxService::schedule_disk_check(const SandboxRow& row) {
   if (profile_of(row)->disk_limit_bytes == 0 || !driver_.has_capability(cap::stats)) return;
-  disk_checks_.post(row.id, [this, id = row.id] {
-    try {
-      auto live = store_.get_sandbox(id);
-      if (!live || live->deleted_at || !live->current_session_id) return;
-      auto session = store_.get_session(*live->current_session_id);
-      if (!session || session->state != SS::ready) return;
-      if (auto usage = measure_disk(*live, session->handle)) enforce_disk(*live, session->id, *usage);
-    } catch (const std::exception& e) {
-      log::warn("disk.check_failed", {{"sandbox", id}, {"error", e.what()}});
-    }
-  });
+  BackgroundQueue::TimePoint not_before{};
+  {
+    std::lock_guard lock(disk_mutex_);
+    if (auto it = disk_check_began_.find(row.id); it != disk_check_began_.end())
+      not_before = it->second + settings_.disk_check_spacing;
+  }
+  disk_checks_.post(
+      row.id,
+      [this, id = row.id] {
+        try {
+          auto live = store_.get_sandbox(id);
+          if (!live || live->deleted_at || !live->current_session_id) return;
+          auto session = store_.get_session(*live->current_session_id);
+          if (!session || session->state != SS::ready) return;
+          {
+            std::lock_guard lock(disk_mutex_);
+            disk_check_began_[id] = std::chrono::steady_clock::now();
+          }
+          if (auto usage = measure_disk(*live, session->handle)) enforce_disk(*live, session->id, *usage);
+        } catch (const std::exception& e) {
+          log::warn("disk.check_failed", {{"sandbox", id}, {"error", e.what()}});
+        }
+      },
+      not_before);
 }
 
 }  // namespace berth::core

@@ -425,6 +425,13 @@ void SandboxService::stop(const std::string& owner, const std::string& id) {
 
 void SandboxService::delete_row_and_resources(const SandboxRow& row) {
   contexts_.drop_sandbox(row.id);
+  {
+    // Every way a sandbox goes (delete, expiry, a replaced key) forgets its measurements: they were a leak per
+    // expired sandbox while only delete_sandbox erased them.
+    std::lock_guard lock(disk_mutex_);
+    disk_.erase(row.id);
+    disk_check_began_.erase(row.id);
+  }
   if (row.current_session_id) {
     if (auto session = store_.get_session(*row.current_session_id)) {
       try {
@@ -460,10 +467,6 @@ void SandboxService::delete_sandbox(const std::string& owner, const std::string&
     deleted.current_session_id.reset();
     if (!store_.update_sandbox_cas(deleted, row.version)) continue;
     log::info("sandbox.delete", {{"sandbox", id}, {"owner", owner}});
-    {
-      std::lock_guard lock(disk_mutex_);
-      disk_.erase(id);
-    }
     delete_row_and_resources(row);
     return;
   }

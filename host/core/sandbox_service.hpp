@@ -68,6 +68,10 @@ struct Settings {
   std::size_t max_terminals = 64;              // terminals open at once on this berthd (server_busy beyond)
   std::size_t max_terminals_per_sandbox = 4;   // terminals open at once on one sandbox (conflict beyond)
   std::size_t max_terminals_per_owner = 16;    // terminals open at once for one owner (rate_limited); 0: no cap
+  // After an exec or a file write a sandbox's disk use is measured in the background (a du in its session and the
+  // engine's writable-layer size): at once, unless its last measurement began less than this long ago; then when
+  // this much has passed. A burst of execs costs one measurement per spacing, not one each. 0: every time.
+  std::chrono::milliseconds disk_check_spacing{1000};
 };
 
 enum class SandboxStatus { idle, starting, ready, failed, expired };
@@ -112,6 +116,13 @@ struct CreateSandboxResult {
 };
 
 enum class ExecKind { python, shell };
+
+/**
+ * Longest shell/exec command (bytes) passed in argv as `/bin/sh -c CODE`; a longer one, or one holding a NUL, is sent
+ * on stdin. An engine's exec path escapes every byte outside printable ASCII to 5 bytes, and the kernel caps one
+ * argument at 128 KiB (MAX_ARG_STRLEN): 16 KiB stays under it whatever the bytes.
+ */
+inline constexpr std::size_t kShellArgvMax = 16 * 1024;
 
 /**
  * One output chunk of a running exec, as the driver produced it (ExecChunkSink). `data` is borrowed for the call.
@@ -516,6 +527,7 @@ class SandboxService {
   /**
    * After an exec or a file write: measures and enforces on disk_checks_' thread, so the caller does not wait for a
    * walk of the workspace; a request for a sandbox whose check is still queued is dropped (that check comes later).
+   * A check runs at once, or Settings::disk_check_spacing after the start of the sandbox's previous one.
    */
   void schedule_disk_check(const store::SandboxRow& row);
   /**
@@ -580,7 +592,9 @@ class SandboxService {
   std::mutex cleanup_mutex_;  // one cleanup pass at a time
   std::mutex disk_mutex_;
   std::map<std::string, DiskUsage> disk_;  // sandbox id -> last measurement (erased on delete)
-  InstanceStore* leases_ = nullptr;        // set once by use_cleanup_leases(), before the cleanup task starts
+  std::map<std::string, std::chrono::steady_clock::time_point> disk_check_began_;  // by schedule_disk_check (erased
+                                                                                   // on delete)
+  InstanceStore* leases_ = nullptr;  // set once by use_cleanup_leases(), before the cleanup task starts
   std::chrono::milliseconds lease_ttl_{120'000};
   std::mutex engine_exec_mutex_;
   std::set<std::string> engine_exec_sessions_;  // session ids whose process_start said unsupported (bounded, see .cpp)

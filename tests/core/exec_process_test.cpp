@@ -181,6 +181,54 @@ TEST_CASE("exec sends 1 MiB of code on stdin through a process, shell and python
   CHECK(routes.execs == 0);
 }
 
+TEST_CASE("a shell command up to kShellArgvMax bytes goes in argv, a longer one or one with a NUL on stdin") {
+  // Records how each shell exec reached the driver, on the exec path and on the process path.
+  class Recording final : public test::ForwardingDriver {
+   public:
+    using ForwardingDriver::ForwardingDriver;
+    std::vector<std::pair<std::vector<std::string>, std::string>> seen;  // argv, stdin (exec path)
+    core::ExecResult exec(const std::string& h, const core::ExecRequest& r, const core::OutputSink& o,
+                          const core::CancelToken* c) override {
+      seen.emplace_back(r.argv, r.stdin_data);
+      return inner_.exec(h, r, o, c);
+    }
+    std::unique_ptr<core::Process> process_start(const std::string& h, const core::ProcessSpec& s) override {
+      seen.emplace_back(s.argv, "");
+      return inner_.process_start(h, s);
+    }
+  };
+  const bool via_processes = GENERATE(false, true);
+  auto settings = via_processes ? process_settings() : test::test_settings();
+  ServiceFixture f("{}", settings);
+  Recording recording(*f.driver);
+  core::SandboxService service(*f.store, recording, f.clock, settings);
+  auto id = f.create();
+  auto command_of = [](std::size_t bytes) {  // "echo ok" then a comment filling the size exactly
+    std::string c = "echo ok\n#";
+    c.append(bytes - c.size(), 'x');
+    return c;
+  };
+  const std::string eval_stdin = "eval \"$(/bin/cat)\"";
+
+  const std::string fits = command_of(core::kShellArgvMax);
+  auto out = service.exec(f.owner, id, core::ExecKind::shell, fits, 30s, "");
+  CHECK(out.output == "ok\n");
+  REQUIRE_FALSE(recording.seen.empty());
+  CHECK(recording.seen.back().first == std::vector<std::string>{"/bin/sh", "-c", fits, "/bin/sh"});
+  CHECK(recording.seen.back().second.empty());
+
+  const std::string longer = command_of(core::kShellArgvMax + 1);
+  out = service.exec(f.owner, id, core::ExecKind::shell, longer, 30s, "");
+  CHECK(out.output == "ok\n");
+  CHECK(recording.seen.back().first == std::vector<std::string>{"/bin/sh", "-c", eval_stdin});
+  if (!via_processes) CHECK(recording.seen.back().second == longer);
+
+  const std::string with_nul = std::string("echo ok #") + '\0';
+  out = service.exec(f.owner, id, core::ExecKind::shell, with_nul, 30s, "");
+  CHECK(recording.seen.back().first == std::vector<std::string>{"/bin/sh", "-c", eval_stdin});
+  if (!via_processes) CHECK(recording.seen.back().second == with_nul);
+}
+
 TEST_CASE("exec output reaches the chunk sink in the order produced, numbered over both streams") {
   ServiceFixture f("{}", process_settings());
   auto id = f.create();
@@ -452,11 +500,11 @@ TEST_CASE("a process whose session is stopped mid-call ends as killed (137), is 
   std::optional<core::ExecOutcome> outcome;
   std::promise<void> printed;
   std::thread caller([&, printed_once = std::make_shared<std::once_flag>()] {
-    outcome = service.exec(f.owner, id, core::ExecKind::shell, "echo started; hang", 30s, "",
-                           [&](const core::ExecChunk&) {
-                             std::call_once(*printed_once, [&] { printed.set_value(); });
-                             return true;
-                           });
+    outcome =
+        service.exec(f.owner, id, core::ExecKind::shell, "echo started; hang", 30s, "", [&](const core::ExecChunk&) {
+          std::call_once(*printed_once, [&] { printed.set_value(); });
+          return true;
+        });
   });
   // Stop only once the host holds the echo: output still in the driver when its session ends is not promised.
   printed.get_future().wait();

@@ -709,3 +709,35 @@ TEST_CASE("a session in a state only a newer driver can name is never destroyed,
     CHECK(unknown.removes == 0);
   }
 }
+
+// ---- disk checks after execs -------------------------------------------------------------------------------------
+
+TEST_CASE("a burst of execs is measured once per disk_check_spacing, and the first at once") {
+  class StatsCounting final : public test::ForwardingDriver {
+   public:
+    using ForwardingDriver::ForwardingDriver;
+    std::atomic<int> stats{0};
+    core::SessionStats session_stats(const std::string& h) override {
+      ++stats;
+      return inner_.session_stats(h);
+    }
+  };
+  auto settings = test::test_settings();
+  settings.disk_check_spacing = std::chrono::hours(1);  // the second check cannot come within this test
+  ServiceFixture f("{}", settings);
+  StatsCounting counting(*f.driver);
+  core::SandboxService service(*f.store, counting, f.clock, settings);
+  auto id = f.create();
+  service.exec(f.owner, id, core::ExecKind::shell, "echo one > a.txt", 30s, "");
+  while (counting.stats.load() < 1)  // the first exec's check runs at once (no deadline asserted)
+    std::this_thread::sleep_for(5ms);
+  for (int i = 0; i < 20; ++i)
+    service.exec(f.owner, id, core::ExecKind::shell, "echo more >> a.txt", 30s, "");
+  // A second sandbox is not held back by the first one's spacing.
+  auto other = f.create();
+  service.exec(f.owner, other, core::ExecKind::shell, "true", 30s, "");
+  while (counting.stats.load() < 2)
+    std::this_thread::sleep_for(5ms);
+  std::this_thread::sleep_for(200ms);  // room for a wrong extra check of the first sandbox to show
+  CHECK(counting.stats.load() == 2);
+}

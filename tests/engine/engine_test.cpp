@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "api/berthd_process.hpp"
+#include "core/sandbox_service.hpp"
 
 using namespace berth::test;
 using namespace std::chrono_literals;
@@ -405,6 +406,35 @@ void long_code_case(const Engine& engine) {
   CHECK(c.del(sb(id)).status == 204);
 }
 
+// Shell commands at the argv/stdin boundary (core::kShellArgvMax): up to it a command goes in argv, beyond it on
+// stdin. Filled with 2-byte characters, which the engine exec path escapes to 5 bytes each, so the longest argv
+// command is 80 KiB on its way through the engine: still under the kernel's 128 KiB for one argument. On the agent
+// and on the Engine exec path (agent = false).
+void argv_boundary_case(const Engine& engine, bool agent) {
+  auto cfg = config_for(engine);
+  if (!agent) cfg.driver_settings = "agent = false";
+  BerthdProcess berthd(cfg);
+  HttpClient c(berthd.port());
+  auto id = create(c);
+  for (std::size_t size :
+       {berth::core::kShellArgvMax - 1, berth::core::kShellArgvMax, berth::core::kShellArgvMax + 1}) {
+    INFO("command bytes " << size << (agent ? " (agent)" : " (engine exec)"));
+    std::string command = "printf '%s|' \"$0\" \"$#\"; cat; echo \"\u00e9-ok\"\n#";
+    while (command.size() + 2 <= size)
+      command += "\u00e9";
+    command.append(size - command.size(), 'z');
+    Poco::JSON::Object body;
+    body.set("command", command);
+    auto r = c.post(sb(id) + "/shell/exec", json_of(body));
+    INFO(r.body.substr(0, 400));
+    REQUIRE(r.status == 200);
+    // $0 is /bin/sh with no arguments on either path; the command's own stdin is empty (EOF at once).
+    CHECK(r.json()->getValue<std::string>("output") == "/bin/sh|0|\u00e9-ok\n");
+    CHECK(r.json()->getValue<int>("exit_code") == 0);
+  }
+  CHECK(c.del(sb(id)).status == 204);
+}
+
 void killed_session_case(const Engine& engine) {
   BerthdProcess berthd(config_for(engine));
   HttpClient c(berthd.port());
@@ -456,6 +486,16 @@ TEST_CASE("docker: code of 131072 and 1000000 bytes runs", "[engine][docker]") {
 }
 TEST_CASE("podman: code of 131072 and 1000000 bytes runs", "[engine][podman]") {
   long_code_case(engine_named("podman"));
+}
+TEST_CASE("docker: shell commands around the argv limit run on the agent and the engine exec path",
+          "[engine][docker]") {
+  argv_boundary_case(engine_named("docker"), true);
+  argv_boundary_case(engine_named("docker"), false);
+}
+TEST_CASE("podman: shell commands around the argv limit run on the agent and the engine exec path",
+          "[engine][podman]") {
+  argv_boundary_case(engine_named("podman"), true);
+  argv_boundary_case(engine_named("podman"), false);
 }
 TEST_CASE("docker: kill -9 -1 then exec again succeeds", "[engine][docker]") {
   killed_session_case(engine_named("docker"));
