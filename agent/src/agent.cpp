@@ -66,6 +66,7 @@ void log_event(const char* event, std::initializer_list<std::pair<const char*, s
 struct Options {
   std::string listen_path;
   bool stdio = false;
+  bool init_only = false;  ///< --init-only: no connection at all, only the init duties (the "exec" transport's main)
   std::string root = "/workspace";
   bool use_openat2 = true;
   std::uint64_t output_cap = 64ull << 20;
@@ -177,6 +178,7 @@ class Agent {
   std::vector<std::unique_ptr<Connection>> conns_;
   std::vector<std::unique_ptr<Process>> procs_;
   bool terminating_ = false;
+  bool stdio_closed_ = false;  ///< the --stdio connection ended (an agent without --listen then exits)
   std::optional<Clock::time_point> grace_deadline_;
 };
 
@@ -275,6 +277,7 @@ void Agent::on_conn_readable(Connection* c) {
 
 void Agent::close_connection(Connection* c) {
   if (c->rfd < 0) return;
+  if (c->is_stdio) stdio_closed_ = true;
   for (auto& [ch, p] : c->procs) {
     p->conn = nullptr;
     kill_tree(p);
@@ -782,6 +785,9 @@ int Agent::run() {
   std::vector<epoll_event> events(64);
   for (;;) {
     if (terminating_ && procs_.empty()) break;
+    // A --stdio agent without --listen serves one connection (an engine exec or attach stream): once it ended and
+    // the processes it started are gone, nothing can reach the agent any more.
+    if (stdio_closed_ && listen_fd_ < 0 && procs_.empty()) break;
     int timeout = -1;
     const auto now = Clock::now();
     auto consider = [&](Clock::time_point t) {
@@ -825,7 +831,7 @@ int Agent::run() {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: berth-agent [--listen unix:PATH] [--stdio] [--root DIR] [--no-openat2]\n"
+               "usage: berth-agent [--listen unix:PATH] [--stdio] [--init-only] [--root DIR] [--no-openat2]\n"
                "                   [--output-cap BYTES] [--grace-ms MS] [--socket-mode 0600|0660|0666]\n");
   return 2;
 }
@@ -845,6 +851,8 @@ int main(int argc, char** argv) {
       o.listen_path = v.substr(5);
     } else if (a == "--stdio") {
       o.stdio = true;
+    } else if (a == "--init-only") {
+      o.init_only = true;
     } else if (a == "--root") {
       o.root = value();
     } else if (a == "--no-openat2") {
@@ -861,7 +869,7 @@ int main(int argc, char** argv) {
       return usage();
     }
   }
-  if (o.listen_path.empty() && !o.stdio) return usage();
+  if (o.init_only != (o.listen_path.empty() && !o.stdio)) return usage();  // a way in, or --init-only alone
   try {
     Agent agent(o);
     return agent.run();

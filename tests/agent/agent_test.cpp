@@ -3,6 +3,7 @@
 // that nothing may reach. uid switching is exercised only when the tests run as root.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -576,6 +577,88 @@ TEST_CASE("malformed frames get an error and the agent survives") {
   CHECK(c.run(cmd({"/bin/echo", "alive"}), "", in(60s)).out == "alive\n");
   auto fresh = a.connect();
   CHECK(fresh.run(cmd({"/bin/echo", "fresh"}), "", in(60s)).out == "fresh\n");
+}
+
+namespace {
+
+/** Starts the agent with `args` and a socketpair as its stdin and stdout; returns its pid, our end in *fd. */
+pid_t spawn_on_socketpair(const std::vector<std::string>& args, int* fd) {
+  int pair[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::dup2(pair[1], 0), ::dup2(pair[1], 1);
+    std::vector<char*> argv{const_cast<char*>(BERTH_AGENT_PATH)};
+    for (const auto& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(pair[1]);
+  *fd = pair[0];
+  return pid;
+}
+
+/** waitpid with a bound ("eventually" vs "never"): the exit status, or -1 when it still runs after 60 s. */
+int wait_exit_status(pid_t pid) {
+  for (int i = 0; i < 6000; ++i) {
+    int st = 0;
+    if (::waitpid(pid, &st, WNOHANG) == pid) return st;
+    std::this_thread::sleep_for(10ms);
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("a --stdio agent without --listen exits once its connection ended, killing what it started") {
+  const fs::path root = fs::temp_directory_path() / ("berth-agent-stdio-" + std::to_string(::getpid()));
+  fs::create_directories(root);
+  int fd = -1;
+  const pid_t pid = spawn_on_socketpair({"--stdio", "--root", root.string()}, &fd);
+  const std::string marker = "4242" + std::to_string(::getpid() % 1000);
+  {
+    auto c = AgentClient::over_fds(fd, fd, in(60s));
+    auto r = c.run(cmd({"/bin/echo", "over stdio"}), "", in(60s));
+    CHECK(r.out == "over stdio\n");
+    const auto ch = c.start(cmd({"/bin/sleep", marker}));
+    auto started = c.next_event_for(ch, in(60s));
+    REQUIRE(started);
+    CHECK(started->type == MsgType::kStarted);
+    CHECK(await_process(marker) == 1);
+  }  // the client closes its end: EOF on the agent's stdin
+  const int st = wait_exit_status(pid);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+  CHECK(processes_with_arg(marker).empty());  // its process died with it
+  fs::remove_all(root);
+}
+
+TEST_CASE("an --init-only agent serves nothing until SIGTERM and is never combined with a way in") {
+  const fs::path root = fs::temp_directory_path() / ("berth-agent-init-" + std::to_string(::getpid()));
+  fs::create_directories(root);
+  for (const auto& bad : std::vector<std::vector<std::string>>{
+           {"--init-only", "--stdio"}, {"--init-only", "--listen", "unix:/tmp/x.sock"}, {"--root", root.string()}}) {
+    int fd = -1;
+    const pid_t pid = spawn_on_socketpair(bad, &fd);
+    const int st = wait_exit_status(pid);
+    CHECK(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 2);  // usage
+    ::close(fd);
+  }
+  int fd = -1;
+  const pid_t pid = spawn_on_socketpair({"--init-only", "--root", root.string()}, &fd);
+  ::close(fd);  // no connection to lose: it keeps running
+  std::this_thread::sleep_for(200ms);
+  int st = 0;
+  CHECK(::waitpid(pid, &st, WNOHANG) == 0);
+  ::kill(pid, SIGTERM);
+  st = wait_exit_status(pid);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+  fs::remove_all(root);
 }
 
 TEST_CASE("many processes run concurrently on one connection") {

@@ -164,10 +164,12 @@ struct ImageGuard {
   ~ImageGuard() { sh(engine + " rmi -f " + tag + " >/dev/null 2>&1"); }
 };
 
-void shellless_case(const std::string& engine) {
-  auto d = make_driver(engine);
+void shellless_case(const std::string& engine, const std::string& config = "{}") {
+  auto d = make_driver(engine, config);
   ImageGuard image{engine, shellless_image(engine)};
   Sandbox s(*d, image.tag);
+  const bool over_exec = config.find("\"exec\"") != std::string::npos;
+  CHECK(s.endpoint.rfind(over_exec ? "agent:exec:" : "agent:unix:", 0) == 0);
   auto hi = run(*d, s.handle, argv({"/probe", "echo", "hi", "there"}));
   CHECK(hi.out == "hi there\n");
   CHECK(hi.result.exit_code == 0);
@@ -380,6 +382,12 @@ void tenant_limits_case(const std::string& engine) {
   }                                                                                                                 \
   TEST_CASE(engine ": the agent directory is closed to the tenant and downloads stream", "[" engine "]") {          \
     tenant_limits_case(engine);                                                                                     \
+  }                                                                                                                 \
+  TEST_CASE(engine ": an image without /bin/sh works over the exec transport, and a bad transport is refused",      \
+            "[" engine "]") {                                                                                       \
+    shellless_case(engine, R"({"agent_transport": "exec"})");                                                       \
+    CHECK_THROWS_WITH(make_driver(engine, R"({"agent_transport": "tcp"})"),                                         \
+                      Catch::Contains("'agent_transport' must be \"socket\" or \"exec\""));                         \
   }
 
 BERTH_AGENT_CASES("docker")

@@ -435,6 +435,86 @@ void argv_boundary_case(const Engine& engine, bool agent) {
   CHECK(c.del(sb(id)).status == 204);
 }
 
+// agent_transport = "exec": every connection to the agent is an Engine API exec of it (--stdio) on a hijacked stream,
+// as for an engine on another machine. The routes work as over the socket, concurrent execs each get a connection,
+// and a connection berthd closes takes its agent with it: after a restart only the new connection's agent runs.
+void exec_transport_case(const Engine& engine) {
+  auto cfg = config_for(engine);
+  cfg.driver_settings = "agent_transport = \"exec\"";
+  BerthdProcess berthd(cfg);
+  HttpClient c(berthd.port());
+  auto id = create(c);
+  auto hi = exec(c, id, false, "echo hi; id -u");
+  INFO(hi.body);
+  REQUIRE(hi.status == 200);
+  CHECK(hi.json()->getValue<std::string>("output") == "hi\n1000\n");
+  REQUIRE(exec(c, id, true, "x = 41").status == 200);  // a context: a long-lived process on its own connection
+  auto cell = exec(c, id, true, "x + 1");
+  INFO(cell.body);
+  REQUIRE(cell.status == 200);
+  CHECK(cell.json()->getObject("data")->getValue<std::string>("text") == "42");
+  Poco::JSON::Object file;
+  set_path(file, "notes/\u00e9t\u00e9.txt");
+  file.set("content", "over the engine\n");
+  REQUIRE(c.put(sb(id) + "/filesystem/files", json_of(file)).status == 200);
+  auto read = c.get(sb(id) + "/filesystem/files?" + path_query("notes/\u00e9t\u00e9.txt"));
+  REQUIRE(read.status == 200);
+  CHECK(read.json()->getValue<std::string>("content") == "over the engine\n");
+
+  std::atomic<int> good{0};
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 10; ++i) {
+    callers.emplace_back([&, i] {
+      HttpClient mine(berthd.port());
+      auto r = exec(mine, id, false, "sleep 0.3; echo " + std::to_string(i));
+      if (r.status == 200 && r.json()->getValue<std::string>("output") == std::to_string(i) + "\n") ++good;
+    });
+  }
+  for (auto& t : callers)
+    t.join();
+  CHECK(good.load() == 10);
+
+  // The processes of the agent: one --init-only main process, no socket agent, and the --stdio agents of open
+  // connections (the pool keeps up to 8 idle; the context holds one).
+  const std::string list_agents =
+      "for d in /proc/[0-9]*; do printf '%s ' \"${d#/proc/}\"; tr '\\000' ' ' <\"$d/cmdline\"; echo; done "
+      "2>/dev/null | grep -E '^[0-9]+ /.berth/agent' | sed 's/ --root.*//' | sort -n";
+  auto agents_of = [&](const std::string& mode) {  // pids of the agents started with `mode`
+    auto r = exec(c, id, false, list_agents);
+    INFO(r.body);
+    REQUIRE(r.status == 200);
+    std::set<std::string> pids;
+    std::istringstream lines(r.json()->getValue<std::string>("output"));
+    for (std::string line; std::getline(lines, line);) {
+      CHECK(line.find("--listen") == std::string::npos);
+      if (line.size() > mode.size() && line.compare(line.size() - mode.size(), mode.size(), mode) == 0)
+        pids.insert(line.substr(0, line.find(' ')));
+    }
+    return pids;
+  };
+  CHECK(agents_of("--init-only").size() == 1);
+  const auto before = agents_of("--stdio");
+  CHECK_FALSE(before.empty());
+
+  // berthd goes, its connections close, their agents exit (the session itself keeps running); the next berthd
+  // adopts the session and reaches it through new execs.
+  berthd.restart();
+  std::set<std::string> left;
+  for (int i = 0; i < 100; ++i) {  // the old agents exit once they read EOF: wait for that (bounded), not a time
+    left.clear();
+    for (const auto& pid : agents_of("--stdio"))
+      if (before.count(pid)) left.insert(pid);
+    if (left.empty()) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  CHECK(left.empty());
+  CHECK(agents_of("--init-only").size() == 1);
+  auto again = exec(c, id, false, "cat notes/\u00e9t\u00e9.txt");
+  REQUIRE(again.status == 200);
+  CHECK(again.json()->getValue<std::string>("output") == "over the engine\n");
+  CHECK(c.del(sb(id)).status == 204);
+}
+
 void killed_session_case(const Engine& engine) {
   BerthdProcess berthd(config_for(engine));
   HttpClient c(berthd.port());
@@ -496,6 +576,14 @@ TEST_CASE("podman: shell commands around the argv limit run on the agent and the
           "[engine][podman]") {
   argv_boundary_case(engine_named("podman"), true);
   argv_boundary_case(engine_named("podman"), false);
+}
+TEST_CASE("docker: the agent over Engine exec streams serves every route and leaves no agent behind",
+          "[engine][docker]") {
+  exec_transport_case(engine_named("docker"));
+}
+TEST_CASE("podman: the agent over Engine exec streams serves every route and leaves no agent behind",
+          "[engine][podman]") {
+  exec_transport_case(engine_named("podman"));
 }
 TEST_CASE("docker: kill -9 -1 then exec again succeeds", "[engine][docker]") {
   killed_session_case(engine_named("docker"));

@@ -1,4 +1,5 @@
-// A small pool of connections to one session's berth-agent (the unix socket in the session's host directory).
+// A small pool of connections to one session's berth-agent (the unix socket in the session's host directory, or
+// one Engine exec stream each: the pool only knows how to open one).
 // AgentClient is not thread-safe, so every concurrent call leases a connection of its own and gives it back when it
 // is done: concurrent execs of one session never serialise, and no thread is started per process.
 #pragma once
@@ -6,6 +7,7 @@
 #include <poll.h>
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,7 +26,17 @@ class AgentPool {
  public:
   static constexpr std::size_t kMaxIdle = 8;
 
-  explicit AgentPool(std::string socket_path) : socket_path_(std::move(socket_path)) {}
+  /** Opens one new connection (connect + HELLO within the deadline); throws AgentError / AgentTimeout. Called
+   *  without the pool's lock, possibly from several threads at once. */
+  using Connector = std::function<std::unique_ptr<AgentClient>(AgentDeadline)>;
+
+  explicit AgentPool(Connector connect) : connect_(std::move(connect)) {}
+  /** Connections to the unix socket at `socket_path`. */
+  static std::shared_ptr<AgentPool> over_socket(const std::string& socket_path) {
+    return std::make_shared<AgentPool>([socket_path](AgentDeadline deadline) {
+      return std::make_unique<AgentClient>(AgentClient::connect_unix(socket_path, deadline));
+    });
+  }
 
   /** One leased connection; goes back to the pool on destruction unless discard() was called. */
   class Lease {
@@ -65,7 +77,7 @@ class AgentPool {
       pollfd p{c->fd(), POLLIN | POLLRDHUP, 0};
       if (::poll(&p, 1, 0) == 0) return Lease(this, std::move(c));
     }
-    return Lease(this, std::make_unique<AgentClient>(AgentClient::connect_unix(socket_path_, deadline)));
+    return Lease(this, connect_(deadline));
   }
 
   /** Adds a connection opened elsewhere (the readiness check's) to the idle set. */
@@ -77,15 +89,13 @@ class AgentPool {
     idle_.clear();
   }
 
-  const std::string& socket_path() const { return socket_path_; }
-
  private:
   void give_back(std::unique_ptr<AgentClient> client) {
     std::lock_guard lock(mutex_);
     if (idle_.size() < kMaxIdle) idle_.push_back(std::move(client));
   }
 
-  std::string socket_path_;
+  Connector connect_;
   std::mutex mutex_;
   std::vector<std::unique_ptr<AgentClient>> idle_;
 };

@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent_exec_stream.hpp"
 #include "agent_pool.hpp"
 #include "berth/engine/agent_client.hpp"
 #include "berth/engine/client.hpp"
@@ -134,21 +135,43 @@ struct Instance {
     std::unordered_map<std::string, std::string> resolved;
   };
 
-  /** berth_session_info.endpoint of a session, "<transport>:<address>": `agent:unix:<agent_dir>/agent.sock` or
-   *  `engine-exec:<container id>` (the Engine exec fallback). */
-  static std::string endpoint_of(bool agent, const std::string& agent_dir, const std::string& container) {
-    return agent ? "agent:unix:" + agent_dir + "/agent.sock" : "engine-exec:" + container;
+  /** berth_session_info.endpoint of a session, "<transport>:<address>": `agent:unix:<agent_dir>/agent.sock`,
+   *  `agent:exec:<container id>` (agent_transport = "exec") or `engine-exec:<container id>` (the Engine exec
+   *  fallback). */
+  static std::string endpoint_of(const Object::Ptr& labels, const std::string& container) {
+    const std::string transport = labels ? labels->optValue<std::string>(kLabelTransport, "") : "";
+    if (transport == "agent" && labels->optValue<std::string>(kLabelAgentTransport, "") == "exec")
+      return "agent:exec:" + container;
+    if (transport == "agent" && labels->has(kLabelAgentDir))
+      return "agent:unix:" + labels->getValue<std::string>(kLabelAgentDir) + "/agent.sock";
+    return "engine-exec:" + container;
   }
 
-  static std::shared_ptr<SessionMeta> meta_from_inspect(const Object::Ptr& object) {
+  /** The agent's argv for one connection of the "exec" transport (docs/agent-protocol.md, --stdio). */
+  static std::vector<std::string> exec_agent_argv(const std::string& workspace) {
+    return {"/.berth/agent", "--stdio", "--root", workspace};
+  }
+
+  /** The session's meta from its container's inspect. Its agent pool (if any) uses this instance's engine client:
+   *  the instance outlives every meta it caches. */
+  std::shared_ptr<SessionMeta> meta_from_inspect(const Object::Ptr& object) {
     auto meta = std::make_shared<SessionMeta>();
     if (auto cfg = object->getObject("Config"); cfg) {
       if (auto labels = cfg->getObject("Labels"); labels) {
         if (labels->has(kLabelWorkspace)) meta->workspace = labels->getValue<std::string>(kLabelWorkspace);
-        if (labels->optValue<std::string>(kLabelTransport, "") == "agent" && labels->has(kLabelAgentDir)) {
-          meta->agent = true;
-          meta->agent_dir = labels->getValue<std::string>(kLabelAgentDir);
-          meta->pool = std::make_shared<AgentPool>(meta->agent_dir + "/agent.sock");
+        if (labels->optValue<std::string>(kLabelTransport, "") == "agent") {
+          if (labels->optValue<std::string>(kLabelAgentTransport, "") == "exec") {
+            meta->agent = true;
+            const std::string container = object->optValue<std::string>("Id", "");
+            meta->pool = std::make_shared<AgentPool>(
+                [this, container, argv = exec_agent_argv(meta->workspace)](AgentDeadline deadline) {
+                  return connect_over_exec(client, container, argv, deadline);
+                });
+          } else if (labels->has(kLabelAgentDir)) {
+            meta->agent = true;
+            meta->agent_dir = labels->getValue<std::string>(kLabelAgentDir);
+            meta->pool = AgentPool::over_socket(meta->agent_dir + "/agent.sock");
+          }
         }
       }
       if (auto env = cfg->getArray("Env"); env) {
@@ -1395,6 +1418,12 @@ berth_status parse_config(const Flavor& flavor, const char* json, Config* out, s
         *error = flavor.name + " driver config: 'agent_run_dir' must be an absolute path";
         ok = false;
       }
+    } else if (key == "agent_transport") {
+      ok = want_string(key, config.agent_transport, false);
+      if (ok && config.agent_transport != "socket" && config.agent_transport != "exec") {
+        *error = flavor.name + " driver config: 'agent_transport' must be \"socket\" or \"exec\"";
+        ok = false;
+      }
     } else if (key == "agent_ready_timeout_ms") {
       ok = want_int(key, config.agent_ready_timeout_ms, 1, 600000);
     } else {
@@ -1605,18 +1634,19 @@ void remove_agent_dir(const std::string& dir) {
 }
 
 /**
- * Waits until the container's agent answers HELLO and PING on `socket` (Config::agent_ready_timeout_ms at most, the
- * container's state looked at every 100 ms) and returns that connection. Throws AgentStartFailed.
+ * Waits until the container's agent answers HELLO and PING on a connection from `connect` (the socket, or an exec
+ * stream; Config::agent_ready_timeout_ms at most, the container's state looked at every 100 ms) and returns that
+ * connection. Throws AgentStartFailed.
  */
-std::unique_ptr<AgentClient> wait_for_agent(Instance& inst, const std::string& container, const std::string& socket) {
+std::unique_ptr<AgentClient> wait_for_agent(Instance& inst, const std::string& container,
+                                            const AgentPool::Connector& connect) {
   using Clock = std::chrono::steady_clock;
   const auto give_up = Clock::now() + milliseconds(inst.config.agent_ready_timeout_ms);
   auto next_state_check = Clock::now() + milliseconds(100);
   std::string last = "no answer";
   for (;;) {
     try {
-      auto client = std::make_unique<AgentClient>(
-          AgentClient::connect_unix(socket, std::min(give_up, Clock::now() + milliseconds(2000))));
+      auto client = connect(std::min(give_up, Clock::now() + milliseconds(2000)));
       client->ping(std::min(give_up, Clock::now() + milliseconds(2000)));
       return client;
     } catch (const std::exception& e) {
@@ -1722,7 +1752,10 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
 
     // berth-agent: the session's host directory (0700, owned by the session user) and the two bind mounts. Any
     // reason not to use the agent (or its failing to answer) leaves the session on the Engine exec path.
-    const std::string agent_dir = self.config.agent_run_dir + "/" + name;
+    // The "socket" transport's host directory; the "exec" transport needs none (nothing is shared with the engine's
+    // machine but the agent binary at agent_path).
+    const bool exec_transport = self.config.agent_transport == "exec";
+    const std::string agent_dir = exec_transport ? std::string() : self.config.agent_run_dir + "/" + name;
     std::string fallback_reason = self.agent_binary.empty() ? self.agent_missing : "";
     unsigned agent_uid = 0, agent_gid = 0;
     if (fallback_reason.empty() && !numeric_user(user, &agent_uid, &agent_gid)) {
@@ -1735,10 +1768,12 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     // otherwise, the container then removed). Returns the container id and its last inspect.
     auto create_and_start = [&](bool use_agent) -> std::pair<std::string, Object::Ptr> {
       Array::Ptr attempt_mounts = new Array(*base_mounts);
+      labels->remove(kLabelAgentDir);
+      labels->remove(kLabelAgentTransport);
       if (use_agent) {
-        for (auto [source, target, read_only] :
-             {std::tuple<std::string, const char*, bool>{self.agent_binary, kAgentPathInside, true},
-              std::tuple<std::string, const char*, bool>{agent_dir, kAgentRunInside, false}}) {
+        std::vector<std::tuple<std::string, const char*, bool>> binds{{self.agent_binary, kAgentPathInside, true}};
+        if (!exec_transport) binds.emplace_back(agent_dir, kAgentRunInside, false);
+        for (auto [source, target, read_only] : binds) {
           Object::Ptr m = new Object;
           m->set("Type", std::string("bind"));
           m->set("Source", source);
@@ -1747,10 +1782,10 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
           attempt_mounts->add(m);
         }
         labels->set(kLabelTransport, std::string("agent"));
-        labels->set(kLabelAgentDir, agent_dir);
+        labels->set(kLabelAgentTransport, self.config.agent_transport);
+        if (!exec_transport) labels->set(kLabelAgentDir, agent_dir);
       } else {
         labels->set(kLabelTransport, std::string("engine-exec"));
-        labels->remove(kLabelAgentDir);
       }
       host_config->set("Mounts", attempt_mounts);
       // The engine's init (docker-init / catatonit) stays PID 1 in front of the agent, so that the session ends as it
@@ -1763,7 +1798,12 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
       // The main process keeps the session alive: the agent, else the reaper (it also kills exec process trees on
       // request). Absolute program paths: the container's PATH is the tenant's, and a kept workspace may hold
       // programs they planted.
-      if (use_agent) {
+      if (use_agent && exec_transport) {
+        // The main process serves no connection (init duties only); every connection is an exec of the agent
+        // (exec_agent_argv).
+        body->set("Entrypoint", string_array({kAgentPathInside}));
+        body->set("Cmd", string_array({"--init-only", "--root", workspace}));
+      } else if (use_agent) {
         body->set("Entrypoint", string_array({kAgentPathInside}));
         body->set("Cmd", string_array({"--listen", std::string("unix:") + kAgentRunInside + "/agent.sock", "--root",
                                        workspace, "--socket-mode", agent_socket_mode()}));
@@ -1825,8 +1865,15 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
           std::this_thread::sleep_for(milliseconds(delay_ms));
           delay_ms = std::min(delay_ms * 2, 50);
         }
-        if (use_agent) {
-          ready_connection = wait_for_agent(self, id, agent_dir + "/agent.sock");
+        if (use_agent && exec_transport) {
+          ready_connection = wait_for_agent(
+              self, id, [&self, id, argv = Instance::exec_agent_argv(workspace)](AgentDeadline deadline) {
+                return connect_over_exec(self.client, id, argv, deadline);
+              });
+        } else if (use_agent) {
+          ready_connection = wait_for_agent(self, id, [socket = agent_dir + "/agent.sock"](AgentDeadline deadline) {
+            return std::make_unique<AgentClient>(AgentClient::connect_unix(socket, deadline));
+          });
           // The agent has bound its socket: the directory goes back to berthd, so that the sandbox user can neither
           // swap agent.sock for a symlink berthd would follow (to any host socket) nor fill the host's /run.
           if (::chown(agent_dir.c_str(), ::geteuid(), ::getegid()) != 0 || ::chmod(agent_dir.c_str(), 0700) != 0) {
@@ -1847,7 +1894,7 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     std::pair<std::string, Object::Ptr> started;
     if (fallback_reason.empty()) {
       try {
-        make_agent_dir(self.config.agent_run_dir, agent_dir, agent_uid, agent_gid);
+        if (!exec_transport) make_agent_dir(self.config.agent_run_dir, agent_dir, agent_uid, agent_gid);
         started = create_and_start(true);
       } catch (const AgentStartFailed& e) {
         fallback_reason = e.what();
@@ -1855,14 +1902,14 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
         // The engine refused the agent's container (an exotic image or runtime: a mount point it cannot create).
         // Anything else (engine unavailable, a missing image or volume) fails the fallback the same way.
         if (e.code() != Errc::internal) {
-          remove_agent_dir(agent_dir);
+          if (!exec_transport) remove_agent_dir(agent_dir);
           throw;
         }
         fallback_reason = std::string("the engine refused the agent's container: ") + e.what();
       } catch (const std::filesystem::filesystem_error& e) {
         fallback_reason = std::string("cannot prepare the agent directory: ") + e.what();
       }
-      if (!fallback_reason.empty()) remove_agent_dir(agent_dir);
+      if (!fallback_reason.empty() && !exec_transport) remove_agent_dir(agent_dir);
     }
     if (!fallback_reason.empty()) {
       self.log(BERTH_LOG_WARN, self.event("agent.fallback").c_str(),
@@ -1871,7 +1918,7 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     }
     const std::string id = started.first;
     const std::uint64_t t_created = self.now_ns();
-    auto meta = Instance::meta_from_inspect(started.second);
+    auto meta = self.meta_from_inspect(started.second);
     if (meta->pool && ready_connection) meta->pool->adopt(std::move(ready_connection));
     self.remember(id, meta);
 
@@ -1880,7 +1927,9 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     out.struct_size = sizeof out;
     out.state = BERTH_SESSION_RUNNING;
     copy_string(out.handle, sizeof out.handle, id);
-    copy_string(out.endpoint, sizeof out.endpoint, Instance::endpoint_of(meta->agent, meta->agent_dir, id));
+    auto created_cfg = started.second->getObject("Config");
+    copy_string(out.endpoint, sizeof out.endpoint,
+                Instance::endpoint_of(created_cfg ? created_cfg->getObject("Labels") : nullptr, id));
     copy_out(info, out);
     const std::uint64_t t1 = self.now_ns();
     self.log(BERTH_LOG_INFO, self.event("session.created").c_str(),
@@ -1915,13 +1964,8 @@ berth_status session_inspect(berth_instance* inst, const char* handle, berth_ses
     if (out.state == BERTH_SESSION_EXITED && state) out.exit_code = state->optValue<int>("ExitCode", 0);
     const std::string id = object->optValue<std::string>("Id", h);
     copy_string(out.handle, sizeof out.handle, id);
-    std::string agent_dir;
-    if (auto cfg = object->getObject("Config"); cfg) {
-      if (auto labels = cfg->getObject("Labels");
-          labels && labels->optValue<std::string>(kLabelTransport, "") == "agent")
-        agent_dir = labels->optValue<std::string>(kLabelAgentDir, "");
-    }
-    copy_string(out.endpoint, sizeof out.endpoint, Instance::endpoint_of(!agent_dir.empty(), agent_dir, id));
+    auto cfg = object->getObject("Config");
+    copy_string(out.endpoint, sizeof out.endpoint, Instance::endpoint_of(cfg ? cfg->getObject("Labels") : nullptr, id));
     copy_out(info, out);
     return BERTH_OK;
   });

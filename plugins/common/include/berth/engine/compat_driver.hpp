@@ -63,6 +63,12 @@ struct Config {
   // Host directory holding one directory per session (<agent_run_dir>/<container name>, 0700, owned by the session
   // user), bind-mounted at /.berth/run; the agent's socket is agent.sock in it.
   std::string agent_run_dir = "/run/berth/agent";
+  // How berthd reaches a session's agent (docs/driver-sdk.md, "Transports"):
+  //   "socket" (default): a unix socket in agent_run_dir, bind-mounted into the container (the engine must run on
+  //     berthd's machine; the engine daemon is not in the data path);
+  //   "exec": each connection is one Engine API exec of the agent in --stdio mode on a hijacked stream (nothing but
+  //     the Engine API connection is needed, as for an engine on another machine; the engine relays every byte).
+  std::string agent_transport = "socket";
   // How long session_create waits for the agent to answer PING before it falls back to the Engine exec path.
   std::uint32_t agent_ready_timeout_ms = 10000;
 };
@@ -85,8 +91,11 @@ inline constexpr const char* kLabelWorkspace = "io.berth.driver.workspace";  // 
 inline constexpr const char* kLabelKeys = "io.berth.driver.label-keys";
 /** How the driver reaches the session: "agent" (berth-agent over its socket) or "engine-exec" (the Engine API). */
 inline constexpr const char* kLabelTransport = "io.berth.driver.transport";
-/** The session's agent directory on the host (with kLabelTransport = "agent"). */
+/** The session's agent directory on the host (with kLabelTransport = "agent" over the "socket" transport). */
 inline constexpr const char* kLabelAgentDir = "io.berth.driver.agent-dir";
+/** With kLabelTransport = "agent": how the agent is reached, "socket" (kLabelAgentDir) or "exec" (Engine API execs
+ *  of the agent in --stdio mode, Config::agent_transport). Absent on sessions made before it existed: "socket". */
+inline constexpr const char* kLabelAgentTransport = "io.berth.driver.agent-transport";
 
 berth_status configure(const Flavor& flavor, const berth_host_api* host, const char* config_json, berth_instance** out,
                        berth_error* err);

@@ -38,9 +38,12 @@ class HijackedStream {
   /** Half-closes the connection: the engine sees EOF on the process's stdin. */
   void shutdown_send();
   void close();
+  /** The socket, for a poll() that watches other fds too (-1 once closed). Bytes that arrived with the HTTP head
+   *  are not visible there: has_pending() tells; read_some() returns them first. */
+  int fd() const;
+  bool has_pending() const { return pending_pos_ < pending_.size(); }
 
  private:
-  int fd() const;
   Poco::Net::StreamSocket socket_;
   std::string pending_;  // bytes that arrived with the HTTP answer head
   std::size_t pending_pos_ = 0;
