@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""bench/shell_exec_paths.py: where a warm shell/exec's milliseconds go (issue 9), all interleaved in one run.
+
+  bench/shell_exec_paths.py [--build build] [--engine docker|podman] [--runs 100]
+
+One berthd on the engine (socket transport), one ready sandbox. Per round, timed whole from the client:
+  spawn floor     os.posix_spawn('/bin/echo hi') + waitpid on the host: this machine's cost of one process start
+  agent echo      START /bin/echo hi -> EXIT straight on the session's agent socket (no berthd): the agent's share
+  agent sh        the same with /bin/sh -c 'echo hi' /bin/sh (what berthd sends for a short command)
+  shell           POST shell/exec {"command": "echo hi"} through berthd
+  shell argv      POST shell/exec with "echo hi" and a comment up to 16,318 bytes: still the argv path
+  shell stdin     the same padded past 16 KiB (core::kShellArgvMax): sh -c 'eval "$(/bin/cat)"', the path every
+                  command took before (one more process start)
+  cell            POST python/exec {"code": "1"} in the default context (no process start: berthd + agent floor)
+Prints n, p50, p90 in ms. Needs root (the agent socket directory is 0700 root). Python standard library only.
+"""
+import argparse
+import glob
+import importlib.util
+import os
+import socket
+import struct
+import sys
+import time
+
+sys.dont_write_bytecode = True
+import benchlib  # noqa: E402  bench/benchlib.py
+
+runall = benchlib.load_run_all()
+_spec = importlib.util.spec_from_file_location("agent_transport", os.path.join(os.path.dirname(__file__),
+                                                                               "agent_transport.py"))
+at = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(at)  # its AgentConn: the protocol client written from docs/agent-protocol.md
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--engine", default="docker", choices=["docker", "podman"])
+    ap.add_argument("--runs", type=int, default=100)
+    args = ap.parse_args()
+    b = runall.Berthd(args.build, args.engine, "berth/python:3.11", "[cleanup]\nenabled = false\n",
+                      driver_settings='agent_transport = "socket"\nagent_run_dir = "/run/berth/bench-agent"')
+    b.start()
+    try:
+        sb = b.create()
+        conn = runall.Conn(b.port)
+        conn.request("POST", f"/v1/sandboxes/{sb}/shell/exec", {"command": "true"})
+        st, view = conn.request("GET", f"/v1/sandboxes/{sb}")
+        sock = f"/run/berth/bench-agent/berth-{view['session_id']}/agent.sock"  # <agent_run_dir>/<container name>
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        a = at.AgentConn(s)
+
+        def agent(argv):
+            a.channel += 1
+            start = (at.u32(len(argv)) + b"".join(at.bstr(x) for x in argv) + at.u32(1) +
+                     at.bstr(b"PATH=/usr/bin:/bin") + at.bstr(b"") + struct.pack(">IIIHHIQ", 1000, 1000, 0, 24, 80, 0, 0))
+            a.sock.sendall(at.frame(0x10, a.channel, start) + at.frame(0x12, a.channel))  # START, then stdin EOF
+            while True:
+                t, ch, p = a.read_frame()
+                if t == 0x05:
+                    raise RuntimeError(f"agent error {p!r}")
+                if ch == a.channel and t == 0x17:
+                    return
+
+        def spawn():
+            with open(os.devnull, "wb") as null:
+                pid = os.posix_spawn("/bin/echo", ["/bin/echo", "hi"], {}, file_actions=[
+                    (os.POSIX_SPAWN_DUP2, null.fileno(), 1)])
+                os.waitpid(pid, 0)
+
+        def shell(command):
+            def call():
+                st, r = conn.request("POST", f"/v1/sandboxes/{sb}/shell/exec", {"command": command})
+                if st != 200 or r.get("output") != "hi\n":
+                    raise RuntimeError(f"shell/exec: {st} {r}")
+            return call
+
+        def cell():
+            st, r = conn.request("POST", f"/v1/sandboxes/{sb}/python/exec", {"code": "1"})
+            if st != 200 or r.get("data", {}).get("text") != "1":
+                raise RuntimeError(f"cell: {st} {r}")
+
+        calls = {
+            "spawn floor (host posix_spawn + wait)": spawn,
+            "agent: /bin/echo hi, START -> EXIT": lambda: agent([b"/bin/echo", b"hi"]),
+            "agent: /bin/sh -c 'echo hi'": lambda: agent([b"/bin/sh", b"-c", b"echo hi", b"/bin/sh"]),
+            "berthd shell/exec echo hi": shell("echo hi"),
+            "berthd shell/exec, 16,318-byte command (argv)": shell("echo hi\n#" + "x" * (16318 - 9)),
+            "berthd shell/exec, 16,400-byte command (stdin)": shell("echo hi\n#" + "x" * (16400 - 9)),
+            "berthd python/exec cell `1`": cell,
+        }
+        res = {k: [] for k in calls}
+        for i in range(args.runs + 3):
+            for k, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                if i >= 3:
+                    res[k].append((time.perf_counter() - t0) * 1000)
+        print(f"shell exec paths, {args.engine}, {args.runs} rounds interleaved, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.2f}")
+        print("| call | n | p50 ms | p90 ms |\n|---|---|---|---|")
+        for k, v in res.items():
+            v.sort()
+            print(f"| {k} | {len(v)} | {v[len(v) // 2]:.2f} | {v[int(len(v) * 0.9)]:.2f} |")
+    finally:
+        b.cleanup()
+        b.stop()
+
+
+if __name__ == "__main__":
+    main()
