@@ -18,6 +18,8 @@ bool BackgroundQueue::post(const std::string& key, std::function<void()> work, T
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || queued_.count(key)) return false;
+    // "At once" is now: work that became due earlier goes first, so a stream of new keys cannot starve it.
+    if (not_before == TimePoint{}) not_before = std::chrono::steady_clock::now();
     queued_.emplace(key, Item{std::move(work), not_before});
   }
   wake_.notify_one();

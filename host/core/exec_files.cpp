@@ -179,7 +179,7 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
 
   ExecRequest rq;
   // `python3 -` reads its program from stdin (no argv limit). A shell command up to kShellArgvMax bytes without a NUL
-  // goes in argv (`/bin/sh -c CODE /bin/sh`: one process start fewer, a third of a warm shell exec); a longer one
+  // goes in argv (`/bin/sh -c -- CODE /bin/sh`: one process start fewer, a third of a warm shell exec); a longer one
   // travels on stdin, because the kernel caps one argument at 128 KiB: the shell reads the whole command with `cat`
   // first, so the user's program sees EOF either way. /bin/cat by absolute path: the session's PATH is the
   // tenant's, and a planted `cat` must not replace the command.
@@ -187,7 +187,7 @@ ExecOutcome SandboxService::exec_code(const std::string& owner, const std::strin
     rq.argv = {"python3", "-"};
     rq.stdin_data = code;
   } else if (code.size() <= kShellArgvMax && code.find('\0') == std::string::npos) {
-    rq.argv = {"/bin/sh", "-c", code, "/bin/sh"};
+    rq.argv = {"/bin/sh", "-c", "--", code, "/bin/sh"};  // "--": a command starting with '-' or '+' is no option
   } else {
     rq.argv = {"/bin/sh", "-c", "eval \"$(/bin/cat)\""};
     rq.stdin_data = code;

@@ -118,9 +118,9 @@ struct CreateSandboxResult {
 enum class ExecKind { python, shell };
 
 /**
- * Longest shell/exec command (bytes) passed in argv as `/bin/sh -c CODE`; a longer one, or one holding a NUL, is sent
- * on stdin. An engine's exec path escapes every byte outside printable ASCII to 5 bytes, and the kernel caps one
- * argument at 128 KiB (MAX_ARG_STRLEN): 16 KiB stays under it whatever the bytes.
+ * Longest shell/exec command (bytes) passed in argv as `/bin/sh -c -- CODE /bin/sh`; a longer one, or one holding a
+ * NUL, is sent on stdin. An engine's exec path escapes every byte outside printable ASCII to 5 bytes, and the kernel
+ * caps one argument at 128 KiB (MAX_ARG_STRLEN): 16 KiB stays under it whatever the bytes.
  */
 inline constexpr std::size_t kShellArgvMax = 16 * 1024;
 

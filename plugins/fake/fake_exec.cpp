@@ -528,7 +528,8 @@ class Interpreter {
         if (i + 1 < args.size() && (args[i + 1] == kEvalStdin || args[i + 1] == kEvalStdinByName)) {
           return run_script(take_stdin(), out);
         }
-        if (i + 1 < args.size()) return run_script(args[i + 1], out);
+        const size_t script = i + 1 < args.size() && args[i + 1] == "--" ? i + 2 : i + 1;  // `sh -c -- SCRIPT`
+        if (script < args.size()) return run_script(args[script], out);
         emit(kStderr, "sh: -c requires an argument\n");
         return 2;
       }

@@ -214,7 +214,7 @@ TEST_CASE("a shell command up to kShellArgvMax bytes goes in argv, a longer one 
   auto out = service.exec(f.owner, id, core::ExecKind::shell, fits, 30s, "");
   CHECK(out.output == "ok\n");
   REQUIRE_FALSE(recording.seen.empty());
-  CHECK(recording.seen.back().first == std::vector<std::string>{"/bin/sh", "-c", fits, "/bin/sh"});
+  CHECK(recording.seen.back().first == std::vector<std::string>{"/bin/sh", "-c", "--", fits, "/bin/sh"});
   CHECK(recording.seen.back().second.empty());
 
   const std::string longer = command_of(core::kShellArgvMax + 1);

@@ -729,15 +729,18 @@ TEST_CASE("a burst of execs is measured once per disk_check_spacing, and the fir
   core::SandboxService service(*f.store, counting, f.clock, settings);
   auto id = f.create();
   service.exec(f.owner, id, core::ExecKind::shell, "echo one > a.txt", 30s, "");
-  while (counting.stats.load() < 1)  // the first exec's check runs at once (no deadline asserted)
-    std::this_thread::sleep_for(5ms);
+  auto wait_for_stats = [&](int n) {  // bounded ("eventually" vs "never"), no time asserted
+    for (int i = 0; i < 6000 && counting.stats.load() < n; ++i)
+      std::this_thread::sleep_for(10ms);
+    REQUIRE(counting.stats.load() >= n);
+  };
+  wait_for_stats(1);  // the first exec's check runs at once
   for (int i = 0; i < 20; ++i)
     service.exec(f.owner, id, core::ExecKind::shell, "echo more >> a.txt", 30s, "");
   // A second sandbox is not held back by the first one's spacing.
   auto other = f.create();
   service.exec(f.owner, other, core::ExecKind::shell, "true", 30s, "");
-  while (counting.stats.load() < 2)
-    std::this_thread::sleep_for(5ms);
+  wait_for_stats(2);
   std::this_thread::sleep_for(200ms);  // room for a wrong extra check of the first sandbox to show
   CHECK(counting.stats.load() == 2);
 }

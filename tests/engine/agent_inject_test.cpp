@@ -274,6 +274,45 @@ void process_tree_case(const std::string& engine) {
   CHECK(ps.out == "0\n");
 }
 
+// agent_transport = "exec": a process that never reads its stdin, fed 1 MiB (the agent holds it: it reads a connection
+// until a process has 4 MiB unread), then dropped while that stdin is still queued. Its connection closes; the pump
+// half-closes the stream, the agent sees EOF, kills the process, and its own exec of the agent ends. (Past 4 MiB the
+// agent stops reading, the engine's stdin copy blocks behind it and the EOF cannot pass: docs/driver-sdk.md.)
+void exec_transport_stalled_stdin_case(const std::string& engine) {
+  auto d = make_driver(engine, R"({"agent_transport": "exec"})");
+  Sandbox s(*d, "berth/python:3.11");
+  auto count = [&](const std::string& pattern) {
+    return run(*d, s.handle,
+               argv({"/bin/sh", "-c",
+                     "for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' <\"$f\"; echo; done 2>/dev/null | "
+                     "grep -c '" +
+                         pattern + "'"}))
+        .out;
+  };
+  {
+    core::ProcessSpec spec;
+    spec.argv = {"/bin/sleep", "3201"};
+    spec.timeout = std::chrono::minutes(10);
+    auto p = d->process_start(s.handle, spec);
+    const std::string chunk(64 << 10, 's');
+    for (int i = 0; i < 16; ++i) {  // 1 MiB
+      try {
+        p->write_stdin(chunk);
+      } catch (const DriverError&) {
+        break;  // unavailable: the driver's own buffer is full
+      }
+    }
+    CHECK(count("^/bin/sleep 3201") == "1\n");
+  }  // dropped with stdin queued: its connection is closed
+  std::string left;
+  for (int i = 0; i < 300; ++i) {  // bounded ("eventually" vs "never"), no time asserted
+    left = count("^/bin/sleep 3201");
+    if (left == "0\n") break;
+    std::this_thread::sleep_for(100ms);
+  }
+  CHECK(left == "0\n");
+}
+
 void fallback_case(const std::string& engine) {
   auto d = make_driver(engine, R"({"agent_path": "/nonexistent/berth-agent"})");
   Sandbox s(*d, "berth/python:3.11");
@@ -386,6 +425,7 @@ void tenant_limits_case(const std::string& engine) {
   TEST_CASE(engine ": an image without /bin/sh works over the exec transport, and a bad transport is refused",      \
             "[" engine "]") {                                                                                       \
     shellless_case(engine, R"({"agent_transport": "exec"})");                                                       \
+    exec_transport_stalled_stdin_case(engine);                                                                      \
     CHECK_THROWS_WITH(make_driver(engine, R"({"agent_transport": "tcp"})"),                                         \
                       Catch::Contains("'agent_transport' must be \"socket\" or \"exec\""));                         \
   }

@@ -432,6 +432,15 @@ void argv_boundary_case(const Engine& engine, bool agent) {
     CHECK(r.json()->getValue<std::string>("output") == "/bin/sh|0|\u00e9-ok\n");
     CHECK(r.json()->getValue<int>("exit_code") == 0);
   }
+  // A command starting with '-' or '+' is a command, never an option of sh (argv: `sh -c -- COMMAND`).
+  for (const char* lead : {"-h", "+x"}) {
+    Poco::JSON::Object body;
+    body.set("command", std::string(lead) + " 2>/dev/null || echo after");
+    auto r = c.post(sb(id) + "/shell/exec", json_of(body));
+    INFO(r.body);
+    REQUIRE(r.status == 200);
+    CHECK(r.json()->getValue<std::string>("output") == "after\n");
+  }
   CHECK(c.del(sb(id)).status == 204);
 }
 

@@ -1635,11 +1635,11 @@ void remove_agent_dir(const std::string& dir) {
 
 /**
  * Waits until the container's agent answers HELLO and PING on a connection from `connect` (the socket, or an exec
- * stream; Config::agent_ready_timeout_ms at most, the container's state looked at every 100 ms) and returns that
- * connection. Throws AgentStartFailed.
+ * stream; Config::agent_ready_timeout_ms at most, an attempt every `retry_delay`, the container's state looked at
+ * every 100 ms) and returns that connection. Throws AgentStartFailed.
  */
 std::unique_ptr<AgentClient> wait_for_agent(Instance& inst, const std::string& container,
-                                            const AgentPool::Connector& connect) {
+                                            const AgentPool::Connector& connect, milliseconds retry_delay) {
   using Clock = std::chrono::steady_clock;
   const auto give_up = Clock::now() + milliseconds(inst.config.agent_ready_timeout_ms);
   auto next_state_check = Clock::now() + milliseconds(100);
@@ -1664,7 +1664,7 @@ std::unique_ptr<AgentClient> wait_for_agent(Instance& inst, const std::string& c
                                std::to_string(state ? state->optValue<int>("ExitCode", -1) : -1) + "): " + last);
       }
     }
-    std::this_thread::sleep_for(milliseconds(2));
+    std::this_thread::sleep_for(retry_delay);
   }
 }
 
@@ -1867,13 +1867,18 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
         }
         if (use_agent && exec_transport) {
           ready_connection = wait_for_agent(
-              self, id, [&self, id, argv = Instance::exec_agent_argv(workspace)](AgentDeadline deadline) {
+              self, id,
+              [&self, id, argv = Instance::exec_agent_argv(workspace)](AgentDeadline deadline) {
                 return connect_over_exec(self.client, id, argv, deadline);
-              });
+              },
+              milliseconds(50));  // each attempt is an Engine exec: not every 2 ms
         } else if (use_agent) {
-          ready_connection = wait_for_agent(self, id, [socket = agent_dir + "/agent.sock"](AgentDeadline deadline) {
-            return std::make_unique<AgentClient>(AgentClient::connect_unix(socket, deadline));
-          });
+          ready_connection = wait_for_agent(
+              self, id,
+              [socket = agent_dir + "/agent.sock"](AgentDeadline deadline) {
+                return std::make_unique<AgentClient>(AgentClient::connect_unix(socket, deadline));
+              },
+              milliseconds(2));
           // The agent has bound its socket: the directory goes back to berthd, so that the sandbox user can neither
           // swap agent.sock for a symlink berthd would follow (to any host socket) nor fill the host's /run.
           if (::chown(agent_dir.c_str(), ::geteuid(), ::getegid()) != 0 || ::chmod(agent_dir.c_str(), 0700) != 0) {
