@@ -523,12 +523,13 @@ class Interpreter {
   int run_sh(const std::vector<std::string>& args, berth_stream out) {
     for (size_t i = 0; i < args.size(); ++i) {
       if (args[i].size() > 1 && args[i][0] == '-' && args[i].find('c') != std::string::npos) {
-        // `sh -c 'eval "$(/bin/cat)"'` is how the host sends a command on stdin (no argv size limit): the mini
-        // shell has no command substitution, so it recognises this form (and `cat` by name) and runs stdin.
-        if (i + 1 < args.size() && (args[i + 1] == kEvalStdin || args[i + 1] == kEvalStdinByName)) {
+        const size_t script = i + 1 < args.size() && args[i + 1] == "--" ? i + 2 : i + 1;  // `sh -c -- SCRIPT`
+        // `sh -c 'eval "$(/bin/cat)"'` is how the host sends a long command on stdin (no argv size limit): the mini
+        // shell has no command substitution, so it recognises this form (and `cat` by name) and runs stdin. The
+        // same text as a user's own command (`sh -c -- 'eval ...'`) reads stdin too, as a real shell would.
+        if (script < args.size() && (args[script] == kEvalStdin || args[script] == kEvalStdinByName)) {
           return run_script(take_stdin(), out);
         }
-        const size_t script = i + 1 < args.size() && args[i + 1] == "--" ? i + 2 : i + 1;  // `sh -c -- SCRIPT`
         if (script < args.size()) return run_script(args[script], out);
         emit(kStderr, "sh: -c requires an argument\n");
         return 2;

@@ -32,35 +32,47 @@ std::string to_json(const Poco::JSON::Object::Ptr& object) {
   return os.str();
 }
 
-/** How long the stream may stay open after the client's end closed (the agent then has EOF on stdin and should exit
- *  at once; a stopped or wedged agent, or a stalled engine, must not hold the pump thread for ever). */
+/** How long the pump goes on once one side ended: after the client's close, for the stream to end (the agent has
+ *  EOF on stdin and should exit at once; a stopped or wedged agent, or a stalled engine, must not hold the thread for
+ *  ever); after the stream's end, for the client to take what the agent said last. */
 constexpr auto kDrainLimit = std::chrono::seconds(10);
 
 /**
  * Copies between the hijacked stream and the pump's end of the socketpair. Owns both; runs on its own detached
- * thread. Ends when the engine closes the stream, or kDrainLimit after the client closed its end. Never throws.
+ * thread. Never throws.
  *
- * Rules: a side that reports POLLHUP/POLLERR is read (or found broken) at once, never just polled again; when the
- * client's end closes, what it still had queued for the agent is dropped and the stream is half-closed at once (the
- * agent kills everything of a closed connection anyway, and it may have stopped reading stdin); once the stream
- * ended, what was buffered for the client is dropped too (the client sees EOF: its connection is gone).
+ * Rules:
+ * - A side that reports POLLHUP/POLLERR is read (or found broken) in the next round, never just polled again; a
+ *   hung-up stream still gives what it holds (read as the client makes room), then its EOF.
+ * - When the stream ends (EOF, an error, or the engine no longer taking stdin), what the agent sent before still goes
+ *   to the client (its last ERROR frame tells why), for up to kDrainLimit; then the client's end is closed (EOF).
+ * - When the client's end closes, what it still had queued for the agent goes out as far as the stream takes it at
+ *   once, the rest is dropped, and the stream is half-closed (the agent kills everything of a closed connection anyway,
+ * and it may have stopped reading stdin); the stream then has kDrainLimit to end, and is closed regardless.
  */
 void pump(std::unique_ptr<HijackedStream> stream, int local) {
+  using Clock = std::chrono::steady_clock;
   FrameDemuxer demuxer;
   std::string to_local;   // the agent's frames (stdout payload), for the client
   std::string to_stream;  // the client's bytes, for the agent's stdin
   bool local_eof = false;
-  std::optional<std::chrono::steady_clock::time_point> drain_until;
+  bool stream_done = false;
+  bool stream_hup = false;                   // poll reported a hang-up: data may still be unread before the EOF
+  std::optional<Clock::time_point> give_up;  // set once either side ended
   std::uint8_t buffer[64 * 1024];
   try {
     for (;;) {
-      // stream -> client (read while there is room; a hang-up is seen here as EOF or an error)
-      bool stream_eof = false;
-      while (to_local.size() < kPumpBuffer) {
-        const auto n = stream->read_some(buffer, sizeof buffer);
+      // stream -> client: while there is room, at most 16 reads a round (a flooding stream cannot hold the loop)
+      for (int reads = 0; !stream_done && to_local.size() < kPumpBuffer && reads < 16; ++reads) {
+        std::ptrdiff_t n = -1;
+        try {
+          n = stream->read_some(buffer, sizeof buffer);
+        } catch (...) {
+          n = 0;  // a broken stream ends like its EOF
+        }
         if (n < 0) break;
         if (n == 0) {
-          stream_eof = true;
+          stream_done = true;
           break;
         }
         demuxer.feed(buffer, static_cast<std::size_t>(n), [&](int s, const std::uint8_t* data, std::size_t size) {
@@ -68,7 +80,6 @@ void pump(std::unique_ptr<HijackedStream> stream, int local) {
           return true;
         });
       }
-      if (stream_eof) break;
       if (!local_eof && !to_local.empty()) {
         const ssize_t n = ::send(local, to_local.data(), to_local.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
@@ -77,8 +88,8 @@ void pump(std::unique_ptr<HijackedStream> stream, int local) {
           local_eof = true;
         }
       }
-      // client -> stream
-      while (!local_eof && to_stream.size() < kPumpBuffer) {
+      // client -> stream (nothing more to carry once the stream is done: only its close is watched, by poll)
+      while (!local_eof && !stream_done && to_stream.size() < kPumpBuffer) {
         const ssize_t n = ::recv(local, buffer, sizeof buffer, MSG_DONTWAIT);
         if (n > 0) {
           to_stream.append(reinterpret_cast<const char*>(buffer), static_cast<std::size_t>(n));
@@ -87,45 +98,79 @@ void pump(std::unique_ptr<HijackedStream> stream, int local) {
         if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) local_eof = true;
         break;
       }
-      if (local_eof && !drain_until) {
-        to_local.clear();
-        to_stream.clear();
+      if (local_eof && !stream->send_shut()) {
+        // What the client sent last goes out as far as the stream takes it now (a KILL, the end of a stdin); the
+        // rest is dropped: the agent may have stopped reading, and it ends everything of a closed connection anyway.
+        try {
+          if (!stream_done && !to_stream.empty())
+            stream->write_some(reinterpret_cast<const std::uint8_t*>(to_stream.data()), to_stream.size());
+        } catch (...) {
+        }
         stream->shutdown_send();  // the agent sees EOF on stdin: it ends what it started and exits
-        drain_until = std::chrono::steady_clock::now() + kDrainLimit;
       }
-      if (!to_stream.empty()) {
-        const auto n = stream->write_some(reinterpret_cast<const std::uint8_t*>(to_stream.data()), to_stream.size());
-        if (n < 0) break;  // the engine no longer reads: the stream is over
-        to_stream.erase(0, static_cast<std::size_t>(n));
+      if (local_eof) to_local.clear(), to_stream.clear();
+      if (!stream_done && !to_stream.empty()) {
+        std::ptrdiff_t n = -1;
+        try {
+          n = stream->write_some(reinterpret_cast<const std::uint8_t*>(to_stream.data()), to_stream.size());
+        } catch (...) {
+        }
+        if (n < 0) {
+          stream_done = true;  // the engine no longer reads: the stream is over (its last frames still go out)
+          to_stream.clear();
+        } else {
+          to_stream.erase(0, static_cast<std::size_t>(n));
+        }
       }
-      if (stream->has_pending()) continue;
+      if (stream_done && (local_eof || to_local.empty())) break;  // nothing left to carry either way
+      if ((local_eof || stream_done) && !give_up) give_up = Clock::now() + kDrainLimit;
+      if (!stream_done && stream->has_pending() && to_local.size() < kPumpBuffer) continue;
       int timeout = -1;
-      if (drain_until) {
-        const auto left =
-            std::chrono::duration_cast<std::chrono::milliseconds>(*drain_until - std::chrono::steady_clock::now());
+      if (give_up) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*give_up - Clock::now());
         if (left.count() <= 0) break;
         timeout = static_cast<int>(left.count()) + 1;
       }
-      // POLLIN on the stream only with room for what it brings; POLLHUP/POLLERR are reported regardless, and the
-      // next round's read sees them (EOF or an error) whether or not there is room: a full buffer then just ends.
+      // POLLIN on a side only with room for what it brings; POLLHUP/POLLERR are reported regardless: a client's
+      // hang-up without data sets local_eof. A stream that hung up while the client's buffer is full is not polled
+      // (POLLHUP would wake at once, for ever): what it still holds is read once the client took some, then its EOF.
+      const bool stream_waits = stream_done || (stream_hup && to_local.size() >= kPumpBuffer);
       pollfd fds[2] = {
-          {stream->fd(),
+          {stream_waits ? -1 : stream->fd(),
            static_cast<short>((to_local.size() < kPumpBuffer ? POLLIN : 0) | (to_stream.empty() ? 0 : POLLOUT)), 0},
           {local_eof ? -1 : local,
-           static_cast<short>((to_stream.size() < kPumpBuffer ? POLLIN : 0) | (to_local.empty() ? 0 : POLLOUT)), 0}};
+           static_cast<short>((!stream_done && to_stream.size() < kPumpBuffer ? POLLIN : 0) |
+                              (to_local.empty() ? 0 : POLLOUT)),
+           0}};
       if (::poll(fds, 2, timeout) < 0) {
         if (errno == EINTR) continue;
         break;
       }
-      if ((fds[0].revents & (POLLHUP | POLLERR)) && to_local.size() >= kPumpBuffer) break;  // hung up, client slow
+      if (fds[0].revents & (POLLHUP | POLLERR)) stream_hup = true;
       if ((fds[1].revents & (POLLHUP | POLLERR)) && !(fds[1].revents & POLLIN)) local_eof = true;
     }
-  } catch (...) {  // a broken stream ends the pump like its EOF
+  } catch (...) {  // bad_alloc and the like: end the connection
   }
   ::close(local);  // the client sees EOF
 }
 
 }  // namespace
+
+int start_pump(std::unique_ptr<HijackedStream> stream) {
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    throw Error(Errc::internal, std::string("socketpair: ") + std::strerror(errno));
+  }
+  ::fcntl(pair[0], F_SETFL, ::fcntl(pair[0], F_GETFL) | O_NONBLOCK);
+  try {
+    std::thread(pump, std::move(stream), pair[0]).detach();
+  } catch (...) {  // no thread: nothing owns the pump's end (the stream was freed with the failed call's arguments)
+    ::close(pair[0]);
+    ::close(pair[1]);
+    throw;
+  }
+  return pair[1];
+}
 
 std::unique_ptr<AgentClient> connect_over_exec(Client& client, const std::string& container,
                                                const std::vector<std::string>& agent_argv, AgentDeadline deadline) {
@@ -154,21 +199,9 @@ std::unique_ptr<AgentClient> connect_over_exec(Client& client, const std::string
   // Initialised in place from the prvalue: a moved-from HijackedStream would close the shared socket.
   std::unique_ptr<HijackedStream> stream(
       new HijackedStream(client.hijack("/exec/" + exec_id + "/start", to_json(start), remaining())));
-  ::fcntl(stream->fd(), F_SETFL, ::fcntl(stream->fd(), F_GETFL) | O_NONBLOCK);
 
-  int pair[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-    throw Error(Errc::internal, std::string("socketpair: ") + std::strerror(errno));
-  }
-  ::fcntl(pair[0], F_SETFL, ::fcntl(pair[0], F_GETFL) | O_NONBLOCK);
-  try {
-    std::thread(pump, std::move(stream), pair[0]).detach();
-  } catch (...) {  // no thread: nothing owns the pump's end (the stream was freed with the failed call's arguments)
-    ::close(pair[0]);
-    ::close(pair[1]);
-    throw;
-  }
-  return std::make_unique<AgentClient>(AgentClient::over_fds(pair[1], pair[1], deadline));
+  const int client_end = start_pump(std::move(stream));
+  return std::make_unique<AgentClient>(AgentClient::over_fds(client_end, client_end, deadline));
 }
 
 }  // namespace berth::engine::compat

@@ -8,6 +8,7 @@
 
 #include "berth/engine/agent_client.hpp"
 #include "berth/engine/client.hpp"
+#include "berth/engine/hijack.hpp"
 
 namespace berth::engine::compat {
 
@@ -27,5 +28,13 @@ namespace berth::engine::compat {
  */
 std::unique_ptr<AgentClient> connect_over_exec(Client& client, const std::string& container,
                                                const std::vector<std::string>& agent_argv, AgentDeadline deadline);
+
+/**
+ * The pump of one connection, exposed for connect_over_exec and the tests: starts the detached thread that owns
+ * `stream` and returns the client's end of the socketpair (owned by the caller; blocking mode as created). Throws
+ * engine::Error when the socketpair cannot be made, std::system_error when the thread cannot start (the stream is
+ * closed either way).
+ */
+int start_pump(std::unique_ptr<HijackedStream> stream);
 
 }  // namespace berth::engine::compat

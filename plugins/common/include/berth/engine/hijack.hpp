@@ -42,6 +42,8 @@ class HijackedStream {
    *  are not visible there: has_pending() tells; read_some() returns them first. */
   int fd() const;
   bool has_pending() const { return pending_pos_ < pending_.size(); }
+  /** Whether shutdown_send() was called. */
+  bool send_shut() const { return send_shut_; }
 
  private:
   Poco::Net::StreamSocket socket_;
