@@ -36,7 +36,10 @@ void BackgroundQueue::loop() {
     for (auto it = queued_.begin(); it != queued_.end(); ++it)
       if (it->second.not_before < next->second.not_before) next = it;
     if (next->second.not_before > std::chrono::steady_clock::now()) {
-      wake_.wait_until(lock, next->second.not_before);  // or a post (maybe due earlier) or the destructor
+      // A copy: the wait releases the lock, and the item may be erased meanwhile (the destructor clears the queue);
+      // wait_until reads its deadline again after each wake-up (ASan caught the reference).
+      const TimePoint when = next->second.not_before;
+      wake_.wait_until(lock, when);  // or a post (maybe due earlier) or the destructor
       continue;
     }
     std::function<void()> work = std::move(next->second.work);
