@@ -9,12 +9,10 @@
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
-#include <Poco/JSON/Stringifier.h>
 
 #include <cerrno>
 #include <cstring>
 #include <optional>
-#include <sstream>
 #include <thread>
 
 #include "berth/engine/hijack.hpp"
@@ -25,12 +23,6 @@ namespace {
 
 /** Most bytes buffered per direction before the pump stops reading that direction's source (backpressure). */
 constexpr std::size_t kPumpBuffer = 1 << 20;
-
-std::string to_json(const Poco::JSON::Object::Ptr& object) {
-  std::ostringstream os;
-  Poco::JSON::Stringifier::stringify(object, os);
-  return os.str();
-}
 
 /** How long the pump goes on once one side ended: after the client's close, for the stream to end (the agent has
  *  EOF on stdin and should exit at once; a stopped or wedged agent, or a stalled engine, must not hold the thread for

@@ -31,11 +31,11 @@ class AgentPool {
   using Connector = std::function<std::unique_ptr<AgentClient>(AgentDeadline)>;
 
   explicit AgentPool(Connector connect) : connect_(std::move(connect)) {}
-  /** Connections to the unix socket at `socket_path`. */
-  static std::shared_ptr<AgentPool> over_socket(const std::string& socket_path) {
-    return std::make_shared<AgentPool>([socket_path](AgentDeadline deadline) {
+  /** Connections to the unix socket at `socket_path` (the "socket" transport). */
+  static Connector socket_connector(const std::string& socket_path) {
+    return [socket_path](AgentDeadline deadline) {
       return std::make_unique<AgentClient>(AgentClient::connect_unix(socket_path, deadline));
-    });
+    };
   }
 
   /** One leased connection; goes back to the pool on destruction unless discard() was called. */

@@ -49,6 +49,8 @@ using std::chrono::milliseconds;
 constexpr size_t kMaxScriptOutput = 64 * 1024 * 1024;  // helper output cap (when captured, not streamed)
 constexpr size_t kMaxRecordBytes = 64 * 1024;          // one dir_list record: type/size/mode/name
 constexpr size_t kMaxStderr = 64 * 1024;
+constexpr const char* kAgentPathInside = "/.berth/agent";  // the agent binary's bind mount in every agent session
+constexpr const char* kAgentRunInside = "/.berth/run";     // the "socket" transport's directory in the container
 
 // ---------------------------------------------------------------------------------------------------------------
 // ABI struct helpers
@@ -147,9 +149,11 @@ struct Instance {
     return "engine-exec:" + container;
   }
 
-  /** The agent's argv for one connection of the "exec" transport (docs/agent-protocol.md, --stdio). */
-  static std::vector<std::string> exec_agent_argv(const std::string& workspace) {
-    return {"/.berth/agent", "--stdio", "--root", workspace};
+  /** Connections of the "exec" transport to `container`'s agent: an Engine exec of the agent with --stdio each
+   *  (docs/agent-protocol.md). Uses this instance's client: the instance outlives every pool it makes. */
+  AgentPool::Connector exec_connector(const std::string& container, const std::string& workspace) {
+    return [this, container, argv = std::vector<std::string>{kAgentPathInside, "--stdio", "--root", workspace}](
+               AgentDeadline deadline) { return connect_over_exec(client, container, argv, deadline); };
   }
 
   /** The session's meta from its container's inspect. Its agent pool (if any) uses this instance's engine client:
@@ -163,14 +167,11 @@ struct Instance {
           if (labels->optValue<std::string>(kLabelAgentTransport, "") == "exec") {
             meta->agent = true;
             const std::string container = object->optValue<std::string>("Id", "");
-            meta->pool = std::make_shared<AgentPool>(
-                [this, container, argv = exec_agent_argv(meta->workspace)](AgentDeadline deadline) {
-                  return connect_over_exec(client, container, argv, deadline);
-                });
+            meta->pool = std::make_shared<AgentPool>(exec_connector(container, meta->workspace));
           } else if (labels->has(kLabelAgentDir)) {
             meta->agent = true;
             meta->agent_dir = labels->getValue<std::string>(kLabelAgentDir);
-            meta->pool = AgentPool::over_socket(meta->agent_dir + "/agent.sock");
+            meta->pool = std::make_shared<AgentPool>(AgentPool::socket_connector(meta->agent_dir + "/agent.sock"));
           }
         }
       }
@@ -1576,8 +1577,6 @@ berth_status volume_exists(berth_instance* inst, const char* name, int32_t* exis
 namespace {
 
 /** Where the agent binary and the session's agent directory appear inside the container. */
-constexpr const char* kAgentPathInside = "/.berth/agent";
-constexpr const char* kAgentRunInside = "/.berth/run";
 
 /** The agent could not be started or did not answer: session_create falls back to the Engine exec path. */
 class AgentStartFailed : public std::runtime_error {
@@ -1866,19 +1865,11 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
           delay_ms = std::min(delay_ms * 2, 50);
         }
         if (use_agent && exec_transport) {
-          ready_connection = wait_for_agent(
-              self, id,
-              [&self, id, argv = Instance::exec_agent_argv(workspace)](AgentDeadline deadline) {
-                return connect_over_exec(self.client, id, argv, deadline);
-              },
-              milliseconds(50));  // each attempt is an Engine exec: not every 2 ms
+          // Each attempt is an Engine exec: not every 2 ms.
+          ready_connection = wait_for_agent(self, id, self.exec_connector(id, workspace), milliseconds(50));
         } else if (use_agent) {
-          ready_connection = wait_for_agent(
-              self, id,
-              [socket = agent_dir + "/agent.sock"](AgentDeadline deadline) {
-                return std::make_unique<AgentClient>(AgentClient::connect_unix(socket, deadline));
-              },
-              milliseconds(2));
+          ready_connection =
+              wait_for_agent(self, id, AgentPool::socket_connector(agent_dir + "/agent.sock"), milliseconds(2));
           // The agent has bound its socket: the directory goes back to berthd, so that the sandbox user can neither
           // swap agent.sock for a symlink berthd would follow (to any host socket) nor fill the host's /run.
           if (::chown(agent_dir.c_str(), ::geteuid(), ::getegid()) != 0 || ::chmod(agent_dir.c_str(), 0700) != 0) {
