@@ -15,11 +15,10 @@ namespace berth::core {
 /**
  * post(key, work, not_before) queues `work` to run no earlier than `not_before` (steady clock; the default: at once)
  * unless work for `key` is already queued (then the call is dropped: the queued work will see the newer state
- * anyway). One worker thread runs what is due, earliest `not_before` first (at once = the time of the post, so
- * due work runs in the order it became due); work for a key that is
- * running may be queued again. `work` must not throw (what it throws is swallowed) and must own what it uses beyond
- * the queue's lifetime. Thread-safe. The destructor drops what is still queued (due or not) and waits for the
- * running work.
+ * anyway). One worker thread runs what is due, earliest `not_before` first ("at once" is the time of the post, so due
+ * work runs in the order it became due); work for a key that is running may be queued again. `work` must not throw
+ * (what it throws is swallowed) and must own what it uses beyond the queue's lifetime. Thread-safe. The destructor
+ * drops what is still queued (due or not) and waits for the running work.
  */
 class BackgroundQueue {
  public:
