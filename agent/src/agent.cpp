@@ -42,6 +42,10 @@ constexpr std::size_t kOutHigh = 1u << 20;         // stop reading process outpu
 constexpr std::size_t kOutLow = 256u << 10;        // resume below this
 constexpr std::size_t kStdinHigh = 4u << 20;       // stop reading a connection while a process has this much stdin
 constexpr std::size_t kMaxRequestsPerConn = 4096;  // processes + open file requests per connection
+// The spare shim is forked once no process is younger than this: a fork (~1 ms on a small VM) while a process
+// starts, runs briefly and exits would delay that process's STARTED, output and EXIT, which the spare is there to
+// speed up. Short execs end first (the fork then falls between requests); long ones get it after this delay.
+constexpr auto kSpareDelay = std::chrono::milliseconds(20);
 
 /** One structured log line on stderr: {"event":"agent.x","k":"v"...}. Event names are stable. */
 void log_event(const char* event, std::initializer_list<std::pair<const char*, std::string>> fields = {}) {
@@ -72,6 +76,7 @@ struct Options {
   std::uint64_t output_cap = 64ull << 20;
   int grace_ms = 10000;
   mode_t socket_mode = 0600;  ///< --socket-mode: 0666 when the host side is another, unprivileged uid
+  bool spare = true;          ///< keep a spare shim forked ahead of the next request (--no-spare: off)
 };
 
 struct Connection;
@@ -91,6 +96,7 @@ struct Process {
   bool timed_out = false, kill_sent = false;
   bool shim_reaped = false;  // the SIGCHLD handler reaped the shim already (its pid may be reused since)
   std::optional<Clock::time_point> deadline;
+  Clock::time_point started_at = Clock::now();  ///< when its START arrived
   std::string status_partial;
 };
 
@@ -178,7 +184,13 @@ class Agent {
   std::vector<std::unique_ptr<Connection>> conns_;
   std::vector<std::unique_ptr<Process>> procs_;
   bool terminating_ = false;
-  bool stdio_closed_ = false;  ///< the --stdio connection ended (an agent without --listen then exits)
+  bool stdio_closed_ = false;        ///< the --stdio connection ended (an agent without --listen then exits)
+  SpareShim spare_;                  ///< the next non-PTY START's shim, forked while the agent had nothing to do
+  Clock::time_point spare_retry_{};  ///< after a failed fork_spare (pids limit), not again before this
+  /** When a missing spare may be forked (kSpareDelay after the youngest process's START, or after a failure); nullopt
+   *  if none is wanted (one is there, --no-spare, shutting down, no way in). */
+  std::optional<Clock::time_point> spare_due() const;
+  void refill_spare();
   std::optional<Clock::time_point> grace_deadline_;
 };
 
@@ -511,8 +523,10 @@ void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& r
   p->pty = (req.flags & kStartPty) != 0;
   p->cap = req.output_cap ? req.output_cap : opt_.output_cap;
   if (req.timeout_ms) p->deadline = Clock::now() + std::chrono::milliseconds(req.timeout_ms);
-  if (const int rc = start_shim(req, fs_.root(), p->h); rc < 0)
-    return send_error(c, ch, ErrorCode::kExecFailed, -rc, 0x10, std::strerror(-rc));
+  int rc = -EAGAIN;
+  if (spare_.ready() && !p->pty) rc = start_spare(spare_, req, p->h);  // else (or EPIPE: it died) a fresh shim
+  if (rc < 0) rc = start_shim(req, fs_.root(), p->h);
+  if (rc < 0) return send_error(c, ch, ErrorCode::kExecFailed, -rc, 0x10, std::strerror(-rc));
   for (int fd : {p->h.status_fd, p->h.stdin_fd, p->h.stdout_fd, p->h.stderr_fd})
     if (fd >= 0) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
   Process* raw = p.get();
@@ -653,21 +667,21 @@ void Agent::on_status(Process* p) {
       } else if (tag == kShimExited) {
         p->exited = true;
         p->wait_status = v;
+        return maybe_finish(p);  // (the last record: nothing is left to read)
       }
     }
   }
 }
 
 void Agent::maybe_finish(Process* p) {
-  if (!p->status_eof || !p->out_eof || !p->err_eof) return;
-  // EOF on the status pipe means the shim has exited (nothing else holds its write end), but it stays a zombie
-  // below the agent until reaped. Reap it before EXIT goes out, so that a client that sees EXIT sees no process
-  // of this exec left below the agent. Not reaped by us yet, so its pid cannot have been reused.
-  if (!p->shim_reaped && p->h.shim > 0) {
-    int st = 0;
-    while (::waitpid(p->h.shim, &st, 0) < 0 && errno == EINTR) {
-    }
-    p->shim_reaped = true;
+  // The shim's exit record comes after its sweep (kill_all_descendants returned: every process of the exec is dead
+  // and reaped), so EXIT goes out then, without waiting for the shim's own exit: the SIGCHLD path reaps it. Without
+  // the record (the shim was killed) the status pipe's EOF says the shim is gone.
+  if ((!p->status_eof && !p->exited) || !p->out_eof || !p->err_eof) return;
+  if (p->h.status_fd >= 0) {
+    unwatch(p->h.status_fd);
+    ::close(p->h.status_fd);
+    p->h.status_fd = -1;
   }
   if (Connection* c = p->conn) {
     if (p->exec_failed || !p->started) {
@@ -699,8 +713,9 @@ void Agent::maybe_finish(Process* p) {
 }
 
 void Agent::kill_tree(Process* p) {
-  // status_eof: the shim has exited (after its own sweep) and may be reaped: its pid could be reused.
-  if (p->kill_sent || p->h.shim <= 0 || p->status_eof) return;
+  // status_eof, exited: the shim has exited or is exiting (after its own sweep) and may be reaped: its pid could be
+  // reused.
+  if (p->kill_sent || p->h.shim <= 0 || p->status_eof || p->exited || p->shim_reaped) return;
   p->kill_sent = true;
   ::kill(p->h.shim, SIGUSR1);
 }
@@ -714,6 +729,7 @@ void Agent::on_signal() {
       while ((r = ::waitpid(-1, &st, WNOHANG)) > 0) {  // shims and orphans alike; shims report over their pipes
         for (auto& p : procs_)
           if (p->h.shim == r) p->shim_reaped = true;
+        if (r == spare_.shim) drop_spare(spare_);  // it died unused (killed, OOM): fork another
       }
       continue;
     }
@@ -725,7 +741,27 @@ void Agent::on_signal() {
         if (p->pid > 0) ::kill(-p->pid, static_cast<int>(si.ssi_signo)), ::kill(p->pid, static_cast<int>(si.ssi_signo));
       if (listen_fd_ >= 0)
         unwatch(listen_fd_), ::close(listen_fd_), listen_fd_ = -1, ::unlink(opt_.listen_path.c_str());
+      drop_spare(spare_);
     }
+  }
+}
+
+std::optional<Clock::time_point> Agent::spare_due() const {
+  if (spare_.ready() || !opt_.spare || terminating_ || (listen_fd_ < 0 && (!opt_.stdio || stdio_closed_)))
+    return std::nullopt;
+  Clock::time_point due = spare_retry_;
+  for (const auto& p : procs_)
+    due = std::max(due, p->started_at + kSpareDelay);
+  return due;
+}
+
+void Agent::refill_spare() {
+  const auto due = spare_due();
+  const auto now = Clock::now();
+  if (!due || now < *due) return;
+  if (const int rc = fork_spare(fs_.root(), spare_); rc < 0) {
+    spare_retry_ = now + std::chrono::milliseconds(100);  // e.g. EAGAIN at the pids limit: no fork per loop turn
+    log_event("agent.spare_failed", {{"errno", std::to_string(-rc)}});
   }
 }
 
@@ -734,7 +770,7 @@ int Agent::run() {
     if (::fcntl(fd, F_GETFD) < 0) ::open("/dev/null", O_RDWR);  // keep 0-2 taken: the shim relies on it
   if (::getpid() != 1) ::prctl(PR_SET_CHILD_SUBREAPER, 1);
   if (::geteuid() == 0) ::setgroups(0, nullptr);  // file access checks use the fs uid/gid only
-  ::signal(SIGPIPE, SIG_IGN);
+  reset_signal_dispositions();  // SIGPIPE ignored, the rest default: what every started process inherits
   sigset_t mask;
   sigemptyset(&mask);
   for (int s : {SIGCHLD, SIGTERM, SIGINT})
@@ -788,6 +824,7 @@ int Agent::run() {
     // A --stdio agent without --listen serves one connection (an engine exec or attach stream): once it ended and
     // the processes it started are gone, nothing can reach the agent any more.
     if (stdio_closed_ && listen_fd_ < 0 && procs_.empty()) break;
+    refill_spare();
     int timeout = -1;
     const auto now = Clock::now();
     auto consider = [&](Clock::time_point t) {
@@ -797,6 +834,7 @@ int Agent::run() {
     for (auto& p : procs_)
       if (p->deadline && !p->kill_sent) consider(*p->deadline);
     if (grace_deadline_) consider(*grace_deadline_);
+    if (const auto due = spare_due()) consider(*due);
     for (auto& c : conns_)
       if (!c->reads.empty() && !c->congested) timeout = 0;
     const int n = ::epoll_wait(ep_, events.data(), static_cast<int>(events.size()), timeout);
@@ -822,6 +860,7 @@ int Agent::run() {
     pump_reads();
     std::erase_if(conns_, [](const auto& c) { return c->rfd < 0; });
   }
+  drop_spare(spare_);
   for (auto& c : conns_)
     on_conn_writable(c.get());
   log_event("agent.exit");
@@ -830,9 +869,10 @@ int Agent::run() {
 }
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: berth-agent [--listen unix:PATH] [--stdio] [--init-only] [--root DIR] [--no-openat2]\n"
-               "                   [--output-cap BYTES] [--grace-ms MS] [--socket-mode 0600|0660|0666]\n");
+  std::fprintf(
+      stderr,
+      "usage: berth-agent [--listen unix:PATH] [--stdio] [--init-only] [--root DIR] [--no-openat2] [--no-spare]\n"
+      "                   [--output-cap BYTES] [--grace-ms MS] [--socket-mode 0600|0660|0666]\n");
   return 2;
 }
 
@@ -857,6 +897,8 @@ int main(int argc, char** argv) {
       o.root = value();
     } else if (a == "--no-openat2") {
       o.use_openat2 = false;
+    } else if (a == "--no-spare") {
+      o.spare = false;
     } else if (a == "--output-cap") {
       o.output_cap = std::stoull(value());
     } else if (a == "--grace-ms") {

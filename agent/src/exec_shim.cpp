@@ -16,6 +16,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -126,8 +127,8 @@ std::vector<pid_t> descendants(pid_t self) {
   };
   sigset_t none;
   sigemptyset(&none);
-  for (int s = 1; s < NSIG; ++s)
-    ::signal(s, SIG_DFL);
+  // execve resets caught signals; of the ignored ones only SIGPIPE is left (reset_signal_dispositions).
+  ::signal(SIGPIPE, SIG_DFL);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
   if (::setsid() < 0) fail(errno);
   if (pty) {
@@ -158,8 +159,8 @@ std::vector<pid_t> descendants(pid_t self) {
   ::_exit(127);
 }
 
-[[noreturn]] void run_shim(const StartRequest& req, const std::string& root, bool pty) {
-  // fds 0-2: the child's stdio; 3: the status pipe; everything else was closed by the caller.
+/** The shim's first steps, before it knows its request. Returns the signal mask it waits on. */
+sigset_t shim_prologue() {
   ::prctl(PR_SET_CHILD_SUBREAPER, 1);
   ::prctl(PR_SET_PDEATHSIG, SIGUSR1);
   sigset_t mask;
@@ -171,19 +172,65 @@ std::vector<pid_t> descendants(pid_t self) {
   sigaddset(&mask, SIGHUP);
   ::sigprocmask(SIG_SETMASK, &mask, nullptr);
   if (::getppid() != g_agent_pid) ::_exit(1);  // the agent died before PDEATHSIG was armed
+  return mask;
+}
+
+/** A spare's request: an encoded StartRequest read from `fd` to its EOF, then `fd` closed. Null if none came. */
+std::optional<StartRequest> read_request(int fd) {
+  std::string encoded;
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n > 0) {
+      encoded.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break;
+  }
+  ::close(fd);
+  if (encoded.empty()) return std::nullopt;
+  return StartRequest::decode(encoded);
+}
+
+/** The shim after its prologue: forks the main process and watches over the tree. `req` null: a spare, whose
+ *  main process is forked at once and waits for its request on fd 4 (EOF without one: ECANCELED, it was dropped). */
+[[noreturn]] void run_shim(const StartRequest* req, const std::string& root, bool pty, sigset_t mask) {
+  // fds 0-2: the child's stdio; 3: the status pipe; 4: a spare's request pipe; everything else was closed before.
   int ep[2];
   if (::pipe2(ep, O_CLOEXEC) != 0) write_record(3, kShimExecFailed, errno), ::_exit(1);
+  const pid_t shim = ::getpid();
   const pid_t child = ::fork();
   if (child < 0) write_record(3, kShimExecFailed, errno), ::_exit(1);
   if (child == 0) {
     ::close(ep[0]);
-    run_child(req, root, pty, ep[1]);
+    if (req) run_child(*req, root, pty, ep[1]);
+    ::prctl(PR_SET_NAME, kSpareName);  // until its execve names it after its program
+    // Waiting, it dies with its shim: a request never runs outside a shim's watch.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != shim) ::_exit(127);
+    const auto spare_req = read_request(4);
+    ::prctl(PR_SET_PDEATHSIG, 0);  // as for a child of start_shim from here on
+    if (!spare_req) {
+      const int e = ECANCELED;
+      while (::write(ep[1], &e, sizeof e) < 0 && errno == EINTR) {
+      }
+      ::_exit(127);
+    }
+    run_child(*spare_req, root, false, ep[1]);
+  }
+  char own_name[16] = {};
+  if (!req) {
+    ::close(4);
+    ::prctl(PR_GET_NAME, own_name);
+    ::prctl(PR_SET_NAME, kSpareName);
   }
   ::close(ep[1]);
   int exec_errno = 0;
   ssize_t n;
   while ((n = ::read(ep[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
   }
+  if (!req) ::prctl(PR_SET_NAME, own_name);  // in use (or dropped): a shim like any other
   ::close(ep[0]);
   ::close(0), ::close(1), ::close(2);  // only the tree holds the stdio ends now: EOF when it is gone
   if (n > 0) {
@@ -216,6 +263,12 @@ std::vector<pid_t> descendants(pid_t self) {
 }
 
 }  // namespace
+
+void reset_signal_dispositions() {
+  for (int s = 1; s < NSIG; ++s)
+    ::signal(s, SIG_DFL);  // EINVAL for SIGKILL, SIGSTOP and the ones glibc keeps: harmless
+  ::signal(SIGPIPE, SIG_IGN);
+}
 
 void kill_all_descendants(pid_t main_pid, int* main_status, bool* main_reaped) {
   const pid_t self = ::getpid();
@@ -255,6 +308,75 @@ void kill_all_descendants(pid_t main_pid, int* main_status, bool* main_reaped) {
   }
 }
 
+int fork_spare(const std::string& root, SpareShim& out) {
+  int status[2] = {-1, -1}, in[2] = {-1, -1}, o[2] = {-1, -1}, e[2] = {-1, -1}, rq[2] = {-1, -1};
+  auto cleanup = [&](int err) {
+    for (int fd : {status[0], status[1], in[0], in[1], o[0], o[1], e[0], e[1], rq[0], rq[1]})
+      if (fd >= 0) ::close(fd);
+    return -err;
+  };
+  if (::pipe2(status, O_CLOEXEC) != 0 || ::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(o, O_CLOEXEC) != 0 ||
+      ::pipe2(e, O_CLOEXEC) != 0 || ::pipe2(rq, O_CLOEXEC) != 0)
+    return cleanup(errno);
+  g_agent_pid = ::getpid();
+  const pid_t shim = ::fork();
+  if (shim < 0) return cleanup(errno);
+  if (shim == 0) {
+    // Every agent fd is >= 3 (the agent keeps 0-2 open), so these dup2s never clobber a source.
+    ::dup2(in[0], 0), ::dup2(o[1], 1), ::dup2(e[1], 2);
+    ::dup2(status[1], 3);
+    ::dup2(rq[0], 4);
+    ::syscall(SYS_close_range, 5u, ~0u, 0u);
+    const sigset_t mask = shim_prologue();
+    run_shim(nullptr, root, false, mask);
+  }
+  for (int fd : {status[1], in[0], o[1], e[1], rq[0]})
+    ::close(fd);
+  out.shim = shim;
+  out.request_fd = rq[1];
+  out.h.shim = shim;
+  out.h.status_fd = status[0];
+  out.h.stdin_fd = in[1];
+  out.h.stdout_fd = o[0];
+  out.h.stderr_fd = e[0];
+  return 0;
+}
+
+int start_spare(SpareShim& spare, const StartRequest& req, ShimHandles& out) {
+  const std::string encoded = req.encode();
+  int rc = 0;
+  if ((req.flags & kStartPty) != 0 || encoded.size() > kSpareRequestMax) {
+    rc = -EINVAL;
+  } else {
+    std::size_t off = 0;
+    while (off < encoded.size()) {
+      const ssize_t n = ::write(spare.request_fd, encoded.data() + off, encoded.size() - off);
+      if (n > 0) {
+        off += static_cast<std::size_t>(n);
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        rc = -(n < 0 ? errno : EIO);  // EPIPE: the spare is gone (SIGPIPE is ignored by the agent)
+        break;
+      }
+    }
+  }
+  if (rc < 0) {
+    drop_spare(spare);
+    return rc;
+  }
+  ::close(spare.request_fd);
+  out = spare.h;
+  spare = SpareShim{};
+  return 0;
+}
+
+void drop_spare(SpareShim& spare) {
+  for (int fd : {spare.request_fd, spare.h.status_fd, spare.h.stdin_fd, spare.h.stdout_fd, spare.h.stderr_fd})
+    if (fd >= 0) ::close(fd);
+  spare = SpareShim{};
+}
+
 int start_shim(const StartRequest& req, const std::string& root, ShimHandles& out) {
   const bool pty = (req.flags & kStartPty) != 0;
   int status[2] = {-1, -1}, in[2] = {-1, -1}, o[2] = {-1, -1}, e[2] = {-1, -1};
@@ -291,7 +413,8 @@ int start_shim(const StartRequest& req, const std::string& root, ShimHandles& ou
     }
     ::dup2(status[1], 3);
     ::syscall(SYS_close_range, 4u, ~0u, 0u);
-    run_shim(req, root, pty);
+    const sigset_t mask = shim_prologue();
+    run_shim(&req, root, pty, mask);
   }
   ::close(status[1]);
   out.shim = shim;

@@ -29,10 +29,43 @@ struct ShimHandles {
   int stderr_fd = -1;  ///< read end of stderr; -1 with a PTY (stderr goes to the terminal)
 };
 
+/** A shim forked ahead of its request (see fork_spare): its pipes exist, its prologue ran (sub-reaper, death signal,
+ *  signal mask), and its main process is forked too and blocks reading a StartRequest from the request pipe. All fds
+ * are O_CLOEXEC, owned by the caller. */
+struct SpareShim {
+  pid_t shim = -1;
+  int request_fd = -1;  ///< write end of the request pipe: an encoded StartRequest, then close; close alone = exit
+  ShimHandles h;        ///< what the shim becomes once used (never a PTY)
+  bool ready() const { return shim > 0; }
+};
+
+/** Requests up to this many encoded bytes may go to a spare: under the pipe's default capacity (64 KiB), so handing
+ *  one over never blocks the agent. Larger ones (and PTYs) take start_shim. */
+inline constexpr std::size_t kSpareRequestMax = 60 * 1024;
+
+/** Forks a spare shim that will run the next non-PTY request without a fork on the request's path: the pipes, both
+ *  forks (shim and main process) and the shim's prologue happen here, ahead of time; start_spare then only writes the
+ *  request, and the main process goes straight to its setup (setsid, ids, cwd) and execve. `root` as
+ *  for start_shim. Returns 0 or -errno (out untouched). Call from the agent's only thread. */
+int fork_spare(const std::string& root, SpareShim& out);
+
+/** Hands `req` (non-PTY, encoded size <= kSpareRequestMax) to `spare`, which is consumed either way: on 0, `out` holds
+ *  its handles and the process goes on as one from start_shim (same status records, same tree killing); on -errno
+ *  (EPIPE: the spare had died) its fds are closed and the caller starts the request with start_shim instead. */
+int start_spare(SpareShim& spare, const StartRequest& req, ShimHandles& out);
+
+/** Lets an unused spare go: closes its fds (it exits on the request pipe's EOF); the SIGCHLD path reaps it. */
+void drop_spare(SpareShim& spare);
+
 /** Forks the shim for `req`; `root` is the cwd when req.cwd is empty and the base of a relative cwd. Returns 0 or
  *  -errno (pipes, PTY or fork failed); exec errors arrive later on the status pipe. Call from the agent's only
  *  thread; the signal mask of the children is reset before exec. */
 int start_shim(const StartRequest& req, const std::string& root, ShimHandles& out);
+
+/** Sets every signal's disposition to SIG_DFL but SIGPIPE's to SIG_IGN. The agent calls it once at its start, so a
+ *  started process's setup needs to reset SIGPIPE only (execve resets caught signals, not ignored ones) and every
+ *  process starts with default dispositions whatever the agent inherited. */
+void reset_signal_dispositions();
 
 /** Kills every descendant of the calling process (SIGSTOP them all, SIGKILL them all, reap, repeat) until none
  *  is left. `main_pid`'s wait status, if reaped here, is stored in *main_status and *main_reaped set. */

@@ -162,15 +162,17 @@ std::set<int> processes_with_arg(const std::string& marker) {
   return out;
 }
 
-/** Every descendant of `pid` (from /proc parent links). */
-std::set<int> descendants(int pid) {
+/** Every descendant of `pid` (from /proc parent links), but for the agent's spare shim and its waiting main process
+ *  (named agent::kSpareName) unless `with_spare`. */
+std::set<int> descendants(int pid, bool with_spare = false) {
   std::multimap<int, int> kids;
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string name = e.path().filename();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
     const std::string st = slurp(e.path() / "stat");
-    const auto rp = st.rfind(')');
-    if (rp == std::string::npos) continue;
+    const auto lp = st.find('('), rp = st.rfind(')');
+    if (lp == std::string::npos || rp == std::string::npos || rp < lp) continue;
+    if (!with_spare && st.substr(lp + 1, rp - lp - 1) == agent::kSpareName) continue;
     char state = 0;
     int ppid = 0;
     if (std::sscanf(st.c_str() + rp + 1, " %c %d", &state, &ppid) == 2) kids.emplace(ppid, std::stoi(name));
@@ -185,6 +187,16 @@ std::set<int> descendants(int pid) {
       if (out.insert(it->second).second) todo.push_back(it->second);
   }
   return out;
+}
+
+/** descendants(pid, with_spare) once it is empty, or after 60 s ("eventually" vs "never"): a shim reports its exec's
+ *  end before it exits and is reaped, so right after EXIT it may still be there for a moment. */
+std::set<int> descendants_settled(int pid, bool with_spare = false) {
+  const auto deadline = in(60s);
+  std::set<int> d;
+  while (!(d = descendants(pid, with_spare)).empty() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  return d;
 }
 
 /** Waits (bounded at 60 s: "eventually" vs "never") until exactly one process carries `marker`; returns the count. */
@@ -382,7 +394,7 @@ TEST_CASE("a timeout kills a fork bomb and setsid, nohup and env -i children, le
   CHECK(x.signaled);
   for (const auto& m : markers)
     CHECK(processes_with_arg(m).empty());
-  CHECK(descendants(a.pid()).empty());
+  CHECK(descendants_settled(a.pid()).empty());
   // The agent still serves.
   CHECK(c.run(cmd({"/bin/echo", "after"}), "", in(60s)).out == "after\n");
 }
@@ -404,7 +416,7 @@ TEST_CASE("an exec's leftovers die with it, and a cancel kills the tree") {
   CHECK_FALSE(x.timed_out);
   CHECK(processes_with_arg("1013").empty());
   CHECK(processes_with_arg("1014").empty());
-  CHECK(descendants(a.pid()).empty());
+  CHECK(descendants_settled(a.pid()).empty());
 }
 
 TEST_CASE("an output flood stays bounded in the agent") {
@@ -659,6 +671,68 @@ TEST_CASE("an --init-only agent serves nothing until SIGTERM and is never combin
   CHECK(WIFEXITED(st));
   CHECK(WEXITSTATUS(st) == 0);
   fs::remove_all(root);
+}
+
+/** The agent's spare (its shim and waiting main process, named agent::kSpareName): pids, waiting up to 60 s for
+ *  `want` of them ("eventually" vs "never"). */
+std::set<int> spares_of(pid_t agent_pid, std::size_t want) {
+  const auto deadline = in(60s);
+  for (;;) {
+    std::set<int> out;
+    for (int p : descendants(agent_pid, true))
+      if (slurp("/proc/" + std::to_string(p) + "/comm") == std::string(agent::kSpareName) + "\n") out.insert(p);
+    if (out.size() == want || std::chrono::steady_clock::now() >= deadline) return out;
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
+TEST_CASE("the spare shim runs requests as a fresh one would, and is replaced when it dies or is used") {
+  AgentProcess a;
+  auto c = a.connect();
+  auto spare = spares_of(a.pid(), 2);
+  REQUIRE(spare.size() == 2);  // forked ahead: the shim and the main process waiting for its request
+  // What a request sets reaches the process through the spare: argv, env, cwd, stdin, exit code.
+  fs::create_directories(a.root() / "sub dir");
+  auto req = sh("printf '%s|%s|%s|' \"$0\" \"$V\" \"$PWD\"; cat; exit 3");
+  req.argv.push_back("zero");
+  req.env.push_back("V=\u00e9t\u00e9");
+  req.cwd = "sub dir";
+  auto r = c.run(req, "in", in(60s));
+  CHECK(r.out == "zero|\u00e9t\u00e9|" + (a.root() / "sub dir").string() + "|in");
+  CHECK(r.exit.code == 3);
+  // Used: a new spare, not the same processes.
+  auto next = spares_of(a.pid(), 2);
+  REQUIRE(next.size() == 2);
+  for (int p : next)
+    CHECK(spare.count(p) == 0);
+  // Killed while waiting (the sandbox user may do that): the agent forks another, and requests run.
+  ::kill(*next.begin(), SIGKILL);  // the shim (the lower pid): its main process dies with it
+  std::set<int> replaced;
+  for (auto deadline = in(60s); std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(10ms)) {
+    replaced = spares_of(a.pid(), 2);
+    if (replaced.size() == 2 && !replaced.count(*next.begin()) && !replaced.count(*next.rbegin())) break;
+  }
+  CHECK(replaced.size() == 2);
+  CHECK(replaced.count(*next.begin()) == 0);
+  CHECK(replaced.count(*next.rbegin()) == 0);
+  for (int i = 0; i < 3; ++i)
+    CHECK(c.run(cmd({"/bin/echo", "after", std::to_string(i)}), "", in(60s)).out ==
+          "after " + std::to_string(i) + "\n");
+  // A request too big for the spare's pipe (an environment of 100 KB) and a PTY take a fresh shim; the spare waits on.
+  auto big = sh("printf %s \"$BIG\" | wc -c");
+  big.env.push_back("BIG=" + std::string(100000, 'x'));
+  CHECK(c.run(big, "", in(60s)).out == "100000\n");
+  auto tty = sh("test -t 0 && echo tty");
+  tty.flags |= agent::kStartPty;
+  CHECK(c.run(tty, "", in(60s)).out.find("tty") != std::string::npos);
+  CHECK(descendants_settled(a.pid()).empty());  // nothing but the spare is left
+}
+
+TEST_CASE("--no-spare: no process is forked ahead, and requests run") {
+  AgentProcess a({"--no-spare"});
+  auto c = a.connect();
+  CHECK(c.run(cmd({"/bin/echo", "cold"}), "", in(60s)).out == "cold\n");
+  CHECK(descendants_settled(a.pid(), true).empty());
 }
 
 TEST_CASE("many processes run concurrently on one connection") {

@@ -79,6 +79,10 @@ enum class ErrorCode : std::uint32_t {
 /** START flags (u32 bit set). */
 inline constexpr std::uint32_t kStartPty = 1u << 0;
 
+/** The name (/proc/PID/comm, what `ps` shows) of the agent's spare shim and of its main process while they wait for
+ *  the next START (docs/agent-protocol.md, "Process starts"): two processes per agent that are not a request's. */
+inline constexpr char kSpareName[] = "berth-spare";
+
 /** One decoded frame. `payload` is owned. */
 struct Frame {
   std::uint16_t type = 0;
