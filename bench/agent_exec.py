@@ -3,9 +3,11 @@
 one run and interleaved: warm `shell/exec` (`echo hi`) and `python/exec` (`print(1)`), then cold create -> first
 python exec. TRANSPORTS (comma-separated, default "socket") starts one berthd per agent transport of the driver
 ("socket": the unix socket in a bind-mounted host directory; "exec": every connection an Engine exec of the agent)
-and interleaves them too. Results: docs/BENCHMARKS.md, "Exec through berthd and berth-agent".
+and interleaves them too. Each berthd exec is timed twice per round: on one keep-alive HTTP connection (what an SDK
+or any pooled client does) and on a new connection per request (what `curl` or the CLI does).
+Results: docs/BENCHMARKS.md, "Exec through berthd and berth-agent".
 usage: bench/agent_exec.py BERTHD DRIVER_SO ENGINE_SOCKET WORKDIR [RUNS] [COLD_RUNS] [TRANSPORTS]"""
-import json, os, statistics, subprocess, sys, time
+import http.client, json, os, statistics, subprocess, sys, time
 
 import benchlib  # bench/benchlib.py: shared Engine API and berthd request helpers
 
@@ -52,10 +54,29 @@ def req(method, path, body=None, transport=transports[0]):
     return status, (json.loads(data) if data else None)
 
 
-def berth_exec(sid, python, code, transport=transports[0]):
+# The engine finishes an exec after its API calls returned (the exec process's teardown in containerd and runc): on
+# two cores that work lands on whatever runs next and added about 3 ms to the berthd call after each Engine exec.
+# The pause after an Engine exec (not timed) keeps the rows from measuring each other. BERTH_BENCH_SETTLE_MS=0: none.
+SETTLE = float(os.environ.get("BERTH_BENCH_SETTLE_MS", "50")) / 1000
+
+keepalive = {}  # transport -> its one keep-alive connection
+
+
+def req_keepalive(method, path, body, transport):
+    c = keepalive.get(transport)
+    if c is None:
+        c = keepalive[transport] = http.client.HTTPConnection("127.0.0.1", ports[transport], timeout=600)
+    c.request(method, path, body=json.dumps(body),
+              headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    return r.status, (json.loads(data) if data else None)
+
+
+def berth_exec(sid, python, code, transport=transports[0], reuse=False):
     t0 = time.perf_counter()
-    status, body = req("POST", f"/v1/sandboxes/{sid}/{'python' if python else 'shell'}/exec",
-                       {"code" if python else "command": code, "timeout": 60}, transport)
+    status, body = (req_keepalive if reuse else req)("POST", f"/v1/sandboxes/{sid}/{'python' if python else 'shell'}/exec",
+                                                     {"code" if python else "command": code, "timeout": 60}, transport)
     ms = (time.perf_counter() - t0) * 1000
     want = "1\n" if python else "hi\n"
     if status != 200 or body.get("output") != want:
@@ -78,6 +99,7 @@ def engine_exec(container, argv):
     ms = (time.perf_counter() - t0) * 1000
     if info.get("ExitCode") != 0:
         raise RuntimeError(f"engine exec failed: {info}")
+    time.sleep(SETTLE)
     return ms
 
 
@@ -92,8 +114,10 @@ def name(what, transport):
 
 results = {}
 for t in transports:
-    results[name("berth shell/exec echo hi", t)] = []
-    results[name("berth python/exec print(1)", t)] = []
+    results[name("berth shell/exec echo hi, keep-alive", t)] = []
+    results[name("berth shell/exec echo hi, new connection", t)] = []
+    results[name("berth python/exec print(1), keep-alive", t)] = []
+    results[name("berth python/exec print(1), new connection", t)] = []
 results["engine exec sh -c 'echo hi'"] = []
 results["engine exec python3 -c 'print(1)'"] = []
 for t in transports:
@@ -113,10 +137,14 @@ try:
         engine_exec(container, ["/bin/sh", "-c", "echo hi"])
     for _ in range(runs):
         for t in transports:
-            results[name("berth shell/exec echo hi", t)].append(berth_exec(sids[t], False, "echo hi", t))
+            results[name("berth shell/exec echo hi, keep-alive", t)].append(berth_exec(sids[t], False, "echo hi", t, True))
+            results[name("berth shell/exec echo hi, new connection", t)].append(berth_exec(sids[t], False, "echo hi", t))
         results["engine exec sh -c 'echo hi'"].append(engine_exec(container, ["/bin/sh", "-c", "echo hi"]))
         for t in transports:
-            results[name("berth python/exec print(1)", t)].append(berth_exec(sids[t], True, "print(1)", t))
+            results[name("berth python/exec print(1), keep-alive", t)].append(berth_exec(sids[t], True, "print(1)", t,
+                                                                                         True))
+            results[name("berth python/exec print(1), new connection", t)].append(berth_exec(sids[t], True, "print(1)",
+                                                                                             t))
         results["engine exec python3 -c 'print(1)'"].append(engine_exec(container, ["python3", "-c", "print(1)"]))
     for t in transports:
         req("DELETE", f"/v1/sandboxes/{sids[t]}", None, t)

@@ -7,6 +7,10 @@ One berthd on the engine (socket transport), one ready sandbox. Per round, timed
   spawn floor     os.posix_spawn('/bin/echo hi') + waitpid on the host: this machine's cost of one process start
   agent echo      START /bin/echo hi -> EXIT straight on the session's agent socket (no berthd): the agent's share
   agent sh        the same with /bin/sh -c 'echo hi' /bin/sh (what berthd sends for a short command)
+  agent no spare  the same on a second container of the image whose agent runs with --no-spare (every START forks
+                  its shim on its own path: the agent before its spare shim), started by this script
+  (each agent row waits 3 ms after EXIT, about what berthd's own turn around costs, so that the agent's spare is
+  forked between requests as it is behind berthd)
   shell           POST shell/exec {"command": "echo hi"} through berthd
   shell argv      POST shell/exec with "echo hi" and a comment up to 16,318 bytes: still the argv path
   shell stdin     the same padded past 16 KiB (core::kShellArgvMax): sh -c 'eval "$(/bin/cat)"', the path every
@@ -20,7 +24,9 @@ import importlib.util
 import os
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.dont_write_bytecode = True
@@ -51,8 +57,23 @@ def main():
         s = socket.socket(socket.AF_UNIX)
         s.connect(sock)
         a = at.AgentConn(s)
+        # The baseline agent: the same binary with --no-spare as the main process of a second container of the image.
+        cold_dir = tempfile.mkdtemp(prefix="berth-bench-nospare-")
+        os.chmod(cold_dir, 0o700)
+        agent_bin = os.path.abspath(os.path.join(args.build, "bin", "berth-agent"))
+        cold = subprocess.run([args.engine, "run", "-d", "--rm", "--user", "0", "--network", "none",
+                               "-v", f"{agent_bin}:/berth-agent:ro", "-v", f"{cold_dir}:/run/a",
+                               "berth/python:3.11", "/berth-agent", "--no-spare", "--listen", "unix:/run/a/agent.sock",
+                               "--root", "/tmp"], capture_output=True, text=True, check=True).stdout.strip()
+        for _ in range(3000):
+            if os.path.exists(f"{cold_dir}/agent.sock"):
+                break
+            time.sleep(0.01)
+        cs = socket.socket(socket.AF_UNIX)
+        cs.connect(f"{cold_dir}/agent.sock")
+        cold_agent = at.AgentConn(cs)
 
-        def agent(argv):
+        def agent(argv, a=a):
             a.channel += 1
             start = (at.u32(len(argv)) + b"".join(at.bstr(x) for x in argv) + at.u32(1) +
                      at.bstr(b"PATH=/usr/bin:/bin") + at.bstr(b"") + struct.pack(">IIIHHIQ", 1000, 1000, 0, 24, 80, 0, 0))
@@ -63,6 +84,15 @@ def main():
                     raise RuntimeError(f"agent error {p!r}")
                 if ch == a.channel and t == 0x17:
                     return
+
+        def agent_paced(argv, a=a):
+            def call():  # returns its own time in ms: the pause after it is not timed
+                t0 = time.perf_counter()
+                agent(argv, a)
+                took = (time.perf_counter() - t0) * 1000
+                time.sleep(0.003)  # about berthd's turn around between two requests
+                return took
+            return call
 
         def spawn():
             with open(os.devnull, "wb") as null:
@@ -84,8 +114,10 @@ def main():
 
         calls = {
             "spawn floor (host posix_spawn + wait)": spawn,
-            "agent: /bin/echo hi, START -> EXIT": lambda: agent([b"/bin/echo", b"hi"]),
-            "agent: /bin/sh -c 'echo hi'": lambda: agent([b"/bin/sh", b"-c", b"echo hi", b"/bin/sh"]),
+            "agent: /bin/echo hi, START -> EXIT": agent_paced([b"/bin/echo", b"hi"]),
+            "agent: /bin/sh -c 'echo hi'": agent_paced([b"/bin/sh", b"-c", b"echo hi", b"/bin/sh"]),
+            "agent --no-spare: /bin/sh -c 'echo hi'": agent_paced([b"/bin/sh", b"-c", b"echo hi", b"/bin/sh"],
+                                                                  cold_agent),
             "berthd shell/exec echo hi": shell("echo hi"),
             "berthd shell/exec, 16,318-byte command (argv)": shell("echo hi\n#" + "x" * (16318 - 9)),
             "berthd shell/exec, 16,400-byte command (stdin)": shell("echo hi\n#" + "x" * (16400 - 9)),
@@ -95,9 +127,9 @@ def main():
         for i in range(args.runs + 3):
             for k, fn in calls.items():
                 t0 = time.perf_counter()
-                fn()
+                took = fn()
                 if i >= 3:
-                    res[k].append((time.perf_counter() - t0) * 1000)
+                    res[k].append(took if took is not None else (time.perf_counter() - t0) * 1000)
         print(f"shell exec paths, {args.engine}, {args.runs} rounds interleaved, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.2f}")
         print("| call | n | p50 ms | p90 ms |\n|---|---|---|---|")
@@ -105,6 +137,8 @@ def main():
             v.sort()
             print(f"| {k} | {len(v)} | {v[len(v) // 2]:.2f} | {v[int(len(v) * 0.9)]:.2f} |")
     finally:
+        if "cold" in locals():
+            subprocess.run([args.engine, "rm", "-f", cold], capture_output=True)
         b.cleanup()
         b.stop()
 

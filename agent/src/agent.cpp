@@ -171,7 +171,12 @@ class Agent {
   void update_proc_interest(Process* p);
   void close_stdin(Process* p);
   void maybe_finish(Process* p);
-  void kill_tree(Process* p);
+  /** SIGUSR1 to the process's shim (kill its tree) unless already sent or the shim is done; true if sent. */
+  bool kill_tree(Process* p);
+  /** A deadline of `p` still matters: not killed yet, and its shim has not reported the end. */
+  static bool deadline_pending(const Process& p) {
+    return p.deadline && !p.kill_sent && !p.exited && !p.status_eof && !p.shim_reaped;
+  }
   void on_signal();
 
   void file_request(Connection* c, const Frame& f);
@@ -186,7 +191,11 @@ class Agent {
   bool terminating_ = false;
   bool stdio_closed_ = false;        ///< the --stdio connection ended (an agent without --listen then exits)
   SpareShim spare_;                  ///< the next non-PTY START's shim, forked while the agent had nothing to do
-  Clock::time_point spare_retry_{};  ///< after a failed fork_spare (pids limit), not again before this
+  Clock::time_point spare_retry_{};  ///< after a failed or dead spare, not forked again before this
+  std::chrono::milliseconds spare_backoff_{0};  ///< doubles per failure in a row (100 ms .. 10 s), 0 after a use
+  /** Backs off after a spare failed (its fork, or it died unused: pids limit, OOM, killed); logs the first of a run. */
+  void spare_failed(int err);
+  void spare_died();
   /** When a missing spare may be forked (kSpareDelay after the youngest process's START, or after a failure); nullopt
    *  if none is wanted (one is there, --no-spare, shutting down, no way in). */
   std::optional<Clock::time_point> spare_due() const;
@@ -376,7 +385,8 @@ void Agent::handle_frame(Connection* c, Frame& f) {
         ::ioctl(p->h.stdout_fd, TIOCSWINSZ, &ws);
         return;
       } else {
-        return kill_tree(p);
+        kill_tree(p);
+        return;
       }
       if (p->stdin_buf.size() > kStdinHigh) c->read_paused = true, update_conn_interest(c);
       return update_proc_interest(p);
@@ -524,7 +534,19 @@ void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& r
   p->cap = req.output_cap ? req.output_cap : opt_.output_cap;
   if (req.timeout_ms) p->deadline = Clock::now() + std::chrono::milliseconds(req.timeout_ms);
   int rc = -EAGAIN;
-  if (spare_.ready() && !p->pty) rc = start_spare(spare_, req, p->h);  // else (or EPIPE: it died) a fresh shim
+  if (spare_.ready() && !p->pty) {
+    // A shim that died but whose SIGCHLD is not read yet: its program process may still take the request (until its
+    // PDEATHSIG lands) and nobody would report on it. Reaped here, the spare is dropped and a fresh shim runs it.
+    int st = 0;
+    if (::waitpid(spare_.shim, &st, WNOHANG) == spare_.shim) spare_died();
+  }
+  if (spare_.ready() && !p->pty) {
+    const std::string encoded = req.encode();
+    if (encoded.size() <= kSpareRequestMax) {
+      rc = start_spare(spare_, encoded, p->h);  // EPIPE/EAGAIN: it is gone or stuck, dropped: a fresh shim
+      if (rc == 0) spare_backoff_ = std::chrono::milliseconds(0);
+    }
+  }
   if (rc < 0) rc = start_shim(req, fs_.root(), p->h);
   if (rc < 0) return send_error(c, ch, ErrorCode::kExecFailed, -rc, 0x10, std::strerror(-rc));
   for (int fd : {p->h.status_fd, p->h.stdin_fd, p->h.stdout_fd, p->h.stderr_fd})
@@ -712,12 +734,13 @@ void Agent::maybe_finish(Process* p) {
   std::erase_if(procs_, [p](const auto& u) { return u.get() == p; });
 }
 
-void Agent::kill_tree(Process* p) {
+bool Agent::kill_tree(Process* p) {
   // status_eof, exited: the shim has exited or is exiting (after its own sweep) and may be reaped: its pid could be
   // reused.
-  if (p->kill_sent || p->h.shim <= 0 || p->status_eof || p->exited || p->shim_reaped) return;
+  if (p->kill_sent || p->h.shim <= 0 || p->status_eof || p->exited || p->shim_reaped) return false;
   p->kill_sent = true;
   ::kill(p->h.shim, SIGUSR1);
+  return true;
 }
 
 void Agent::on_signal() {
@@ -729,7 +752,7 @@ void Agent::on_signal() {
       while ((r = ::waitpid(-1, &st, WNOHANG)) > 0) {  // shims and orphans alike; shims report over their pipes
         for (auto& p : procs_)
           if (p->h.shim == r) p->shim_reaped = true;
-        if (r == spare_.shim) drop_spare(spare_);  // it died unused (killed, OOM): fork another
+        if (r == spare_.shim) spare_died();
       }
       continue;
     }
@@ -738,7 +761,8 @@ void Agent::on_signal() {
       terminating_ = true;
       grace_deadline_ = Clock::now() + std::chrono::milliseconds(opt_.grace_ms);
       for (auto& p : procs_)
-        if (p->pid > 0) ::kill(-p->pid, static_cast<int>(si.ssi_signo)), ::kill(p->pid, static_cast<int>(si.ssi_signo));
+        if (p->pid > 0 && !p->exited)  // after 'X' the shim has reaped that pid: it may be reused
+          ::kill(-p->pid, static_cast<int>(si.ssi_signo)), ::kill(p->pid, static_cast<int>(si.ssi_signo));
       if (listen_fd_ >= 0)
         unwatch(listen_fd_), ::close(listen_fd_), listen_fd_ = -1, ::unlink(opt_.listen_path.c_str());
       drop_spare(spare_);
@@ -747,22 +771,31 @@ void Agent::on_signal() {
 }
 
 std::optional<Clock::time_point> Agent::spare_due() const {
-  if (spare_.ready() || !opt_.spare || terminating_ || (listen_fd_ < 0 && (!opt_.stdio || stdio_closed_)))
-    return std::nullopt;
+  // Only an agent that listens: a --stdio agent serves one connection of the "exec" transport, a process per pooled
+  // connection already, and a spare each would double the pids those take.
+  if (spare_.ready() || !opt_.spare || terminating_ || listen_fd_ < 0) return std::nullopt;
   Clock::time_point due = spare_retry_;
   for (const auto& p : procs_)
     due = std::max(due, p->started_at + kSpareDelay);
   return due;
 }
 
+void Agent::spare_failed(int err) {
+  if (spare_backoff_.count() == 0) log_event("agent.spare_failed", {{"errno", std::to_string(err)}});
+  spare_backoff_ = std::clamp(spare_backoff_ * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(10000));
+  spare_retry_ = Clock::now() + spare_backoff_;  // e.g. at the pids limit: never a fork per loop turn
+}
+
+void Agent::spare_died() {
+  drop_spare(spare_);
+  spare_failed(ECHILD);
+}
+
 void Agent::refill_spare() {
   const auto due = spare_due();
   const auto now = Clock::now();
   if (!due || now < *due) return;
-  if (const int rc = fork_spare(fs_.root(), spare_); rc < 0) {
-    spare_retry_ = now + std::chrono::milliseconds(100);  // e.g. EAGAIN at the pids limit: no fork per loop turn
-    log_event("agent.spare_failed", {{"errno", std::to_string(-rc)}});
-  }
+  if (const int rc = fork_spare(fs_.root(), spare_); rc < 0) spare_failed(-rc);
 }
 
 int Agent::run() {
@@ -777,6 +810,7 @@ int Agent::run() {
     sigaddset(&mask, s);
   sigset_t blocked = mask;
   sigaddset(&blocked, SIGUSR1);  // inherited by each shim until it installs its own mask (SIGUSR1 = kill the tree)
+  sigaddset(&blocked, SIGHUP);   // the agent ignores hangups (its dispositions are reset to default just above)
   ::sigprocmask(SIG_BLOCK, &blocked, nullptr);
   sfd_ = ::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
   ep_ = ::epoll_create1(EPOLL_CLOEXEC);
@@ -832,7 +866,7 @@ int Agent::run() {
       timeout = timeout < 0 ? static_cast<int>(std::max<long>(0, ms)) : std::min<int>(timeout, std::max<long>(0, ms));
     };
     for (auto& p : procs_)
-      if (p->deadline && !p->kill_sent) consider(*p->deadline);
+      if (deadline_pending(*p)) consider(*p->deadline);
     if (grace_deadline_) consider(*grace_deadline_);
     if (const auto due = spare_due()) consider(*due);
     for (auto& c : conns_)
@@ -847,10 +881,7 @@ int Agent::run() {
     }
     const auto after = Clock::now();
     for (auto& p : procs_) {
-      if (p->deadline && !p->kill_sent && after >= *p->deadline) {
-        p->timed_out = true;
-        kill_tree(p.get());
-      }
+      if (deadline_pending(*p) && after >= *p->deadline && kill_tree(p.get())) p->timed_out = true;
     }
     if (grace_deadline_ && after >= *grace_deadline_) {
       for (auto& p : procs_)

@@ -3,9 +3,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -175,8 +177,9 @@ sigset_t shim_prologue() {
   return mask;
 }
 
-/** A spare's request: an encoded StartRequest read from `fd` to its EOF, then `fd` closed. Null if none came. */
-std::optional<StartRequest> read_request(int fd) {
+/** A spare's request: an encoded StartRequest read from `fd` to its EOF, then `fd` closed. Null if none came (*got
+ *  false) or it does not decode (*got true). */
+std::optional<StartRequest> read_request(int fd, bool* got) {
   std::string encoded;
   char buf[16384];
   for (;;) {
@@ -189,6 +192,7 @@ std::optional<StartRequest> read_request(int fd) {
     break;
   }
   ::close(fd);
+  *got = !encoded.empty();
   if (encoded.empty()) return std::nullopt;
   return StartRequest::decode(encoded);
 }
@@ -209,10 +213,15 @@ std::optional<StartRequest> read_request(int fd) {
     // Waiting, it dies with its shim: a request never runs outside a shim's watch.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != shim) ::_exit(127);
-    const auto spare_req = read_request(4);
+    bool got = false;
+    const auto spare_req = read_request(4, &got);
     ::prctl(PR_SET_PDEATHSIG, 0);  // as for a child of start_shim from here on
+    // What was sent to it while it waited (blocked: the shim's mask) would land on the program at its unblocking: a
+    // fresh child never starts with signals pending. SIG_IGN discards a pending signal; run_child restores defaults.
+    for (int sig : {SIGUSR1, SIGCHLD, SIGTERM, SIGINT, SIGHUP})
+      ::signal(sig, SIG_IGN), ::signal(sig, SIG_DFL);
     if (!spare_req) {
-      const int e = ECANCELED;
+      const int e = got ? EPROTO : ECANCELED;  // a request that does not decode; none (dropped)
       while (::write(ep[1], &e, sizeof e) < 0 && errno == EINTR) {
       }
       ::_exit(127);
@@ -226,10 +235,31 @@ std::optional<StartRequest> read_request(int fd) {
     ::prctl(PR_SET_NAME, kSpareName);
   }
   ::close(ep[1]);
+  // Wait for the exec's outcome, or SIGUSR1: a spare's program may wait long (for its request; stopped even), and a
+  // kill of the exec (timeout, KILL, the agent's death) must not wait for it. Then nothing has started: the tree goes.
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  const int sfd = ::signalfd(-1, &usr1, SFD_CLOEXEC);
   int exec_errno = 0;
-  ssize_t n;
-  while ((n = ::read(ep[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
+  ssize_t n = -1;
+  for (;;) {
+    pollfd fds[2] = {{ep[0], POLLIN, 0}, {sfd, POLLIN, 0}};
+    if (::poll(fds, sfd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR) break;
+    if (fds[0].revents != 0) {
+      while ((n = ::read(ep[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
+      }
+      break;
+    }
+    if (sfd >= 0 && fds[1].revents != 0) {
+      int status = 0;
+      bool reaped = false;
+      kill_all_descendants(child, &status, &reaped);
+      write_record(3, kShimExecFailed, ECANCELED);
+      ::_exit(0);
+    }
   }
+  if (sfd >= 0) ::close(sfd);
   if (!req) ::prctl(PR_SET_NAME, own_name);  // in use (or dropped): a shim like any other
   ::close(ep[0]);
   ::close(0), ::close(1), ::close(2);  // only the tree holds the stdio ends now: EOF when it is gone
@@ -318,6 +348,7 @@ int fork_spare(const std::string& root, SpareShim& out) {
   if (::pipe2(status, O_CLOEXEC) != 0 || ::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(o, O_CLOEXEC) != 0 ||
       ::pipe2(e, O_CLOEXEC) != 0 || ::pipe2(rq, O_CLOEXEC) != 0)
     return cleanup(errno);
+  ::fcntl(rq[1], F_SETFL, O_NONBLOCK);  // the agent's end: a hand-over never blocks (start_spare)
   g_agent_pid = ::getpid();
   const pid_t shim = ::fork();
   if (shim < 0) return cleanup(errno);
@@ -342,10 +373,9 @@ int fork_spare(const std::string& root, SpareShim& out) {
   return 0;
 }
 
-int start_spare(SpareShim& spare, const StartRequest& req, ShimHandles& out) {
-  const std::string encoded = req.encode();
+int start_spare(SpareShim& spare, const std::string& encoded, ShimHandles& out) {
   int rc = 0;
-  if ((req.flags & kStartPty) != 0 || encoded.size() > kSpareRequestMax) {
+  if (encoded.size() > kSpareRequestMax) {
     rc = -EINVAL;
   } else {
     std::size_t off = 0;
@@ -356,7 +386,9 @@ int start_spare(SpareShim& spare, const StartRequest& req, ShimHandles& out) {
       } else if (n < 0 && errno == EINTR) {
         continue;
       } else {
-        rc = -(n < 0 ? errno : EIO);  // EPIPE: the spare is gone (SIGPIPE is ignored by the agent)
+        // EPIPE: the spare is gone (SIGPIPE is ignored by the agent). EAGAIN (the pipe is non-blocking): it does not
+        // read, and a pipe smaller than the request (a uid over pipe-user-pages-soft gets 8 KiB) must not block PID 1.
+        rc = -(n < 0 ? errno : EIO);
         break;
       }
     }

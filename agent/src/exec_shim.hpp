@@ -49,10 +49,11 @@ inline constexpr std::size_t kSpareRequestMax = 60 * 1024;
  *  for start_shim. Returns 0 or -errno (out untouched). Call from the agent's only thread. */
 int fork_spare(const std::string& root, SpareShim& out);
 
-/** Hands `req` (non-PTY, encoded size <= kSpareRequestMax) to `spare`, which is consumed either way: on 0, `out` holds
- *  its handles and the process goes on as one from start_shim (same status records, same tree killing); on -errno
- *  (EPIPE: the spare had died) its fds are closed and the caller starts the request with start_shim instead. */
-int start_spare(SpareShim& spare, const StartRequest& req, ShimHandles& out);
+/** Hands an encoded StartRequest (non-PTY, at most kSpareRequestMax bytes: the caller checks) to `spare`, which is
+ *  consumed either way: on 0, `out` holds its handles and the process goes on as one from start_shim (same status
+ *  records, same tree killing); on -errno (EPIPE: its program process is gone; EAGAIN: it is not reading, e.g.
+ *  stopped, and the pipe is full) its fds are closed and the caller starts the request with start_shim instead. */
+int start_spare(SpareShim& spare, const std::string& encoded, ShimHandles& out);
 
 /** Lets an unused spare go: closes its fds (it exits on the request pipe's EOF); the SIGCHLD path reaps it. */
 void drop_spare(SpareShim& spare);

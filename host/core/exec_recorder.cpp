@@ -47,21 +47,28 @@ void ExecRecorder::release_slot() {
   progress_.notify_all();
 }
 
+// The writer waits for the first item, then lingers for a batch until it is full (loop()). Only those two events
+// can end its waits, so only they notify: a notify for every item woke it during the linger just to sleep again
+// (three wake-ups per exec, each a context switch on the request path's cores).
 void ExecRecorder::record(Slot slot, store::ExecutionRow row) {
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
+    wake = (records_.empty() && touches_.empty()) || records_.size() + 1 >= options_.batch_max;
     records_.push_back({++enqueued_seq_, std::move(row)});
     slot.owner_ = nullptr;  // the slot now holds the queued record; the writer frees it
   }
-  work_.notify_one();
+  if (wake) work_.notify_one();
 }
 
 void ExecRecorder::touch(const std::string& sandbox_id, store::TimePoint idle_expires_at) {
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
+    wake = records_.empty() && touches_.empty();
     touches_[sandbox_id] = {++enqueued_seq_, idle_expires_at};
   }
-  work_.notify_one();
+  if (wake) work_.notify_one();
 }
 
 std::optional<store::TimePoint> ExecRecorder::pending_touch(const std::string& sandbox_id) const {

@@ -700,6 +700,7 @@ TEST_CASE("the spare shim runs requests as a fresh one would, and is replaced wh
   auto r = c.run(req, "in", in(60s));
   CHECK(r.out == "zero|\u00e9t\u00e9|" + (a.root() / "sub dir").string() + "|in");
   CHECK(r.exit.code == 3);
+  CHECK(spare.count(static_cast<int>(r.pid)) == 1);  // it ran in the spare's waiting process, not a fresh one
   // Used: a new spare, not the same processes.
   auto next = spares_of(a.pid(), 2);
   REQUIRE(next.size() == 2);
@@ -719,13 +720,37 @@ TEST_CASE("the spare shim runs requests as a fresh one would, and is replaced wh
     CHECK(c.run(cmd({"/bin/echo", "after", std::to_string(i)}), "", in(60s)).out ==
           "after " + std::to_string(i) + "\n");
   // A request too big for the spare's pipe (an environment of 100 KB) and a PTY take a fresh shim; the spare waits on.
+  const auto waiting = spares_of(a.pid(), 2);
   auto big = sh("printf %s \"$BIG\" | wc -c");
   big.env.push_back("BIG=" + std::string(100000, 'x'));
-  CHECK(c.run(big, "", in(60s)).out == "100000\n");
+  auto rb = c.run(big, "", in(60s));
+  CHECK(rb.out == "100000\n");
+  CHECK(waiting.count(static_cast<int>(rb.pid)) == 0);
   auto tty = sh("test -t 0 && echo tty");
   tty.flags |= agent::kStartPty;
   CHECK(c.run(tty, "", in(60s)).out.find("tty") != std::string::npos);
+  CHECK(spares_of(a.pid(), 2) == waiting);
   CHECK(descendants_settled(a.pid()).empty());  // nothing but the spare is left
+}
+
+TEST_CASE("a signal sent to the waiting spare does not reach the program it runs, which starts as a fresh one does") {
+  AgentProcess a;
+  auto c = a.connect();
+  // What a process sees of its start: pending, blocked and ignored signals, its fds, its session.
+  const auto probe =
+      sh("grep -E '^Sig(Pnd|Blk|Ign)|^ShdPnd' /proc/self/status; ls /proc/self/fd | sort -n | tr '\\n' ' '; "
+         "[ \"$(cut -d' ' -f6 /proc/self/stat)\" = \"$$\" ] && echo own-session");
+  const std::string fresh = AgentProcess({"--no-spare"}).connect().run(probe, "", in(60s)).out;
+  CHECK(fresh.find("own-session") != std::string::npos);
+  auto spare = spares_of(a.pid(), 2);
+  REQUIRE(spare.size() == 2);
+  for (int p : spare)
+    ::kill(p, SIGTERM), ::kill(p, SIGHUP);  // blocked while they wait: pending (at once) until the request comes
+  auto r = c.run(probe, "", in(60s));
+  CHECK(spare.count(static_cast<int>(r.pid)) == 1);
+  CHECK_FALSE(r.exit.signaled);
+  CHECK(r.exit.code == 0);
+  CHECK(r.out == fresh);
 }
 
 TEST_CASE("--no-spare: no process is forked ahead, and requests run") {

@@ -399,6 +399,23 @@ TEST_CASE("the recorder batches records that arrive while a write runs into one 
   CHECK(stats.pending == 0);
 }
 
+TEST_CASE("the recorder's writer wakes for its first item and for a full batch, not for every item") {
+  ServiceFixture f("{}", process_settings());
+  seed_sandbox(*f.store, "sandbox-wake");
+  GatedStore gated(*f.store);
+  core::ExecRecorder::Options options;
+  options.linger = std::chrono::hours(1);  // only a full batch (or a flush) can end the linger
+  options.batch_max = 4;
+  core::ExecRecorder recorder(gated, options);
+  recorder.touch("sandbox-wake", store::TimePoint(std::chrono::seconds(1'900'000'000)));  // the first item: wakes it
+  for (int i = 0; i < 4; ++i)  // the fourth record fills the batch: the writer stops lingering and writes
+    recorder.record(recorder.reserve(), record_row("exec-wake-" + std::to_string(i), "sandbox-wake"));
+  gated.wait_entered(1);  // (bounded by ctest's timeout: without the wake-up this waits the hour)
+  CHECK(gated.batch_sizes() == std::vector<std::size_t>{4});
+  CHECK(f.store->list_executions("sandbox-wake", "", 10, 0).second == 4);
+  CHECK(f.store->get_sandbox("sandbox-wake")->idle_expires_at == store::TimePoint(std::chrono::seconds(1'900'000'000)));
+}
+
 TEST_CASE("a touch the writer is writing stays visible until it is written: no read sees the older timer between") {
   ServiceFixture f("{}", process_settings());
   seed_sandbox(*f.store, "sandbox-inflight");
