@@ -542,7 +542,7 @@ void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& r
   }
   if (spare_.ready() && !p->pty) {
     const std::string encoded = req.encode();
-    if (encoded.size() <= kSpareRequestMax) {
+    if (encoded.size() <= spare_.request_max) {
       rc = start_spare(spare_, encoded, p->h);  // EPIPE/EAGAIN: it is gone or stuck, dropped: a fresh shim
       if (rc == 0) spare_backoff_ = std::chrono::milliseconds(0);
     }
@@ -643,6 +643,7 @@ void Agent::on_output(Process* p, int fd, int stream) {
       return maybe_finish(p);
     }
     std::size_t len = static_cast<std::size_t>(n);
+    if (!p->started) continue;  // a start that failed late (killed before its exec was reported): nothing goes out
     const std::uint64_t room = p->cap > p->forwarded ? p->cap - p->forwarded : 0;
     const std::size_t fwd = static_cast<std::size_t>(std::min<std::uint64_t>(room, len));
     p->dropped += len - fwd;
@@ -707,7 +708,8 @@ void Agent::maybe_finish(Process* p) {
   }
   if (Connection* c = p->conn) {
     if (p->exec_failed || !p->started) {
-      const int e = p->exec_failed ? p->exec_errno : ECHILD;
+      int e = p->exec_failed ? p->exec_errno : ECHILD;
+      if (e == ECANCELED && p->timed_out) e = ETIMEDOUT;  // its deadline passed before the program had started
       send_error(c, p->channel, ErrorCode::kExecFailed, e, 0x10, std::strerror(e));
     } else {
       ExitInfo x;
@@ -903,7 +905,7 @@ int usage() {
   std::fprintf(
       stderr,
       "usage: berth-agent [--listen unix:PATH] [--stdio] [--init-only] [--root DIR] [--no-openat2] [--no-spare]\n"
-      "                   [--output-cap BYTES] [--grace-ms MS] [--socket-mode 0600|0660|0666]\n");
+      "                   [--output-cap BYTES] [--grace-ms MS] [--socket-mode 0600|0660|0666] [--version]\n");
   return 2;
 }
 
@@ -928,6 +930,9 @@ int main(int argc, char** argv) {
       o.root = value();
     } else if (a == "--no-openat2") {
       o.use_openat2 = false;
+    } else if (a == "--version") {  // (the driver's check that an agent it delivered runs: agent_volume.cpp)
+      std::printf("berth-agent protocol %u\n", static_cast<unsigned>(kProtocolVersion));
+      return 0;
     } else if (a == "--no-spare") {
       o.spare = false;
     } else if (a == "--output-cap") {

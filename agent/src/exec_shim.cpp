@@ -13,6 +13,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -236,7 +237,8 @@ std::optional<StartRequest> read_request(int fd, bool* got) {
   }
   ::close(ep[1]);
   // Wait for the exec's outcome, or SIGUSR1: a spare's program may wait long (for its request; stopped even), and a
-  // kill of the exec (timeout, KILL, the agent's death) must not wait for it. Then nothing has started: the tree goes.
+  // kill of the exec (timeout, KILL, the agent's death) must not wait for it. The tree goes and the start is reported
+  // failed (ECANCELED), even if the program's execve won that race: the agent forwards nothing of an unstarted one.
   sigset_t usr1;
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
@@ -349,6 +351,10 @@ int fork_spare(const std::string& root, SpareShim& out) {
       ::pipe2(e, O_CLOEXEC) != 0 || ::pipe2(rq, O_CLOEXEC) != 0)
     return cleanup(errno);
   ::fcntl(rq[1], F_SETFL, O_NONBLOCK);  // the agent's end: a hand-over never blocks (start_spare)
+  // A uid over pipe-user-pages-soft gets small pipes (one page): only requests that fit are handed over.
+  const int pipe_size = ::fcntl(rq[1], F_GETPIPE_SZ);
+  const std::size_t request_max =
+      pipe_size > 0 ? std::min<std::size_t>(kSpareRequestMax, static_cast<std::size_t>(pipe_size)) : 4096;
   g_agent_pid = ::getpid();
   const pid_t shim = ::fork();
   if (shim < 0) return cleanup(errno);
@@ -365,6 +371,7 @@ int fork_spare(const std::string& root, SpareShim& out) {
     ::close(fd);
   out.shim = shim;
   out.request_fd = rq[1];
+  out.request_max = request_max;
   out.h.shim = shim;
   out.h.status_fd = status[0];
   out.h.stdin_fd = in[1];
@@ -375,7 +382,7 @@ int fork_spare(const std::string& root, SpareShim& out) {
 
 int start_spare(SpareShim& spare, const std::string& encoded, ShimHandles& out) {
   int rc = 0;
-  if (encoded.size() > kSpareRequestMax) {
+  if (encoded.size() > spare.request_max) {
     rc = -EINVAL;
   } else {
     std::size_t off = 0;

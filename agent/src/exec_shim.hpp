@@ -36,6 +36,7 @@ struct SpareShim {
   pid_t shim = -1;
   int request_fd = -1;  ///< write end of the request pipe: an encoded StartRequest, then close; close alone = exit
   ShimHandles h;        ///< what the shim becomes once used (never a PTY)
+  std::size_t request_max = 0;  ///< the largest request it takes: kSpareRequestMax, or less for a smaller pipe
   bool ready() const { return shim > 0; }
 };
 
@@ -49,7 +50,7 @@ inline constexpr std::size_t kSpareRequestMax = 60 * 1024;
  *  for start_shim. Returns 0 or -errno (out untouched). Call from the agent's only thread. */
 int fork_spare(const std::string& root, SpareShim& out);
 
-/** Hands an encoded StartRequest (non-PTY, at most kSpareRequestMax bytes: the caller checks) to `spare`, which is
+/** Hands an encoded StartRequest (non-PTY, at most spare.request_max bytes: the caller checks) to `spare`, which is
  *  consumed either way: on 0, `out` holds its handles and the process goes on as one from start_shim (same status
  *  records, same tree killing); on -errno (EPIPE: its program process is gone; EAGAIN: it is not reading, e.g.
  *  stopped, and the pipe is full) its fds are closed and the caller starts the request with start_shim instead. */

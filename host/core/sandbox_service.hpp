@@ -432,13 +432,7 @@ class SandboxService {
   /** The sandbox's profile; the default one if its profile is gone (deleted from the config file). Never null. */
   std::shared_ptr<const Profile> profile_of(const store::SandboxRow& row) const;
   void require_capability(const store::SandboxRow& row, const std::string& capability);
-  /** The sandbox's ready session, started (or waited for) under the CAS on current_session_id if it has none.
-   *  `fresh_row`: the live row of (owner, id) the caller read with load_live: when it names a ready session that
-   *  session is returned without reading the row again (one SELECT less per exec); otherwise the row is read anew.
-   * Throws as load_live, sandbox_expired, session_not_ready (past Settings::start_wait), driver_unavailable (its start
-   * failed). */
-  store::SessionRow ensure_running(const std::string& owner, const std::string& id,
-                                   const store::SandboxRow* fresh_row = nullptr);
+  store::SessionRow ensure_running(const std::string& owner, const std::string& id);
   /** Starts the container of a session this caller installed by CAS; `attempts` = CAS rounds it took (logged). */
   store::SessionRow start_session(store::SandboxRow row, store::SessionRow session, int attempts);
   void clear_session(const std::string& sandbox_id, const std::string& session_id, store::SessionState final_state,

@@ -33,18 +33,10 @@ void SandboxService::notify_sessions_changed() {
 
 // ---- ensure_running ---------------------------------------------------------------------------------------------
 
-store::SessionRow SandboxService::ensure_running(const std::string& owner, const std::string& id,
-                                                 const store::SandboxRow* fresh_row) {
+store::SessionRow SandboxService::ensure_running(const std::string& owner, const std::string& id) {
   auto started = clock_->monotonic();
   auto deadline = started + settings_.start_wait;
   std::string waited_on;  // the session this caller waits for; its failure is this caller's failure
-  // The fast path, on the caller's row: its session is ready. Anything else (no session, one starting or gone, an
-  // expiry on a row that may be older than an extension) goes through the loop, which reads the row again.
-  if (fresh_row != nullptr && fresh_row->current_session_id &&
-      !(fresh_row->expires_at && *fresh_row->expires_at <= clock_->now())) {
-    if (auto session = store_.get_session(*fresh_row->current_session_id); session && session->state == SS::ready)
-      return *session;
-  }
   for (int round = 0;; ++round) {
     auto row = load_live(owner, id);
     if (row.expires_at && *row.expires_at <= clock_->now()) {

@@ -30,7 +30,7 @@ auto SandboxService::with_session(const store::SandboxRow& row, const std::atomi
     touch_later(row);
   }
   for (int attempt = 0;; ++attempt) {
-    auto session = ensure_running(row.owner, id, attempt == 0 ? &row : nullptr);
+    auto session = ensure_running(row.owner, id);
     try {
       auto result = fn(session, in_use.token());
       touch_later(row);

@@ -753,7 +753,7 @@ TEST_CASE("a signal sent to the waiting spare does not reach the program it runs
   CHECK(r.out == fresh);
 }
 
-TEST_CASE("--no-spare: no process is forked ahead, and requests run") {
+TEST_CASE("an agent without a spare (--no-spare) forks nothing ahead, and requests run") {
   AgentProcess a({"--no-spare"});
   auto c = a.connect();
   CHECK(c.run(cmd({"/bin/echo", "cold"}), "", in(60s)).out == "cold\n");

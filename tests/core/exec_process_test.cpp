@@ -407,10 +407,14 @@ TEST_CASE("the recorder's writer wakes for its first item and for a full batch, 
   options.linger = std::chrono::hours(1);  // only a full batch (or a flush) can end the linger
   options.batch_max = 4;
   core::ExecRecorder recorder(gated, options);
-  recorder.touch("sandbox-wake", store::TimePoint(std::chrono::seconds(1'900'000'000)));  // the first item: wakes it
-  for (int i = 0; i < 4; ++i)  // the fourth record fills the batch: the writer stops lingering and writes
+  recorder.record(recorder.reserve(), record_row("exec-wake-0", "sandbox-wake"));  // the first item: wakes it
+  // Let the writer reach its linger (were it not there yet, it would find the batch full and this test pass anyway).
+  std::this_thread::sleep_for(100ms);
+  recorder.touch("sandbox-wake", store::TimePoint(std::chrono::seconds(1'900'000'000)));
+  for (int i = 1; i < 4; ++i)  // the fourth record fills the batch: only its wake-up ends the hour's linger
     recorder.record(recorder.reserve(), record_row("exec-wake-" + std::to_string(i), "sandbox-wake"));
-  gated.wait_entered(1);  // (bounded by ctest's timeout: without the wake-up this waits the hour)
+  gated.wait_entered(1);  // (bounded by ctest's timeout: without that wake-up this waits the hour)
+  recorder.flush(60s);    // the batch is in the write already: this waits for its commit
   CHECK(gated.batch_sizes() == std::vector<std::size_t>{4});
   CHECK(f.store->list_executions("sandbox-wake", "", 10, 0).second == 4);
   CHECK(f.store->get_sandbox("sandbox-wake")->idle_expires_at == store::TimePoint(std::chrono::seconds(1'900'000'000)));

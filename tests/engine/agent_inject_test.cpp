@@ -398,36 +398,104 @@ void tenant_limits_case(const std::string& engine) {
   CHECK(get(*d, s.handle, "small") == "after");
 }
 
+/** What `command` printed on stdout (a shell on the test machine). */
+std::string capture(const std::string& command) {
+  std::string out;
+  if (FILE* f = ::popen(command.c_str(), "r")) {
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
+      out.append(buf, n);
+    ::pclose(f);
+  }
+  return out;
+}
+
+// agent_delivery = "volume": the binary reaches the sessions through the Engine API alone (an image import and a
+// helper container that fills berth-agent-<sha256 prefix>), so no file of this machine is mounted. Shown with a copy
+// of the agent (made unique by trailing bytes, so that its volume is this test's) that is deleted before the last
+// session starts, over both transports, and on the shell-less image.
+void volume_delivery_case(const std::string& engine) {
+  const fs::path copy = fs::temp_directory_path() / unique("berth-agent-copy");
+  fs::copy_file(BERTH_AGENT_PATH, copy);
+  {
+    std::ofstream tail(copy, std::ios::app | std::ios::binary);
+    tail << "\nberth-test-trailer-" << unique("t") << "\n";
+  }
+  fs::permissions(copy, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read |
+                            fs::perms::others_exec);
+  const std::string volume = "berth-agent-" + capture("sha256sum '" + copy.string() + "' | cut -c1-16 | tr -d '\\n'");
+  REQUIRE(volume.size() == std::string("berth-agent-").size() + 16);
+  REQUIRE(sh(engine + " volume inspect " + volume + " >/dev/null 2>&1") != 0);  // fresh: the fill path runs
+  const std::string config = R"({"agent_delivery": "volume", "agent_path": ")" + copy.string() + R"("})";
+  const std::string exec_config =
+      R"({"agent_delivery": "volume", "agent_transport": "exec", "agent_path": ")" + copy.string() + R"("})";
+  {
+    auto socket_driver = make_driver(engine, config);
+    auto exec_driver = make_driver(engine, exec_config);
+    {
+      Sandbox s(*socket_driver, "berth/python:3.11");  // the socket directory is bound inside the volume's mount
+      CHECK(s.endpoint.rfind("agent:unix:", 0) == 0);
+      CHECK(run(*socket_driver, s.handle, argv({"/bin/sh", "-c", "echo over-the-socket"})).out == "over-the-socket\n");
+      const std::string mounts = capture(engine + " inspect -f '{{json .Mounts}}' " + s.handle);
+      INFO(mounts);
+      CHECK(mounts.find("\"" + volume + "\"") != std::string::npos);
+      CHECK(mounts.find(copy.string()) == std::string::npos);  // the copy itself is not mounted
+      // Mounted read-only: the tenant cannot replace the agent that later sessions run.
+      CHECK(run(*socket_driver, s.handle,
+                argv({"/bin/sh", "-c", "awk '$2 == \"/.berth\" {print $4}' /proc/self/mounts | cut -d, -f1"}))
+                .out == "ro\n");
+    }
+    fs::remove(copy);  // from here on only the engine's volume holds the agent
+    ImageGuard image{engine, shellless_image(engine)};
+    Sandbox t(*exec_driver, image.tag);
+    CHECK(t.endpoint.rfind("agent:exec:", 0) == 0);
+    auto hi = run(*exec_driver, t.handle, argv({"/probe", "echo", "from", "the", "volume"}));
+    CHECK(hi.out == "from the volume\n");
+    put(*exec_driver, t.handle, "v.txt", "volume delivery");
+    CHECK(get(*exec_driver, t.handle, "v.txt") == "volume delivery");
+  }
+  // Nothing of the fill is left: no helper container, no image; the volume goes once no session uses it.
+  CHECK(capture(engine + " ps -aq --filter label=io.berth.driver.agent-volume=" + volume).empty());
+  CHECK(capture(engine + " images --format '{{.Repository}}' | grep -c berth-agent") == "0\n");
+  CHECK(sh(engine + " volume rm " + volume + " >/dev/null 2>&1") == 0);
+  CHECK_THROWS_WITH(make_driver(engine, R"({"agent_delivery": "copy"})"),
+                    Catch::Contains("'agent_delivery' must be \"bind\" or \"volume\""));
+}
+
 }  // namespace
 
-#define BERTH_AGENT_CASES(engine)                                                                                   \
-  TEST_CASE(engine ": an image without /bin/sh runs execs and file operations through the agent", "[" engine "]") { \
-    shellless_case(engine);                                                                                         \
-  }                                                                                                                 \
-  TEST_CASE(engine ": code of 131072 and 1 MiB bytes goes in on stdin", "[" engine "]") {                           \
-    long_stdin_case(engine);                                                                                        \
-  }                                                                                                                 \
-  TEST_CASE(engine ": output streams while the process runs", "[" engine "]") {                                     \
-    streaming_case(engine);                                                                                         \
-  }                                                                                                                 \
-  TEST_CASE(engine ": an exec's detached processes are gone after it", "[" engine "]") {                            \
-    process_tree_case(engine);                                                                                      \
-  }                                                                                                                 \
-  TEST_CASE(engine ": a missing agent binary falls back to the engine exec", "[" engine "]") {                      \
-    fallback_case(engine);                                                                                          \
-  }                                                                                                                 \
-  TEST_CASE(engine ": a stopped session is gone on the next call", "[" engine "]") {                                \
-    stopped_case(engine);                                                                                           \
-  }                                                                                                                 \
-  TEST_CASE(engine ": the agent directory is closed to the tenant and downloads stream", "[" engine "]") {          \
-    tenant_limits_case(engine);                                                                                     \
-  }                                                                                                                 \
-  TEST_CASE(engine ": an image without /bin/sh works over the exec transport, and a bad transport is refused",      \
-            "[" engine "]") {                                                                                       \
-    shellless_case(engine, R"({"agent_transport": "exec"})");                                                       \
-    exec_transport_stalled_stdin_case(engine);                                                                      \
-    CHECK_THROWS_WITH(make_driver(engine, R"({"agent_transport": "tcp"})"),                                         \
-                      Catch::Contains("'agent_transport' must be \"socket\" or \"exec\""));                         \
+#define BERTH_AGENT_CASES(engine)                                                                                    \
+  TEST_CASE(engine ": an image without /bin/sh runs execs and file operations through the agent", "[" engine "]") {  \
+    shellless_case(engine);                                                                                          \
+  }                                                                                                                  \
+  TEST_CASE(engine ": code of 131072 and 1 MiB bytes goes in on stdin", "[" engine "]") {                            \
+    long_stdin_case(engine);                                                                                         \
+  }                                                                                                                  \
+  TEST_CASE(engine ": output streams while the process runs", "[" engine "]") {                                      \
+    streaming_case(engine);                                                                                          \
+  }                                                                                                                  \
+  TEST_CASE(engine ": an exec's detached processes are gone after it", "[" engine "]") {                             \
+    process_tree_case(engine);                                                                                       \
+  }                                                                                                                  \
+  TEST_CASE(engine ": a missing agent binary falls back to the engine exec", "[" engine "]") {                       \
+    fallback_case(engine);                                                                                           \
+  }                                                                                                                  \
+  TEST_CASE(engine ": a stopped session is gone on the next call", "[" engine "]") {                                 \
+    stopped_case(engine);                                                                                            \
+  }                                                                                                                  \
+  TEST_CASE(engine ": the agent directory is closed to the tenant and downloads stream", "[" engine "]") {           \
+    tenant_limits_case(engine);                                                                                      \
+  }                                                                                                                  \
+  TEST_CASE(engine ": an image without /bin/sh works over the exec transport, and a bad transport is refused",       \
+            "[" engine "]") {                                                                                        \
+    shellless_case(engine, R"({"agent_transport": "exec"})");                                                        \
+    exec_transport_stalled_stdin_case(engine);                                                                       \
+    CHECK_THROWS_WITH(make_driver(engine, R"({"agent_transport": "tcp"})"),                                          \
+                      Catch::Contains("'agent_transport' must be \"socket\" or \"exec\""));                          \
+  }                                                                                                                  \
+  TEST_CASE(engine ": agent_delivery volume: the agent reaches sessions through the engine alone", "[" engine "]") { \
+    volume_delivery_case(engine);                                                                                    \
   }
 
 BERTH_AGENT_CASES("docker")

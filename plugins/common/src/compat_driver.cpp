@@ -16,7 +16,9 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -32,6 +34,7 @@
 
 #include "agent_exec_stream.hpp"
 #include "agent_pool.hpp"
+#include "agent_volume.hpp"
 #include "berth/engine/agent_client.hpp"
 #include "berth/engine/client.hpp"
 #include "berth/engine/hijack.hpp"
@@ -51,6 +54,7 @@ constexpr size_t kMaxRecordBytes = 64 * 1024;          // one dir_list record: t
 constexpr size_t kMaxStderr = 64 * 1024;
 constexpr const char* kAgentPathInside = "/.berth/agent";  // the agent binary's bind mount in every agent session
 constexpr const char* kAgentRunInside = "/.berth/run";     // the "socket" transport's directory in the container
+constexpr const char* kAgentDirInside = "/.berth";         // agent_delivery = "volume": the agent volume's mount
 
 // ---------------------------------------------------------------------------------------------------------------
 // ABI struct helpers
@@ -218,6 +222,12 @@ struct Instance {
   std::string agent_binary;  // resolved at configure; "" = none (agent_missing says why)
   std::string agent_missing;
   std::mutex volume_mutex;  // makes volume_create's check-then-create atomic within this instance
+  // agent_delivery = "volume": the binary's bytes and its volume (configure), and whether this instance has made sure
+  // of that volume since it started (the first agent session does, under agent_volume_mutex).
+  std::string agent_bytes;
+  std::string agent_volume;
+  std::mutex agent_volume_mutex;
+  bool agent_volume_checked = false;
 
   /** The on_ready watcher of this instance's interactive processes, started on first use. Thread-safe. */
   ProcessWatcher& process_watcher() {
@@ -1425,6 +1435,12 @@ berth_status parse_config(const Flavor& flavor, const char* json, Config* out, s
         *error = flavor.name + " driver config: 'agent_transport' must be \"socket\" or \"exec\"";
         ok = false;
       }
+    } else if (key == "agent_delivery") {
+      ok = want_string(key, config.agent_delivery, false);
+      if (ok && config.agent_delivery != "bind" && config.agent_delivery != "volume") {
+        *error = flavor.name + " driver config: 'agent_delivery' must be \"bind\" or \"volume\"";
+        ok = false;
+      }
     } else if (key == "agent_ready_timeout_ms") {
       ok = want_int(key, config.agent_ready_timeout_ms, 1, 600000);
     } else {
@@ -1502,6 +1518,12 @@ berth_status configure(const Flavor& flavor, const berth_host_api* host, const c
     auto instance = std::make_unique<Instance>(flavor, std::move(config), h);
     if (instance->config.agent) {
       instance->agent_binary = find_agent_binary(instance->config.agent_path, &instance->agent_missing);
+      if (!instance->agent_binary.empty() && instance->config.agent_delivery == "volume") {
+        std::ifstream in(instance->agent_binary, std::ios::binary);
+        instance->agent_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        if (!in.good() && !in.eof()) throw Error(Errc::internal, "cannot read " + instance->agent_binary);
+        instance->agent_volume = agent_volume_name(instance->agent_bytes);
+      }
     } else {
       instance->agent_missing = "the driver config sets agent = false";
     }
@@ -1509,7 +1531,8 @@ berth_status configure(const Flavor& flavor, const berth_host_api* host, const c
                   {{"socket", instance->config.socket},
                    {"api_version", instance->config.api_version.empty() ? "negotiate" : instance->config.api_version},
                    {"transport", instance->agent_binary.empty() ? "engine-exec" : "agent"},
-                   {"agent", instance->agent_binary.empty() ? instance->agent_missing : instance->agent_binary}});
+                   {"agent", instance->agent_binary.empty() ? instance->agent_missing : instance->agent_binary},
+                   {"agent_delivery", instance->agent_volume.empty() ? "bind" : "volume " + instance->agent_volume}});
     *out = reinterpret_cast<berth_instance*>(instance.release());
     return BERTH_OK;
   } catch (const std::exception& e) {
@@ -1760,6 +1783,20 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     if (fallback_reason.empty() && !numeric_user(user, &agent_uid, &agent_gid)) {
       fallback_reason = "the session user '" + user + "' is not a numeric uid[:gid]";
     }
+    if (fallback_reason.empty() && !self.agent_volume.empty()) {
+      std::lock_guard lock(self.agent_volume_mutex);
+      if (!self.agent_volume_checked) {
+        Object::Ptr helper_host_config = new Object;
+        helper_host_config->set("Ulimits", host_config->get("Ulimits"));
+        try {
+          ensure_agent_volume(self.client, self.agent_volume, self.agent_bytes, helper_host_config);
+          self.agent_volume_checked = true;
+          self.log(BERTH_LOG_INFO, self.event("agent_volume.ready").c_str(), {{"volume", self.agent_volume}});
+        } catch (const Error& e) {
+          fallback_reason = std::string("the agent volume ") + self.agent_volume + " could not be filled: " + e.what();
+        }
+      }
+    }
     const Array::Ptr base_mounts = mounts;
     std::unique_ptr<AgentClient> ready_connection;  // the readiness check's, kept as the pool's first
 
@@ -1770,11 +1807,17 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
       labels->remove(kLabelAgentDir);
       labels->remove(kLabelAgentTransport);
       if (use_agent) {
-        std::vector<std::tuple<std::string, const char*, bool>> binds{{self.agent_binary, kAgentPathInside, true}};
-        if (!exec_transport) binds.emplace_back(agent_dir, kAgentRunInside, false);
-        for (auto [source, target, read_only] : binds) {
+        // The agent: its binary bound from agent_path, or the agent volume at /.berth (its run/ directory is the
+        // mount point of the socket transport's directory); then the socket transport's directory.
+        std::vector<std::tuple<const char*, std::string, const char*, bool>> agent_mounts;
+        if (self.agent_volume.empty())
+          agent_mounts.emplace_back("bind", self.agent_binary, kAgentPathInside, true);
+        else
+          agent_mounts.emplace_back("volume", self.agent_volume, kAgentDirInside, true);
+        if (!exec_transport) agent_mounts.emplace_back("bind", agent_dir, kAgentRunInside, false);
+        for (auto [type, source, target, read_only] : agent_mounts) {
           Object::Ptr m = new Object;
-          m->set("Type", std::string("bind"));
+          m->set("Type", std::string(type));
           m->set("Source", source);
           m->set("Target", std::string(target));
           m->set("ReadOnly", read_only);

@@ -69,6 +69,13 @@ struct Config {
   //   "exec": each connection is one Engine API exec of the agent in --stdio mode on a hijacked stream (nothing but
   //     the Engine API connection is needed, as for an engine on another machine; the engine relays every byte).
   std::string agent_transport = "socket";
+  // How the agent binary gets into the sessions:
+  //   "bind" (default): agent_path is bind-mounted read-only at /.berth/agent (the file must be on the engine's
+  //     machine: the engine resolves the path);
+  //   "volume": the driver copies the binary into the engine's named volume berth-agent-<sha256 prefix> once, through
+  //     the Engine API alone (an image import and a helper container), and sessions mount that volume read-only at
+  //     /.berth. With agent_transport = "exec", nothing of berthd's machine is needed by the engine.
+  std::string agent_delivery = "bind";
   // How long session_create waits for the agent to answer PING before it falls back to the Engine exec path.
   std::uint32_t agent_ready_timeout_ms = 10000;
 };
