@@ -446,6 +446,14 @@ void volume_delivery_case(const std::string& engine) {
                 argv({"/bin/sh", "-c", "awk '$2 == \"/.berth\" {print $4}' /proc/self/mounts | cut -d, -f1"}))
                 .out == "ro\n");
     }
+    // The volume goes behind berthd's back (`volume prune` while no session runs): the next session fills it anew
+    // instead of mounting an empty one the engine would create.
+    REQUIRE(sh(engine + " volume rm " + volume + " >/dev/null") == 0);
+    {
+      Sandbox again(*socket_driver, "berth/python:3.11");
+      CHECK(again.endpoint.rfind("agent:unix:", 0) == 0);
+      CHECK(run(*socket_driver, again.handle, argv({"/bin/sh", "-c", "echo refilled"})).out == "refilled\n");
+    }
     fs::remove(copy);  // from here on only the engine's volume holds the agent
     ImageGuard image{engine, shellless_image(engine)};
     Sandbox t(*exec_driver, image.tag);
@@ -456,6 +464,7 @@ void volume_delivery_case(const std::string& engine) {
     CHECK(get(*exec_driver, t.handle, "v.txt") == "volume delivery");
   }
   // Nothing of the fill is left: no helper container, no image; the volume goes once no session uses it.
+  REQUIRE(sh(engine + " ps -aq >/dev/null") == 0);  // (the engine's CLI answers: an empty list below means none)
   CHECK(capture(engine + " ps -aq --filter label=io.berth.driver.agent-volume=" + volume).empty());
   CHECK(capture(engine + " images --format '{{.Repository}}' | grep -c berth-agent") == "0\n");
   CHECK(sh(engine + " volume rm " + volume + " >/dev/null 2>&1") == 0);

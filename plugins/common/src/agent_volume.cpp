@@ -7,9 +7,12 @@
 #include <archive.h>
 #include <archive_entry.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <memory>
-#include <random>
 #include <sstream>
+#include <thread>
 
 namespace berth::engine::compat {
 
@@ -60,8 +63,10 @@ std::string imported_image_id(const std::string& body) {
   return id;
 }
 
-/** Creates, starts and waits for the helper; returns its exit status. Removes it whatever happens. */
-int run_helper(Client& client, const std::string& name, const std::string& image, const Object::Ptr& host_config_base) {
+/** Creates, starts and waits for the helper; returns its exit status (127 if it could not start: no runnable agent
+ *  in the volume). Removes it whatever happens. */
+int run_helper(Client& client, const std::string& name, const std::string& image, const Object::Ptr& host_config_base,
+               std::chrono::milliseconds timeout) {
   Object::Ptr host_config = new Object(*host_config_base);
   Array::Ptr mounts = new Array;
   Object::Ptr m = new Object;
@@ -85,23 +90,27 @@ int run_helper(Client& client, const std::string& name, const std::string& image
   body->set("NetworkDisabled", true);
   body->set("Labels", labels);
   body->set("HostConfig", host_config);
-  std::random_device rd;
-  const std::string helper = name + "-fill-" + std::to_string(rd() % 1000000);
-  const auto created = client.call_json("POST", "/containers/create?name=" + segment(helper), body);
-  const std::string id = created.json_object()->getValue<std::string>("Id");
-  struct Remove {
+  static std::atomic<unsigned> counter{0};
+  const std::string helper = name + "-fill-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+  struct Remove {  // by name: armed before the create, so no answer can leave it behind
     Client& client;
-    std::string id;
+    std::string name;
     ~Remove() {
       try {
-        client.call("DELETE", "/containers/" + id + "?force=true", {}, {404, 409});
+        client.call("DELETE", "/containers/" + name + "?force=true", {}, {404, 409});
       } catch (const std::exception&) {
       }
     }
-  } remove{client, id};
-  client.call("POST", "/containers/" + id + "/start", {}, {304});
-  const auto waited = client.call("POST", "/containers/" + id + "/wait");
-  return waited.json_object()->getValue<int>("StatusCode");
+  } remove{client, helper};
+  client.call_json("POST", "/containers/create?name=" + segment(helper), body);
+  try {
+    client.call("POST", "/containers/" + segment(helper) + "/start", {}, {304});
+  } catch (const Error& e) {
+    if (e.code() == Errc::unavailable || e.code() == Errc::timeout) throw;
+    return 127;  // the engine could not start /.berth/agent: missing, cut short or not executable
+  }
+  const auto waited = client.call("POST", "/containers/" + segment(helper) + "/wait", {}, {}, timeout);
+  return waited.json_object()->optValue<int>("StatusCode", -1);
 }
 
 }  // namespace
@@ -145,7 +154,7 @@ std::string agent_volume_tar(const std::string& agent_bytes) {
 }
 
 void ensure_agent_volume(Client& client, const std::string& name, const std::string& agent_bytes,
-                         const Object::Ptr& host_config) {
+                         const Object::Ptr& host_config, std::chrono::milliseconds helper_timeout) {
   const auto imported = client.send("POST", "/images/create?fromSrc=-&repo=berth-agent&tag=" + name.substr(12),
                                     agent_volume_tar(agent_bytes), "application/x-tar");
   if (!imported.ok()) {
@@ -173,7 +182,11 @@ void ensure_agent_volume(Client& client, const std::string& name, const std::str
       body->set("Labels", labels);
       client.call_json("POST", "/volumes/create", body, {409});  // 409: another instance was quicker
     }
-    const int status = run_helper(client, name, image, host_config);
+    int status = run_helper(client, name, image, host_config, helper_timeout);
+    if (status != 0) {  // perhaps another instance's fill of this volume was half done: look once more
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      status = run_helper(client, name, image, host_config, helper_timeout);
+    }
     if (status == 0) return;
     if (attempt > 0) {
       throw Error(Errc::internal, "the agent in volume '" + name + "' does not run (exit " + std::to_string(status) +

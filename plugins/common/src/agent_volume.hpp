@@ -6,6 +6,7 @@
 
 #include <Poco/JSON/Object.h>
 
+#include <chrono>
 #include <string>
 
 #include "berth/engine/client.hpp"
@@ -25,13 +26,15 @@ std::string agent_volume_tar(const std::string& agent_bytes);
  *  1. imports agent_volume_tar() as an image (POST /images/create?fromSrc=-, what `docker import -` does);
  *  2. creates a helper container of that image with the volume at /.berth and starts it: an empty volume is filled
  *     from the image (Docker at create, Podman at start), an existing one is used as it is;
- *  3. requires the helper's `/.berth/agent --version` (run from the volume) to exit 0. If it does not, the volume is
- *     removed (refused while sessions use it) and filled once more.
+ *  3. requires the helper's `/.berth/agent --version` (run from the volume) to exit 0 within `helper_timeout`. If it
+ *     does not (or cannot start: no agent there), it is run once more after 200 ms (another instance's fill of the
+ *     same volume may have been half done), then the volume is removed (refused while sessions use it) and filled
+ *     once more.
  * The helper container and the image are removed whatever happens. `host_config` is the base of the helper's
  * HostConfig (the driver's ulimits: some engines cannot start a container without them). Blocking, a few hundred ms;
  * not thread-safe for one `name` (the driver calls it under a mutex). Throws Error (unavailable, internal, ...).
  */
 void ensure_agent_volume(Client& client, const std::string& name, const std::string& agent_bytes,
-                         const Poco::JSON::Object::Ptr& host_config);
+                         const Poco::JSON::Object::Ptr& host_config, std::chrono::milliseconds helper_timeout);
 
 }  // namespace berth::engine::compat

@@ -228,6 +228,7 @@ struct Instance {
   std::string agent_volume;
   std::mutex agent_volume_mutex;
   bool agent_volume_checked = false;
+  std::uint64_t agent_volume_retry_ns = 0;  ///< after a failed fill, not again before this (now_ns clock)
 
   /** The on_ready watcher of this instance's interactive processes, started on first use. Thread-safe. */
   ProcessWatcher& process_watcher() {
@@ -1519,10 +1520,18 @@ berth_status configure(const Flavor& flavor, const berth_host_api* host, const c
     if (instance->config.agent) {
       instance->agent_binary = find_agent_binary(instance->config.agent_path, &instance->agent_missing);
       if (!instance->agent_binary.empty() && instance->config.agent_delivery == "volume") {
+        std::error_code ec;
+        const auto size = std::filesystem::file_size(instance->agent_binary, ec);
         std::ifstream in(instance->agent_binary, std::ios::binary);
-        instance->agent_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-        if (!in.good() && !in.eof()) throw Error(Errc::internal, "cannot read " + instance->agent_binary);
-        instance->agent_volume = agent_volume_name(instance->agent_bytes);
+        std::string bytes(ec ? 0 : static_cast<std::size_t>(size), '\0');
+        if (!ec && in.read(bytes.data(), static_cast<std::streamsize>(bytes.size())) &&
+            in.gcount() == static_cast<std::streamsize>(bytes.size()) && !bytes.empty()) {
+          instance->agent_bytes = std::move(bytes);
+          instance->agent_volume = agent_volume_name(instance->agent_bytes);
+        } else {  // as a missing binary: sessions take the Engine exec path and say why
+          instance->agent_missing = "cannot read the agent binary " + instance->agent_binary + " for agent_delivery";
+          instance->agent_binary.clear();
+        }
       }
     } else {
       instance->agent_missing = "the driver config sets agent = false";
@@ -1785,16 +1794,28 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
     }
     if (fallback_reason.empty() && !self.agent_volume.empty()) {
       std::lock_guard lock(self.agent_volume_mutex);
-      if (!self.agent_volume_checked) {
-        Object::Ptr helper_host_config = new Object;
-        helper_host_config->set("Ulimits", host_config->get("Ulimits"));
-        try {
-          ensure_agent_volume(self.client, self.agent_volume, self.agent_bytes, helper_host_config);
+      try {
+        // Checked once per berthd, but the volume can go behind its back (`volume prune` while no session runs, an
+        // operator): then the engine would create an empty one of that name at the container's create.
+        if (self.agent_volume_checked &&
+            self.client.call("GET", "/volumes/" + url_encode(self.agent_volume), {}, {404}).status == 404) {
+          self.agent_volume_checked = false;
+          self.agent_volume_retry_ns = 0;
+        }
+        if (!self.agent_volume_checked && self.now_ns() < self.agent_volume_retry_ns) {
+          fallback_reason = "the agent volume " + self.agent_volume + " could not be filled a moment ago";
+        } else if (!self.agent_volume_checked) {
+          Object::Ptr helper_host_config = new Object;
+          helper_host_config->set("Ulimits", host_config->get("Ulimits"));
+          ensure_agent_volume(self.client, self.agent_volume, self.agent_bytes, helper_host_config,
+                              milliseconds(self.config.agent_ready_timeout_ms));
           self.agent_volume_checked = true;
           self.log(BERTH_LOG_INFO, self.event("agent_volume.ready").c_str(), {{"volume", self.agent_volume}});
-        } catch (const Error& e) {
-          fallback_reason = std::string("the agent volume ") + self.agent_volume + " could not be filled: " + e.what();
         }
+      } catch (const std::exception& e) {
+        self.agent_volume_retry_ns =
+            self.now_ns() + 60ull * 1000000000ull;  // a fill is MBs and containers: once a minute
+        fallback_reason = std::string("the agent volume ") + self.agent_volume + " could not be filled: " + e.what();
       }
     }
     const Array::Ptr base_mounts = mounts;
@@ -1813,7 +1834,7 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
         if (self.agent_volume.empty())
           agent_mounts.emplace_back("bind", self.agent_binary, kAgentPathInside, true);
         else
-          agent_mounts.emplace_back("volume", self.agent_volume, kAgentDirInside, true);
+          agent_mounts.emplace_back("volume", self.agent_volume, kAgentDirInside, true);  // (NoCopy: below)
         if (!exec_transport) agent_mounts.emplace_back("bind", agent_dir, kAgentRunInside, false);
         for (auto [type, source, target, read_only] : agent_mounts) {
           Object::Ptr m = new Object;
@@ -1821,6 +1842,13 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
           m->set("Source", source);
           m->set("Target", std::string(target));
           m->set("ReadOnly", read_only);
+          if (std::string_view(type) == "volume") {
+            // Never filled from the session's image: an empty agent volume (gone meanwhile) must not take the
+            // image's /.berth, which every later session would run.
+            Object::Ptr options = new Object;
+            options->set("NoCopy", true);
+            m->set("VolumeOptions", options);
+          }
           attempt_mounts->add(m);
         }
         labels->set(kLabelTransport, std::string("agent"));
@@ -1938,9 +1966,15 @@ berth_status session_create(berth_instance* inst, const berth_session_spec* spec
       } catch (const AgentStartFailed& e) {
         fallback_reason = e.what();
       } catch (const Error& e) {
-        // The engine refused the agent's container (an exotic image or runtime: a mount point it cannot create).
-        // Anything else (engine unavailable, a missing image or volume) fails the fallback the same way.
-        if (e.code() != Errc::internal) {
+        // The engine refused the agent's container (an exotic image or runtime: a mount point it cannot create; with
+        // the agent volume, a volume emptied meanwhile: no entrypoint). Anything else (engine unavailable, a missing
+        // image or volume) fails the fallback the same way.
+        const bool volume_refused = !self.agent_volume.empty() && e.code() == Errc::invalid_argument;
+        if (volume_refused) {
+          std::lock_guard lock(self.agent_volume_mutex);
+          self.agent_volume_checked = false;  // checked anew by the next session
+        }
+        if (e.code() != Errc::internal && !volume_refused) {
           if (!exec_transport) remove_agent_dir(agent_dir);
           throw;
         }
