@@ -474,37 +474,37 @@ void volume_delivery_case(const std::string& engine) {
 
 }  // namespace
 
-#define BERTH_AGENT_CASES(engine)                                                                                    \
-  TEST_CASE(engine ": an image without /bin/sh runs execs and file operations through the agent", "[" engine "]") {  \
-    shellless_case(engine);                                                                                          \
-  }                                                                                                                  \
-  TEST_CASE(engine ": code of 131072 and 1 MiB bytes goes in on stdin", "[" engine "]") {                            \
-    long_stdin_case(engine);                                                                                         \
-  }                                                                                                                  \
-  TEST_CASE(engine ": output streams while the process runs", "[" engine "]") {                                      \
-    streaming_case(engine);                                                                                          \
-  }                                                                                                                  \
-  TEST_CASE(engine ": an exec's detached processes are gone after it", "[" engine "]") {                             \
-    process_tree_case(engine);                                                                                       \
-  }                                                                                                                  \
-  TEST_CASE(engine ": a missing agent binary falls back to the engine exec", "[" engine "]") {                       \
-    fallback_case(engine);                                                                                           \
-  }                                                                                                                  \
-  TEST_CASE(engine ": a stopped session is gone on the next call", "[" engine "]") {                                 \
-    stopped_case(engine);                                                                                            \
-  }                                                                                                                  \
-  TEST_CASE(engine ": the agent directory is closed to the tenant and downloads stream", "[" engine "]") {           \
-    tenant_limits_case(engine);                                                                                      \
-  }                                                                                                                  \
-  TEST_CASE(engine ": an image without /bin/sh works over the exec transport, and a bad transport is refused",       \
-            "[" engine "]") {                                                                                        \
-    shellless_case(engine, R"({"agent_transport": "exec"})");                                                        \
-    exec_transport_stalled_stdin_case(engine);                                                                       \
-    CHECK_THROWS_WITH(make_driver(engine, R"({"agent_transport": "tcp"})"),                                          \
-                      Catch::Contains("'agent_transport' must be \"socket\" or \"exec\""));                          \
-  }                                                                                                                  \
-  TEST_CASE(engine ": agent_delivery volume: the agent reaches sessions through the engine alone", "[" engine "]") { \
-    volume_delivery_case(engine);                                                                                    \
+#define BERTH_AGENT_CASES(engine)                                                                                   \
+  TEST_CASE(engine ": an image without /bin/sh runs execs and file operations through the agent", "[" engine "]") { \
+    shellless_case(engine);                                                                                         \
+  }                                                                                                                 \
+  TEST_CASE(engine ": code of 131072 and 1 MiB bytes goes in on stdin", "[" engine "]") {                           \
+    long_stdin_case(engine);                                                                                        \
+  }                                                                                                                 \
+  TEST_CASE(engine ": output streams while the process runs", "[" engine "]") {                                     \
+    streaming_case(engine);                                                                                         \
+  }                                                                                                                 \
+  TEST_CASE(engine ": an exec's detached processes are gone after it", "[" engine "]") {                            \
+    process_tree_case(engine);                                                                                      \
+  }                                                                                                                 \
+  TEST_CASE(engine ": a missing agent binary falls back to the engine exec", "[" engine "]") {                      \
+    fallback_case(engine);                                                                                          \
+  }                                                                                                                 \
+  TEST_CASE(engine ": a stopped session is gone on the next call", "[" engine "]") {                                \
+    stopped_case(engine);                                                                                           \
+  }                                                                                                                 \
+  TEST_CASE(engine ": the agent directory is closed to the tenant and downloads stream", "[" engine "]") {          \
+    tenant_limits_case(engine);                                                                                     \
+  }                                                                                                                 \
+  TEST_CASE(engine ": an image without /bin/sh works over the exec transport, and a bad transport is refused",      \
+            "[" engine "]") {                                                                                       \
+    shellless_case(engine, R"({"agent_transport": "exec"})");                                                       \
+    exec_transport_stalled_stdin_case(engine);                                                                      \
+    CHECK_THROWS_WITH(make_driver(engine, R"({"agent_transport": "tcp"})"),                                         \
+                      Catch::Contains("'agent_transport' must be \"socket\" or \"exec\""));                         \
+  }                                                                                                                 \
+  TEST_CASE(engine ": agent_delivery volume: the agent comes through the engine alone", "[" engine "]") {           \
+    volume_delivery_case(engine);                                                                                   \
   }
 
 BERTH_AGENT_CASES("docker")
