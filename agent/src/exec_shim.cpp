@@ -340,44 +340,82 @@ void kill_all_descendants(pid_t main_pid, int* main_status, bool* main_reaped) {
   }
 }
 
-int fork_spare(const std::string& root, SpareShim& out) {
+namespace {
+
+/** start_shim (`req` set) and fork_spare (`req` null: no PTY, and a request pipe whose write end goes to *request_fd,
+ *  with the largest request it takes in *request_max). The pipes (or PTY), the fork, the shim's fd layout. */
+int fork_shim(const StartRequest* req, const std::string& root, ShimHandles& out, int* request_fd,
+              std::size_t* request_max) {
+  const bool pty = req != nullptr && (req->flags & kStartPty) != 0;
   int status[2] = {-1, -1}, in[2] = {-1, -1}, o[2] = {-1, -1}, e[2] = {-1, -1}, rq[2] = {-1, -1};
+  int master = -1, slave = -1;
   auto cleanup = [&](int err) {
-    for (int fd : {status[0], status[1], in[0], in[1], o[0], o[1], e[0], e[1], rq[0], rq[1]})
+    for (int fd : {status[0], status[1], in[0], in[1], o[0], o[1], e[0], e[1], rq[0], rq[1], master, slave})
       if (fd >= 0) ::close(fd);
     return -err;
   };
-  if (::pipe2(status, O_CLOEXEC) != 0 || ::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(o, O_CLOEXEC) != 0 ||
-      ::pipe2(e, O_CLOEXEC) != 0 || ::pipe2(rq, O_CLOEXEC) != 0)
+  if (::pipe2(status, O_CLOEXEC) != 0) return cleanup(errno);
+  if (pty) {
+    master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || ::grantpt(master) != 0 || ::unlockpt(master) != 0) return cleanup(errno);
+    char name[128];
+    if (::ptsname_r(master, name, sizeof name) != 0) return cleanup(errno);
+    slave = ::open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0) return cleanup(errno);
+    winsize ws{};
+    ws.ws_row = req->rows;
+    ws.ws_col = req->cols;
+    ::ioctl(master, TIOCSWINSZ, &ws);
+  } else if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(o, O_CLOEXEC) != 0 || ::pipe2(e, O_CLOEXEC) != 0) {
     return cleanup(errno);
-  ::fcntl(rq[1], F_SETFL, O_NONBLOCK);  // the agent's end: a hand-over never blocks (start_spare)
-  // A uid over pipe-user-pages-soft gets small pipes (one page): only requests that fit are handed over.
-  const int pipe_size = ::fcntl(rq[1], F_GETPIPE_SZ);
-  const std::size_t request_max =
-      pipe_size > 0 ? std::min<std::size_t>(kSpareRequestMax, static_cast<std::size_t>(pipe_size)) : 4096;
+  }
+  if (req == nullptr) {
+    if (::pipe2(rq, O_CLOEXEC) != 0) return cleanup(errno);
+    ::fcntl(rq[1], F_SETFL, O_NONBLOCK);  // the agent's end: a hand-over never blocks (start_spare)
+    // A uid over pipe-user-pages-soft gets small pipes (one page): only requests that fit are handed over.
+    const int pipe_size = ::fcntl(rq[1], F_GETPIPE_SZ);
+    *request_max = pipe_size > 0 ? std::min<std::size_t>(kSpareRequestMax, static_cast<std::size_t>(pipe_size)) : 4096;
+  }
   g_agent_pid = ::getpid();
   const pid_t shim = ::fork();
   if (shim < 0) return cleanup(errno);
   if (shim == 0) {
     // Every agent fd is >= 3 (the agent keeps 0-2 open), so these dup2s never clobber a source.
-    ::dup2(in[0], 0), ::dup2(o[1], 1), ::dup2(e[1], 2);
+    if (pty) {
+      ::dup2(slave, 0), ::dup2(slave, 1), ::dup2(slave, 2);
+    } else {
+      ::dup2(in[0], 0), ::dup2(o[1], 1), ::dup2(e[1], 2);
+    }
     ::dup2(status[1], 3);
-    ::dup2(rq[0], 4);
-    ::syscall(SYS_close_range, 5u, ~0u, 0u);
+    if (req == nullptr) ::dup2(rq[0], 4);
+    ::syscall(SYS_close_range, req == nullptr ? 5u : 4u, ~0u, 0u);
     const sigset_t mask = shim_prologue();
-    run_shim(nullptr, root, false, mask);
+    run_shim(req, root, pty, mask);
   }
-  for (int fd : {status[1], in[0], o[1], e[1], rq[0]})
-    ::close(fd);
+  ::close(status[1]);
   out.shim = shim;
-  out.request_fd = rq[1];
-  out.request_max = request_max;
-  out.h.shim = shim;
-  out.h.status_fd = status[0];
-  out.h.stdin_fd = in[1];
-  out.h.stdout_fd = o[0];
-  out.h.stderr_fd = e[0];
+  out.status_fd = status[0];
+  if (pty) {
+    ::close(slave);
+    out.stdin_fd = out.stdout_fd = master;
+    out.stderr_fd = -1;
+  } else {
+    ::close(in[0]), ::close(o[1]), ::close(e[1]);
+    out.stdin_fd = in[1];
+    out.stdout_fd = o[0];
+    out.stderr_fd = e[0];
+  }
+  if (req == nullptr) ::close(rq[0]), *request_fd = rq[1];
   return 0;
+}
+
+}  // namespace
+
+int fork_spare(const std::string& root, SpareShim& out) {
+  SpareShim s;
+  const int rc = fork_shim(nullptr, root, s.h, &s.request_fd, &s.request_max);
+  if (rc == 0) s.shim = s.h.shim, out = s;
+  return rc;
 }
 
 int start_spare(SpareShim& spare, const std::string& encoded, ShimHandles& out) {
@@ -417,58 +455,7 @@ void drop_spare(SpareShim& spare) {
 }
 
 int start_shim(const StartRequest& req, const std::string& root, ShimHandles& out) {
-  const bool pty = (req.flags & kStartPty) != 0;
-  int status[2] = {-1, -1}, in[2] = {-1, -1}, o[2] = {-1, -1}, e[2] = {-1, -1};
-  int master = -1, slave = -1;
-  auto cleanup = [&](int err) {
-    for (int fd : {status[0], status[1], in[0], in[1], o[0], o[1], e[0], e[1], master, slave})
-      if (fd >= 0) ::close(fd);
-    return -err;
-  };
-  if (::pipe2(status, O_CLOEXEC) != 0) return cleanup(errno);
-  if (pty) {
-    master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (master < 0 || ::grantpt(master) != 0 || ::unlockpt(master) != 0) return cleanup(errno);
-    char name[128];
-    if (::ptsname_r(master, name, sizeof name) != 0) return cleanup(errno);
-    slave = ::open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (slave < 0) return cleanup(errno);
-    winsize ws{};
-    ws.ws_row = req.rows;
-    ws.ws_col = req.cols;
-    ::ioctl(master, TIOCSWINSZ, &ws);
-  } else if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(o, O_CLOEXEC) != 0 || ::pipe2(e, O_CLOEXEC) != 0) {
-    return cleanup(errno);
-  }
-  g_agent_pid = ::getpid();
-  const pid_t shim = ::fork();
-  if (shim < 0) return cleanup(errno);
-  if (shim == 0) {
-    // Every agent fd is >= 3 (the agent keeps 0-2 open), so these dup2s never clobber a source.
-    if (pty) {
-      ::dup2(slave, 0), ::dup2(slave, 1), ::dup2(slave, 2);
-    } else {
-      ::dup2(in[0], 0), ::dup2(o[1], 1), ::dup2(e[1], 2);
-    }
-    ::dup2(status[1], 3);
-    ::syscall(SYS_close_range, 4u, ~0u, 0u);
-    const sigset_t mask = shim_prologue();
-    run_shim(&req, root, pty, mask);
-  }
-  ::close(status[1]);
-  out.shim = shim;
-  out.status_fd = status[0];
-  if (pty) {
-    ::close(slave);
-    out.stdin_fd = out.stdout_fd = master;
-    out.stderr_fd = -1;
-  } else {
-    ::close(in[0]), ::close(o[1]), ::close(e[1]);
-    out.stdin_fd = in[1];
-    out.stdout_fd = o[0];
-    out.stderr_fd = e[0];
-  }
-  return 0;
+  return fork_shim(&req, root, out, nullptr, nullptr);
 }
 
 }  // namespace berth::agent
