@@ -164,7 +164,8 @@ class Agent {
   void update_conn_interest(Connection* c);
   void handle_frame(Connection* c, Frame& f);
 
-  void start_process(Connection* c, std::uint32_t ch, const StartRequest& req);
+  /** `encoded`: the START payload `req` was decoded from (what a spare shim is handed, decoded the same way). */
+  void start_process(Connection* c, std::uint32_t ch, const StartRequest& req, std::string_view encoded);
   void on_status(Process* p);
   void on_output(Process* p, int fd, int stream);
   void on_stdin_writable(Process* p);
@@ -348,7 +349,7 @@ void Agent::handle_frame(Connection* c, Frame& f) {
       if (c->procs.size() + c->reads.size() + c->writes.size() >= kMaxRequestsPerConn)
         return send_error(c, f.channel, ErrorCode::kLimit, 0, f.type, "too many processes on this connection");
       if (terminating_) return send_error(c, f.channel, ErrorCode::kLimit, 0, f.type, "agent is shutting down");
-      return start_process(c, f.channel, *req);
+      return start_process(c, f.channel, *req, f.payload);
     }
     case MsgType::kStdin:
     case MsgType::kStdinClose:
@@ -523,7 +524,7 @@ void Agent::pump_reads() {
   }
 }
 
-void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& req) {
+void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& req, std::string_view encoded) {
   if ((req.uid != kKeepId && req.uid != ::geteuid()) || (req.gid != kKeepId && req.gid != ::getegid())) {
     if (::geteuid() != 0) return send_error(c, ch, ErrorCode::kPermission, EPERM, 0x10, "agent is not root");
   }
@@ -541,7 +542,6 @@ void Agent::start_process(Connection* c, std::uint32_t ch, const StartRequest& r
     if (::waitpid(spare_.shim, &st, WNOHANG) == spare_.shim) spare_died();
   }
   if (spare_.ready() && !p->pty) {
-    const std::string encoded = req.encode();
     if (encoded.size() <= spare_.request_max) {
       rc = start_spare(spare_, encoded, p->h);  // EPIPE/EAGAIN: it is gone or stuck, dropped: a fresh shim
       if (rc == 0) spare_backoff_ = std::chrono::milliseconds(0);

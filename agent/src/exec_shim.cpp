@@ -418,7 +418,7 @@ int fork_spare(const std::string& root, SpareShim& out) {
   return rc;
 }
 
-int start_spare(SpareShim& spare, const std::string& encoded, ShimHandles& out) {
+int start_spare(SpareShim& spare, std::string_view encoded, ShimHandles& out) {
   int rc = 0;
   if (encoded.size() > spare.request_max) {
     rc = -EINVAL;

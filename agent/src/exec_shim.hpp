@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "berth/agent/protocol.hpp"
 
@@ -54,7 +55,7 @@ int fork_spare(const std::string& root, SpareShim& out);
  *  consumed either way: on 0, `out` holds its handles and the process goes on as one from start_shim (same status
  *  records, same tree killing); on -errno (EPIPE: its program process is gone; EAGAIN: it is not reading, e.g.
  *  stopped, and the pipe is full) its fds are closed and the caller starts the request with start_shim instead. */
-int start_spare(SpareShim& spare, const std::string& encoded, ShimHandles& out);
+int start_spare(SpareShim& spare, std::string_view encoded, ShimHandles& out);
 
 /** Lets an unused spare go: closes its fds (it exits on the request pipe's EOF); the SIGCHLD path reaps it. */
 void drop_spare(SpareShim& spare);
