@@ -28,18 +28,6 @@ la_ssize_t append_to_string(struct archive*, void* ctx, const void* buffer, size
   return static_cast<la_ssize_t>(length);
 }
 
-/** The engine's path segment for `s` (names and image ids hold no character that needs escaping but these). */
-std::string segment(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '/' || c == '?' || c == '#' || c == '%' || c == ' ')
-      out += "%" + std::string(1, "0123456789ABCDEF"[(c >> 4) & 15]) + "0123456789ABCDEF"[c & 15];
-    else
-      out += c;
-  }
-  return out;
-}
-
 /** The image id an import answered: the last `"status":"sha256:..."` of its JSON lines. Throws on an error line. */
 std::string imported_image_id(const std::string& body) {
   std::string id;
@@ -97,19 +85,19 @@ int run_helper(Client& client, const std::string& name, const std::string& image
     std::string name;
     ~Remove() {
       try {
-        client.call("DELETE", "/containers/" + name + "?force=true", {}, {404, 409});
+        client.call("DELETE", "/containers/" + url_encode(name) + "?force=true", {}, {404, 409});
       } catch (const std::exception&) {
       }
     }
   } remove{client, helper};
-  client.call_json("POST", "/containers/create?name=" + segment(helper), body);
+  client.call_json("POST", "/containers/create?name=" + url_encode(helper), body);
   try {
-    client.call("POST", "/containers/" + segment(helper) + "/start", {}, {304});
+    client.call("POST", "/containers/" + url_encode(helper) + "/start", {}, {304});
   } catch (const Error& e) {
     if (e.code() == Errc::unavailable || e.code() == Errc::timeout) throw;
     return 127;  // the engine could not start /.berth/agent: missing, cut short or not executable
   }
-  const auto waited = client.call("POST", "/containers/" + segment(helper) + "/wait", {}, {}, timeout);
+  const auto waited = client.call("POST", "/containers/" + url_encode(helper) + "/wait", {}, {}, timeout);
   return waited.json_object()->optValue<int>("StatusCode", -1);
 }
 
@@ -173,7 +161,7 @@ void ensure_agent_volume(Client& client, const std::string& name, const std::str
     }
   } remove_image{client, image};
   for (int attempt = 0;; ++attempt) {
-    if (client.call("GET", "/volumes/" + segment(name), {}, {404}).status == 404) {
+    if (client.call("GET", "/volumes/" + url_encode(name), {}, {404}).status == 404) {
       Object::Ptr labels = new Object;
       labels->set(kLabelAgentVolume, name);
       Object::Ptr body = new Object;
@@ -193,7 +181,7 @@ void ensure_agent_volume(Client& client, const std::string& name, const std::str
                                       " of /.berth/agent --version)");
     }
     // A volume of that name that does not hold a working agent (filled by hand, or an interrupted fill): anew.
-    client.call("DELETE", "/volumes/" + segment(name));
+    client.call("DELETE", "/volumes/" + url_encode(name));
   }
 }
 
