@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -313,6 +316,78 @@ void exec_transport_stalled_stdin_case(const std::string& engine) {
   CHECK(left == "0\n");
 }
 
+/** Runs `spec` as an interactive process to its exit (stdin closed at once); its stdout and exit code. `after_start`
+ *  runs once the process was started. */
+std::pair<std::string, int> run_process(core::Driver& d, const std::string& h, std::vector<std::string> words,
+                                        const std::function<void(core::Process&)>& after_start = {}) {
+  core::ProcessSpec spec;
+  spec.argv = std::move(words);
+  spec.timeout = 60s;
+  auto p = d.process_start(h, spec);
+  p->close_stdin();
+  if (after_start) after_start(*p);
+  std::string out;
+  for (int i = 0; i < 600; ++i) {  // at most 60 s
+    auto ev = p->next_event(100ms);
+    if (ev.kind == core::ProcessEvent::Kind::output && ev.stream == core::Stream::out) out += ev.data;
+    if (ev.kind == core::ProcessEvent::Kind::exit) return {out, ev.exit.exit_code};
+  }
+  FAIL("no exit event in 60 s");
+  return {};
+}
+
+/**
+ * After a process's EXIT its agent connection serves the next process (no connect + HELLO, and on the "exec"
+ * transport no Engine exec, per process), while a killed process's connection is closed, and a request answered
+ * after EXIT never reaches the next caller. Socket transport: the agent (PID 1) logs each connection it closes;
+ * exec transport: each connection is an agent of its own, the grandparent of the program (program → shim → agent).
+ */
+void process_connection_reuse_case(const std::string& engine, const std::string& transport) {
+  auto d = make_driver(engine, R"({"agent_transport": ")" + transport + R"("})");
+  Sandbox s(*d, "berth/python:3.11");
+  const std::vector<std::string> grandparent = {"/bin/sh", "-c",
+                                                "read -r _ _ _ pp _ </proc/$PPID/stat; echo \"$1:$pp\"", "sh"};
+  auto closed = [&] {
+    std::string logs;
+    {
+      std::unique_ptr<FILE, int (*)(FILE*)> f(
+          ::popen((engine + " logs " + s.handle + " 2>&1 | grep -c agent.connection_closed").c_str(), "r"), ::pclose);
+      char buf[64];
+      while (f && std::fgets(buf, sizeof buf, f.get()))
+        logs += buf;
+    }
+    return std::atoi(logs.c_str());
+  };
+  const int closed_before = closed();
+  std::set<std::string> agents;
+  for (int i = 0; i < 4; ++i) {
+    auto words = grandparent;
+    words.push_back("run" + std::to_string(i));
+    auto [out, code] = run_process(*d, s.handle, words);
+    CHECK(code == 0);
+    REQUIRE(out.rfind("run" + std::to_string(i) + ":", 0) == 0);
+    agents.insert(out.substr(out.find(':') + 1));
+  }
+  CHECK(agents.size() == 1);  // one agent connection served all four (exec transport: one agent process)
+  if (transport == "socket") CHECK(closed() == closed_before);
+  // Killed: its connection is closed (that is how the kill reaches the agent), and the next process still runs.
+  auto [killed_out, killed_code] = run_process(*d, s.handle, {"/bin/sleep", "30"}, [](core::Process& p) { p.kill(); });
+  CHECK(killed_code == 128 + 9);
+  // A SIGNAL sent once the program has exited, with its EXIT not yet read: the agent answers it with an ERROR after
+  // the EXIT. That answer must not reach the next process on a reused connection.
+  auto [late_out, late_code] = run_process(*d, s.handle, {"/bin/true"}, [](core::Process& p) {
+    std::this_thread::sleep_for(300ms);
+    p.signal(SIGTERM, false);
+  });
+  CHECK(late_code == 0);
+  for (int i = 0; i < 3; ++i) {
+    auto [out, code] = run_process(*d, s.handle, {"/bin/echo", "after" + std::to_string(i)});
+    CHECK(out == "after" + std::to_string(i) + "\n");
+    CHECK(code == 0);
+  }
+  if (transport == "socket") CHECK(closed() >= closed_before + 1);  // at least the killed process's
+}
+
 void fallback_case(const std::string& engine) {
   auto d = make_driver(engine, R"({"agent_path": "/nonexistent/berth-agent"})");
   Sandbox s(*d, "berth/python:3.11");
@@ -502,6 +577,10 @@ void volume_delivery_case(const std::string& engine) {
     exec_transport_stalled_stdin_case(engine);                                                                      \
     CHECK_THROWS_WITH(make_driver(engine, R"({"agent_transport": "tcp"})"),                                         \
                       Catch::Contains("'agent_transport' must be \"socket\" or \"exec\""));                         \
+  }                                                                                                                 \
+  TEST_CASE(engine ": a process's agent connection serves the next process after its exit", "[" engine "]") {       \
+    process_connection_reuse_case(engine, "socket");                                                                \
+    process_connection_reuse_case(engine, "exec");                                                                  \
   }                                                                                                                 \
   TEST_CASE(engine ": agent_delivery volume: the agent comes through the engine alone", "[" engine "]") {           \
     volume_delivery_case(engine);                                                                                   \

@@ -20,7 +20,9 @@ namespace berth::engine::compat {
 /**
  * The connections to one agent. Thread-safe: lease() and the Lease's release may be called from any thread.
  * At most kMaxIdle idle connections are kept; more concurrent calls open more connections (each closed when given
- * back beyond kMaxIdle). A connection that broke (AgentError with code kProtocol) must be discarded, never returned.
+ * back beyond kMaxIdle). A connection that broke (AgentError with code kProtocol) must be discarded, never returned;
+ * one given back with something still in flight (not AgentClient::quiescent: a reply half read, an event nobody
+ * claimed) is closed instead of kept, so the next caller never reads another's frames.
  */
 class AgentPool {
  public:
@@ -91,6 +93,8 @@ class AgentPool {
 
  private:
   void give_back(std::unique_ptr<AgentClient> client) {
+    if (!client->quiescent()) return;  // closed: see the class comment
+    client->set_wake_fd(-1);
     std::lock_guard lock(mutex_);
     if (idle_.size() < kMaxIdle) idle_.push_back(std::move(client));
   }

@@ -2555,8 +2555,9 @@ berth_status path_remove(berth_instance* inst, const char* handle, const char* p
 
 // ---------------------------------------------------------------------------------------------------------------
 // Interactive processes (ABI 1.3, driver.h rule 11), on agent sessions only. Each process has an agent connection
-// of its own (the agent kills a connection's processes when it closes), so a slow reader never holds up another
-// process, and no thread is started per process: the host pulls with process_next_event, or waits on on_ready
+// of its own while it runs (the agent kills a connection's processes when it closes; after a clean EXIT the
+// connection goes back to the session's pool), so a slow reader never holds up another process, and no thread is
+// started per process: the host pulls with process_next_event, or waits on on_ready
 // notifications from the instance's one ProcessWatcher thread.
 
 namespace {
@@ -2595,8 +2596,8 @@ struct AgentProcess {
   bool exited = false;
   berth_process_event exit_event{};
 
-  /** However it goes away (even a failed process_start), its connection is closed, never pooled with a process on
-   *  it. */
+  /** However it goes away with the process still running (even a failed process_start), its connection is closed,
+   *  never pooled with a process on it (release_process_connection pools it after EXIT). */
   ~AgentProcess() {
     if (lease) lease->discard();
     if (wake_fd >= 0) ::close(wake_fd);
@@ -2675,6 +2676,25 @@ void drain_pending(AgentProcess& p) {
     p.broken = true;
     p.broken_reason = e.what();
   }
+}
+
+/** After `p`'s EXIT (under client_mutex): nothing runs on its connection any more (the agent sends EXIT once the
+ *  whole tree is gone), so the connection goes back to the session's pool for the next process or file operation,
+ *  which then skips a connect and HELLO. Closed instead when a request of `p` is still queued: it would reach the
+ *  agent after EXIT, and its answer could meet the next caller (the pool also closes a connection with anything in
+ *  flight, AgentClient::quiescent). */
+void release_process_connection(AgentProcess& p) {
+  bool queued = false;
+  {
+    std::lock_guard lock(p.pending_mutex);
+    queued = !p.pending.empty();
+  }
+  if (queued || p.broken || p.kill_requested) return close_process_connection(p);
+  if (p.watched) p.inst->process_watcher().unwatch(&p);
+  p.watched = false;
+  p.lease.reset();  // given back (AgentPool::give_back clears the wake fd)
+  p.connected = false;
+  p.unsent = 0;
 }
 
 /** Sends `p`'s queued requests unless another caller holds the connection (that caller sends them: it re-checks
@@ -2955,7 +2975,7 @@ berth_status process_next_event(berth_instance* inst, berth_process* process, ui
       }
       if (got && got->type == agent::MsgType::kExit) {
         fill_exit(p, got->exit);
-        close_process_connection(p);  // nothing more will come on it
+        release_process_connection(p);  // nothing more will come on it for this process
       }
       more = p.lease && (*p.lease)->has_event_for(p.channel);
       if (p.watched) p.inst->process_watcher().rearm(&p);
