@@ -124,8 +124,10 @@ inline ProfileRow read_profile(const RecordSet& rs, std::size_t i) {
   return row;
 }
 
-inline SandboxRow read_sandbox(const RecordSet& rs, std::size_t i) {
-  RowReader r(rs, i);
+/** A sandbox row from any reader with RowReader's methods (text, optional_text, integer, optional_integer, time,
+ *  optional_time), columns in kSandboxColumns order: RowReader here, the SQLite store's prepared statements too. */
+template <typename Reader>
+SandboxRow sandbox_from(Reader& r) {
   SandboxRow row;
   row.id = r.text();
   row.owner = r.text();
@@ -144,8 +146,14 @@ inline SandboxRow read_sandbox(const RecordSet& rs, std::size_t i) {
   return row;
 }
 
-inline SessionRow read_session(const RecordSet& rs, std::size_t i) {
+inline SandboxRow read_sandbox(const RecordSet& rs, std::size_t i) {
   RowReader r(rs, i);
+  return sandbox_from(r);
+}
+
+/** A session row from any reader (as sandbox_from), columns in kSessionColumns order. */
+template <typename Reader>
+SessionRow session_from(Reader& r) {
   SessionRow row;
   row.id = r.text();
   row.sandbox_id = r.text();
@@ -157,6 +165,11 @@ inline SessionRow read_session(const RecordSet& rs, std::size_t i) {
   row.last_active_at = r.time();
   row.starter = r.text();
   return row;
+}
+
+inline SessionRow read_session(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  return session_from(r);
 }
 
 inline ExecutionRow read_execution(const RecordSet& rs, std::size_t i) {

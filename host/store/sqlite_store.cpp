@@ -4,6 +4,7 @@
 #include <Poco/Data/RecordSet.h>
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/SQLite/SQLiteException.h>
+#include <Poco/Data/SQLite/Utility.h>
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Statement.h>
 #include <Poco/Dynamic/Var.h>
@@ -22,8 +23,11 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <sqlite3.h>
 
 #include "store/rows.hpp"
 #include "store/store.hpp"
@@ -174,6 +178,17 @@ constexpr const char* kSessionColumns =
     "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at, starter";
 constexpr const char* kExecutionColumns =
     "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at, truncated";
+// The statements PreparedStatements keeps (the hot path's reads and the recorder's batch); static, so their
+// addresses are the cache's keys.
+const std::string kGetSandboxSql = std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE id = ?1";
+const std::string kGetSessionSql = std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE id = ?1";
+const std::string kInsertExecutionSql = std::string("INSERT INTO executions (") + kExecutionColumns +
+                                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+const std::string kReplaceExecutionSql = "INSERT OR REPLACE" + kInsertExecutionSql.substr(std::string("INSERT").size());
+// Never backwards: a delayed or retried batch must not undo a newer timer (another instance's keepalive).
+const std::string kTouchSandboxSql =
+    "UPDATE sandboxes SET idle_expires_at = ?1, version = version + 1 WHERE id = ?2 AND deleted_at IS NULL"
+    " AND (idle_expires_at IS NULL OR idle_expires_at < ?1)";
 constexpr const char* kIdempotencyColumns = "owner, key, request_hash, status, body, created_at";
 constexpr const char* kProfileColumns = "name, spec, created_at, updated_at";
 constexpr const char* kInstanceColumns = "id, host, pid, started_at, heartbeat_at, stopped_at";
@@ -186,6 +201,113 @@ bool is_live_key_violation(const Poco::Exception& e) {
   return text.find("UNIQUE constraint failed") != std::string::npos &&
          text.find("sandboxes.live_key") != std::string::npos;
 }
+
+/**
+ * Statements prepared once on the store's connection and reused: the hot path's reads (a sandbox, a session, on every
+ * exec) and the exec recorder's batch. Poco::Data compiles every statement on every execution, which was a sixth of
+ * berthd's CPU per warm shell exec (docs/BENCHMARKS.md, "berthd's own share"). The SQLite C API straight on the
+ * connection Poco opened (Poco::Data::SQLite::Utility::dbHandle), so busy_timeout and the schema are the same; a
+ * statement SQLite finds stale after a schema change is prepared again by SQLite itself (sqlite3_prepare_v3).
+ * Not thread-safe: used only under the store's mutex. Errors throw StoreError with SQLite's message.
+ */
+class PreparedStatements {
+ public:
+  explicit PreparedStatements(sqlite3* db) : db_(db) {}
+  PreparedStatements(const PreparedStatements&) = delete;
+  PreparedStatements& operator=(const PreparedStatements&) = delete;
+  /** Finalized before the connection closes (members are destroyed before the Session they follow). */
+  ~PreparedStatements() {
+    for (auto& [sql, stmt] : cache_)
+      sqlite3_finalize(stmt);
+  }
+
+  /** One use of a cached statement: bind (1-based, as SQLite), step, read columns; reset and unbound on scope exit. */
+  class Use {
+   public:
+    Use(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+    ~Use() {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    }
+    Use& text(int i, const std::string& v) {
+      return check(sqlite3_bind_text64(stmt_, i, v.data(), v.size(), SQLITE_STATIC, SQLITE_UTF8));
+    }
+    Use& text(int i, const std::optional<std::string>& v) { return v ? text(i, *v) : null(i); }
+    Use& integer(int i, std::int64_t v) { return check(sqlite3_bind_int64(stmt_, i, v)); }
+    Use& integer(int i, const std::optional<std::int64_t>& v) { return v ? integer(i, *v) : null(i); }
+    Use& null(int i) { return check(sqlite3_bind_null(stmt_, i)); }
+    /** The next row (true) or the end (false). */
+    bool step() {
+      const int rc = sqlite3_step(stmt_);
+      if (rc == SQLITE_ROW) return true;
+      if (rc == SQLITE_DONE) return false;
+      throw StoreError(std::string("sqlite: ") + sqlite3_errmsg(db_));
+    }
+    /** Runs a statement that returns no rows; the number of rows it changed. */
+    int run() {
+      while (step()) {
+      }
+      return sqlite3_changes(db_);
+    }
+    sqlite3_stmt* get() const { return stmt_; }
+
+   private:
+    Use& check(int rc) {
+      if (rc != SQLITE_OK) throw StoreError(std::string("sqlite bind: ") + sqlite3_errmsg(db_));
+      return *this;
+    }
+    sqlite3* db_;
+    sqlite3_stmt* stmt_;
+  };
+
+  /** The statement for `sql` (a string of static lifetime: its address is the cache key), prepared on first use. */
+  Use use(const std::string& sql) {
+    auto& stmt = cache_[&sql];
+    if (!stmt && sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size() + 1), SQLITE_PREPARE_PERSISTENT,
+                                    &stmt, nullptr) != SQLITE_OK) {
+      stmt = nullptr;
+      throw StoreError(std::string("sqlite prepare: ") + sqlite3_errmsg(db_));
+    }
+    return Use(db_, stmt);
+  }
+
+ private:
+  sqlite3* db_;
+  std::unordered_map<const std::string*, sqlite3_stmt*> cache_;
+};
+
+/** RowReader's methods over the current row of a prepared statement, left to right (rows::sandbox_from and co.).
+ *  Text comes as the stored bytes (sqlite3_column_blob: no conversion, NULs kept). */
+class StatementRow {
+ public:
+  explicit StatementRow(sqlite3_stmt* stmt) : stmt_(stmt) {}
+  std::optional<std::string> optional_text() {
+    const int col = col_++;
+    if (sqlite3_column_type(stmt_, col) == SQLITE_NULL) return std::nullopt;
+    const auto* data = static_cast<const char*>(sqlite3_column_blob(stmt_, col));
+    const int size = sqlite3_column_bytes(stmt_, col);
+    return data ? std::string(data, static_cast<std::size_t>(size)) : std::string();
+  }
+  std::string text() { return optional_text().value_or(std::string()); }
+  std::optional<Int64> optional_integer() {
+    const int col = col_++;
+    if (sqlite3_column_type(stmt_, col) == SQLITE_NULL) return std::nullopt;
+    return sqlite3_column_int64(stmt_, col);
+  }
+  Int64 integer() { return optional_integer().value_or(0); }
+  TimePoint time() { return rows::from_ms(integer()); }
+  std::optional<TimePoint> optional_time() {
+    const auto ms = optional_integer();
+    if (!ms) return std::nullopt;
+    return rows::from_ms(*ms);
+  }
+
+ private:
+  sqlite3_stmt* stmt_;
+  int col_ = 0;
+};
 
 /** A raw BEGIN ... COMMIT that rolls back unless committed. Statements, not Session::begin(), so that the mode
  * (IMMEDIATE takes the write lock up front, avoiding read-to-write upgrade deadlocks) is ours to choose. */
@@ -289,10 +411,12 @@ class SqliteStore final : public Store, public core::InstanceStore {
   }
 
   std::optional<SandboxRow> get_sandbox(const std::string& id) override {
-    return locked("get_sandbox", [&] {
-      Statement st(session_);
-      st << "SELECT " << kSandboxColumns << " FROM sandboxes WHERE id = ?", bind(id);
-      return read_one(st, read_sandbox);
+    return locked("get_sandbox", [&]() -> std::optional<SandboxRow> {
+      auto st = prepared_.use(kGetSandboxSql);
+      st.text(1, id);
+      if (!st.step()) return std::nullopt;
+      StatementRow r(st.get());
+      return rows::sandbox_from(r);
     });
   }
 
@@ -375,10 +499,12 @@ class SqliteStore final : public Store, public core::InstanceStore {
   }
 
   std::optional<SessionRow> get_session(const std::string& id) override {
-    return locked("get_session", [&] {
-      Statement st(session_);
-      st << "SELECT " << kSessionColumns << " FROM sessions WHERE id = ?", bind(id);
-      return read_one(st, read_session);
+    return locked("get_session", [&]() -> std::optional<SessionRow> {
+      auto st = prepared_.use(kGetSessionSql);
+      st.text(1, id);
+      if (!st.step()) return std::nullopt;
+      StatementRow r(st.get());
+      return rows::session_from(r);
     });
   }
 
@@ -406,21 +532,27 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   // ---- executions ----
   void insert_execution(const ExecutionRow& row) override {
-    locked("insert_execution", [&] { insert_execution_row(row, "INSERT"); });
+    locked("insert_execution", [&] {
+      auto st = prepared_.use(kInsertExecutionSql);
+      bind_execution(st, row);
+      st.run();
+    });
   }
 
   void write_batch(const std::vector<ExecutionRow>& executions, const std::vector<SandboxTouch>& touches) override {
     if (executions.empty() && touches.empty()) return;
     locked("write_batch", [&] {
       Transaction tx(session_, "BEGIN IMMEDIATE");
-      for (const auto& row : executions)
-        insert_execution_row(row, "INSERT OR REPLACE");  // an async execution's result replaces its running row
+      for (const auto& row : executions) {
+        // An async execution's result replaces its running row.
+        auto st = prepared_.use(kReplaceExecutionSql);
+        bind_execution(st, row);
+        st.run();
+      }
       for (const auto& t : touches) {
-        // Never backwards: a delayed or retried batch must not undo a newer timer (another instance's keepalive).
-        session_
-            << "UPDATE sandboxes SET idle_expires_at = ?, version = version + 1 WHERE id = ? AND deleted_at IS NULL"
-               " AND (idle_expires_at IS NULL OR idle_expires_at < ?)",
-            bind(to_ms(t.idle_expires_at)), bind(t.sandbox_id), bind(to_ms(t.idle_expires_at)), now;
+        auto st = prepared_.use(kTouchSandboxSql);
+        st.integer(1, to_ms(t.idle_expires_at)).text(2, t.sandbox_id);
+        st.run();
       }
       tx.commit();
     });
@@ -694,17 +826,15 @@ class SqliteStore final : public Store, public core::InstanceStore {
     }
   }
 
-  /** Runs `fn` under the mutex; Poco (and any other library) failures become StoreError. */
-  /** One INSERT of an execution; `verb` is "INSERT" or "INSERT OR REPLACE" (write_batch). */
-  void insert_execution_row(const ExecutionRow& row, const char* verb) {
-    const Poco::Nullable<Int64> exit_code =
-        row.exit_code ? Poco::Nullable<Int64>(*row.exit_code) : Poco::Nullable<Int64>();
-    session_ << verb << " INTO executions (" << kExecutionColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        bind(row.id), bind(row.sandbox_id), bind(row.session_id), bind(row.kind), bind(row.code), bind(exit_code),
-        bind(Int64(row.success ? 1 : 0)), bind(row.output), bind(row.error), bind(Int64(row.duration_ms)),
-        bind(to_ms(row.created_at)), bind(Int64(row.truncated ? 1 : 0)), now;
+  /** Binds `row` to an execution INSERT (kInsertExecutionSql, kReplaceExecutionSql: kExecutionColumns' order). */
+  static void bind_execution(PreparedStatements::Use& st, const ExecutionRow& row) {
+    st.text(1, row.id).text(2, row.sandbox_id).text(3, row.session_id).text(4, row.kind).text(5, row.code);
+    st.integer(6, row.exit_code ? std::optional<std::int64_t>(*row.exit_code) : std::nullopt);
+    st.integer(7, row.success ? 1 : 0).text(8, row.output).text(9, row.error).integer(10, row.duration_ms);
+    st.integer(11, to_ms(row.created_at)).integer(12, row.truncated ? 1 : 0);
   }
 
+  /** Runs `fn` under the mutex; Poco (and any other library) failures become StoreError. */
   template <typename Fn>
   std::invoke_result_t<Fn&> locked(const char* what, Fn&& fn) {
     std::lock_guard lock(mutex_);
@@ -798,6 +928,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
   const std::string path_;
   std::mutex mutex_;
   Session session_;
+  PreparedStatements prepared_{Poco::Data::SQLite::Utility::dbHandle(session_)};  // after session_: closed first
   std::atomic<std::uint64_t> retries_{0};  // claim_idempotency rounds after the first (transaction_retries)
 };
 

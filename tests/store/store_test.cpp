@@ -1229,6 +1229,52 @@ TEST_CASE("owners and keys are bytes: case, accents and invalid UTF-8 are distin
   CHECK(page[0].output == exec.output);
 }
 
+TEST_CASE("rows read back byte for byte, and a failed write leaves the next one working") {
+  // The SQLite store reads sandboxes and sessions and writes executions through statements it prepares once and
+  // reuses: NUL bytes and invalid UTF-8 come back whole, and a statement that failed (a duplicate id) is reset for
+  // the next caller instead of staying stuck in its error.
+  TestDb db;
+  auto store = db.open();
+  store->insert_workspace(workspace("ws-1"));
+  auto sb = sandbox("sandbox-1", "ws-1", "alice", std::nullopt);
+  sb.last_error = std::string("before\0after \xff\xfe", 15);
+  sb.labels = {{"k\xc3\xa9y", "v\xe2\x82\xac"}};  // labels are JSON: valid UTF-8 (the API checks)
+  store->insert_sandbox(sb);
+  for (int round = 0; round < 2; ++round) {  // the second read reuses the statement
+    auto row = store->get_sandbox("sandbox-1");
+    REQUIRE(row);
+    CHECK(row->last_error == sb.last_error);
+    CHECK(row->labels == sb.labels);
+    CHECK(row->key == std::nullopt);
+    CHECK(row->current_session_id == std::nullopt);
+    CHECK_FALSE(store->get_sandbox(std::string("sandbox-1\0x", 11)));
+  }
+  auto ses = session_row("session-1", "sandbox-1", SessionState::ready);
+  ses.endpoint = std::string("agent:unix:/run/\0\xff", 18);
+  store->insert_session(ses);
+  auto got = store->get_session("session-1");
+  REQUIRE(got);
+  CHECK(got->endpoint == ses.endpoint);
+  CHECK(got->state == SessionState::ready);
+  CHECK_FALSE(store->get_session("session-2"));
+
+  auto exec = execution("exec-1", "sandbox-1", "shell", t0);
+  exec.output = std::string("a\0b\xff", 4);
+  exec.exit_code = std::nullopt;
+  store->insert_execution(exec);
+  CHECK_THROWS_AS(store->insert_execution(exec), StoreError);  // the same id again
+  auto second = execution("exec-2", "sandbox-1", "shell", t0);
+  second.exit_code = 3;
+  CHECK_NOTHROW(store->insert_execution(second));
+  store->write_batch({second}, {});  // replaces its own row
+  auto [page, total] = store->list_executions("sandbox-1", "", 10, 0);
+  CHECK(total == 2);
+  for (const auto& row : page) {
+    if (row.id == "exec-1") CHECK_FALSE(row.exit_code);
+    if (row.id == "exec-2") CHECK(row.exit_code == 3);
+  }
+}
+
 // ---- MySQL only -------------------------------------------------------------------------------------------------
 
 TEST_CASE("an unreachable MySQL server is StoreUnavailable and the password appears nowhere", "[mysql]") {
