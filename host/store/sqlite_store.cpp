@@ -189,6 +189,10 @@ const std::string kReplaceExecutionSql = "INSERT OR REPLACE" + kInsertExecutionS
 const std::string kTouchSandboxSql =
     "UPDATE sandboxes SET idle_expires_at = ?1, version = version + 1 WHERE id = ?2 AND deleted_at IS NULL"
     " AND (idle_expires_at IS NULL OR idle_expires_at < ?1)";
+const std::string kBeginSql = "BEGIN";
+const std::string kBeginImmediateSql = "BEGIN IMMEDIATE";
+const std::string kCommitSql = "COMMIT";
+const std::string kRollbackSql = "ROLLBACK";
 constexpr const char* kIdempotencyColumns = "owner, key, request_hash, status, body, created_at";
 constexpr const char* kProfileColumns = "name, spec, created_at, updated_at";
 constexpr const char* kInstanceColumns = "id, host, pid, started_at, heartbeat_at, stopped_at";
@@ -310,27 +314,31 @@ class StatementRow {
 };
 
 /** A raw BEGIN ... COMMIT that rolls back unless committed. Statements, not Session::begin(), so that the mode
- * (IMMEDIATE takes the write lock up front, avoiding read-to-write upgrade deadlocks) is ours to choose. */
+ * (IMMEDIATE takes the write lock up front, avoiding read-to-write upgrade deadlocks) is ours to choose; prepared
+ * once (PreparedStatements), as every write_batch runs one. */
 class Transaction {
  public:
-  Transaction(Session& session, const char* begin) : session_(session) { session_ << begin, now; }
+  /** `begin`: kBeginSql or kBeginImmediateSql. */
+  Transaction(PreparedStatements& prepared, const std::string& begin) : prepared_(prepared) {
+    prepared_.use(begin).run();
+  }
   Transaction(const Transaction&) = delete;
   Transaction& operator=(const Transaction&) = delete;
   ~Transaction() {
     if (open_) {
       try {
-        session_ << "ROLLBACK", now;
+        prepared_.use(kRollbackSql).run();
       } catch (...) {  // NOLINT(bugprone-empty-catch): nothing better to do in a destructor
       }
     }
   }
   void commit() {
-    session_ << "COMMIT", now;
+    prepared_.use(kCommitSql).run();
     open_ = false;
   }
 
  private:
-  Session& session_;
+  PreparedStatements& prepared_;
   bool open_ = true;
 };
 
@@ -542,7 +550,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
   void write_batch(const std::vector<ExecutionRow>& executions, const std::vector<SandboxTouch>& touches) override {
     if (executions.empty() && touches.empty()) return;
     locked("write_batch", [&] {
-      Transaction tx(session_, "BEGIN IMMEDIATE");
+      Transaction tx(prepared_, kBeginImmediateSql);
       for (const auto& row : executions) {
         // An async execution's result replaces its running row.
         auto st = prepared_.use(kReplaceExecutionSql);
@@ -579,7 +587,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
                                                             const ExecutionPageLimits& bounds) override {
     return locked("list_executions", [&] {
       // One read transaction: the page and the total come from the same snapshot.
-      Transaction tx(session_, "BEGIN");
+      Transaction tx(prepared_, kBeginSql);
       Int64 total = 0;
       session_ << "SELECT COUNT(*) FROM executions WHERE sandbox_id = ? AND (? = '' OR kind = ?)", bind(sandbox_id),
           bind(kind), bind(kind), into(total), now;
@@ -613,7 +621,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   int purge_executions(TimePoint cutoff, std::size_t keep_per_sandbox) override {
     return locked("purge_executions", [&] {
-      Transaction tx(session_, "BEGIN IMMEDIATE");
+      Transaction tx(prepared_, kBeginImmediateSql);
       Statement by_age(session_);
       by_age << "DELETE FROM executions WHERE created_at < ?", bind(to_ms(cutoff));
       auto deleted = static_cast<int>(by_age.execute());
@@ -895,7 +903,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
       for (;;) {
         // IMMEDIATE: two processes opening one new file at once must not both apply a migration; the second
         // waits for the write lock (busy_timeout) and then sees the first one's version.
-        Transaction tx(session_, "BEGIN IMMEDIATE");
+        Transaction tx(prepared_, kBeginImmediateSql);
         Poco::Nullable<Int64> stored;
         session_ << "SELECT MAX(version) FROM schema_migrations", into(stored), now;
         const Int64 current = stored.isNull() ? 0 : stored.value();
