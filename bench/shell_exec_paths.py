@@ -19,6 +19,14 @@ One berthd on the engine (socket transport), one ready sandbox. Per round, timed
 Then a second phase, alone: `shell/exec echo hi` through berthd back to back, --loop-gap-ms (default 2) between the
 answer and the next request, the way one client runs commands in a loop. (On this VM a vCPU that idles longer
 wakes slower: the same loop with 30 ms gaps measured ~1 ms more.)
+Then a third phase, --idle-gaps (default 3,20,50 ms): per gap, rounds of three calls, each after that much idle time:
+  in-sandbox floor  a python3 helper inside the session's container (`<engine> exec -i`, started once) spawns
+                    /bin/sh -c 'echo hi' with its stdout on a pipe and waits for it, timing itself: what any process
+                    in the sandbox pays for that command, with no Berth code involved
+  agent sh          as above, straight on the agent socket
+  berthd shell      POST shell/exec echo hi
+On this VM a process start after idle time costs more (a vCPU that idled wakes slower, caches are cold), and the
+table shows how much of a warm shell/exec is that floor and how much is Berth at each gap.
 Prints n, p50, p90 in ms. Needs root (the agent socket directory is 0700 root). Python standard library only.
 """
 import argparse
@@ -48,6 +56,7 @@ def main():
     ap.add_argument("--engine", default="docker", choices=["docker", "podman"])
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--loop-gap-ms", type=float, default=2.0)
+    ap.add_argument("--idle-gaps", default="3,20,50", help="comma-separated ms; empty: no idle-gap phase")
     args = ap.parse_args()
     b = runall.Berthd(args.build, args.engine, "berth/python:3.11", "[cleanup]\nenabled = false\n",
                       driver_settings='agent_transport = "socket"\nagent_run_dir = "/run/berth/bench-agent"')
@@ -150,11 +159,73 @@ def main():
         for k, v in res.items():
             v.sort()
             print(f"| {k} | {len(v)} | {v[len(v) // 2]:.2f} | {v[int(len(v) * 0.9)]:.2f} |")
+        gaps = [float(g) for g in args.idle_gaps.split(",") if g.strip()]
+        if gaps:
+            idle_gap_phase(args, gaps, view["session_id"], lambda: agent([b"/bin/sh", b"-c", b"echo hi", b"/bin/sh"]),
+                           calls["berthd shell/exec echo hi"])
     finally:
         if "cold" in locals():
             subprocess.run([args.engine, "rm", "-f", cold], capture_output=True)
         b.cleanup()
         b.stop()
+
+
+# Runs inside the sandbox: one line in, one /bin/sh -c 'echo hi' spawned and waited for, its own time (ms) out.
+FLOOR_HELPER = r"""
+import os, sys, time
+for _ in sys.stdin:
+    r, w = os.pipe()
+    t0 = time.perf_counter()
+    pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "echo hi"], {"PATH": "/usr/bin:/bin"},
+                         file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
+    os.close(w)
+    while os.read(r, 100):
+        pass
+    os.waitpid(pid, 0)
+    ms = (time.perf_counter() - t0) * 1000
+    os.close(r)
+    sys.stdout.write("%.4f\n" % ms)
+    sys.stdout.flush()
+"""
+
+
+def idle_gap_phase(args, gaps, session_id, agent_sh, berthd_shell):
+    """Per idle gap: the in-sandbox floor, the agent and berthd, interleaved, each after `gap` ms of idle time."""
+    helper = subprocess.Popen([args.engine, "exec", "-i", "--user", "1000:1000", f"berth-{session_id}", "python3",
+                               "-u", "-c", FLOOR_HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def floor():
+        helper.stdin.write("x\n")
+        helper.stdin.flush()
+        return float(helper.stdout.readline())
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000
+
+    try:
+        floor()  # the helper is up
+        print(f"\nidle gaps, {args.engine}, {args.runs} rounds per gap, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.2f}")
+        print("| idle before each call | in-sandbox floor p50 / p90 | agent sh p50 / p90 | berthd shell/exec p50 / p90 "
+              "| berthd - floor (p50) |\n|---|---|---|---|---|")
+        for gap in gaps:
+            rows = {"floor": [], "agent": [], "berthd": []}
+            for i in range(args.runs + 3):
+                for k, fn in (("floor", floor), ("agent", lambda: timed(agent_sh)), ("berthd", lambda: timed(berthd_shell))):
+                    time.sleep(gap / 1000)
+                    ms = fn()
+                    if i >= 3:
+                        rows[k].append(ms)
+            for v in rows.values():
+                v.sort()
+            p = {k: (v[len(v) // 2], v[int(len(v) * 0.9)]) for k, v in rows.items()}
+            print(f"| {gap:g} ms | {p['floor'][0]:.2f} / {p['floor'][1]:.2f} | {p['agent'][0]:.2f} / {p['agent'][1]:.2f} "
+                  f"| {p['berthd'][0]:.2f} / {p['berthd'][1]:.2f} | {p['berthd'][0] - p['floor'][0]:.2f} |")
+    finally:
+        helper.stdin.close()
+        helper.wait(timeout=30)
 
 
 if __name__ == "__main__":
