@@ -4,7 +4,9 @@ one run and interleaved: warm `shell/exec` (`echo hi`) and `python/exec` (`print
 python exec. TRANSPORTS (comma-separated, default "socket") starts one berthd per agent transport of the driver
 ("socket": the unix socket in a bind-mounted host directory; "exec": every connection an Engine exec of the agent)
 and interleaves them too. Each berthd exec is timed twice per round: on one keep-alive HTTP connection (what an SDK
-or any pooled client does) and on a new connection per request (what `curl` or the CLI does).
+or any pooled client does) and on a new connection per request (what `curl` or the CLI does). One more row per
+round, after the same pause as the berthd rows: the in-sandbox floor, a python3 helper inside the first sandbox
+timing its own spawn of `sh -c 'echo hi'` (benchlib.SpawnFloor): what that command costs there with no Berth code.
 Results: docs/BENCHMARKS.md, "Exec through berthd and berth-agent".
 usage: bench/agent_exec.py BERTHD DRIVER_SO ENGINE_SOCKET WORKDIR [RUNS] [COLD_RUNS] [TRANSPORTS]"""
 import http.client, json, os, statistics, subprocess, sys, time
@@ -118,6 +120,8 @@ for t in transports:
     results[name("berth shell/exec echo hi, new connection", t)] = []
     results[name("berth python/exec print(1), keep-alive", t)] = []
     results[name("berth python/exec print(1), new connection", t)] = []
+FLOOR_ROW = "in-sandbox floor: a process in the sandbox spawns sh -c 'echo hi' (no Berth code)"
+results[FLOOR_ROW] = []
 results["engine exec sh -c 'echo hi'"] = []
 results["engine exec python3 -c 'print(1)'"] = []
 for t in transports:
@@ -131,6 +135,10 @@ try:
     containers = benchlib.engine_call(engine_sock, "GET", "/containers/json?filters=" +
                                       json.dumps({"label": [f"berth.sandbox={sids[transports[0]]}"]}).replace(" ", ""))
     container = containers[0]["Id"]
+    # After the same idle time as the berthd rows (the pause after an Engine exec), what the sandbox itself pays for
+    # the shell command: the floor under `shell/exec echo hi` on this machine.
+    engine_cli = "podman" if "podman" in engine_sock else "docker"
+    floor = benchlib.SpawnFloor(engine_cli, container)
     for _ in range(5):  # warm-up
         for t in transports:
             berth_exec(sids[t], True, "print(1)", t)
@@ -146,6 +154,9 @@ try:
             results[name("berth python/exec print(1), new connection", t)].append(berth_exec(sids[t], True, "print(1)",
                                                                                              t))
         results["engine exec python3 -c 'print(1)'"].append(engine_exec(container, ["python3", "-c", "print(1)"]))
+        results[FLOOR_ROW].append(floor.call())
+        time.sleep(SETTLE)
+    floor.close()
     for t in transports:
         req("DELETE", f"/v1/sandboxes/{sids[t]}", None, t)
     for _ in range(cold_runs):

@@ -55,3 +55,43 @@ def load_run_all():
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader("runall", loader))
     loader.exec_module(module)
     return module
+
+
+# Runs inside a sandbox: one line in, one /bin/sh -c 'echo hi' spawned (stdout on a pipe) and waited for, its own
+# time in ms out. What any process in the sandbox pays for that command, with no Berth code involved.
+FLOOR_HELPER = r"""
+import os, sys, time
+for _ in sys.stdin:
+    r, w = os.pipe()
+    t0 = time.perf_counter()
+    pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "echo hi"], {"PATH": "/usr/bin:/bin"},
+                         file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
+    os.close(w)
+    while os.read(r, 100):
+        pass
+    os.waitpid(pid, 0)
+    ms = (time.perf_counter() - t0) * 1000
+    os.close(r)
+    sys.stdout.write("%.4f\n" % ms)
+    sys.stdout.flush()
+"""
+
+
+class SpawnFloor:
+    """The in-sandbox spawn floor: FLOOR_HELPER in `container` (`<engine> exec -i`, started once, as uid 1000).
+    call() returns the helper's own time of one spawn in ms; close() ends it."""
+
+    def __init__(self, engine, container):
+        import subprocess
+        self.proc = subprocess.Popen([engine, "exec", "-i", "--user", "1000:1000", container, "python3", "-u", "-c",
+                                      FLOOR_HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.call()  # the helper is up
+
+    def call(self):
+        self.proc.stdin.write("x\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)

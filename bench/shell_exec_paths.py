@@ -170,34 +170,10 @@ def main():
         b.stop()
 
 
-# Runs inside the sandbox: one line in, one /bin/sh -c 'echo hi' spawned and waited for, its own time (ms) out.
-FLOOR_HELPER = r"""
-import os, sys, time
-for _ in sys.stdin:
-    r, w = os.pipe()
-    t0 = time.perf_counter()
-    pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "echo hi"], {"PATH": "/usr/bin:/bin"},
-                         file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
-    os.close(w)
-    while os.read(r, 100):
-        pass
-    os.waitpid(pid, 0)
-    ms = (time.perf_counter() - t0) * 1000
-    os.close(r)
-    sys.stdout.write("%.4f\n" % ms)
-    sys.stdout.flush()
-"""
-
-
 def idle_gap_phase(args, gaps, session_id, agent_sh, berthd_shell):
     """Per idle gap: the in-sandbox floor, the agent and berthd, interleaved, each after `gap` ms of idle time."""
-    helper = subprocess.Popen([args.engine, "exec", "-i", "--user", "1000:1000", f"berth-{session_id}", "python3",
-                               "-u", "-c", FLOOR_HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def floor():
-        helper.stdin.write("x\n")
-        helper.stdin.flush()
-        return float(helper.stdout.readline())
+    helper = benchlib.SpawnFloor(args.engine, f"berth-{session_id}")
+    floor = helper.call
 
     def timed(fn):
         t0 = time.perf_counter()
@@ -205,7 +181,6 @@ def idle_gap_phase(args, gaps, session_id, agent_sh, berthd_shell):
         return (time.perf_counter() - t0) * 1000
 
     try:
-        floor()  # the helper is up
         print(f"\nidle gaps, {args.engine}, {args.runs} rounds per gap, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.2f}")
         print("| idle before each call | in-sandbox floor p50 / p90 | agent sh p50 / p90 | berthd shell/exec p50 / p90 "
@@ -224,8 +199,7 @@ def idle_gap_phase(args, gaps, session_id, agent_sh, berthd_shell):
             print(f"| {gap:g} ms | {p['floor'][0]:.2f} / {p['floor'][1]:.2f} | {p['agent'][0]:.2f} / {p['agent'][1]:.2f} "
                   f"| {p['berthd'][0]:.2f} / {p['berthd'][1]:.2f} | {p['berthd'][0] - p['floor'][0]:.2f} |")
     finally:
-        helper.stdin.close()
-        helper.wait(timeout=30)
+        helper.close()
 
 
 if __name__ == "__main__":
