@@ -59,8 +59,8 @@ def main():
         for name, build in builds.items():
             b = runall.Berthd(build, args.engine, "berth/python:3.11", "[cleanup]\nenabled = false\n",
                               instance=f"berth-compare-{name.lower()}", driver_settings=settings_for(build, name))
+            servers[name] = b  # cleaned up in `finally` even if it does not start
             b.start()
-            servers[name] = b
         sandboxes = {n: b.create() for n, b in servers.items()}
         conns = {n: runall.Conn(b.port) for n, b in servers.items()}
 
@@ -104,6 +104,7 @@ def main():
                 st, sb = conn.request("POST", "/v1/sandboxes", {})
                 if st not in (200, 201):
                     raise RuntimeError(f"create on {n}: {st} {sb}")
+                servers[n].created.append(sb["id"])  # deleted by cleanup() if this run fails before its DELETE
                 st, r = conn.request("POST", f"/v1/sandboxes/{sb['id']}/python/exec", {"code": "print(1)"})
                 ms = (time.perf_counter() - t0) * 1000
                 if st != 200 or r.get("output") != "1\n":

@@ -178,10 +178,20 @@ constexpr const char* kSessionColumns =
     "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at, starter";
 constexpr const char* kExecutionColumns =
     "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at, truncated";
-// The statements PreparedStatements keeps (the hot path's reads and the recorder's batch); static, so their
-// addresses are the cache's keys.
+// The statements PreparedStatements keeps (every read of a sandbox or session row, and the recorder's batch);
+// static, so their addresses are the cache's keys.
 const std::string kGetSandboxSql = std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE id = ?1";
 const std::string kGetSessionSql = std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE id = ?1";
+const std::string kFindLiveByKeySql =
+    std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE owner = ?1 AND live_key = ?2";
+const std::string kListSandboxesSql = std::string("SELECT ") + kSandboxColumns +
+                                      " FROM sandboxes WHERE owner = ?1 AND deleted_at IS NULL AND id > ?2"
+                                      " ORDER BY id LIMIT ?3";
+const std::string kListLiveSandboxesSql =
+    std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE deleted_at IS NULL ORDER BY id";
+const std::string kListActiveSessionsSql =
+    std::string("SELECT ") + kSessionColumns +
+    " FROM sessions WHERE state IN ('starting', 'ready') ORDER BY created_at, id";
 const std::string kInsertExecutionSql = std::string("INSERT INTO executions (") + kExecutionColumns +
                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 const std::string kReplaceExecutionSql = "INSERT OR REPLACE" + kInsertExecutionSql.substr(std::string("INSERT").size());
@@ -206,13 +216,21 @@ bool is_live_key_violation(const Poco::Exception& e) {
          text.find("sandboxes.live_key") != std::string::npos;
 }
 
+/** A failure of the SQLite C API under PreparedStatements; SqliteStore::locked() names the operation in front of it,
+ *  as it does for Poco's exceptions. */
+class SqliteFailure : public StoreError {
+ public:
+  using StoreError::StoreError;
+};
+
 /**
- * Statements prepared once on the store's connection and reused: the hot path's reads (a sandbox, a session, on every
- * exec) and the exec recorder's batch. Poco::Data compiles every statement on every execution, which was a sixth of
- * berthd's CPU per warm shell exec (docs/BENCHMARKS.md, "berthd's own share"). The SQLite C API straight on the
- * connection Poco opened (Poco::Data::SQLite::Utility::dbHandle), so busy_timeout and the schema are the same; a
- * statement SQLite finds stale after a schema change is prepared again by SQLite itself (sqlite3_prepare_v3).
- * Not thread-safe: used only under the store's mutex. Errors throw StoreError with SQLite's message.
+ * Statements prepared once on the store's connection and reused: every read of a sandbox or session row (two on
+ * every exec), the exec recorder's batch and the transactions around it. Poco::Data compiles every statement on every
+ * execution, which was a sixth of berthd's CPU per warm shell exec (docs/BENCHMARKS.md, "berthd's own share"). The
+ * SQLite C API straight on the connection Poco opened (Poco::Data::SQLite::Utility::dbHandle), so busy_timeout and the
+ * schema are the same; a statement SQLite finds stale after a schema change is prepared again by SQLite itself
+ * (sqlite3_prepare_v3). Not thread-safe: used only under the store's mutex. Errors throw StoreError with SQLite's
+ * message.
  */
 class PreparedStatements {
  public:
@@ -247,7 +265,7 @@ class PreparedStatements {
       const int rc = sqlite3_step(stmt_);
       if (rc == SQLITE_ROW) return true;
       if (rc == SQLITE_DONE) return false;
-      throw StoreError(std::string("sqlite: ") + sqlite3_errmsg(db_));
+      throw SqliteFailure(sqlite3_errmsg(db_));
     }
     /** Runs a statement that returns no rows; the number of rows it changed. */
     int run() {
@@ -259,7 +277,7 @@ class PreparedStatements {
 
    private:
     Use& check(int rc) {
-      if (rc != SQLITE_OK) throw StoreError(std::string("sqlite bind: ") + sqlite3_errmsg(db_));
+      if (rc != SQLITE_OK) throw SqliteFailure(std::string("bind: ") + sqlite3_errmsg(db_));
       return *this;
     }
     sqlite3* db_;
@@ -272,7 +290,7 @@ class PreparedStatements {
     if (!stmt && sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size() + 1), SQLITE_PREPARE_PERSISTENT,
                                     &stmt, nullptr) != SQLITE_OK) {
       stmt = nullptr;
-      throw StoreError(std::string("sqlite prepare: ") + sqlite3_errmsg(db_));
+      throw SqliteFailure(std::string("prepare: ") + sqlite3_errmsg(db_));
     }
     return Use(db_, stmt);
   }
@@ -312,6 +330,17 @@ class StatementRow {
   sqlite3_stmt* stmt_;
   int col_ = 0;
 };
+
+/** Every row `st` yields, each read by `read` (rows::sandbox_from, rows::session_from) from a StatementRow. */
+template <typename Read>
+auto all(PreparedStatements::Use& st, Read read) {
+  std::vector<std::invoke_result_t<Read, StatementRow&>> out;
+  while (st.step()) {
+    StatementRow r(st.get());
+    out.push_back(read(r));
+  }
+  return out;
+}
 
 /** A raw BEGIN ... COMMIT that rolls back unless committed. Statements, not Session::begin(), so that the mode
  * (IMMEDIATE takes the write lock up front, avoiding read-to-write upgrade deadlocks) is ours to choose; prepared
@@ -422,17 +451,17 @@ class SqliteStore final : public Store, public core::InstanceStore {
     return locked("get_sandbox", [&]() -> std::optional<SandboxRow> {
       auto st = prepared_.use(kGetSandboxSql);
       st.text(1, id);
-      if (!st.step()) return std::nullopt;
-      StatementRow r(st.get());
-      return rows::sandbox_from(r);
+      auto rows = all(st, rows::sandbox_from<StatementRow>);
+      return rows.empty() ? std::nullopt : std::optional<SandboxRow>(std::move(rows.front()));
     });
   }
 
   std::optional<SandboxRow> find_live_by_key(const std::string& owner, const std::string& key) override {
     return locked("find_live_by_key", [&] {
-      Statement st(session_);
-      st << "SELECT " << kSandboxColumns << " FROM sandboxes WHERE owner = ? AND live_key = ?", bind(owner), bind(key);
-      return read_one(st, read_sandbox);
+      auto st = prepared_.use(kFindLiveByKeySql);
+      st.text(1, owner).text(2, key);
+      auto rows = all(st, rows::sandbox_from<StatementRow>);
+      return rows.empty() ? std::nullopt : std::optional<SandboxRow>(std::move(rows.front()));
     });
   }
 
@@ -446,11 +475,9 @@ class SqliteStore final : public Store, public core::InstanceStore {
       const Int64 batch = filter.label ? std::max<Int64>(filter.limit, 200) : filter.limit;
       std::string cursor = filter.after_id;
       for (;;) {
-        Statement st(session_);
-        st << "SELECT " << kSandboxColumns
-           << " FROM sandboxes WHERE owner = ? AND deleted_at IS NULL AND id > ? ORDER BY id LIMIT ?",
-            bind(filter.owner), bind(cursor), bind(batch);
-        auto rows = read_all(st, read_sandbox);
+        auto st = prepared_.use(kListSandboxesSql);
+        st.text(1, filter.owner).text(2, cursor).integer(3, batch);
+        auto rows = all(st, rows::sandbox_from<StatementRow>);
         for (auto& row : rows) {
           cursor = row.id;
           if (filter.label) {
@@ -467,9 +494,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::vector<SandboxRow> list_live_sandboxes() override {
     return locked("list_live_sandboxes", [&] {
-      Statement st(session_);
-      st << "SELECT " << kSandboxColumns << " FROM sandboxes WHERE deleted_at IS NULL ORDER BY id";
-      return read_all(st, read_sandbox);
+      auto st = prepared_.use(kListLiveSandboxesSql);
+      return all(st, rows::sandbox_from<StatementRow>);
     });
   }
 
@@ -510,9 +536,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
     return locked("get_session", [&]() -> std::optional<SessionRow> {
       auto st = prepared_.use(kGetSessionSql);
       st.text(1, id);
-      if (!st.step()) return std::nullopt;
-      StatementRow r(st.get());
-      return rows::session_from(r);
+      auto rows = all(st, rows::session_from<StatementRow>);
+      return rows.empty() ? std::nullopt : std::optional<SessionRow>(std::move(rows.front()));
     });
   }
 
@@ -531,10 +556,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::vector<SessionRow> list_active_sessions() override {
     return locked("list_active_sessions", [&] {
-      Statement st(session_);
-      st << "SELECT " << kSessionColumns
-         << " FROM sessions WHERE state IN ('starting', 'ready') ORDER BY created_at, id";
-      return read_all(st, read_session);
+      auto st = prepared_.use(kListActiveSessionsSql);
+      return all(st, rows::session_from<StatementRow>);
     });
   }
 
@@ -850,6 +873,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
       return fn();
     } catch (const UniqueViolation&) {
       throw;
+    } catch (const SqliteFailure& e) {
+      throw StoreError(std::string(what) + ": " + e.what());
     } catch (const StoreError&) {
       throw;
     } catch (const Poco::Exception& e) {
@@ -928,6 +953,9 @@ class SqliteStore final : public Store, public core::InstanceStore {
         } catch (const Poco::Exception& e) {
           throw StoreError("migration " + std::to_string(next->version) + " (" + next->description + ") failed on '" +
                            path_ + "': " + e.displayText());
+        } catch (const SqliteFailure& e) {
+          throw StoreError("migration " + std::to_string(next->version) + " (" + next->description + ") failed on '" +
+                           path_ + "': " + e.what());
         }
       }
     });

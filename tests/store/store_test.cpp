@@ -1229,14 +1229,16 @@ TEST_CASE("owners and keys are bytes: case, accents and invalid UTF-8 are distin
   CHECK(page[0].output == exec.output);
 }
 
-TEST_CASE("rows read back byte for byte, and a failed write leaves the next one working") {
+TEST_CASE(
+    "sandbox and session rows read back byte for byte on every read, and a failed write leaves the next one "
+    "working") {
   // The SQLite store reads sandboxes and sessions and writes executions through statements it prepares once and
-  // reuses: NUL bytes and invalid UTF-8 come back whole, and a statement that failed (a duplicate id) is reset for
-  // the next caller instead of staying stuck in its error.
+  // reuses: NUL bytes and invalid UTF-8 come back whole whichever read returns the row, and a statement that failed
+  // (a duplicate id) is reset for the next caller instead of staying stuck in its error.
   TestDb db;
   auto store = db.open();
   store->insert_workspace(workspace("ws-1"));
-  auto sb = sandbox("sandbox-1", "ws-1", "alice", std::nullopt);
+  auto sb = sandbox("sandbox-1", "ws-1", "alice", "key-1");
   sb.last_error = std::string("before\0after \xff\xfe", 15);
   sb.labels = {{"k\xc3\xa9y", "v\xe2\x82\xac"}};  // labels are JSON: valid UTF-8 (the API checks)
   store->insert_sandbox(sb);
@@ -1245,10 +1247,22 @@ TEST_CASE("rows read back byte for byte, and a failed write leaves the next one 
     REQUIRE(row);
     CHECK(row->last_error == sb.last_error);
     CHECK(row->labels == sb.labels);
-    CHECK(row->key == std::nullopt);
+    CHECK(row->key == "key-1");
     CHECK(row->current_session_id == std::nullopt);
     CHECK_FALSE(store->get_sandbox(std::string("sandbox-1\0x", 11)));
   }
+  auto by_key = store->find_live_by_key("alice", "key-1");
+  REQUIRE(by_key);
+  CHECK(by_key->last_error == sb.last_error);
+  SandboxFilter filter;
+  filter.owner = "alice";
+  filter.limit = 10;
+  auto listed = store->list_sandboxes(filter);
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].last_error == sb.last_error);
+  auto live = store->list_live_sandboxes();
+  REQUIRE(live.size() == 1);
+  CHECK(live[0].last_error == sb.last_error);
   auto ses = session_row("session-1", "sandbox-1", SessionState::ready);
   ses.endpoint = std::string("agent:unix:/run/\0\xff", 18);
   store->insert_session(ses);
@@ -1257,6 +1271,9 @@ TEST_CASE("rows read back byte for byte, and a failed write leaves the next one 
   CHECK(got->endpoint == ses.endpoint);
   CHECK(got->state == SessionState::ready);
   CHECK_FALSE(store->get_session("session-2"));
+  auto active = store->list_active_sessions();
+  REQUIRE(active.size() == 1);
+  CHECK(active[0].endpoint == ses.endpoint);
 
   auto exec = execution("exec-1", "sandbox-1", "shell", t0);
   exec.output = std::string("a\0b\xff", 4);

@@ -21,8 +21,8 @@ namespace berth::engine::compat {
  * The connections to one agent. Thread-safe: lease() and the Lease's release may be called from any thread.
  * At most kMaxIdle idle connections are kept; more concurrent calls open more connections (each closed when given
  * back beyond kMaxIdle). A connection that broke (AgentError with code kProtocol) must be discarded, never returned;
- * one given back with something still in flight (not AgentClient::quiescent: a reply half read, an event nobody
- * claimed) is closed instead of kept, so the next caller never reads another's frames.
+ * one given back with unread bytes or events in berthd (not AgentClient::quiescent: a reply half read, an event
+ * nobody claimed) is closed instead of kept. What the agent sends later is lease()'s to find (see there).
  */
 class AgentPool {
  public:
@@ -63,9 +63,12 @@ class AgentPool {
 
   /**
    * An idle connection that still looks alive, or a new one (connect + HELLO within `deadline`). Throws AgentError /
-   * AgentTimeout. An idle connection has no request in flight, so anything readable on it (EOF, a hang-up) means
-   * the agent went away: such connections are closed here, so that a call on a dead agent fails at connect, before
-   * any request went out.
+   * AgentTimeout. An idle connection has nothing in flight that its last user waited for, so anything readable on
+   * it means the agent went away (EOF, a hang-up) or sent a late answer to a request its last user no longer waits
+   * for (an ERROR for a SIGNAL that met the process's exit): such connections are closed here, so that a call on a
+   * dead agent fails at connect, before any request went out. A late answer that arrives after this check reaches
+   * the next user as an event of a channel it never opened (channels only grow on a connection), which
+   * next_event_for leaves queued; that user's give-back then closes the connection (not quiescent).
    */
   Lease lease(AgentDeadline deadline) {
     for (;;) {

@@ -3011,8 +3011,8 @@ void process_release(berth_instance* inst, berth_process* process) {
   std::unique_ptr<AgentProcess> p(reinterpret_cast<AgentProcess*>(process));
   (void)inst;
   try {
-    // Closing the process's own connection makes the agent kill its tree (docs/agent-protocol.md); it is never
-    // pooled again, so no event of this process can reach another caller.
+    // Closing the process's own connection makes the agent kill its tree (docs/agent-protocol.md). A connection
+    // pooled after EXIT (release_process_connection) is no longer the process's: nothing runs on it.
     std::lock_guard lock(p->client_mutex);
     close_process_connection(*p);
   } catch (...) {

@@ -112,9 +112,9 @@ class AgentClient {
   void flush() { pump(AgentDeadline{}); }
   /** Bytes queued but not yet written to the agent (stdin the agent is not reading piles up here). */
   std::size_t unsent() const { return out_.size() - out_pos_; }
-  /** Nothing is in flight in berthd's buffers: no byte queued to send, no event decoded and unclaimed, no partial
-   *  frame received. Only such a connection may serve another caller (AgentPool refuses the others); frames the
-   *  agent has sent but berthd has not read yet are the pool's own liveness check's to find. */
+  /** Nothing of this connection waits in berthd: no byte queued to send, no event decoded and unclaimed, no partial
+   *  frame received. Only such a connection goes back to a pool (AgentPool refuses the others); frames the agent
+   *  sends later are AgentPool::lease's to find. */
   bool quiescent() const { return out_pos_ == out_.size() && events_.empty() && decoder_.buffered() == 0; }
   /** Whether an event of `channel` is already decoded and waiting (next_event_for would return it at once). */
   bool has_event_for(std::uint32_t channel) const;
