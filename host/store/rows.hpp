@@ -102,8 +102,9 @@ class RowReader {
   std::size_t col_ = 0;
 };
 
-inline WorkspaceRow read_workspace(const RecordSet& rs, std::size_t i) {
-  RowReader r(rs, i);
+/** A workspace row from any reader (as sandbox_from). */
+template <typename Reader>
+WorkspaceRow workspace_from(Reader& r) {
   WorkspaceRow row;
   row.id = r.text();
   row.owner = r.text();
@@ -114,14 +115,25 @@ inline WorkspaceRow read_workspace(const RecordSet& rs, std::size_t i) {
   return row;
 }
 
-inline ProfileRow read_profile(const RecordSet& rs, std::size_t i) {
+inline WorkspaceRow read_workspace(const RecordSet& rs, std::size_t i) {
   RowReader r(rs, i);
+  return workspace_from(r);
+}
+
+/** A profile row from any reader (as sandbox_from). */
+template <typename Reader>
+ProfileRow profile_from(Reader& r) {
   ProfileRow row;
   row.name = r.text();
   row.spec = r.text();
   row.created_at = r.time();
   row.updated_at = r.time();
   return row;
+}
+
+inline ProfileRow read_profile(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  return profile_from(r);
 }
 
 /** A sandbox row from any reader with RowReader's methods (text, optional_text, integer, optional_integer, time,
@@ -172,8 +184,9 @@ inline SessionRow read_session(const RecordSet& rs, std::size_t i) {
   return session_from(r);
 }
 
-inline ExecutionRow read_execution(const RecordSet& rs, std::size_t i) {
-  RowReader r(rs, i);
+/** A execution row from any reader (as sandbox_from). */
+template <typename Reader>
+ExecutionRow execution_from(Reader& r) {
   ExecutionRow row;
   row.id = r.text();
   row.sandbox_id = r.text();
@@ -191,8 +204,14 @@ inline ExecutionRow read_execution(const RecordSet& rs, std::size_t i) {
   return row;
 }
 
-inline IdempotencyRow read_idempotency(const RecordSet& rs, std::size_t i) {
+inline ExecutionRow read_execution(const RecordSet& rs, std::size_t i) {
   RowReader r(rs, i);
+  return execution_from(r);
+}
+
+/** A idempotency row from any reader (as sandbox_from). */
+template <typename Reader>
+IdempotencyRow idempotency_from(Reader& r) {
   IdempotencyRow row;
   row.owner = r.text();
   row.key = r.text();
@@ -203,8 +222,14 @@ inline IdempotencyRow read_idempotency(const RecordSet& rs, std::size_t i) {
   return row;
 }
 
-inline core::InstanceRecord read_instance(const RecordSet& rs, std::size_t i) {
+inline IdempotencyRow read_idempotency(const RecordSet& rs, std::size_t i) {
   RowReader r(rs, i);
+  return idempotency_from(r);
+}
+
+/** A instance row from any reader (as sandbox_from). */
+template <typename Reader>
+core::InstanceRecord instance_from(Reader& r) {
   core::InstanceRecord row;
   row.id = r.text();
   row.host = r.text();
@@ -213,6 +238,11 @@ inline core::InstanceRecord read_instance(const RecordSet& rs, std::size_t i) {
   row.heartbeat_at = r.time();
   row.stopped_at = r.optional_time();
   return row;
+}
+
+inline core::InstanceRecord read_instance(const RecordSet& rs, std::size_t i) {
+  RowReader r(rs, i);
+  return instance_from(r);
 }
 
 template <typename Row>

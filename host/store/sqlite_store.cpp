@@ -178,8 +178,7 @@ constexpr const char* kSessionColumns =
     "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at, starter";
 constexpr const char* kExecutionColumns =
     "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at, truncated";
-// The statements PreparedStatements keeps (every read of a sandbox or session row, and the recorder's batch);
-// static, so their addresses are the cache's keys.
+// Statements of the hot path, named (the others are written where they are used; all are prepared once).
 const std::string kGetSandboxSql = std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE id = ?1";
 const std::string kGetSessionSql = std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE id = ?1";
 const std::string kFindLiveByKeySql =
@@ -260,6 +259,9 @@ class PreparedStatements {
     Use& integer(int i, std::int64_t v) { return check(sqlite3_bind_int64(stmt_, i, v)); }
     Use& integer(int i, const std::optional<std::int64_t>& v) { return v ? integer(i, *v) : null(i); }
     Use& null(int i) { return check(sqlite3_bind_null(stmt_, i)); }
+    /** text() or integer() by the value's type (select's arguments). */
+    Use& bind(int i, const std::string& v) { return text(i, v); }
+    Use& bind(int i, std::int64_t v) { return integer(i, v); }
     /** The next row (true) or the end (false). */
     bool step() {
       const int rc = sqlite3_step(stmt_);
@@ -284,9 +286,10 @@ class PreparedStatements {
     sqlite3_stmt* stmt_;
   };
 
-  /** The statement for `sql` (a string of static lifetime: its address is the cache key), prepared on first use. */
+  /** The statement for `sql` (the cache's key: the store's statements are a fixed set of texts), prepared on first
+   *  use. */
   Use use(const std::string& sql) {
-    auto& stmt = cache_[&sql];
+    auto& stmt = cache_[sql];
     if (!stmt && sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size() + 1), SQLITE_PREPARE_PERSISTENT,
                                     &stmt, nullptr) != SQLITE_OK) {
       stmt = nullptr;
@@ -297,7 +300,7 @@ class PreparedStatements {
 
  private:
   sqlite3* db_;
-  std::unordered_map<const std::string*, sqlite3_stmt*> cache_;
+  std::unordered_map<std::string, sqlite3_stmt*> cache_;
 };
 
 /** RowReader's methods over the current row of a prepared statement, left to right (rows::sandbox_from and co.).
@@ -340,6 +343,13 @@ auto all(PreparedStatements::Use& st, Read read) {
     out.push_back(read(r));
   }
   return out;
+}
+
+/** The first of `rows`, if any. */
+template <typename Row>
+std::optional<Row> first(std::vector<Row> rows) {
+  if (rows.empty()) return std::nullopt;
+  return std::move(rows.front());
 }
 
 /** A raw BEGIN ... COMMIT that rolls back unless committed. Statements, not Session::begin(), so that the mode
@@ -399,9 +409,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::optional<WorkspaceRow> get_workspace(const std::string& id) override {
     return locked("get_workspace", [&] {
-      Statement st(session_);
-      st << "SELECT " << kWorkspaceColumns << " FROM workspaces WHERE id = ?", bind(id);
-      return read_one(st, read_workspace);
+      return first(select(std::string("SELECT ") + kWorkspaceColumns + " FROM workspaces WHERE id = ?1",
+                          rows::workspace_from<StatementRow>, id));
     });
   }
 
@@ -424,13 +433,13 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::vector<WorkspaceRow> list_abandoned_managed_workspaces() override {
     return locked("list_abandoned_managed_workspaces", [&] {
-      Statement st(session_);
-      st << "SELECT " << kWorkspaceColumns
-         << " FROM workspaces w WHERE w.managed = 1 AND w.deleted_at IS NULL"
-            " AND EXISTS (SELECT 1 FROM sandboxes s WHERE s.workspace_id = w.id)"
-            " AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.workspace_id = w.id AND s.deleted_at IS NULL)"
-            " ORDER BY w.id";
-      return read_all(st, read_workspace);
+      return select(
+          std::string("SELECT ") + kWorkspaceColumns +
+              " FROM workspaces w WHERE w.managed = 1 AND w.deleted_at IS NULL"
+              " AND EXISTS (SELECT 1 FROM sandboxes s WHERE s.workspace_id = w.id)"
+              " AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.workspace_id = w.id AND s.deleted_at IS NULL)"
+              " ORDER BY w.id",
+          rows::workspace_from<StatementRow>);
     });
   }
 
@@ -449,20 +458,13 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::optional<SandboxRow> get_sandbox(const std::string& id) override {
     return locked("get_sandbox", [&]() -> std::optional<SandboxRow> {
-      auto st = prepared_.use(kGetSandboxSql);
-      st.text(1, id);
-      auto rows = all(st, rows::sandbox_from<StatementRow>);
-      return rows.empty() ? std::nullopt : std::optional<SandboxRow>(std::move(rows.front()));
+      return first(select(kGetSandboxSql, rows::sandbox_from<StatementRow>, id));
     });
   }
 
   std::optional<SandboxRow> find_live_by_key(const std::string& owner, const std::string& key) override {
-    return locked("find_live_by_key", [&] {
-      auto st = prepared_.use(kFindLiveByKeySql);
-      st.text(1, owner).text(2, key);
-      auto rows = all(st, rows::sandbox_from<StatementRow>);
-      return rows.empty() ? std::nullopt : std::optional<SandboxRow>(std::move(rows.front()));
-    });
+    return locked("find_live_by_key",
+                  [&] { return first(select(kFindLiveByKeySql, rows::sandbox_from<StatementRow>, owner, key)); });
   }
 
   std::vector<SandboxRow> list_sandboxes(const SandboxFilter& filter) override {
@@ -475,9 +477,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
       const Int64 batch = filter.label ? std::max<Int64>(filter.limit, 200) : filter.limit;
       std::string cursor = filter.after_id;
       for (;;) {
-        auto st = prepared_.use(kListSandboxesSql);
-        st.text(1, filter.owner).text(2, cursor).integer(3, batch);
-        auto rows = all(st, rows::sandbox_from<StatementRow>);
+        auto rows = select(kListSandboxesSql, rows::sandbox_from<StatementRow>, filter.owner, cursor, batch);
         for (auto& row : rows) {
           cursor = row.id;
           if (filter.label) {
@@ -493,10 +493,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
   }
 
   std::vector<SandboxRow> list_live_sandboxes() override {
-    return locked("list_live_sandboxes", [&] {
-      auto st = prepared_.use(kListLiveSandboxesSql);
-      return all(st, rows::sandbox_from<StatementRow>);
-    });
+    return locked("list_live_sandboxes",
+                  [&] { return select(kListLiveSandboxesSql, rows::sandbox_from<StatementRow>); });
   }
 
   bool update_sandbox_cas(const SandboxRow& row, std::int64_t expected_version) override {
@@ -534,10 +532,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::optional<SessionRow> get_session(const std::string& id) override {
     return locked("get_session", [&]() -> std::optional<SessionRow> {
-      auto st = prepared_.use(kGetSessionSql);
-      st.text(1, id);
-      auto rows = all(st, rows::session_from<StatementRow>);
-      return rows.empty() ? std::nullopt : std::optional<SessionRow>(std::move(rows.front()));
+      return first(select(kGetSessionSql, rows::session_from<StatementRow>, id));
     });
   }
 
@@ -555,10 +550,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
   }
 
   std::vector<SessionRow> list_active_sessions() override {
-    return locked("list_active_sessions", [&] {
-      auto st = prepared_.use(kListActiveSessionsSql);
-      return all(st, rows::session_from<StatementRow>);
-    });
+    return locked("list_active_sessions",
+                  [&] { return select(kListActiveSessionsSql, rows::session_from<StatementRow>); });
   }
 
   // ---- executions ----
@@ -591,17 +584,15 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::optional<ExecutionRow> get_execution(const std::string& id, std::int64_t field_cap) override {
     return locked("get_execution", [&]() -> std::optional<ExecutionRow> {
-      Statement st(session_);
-      st << "SELECT id, sandbox_id, session_id, kind, CAST(substr(CAST(code AS BLOB), 1, ?2) AS TEXT), exit_code,"
-            " success, CAST(substr(CAST(output AS BLOB), 1, ?2) AS TEXT),"
-            " CAST(substr(CAST(error AS BLOB), 1, ?2) AS TEXT), duration_ms, created_at,"
-            " (truncated OR length(CAST(code AS BLOB)) > ?2 OR length(CAST(output AS BLOB)) > ?2"
-            "  OR length(CAST(error AS BLOB)) > ?2)"
-            " FROM executions WHERE id = ?1",
-          bind(id), bind(Int64(std::clamp<std::int64_t>(field_cap, 0, ExecutionPageLimits::kMaxFieldCap)));
-      auto rows = read_all(st, read_execution);
-      if (rows.empty()) return std::nullopt;
-      return rows.front();
+      return first(
+          select("SELECT id, sandbox_id, session_id, kind, CAST(substr(CAST(code AS BLOB), 1, ?2) AS TEXT),"
+                 " exit_code, success, CAST(substr(CAST(output AS BLOB), 1, ?2) AS TEXT),"
+                 " CAST(substr(CAST(error AS BLOB), 1, ?2) AS TEXT), duration_ms, created_at,"
+                 " (truncated OR length(CAST(code AS BLOB)) > ?2 OR length(CAST(output AS BLOB)) > ?2"
+                 "  OR length(CAST(error AS BLOB)) > ?2)"
+                 " FROM executions WHERE id = ?1",
+                 rows::execution_from<StatementRow>, id,
+                 std::int64_t{std::clamp<std::int64_t>(field_cap, 0, ExecutionPageLimits::kMaxFieldCap)}));
     });
   }
 
@@ -618,24 +609,25 @@ class SqliteStore final : public Store, public core::InstanceStore {
       if (limit > 0) {
         // SQLite cuts each field to field_cap bytes (substr on the BLOB counts bytes) and keeps a running byte sum
         // (a window over the page), so neither a long row nor a long page is ever materialised here.
-        Statement st(session_);
-        st << "SELECT " << kExecutionColumns
-           << " FROM (SELECT *, SUM(len) OVER (ORDER BY created_at DESC, rid DESC ROWS UNBOUNDED PRECEDING) AS running"
-              " FROM (SELECT rid, id, sandbox_id, session_id, kind,"
-              "   CAST(substr(CAST(code AS BLOB), 1, ?5) AS TEXT) AS code, exit_code, success,"
-              "   CAST(substr(CAST(output AS BLOB), 1, ?5) AS TEXT) AS output,"
-              "   CAST(substr(CAST(error AS BLOB), 1, ?5) AS TEXT) AS error, duration_ms, created_at,"
-              "   (truncated OR length(CAST(code AS BLOB)) > ?5 OR length(CAST(output AS BLOB)) > ?5"
-              "    OR length(CAST(error AS BLOB)) > ?5) AS truncated,"
-              "   min(length(CAST(code AS BLOB)), ?5) + min(length(CAST(output AS BLOB)), ?5)"
-              "    + min(length(CAST(error AS BLOB)), ?5) AS len"
-              "  FROM (SELECT rowid AS rid, * FROM executions WHERE sandbox_id = ?1 AND (?2 = '' OR kind = ?2)"
-              "        ORDER BY created_at DESC, rowid DESC LIMIT ?3 OFFSET ?4)))"
-              " WHERE running - len < ?6 ORDER BY created_at DESC, rid DESC",
-            bind(sandbox_id), bind(kind), bind(Int64(limit)), bind(Int64(std::max(offset, 0))),
-            bind(Int64(std::clamp<std::int64_t>(bounds.field_cap, 0, ExecutionPageLimits::kMaxFieldCap))),
-            bind(Int64(std::clamp<std::int64_t>(bounds.byte_budget, 1, ExecutionPageLimits::kUnbounded)));
-        page = read_all(st, read_execution);
+        page =
+            select(std::string("SELECT ") + kExecutionColumns +
+                       " FROM (SELECT *, SUM(len) OVER (ORDER BY created_at DESC, rid DESC ROWS UNBOUNDED PRECEDING) "
+                       "AS running"
+                       " FROM (SELECT rid, id, sandbox_id, session_id, kind,"
+                       "   CAST(substr(CAST(code AS BLOB), 1, ?5) AS TEXT) AS code, exit_code, success,"
+                       "   CAST(substr(CAST(output AS BLOB), 1, ?5) AS TEXT) AS output,"
+                       "   CAST(substr(CAST(error AS BLOB), 1, ?5) AS TEXT) AS error, duration_ms, created_at,"
+                       "   (truncated OR length(CAST(code AS BLOB)) > ?5 OR length(CAST(output AS BLOB)) > ?5"
+                       "    OR length(CAST(error AS BLOB)) > ?5) AS truncated,"
+                       "   min(length(CAST(code AS BLOB)), ?5) + min(length(CAST(output AS BLOB)), ?5)"
+                       "    + min(length(CAST(error AS BLOB)), ?5) AS len"
+                       "  FROM (SELECT rowid AS rid, * FROM executions WHERE sandbox_id = ?1 AND (?2 = '' OR kind = ?2)"
+                       "        ORDER BY created_at DESC, rowid DESC LIMIT ?3 OFFSET ?4)))"
+                       " WHERE running - len < ?6 ORDER BY created_at DESC, rid DESC",
+                   rows::execution_from<StatementRow>, sandbox_id, kind, std::int64_t{limit},
+                   std::int64_t{std::max(offset, 0)},
+                   std::int64_t{std::clamp<std::int64_t>(bounds.field_cap, 0, ExecutionPageLimits::kMaxFieldCap)},
+                   std::int64_t{std::clamp<std::int64_t>(bounds.byte_budget, 1, ExecutionPageLimits::kUnbounded)});
       }
       tx.commit();
       return std::make_pair(std::move(page), static_cast<int>(total));
@@ -673,10 +665,11 @@ class SqliteStore final : public Store, public core::InstanceStore {
                << ") VALUES (?, ?, ?, 0, '', ?) ON CONFLICT (owner, key) DO NOTHING",
             bind(row.owner), bind(row.key), bind(row.request_hash), bind(to_ms(row.created_at));
         if (insert.execute() == 1) return std::nullopt;
-        Statement select(session_);
-        select << "SELECT " << kIdempotencyColumns << " FROM idempotency_keys WHERE owner = ? AND key = ?",
-            bind(row.owner), bind(row.key);
-        if (auto existing = read_one(select, read_idempotency)) return existing;
+        if (auto existing = first(select(
+                std::string("SELECT ") + kIdempotencyColumns + " FROM idempotency_keys WHERE owner = ?1 AND key = ?2",
+                rows::idempotency_from<StatementRow>, row.owner, row.key))) {
+          return existing;
+        }
       }
       throw StoreError("idempotency key keeps appearing and disappearing");
     });
@@ -717,9 +710,8 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::vector<ProfileRow> list_profiles() override {
     return locked("list_profiles", [&] {
-      Statement st(session_);
-      st << "SELECT " << kProfileColumns << " FROM profiles ORDER BY name";
-      return read_all(st, read_profile);
+      return select(std::string("SELECT ") + kProfileColumns + " FROM profiles ORDER BY name",
+                    rows::profile_from<StatementRow>);
     });
   }
 
@@ -778,19 +770,16 @@ class SqliteStore final : public Store, public core::InstanceStore {
 
   std::vector<core::InstanceRecord> list_instances() override {
     return locked("list_instances", [&] {
-      Statement st(session_);
-      st << "SELECT " << kInstanceColumns << " FROM instances ORDER BY id";
-      return read_all(st, read_instance);
+      return select(std::string("SELECT ") + kInstanceColumns + " FROM instances ORDER BY id",
+                    rows::instance_from<StatementRow>);
     });
   }
 
   std::vector<core::InstanceRecord> list_dead_instances(TimePoint heartbeat_before) override {
     return locked("list_dead_instances", [&] {
-      Statement st(session_);
-      st << "SELECT " << kInstanceColumns
-         << " FROM instances WHERE stopped_at IS NOT NULL OR heartbeat_at < ? ORDER BY id",
-          bind(to_ms(heartbeat_before));
-      return read_all(st, read_instance);
+      return select(std::string("SELECT ") + kInstanceColumns +
+                        " FROM instances WHERE stopped_at IS NOT NULL OR heartbeat_at < ?1 ORDER BY id",
+                    rows::instance_from<StatementRow>, std::int64_t{to_ms(heartbeat_before)});
     });
   }
 
@@ -863,6 +852,18 @@ class SqliteStore final : public Store, public core::InstanceStore {
     st.integer(6, row.exit_code ? std::optional<std::int64_t>(*row.exit_code) : std::nullopt);
     st.integer(7, row.success ? 1 : 0).text(8, row.output).text(9, row.error).integer(10, row.duration_ms);
     st.integer(11, to_ms(row.created_at)).integer(12, row.truncated ? 1 : 0);
+  }
+
+  /** Every row of `sql` with `args` bound in order (?1, ?2, ...), each read by `read` (rows::*_from) from a
+   *  StatementRow: text comes back byte for byte, where Poco's SQLite reads cut it at the first NUL. Under the
+   *  mutex (inside locked()). */
+  template <typename Read, typename... Args>
+  std::vector<std::invoke_result_t<Read, StatementRow&>> select(const std::string& sql, Read read,
+                                                                const Args&... args) {
+    auto st = prepared_.use(sql);
+    int i = 0;
+    (st.bind(++i, args), ...);
+    return all(st, read);
   }
 
   /** Runs `fn` under the mutex; Poco (and any other library) failures become StoreError. */

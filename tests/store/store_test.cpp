@@ -1292,6 +1292,45 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("every text a store keeps reads back with its NUL bytes") {
+  // A program may print NUL (valid UTF-8, JSON's \u0000): the exec record keeps it on every read, as do the other
+  // tables' text columns.
+  TestDb db;
+  auto store = db.open();
+  const std::string nul = std::string("a\0b\0", 4);
+  auto ws = workspace("ws-1");
+  ws.volume = "vol" + nul;
+  store->insert_workspace(ws);
+  CHECK(store->get_workspace("ws-1")->volume == ws.volume);
+  store->insert_sandbox(sandbox("sandbox-1", "ws-1"));
+  auto exec = execution("exec-1", "sandbox-1", "shell", t0);
+  exec.code = "printf 'a\\0b'" + nul;
+  exec.output = nul;
+  exec.error = "e" + nul;
+  store->insert_execution(exec);
+  auto one = store->get_execution("exec-1", 1 << 20);
+  REQUIRE(one);
+  CHECK(one->code == exec.code);
+  CHECK(one->output == exec.output);
+  CHECK(one->error == exec.error);
+  auto [page, total] = store->list_executions("sandbox-1", "", 10, 0);
+  REQUIRE(page.size() == 1);
+  CHECK(page[0].output == exec.output);
+  CHECK(page[0].code == exec.code);
+  IdempotencyRow idem;
+  idem.owner = "alice";
+  idem.key = "k";
+  idem.request_hash = "h";
+  idem.status = 200;
+  idem.created_at = t0;
+  CHECK_FALSE(store->claim_idempotency(idem));
+  const std::string body = "{\"x\":\"" + nul + "\"}";
+  store->complete_idempotency("alice", "k", 200, body);
+  auto again = store->claim_idempotency(idem);
+  REQUIRE(again);
+  CHECK(again->body == body);
+}
+
 // ---- MySQL only -------------------------------------------------------------------------------------------------
 
 TEST_CASE("an unreachable MySQL server is StoreUnavailable and the password appears nowhere", "[mysql]") {
