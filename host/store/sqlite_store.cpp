@@ -1,7 +1,6 @@
 // The SQLite implementation of Store, on Poco::Data. One connection per store, serialized by a mutex: SQLite
 // serializes writers anyway, and the compare-and-swap on sandboxes.version keeps several stores (threads or
 // processes) on one file honest. Times are integer milliseconds since the epoch; labels and env are JSON objects.
-#include <Poco/Data/RecordSet.h>
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/SQLite/SQLiteException.h>
 #include <Poco/Data/SQLite/Utility.h>
@@ -36,7 +35,6 @@ namespace berth::store {
 namespace {
 
 using Poco::Int64;
-using Poco::Data::RecordSet;
 using Poco::Data::Session;
 using Poco::Data::Statement;
 using Poco::Data::Keywords::bind;
@@ -313,6 +311,8 @@ class StatementRow {
     if (sqlite3_column_type(stmt_, col) == SQLITE_NULL) return std::nullopt;
     const auto* data = static_cast<const char*>(sqlite3_column_blob(stmt_, col));
     const int size = sqlite3_column_bytes(stmt_, col);
+    // NULL is also an empty value's pointer; with SQLITE_NOMEM it is a failed conversion, never an empty text.
+    if (!data && sqlite3_errcode(sqlite3_db_handle(stmt_)) == SQLITE_NOMEM) throw SqliteFailure("out of memory");
     return data ? std::string(data, static_cast<std::size_t>(size)) : std::string();
   }
   std::string text() { return optional_text().value_or(std::string()); }
@@ -861,7 +861,7 @@ class SqliteStore final : public Store, public core::InstanceStore {
   std::vector<std::invoke_result_t<Read, StatementRow&>> select(const std::string& sql, Read read,
                                                                 const Args&... args) {
     auto st = prepared_.use(sql);
-    int i = 0;
+    [[maybe_unused]] int i = 0;  // unused without args
     (st.bind(++i, args), ...);
     return all(st, read);
   }
