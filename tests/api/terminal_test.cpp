@@ -227,12 +227,19 @@ TEST_CASE("terminal: frames RFC 6455 forbids close the connection with the right
   auto& berthd = terminal_berthd();
   HttpClient c(berthd.port());
   const auto id = create(c);
+  // Each case opens a terminal of its own on one sandbox (2 slots here). A slot is freed once the server's handler has
+  // finished, after its close frame: the next case waits for that, else its handshake could meet a full sandbox (409).
   auto closes_with = [&](const std::function<void(TerminalClient&)>& send) {
-    TerminalClient t(berthd.port(), terminal_uri(id));
-    REQUIRE(t.read_output("$ ", 10s));
-    send(t);
-    REQUIRE(t.read_close(10s));
-    return t.close_code;
+    int code = 0;
+    {
+      TerminalClient t(berthd.port(), terminal_uri(id));
+      REQUIRE(t.read_output("$ ", 10s));
+      send(t);
+      REQUIRE(t.read_close(10s));
+      code = t.close_code;
+    }
+    REQUIRE(no_terminals_open(c));
+    return code;
   };
   // A ping over 125 bytes; a text message that is not UTF-8; a close frame with a code no one may send (1005);
   // a frame with RSV1 set although no extension was agreed.
