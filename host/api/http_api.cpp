@@ -13,10 +13,13 @@
 #include <Poco/URI.h>
 #include <utf8.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iterator>
 #include <optional>
 #include <sstream>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -104,22 +107,26 @@ void drain_body(Exchange& ex) {
   }
 }
 
-/** The segments of each route's pattern ("/v1/sandboxes/{}" -> {"v1", "sandboxes", "{}"}), in routes() order, split
- *  once: splitting every pattern on every request was a fifth of berthd's instructions per request
- *  (bench/callgrind-guard). Thread-safe (built on first use, then read-only). */
+/** The non-empty '/'-separated pieces of `path`, as they are ("/v1/sandboxes/{}" -> {"v1", "sandboxes", "{}"}). */
+std::vector<std::string> path_pieces(std::string_view path) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    const auto slash = std::min(path.find('/', start), path.size());
+    if (slash > start) parts.emplace_back(path.substr(start, slash - start));
+    start = slash + 1;
+  }
+  return parts;
+}
+
+/** The pieces of each route's pattern, in routes() order, split once: splitting every pattern on every request was a
+ *  fifth of berthd's instructions per request (bench/callgrind-guard). Thread-safe (built on first use, then
+ *  read-only). */
 const std::vector<std::vector<std::string>>& route_segments() {
   static const std::vector<std::vector<std::string>> all = [] {
     std::vector<std::vector<std::string>> out;
-    for (const auto& route : routes()) {
-      std::vector<std::string> parts;
-      std::size_t start = 0;
-      while (start <= route.pattern.size()) {
-        const auto slash = std::min(route.pattern.find('/', start), route.pattern.size());
-        if (slash > start) parts.push_back(route.pattern.substr(start, slash - start));
-        start = slash + 1;
-      }
-      out.push_back(std::move(parts));
-    }
+    for (const auto& route : routes())
+      out.push_back(path_pieces(route.pattern));
     return out;
   }();
   return all;
@@ -307,10 +314,7 @@ void dispatch(Exchange& ex) {
     std::string raw = ex.request.getURI();
     raw = raw.substr(0, raw.find_first_of("?#"));
     if (raw.empty() || raw.front() != '/') raw = ex.path();  // absolute-form targets: Poco's parsed path
-    std::stringstream ss(raw);
-    std::string item;
-    while (std::getline(ss, item, '/')) {
-      if (item.empty()) continue;
+    for (const auto& item : path_pieces(raw)) {
       std::string decoded;
       try {
         Poco::URI::decode(item, decoded);

@@ -176,7 +176,8 @@ constexpr const char* kSessionColumns =
     "id, sandbox_id, handle, endpoint, state, error, created_at, last_active_at, starter";
 constexpr const char* kExecutionColumns =
     "id, sandbox_id, session_id, kind, code, exit_code, success, output, error, duration_ms, created_at, truncated";
-// Statements of the hot path, named (the others are written where they are used; all are prepared once).
+// Statements built once here, not per call: the sandbox and session reads (two on every exec), the recorder's batch and
+// the transactions. The others are written where they are used; all of them are prepared once (PreparedStatements).
 const std::string kGetSandboxSql = std::string("SELECT ") + kSandboxColumns + " FROM sandboxes WHERE id = ?1";
 const std::string kGetSessionSql = std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE id = ?1";
 const std::string kFindLiveByKeySql =

@@ -2628,13 +2628,13 @@ void fill_exit(AgentProcess& p, const agent::ExitInfo& x) {
   p.exit_event.output_dropped = x.output_dropped;
 }
 
-/** Closes `p`'s connection (the agent then kills what runs on it); under client_mutex. */
-void close_process_connection(AgentProcess& p) {
+/** Ends `p`'s hold on its connection, under client_mutex: closed (the agent then kills what runs on it), or with
+ *  `to_pool` (only after a clean EXIT: release_process_connection) given back to the session's pool. */
+void close_process_connection(AgentProcess& p, bool to_pool = false) {
   if (p.watched) p.inst->process_watcher().unwatch(&p);  // before the fd number can be reused
   p.watched = false;
-  if (p.lease) (*p.lease)->set_wake_fd(-1);
-  if (p.lease) p.lease->discard();
-  p.lease.reset();
+  if (p.lease && !to_pool) p.lease->discard();
+  p.lease.reset();  // to_pool: given back (AgentPool::give_back clears the wake fd and refuses a busy connection)
   p.connected = false;
   p.unsent = 0;
 }
@@ -2689,12 +2689,7 @@ void release_process_connection(AgentProcess& p) {
     std::lock_guard lock(p.pending_mutex);
     queued = !p.pending.empty();
   }
-  if (queued || p.broken || p.kill_requested) return close_process_connection(p);
-  if (p.watched) p.inst->process_watcher().unwatch(&p);
-  p.watched = false;
-  p.lease.reset();  // given back (AgentPool::give_back clears the wake fd)
-  p.connected = false;
-  p.unsent = 0;
+  close_process_connection(p, !queued && !p.broken && !p.kill_requested);
 }
 
 /** Sends `p`'s queued requests unless another caller holds the connection (that caller sends them: it re-checks
